@@ -1,0 +1,144 @@
+"""The engine contract: token ids in, token ids and logprobs out.
+
+Every backend (the embedded engine, the SGLang client, the scripted fake in
+``agentrl.testing``) implements :class:`Engine`. The rollout only ever talks to this protocol.
+
+Example::
+
+    >>> import asyncio
+    >>> from agentrl.testing import FakeEngine
+    >>> engine = FakeEngine(script=[[5, 6, 2]])
+    >>> c = asyncio.run(engine.generate([1, 2, 3], SamplingParams(max_new_tokens=8)))
+    >>> c.token_ids, c.finish_reason
+    ([5, 6, 2], 'stop')
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FinishReason = Literal["stop", "length", "abort"]
+
+
+@dataclass
+class SamplingParams:
+    """How to sample one completion. Names follow SGLang's ``sampling_params``."""
+
+    temperature: float = 1.0
+    """0 means greedy."""
+    top_p: float = 1.0
+    top_k: int = -1
+    """-1 (or 0) disables top-k."""
+    max_new_tokens: int = 256
+    stop: list[str] = field(default_factory=list)
+    """Stop strings; the matched string is kept in the output (as SGLang does by default)."""
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    seed: int | None = None
+
+    def validate(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0; got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1]; got {self.top_p}")
+        if self.max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be >= 0; got {self.max_new_tokens}")
+        if self.top_k is None or self.top_k < -1:
+            raise ValueError(f"top_k must be -1 (off) or >= 0; got {self.top_k}")
+
+    def replace(self, **changes: Any) -> "SamplingParams":
+        return dataclasses.replace(self, **changes)
+
+    def to_sglang(self) -> dict[str, Any]:
+        """The ``sampling_params`` dict of an SGLang ``/generate`` request."""
+        d: dict[str, Any] = {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "max_new_tokens": self.max_new_tokens,
+            "ignore_eos": self.ignore_eos,
+        }
+        if self.stop:
+            d["stop"] = list(self.stop)
+        if self.stop_token_ids:
+            d["stop_token_ids"] = list(self.stop_token_ids)
+        if self.seed is not None:
+            d["sampling_seed"] = self.seed
+        return d
+
+    @classmethod
+    def from_sglang(cls, d: dict[str, Any]) -> "SamplingParams":
+        """Parse SGLang's ``sampling_params`` (unknown keys are an error, not silently dropped)."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = dict(d or {})
+        if "sampling_seed" in d:
+            d["seed"] = d.pop("sampling_seed")
+        if isinstance(d.get("stop"), str):
+            d["stop"] = [d["stop"]]
+        ignored = {"n", "skip_special_tokens", "spaces_between_special_tokens", "no_stop_trim",
+                   "min_new_tokens", "frequency_penalty", "presence_penalty", "repetition_penalty",
+                   "min_p", "regex", "json_schema", "custom_params"}
+        unknown = sorted(set(d) - known - ignored)
+        if unknown:
+            raise ValueError(f"unknown sampling_params {unknown}; supported: {sorted(known)}")
+        p = cls(**{k: v for k, v in d.items() if k in known and v is not None})
+        p.stop = list(p.stop)
+        p.stop_token_ids = list(p.stop_token_ids)
+        p.validate()
+        return p
+
+
+@dataclass
+class Completion:
+    """What an engine returns for one request."""
+
+    token_ids: list[int]
+    """Generated tokens, including the stop/eos token when one ended the turn."""
+    logprobs: list[float]
+    """Log-probability of each generated token under the sampling distribution
+    (log_softmax(logits / temperature); plain log_softmax(logits) when greedy)."""
+    finish_reason: FinishReason
+    weight_version: int = 0
+    """Version of the weights that produced the tokens (bumped by each update)."""
+    prompt_tokens: int = 0
+    matched_stop: int | str | None = None
+    """The stop token id or stop string that ended generation, if any."""
+
+    def __post_init__(self) -> None:
+        if len(self.token_ids) != len(self.logprobs):
+            raise ValueError(
+                f"token_ids and logprobs must have equal lengths; got {len(self.token_ids)} "
+                f"and {len(self.logprobs)}"
+            )
+
+
+class EngineError(RuntimeError):
+    """The engine could not serve a request (dead server, bad request, internal error)."""
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """An inference engine. All methods are coroutines; the engine owns its concurrency."""
+
+    async def generate(
+        self, input_ids: list[int], sampling: SamplingParams, *, rid: str | None = None
+    ) -> Completion:
+        """Sample one completion of ``input_ids``. ``rid`` names the request for :meth:`abort`."""
+        ...
+
+    async def update_weights(self, weights: Any = None, *, version: int | None = None) -> int:
+        """Load new weights (a state dict, a path, or backend-specific); return the new version."""
+        ...
+
+    async def abort(self, rid: str | None = None) -> None:
+        """Abort one request (or all when ``rid`` is None); aborted requests finish with 'abort'."""
+        ...
+
+    async def health(self) -> bool:
+        """True when the engine can serve a generate request now."""
+        ...
+
+    @property
+    def weight_version(self) -> int: ...

@@ -1,0 +1,1 @@
+"""Concrete environments. Importing this package registers them (lazily) under ``agentrl/``."""

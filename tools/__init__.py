@@ -1,0 +1,1 @@
+"""Concrete tools: calculator, python sandbox, retriever."""
