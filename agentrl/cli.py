@@ -1,0 +1,44 @@
+"""The ``agentrl`` command. Each subcommand lives in its own module and is imported on use,
+so ``agentrl --help`` stays fast and a missing optional dependency only affects its command."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# name -> ("module:function taking argv and returning an exit code", one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "check-env": ("agentrl.env.cli:main", "check registered environments against the TextEnv contract"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(_usage())
+        return 0 if argv else 2
+    if argv[0] in ("-V", "--version"):
+        from agentrl import __version__
+
+        print(f"agentrl {__version__}")
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        import difflib
+
+        close = difflib.get_close_matches(name, COMMANDS, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        print(f"agentrl: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[name][0].split(":")
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+
+
+def _usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = [f"  {n:<{width}}  {h}" for n, (_, h) in COMMANDS.items()]
+    return "usage: agentrl COMMAND [ARGS...]   (agentrl COMMAND --help for details)\n\ncommands:\n" + "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,62 @@
+"""``agentrl check-env``: run :func:`agentrl.env.check_env` on registered environments."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from agentrl.env.checker import check_env
+from agentrl.env.registry import EnvNotFoundError, make, registered_ids, resolve_id
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="agentrl check-env",
+        description="Check environments against the TextEnv contract: gymnasium's checker, seeding "
+        "determinism, JSON-serialisable info, close() twice, and fuzzing with malformed actions. "
+        "Prints one line per environment; exits 1 when any fails.",
+    )
+    p.add_argument("env_ids", nargs="*", metavar="ID", help="environment ids, e.g. agentrl/Math-v0 or Math-v0")
+    p.add_argument("--all", action="store_true", help="check every registered agentrl/ environment")
+    p.add_argument("--seed", type=int, default=0, help="seed for resets and fuzz sampling")
+    p.add_argument("--fuzz-samples", type=int, default=8, help="random fuzz actions per env, beside the fixed ones")
+    p.add_argument("-v", "--verbose", action="store_true", help="also print gymnasium's warnings")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.all == bool(args.env_ids):
+        print("agentrl check-env: give environment ids or --all (not both)", file=sys.stderr)
+        return 2
+    try:
+        ids = registered_ids() if args.all else [resolve_id(i) for i in args.env_ids]
+    except EnvNotFoundError as e:
+        print(f"agentrl check-env: {e}", file=sys.stderr)
+        return 2
+    failed = 0
+    for env_id in ids:
+        start = time.perf_counter()
+        try:
+            report = check_env(lambda: make(env_id), seed=args.seed, fuzz_samples=args.fuzz_samples)
+        except Exception as e:  # could not even build it
+            failed += 1
+            print(f"FAIL  {env_id}: could not be created: {type(e).__name__}: {e}")
+            continue
+        took = time.perf_counter() - start
+        if report.ok:
+            note = f", {len(report.warnings)} warnings" if report.warnings else ""
+            print(f"ok    {env_id}  ({took:.1f}s{note})")
+        else:
+            failed += 1
+            print(f"FAIL  {env_id}  ({took:.1f}s)")
+            for problem in report.problems:
+                print("      - " + problem.replace("\n", "\n        "))
+        if args.verbose:
+            for w in report.warnings:
+                print(f"      warning: {w}")
+    print(f"{len(ids) - failed} passed, {failed} failed")
+    return 1 if failed else 0

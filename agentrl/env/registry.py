@@ -1,0 +1,123 @@
+"""Environment registration on gymnasium's own registry, under the ``agentrl/`` namespace.
+
+Entry points are lazy ``"module:Class"`` strings, so registering costs no import. Built-in
+environments register when the ``envs`` package is imported; third-party packages can register
+theirs through the ``agentrl.envs`` entry-point group (a function that calls :func:`register`).
+
+Example::
+
+    register("MyTask-v0", "my_package.my_env:MyEnv", max_turns=4)   # in my_package/__init__.py
+
+    >>> env = make("agentrl/Echo-v0")          # gymnasium.make("agentrl/Echo-v0") works too
+    >>> type(env.unwrapped).__name__
+    'EchoEnv'
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import logging
+from importlib.metadata import entry_points
+from typing import Any
+
+import gymnasium
+
+from agentrl.env.core import TextEnv
+
+log = logging.getLogger(__name__)
+
+NAMESPACE = "agentrl"
+
+
+class EnvNotFoundError(KeyError):
+    """An environment id that is not registered (the message names the closest ids)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def register(env_id: str, entry_point: str, *, max_turns: int | None = None, **kwargs: Any) -> None:
+    """Register ``env_id`` (``"Name-v0"`` or ``"agentrl/Name-v0"``) with a lazy entry point.
+
+    ``kwargs`` are default constructor arguments; ``max_turns`` wraps the env in
+    :class:`~agentrl.env.wrappers.TurnLimit` when made through :func:`make`.
+    """
+    full = env_id if "/" in env_id else f"{NAMESPACE}/{env_id}"
+    if ":" not in entry_point:
+        raise ValueError(f"entry_point must look like 'package.module:ClassName'; got {entry_point!r}")
+    if full in gymnasium.registry:
+        existing = gymnasium.registry[full]
+        if existing.entry_point == entry_point:
+            return  # re-registering the same thing (module imported twice) is harmless
+        log.warning("re-registering %s: %s -> %s", full, existing.entry_point, entry_point)
+        del gymnasium.registry[full]
+    gymnasium.register(
+        id=full,
+        entry_point=entry_point,
+        kwargs=dict(kwargs),
+        max_episode_steps=max_turns,  # applied as our TurnLimit by make()
+        disable_env_checker=True,
+        order_enforce=False,
+        additional_wrappers=(),
+    )
+
+
+def registered_ids() -> list[str]:
+    """Every id in the ``agentrl/`` namespace (built-ins and plugins loaded)."""
+    load_builtin_envs()
+    return sorted(k for k in gymnasium.registry if k.startswith(f"{NAMESPACE}/"))
+
+
+def make(env_id: str, *, max_turns: int | None = None, **kwargs: Any) -> TextEnv:
+    """Create a registered environment (unwrapped by gymnasium) with our budget wrappers.
+
+    Unlike ``gymnasium.make``, this returns the :class:`TextEnv` itself (so ``areset``/``astep``
+    are reachable), wrapped in ``TurnLimit`` when ``max_turns`` is given or registered.
+    """
+    full = resolve_id(env_id)
+    env = gymnasium.make(full, disable_env_checker=True, **kwargs).unwrapped
+    if not isinstance(env, TextEnv):
+        raise TypeError(f"{full} made a {type(env).__name__}, which is not an agentrl TextEnv")
+    turns = max_turns if max_turns is not None else gymnasium.registry[full].max_episode_steps
+    if turns is not None:
+        from agentrl.env.wrappers import TurnLimit
+
+        env = TurnLimit(env, turns)
+    return env
+
+
+def resolve_id(env_id: str) -> str:
+    """Accept ``Name-v0``, ``agentrl/Name-v0`` or a known id; raise with suggestions otherwise."""
+    load_builtin_envs()
+    candidates = [env_id] if "/" in env_id else [f"{NAMESPACE}/{env_id}", env_id]
+    for c in candidates:
+        if c in gymnasium.registry:
+            return c
+    known = registered_ids()
+    close = difflib.get_close_matches(
+        env_id.lower(), [k.lower() for k in known] + [k.split("/", 1)[1].lower() for k in known], n=3, cutoff=0.4
+    )
+    by_lower = {k.lower(): k for k in known} | {k.split("/", 1)[1].lower(): k for k in known}
+    hint = sorted({by_lower[c] for c in close})
+    msg = f"environment {env_id!r} is not registered"
+    msg += f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
+    msg += f" Registered: {', '.join(known) if known else '(none)'}"
+    raise EnvNotFoundError(msg)
+
+
+def load_builtin_envs() -> None:
+    """Import the ``envs`` package and plugins (each registers its environments once)."""
+    importlib.import_module("agentrl.testing.echo_env")
+    try:
+        importlib.import_module("envs")
+    except ModuleNotFoundError as e:
+        if e.name != "envs":
+            raise
+    for ep in entry_points(group="agentrl.envs"):
+        try:
+            hook = ep.load()
+            if callable(hook):
+                hook()
+        except Exception as e:  # a broken plugin must not hide the others
+            log.warning("could not load environment plugin %s: %s", ep.name, e)

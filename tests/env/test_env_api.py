@@ -1,0 +1,189 @@
+import asyncio
+import subprocess
+import sys
+
+import gymnasium
+import pytest
+
+from agentrl.env import (EnvCheckError, EnvNotFoundError, TextEnv, TokenBudget, TurnLimit, check_env, make,
+                         register, registered_ids)
+from agentrl.testing.echo_env import EchoEnv
+
+
+class AsyncOnly(TextEnv):
+    """Implements only the async pair: the sync pair must still work."""
+
+    async def areset(self, *, seed=None, options=None):
+        self.seed_rng(seed)
+        await asyncio.sleep(0)
+        self.n = int(self.np_random.integers(0, 100))
+        return [{"role": "user", "content": f"n={self.n}"}], {"n": self.n}
+
+    async def astep(self, action):
+        await asyncio.sleep(0)
+        ok = action.strip() == str(self.n)
+        return [{"role": "user", "content": "ok" if ok else "no"}], float(ok), ok, False, {}
+
+
+def test_sync_env_gets_async_api():
+    env = EchoEnv()
+
+    async def run():
+        obs, info = await env.areset(seed=1, options={"target": "cloud"})
+        assert info["target"] == "cloud" and "cloud" in obs[0]["content"]
+        return await env.astep("a cloud!")
+
+    obs, reward, terminated, truncated, info = asyncio.run(run())
+    assert (reward, terminated, truncated) == (1.0, True, False)
+
+
+def test_async_env_gets_sync_api_and_seeding():
+    env = AsyncOnly()
+    obs1, info1 = env.reset(seed=7)
+    obs2, info2 = env.reset(seed=7)
+    assert obs1 == obs2 and info1 == info2
+    assert env.step(str(info1["n"]))[1:3] == (1.0, True)
+    env.close()
+    env.close()
+
+
+def test_sync_api_inside_running_loop_says_what_to_do():
+    env = AsyncOnly()
+
+    async def run():
+        env.reset(seed=0)
+
+    with pytest.raises(RuntimeError, match="await env.areset"):
+        asyncio.run(run())
+
+
+def test_env_without_any_reset_fails_loudly():
+    class Empty(TextEnv):
+        pass
+
+    with pytest.raises(NotImplementedError, match="must implement reset"):
+        Empty().reset()
+    with pytest.raises(NotImplementedError, match="must implement"):
+        asyncio.run(Empty().astep("x"))
+
+
+def test_registry_make_and_suggestions():
+    assert "agentrl/Echo-v0" in registered_ids()
+    env = make("Echo-v0")
+    assert isinstance(env, TurnLimit) and env.max_turns == 3  # registered max_turns
+    assert isinstance(gymnasium.make("agentrl/Echo-v0").unwrapped, EchoEnv)
+    with pytest.raises(EnvNotFoundError, match="did you mean 'agentrl/Echo-v0'"):
+        make("agentrl/Ecko-v0")
+    with pytest.raises(ValueError, match="module:ClassName"):
+        register("Bad-v0", "no_colon_here")
+
+
+def test_turn_limit_truncates_and_token_budget_truncates():
+    env = TurnLimit(EchoEnv(), max_turns=2)
+    env.reset(seed=0, options={"target": "piano"})
+    assert env.step("no")[2:4] == (False, False)
+    _, _, terminated, truncated, info = env.step("no")
+    assert (terminated, truncated, info["truncated_by"]) == (False, True, "max_turns")
+    env.reset(seed=0, options={"target": "piano"})
+    assert env.step("no")[3] is False  # the count starts again after reset
+    # terminating on the last allowed turn is termination, not truncation
+    env = TurnLimit(EchoEnv(), max_turns=1)
+    env.reset(options={"target": "piano"})
+    assert env.step("piano")[2:4] == (True, False)
+
+    budget = TokenBudget(EchoEnv(), max_tokens=30, count_tokens=lambda s: len(s.split()))
+    budget.reset(options={"target": "piano"})
+    assert budget.step("one two")[3] is False
+    assert budget.step("w " * 20)[3] is True
+
+
+def test_echo_env_passes_check_env():
+    report = check_env(lambda: make("Echo-v0"))
+    assert report.ok, report.problems
+
+
+class RaisesOnEmpty(EchoEnv):
+    def step(self, action):
+        if not action:
+            raise ValueError("empty!")
+        return super().step(action)
+
+
+class Nondeterministic(EchoEnv):
+    counter = 0
+
+    def reset(self, *, seed=None, options=None):
+        Nondeterministic.counter += 1
+        obs, info = super().reset(seed=seed, options=options)
+        return [{"role": "user", "content": f"call {Nondeterministic.counter}"}], info
+
+
+class NotJsonInfo(EchoEnv):
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        return obs, r, term, trunc, {"object": object()}
+
+
+class NanReward(EchoEnv):
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        return obs, float("nan"), term, trunc, info
+
+
+class BadMessages(EchoEnv):
+    def step(self, action):
+        obs, r, term, trunc, info = super().step(action)
+        return [{"role": "robot", "content": 3}], r, term, trunc, info
+
+
+class CloseTwiceFails(EchoEnv):
+    closed = False
+
+    def close(self):
+        if self.closed:
+            raise RuntimeError("already closed")
+        self.closed = True
+
+
+@pytest.mark.parametrize(
+    "cls, needle",
+    [
+        (RaisesOnEmpty, "empty action"),
+        (Nondeterministic, "reset(seed=0) twice gave different results"),
+        (NotJsonInfo, "not JSON-serialisable"),
+        (NanReward, "reward must be a finite number"),
+        (BadMessages, "message role must be one of"),
+        (CloseTwiceFails, "close() twice"),
+    ],
+)
+def test_check_env_catches_broken_envs(cls, needle):
+    report = check_env(cls, gymnasium_checks=False)
+    assert not report.ok
+    assert any(needle in p for p in report.problems), report.problems
+    with pytest.raises(EnvCheckError, match=cls.__name__):
+        report.raise_if_failed()
+
+
+def test_check_env_cli(tmp_path):
+    ok = subprocess.run([sys.executable, "-m", "agentrl.cli", "check-env", "--all"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "ok    agentrl/Echo-v0" in ok.stdout
+    # a broken env registered from a plugin module fails the command with a named problem
+    mod = tmp_path / "broken_envs.py"
+    mod.write_text(
+        "from agentrl.testing.echo_env import EchoEnv\n"
+        "from agentrl.env import register\n"
+        "class Broken(EchoEnv):\n"
+        "    def step(self, action):\n"
+        "        if len(action) > 1000: raise MemoryError('too long')\n"
+        "        return super().step(action)\n"
+    )
+    code = ("import sys; sys.path.insert(0, %r); import broken_envs;"
+            "from agentrl.env import register; register('Broken-v0', 'broken_envs:Broken');"
+            "from agentrl.cli import main; sys.exit(main(['check-env', 'Broken-v0', 'Echo-v0']))" % str(tmp_path))
+    bad = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert bad.returncode == 1, bad.stdout + bad.stderr
+    assert "FAIL  agentrl/Broken-v0" in bad.stdout and "100k-character action" in bad.stdout
+    assert "1 passed, 1 failed" in bad.stdout
+    unknown = subprocess.run([sys.executable, "-m", "agentrl.cli", "check-env", "Nope-v0"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "not registered" in unknown.stderr
