@@ -1,0 +1,252 @@
+"""Prompt datasets: JSONL, JSON, Parquet and Hugging Face ``datasets`` sources.
+
+Each row becomes a :class:`PromptRow`: the prompt (text or chat messages, from ``input_key``),
+the label (``label_key``), metadata (``metadata_key``), and optionally a per-row environment id
+(``env_key``) with reset options (``options_key``). A malformed row fails with its file and line
+number, or, with ``on_bad_row="skip"``, is skipped and counted.
+
+Sources (``--prompt-data``):
+  * ``data.jsonl`` / ``data.json`` / ``data.parquet`` / a folder of parquet files;
+  * a folder written by ``datasets.Dataset.save_to_disk``;
+  * ``hf:org/name[:config][@split]`` for a dataset on the Hugging Face hub (needs ``datasets``).
+
+Example::
+
+    >>> import json, tempfile, os
+    >>> path = os.path.join(tempfile.mkdtemp(), "p.jsonl")
+    >>> with open(path, "w") as f:
+    ...     _ = f.write(json.dumps({"prompt": "1+1?", "label": "2"}) + "\\n")
+    >>> ds = load_prompts(path, DataConfig())
+    >>> ds.rows[0].prompt, ds.rows[0].label
+    ('1+1?', '2')
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from agentrl.env.spaces import message_problem
+
+log = logging.getLogger(__name__)
+
+
+class DataError(ValueError):
+    """A dataset or row that cannot be used; the message names the file and line."""
+
+
+@dataclass
+class DataConfig:
+    input_key: str = "prompt"
+    """Row key holding the prompt: a string or a list of chat messages."""
+    label_key: str | None = "label"
+    """Row key holding the reference answer (None: rows have no label)."""
+    metadata_key: str | None = "metadata"
+    """Row key holding a dict of extra fields passed along with the sample."""
+    env_key: str | None = "env"
+    """Row key naming the environment for this row (falls back to the run's ``--env``)."""
+    options_key: str | None = "env_options"
+    """Row key holding a dict of reset options for the row's environment."""
+    on_bad_row: Literal["error", "skip"] = "error"
+    """``error``: stop at the first malformed row; ``skip``: skip it, count it, log it."""
+    limit: int | None = None
+    """Use only the first ``limit`` good rows."""
+
+
+@dataclass
+class PromptRow:
+    index: int
+    """Position among the good rows of the source (a stable id for resuming)."""
+    prompt: str | list[dict[str, Any]]
+    label: Any = None
+    env_id: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    """``file:line`` the row came from."""
+    raw: dict[str, Any] = field(default_factory=dict)
+    """The row as read, for environments and reward functions that need other fields."""
+
+    def reset_options(self) -> dict[str, Any]:
+        """What the environment's ``reset(options=...)`` receives: the raw row fields, then the
+        normalised ``prompt``/``label``/``metadata``, then the row's own env options."""
+        return {**self.raw, "prompt": self.prompt, "label": self.label, "metadata": self.metadata, **self.options}
+
+
+@dataclass
+class PromptDataset:
+    rows: list[PromptRow]
+    source: str
+    skipped: list[str] = field(default_factory=list)
+    """``file:line: reason`` of every skipped row."""
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> PromptRow:
+        return self.rows[i]
+
+
+def load_prompts(source: str | Path, config: DataConfig | None = None) -> PromptDataset:
+    config = config or DataConfig()
+    source = str(source)
+    rows: list[PromptRow] = []
+    skipped: list[str] = []
+    for location, raw in _read_records(source):
+        if config.limit is not None and len(rows) >= config.limit:
+            break
+        try:
+            rows.append(_to_row(raw, len(rows), location, config))
+        except DataError as e:
+            if config.on_bad_row == "error":
+                raise DataError(f"{e} (pass on_bad_row='skip' / --skip-bad-rows to skip such rows)") from None
+            skipped.append(str(e))
+    if skipped:
+        log.warning("skipped %d malformed rows of %s; first: %s", len(skipped), source, skipped[0])
+    if not rows:
+        raise DataError(f"{source}: no usable rows" + (f" ({len(skipped)} skipped; first: {skipped[0]})" if skipped else ""))
+    return PromptDataset(rows=rows, source=source, skipped=skipped)
+
+
+class _BadJson:
+    """Stands in for an unparseable line so the error carries its line number."""
+
+    def __init__(self, message: str):
+        self.message = message
+
+
+def _to_row(raw: Any, index: int, location: str, c: DataConfig) -> PromptRow:
+    if isinstance(raw, _BadJson):
+        raise DataError(raw.message)
+    if not isinstance(raw, dict):
+        raise DataError(f"{location}: a row must be a JSON object; got {type(raw).__name__}")
+    if c.input_key not in raw:
+        raise DataError(f"{location}: missing input key {c.input_key!r}; the row has keys {sorted(raw)[:20]} (set --input-key)")
+    prompt = raw[c.input_key]
+    if isinstance(prompt, list):
+        for i, m in enumerate(prompt):
+            why = message_problem(m)
+            if why:
+                raise DataError(f"{location}: {c.input_key}[{i}]: {why}")
+    elif not isinstance(prompt, str) or not prompt.strip():
+        raise DataError(f"{location}: {c.input_key!r} must be a non-empty string or a list of chat messages; got {prompt!r:.80}")
+    label = None
+    if c.label_key:
+        if c.label_key not in raw:
+            raise DataError(f"{location}: missing label key {c.label_key!r}; the row has keys {sorted(raw)[:20]} (set --label-key, or --label-key '' for none)")
+        label = raw[c.label_key]
+    metadata = _optional_dict(raw, c.metadata_key, location)
+    options = _optional_dict(raw, c.options_key, location)
+    env_id = raw.get(c.env_key) if c.env_key else None
+    if env_id is not None and not isinstance(env_id, str):
+        raise DataError(f"{location}: {c.env_key!r} must be an environment id string; got {env_id!r}")
+    return PromptRow(index=index, prompt=prompt, label=label, env_id=env_id, options=options,
+                     metadata=metadata, source=location, raw=raw)
+
+
+def _optional_dict(raw: dict, key: str | None, location: str) -> dict:
+    if not key or raw.get(key) is None:
+        return {}
+    value = raw[key]
+    if isinstance(value, str):  # parquet/HF columns often hold JSON strings
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+    if not isinstance(value, dict):
+        raise DataError(f"{location}: {key!r} must be an object; got {type(value).__name__}")
+    return value
+
+
+def _read_records(source: str) -> Iterator[tuple[str, Any]]:
+    if source.startswith("hf:"):
+        yield from _read_hub(source[3:])
+        return
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(f"prompt data {source!r} not found (expected a .jsonl/.json/.parquet file, a folder, or hf:org/name)")
+    if path.is_dir():
+        if (path / "dataset_info.json").exists() or (path / "state.json").exists():
+            yield from _read_saved_dataset(path)
+            return
+        files = sorted(path.glob("*.parquet")) or sorted(path.glob("*.jsonl"))
+        if not files:
+            raise DataError(f"{path} is a folder with no .parquet/.jsonl files and is not a saved `datasets` folder")
+        for f in files:
+            yield from _read_records(str(f))
+        return
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        yield from _read_jsonl(path)
+    elif suffix == ".json":
+        yield from _read_json(path)
+    elif suffix == ".parquet":
+        yield from _read_parquet(path)
+    else:
+        raise DataError(f"{path}: unknown data format {suffix!r}; use .jsonl, .json or .parquet")
+
+
+def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                record = _BadJson(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})")
+            yield f"{path}:{lineno}", record
+
+
+def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+        data = next(iter(data.values()))
+    if not isinstance(data, list):
+        raise DataError(f"{path}: a .json dataset must be a list of rows")
+    for i, record in enumerate(data):
+        yield f"{path}[{i}]", record
+
+
+def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
+    try:
+        import pyarrow.parquet as pq
+    except ImportError as e:
+        raise DataError(f"reading {path} needs pyarrow: pip install pyarrow") from e
+    table = pq.read_table(path)
+    for i, record in enumerate(table.to_pylist()):
+        yield f"{path}:row {i}", record
+
+
+def _read_saved_dataset(path: Path) -> Iterator[tuple[str, Any]]:
+    datasets = _import_datasets(str(path))
+    ds = datasets.load_from_disk(str(path))
+    if isinstance(ds, datasets.DatasetDict):
+        split = "train" if "train" in ds else next(iter(ds))
+        ds = ds[split]
+    for i, record in enumerate(ds):
+        yield f"{path}:row {i}", record
+
+
+def _read_hub(spec: str) -> Iterator[tuple[str, Any]]:
+    name, _, split = spec.partition("@")
+    name, _, config = name.partition(":")
+    datasets = _import_datasets(spec)
+    ds = datasets.load_dataset(name, config or None, split=split or "train")
+    for i, record in enumerate(ds):
+        yield f"hf:{spec}:row {i}", record
+
+
+def _import_datasets(what: str):
+    try:
+        import datasets
+    except ImportError as e:
+        raise DataError(f"reading {what} needs the `datasets` package: pip install 'agentrl[data]'") from e
+    return datasets
