@@ -1,0 +1,575 @@
+"""An HTTP server that speaks SGLang's native API over any :class:`~agentrl.engine.base.Engine`.
+
+``agentrl serve --model-path tiny-qwen2 --port 30000`` serves the embedded engine so that any
+SGLang client (``requests.post(url + "/generate", json=...)``, slime-style rollout code, our own
+:class:`agentrl.engine.sglang.SGLangEngine`) works unchanged. The request and answer shapes are
+SGLang's (``GenerateReqInput`` in ``sglang/srt/managers/io_struct.py``, ``http_server.py``):
+
+=================================  ======================================================
+``POST /generate``                 ``text`` or ``input_ids`` (single or batch),
+                                   ``sampling_params``, ``return_logprob``, ``rid``,
+                                   ``stream`` -> ``{"text", "output_ids", "meta_info"}``
+``GET /health``                    200 when the engine says it is healthy, else 503
+``GET /health_generate``           200 when a one-token generation succeeds, else 503
+``GET /get_model_info``            ``model_path``, ``tokenizer_path``, ``is_generation``,
+                                   ``weight_version``...
+``GET /get_server_info``           the server's arguments plus ``internal_states``
+``GET /get_weight_version``        ``{"weight_version": ...}``
+``POST /flush_cache``              drops the engine's prefix cache (if it has one)
+``POST /abort_request``            ``{"rid": ...}`` or ``{"abort_all": true}``
+``POST /update_weights_from_disk`` ``{"model_path", "weight_version"?}`` ->
+                                   ``{"success", "message", "num_paused_requests"}``
+``POST /update_weight_version``    ``{"new_version"}`` relabels the current weights
+=================================  ======================================================
+
+A malformed request gets a 400 whose ``message`` says what was expected; the server keeps
+serving. Engine failures get a 500 with the engine's message.
+
+Example (in-process, with the scripted fake engine)::
+
+    >>> import httpx
+    >>> from agentrl.testing import FakeEngine
+    >>> app = create_app(FakeEngine(responder=lambda ids, sp: [7, 8]), None, model_path="fake")
+    >>> with BackgroundServer(app) as server:
+    ...     r = httpx.post(server.url + "/generate", json={"input_ids": [1, 2, 3]})
+    >>> r.json()["output_ids"], r.json()["meta_info"]["finish_reason"]
+    ([7, 8], {'type': 'stop', 'matched': 8})
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import socket
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from agentrl.engine._server_protocol import (
+    GenerateItem,
+    RequestError,
+    output_dict,
+    parse_generate_request,
+)
+from agentrl.engine.base import Completion, Engine, SamplingParams
+
+log = logging.getLogger(__name__)
+
+_DISCONNECT_POLL_S = 0.5
+
+
+class _ServerState:
+    """Everything one app instance owns (no module-level state)."""
+
+    def __init__(self, engine: Engine, tokenizer: Any, *, model_path: str, tokenizer_path: str | None,
+                 served_model_name: str, vocab_size: int | None, server_args: dict[str, Any],
+                 health_timeout: float) -> None:
+        self.engine = engine
+        self.tokenizer = tokenizer
+        self.model_path = model_path
+        self.tokenizer_path = tokenizer_path
+        self.served_model_name = served_model_name
+        self.vocab_size = vocab_size
+        self.server_args = server_args
+        self.health_timeout = health_timeout
+        self.inflight: dict[str, float] = {}
+        """rid -> start time of every request being generated."""
+        self.version_labels: dict[int, str] = {}
+        """Engine weight version -> the label a client gave it (SGLang versions are strings)."""
+        self.num_requests_total = 0
+
+    def label(self, version: int) -> str:
+        return self.version_labels.get(version, str(version))
+
+    def register(self, rids: list[str]) -> None:
+        busy = [r for r in rids if r in self.inflight]
+        if busy:
+            raise RequestError(f"request id {busy[0]!r} is already running; give each request a unique 'rid'")
+        now = time.monotonic()
+        for r in rids:
+            self.inflight[r] = now
+        self.num_requests_total += len(rids)
+
+    async def abort(self, rid_prefix: str | None) -> list[str]:
+        """Abort in-flight requests whose rid starts with ``rid_prefix`` (all when None)."""
+        rids = [r for r in list(self.inflight) if rid_prefix is None or r.startswith(rid_prefix)]
+        for r in rids:
+            await self.engine.abort(r)
+        return rids
+
+
+def create_app(
+    engine: Engine,
+    tokenizer: Any,
+    *,
+    model_path: str,
+    served_model_name: str | None = None,
+    tokenizer_path: str | None = None,
+    vocab_size: int | None = None,
+    server_args: dict[str, Any] | None = None,
+    health_timeout: float = 20.0,
+) -> FastAPI:
+    """Build the FastAPI app serving ``engine`` with SGLang's native API.
+
+    ``tokenizer`` (a Hugging Face tokenizer, or None) turns ``text`` prompts into token ids and
+    output ids into ``text``; without one only ``input_ids`` requests are accepted and answers
+    carry no ``text``. ``vocab_size`` bounds valid token ids (default: the engine's
+    ``vocab_size`` attribute, else ``len(tokenizer)``). ``server_args`` is echoed by
+    ``/get_server_info``.
+    """
+    if vocab_size is None:
+        vocab_size = getattr(engine, "vocab_size", None) or (len(tokenizer) if tokenizer is not None else None)
+    state = _ServerState(
+        engine, tokenizer, model_path=model_path,
+        tokenizer_path=tokenizer_path or (model_path if tokenizer is not None else None),
+        served_model_name=served_model_name or model_path, vocab_size=vocab_size,
+        server_args=dict(server_args or {}), health_timeout=health_timeout,
+    )
+    app = FastAPI(title="agentrl serve (SGLang-compatible)")
+    app.state.agentrl = state
+
+    @app.get("/health")
+    async def health() -> Response:
+        return Response(status_code=200 if await _engine_healthy(state) else 503)
+
+    @app.get("/health_generate")
+    async def health_generate() -> Response:
+        return Response(status_code=200 if await _health_generate(state) else 503)
+
+    @app.get("/get_model_info")
+    async def get_model_info() -> dict[str, Any]:
+        return {
+            "model_path": state.model_path,
+            "tokenizer_path": state.tokenizer_path,
+            "is_generation": True,
+            "preferred_sampling_params": None,
+            "weight_version": state.label(state.engine.weight_version),
+            "served_model_name": state.served_model_name,
+            **_model_config_info(state.model_path),
+        }
+
+    @app.get("/get_weight_version")
+    async def get_weight_version() -> dict[str, Any]:
+        return {"weight_version": state.label(state.engine.weight_version)}
+
+    @app.get("/get_server_info")
+    async def get_server_info() -> dict[str, Any]:
+        from agentrl import __version__
+
+        return {
+            "model_path": state.model_path,
+            "tokenizer_path": state.tokenizer_path,
+            "served_model_name": state.served_model_name,
+            "skip_tokenizer_init": state.tokenizer is None,
+            "vocab_size": state.vocab_size,
+            **state.server_args,
+            "weight_version": state.label(state.engine.weight_version),
+            "internal_states": [{
+                "num_running_reqs": len(state.inflight),
+                "num_requests_total": state.num_requests_total,
+                "engine": type(state.engine).__name__,
+            }],
+            "version": __version__,
+        }
+
+    @app.api_route("/flush_cache", methods=["GET", "POST"])
+    async def flush_cache() -> Response:
+        flush = getattr(state.engine, "flush_cache", None)
+        if flush is not None:
+            result = flush()
+            if asyncio.iscoroutine(result):
+                await result
+        return Response(content="Cache flushed.\n", status_code=200)
+
+    @app.post("/abort_request")
+    async def abort_request(request: Request) -> Response:
+        body = await _json_body(request, allow_empty=True)
+        if isinstance(body, JSONResponse):
+            return body
+        rid, abort_all = body.get("rid") or "", body.get("abort_all", False)
+        if not isinstance(rid, str) or not isinstance(abort_all, bool):
+            return _error(400, f"'rid' must be a string and 'abort_all' a boolean; got {body!r}")
+        if not rid and not abort_all:
+            return _error(400, "give 'rid' (a request id or id prefix) or 'abort_all': true")
+        aborted = await state.abort(None if abort_all else rid)
+        log.info("aborted %d request(s): %s", len(aborted), aborted[:10])
+        return Response(status_code=200)
+
+    @app.post("/update_weights_from_disk")
+    async def update_weights_from_disk(request: Request) -> Response:
+        body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        return await _update_weights_from_disk(state, body)
+
+    @app.post("/update_weight_version")
+    async def update_weight_version(request: Request) -> Response:
+        body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        new = body.get("new_version")
+        if not isinstance(new, str) or not new:
+            return _error(400, f"'new_version' must be a non-empty string; got {new!r}")
+        if body.get("abort_all_requests", True):
+            await state.abort(None)
+        state.version_labels[state.engine.weight_version] = new
+        return JSONResponse({"success": True, "message": f"Weight version updated to {new}", "new_version": new})
+
+    for path in ("/update_weights_from_tensor", "/update_weights_from_distributed",
+                 "/init_weights_update_group", "/destroy_weights_update_group", "/update_weights_from_ipc"):
+        app.add_api_route(path, _not_supported(path), methods=["POST"])
+
+    @app.api_route("/generate", methods=["POST", "PUT"])
+    async def generate(request: Request) -> Response:
+        body = await _json_body(request)
+        if isinstance(body, JSONResponse):
+            return body
+        try:
+            req = parse_generate_request(body, tokenizer=state.tokenizer, vocab_size=state.vocab_size)
+            state.register([item.rid for item in req.items])
+        except RequestError as exc:
+            return _error(400, str(exc))
+        if req.stream:
+            return StreamingResponse(_stream(state, req.items, batched=not req.is_single),
+                                     media_type="text/event-stream")
+        return await _generate(state, req.items, req.is_single, request)
+
+    return app
+
+
+# --- /generate ---------------------------------------------------------------------------
+
+
+async def _run_one(state: _ServerState, item: GenerateItem) -> tuple[Completion, float]:
+    start = time.monotonic()
+    try:
+        completion = await state.engine.generate(item.input_ids, item.sampling, rid=item.rid)
+    finally:
+        state.inflight.pop(item.rid, None)
+    return completion, time.monotonic() - start
+
+
+async def _generate(state: _ServerState, items: list[GenerateItem], is_single: bool, request: Request) -> Response:
+    task = asyncio.ensure_future(asyncio.gather(*(_run_one(state, it) for it in items)))
+    while True:  # abort the work when the client goes away, as SGLang does
+        done, _ = await asyncio.wait({task}, timeout=_DISCONNECT_POLL_S)
+        if done:
+            break
+        if await request.is_disconnected():
+            log.info("client disconnected; aborting %s", [it.rid for it in items][:10])
+            for it in items:
+                if it.rid in state.inflight:
+                    await state.engine.abort(it.rid)
+    try:
+        results = task.result()
+    except (RequestError, ValueError) as exc:
+        await _abort_rest(state, items)
+        return _error(400, str(exc))
+    except Exception as exc:  # an engine failure: report it, keep serving
+        await _abort_rest(state, items)
+        log.exception("generate failed")
+        return _error(500, f"engine error: {type(exc).__name__}: {exc}")
+    outs = [output_dict(it, c, tokenizer=state.tokenizer, weight_version=state.label(c.weight_version),
+                        e2e_latency=dt) for it, (c, dt) in zip(items, results)]
+    return JSONResponse(outs[0] if is_single else outs)
+
+
+async def _abort_rest(state: _ServerState, items: list[GenerateItem]) -> None:
+    for it in items:
+        if it.rid in state.inflight:
+            await state.engine.abort(it.rid)
+
+
+async def _item_updates(state: _ServerState, item: GenerateItem) -> AsyncIterator[tuple[Completion, bool]]:
+    """(completion so far, finished) pairs for one item: token by token when the engine
+    offers ``generate_stream``, else the whole completion at once."""
+    stream = getattr(state.engine, "generate_stream", None)
+    try:
+        if stream is None:
+            yield await state.engine.generate(item.input_ids, item.sampling, rid=item.rid), True
+            return
+        last: Completion | None = None
+        async for partial in stream(item.input_ids, item.sampling, rid=item.rid):
+            if last is not None:
+                yield last, False
+            last = partial
+        if last is None:
+            raise RuntimeError("the engine's generate_stream yielded nothing")
+        yield last, True
+    finally:
+        state.inflight.pop(item.rid, None)
+
+
+async def _stream(state: _ServerState, items: list[GenerateItem], *, batched: bool) -> AsyncIterator[bytes]:
+    """Server-sent events as SGLang sends them: cumulative ``text``/``output_ids`` per chunk,
+    ``finish_reason`` null until the last chunk, ``"index"`` on batched chunks, then ``[DONE]``."""
+    queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
+    start = time.monotonic()
+
+    async def pump(index: int, item: GenerateItem) -> None:
+        try:
+            async for completion, finished in _item_updates(state, item):
+                out = output_dict(item, completion, tokenizer=state.tokenizer, finished=finished,
+                                  weight_version=state.label(completion.weight_version),
+                                  e2e_latency=time.monotonic() - start if finished else None)
+                if batched:
+                    out["index"] = index
+                await queue.put((index, out))
+        except Exception as exc:  # reported in-band: the status line has already gone out
+            log.warning("streamed request %s failed: %s", item.rid, exc)
+            await queue.put((index, {"error": {"message": f"{type(exc).__name__}: {exc}"}}))
+        finally:
+            await queue.put((index, None))
+
+    tasks = [asyncio.ensure_future(pump(i, it)) for i, it in enumerate(items)]
+    open_items = len(items)
+    try:
+        while open_items:
+            _, out = await queue.get()
+            if out is None:
+                open_items -= 1
+                continue
+            yield b"data: " + json.dumps(out).encode() + b"\n\n"
+        yield b"data: [DONE]\n\n"
+    finally:  # the client went away (or we are done): stop what is still running
+        await _abort_rest(state, items)
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+
+
+# --- other endpoints ---------------------------------------------------------------------
+
+
+async def _engine_healthy(state: _ServerState) -> bool:
+    try:
+        return bool(await asyncio.wait_for(state.engine.health(), state.health_timeout))
+    except Exception as exc:
+        log.warning("engine health check failed: %s", exc)
+        return False
+
+
+async def _health_generate(state: _ServerState) -> bool:
+    """Generate one token, as SGLang's ``/health_generate`` does."""
+    if not await _engine_healthy(state):
+        return False
+    rid = f"HEALTH_CHECK_{uuid.uuid4().hex}"
+    try:
+        await asyncio.wait_for(
+            state.engine.generate([0], SamplingParams(temperature=0.0, max_new_tokens=1), rid=rid),
+            state.health_timeout)
+        return True
+    except Exception as exc:
+        log.warning("health_generate failed: %s: %s", type(exc).__name__, exc)
+        await state.engine.abort(rid)
+        return False
+
+
+async def _update_weights_from_disk(state: _ServerState, body: dict[str, Any]) -> Response:
+    def fail(message: str) -> JSONResponse:
+        return JSONResponse({"success": False, "message": message, "num_paused_requests": 0}, status_code=400)
+
+    model_path, label = body.get("model_path"), body.get("weight_version")
+    if not isinstance(model_path, str) or not model_path:
+        return fail(f"'model_path' must be the path of a Hugging Face model folder; got {model_path!r}")
+    if not Path(model_path).expanduser().exists():
+        return fail(f"model_path {model_path!r} does not exist on the server")
+    if label is not None and not isinstance(label, (str, int)):
+        return fail(f"'weight_version' must be a string; got {label!r}")
+    version = int(label) if isinstance(label, int) or (isinstance(label, str) and label.isdigit()) else None
+    if body.get("abort_all_requests", False):
+        await state.abort(None)
+    try:
+        new_version = await state.engine.update_weights(str(Path(model_path).expanduser()), version=version)
+    except Exception as exc:
+        log.exception("update_weights_from_disk(%s) failed", model_path)
+        return fail(f"Failed to update weights from {model_path!r}: {type(exc).__name__}: {exc}")
+    if label is not None:
+        state.version_labels[new_version] = str(label)
+    flush = getattr(state.engine, "flush_cache", None)
+    if body.get("flush_cache", True) and flush is not None:
+        result = flush()
+        if asyncio.iscoroutine(result):
+            await result
+    message = "Succeeded to update model weights."
+    if label is not None:
+        message += f" Weight version updated to {label}."
+    log.info("weights loaded from %s (weight_version %s)", model_path, state.label(new_version))
+    return JSONResponse({"success": True, "message": message, "num_paused_requests": 0})
+
+
+def _not_supported(path: str):
+    async def handler() -> JSONResponse:
+        return JSONResponse({
+            "success": False,
+            "message": f"{path} is SGLang-only (it needs SGLang's tensor serialisation or NCCL groups); "
+                       "this server loads new weights through /update_weights_from_disk",
+        }, status_code=400)
+    return handler
+
+
+def _model_config_info(model_path: str) -> dict[str, Any]:
+    config = Path(model_path) / "config.json"
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {"model_type": data.get("model_type"), "architectures": data.get("architectures")}
+
+
+async def _json_body(request: Request, *, allow_empty: bool = False) -> dict[str, Any] | JSONResponse:
+    raw = await request.body()
+    if not raw.strip():
+        return {} if allow_empty else _error(400, "the request body is empty; send a JSON object")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        return _error(400, f"malformed JSON in the request body: {exc}")
+    if not isinstance(body, dict):
+        return _error(400, f"the request body must be a JSON object; got {type(body).__name__}")
+    return body
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    """SGLang's ``ErrorResponse`` shape."""
+    kind = "BadRequest" if status == 400 else "InternalServerError"
+    if status == 400:
+        log.info("400: %s", message)
+    return JSONResponse({"object": "error", "message": message, "type": kind, "param": None, "code": status},
+                        status_code=status)
+
+
+# --- running -----------------------------------------------------------------------------
+
+
+class BackgroundServer:
+    """Run an ASGI app with uvicorn in a daemon thread: for tests and notebooks.
+
+    ``port=0`` picks a free port; read it back from :attr:`url`.
+
+    Example::
+
+        >>> from agentrl.testing import FakeEngine
+        >>> with BackgroundServer(create_app(FakeEngine(script=[]), None, model_path="m")) as s:
+        ...     s.url.startswith("http://127.0.0.1:")
+        True
+    """
+
+    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning") -> None:
+        import uvicorn
+
+        self.host = host
+        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.port = self._sock.getsockname()[1]
+        self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off"))
+        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
+                                        daemon=True, name=f"agentrl-serve-{self.port}")
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> "BackgroundServer":
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"the server on {self.url} did not start within {timeout} s")
+            time.sleep(0.01)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout)
+        self._sock.close()
+
+    def __enter__(self) -> "BackgroundServer":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="agentrl serve",
+        description="Serve a model with SGLang's native HTTP API (/generate, /health, /update_weights_from_disk...).",
+    )
+    p.add_argument("--model-path", required=False, default=None,
+                   help="Hugging Face model folder, hub id or alias (e.g. tiny-qwen2, smollm2-135m-instruct).")
+    p.add_argument("--tokenizer-path", default=None,
+                   help="Tokenizer folder or alias; default: the model's own tokenizer.")
+    p.add_argument("--host", default="127.0.0.1", help="Address to bind (0.0.0.0 for all interfaces).")
+    p.add_argument("--port", type=int, default=30000, help="Port to listen on (SGLang's default is 30000).")
+    p.add_argument("--device", default=None, help="Device of the embedded engine: cpu, cuda, cuda:1 (default: cuda if available).")
+    p.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"],
+                   help="Weights dtype (default: float32 on CPU, bfloat16 on CUDA).")
+    p.add_argument("--max-batch-size", type=int, default=None,
+                   help="Most sequences the embedded engine decodes together (continuous batching).")
+    p.add_argument("--served-model-name", default=None, help="Name reported by /get_model_info (default: the model path).")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="Logging level.")
+    p.add_argument("--engine", default="embedded", choices=["embedded", "fake"],
+                   help="'embedded' (default) runs the model; 'fake' answers with deterministic tokens and "
+                        "loads no model: for testing clients, launchers and restarts.")
+    p.add_argument("--fake-latency", type=float, default=0.0,
+                   help="With --engine fake: seconds each request takes.")
+    return p
+
+
+def serve_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``agentrl serve``: parse ``argv``, load the engine, serve until stopped."""
+    import uvicorn
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.engine == "embedded" and not args.model_path:
+        build_parser().error("--model-path is required (a model folder, hub id or alias such as tiny-qwen2)")
+    engine, tokenizer, model_path = _build_engine(args)
+    server_args = {"host": args.host, "port": args.port, "device": args.device, "dtype": args.dtype,
+                   "max_batch_size": args.max_batch_size, "engine_kind": args.engine}
+    app = create_app(engine, tokenizer, model_path=model_path, served_model_name=args.served_model_name,
+                     tokenizer_path=args.tokenizer_path, server_args=server_args)
+    log.info("agentrl serve: %s on http://%s:%d", model_path, args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="off")
+    close = getattr(engine, "close", None)
+    if close is not None:
+        result = close()
+        if asyncio.iscoroutine(result):
+            asyncio.run(result)
+    return 0
+
+
+def _build_engine(args: argparse.Namespace) -> tuple[Engine, Any, str]:
+    from agentrl.models import load_tokenizer, resolve_model_path
+
+    if args.engine == "fake":
+        from agentrl.testing import FakeEngine
+
+        tokenizer = load_tokenizer(args.tokenizer_path) if args.tokenizer_path else None
+        vocab = len(tokenizer) if tokenizer is not None else 32000
+
+        def responder(ids: list[int], sampling: SamplingParams) -> list[int]:
+            return [(ids[-1] + k + 1) % vocab for k in range(8)]  # a function of the prompt
+
+        return FakeEngine(responder=responder, latency=args.fake_latency), tokenizer, args.model_path or "fake"
+    from agentrl.engine.embedded import EmbeddedEngine
+
+    path = resolve_model_path(args.model_path)
+    tokenizer = load_tokenizer(args.tokenizer_path or path)
+    kwargs: dict[str, Any] = {"device": args.device, "dtype": args.dtype, "max_batch_size": args.max_batch_size}
+    engine = EmbeddedEngine(path, **{k: v for k, v in kwargs.items() if v is not None})
+    return engine, tokenizer, path
+
+
+if __name__ == "__main__":
+    raise SystemExit(serve_main())
