@@ -1,1 +1,89 @@
+"""The RL math: advantages, policy and value losses, KL, entropy, importance correction, aggregation.
 
+Pure tensor functions with no I/O and no distributed code; the torch and the Megatron trainer
+call them unchanged. A training step, in short::
+
+    import torch
+    from agentrl import algo
+
+    adv = algo.get_advantage_estimator("grpo")(rewards, group_ids, loss_mask,
+                                               config=algo.AdvantageConfig())      # [N, T]
+    cfg = algo.PolicyLossConfig(eps_clip=0.2, eps_clip_high=0.28)
+    loss, metrics = algo.get_policy_loss("ppo")(logprobs, old_logprobs, adv, loss_mask, config=cfg)
+    kl = algo.kl_penalty(logprobs, ref_logprobs, "low_var_kl")                      # [N, T]
+    loss = loss + 0.001 * algo.aggregate(kl, loss_mask, cfg.aggregation)
+
+Runnable::
+
+    >>> mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    >>> adv = get_advantage_estimator("grpo")(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), mask)
+    >>> lp = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]], requires_grad=True)
+    >>> loss, metrics = get_policy_loss("ppo")(lp, lp.detach(), adv, mask)
+    >>> round(loss.item(), 4), metrics["ratio_mean"].item()
+    (-0.2357, 1.0)
+"""
+
+import torch  # noqa: F401  (used by the docstring example)
+
+from agentrl.algo.advantages import (
+    AdvantageConfig,
+    compute_gae,
+    dr_grpo,
+    gae,
+    grpo,
+    place_rewards_at_turn_ends,
+    reinforce_plus_plus,
+    reinforce_plus_plus_baseline,
+    rloo,
+)
+from agentrl.algo.aggregate import (
+    AGGREGATIONS,
+    aggregate,
+    aggregation_denominator,
+    check_aggregation,
+    masked_mean,
+)
+from agentrl.algo.entropy import entropy_from_logits, logprobs_from_logits
+from agentrl.algo.kl import KL_ESTIMATORS, kl_penalty
+from agentrl.algo.losses import PolicyLossConfig, PolicyLossFn, gspo_loss, ppo_clip_loss, value_loss
+from agentrl.algo.registry import (
+    ADVANTAGE_ESTIMATORS,
+    CRITIC_ESTIMATORS,
+    POLICY_LOSSES,
+    get_advantage_estimator,
+    get_policy_loss,
+)
+from agentrl.algo.tis import rollout_mismatch_metrics, tis_weights
+
+__all__ = [
+    "ADVANTAGE_ESTIMATORS",
+    "AGGREGATIONS",
+    "AdvantageConfig",
+    "CRITIC_ESTIMATORS",
+    "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "PolicyLossConfig",
+    "PolicyLossFn",
+    "aggregate",
+    "aggregation_denominator",
+    "check_aggregation",
+    "compute_gae",
+    "dr_grpo",
+    "entropy_from_logits",
+    "gae",
+    "get_advantage_estimator",
+    "get_policy_loss",
+    "grpo",
+    "gspo_loss",
+    "kl_penalty",
+    "logprobs_from_logits",
+    "masked_mean",
+    "place_rewards_at_turn_ends",
+    "ppo_clip_loss",
+    "reinforce_plus_plus",
+    "reinforce_plus_plus_baseline",
+    "rloo",
+    "rollout_mismatch_metrics",
+    "tis_weights",
+    "value_loss",
+]

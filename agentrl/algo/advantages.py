@@ -1,0 +1,461 @@
+"""Advantage estimators: from episode rewards (and group ids) or token rewards and values.
+
+Every estimator in :data:`agentrl.algo.ADVANTAGE_ESTIMATORS` has one signature::
+
+    advantages = fn(rewards, group_ids, loss_mask, *, config, values=None, token_rewards=None)
+
+* ``rewards``: ``[N]`` one scalar reward per episode;
+* ``group_ids``: ``[N]`` long, episodes with the same id answered the same prompt (any values,
+  not necessarily contiguous or sorted);
+* ``loss_mask``: ``[N, T]``, 1 on the tokens the model generated (every assistant turn);
+* ``values``: ``[N, T]`` critic values (``gae`` only);
+* ``token_rewards``: ``[N, T]`` per-token rewards, e.g. per-turn rewards or KL reward shaping
+  (``gae`` and ``reinforce_plus_plus``); when ``None`` they are built from ``rewards`` with
+  :func:`place_rewards_at_turn_ends`.
+
+The result is ``[N, T]``, zero wherever ``loss_mask`` is 0. Episode-level estimators broadcast
+one number over all the model's tokens of the episode, across all its assistant turns.
+Passing an input an estimator does not use is an error, not silently ignored.
+
+Multi-turn credit for token-level estimators: the tokens where ``loss_mask`` is 0 (tool
+results, user turns, template tokens) are not actions. The recursions below skip them: the
+"next" token of an action is the next token with mask 1, and discounting counts only those.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class AdvantageConfig:
+    """Settings of the advantage estimators. Validated on construction."""
+
+    normalize_std: bool = True
+    """GRPO: divide by the group's standard deviation; False gives Dr. GRPO (arXiv 2503.20783)."""
+    gamma: float = 1.0
+    """Discount per generated token (``gae``, ``reinforce_plus_plus``)."""
+    lam: float = 1.0
+    """GAE's lambda (arXiv 1506.02438)."""
+    eps: float = 1e-6
+    """Added to standard deviations before dividing."""
+    whiten_gae: bool = True
+    """Whiten ``gae`` advantages over the batch's unmasked tokens (as PPO implementations do)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.gamma <= 1:
+            raise ValueError(f"gamma must be in [0, 1]; got {self.gamma}")
+        if not 0 <= self.lam <= 1:
+            raise ValueError(f"lam must be in [0, 1]; got {self.lam}")
+        if self.eps <= 0:
+            raise ValueError(f"eps must be > 0; got {self.eps}")
+
+
+AdvantageFn = Callable[..., Tensor]
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def _float(t: Tensor) -> Tensor:
+    return t if t.dtype == torch.float64 else t.to(torch.float32)
+
+
+def _check_episode_inputs(rewards: Tensor, group_ids: Tensor, loss_mask: Tensor) -> None:
+    if rewards.dim() != 1:
+        raise ValueError(f"rewards must be [N] (one per episode); got shape {tuple(rewards.shape)}")
+    if group_ids.shape != rewards.shape:
+        raise ValueError(f"group_ids must be [N] like rewards {tuple(rewards.shape)}; got {tuple(group_ids.shape)}")
+    if loss_mask.dim() != 2 or loss_mask.shape[0] != rewards.shape[0]:
+        raise ValueError(f"loss_mask must be [N, T] with N={rewards.shape[0]}; got {tuple(loss_mask.shape)}")
+    if not torch.isfinite(_float(rewards)).all():
+        raise ValueError("rewards must be finite; got NaN or inf")
+
+
+def _reject_unused(name: str, **unused: Tensor | None) -> None:
+    given = [k for k, v in unused.items() if v is not None]
+    if given:
+        raise ValueError(f"advantage estimator {name!r} does not use {', '.join(given)}; got them")
+
+
+def _broadcast(per_episode: Tensor, loss_mask: Tensor) -> Tensor:
+    """``[N]`` -> ``[N, T]``: the episode's value on its mask-1 tokens, 0 elsewhere."""
+    per_token = per_episode.unsqueeze(-1).expand(loss_mask.shape)
+    return torch.where(loss_mask.bool(), per_token, torch.zeros_like(per_token))
+
+
+def _group_stats(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-episode ``(group mean, group unbiased std, group size, group has spread)``, each ``[N]``."""
+    _, inverse = torch.unique(group_ids, return_inverse=True)  # [N] in 0..G-1
+    num_groups = int(inverse.max().item()) + 1 if inverse.numel() else 0
+    zeros = rewards.new_zeros(num_groups)
+    count = zeros.index_add(0, inverse, torch.ones_like(rewards))  # [G]
+    mean = zeros.index_add(0, inverse, rewards) / count  # [G]
+    sq_dev = (rewards - mean[inverse]).square()
+    var = zeros.index_add(0, inverse, sq_dev) / (count - 1).clamp(min=1)  # Bessel-corrected
+    high = zeros.scatter_reduce(0, inverse, rewards, "amax", include_self=False)
+    low = zeros.scatter_reduce(0, inverse, rewards, "amin", include_self=False)
+    spread = high > low  # an exact test: equal rewards give exactly 0, never eps-amplified noise
+    return mean[inverse], var.sqrt()[inverse], count[inverse], spread[inverse]
+
+
+def _masked_whiten(x: Tensor, mask: Tensor, eps: float) -> Tensor:
+    """``(x - mean) / (std + eps)`` over the mask-1 entries (unbiased std); 0 if they are all equal."""
+    m = mask.bool()
+    n = m.sum()
+    if n == 0:
+        return torch.zeros_like(x)
+    values = x[m]
+    if values.max() == values.min():
+        return torch.zeros_like(x)
+    mean = values.mean()
+    std = values.std() if n > 1 else values.new_tensor(0.0)
+    return torch.where(m, (x - mean) / (std + eps), torch.zeros_like(x))
+
+
+def _discounted_returns(token_rewards: Tensor, loss_mask: Tensor, gamma: float) -> Tensor:
+    """``G_t = r_t + gamma * G_next`` over mask-1 tokens (mask-0 tokens are skipped)."""
+    m = loss_mask.to(token_rewards.dtype)
+    returns = torch.zeros_like(token_rewards)
+    running = token_rewards.new_zeros(token_rewards.shape[0])  # [N]
+    for t in reversed(range(token_rewards.shape[1])):
+        # at a mask-0 token the running return passes through unchanged
+        running = m[:, t] * (token_rewards[:, t] + gamma * running) + (1 - m[:, t]) * running
+        returns[:, t] = torch.where(m[:, t] > 0, running, torch.zeros_like(running))
+    return returns
+
+
+def _turn_ends(loss_mask: Tensor) -> Tensor:
+    """``[N, T]`` bool: True at the last token of each maximal run of mask-1 tokens (one turn)."""
+    m = loss_mask.bool()
+    nxt = torch.zeros_like(m)
+    nxt[:, :-1] = m[:, 1:]
+    return m & ~nxt
+
+
+# ---------------------------------------------------------------------------------------------
+# reward placement
+
+
+def place_rewards_at_turn_ends(rewards: Tensor, loss_mask: Tensor) -> Tensor:
+    """Token rewards ``[N, T]`` from episode or per-turn rewards, on the last token of a turn.
+
+    A turn is a maximal run of consecutive mask-1 tokens (the model's output between two
+    observations). ``rewards`` ``[N]`` puts each episode's reward on the last mask-1 token of
+    its final turn (the outcome reward). ``rewards`` ``[N, K]`` puts column ``k`` on the last
+    token of turn ``k`` (per-turn rewards); rows with fewer than ``K`` turns must hold 0 in the
+    extra columns. A nonzero reward with no token to carry it is a ``ValueError``.
+
+    Example::
+
+        >>> mask = torch.tensor([[1, 1, 0, 0, 1, 1, 0]])  # two assistant turns, then padding
+        >>> place_rewards_at_turn_ends(torch.tensor([2.0]), mask)
+        tensor([[0., 0., 0., 0., 0., 2., 0.]])
+        >>> place_rewards_at_turn_ends(torch.tensor([[0.5, 2.0]]), mask)
+        tensor([[0.0000, 0.5000, 0.0000, 0.0000, 0.0000, 2.0000, 0.0000]])
+    """
+    rewards = _float(rewards)
+    if loss_mask.dim() != 2 or rewards.dim() not in (1, 2) or rewards.shape[0] != loss_mask.shape[0]:
+        raise ValueError(
+            f"expected rewards [N] or [N, K] and loss_mask [N, T]; got {tuple(rewards.shape)} "
+            f"and {tuple(loss_mask.shape)}"
+        )
+    ends = _turn_ends(loss_mask)  # [N, T]
+    out = torch.zeros(loss_mask.shape, dtype=rewards.dtype, device=rewards.device)
+    if rewards.dim() == 1:
+        has_turn = ends.any(-1)
+        if (~has_turn & (rewards != 0)).any():
+            raise ValueError("an episode with a nonzero reward has no token with loss_mask 1")
+        # index of the last True per row (argmax of position * is_end)
+        positions = torch.arange(loss_mask.shape[1], device=loss_mask.device)
+        last = (ends * positions).argmax(-1)  # [N]
+        rows = torch.arange(loss_mask.shape[0], device=loss_mask.device)
+        out[rows[has_turn], last[has_turn]] = rewards[has_turn]
+        return out
+    turn_index = ends.long().cumsum(-1) - 1  # [N, T]: k at the end of turn k
+    num_turns = ends.sum(-1)  # [N]
+    k = torch.arange(rewards.shape[1], device=rewards.device)
+    if ((k.unsqueeze(0) >= num_turns.unsqueeze(1)) & (rewards != 0)).any():
+        raise ValueError("a nonzero per-turn reward is given for a turn the episode does not have")
+    gathered = rewards.gather(1, turn_index.clamp(0, rewards.shape[1] - 1))  # [N, T]
+    valid = ends & (turn_index < rewards.shape[1])
+    return torch.where(valid, gathered, out)
+
+
+# ---------------------------------------------------------------------------------------------
+# episode-level estimators
+
+
+def grpo(
+    rewards: Tensor,
+    group_ids: Tensor,
+    loss_mask: Tensor,
+    *,
+    config: AdvantageConfig | None = None,
+    values: Tensor | None = None,
+    token_rewards: Tensor | None = None,
+) -> Tensor:
+    """GRPO's group-relative advantage (DeepSeekMath, arXiv 2402.03300, Sec. 4.1.2).
+
+    Formula, for episode ``i`` in group ``g``::
+
+        A_i = (r_i - mean_g(r)) / (std_g(r) + eps)     # normalize_std=True (GRPO)
+        A_i =  r_i - mean_g(r)                          # normalize_std=False (Dr. GRPO, arXiv 2503.20783)
+
+    ``std`` is the unbiased (Bessel-corrected) group standard deviation. A group whose
+    rewards are all equal (including a group of one) gets exactly 0: no NaN, no eps noise.
+
+    Shapes: ``rewards [N]``, ``group_ids [N]``, ``loss_mask [N, T]`` -> ``[N, T]``.
+
+    Example::
+
+        >>> r = torch.tensor([1.0, 0.0, 0.0, 1.0, 1.0, 1.0]); g = torch.tensor([0, 0, 0, 0, 1, 1])
+        >>> grpo(r, g, torch.ones(6, 1))[:, 0]   # mean .5, std sqrt(1/3); group 1 has no spread
+        tensor([ 0.8660, -0.8660, -0.8660,  0.8660,  0.0000,  0.0000])
+    """
+    config = config or AdvantageConfig()
+    _reject_unused("grpo", values=values, token_rewards=token_rewards)
+    _check_episode_inputs(rewards, group_ids, loss_mask)
+    r = _float(rewards)
+    mean, std, _, spread = _group_stats(r, group_ids)
+    adv = r - mean
+    if config.normalize_std:
+        adv = adv / (std + config.eps)
+    adv = torch.where(spread, adv, torch.zeros_like(adv))
+    return _broadcast(adv, loss_mask)
+
+
+def dr_grpo(
+    rewards: Tensor,
+    group_ids: Tensor,
+    loss_mask: Tensor,
+    *,
+    config: AdvantageConfig | None = None,
+    values: Tensor | None = None,
+    token_rewards: Tensor | None = None,
+) -> Tensor:
+    """Dr. GRPO (Liu et al., arXiv 2503.20783): ``A_i = r_i - mean_g(r)``, no std division.
+
+    The same as :func:`grpo` with ``normalize_std=False`` whatever ``config`` says. Pair it with
+    the ``seq_mean_token_sum_norm`` aggregation for the paper's full recipe.
+
+    Example::
+
+        >>> dr_grpo(torch.tensor([3.0, 1.0]), torch.tensor([0, 0]), torch.ones(2, 1))[:, 0]
+        tensor([ 1., -1.])
+    """
+    config = config or AdvantageConfig()
+    return grpo(
+        rewards, group_ids, loss_mask, values=values, token_rewards=token_rewards,
+        config=dataclasses.replace(config, normalize_std=False),
+    )
+
+
+def rloo(
+    rewards: Tensor,
+    group_ids: Tensor,
+    loss_mask: Tensor,
+    *,
+    config: AdvantageConfig | None = None,
+    values: Tensor | None = None,
+    token_rewards: Tensor | None = None,
+) -> Tensor:
+    """REINFORCE Leave-One-Out (Ahmadian et al., arXiv 2402.14740, Eq. 6; Kool et al. 2019).
+
+    Formula, for episode ``i`` in a group of ``n``::
+
+        A_i = r_i - (1/(n-1)) sum_{j != i} r_j  =  n/(n-1) * (r_i - mean_g(r))
+
+    A group of one has no baseline and gets 0.
+
+    Shapes: ``rewards [N]``, ``group_ids [N]``, ``loss_mask [N, T]`` -> ``[N, T]``.
+
+    Example::
+
+        >>> rloo(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0, 0, 0]), torch.ones(3, 1))[:, 0]
+        tensor([ 1.0000, -0.5000, -0.5000])
+    """
+    _reject_unused("rloo", values=values, token_rewards=token_rewards)
+    _check_episode_inputs(rewards, group_ids, loss_mask)
+    r = _float(rewards)
+    mean, _, count, spread = _group_stats(r, group_ids)
+    adv = (r - mean) * count / (count - 1).clamp(min=1)
+    adv = torch.where(spread & (count > 1), adv, torch.zeros_like(adv))
+    return _broadcast(adv, loss_mask)
+
+
+def reinforce_plus_plus(
+    rewards: Tensor,
+    group_ids: Tensor,
+    loss_mask: Tensor,
+    *,
+    config: AdvantageConfig | None = None,
+    values: Tensor | None = None,
+    token_rewards: Tensor | None = None,
+) -> Tensor:
+    """REINFORCE++ (Hu, arXiv 2501.03262, Sec. 3): discounted returns, whitened over the batch.
+
+    Formula::
+
+        G_t = r_t + gamma * G_{t+1}                        # over the episode's mask-1 tokens
+        A_t = (G_t - mean(G)) / (std(G) + eps)             # mean/std over all mask-1 tokens of the batch
+
+    ``r_t`` is ``token_rewards`` (e.g. the outcome reward minus a per-token KL penalty, the
+    paper's setup) or, by default, the episode reward on its last generated token. With
+    ``gamma = 1`` and no shaping every token of episode ``i`` gets ``r_i`` before whitening;
+    whitening is over tokens, so longer episodes weigh more in the mean (as in OpenRLHF and
+    verl). ``group_ids`` is not used (REINFORCE++ has no group baseline).
+
+    Example::
+
+        >>> r = torch.tensor([1.0, 0.0]); mask = torch.tensor([[1, 1], [1, 1]])
+        >>> reinforce_plus_plus(r, torch.tensor([0, 1]), mask)   # tokens 1,1,0,0: mean .5, std .577
+        tensor([[ 0.8660,  0.8660],
+                [-0.8660, -0.8660]])
+    """
+    config = config or AdvantageConfig()
+    _reject_unused("reinforce_plus_plus", values=values)
+    _check_episode_inputs(rewards, group_ids, loss_mask)
+    if token_rewards is None:
+        token_rewards = place_rewards_at_turn_ends(rewards, loss_mask)
+    _check_token_rewards(token_rewards, loss_mask)
+    returns = _discounted_returns(_float(token_rewards), loss_mask, config.gamma)
+    return _masked_whiten(returns, loss_mask, config.eps)
+
+
+def reinforce_plus_plus_baseline(
+    rewards: Tensor,
+    group_ids: Tensor,
+    loss_mask: Tensor,
+    *,
+    config: AdvantageConfig | None = None,
+    values: Tensor | None = None,
+    token_rewards: Tensor | None = None,
+) -> Tensor:
+    """REINFORCE++-baseline (arXiv 2501.03262, v2+): group mean baseline, then batch whitening.
+
+    Formula::
+
+        a_i = r_i - mean_g(r)                               # per episode, within its group
+        A_t = (a_i - mean(a)) / (std(a) + eps)              # mean/std over all mask-1 tokens
+
+    Shapes: ``rewards [N]``, ``group_ids [N]``, ``loss_mask [N, T]`` -> ``[N, T]``.
+
+    Example::
+
+        >>> r = torch.tensor([1.0, 0.0, 2.0, 2.0]); g = torch.tensor([0, 0, 1, 1])
+        >>> reinforce_plus_plus_baseline(r, g, torch.ones(4, 1))[:, 0]  # a = .5,-.5,0,0; std .408
+        tensor([ 1.2247, -1.2247,  0.0000,  0.0000])
+    """
+    config = config or AdvantageConfig()
+    _reject_unused("reinforce_plus_plus_baseline", values=values, token_rewards=token_rewards)
+    _check_episode_inputs(rewards, group_ids, loss_mask)
+    r = _float(rewards)
+    mean, _, _, spread = _group_stats(r, group_ids)
+    centred = torch.where(spread, r - mean, torch.zeros_like(r))
+    return _masked_whiten(_broadcast(centred, loss_mask), loss_mask, config.eps)
+
+
+# ---------------------------------------------------------------------------------------------
+# GAE (PPO with a critic)
+
+
+def _check_token_rewards(token_rewards: Tensor, loss_mask: Tensor) -> None:
+    if token_rewards.shape != loss_mask.shape:
+        raise ValueError(
+            f"token_rewards must be [N, T] like loss_mask {tuple(loss_mask.shape)}; got {tuple(token_rewards.shape)}"
+        )
+    if (token_rewards[~loss_mask.bool()] != 0).any():
+        raise ValueError(
+            "token_rewards must be 0 where loss_mask is 0 (rewards go on generated tokens; "
+            "see place_rewards_at_turn_ends)"
+        )
+
+
+def compute_gae(
+    token_rewards: Tensor, values: Tensor, loss_mask: Tensor, gamma: float = 1.0, lam: float = 1.0
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al., arXiv 1506.02438, Eq. 16) over tokens.
+
+    Formula, over the mask-1 tokens of an episode in order (``t+1`` is the *next mask-1* token;
+    ``V = 0`` after the last one)::
+
+        delta_t = r_t + gamma * V_{t+1} - V_t
+        A_t     = delta_t + gamma * lam * A_{t+1}
+        R_t     = A_t + V_t                                   # the value target
+
+    Args:
+        token_rewards: ``[N, T]``, 0 where ``loss_mask`` is 0.
+        values: ``[N, T]`` critic values (read only where ``loss_mask`` is 1; no gradient flows).
+        loss_mask: ``[N, T]``.
+        gamma, lam: discount and GAE lambda.
+
+    Returns:
+        ``(advantages, returns)``, both ``[N, T]`` and 0 where ``loss_mask`` is 0, unwhitened.
+
+    Example::
+
+        >>> r = torch.tensor([[0.0, 0.0, 1.0]]); v = torch.tensor([[0.5, 9.0, 0.5]])
+        >>> adv, ret = compute_gae(r, v, torch.tensor([[1, 0, 1]]), gamma=1.0, lam=1.0)
+        >>> adv, ret                     # token 1 is an observation: skipped, its value unused
+        (tensor([[0.5000, 0.0000, 0.5000]]), tensor([[1., 0., 1.]]))
+    """
+    if values.shape != loss_mask.shape:
+        raise ValueError(f"values must be [N, T] like loss_mask {tuple(loss_mask.shape)}; got {tuple(values.shape)}")
+    _check_token_rewards(token_rewards, loss_mask)
+    r, v = _float(token_rewards), _float(values.detach())
+    m = loss_mask.to(r.dtype)
+    adv = torch.zeros_like(r)
+    next_value = r.new_zeros(r.shape[0])  # [N]
+    next_adv = r.new_zeros(r.shape[0])
+    for t in reversed(range(r.shape[1])):
+        delta = r[:, t] + gamma * next_value - v[:, t]
+        a_t = delta + gamma * lam * next_adv
+        adv[:, t] = torch.where(m[:, t] > 0, a_t, torch.zeros_like(a_t))
+        # a mask-0 token is transparent: what is "next" for the token before it stays the same
+        next_value = m[:, t] * v[:, t] + (1 - m[:, t]) * next_value
+        next_adv = m[:, t] * a_t + (1 - m[:, t]) * next_adv
+    returns = torch.where(m > 0, adv + v, torch.zeros_like(adv))
+    return adv, returns
+
+
+def gae(
+    rewards: Tensor,
+    group_ids: Tensor,
+    loss_mask: Tensor,
+    *,
+    config: AdvantageConfig | None = None,
+    values: Tensor | None = None,
+    token_rewards: Tensor | None = None,
+) -> Tensor:
+    """PPO's advantages with a critic: :func:`compute_gae`, then batch whitening (``whiten_gae``).
+
+    Rewards: ``token_rewards`` if given (per-turn rewards, KL shaping), else each episode's
+    reward on the last generated token of its final assistant turn
+    (:func:`place_rewards_at_turn_ends`). ``group_ids`` is not used. For the value targets call
+    :func:`compute_gae` itself: ``returns`` must come from the unwhitened advantages.
+
+    Shapes: ``rewards [N]``, ``loss_mask [N, T]``, ``values [N, T]`` -> ``[N, T]``.
+
+    Example::
+
+        >>> mask = torch.tensor([[1, 1], [1, 1]])
+        >>> cfg = AdvantageConfig(whiten_gae=False)
+        >>> gae(torch.tensor([1.0, 0.0]), torch.tensor([0, 1]), mask, values=torch.full((2, 2), 0.5), config=cfg)
+        tensor([[ 0.5000,  0.5000],
+                [-0.5000, -0.5000]])
+    """
+    config = config or AdvantageConfig()
+    if values is None:
+        raise ValueError("advantage estimator 'gae' needs values=[N, T] from a critic; got None")
+    _check_episode_inputs(rewards, group_ids, loss_mask)
+    if token_rewards is None:
+        token_rewards = place_rewards_at_turn_ends(rewards, loss_mask)
+    adv, _ = compute_gae(token_rewards, values, loss_mask, config.gamma, config.lam)
+    return _masked_whiten(adv, loss_mask, config.eps) if config.whiten_gae else adv
