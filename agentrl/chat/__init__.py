@@ -1,1 +1,31 @@
+"""Chat templates and token-in-token-out conversation bookkeeping.
 
+* :class:`ChatTemplate`: render/encode messages with a tokenizer's jinja2 chat template (or a
+  ``.jinja`` file); end-of-turn and stop token ids found by rendering.
+* :class:`TokenConversation`: one episode as token ids; engine output appended as-is (loss
+  mask 1), new messages rendered alone with the fixed-prefix trick (loss mask 0).
+* :func:`check_incremental`: detect templates that cannot be extended by appending.
+
+See ``docs/tokens.md``.
+"""
+
+from agentrl.chat.conversation import TokenConversation
+from agentrl.chat.incremental import (
+    PLAIN_PROBE_CONVERSATION,
+    PROBE_CONVERSATION,
+    PROBE_TOOLS,
+    TemplateNotIncrementalError,
+    check_incremental,
+)
+from agentrl.chat.template import ChatTemplate, ChatTemplateError
+
+__all__ = [
+    "ChatTemplate",
+    "ChatTemplateError",
+    "PLAIN_PROBE_CONVERSATION",
+    "PROBE_CONVERSATION",
+    "PROBE_TOOLS",
+    "TemplateNotIncrementalError",
+    "TokenConversation",
+    "check_incremental",
+]

@@ -1,0 +1,210 @@
+"""Can a chat template be extended by appending? Detect templates that cannot, and say why.
+
+Token-in-token-out keeps every earlier token as it was: the engine's output is appended as it
+came, and new messages are rendered on their own and appended. That equals
+``apply_chat_template`` of the whole conversation only when the template is *incremental*:
+
+1. rendering a longer conversation never changes the text of the shorter one
+   (prefix stability, checked at every assistant turn and at the end);
+2. an assistant turn renders as ``generation prompt + content + end-of-turn`` exactly, so what
+   the engine wrote after the generation prompt is what a re-render shows;
+3. new messages render the same after any conversation (the fixed-prefix trick of
+   :meth:`ChatTemplate.render_continuation` gives what a full render gives).
+
+Templates known to break (1): Qwen3's and the reasoning models' templates drop
+``<think>...</think>`` from assistant turns before the last user message; templates that place
+tool declarations or a date next to the *last* user message. Breaking (2): templates that strip
+reasoning from every assistant turn, or that add text the model never writes.
+
+:func:`check_incremental` renders a probe conversation (system, user, assistant with reasoning
+and a hermes tool call, tool result, assistant answer, user, assistant) and raises
+:class:`TemplateNotIncrementalError` naming the message that changed the text, with a short diff.
+
+Example::
+
+    >>> from agentrl.models import load_tokenizer
+    >>> check_incremental(ChatTemplate(load_tokenizer("smollm2-135m-instruct")))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from agentrl.chat.template import ChatTemplate, ChatTemplateError, Message, short_diff
+
+log = logging.getLogger(__name__)
+
+PROBE_TOOLS: list[dict[str, Any]] = [
+    {
+        "type": "function",
+        "function": {
+            "name": "calculator",
+            "description": "Evaluate an arithmetic expression.",
+            "parameters": {
+                "type": "object",
+                "properties": {"expression": {"type": "string"}},
+                "required": ["expression"],
+            },
+        },
+    }
+]
+
+_TOOL_CALL = '<tool_call>\n{"name": "calculator", "arguments": {"expression": "2+3"}}\n</tool_call>'
+
+PROBE_CONVERSATION: list[Message] = [
+    {"role": "system", "content": "You are a careful assistant."},
+    {"role": "user", "content": "What is 2+3?"},
+    {"role": "assistant", "content": "<think>\nI should use the calculator.\n</think>\n\n" + _TOOL_CALL},
+    {"role": "tool", "content": "5"},
+    {"role": "assistant", "content": "<think>\nThe tool says 5.\n</think>\n\nThe answer is 5."},
+    {"role": "user", "content": "And 2+4?"},
+    {"role": "assistant", "content": "<think>\nOne more than before.\n</think>\n\n6."},
+]
+"""The default probe: multi-turn, with reasoning, a tool call and a second user query."""
+
+PLAIN_PROBE_CONVERSATION: list[Message] = [
+    {"role": "user", "content": "What is 2+3?"},
+    {"role": "assistant", "content": "<think>\nAdd them.\n</think>\n\nThe answer is 5."},
+    {"role": "user", "content": "And 2+4?"},
+    {"role": "assistant", "content": "<think>\nOne more than before.\n</think>\n\n6."},
+]
+"""Used when a template rejects the default probe (e.g. no system or tool role)."""
+
+_ADVICE = (
+    "Token-in-token-out keeps earlier tokens exactly as generated, so an episode's tokens would differ "
+    "from apply_chat_template of its messages, and later turns would see a context the template never "
+    "produces.\nTypical causes: the template drops reasoning (<think>...</think>) from earlier assistant "
+    "turns (Qwen3, QwQ, DeepSeek-R1 style), or moves tool declarations or a date next to the last user "
+    "message.\nWhat to do: use a template that keeps earlier turns verbatim "
+    "(ChatTemplate(tokenizer, chat_template='path/to/template.jinja')), or pass "
+    "allow_non_incremental=True to TokenConversation: tokens stay exactly what the engine saw; only the "
+    "text view may differ from a full re-render."
+)
+
+
+class TemplateNotIncrementalError(ChatTemplateError):
+    """A chat template whose rendering of a conversation is not its earlier rendering plus more.
+
+    Attributes:
+        kind: ``prefix_changed`` (adding messages changed earlier text), ``assistant_not_verbatim``
+            (an assistant turn does not render as generation prompt + content + end-of-turn) or
+            ``continuation_mismatch`` (new messages render differently after different histories).
+        message_index: index, in the probe conversation, of the message that exposed it.
+        role: that message's role.
+    """
+
+    def __init__(self, text: str, *, kind: str, message_index: int, role: str) -> None:
+        super().__init__(text)
+        self.kind = kind
+        self.message_index = message_index
+        self.role = role
+
+
+def check_incremental(
+    template: ChatTemplate,
+    messages_example: list[Message] | None = None,
+    tools: list[dict[str, Any]] | None = None,
+) -> None:
+    """Raise :class:`TemplateNotIncrementalError` unless ``template`` can be extended by appending.
+
+    ``messages_example`` is the conversation to probe with (it must hold at least one assistant
+    message, after at least one other message); by default :data:`PROBE_CONVERSATION` (with
+    :data:`PROBE_TOOLS` when the template reads tools), falling back to
+    :data:`PLAIN_PROBE_CONVERSATION` for templates that reject system or tool messages. The
+    default check's result is cached on the template object, so it runs once per template.
+    """
+    if messages_example is not None:
+        _check(template, list(messages_example), tools)
+        return
+    cached = template._incremental
+    if cached is True:
+        return
+    if isinstance(cached, Exception):
+        raise cached
+    try:
+        _check_default(template)
+    except TemplateNotIncrementalError as exc:
+        template._incremental = exc
+        raise
+    template._incremental = True
+
+
+def _check_default(template: ChatTemplate) -> None:
+    tools = PROBE_TOOLS if template.supports_tools else None
+    try:
+        _check(template, PROBE_CONVERSATION, tools)
+    except TemplateNotIncrementalError:
+        raise
+    except ChatTemplateError as exc:
+        log.debug("the default probe does not render (%s); probing with user/assistant turns only", exc)
+        _check(template, PLAIN_PROBE_CONVERSATION, None)
+
+
+def _check(template: ChatTemplate, m: list[Message], tools: list[dict[str, Any]] | None) -> None:
+    stops = [k for k, msg in enumerate(m) if msg.get("role") == "assistant" and k > 0]
+    if not stops:
+        raise ChatTemplateError(
+            "the example conversation needs an assistant message after at least one other message; got "
+            f"roles {[msg.get('role') for msg in m]}"
+        )
+    if m[-1].get("role") != "assistant":
+        stops.append(len(m))  # also check the final observation + generation prompt
+    eot = template.end_of_turn_text
+    prev_end: int | None = None  # index just past the previous assistant message
+    prev_text = ""
+    for k in stops:
+        prompt = template.render(m[:k], tools, add_generation_prompt=True)
+        if prev_end is not None:
+            if not prompt.startswith(prev_text):
+                j = _first_breaking_message(template, m, tools, prev_end, k, prev_text)
+                raise _error("prefix_changed", m, j, (
+                    f"chat template is not incremental: adding message {j} (role {m[j].get('role')!r}) of the probe "
+                    f"conversation changed the text already rendered for messages[:{prev_end}]."
+                ), prev_text, template.render(m[: j + 1], tools, add_generation_prompt=j + 1 == k))
+            real = prompt[len(prev_text):]
+            ours = template.render_continuation(m[prev_end:k], tools, add_generation_prompt=True)
+            if real != ours:
+                raise _error("continuation_mismatch", m, prev_end, (
+                    f"chat template is not incremental: messages[{prev_end}:{k}] render differently after "
+                    f"this conversation than after another one, so they cannot be rendered on their own."
+                ), ours, real)
+        if k == len(m):
+            break
+        content = m[k].get("content")
+        full = _cut_tail(template, template.render(m[: k + 1], tools))
+        if not full.startswith(prompt):
+            raise _error("prefix_changed", m, k, (
+                f"chat template is not incremental: assistant message {k} does not start where the "
+                f"generation prompt ends (the prompt the engine saw is not a prefix of the rendered turn)."
+            ), prompt, full)
+        if isinstance(content, str) and full != prompt + content + eot:
+            raise _error("assistant_not_verbatim", m, k, (
+                f"chat template is not incremental: assistant message {k} does not render as generation "
+                f"prompt + its content + {eot!r}; the template rewrites what the model wrote."
+            ), prompt + content + eot, full)
+        prev_end, prev_text = k + 1, full
+
+
+def _first_breaking_message(
+    template: ChatTemplate, m: list[Message], tools: Any, start: int, stop: int, prefix: str
+) -> int:
+    for j in range(start, stop):
+        text = template.render(m[: j + 1], tools, add_generation_prompt=j + 1 == stop)
+        if not text.startswith(prefix):
+            return j
+    return stop - 1
+
+
+def _cut_tail(template: ChatTemplate, text: str) -> str:
+    """Drop the text the template writes after an assistant turn's end-of-turn token."""
+    tail = template.assistant_turn_tail
+    if tail and text.endswith(template.end_of_turn_text + tail):
+        return text[: len(text) - len(tail)]
+    return text
+
+
+def _error(kind: str, m: list[Message], j: int, headline: str, before: str, after: str) -> TemplateNotIncrementalError:
+    role = str(m[j].get("role")) if j < len(m) else "generation prompt"
+    text = f"{headline}\n{short_diff(before, after)}\n{_ADVICE}"
+    return TemplateNotIncrementalError(text, kind=kind, message_index=j, role=role)
