@@ -1,0 +1,237 @@
+"""The one multi-turn episode loop.
+
+reset -> prompt tokens -> generate -> step -> observation tokens (mask 0) -> generate -> ...
+until the environment terminates, a budget truncates (turns, context tokens, the env's own
+wrappers), the engine aborts, or something fails. Whatever happens, the episode comes back as
+a :class:`~agentrl.types.Sample` with its tokens so far and a status: failures are data.
+
+Example (a scripted engine and the echo environment)::
+
+    >>> import asyncio
+    >>> from agentrl.testing import FakeEngine
+    >>> from agentrl.chat import ChatTemplate
+    >>> from agentrl.models import load_tokenizer
+    >>> tok = load_tokenizer("tiny-qwen2")                                   # doctest: +SKIP
+    >>> reply = tok.encode("apple<|im_end|>", add_special_tokens=False)        # doctest: +SKIP
+    >>> request = EpisodeRequest(env_id="agentrl/Echo-v0", options={"target": "apple"})
+    >>> sample = asyncio.run(run_episode(FakeEngine(script=[reply]), ChatTemplate(tok), request,
+    ...                                  RolloutConfig()))                      # doctest: +SKIP
+    >>> sample.reward, sample.status                                          # doctest: +SKIP
+    (1.0, 'ok')
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentrl.engine.base import Engine, SamplingParams
+from agentrl.env import TextEnv, make
+from agentrl.types import Sample
+
+log = logging.getLogger(__name__)
+
+RewardFn = Callable[[Sample], "float | dict[str, float] | Awaitable[float | dict[str, float]]"]
+
+
+@dataclass
+class RolloutConfig:
+    """Budgets and sampling of episodes. Field docs become ``--help`` text."""
+
+    n_samples_per_prompt: int = 4
+    """Episodes per prompt (a group); group-relative advantages compare them."""
+    max_turns: int | None = None
+    """Assistant turns per episode (None: the environment's registered limit)."""
+    max_context_tokens: int = 4096
+    """Prompt + response tokens per episode; reaching it truncates the episode."""
+    max_new_tokens_per_turn: int = 1024
+    """Generated tokens per assistant turn."""
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    """Temperature, top-p, top-k, stop strings, seed... (max_new_tokens is set per turn)."""
+    concurrency: int = 64
+    """Episodes in flight at once, across all groups."""
+    episode_timeout: float | None = 600.0
+    """Seconds before an episode is stopped and recorded as failed (None: no limit)."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor arguments for every environment made."""
+
+
+@dataclass
+class EpisodeRequest:
+    """One episode to run: which environment, how to reset it, where the result belongs."""
+
+    env_id: str
+    options: dict[str, Any] = field(default_factory=dict)
+    """Passed to ``env.reset(options=...)`` (a dataset row's fields, see ``PromptRow``)."""
+    env_seed: int | None = None
+    """Reset seed. Every sample of a group gets the same one, so they face the same task."""
+    sampling_seed: int | None = None
+    """Engine sampling seed for this sample (None: unseeded)."""
+    group_id: int = 0
+    sample_index: int = 0
+    label: Any = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class _Partial:
+    """What an episode has produced so far; survives a timeout or a crash."""
+
+    def __init__(self) -> None:
+        self.conversation: Any = None
+        self.reward = 0.0
+        self.info: dict[str, Any] = {}
+        self.weight_versions: list[int] = []
+        self.metrics: dict[str, float] = {"time_generate": 0.0, "time_env": 0.0, "tool_calls": 0.0,
+                                          "tool_errors": 0.0}
+        self.turns = 0
+
+
+async def run_episode(
+    engine: Engine,
+    template: Any,
+    request: EpisodeRequest,
+    config: RolloutConfig,
+    *,
+    env: TextEnv | None = None,
+    reward_fn: RewardFn | None = None,
+) -> Sample:
+    """Run one episode and return it as a validated :class:`Sample` (never raises for
+    environment, tool or engine failures: they come back as ``status="failed"``)."""
+    partial = _Partial()
+    start = time.perf_counter()
+    own_env = env is None
+    status, error = "ok", None
+    try:
+        if env is None:
+            env = make(request.env_id, max_turns=config.max_turns, **config.env_kwargs)
+        coro = _loop(engine, template, env, request, config, partial)
+        status = await (asyncio.wait_for(coro, config.episode_timeout) if config.episode_timeout else coro)
+    except asyncio.TimeoutError:
+        status, error = "failed", f"episode timed out after {config.episode_timeout:.0f}s"
+    except asyncio.CancelledError:
+        raise
+    except Exception as e:  # an env, tool or engine failure is data
+        status, error = "failed", f"{type(e).__name__}: {e}"
+        log.debug("episode failed", exc_info=True)
+    finally:
+        if own_env and env is not None:
+            try:
+                env.close()
+            except Exception as e:
+                log.warning("closing %s failed: %s", request.env_id, e)
+    sample = _to_sample(partial, request, status, error)
+    sample.metrics["time_total"] = time.perf_counter() - start
+    if reward_fn is not None and sample.status in ("ok", "truncated"):
+        await _apply_reward_fn(reward_fn, sample)
+    sample.validate()
+    return sample
+
+
+async def _loop(engine: Engine, template: Any, env: TextEnv, request: EpisodeRequest,
+                config: RolloutConfig, partial: _Partial) -> str:
+    from agentrl.chat import TokenConversation
+
+    t = time.perf_counter()
+    messages, info = await env.areset(seed=request.env_seed, options=request.options)
+    partial.metrics["time_env"] += time.perf_counter() - t
+    partial.info = dict(info)
+    conv = TokenConversation(template, messages, tools=env.tool_schemas() or None)
+    partial.conversation = conv
+    stop_ids = sorted(set(config.sampling.stop_token_ids) | set(template.stop_token_ids))
+    while True:
+        budget = config.max_context_tokens - conv.num_tokens
+        if budget <= 0:
+            return "truncated"
+        sampling = config.sampling.replace(
+            max_new_tokens=min(config.max_new_tokens_per_turn, budget),
+            stop_token_ids=stop_ids,
+            seed=None if request.sampling_seed is None else request.sampling_seed + 7919 * partial.turns,
+        )
+        t = time.perf_counter()
+        completion = await engine.generate(conv.tokens, sampling,
+                                           rid=f"g{request.group_id}-s{request.sample_index}-t{partial.turns}")
+        partial.metrics["time_generate"] += time.perf_counter() - t
+        if completion.finish_reason == "abort":
+            return "aborted"
+        conv.add_completion(completion.token_ids, completion.logprobs)
+        partial.weight_versions.append(completion.weight_version)
+        partial.turns += 1
+        action = conv.messages[-1]["content"]
+        t = time.perf_counter()
+        observation, reward, terminated, truncated, info = await env.astep(action)
+        partial.metrics["time_env"] += time.perf_counter() - t
+        partial.reward += float(reward)
+        partial.info = dict(info)
+        partial.metrics["tool_calls"] += float(info.get("tool_calls", 0) or 0)
+        partial.metrics["tool_errors"] += float(info.get("tool_errors", 0) or 0)
+        if terminated:
+            return "ok"
+        if truncated:
+            return "truncated"
+        if completion.finish_reason == "length" and conv.num_tokens >= config.max_context_tokens:
+            return "truncated"
+        if not observation:
+            raise RuntimeError(f"{request.env_id} returned no observation messages but did not end the episode")
+        conv.add_observation(observation)
+
+
+def _to_sample(p: _Partial, request: EpisodeRequest, status: str, error: str | None) -> Sample:
+    conv = p.conversation
+    fields = conv.to_sample_fields() if conv is not None else {
+        "prompt_ids": [], "response_ids": [], "loss_mask": [], "rollout_logprobs": []}
+    metrics = dict(p.metrics)
+    if conv is not None:
+        metrics["generated_tokens"] = float(sum(conv.loss_mask))
+        metrics["observation_tokens"] = float(len(conv.loss_mask) - sum(conv.loss_mask))
+    metrics["turns"] = float(p.turns)
+    return Sample(
+        **fields,
+        reward=p.reward if status != "failed" else 0.0,
+        status=status,
+        error=error,
+        group_id=request.group_id,
+        sample_index=request.sample_index,
+        env_id=request.env_id,
+        label=request.label,
+        messages=list(conv.messages) if conv is not None else [],
+        num_turns=p.turns,
+        weight_versions=p.weight_versions,
+        metrics=metrics,
+        metadata={**request.metadata, "env_info": _jsonable(p.info)},
+    )
+
+
+async def _apply_reward_fn(reward_fn: RewardFn, sample: Sample) -> None:
+    """A user's reward replaces the environment's (``--custom-rm-path``)."""
+    try:
+        value = reward_fn(sample)
+        if asyncio.iscoroutine(value):
+            value = await value
+        if isinstance(value, dict):
+            sample.rewards = {k: float(v) for k, v in value.items()}
+            sample.reward = sample.rewards.get("reward", sum(sample.rewards.values()))
+        else:
+            sample.reward = float(value)
+        if not all(math.isfinite(v) for v in [sample.reward, *sample.rewards.values()]):
+            raise ValueError(f"non-finite reward {sample.reward!r} / {sample.rewards!r}")
+    except Exception as e:
+        sample.status, sample.error = "failed", f"reward function failed: {type(e).__name__}: {e}"
+        sample.reward = 0.0
+
+
+def _jsonable(info: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    out = {}
+    for k, v in info.items():
+        try:
+            json.dumps(v)
+            out[k] = v
+        except (TypeError, ValueError):
+            out[k] = repr(v)
+    return out
