@@ -69,10 +69,10 @@ def extract_answer_with_format(text: str, *, fallback_last_number: bool = False)
     """``(answer, format)``; format is one of :data:`ANSWER_FORMATS` or None when nothing was found."""
     if not isinstance(text, str) or not text:
         return None, None
-    boxed = _last_boxed(text)
+    boxed = last_boxed(text)
     if boxed is not None:
         return _clean(boxed), "boxed"
-    tagged = _last_tag(text, "answer")
+    tagged = last_tag(text, "answer")
     if tagged is not None:
         return _clean(tagged), "answer_tag"
     at = text.rfind("####")
@@ -95,13 +95,13 @@ def parse_label(label: str) -> str:
     label = str(label)
     if "####" in label:
         return _clean(label[label.rfind("####") + 4 :].strip().split("\n", 1)[0])
-    boxed = _last_boxed(label)
+    boxed = last_boxed(label)
     if boxed is not None:
         return _clean(boxed)
     return _clean(label)
 
 
-def _last_boxed(text: str) -> str | None:
+def last_boxed(text: str) -> str | None:
     """Content of the last balanced ``\\boxed{...}`` (or ``\\boxed 5``), scanning right to left."""
     end = len(text)
     for _ in range(8):  # a few unbalanced candidates at most: linear time on junk
@@ -137,7 +137,7 @@ def _balanced(text: str, open_at: int) -> str | None:
     return None
 
 
-def _last_tag(text: str, tag: str) -> str | None:
+def last_tag(text: str, tag: str) -> str | None:
     close = text.rfind(f"</{tag}>")
     if close < 0:
         return None
