@@ -1,0 +1,122 @@
+"""check_incremental: prefix-stable templates pass; templates that rewrite earlier turns are named."""
+
+from __future__ import annotations
+
+import pytest
+
+from agentrl.chat import ChatTemplate, TemplateNotIncrementalError, check_incremental
+from conftest import SEARCH_TOOL
+
+# Mistral-style: tool declarations are written just before the LAST user message.
+TOOLS_BEFORE_LAST_USER = """
+{%- set ns = namespace(last=-1) %}
+{%- for m in messages %}{% if m.role == 'user' %}{% set ns.last = loop.index0 %}{% endif %}{% endfor %}
+{%- for m in messages %}
+{%- if loop.index0 == ns.last and tools %}<|im_start|>system
+TOOLS: {{ tools | map(attribute='function.name') | join(',') }}<|im_end|>
+{% endif %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+
+# DeepSeek-R1 style: reasoning removed from every assistant turn, the last one included.
+STRIP_ALL_THINKING = """
+{%- for m in messages %}<|im_start|>{{ m.role }}
+{% if m.role == 'assistant' and '</think>' in m.content %}{{ m.content.split('</think>')[-1].lstrip() }}
+{%- else %}{{ m.content }}{% endif %}<|im_end|>
+{% endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+
+# Numbers each message: prefix-stable, but a message renders differently after a different
+# history, so it cannot be rendered on its own.
+NUMBERED = """
+{%- for m in messages %}<|im_start|>{{ m.role }} #{{ loop.index }}
+{{ m.content }}<|im_end|>
+{% endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant #{{ messages | length + 1 }}
+{% endif %}"""
+
+
+@pytest.mark.parametrize("name", ["smol", "qwen25", "llama3"])
+def test_prefix_stable_templates_pass(name, request):
+    tmpl = request.getfixturevalue(name)
+    check_incremental(tmpl)
+    assert tmpl._incremental is True
+
+
+def test_result_is_cached_on_the_template(smol, monkeypatch):
+    check_incremental(smol)
+
+    def boom(*a, **k):
+        raise AssertionError("rendered again")
+
+    monkeypatch.setattr(smol, "render", boom)
+    check_incremental(smol)  # cached: no rendering
+
+
+def test_qwen3_thinking_template_is_detected(qwen3):
+    with pytest.raises(TemplateNotIncrementalError) as info:
+        check_incremental(qwen3)
+    err = info.value
+    assert err.kind == "prefix_changed"
+    assert (err.message_index, err.role) == (5, "user")  # the second user query strips earlier <think>
+    text = str(err)
+    assert "adding message 5 (role 'user')" in text
+    assert "-<think>" in text and "-I should use the calculator." in text  # the diff shows what vanished
+    assert "allow_non_incremental=True" in text
+    with pytest.raises(TemplateNotIncrementalError) as again:  # cached, same error
+        check_incremental(qwen3)
+    assert again.value is err
+
+
+def test_qwen3_single_query_tool_loop_is_incremental(qwen3):
+    """Within one user query Qwen3 keeps reasoning, so a custom example of that shape passes."""
+    example = [
+        {"role": "user", "content": "Capital of France?"},
+        {"role": "assistant", "content": "<think>\nLook it up.\n</think>\n\n<tool_call>\n{}\n</tool_call>"},
+        {"role": "tool", "content": "Paris"},
+        {"role": "assistant", "content": "<think>\nFound it.\n</think>\n\nParis."},
+    ]
+    check_incremental(qwen3, example, tools=[SEARCH_TOOL])
+    assert qwen3._incremental is None  # custom examples are not cached
+
+
+def test_qwen3_without_thinking_is_detected_at_the_generation_prompt(qwen_tok):
+    from conftest import TEMPLATES
+
+    tmpl = ChatTemplate(qwen_tok, TEMPLATES / "qwen3.jinja", template_kwargs={"enable_thinking": False})
+    with pytest.raises(TemplateNotIncrementalError) as info:
+        check_incremental(tmpl)
+    assert info.value.kind == "prefix_changed"
+    assert info.value.role == "assistant"
+    assert "does not start where the generation prompt ends" in str(info.value)
+
+
+def test_tools_before_last_user_message_is_detected(smol_tok):
+    with pytest.raises(TemplateNotIncrementalError) as info:
+        check_incremental(ChatTemplate(smol_tok, TOOLS_BEFORE_LAST_USER))
+    assert info.value.kind == "prefix_changed"
+    assert (info.value.message_index, info.value.role) == (5, "user")
+    assert "TOOLS: calculator" in str(info.value)
+
+
+def test_template_rewriting_the_last_assistant_turn_is_detected(smol_tok):
+    with pytest.raises(TemplateNotIncrementalError) as info:
+        check_incremental(ChatTemplate(smol_tok, STRIP_ALL_THINKING))
+    assert info.value.kind == "assistant_not_verbatim"
+    assert info.value.role == "assistant"
+
+
+def test_history_dependent_rendering_is_detected(smol_tok):
+    with pytest.raises(TemplateNotIncrementalError) as info:
+        check_incremental(ChatTemplate(smol_tok, NUMBERED))
+    assert info.value.kind == "continuation_mismatch"
+
+
+def test_example_without_assistant_turn_is_rejected(smol):
+    from agentrl.chat import ChatTemplateError
+
+    with pytest.raises(ChatTemplateError, match="needs an assistant message"):
+        check_incremental(smol, [{"role": "user", "content": "hi"}])
