@@ -1,0 +1,367 @@
+"""The torch trainer: any Hugging Face causal LM, float32 on CPU and bf16 on GPU.
+
+It implements :class:`~agentrl.train.base.Trainer` with AdamW, gradient clipping, warm-up and
+decay, micro-batches by token budget accumulated into optimiser steps, optional gradient
+checkpointing, LoRA (peft), a frozen reference model (or the LoRA base) for the KL loss, and a
+value model for ``gae``. Losses come from :mod:`agentrl.algo`, unchanged.
+
+Example::
+
+    trainer = TorchTrainer("smollm2-135m-instruct", TrainConfig(lr=1e-5))
+    batch = RolloutBatch.from_samples(samples)
+    batch.old_logprobs = trainer.compute_logprobs(batch)
+    batch.advantages = algo.get_advantage_estimator("grpo")(batch.rewards, batch.group_ids, batch.loss_mask)
+    metrics = trainer.train_step(batch)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import math
+import os
+import random
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from agentrl import algo
+from agentrl.train.base import TrainConfig
+from agentrl.train.batch import RolloutBatch, left_padded_inputs, micro_batches, optimizer_steps
+
+log = logging.getLogger(__name__)
+
+
+class TorchTrainer:
+    def __init__(
+        self,
+        model: str | nn.Module,
+        config: TrainConfig | None = None,
+        *,
+        tokenizer: Any = None,
+        device: str | None = None,
+        dtype: torch.dtype | None = None,
+        total_steps: int | None = None,
+    ):
+        from agentrl.models import load_model, load_tokenizer
+
+        self.config = config = config or TrainConfig()
+        algo.check_aggregation(config.loss_aggregation)
+        algo.get_policy_loss(config.policy_loss)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        torch.manual_seed(config.seed)
+        if isinstance(model, nn.Module):
+            self.model = model.to(self.device)
+            self.model_path = getattr(model.config, "_name_or_path", "")
+        else:
+            self.model_path = model
+            self.model = load_model(model, dtype=self.dtype, device=str(self.device), with_tokenizer=False)
+        self.tokenizer = tokenizer or load_tokenizer(self.model_path)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        self.ref_model: nn.Module | None = None
+        if config.use_kl_loss and config.lora_rank == 0:
+            self.ref_model = copy.deepcopy(self.model).requires_grad_(False).eval()
+            if config.ref_on_cpu:
+                self.ref_model.to("cpu", torch.float32)
+        if config.lora_rank > 0:
+            self.model = _apply_lora(self.model, config)
+        if config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.config.use_cache = False
+        self.model.train()
+        self.critic: ValueModel | None = None
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
+                                           eps=config.adam_eps, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config, total_steps))
+        if config.use_critic:
+            self.critic = ValueModel.from_policy(self.model_path, self.dtype, self.device)
+            self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=config.critic_lr,
+                                                      betas=(config.adam_beta1, config.adam_beta2))
+        self.loss_config = algo.PolicyLossConfig(
+            eps_clip=config.eps_clip, eps_clip_high=config.eps_clip_high, eps_clip_c=config.eps_clip_c,
+            aggregation=config.loss_aggregation, use_tis=config.use_tis, tis_cap=config.tis_cap)
+        self.steps = 0
+
+    # -- forward passes ----------------------------------------------------------------
+    def _response_logits(self, model: nn.Module, samples: list, width: int, device: torch.device) -> Tensor:
+        """``[b, width, V]`` float32 logits predicting the last ``width`` tokens of each row."""
+        ids, attn, pos = left_padded_inputs(samples, self.pad_id, device)
+        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=width + 1, use_cache=False)
+        logits = out.logits[:, :-1, :].float()
+        t = self.config.rollout_temperature
+        return logits / t if t > 0 else logits
+
+    @torch.no_grad()
+    def _logprobs(self, model: nn.Module, batch: RolloutBatch, device: torch.device) -> Tensor:
+        out = torch.zeros_like(batch.loss_mask)
+        for idx in micro_batches(batch.samples, self.config.max_tokens_per_gpu):
+            sub = batch.select(idx)
+            logits = self._response_logits(model, sub.samples, sub.width, device)
+            labels = left_padded_inputs(sub.samples, self.pad_id, device)[0][:, -sub.width:]
+            lp = algo.logprobs_from_logits(logits, labels).cpu() * sub.loss_mask
+            out[torch.as_tensor(idx), batch.width - sub.width:] = lp
+        return out
+
+    def compute_logprobs(self, batch: RolloutBatch) -> Tensor:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._logprobs(self.model, batch, self.device)
+        finally:
+            self.model.train(was_training)
+
+    def compute_ref_logprobs(self, batch: RolloutBatch) -> Tensor:
+        if self.config.lora_rank > 0:
+            with self.model.disable_adapter():
+                return self.compute_logprobs(batch)
+        if self.ref_model is None:
+            raise RuntimeError("no reference model: construct the trainer with TrainConfig(use_kl_loss=True)")
+        device = torch.device("cpu") if self.config.ref_on_cpu else self.device
+        return self._logprobs(self.ref_model, batch, device)
+
+    @torch.no_grad()
+    def compute_values(self, batch: RolloutBatch) -> Tensor:
+        if self.critic is None:
+            raise RuntimeError("no value model: set TrainConfig(use_critic=True) for the gae estimator")
+        out = torch.zeros_like(batch.loss_mask)
+        for idx in micro_batches(batch.samples, self.config.max_tokens_per_gpu):
+            sub = batch.select(idx)
+            values = self.critic(*left_padded_inputs(sub.samples, self.pad_id, self.device), width=sub.width)
+            out[torch.as_tensor(idx), batch.width - sub.width:] = values.float().cpu() * sub.loss_mask
+        return out
+
+    # -- training -------------------------------------------------------------------------
+    def train_step(self, batch: RolloutBatch, num_steps: int = 1) -> dict[str, float]:
+        """``num_steps`` optimiser steps, each over ``len(batch) / num_steps`` samples."""
+        if batch.advantages is None or batch.old_logprobs is None:
+            raise ValueError("train_step needs batch.advantages and batch.old_logprobs set")
+        if self.config.use_kl_loss and batch.ref_logprobs is None:
+            raise ValueError("use_kl_loss is on but batch.ref_logprobs is not set")
+        steps = [self._optimizer_step(batch.select(idx)) for idx in optimizer_steps(len(batch), num_steps)]
+        return {k: _combine(k, [m[k] for m in steps]) for k in steps[0]}
+
+    def _optimizer_step(self, batch: RolloutBatch) -> dict[str, float]:
+        cfg = self.config
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        mode = cfg.loss_aggregation
+        denom = algo.aggregation_denominator(batch.loss_mask, mode)
+        metrics: dict[str, float] = defaultdict(float)
+        n_tokens = float(batch.loss_mask.sum())
+        for idx in micro_batches(batch.samples, cfg.max_tokens_per_gpu):
+            mb = batch.select(idx)
+            dev = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+            mask = mb.loss_mask.to(self.device)
+            logits = self._response_logits(self.model, mb.samples, mb.width, self.device)
+            labels = left_padded_inputs(mb.samples, self.pad_id, self.device)[0][:, -mb.width:]
+            logprobs = algo.logprobs_from_logits(logits, labels)
+            entropy = algo.entropy_from_logits(logits) if cfg.entropy_coef else None
+            with torch.no_grad():
+                ent_metric = entropy.detach() if entropy is not None else algo.entropy_from_logits(logits.detach())
+            loss, m = algo.get_policy_loss(cfg.policy_loss)(
+                logprobs, dev(mb.old_logprobs), dev(mb.advantages), mask, config=self.loss_config,
+                rollout_logprobs=dev(mb.rollout_logprobs), denominator=denom)
+            if cfg.use_kl_loss:
+                kl = algo.kl_penalty(logprobs, dev(mb.ref_logprobs), cfg.kl_loss_type)
+                kl_loss = algo.aggregate(kl, mask, mode, denominator=denom)
+                loss = loss + cfg.kl_loss_coef * kl_loss
+                metrics["kl_loss"] += float(kl_loss.detach())
+            if entropy is not None:
+                loss = loss - cfg.entropy_coef * algo.aggregate(entropy, mask, mode, denominator=denom)
+            loss.backward()
+            share = float(mask.sum()) / max(n_tokens, 1.0)  # token share of this micro-batch
+            metrics["loss"] += float(loss.detach())
+            metrics["entropy"] += float(algo.masked_mean(ent_metric, mask)) * share
+            for k, v in m.items():
+                if k.endswith(("_max", "_min")):
+                    metrics[k] = _combine(k, [float(v)] + ([metrics[k]] if k in metrics else []))
+                else:
+                    metrics[k] += float(v) * share
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        clip = cfg.clip_grad if cfg.clip_grad > 0 else float("inf")
+        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        self.optimizer.step()
+        self.scheduler.step()
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        if self.critic is not None:
+            metrics.update(self._critic_step(batch, denom))
+        self.steps += 1
+        return {f"train/{k}": v for k, v in metrics.items()}
+
+    def _critic_step(self, batch: RolloutBatch, denom: Tensor) -> dict[str, float]:
+        assert self.critic is not None
+        self.critic_optimizer.zero_grad(set_to_none=True)
+        total = 0.0
+        for idx in micro_batches(batch.samples, self.config.max_tokens_per_gpu):
+            mb = batch.select(idx)
+            values = self.critic(*left_padded_inputs(mb.samples, self.pad_id, self.device), width=mb.width).float()
+            loss, _ = algo.value_loss(values, mb.values.to(self.device), mb.returns.to(self.device),
+                                      mb.loss_mask.to(self.device), clip=self.config.value_clip,
+                                      aggregation=self.config.loss_aggregation, denominator=denom)
+            loss.backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.config.clip_grad or float("inf"))
+        self.critic_optimizer.step()
+        return {"value_loss": total}
+
+    # -- weights and checkpoints -----------------------------------------------------------
+    def weights(self) -> Iterator[tuple[str, Tensor]]:
+        """Hugging Face-named tensors of the policy (LoRA merged in, without copying the base)."""
+        if self.config.lora_rank > 0:
+            with _merged(self.model):
+                for name, t in self.model.get_base_model().state_dict().items():
+                    if "lora_" not in name:
+                        yield name.replace(".base_layer", ""), t
+            return
+        yield from self.model.state_dict().items()
+
+    def export_hf(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        if self.config.lora_rank > 0:
+            merged = copy.deepcopy(self.model).merge_and_unload()
+            merged.save_pretrained(path, safe_serialization=True)
+        else:
+            self.model.save_pretrained(path, safe_serialization=True)
+        self.tokenizer.save_pretrained(path)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """HF export under ``path/model`` plus the full training state in ``path/trainer.pt``."""
+        path = Path(path)
+        self.export_hf(path / "model")
+        state = {
+            "model": {k: v for k, v in self.model.state_dict().items()} if self.config.lora_rank else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "steps": self.steps,
+            "rng": rng_state(),
+        }
+        if self.critic is not None:
+            state["critic"] = self.critic.state_dict()
+            state["critic_optimizer"] = self.critic_optimizer.state_dict()
+        torch.save(state, path / "trainer.pt")
+
+    def load(self, path: str | os.PathLike) -> None:
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
+        if state["model"] is not None:
+            self.model.load_state_dict(state["model"])
+        else:
+            weights: dict[str, Tensor] = {}
+            for f in sorted((path / "model").glob("*.safetensors")):
+                weights.update(load_file(f))
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            missing = [k for k in missing if not _is_tied(self.model, k)]
+            if missing or unexpected:
+                raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing[:5]}, "
+                                   f"unexpected {unexpected[:5]}")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.steps = state["steps"]
+        if self.critic is not None and "critic" in state:
+            self.critic.load_state_dict(state["critic"])
+            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+        set_rng_state(state["rng"])
+
+
+class ValueModel(nn.Module):
+    """A critic: the policy's backbone with a scalar head, ``V(s_t)`` read at the position
+    that predicts token ``t`` (so values line up with the response columns)."""
+
+    def __init__(self, backbone: nn.Module, hidden_size: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(hidden_size, 1)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_policy(cls, model_path: str, dtype: torch.dtype, device: torch.device) -> "ValueModel":
+        from transformers import AutoModel
+
+        from agentrl.models import resolve_model_path
+
+        backbone = AutoModel.from_pretrained(resolve_model_path(model_path), dtype=dtype)
+        return cls(backbone, backbone.config.hidden_size).to(device=device, dtype=dtype)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *, width: int) -> Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                               use_cache=False).last_hidden_state
+        return self.head(hidden[:, -(width + 1):-1]).squeeze(-1)  # [b, width]
+
+
+def _combine(key: str, values: list[float]) -> float:
+    """Merge a metric over optimiser steps: extremes stay extremes, the rest is averaged."""
+    if key.endswith("_max"):
+        return max(values)
+    if key.endswith("_min"):
+        return min(values)
+    return sum(values) / len(values)
+
+
+def _apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        raise ImportError("lora_rank > 0 needs peft: pip install peft") from e
+    lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear",
+                      lora_dropout=0.0, task_type="CAUSAL_LM")
+    return get_peft_model(model, lora)
+
+
+@contextlib.contextmanager
+def _merged(model: nn.Module):
+    model.merge_adapter()
+    try:
+        yield
+    finally:
+        model.unmerge_adapter()
+
+
+def _is_tied(model: nn.Module, key: str) -> bool:
+    return key == "lm_head.weight" and bool(getattr(model.config, "tie_word_embeddings", False))
+
+
+def _lr_lambda(config: TrainConfig, total_steps: int | None):
+    warmup = config.lr_warmup_steps
+    decay_steps = config.lr_decay_steps or total_steps
+    floor = config.min_lr / config.lr if config.lr > 0 else 0.0
+    if config.lr_decay_style not in ("constant", "cosine", "linear"):
+        raise ValueError(f"lr_decay_style must be constant, cosine or linear; got {config.lr_decay_style!r}")
+
+    def factor(step: int) -> float:
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if config.lr_decay_style == "constant" or not decay_steps:
+            return 1.0
+        progress = min(1.0, (step - warmup) / max(1, decay_steps - warmup))
+        if config.lr_decay_style == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return floor + (1 - floor) * (1 - progress)
+
+    return factor
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
