@@ -162,8 +162,6 @@ def create_app(
 
     @app.get("/get_server_info")
     async def get_server_info() -> dict[str, Any]:
-        from agentrl import __version__
-
         return {
             "model_path": state.model_path,
             "tokenizer_path": state.tokenizer_path,
@@ -177,7 +175,7 @@ def create_app(
                 "num_requests_total": state.num_requests_total,
                 "engine": type(state.engine).__name__,
             }],
-            "version": __version__,
+            "version": _package_version(),
         }
 
     @app.api_route("/flush_cache", methods=["GET", "POST"])
@@ -414,6 +412,15 @@ def _not_supported(path: str):
                        "this server loads new weights through /update_weights_from_disk",
         }, status_code=400)
     return handler
+
+
+def _package_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agentrl")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _model_config_info(model_path: str) -> dict[str, Any]:
