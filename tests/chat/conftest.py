@@ -37,12 +37,32 @@ def smol_tok():
     return load_tokenizer("smollm2-135m-instruct")
 
 
-@pytest.fixture(scope="session")
-def llama_tok(smol_tok):
+# Llama-3's pre-tokenizer split (tokenizer.json of Llama-3): unlike GPT-2's, it keeps a run of
+# newlines together ("\s*[\r\n]+"), so the "\n\n" ending Llama-3's generation prompt is one token
+# both at the end of a prompt and before the assistant's text.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
+                r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def with_llama3_specials(smol_tok):
+    """SmolLM2's tokenizer with Llama-3's special tokens, BOS and EOS (GPT-2 pre-tokenizer kept)."""
     tok = copy.deepcopy(smol_tok)
     tok.add_special_tokens({"additional_special_tokens": LLAMA3_SPECIAL})
     tok.bos_token = "<|begin_of_text|>"
     tok.eos_token = "<|end_of_text|>"
+    return tok
+
+
+@pytest.fixture(scope="session")
+def llama_tok(smol_tok):
+    """SmolLM2's vocabulary with Llama-3's special tokens and pre-tokenizer split."""
+    from tokenizers import Regex, pre_tokenizers
+
+    tok = with_llama3_specials(smol_tok)
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
+    ])
     return tok
 
 
