@@ -1,0 +1,155 @@
+"""``agentrl retriever``: serve a corpus over HTTP with Search-R1's retrieval protocol.
+
+The shapes are those of Search-R1's ``search_r1/search/retrieval_server.py``, so its clients, our
+:class:`envs.search.SearchEnv`, and any tool written for Search-R1 work unchanged:
+
+``POST /retrieve`` ``{"queries": ["q1", ...], "topk": 3, "return_scores": true}`` returns
+``{"result": [[{"document": {"id", "contents"}, "score": float}, ...], ...]}`` (one list per
+query, best first); with ``"return_scores": false`` (the default) each inner list holds the
+documents themselves: ``{"result": [[{"id", "contents"}, ...], ...]}``. A missing or 0 ``topk``
+means the server's ``--topk``. A malformed request gets a 400 whose ``message`` says what was
+expected; the server keeps serving. ``GET /health`` describes the index.
+
+Example (in-process)::
+
+    >>> import httpx
+    >>> from agentrl.engine.server import BackgroundServer
+    >>> from tools.retriever.index import load_retriever
+    >>> app = create_app(load_retriever("envs/data/search_mini.jsonl", "bm25", cache=False))
+    >>> with BackgroundServer(app) as server:
+    ...     r = httpx.post(server.url + "/retrieve", json={"queries": ["capital of Canada"], "topk": 1})
+    >>> r.json()["result"][0][0]["contents"].split("\\n")[0]
+    '"Ottawa"'
+
+From the shell::
+
+    agentrl retriever --corpus envs/data/search_mini.jsonl --method bm25 --port 8000
+    curl -s localhost:8000/retrieve -d '{"queries": ["capital of Canada"], "topk": 2, "return_scores": true}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict
+
+from tools.retriever.corpus import CorpusError
+from tools.retriever.index import METHODS, Retriever, load_retriever
+
+log = logging.getLogger(__name__)
+
+EXPECTED = '{"queries": ["..."], "topk": 3, "return_scores": true}'
+
+
+class RetrieveRequest(BaseModel):
+    """The body of ``POST /retrieve`` (unknown fields are ignored, as Search-R1's server does)."""
+
+    model_config = ConfigDict(extra="ignore")
+    queries: list[str]
+    topk: int | None = None
+    return_scores: bool = False
+
+
+def create_app(retriever: Retriever, *, default_topk: int = 3, max_topk: int = 1000) -> FastAPI:
+    """A FastAPI app serving ``retriever`` (see the module docstring for the protocol)."""
+    app = FastAPI(title="agentrl retriever", description="Search-R1 retrieval protocol")
+
+    def bad_request(message: str) -> JSONResponse:
+        return JSONResponse(status_code=400, content={"error": "bad request", "message": message, "expected": EXPECTED})
+
+    @app.exception_handler(RequestValidationError)
+    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
+            problems.append(f"{where}: {err.get('msg')}")
+        return bad_request("; ".join(problems))
+
+    @app.post("/retrieve")
+    def retrieve(req: RetrieveRequest) -> Any:
+        topk = req.topk or default_topk
+        if not 1 <= topk <= max_topk:
+            return bad_request(f"topk must be between 1 and {max_topk} (0 or absent: the default {default_topk}); "
+                               f"got {req.topk}")
+        start = time.perf_counter()
+        try:
+            hits = retriever.search(req.queries, topk)
+        except Exception as e:  # the index failed: say so, keep serving
+            log.exception("retrieval failed")
+            return JSONResponse(status_code=500, content={"error": "retrieval failed", "message": f"{type(e).__name__}: {e}"})
+        log.debug("retrieved %d queries in %.3f s", len(req.queries), time.perf_counter() - start)
+        if req.return_scores:
+            return {"result": [[{"document": h.document(), "score": h.score} for h in row] for row in hits]}
+        return {"result": [[h.document() for h in row] for row in hits]}
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        return {"status": "ok", "default_topk": default_topk, **retriever.describe()}
+
+    return app
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="agentrl retriever",
+        description="Serve a JSONL corpus of {\"id\", \"contents\"} rows over HTTP with Search-R1's retrieval "
+        'protocol: POST /retrieve {"queries": [...], "topk": 3, "return_scores": true}. The index is built on '
+        "first use and cached on disk, so restarts are fast.",
+    )
+    p.add_argument("--corpus", required=True, help="JSONL corpus file, one {\"id\", \"contents\"} object a line")
+    p.add_argument("--method", default="bm25", choices=METHODS,
+                   help="bm25: lexical (bm25s); dense: sentence-transformers embeddings, exact inner product")
+    p.add_argument("--model", default="minilm",
+                   help="dense only: embedding model, an alias (minilm: offline all-MiniLM-L6-v2; e5: "
+                   "intfloat/e5-base-v2 with query:/passage: prefixes), a folder or a hub id")
+    p.add_argument("--index-dir", default=None,
+                   help="where the index is cached (default: <corpus>.index/ beside the corpus)")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the index even when a cached one matches")
+    p.add_argument("--device", default=None, help="dense only: cpu, cuda, cuda:1... (default: cuda when available)")
+    p.add_argument("--batch-size", type=int, default=64, help="dense only: documents per encoding batch")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
+    p.add_argument("--port", type=int, default=8000, help="port to listen on (Search-R1's default is 8000)")
+    p.add_argument("--topk", type=int, default=3, help="documents per query when a request gives no topk")
+    p.add_argument("--build-only", action="store_true", help="build (or check) the cached index, then exit")
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="logging level")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``agentrl retriever``; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.topk < 1:
+        print(f"agentrl retriever: --topk must be >= 1; got {args.topk}", file=sys.stderr)
+        return 2
+    options: dict[str, Any] = {}
+    if args.method == "dense":
+        options = {"model": args.model, "device": args.device, "batch_size": args.batch_size}
+    start = time.perf_counter()
+    try:
+        retriever = load_retriever(Path(args.corpus), args.method, index_dir=args.index_dir, rebuild=args.rebuild,
+                                   **options)
+    except (CorpusError, ImportError, ValueError, OSError) as e:
+        print(f"agentrl retriever: {e}", file=sys.stderr)
+        return 2
+    log.info("%s index over %d documents ready in %.1f s", args.method, len(retriever.corpus), time.perf_counter() - start)
+    if args.build_only:
+        return 0
+    import uvicorn
+
+    app = create_app(retriever, default_topk=args.topk)
+    log.info("serving POST http://%s:%d/retrieve", args.host, args.port)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
