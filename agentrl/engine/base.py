@@ -29,14 +29,19 @@ class SamplingParams:
     temperature: float = 1.0
     """0 means greedy."""
     top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens with this much probability."""
     top_k: int = -1
     """-1 (or 0) disables top-k."""
     max_new_tokens: int = 256
+    """Tokens to generate at most."""
     stop: list[str] = field(default_factory=list)
     """Stop strings; the matched string is kept in the output (as SGLang does by default)."""
     stop_token_ids: list[int] = field(default_factory=list)
+    """Token ids that end generation (kept in the output)."""
     ignore_eos: bool = False
+    """Keep generating past the end-of-sequence token (benchmarks)."""
     seed: int | None = None
+    """Per-request sampling seed (None: unseeded)."""
 
     def validate(self) -> None:
         if self.temperature < 0:

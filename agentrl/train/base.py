@@ -26,9 +26,13 @@ class TrainConfig:
     lr_decay_steps: int | None = None
     """Optimiser steps over which to decay (default: the whole run)."""
     weight_decay: float = 0.0
+    """AdamW weight decay."""
     adam_beta1: float = 0.9
+    """AdamW beta1."""
     adam_beta2: float = 0.98
+    """AdamW beta2."""
     adam_eps: float = 1e-8
+    """AdamW epsilon."""
     clip_grad: float = 1.0
     """Gradient-norm clipping (0 disables it)."""
     max_tokens_per_gpu: int = 8192
@@ -38,6 +42,7 @@ class TrainConfig:
     policy_loss: str = "ppo"
     """ppo | gspo (see agentrl.algo.POLICY_LOSSES)."""
     eps_clip: float = 0.2
+    """PPO clip range: the ratio is clipped below at 1 - eps_clip (and above at 1 + eps_clip_high)."""
     eps_clip_high: float | None = None
     """Upper clip range (DAPO clip-higher, e.g. 0.28); default eps_clip."""
     eps_clip_c: float | None = None
@@ -47,6 +52,7 @@ class TrainConfig:
     use_kl_loss: bool = False
     """Add a KL penalty to a frozen reference model."""
     kl_loss_coef: float = 0.0
+    """Weight of the KL penalty."""
     kl_loss_type: str = "low_var_kl"
     """k1 | k2 | k3 | low_var_kl."""
     entropy_coef: float = 0.0
@@ -54,6 +60,7 @@ class TrainConfig:
     use_tis: bool = False
     """Truncated importance sampling against the rollout logprobs."""
     tis_cap: float = 2.0
+    """TIS weights are clamped at this value."""
     rollout_temperature: float = 1.0
     """The engine's sampling temperature; training logits are divided by it so logprobs agree."""
     ref_on_cpu: bool = False
@@ -61,12 +68,15 @@ class TrainConfig:
     lora_rank: int = 0
     """LoRA rank (0: full fine-tuning). Needs peft."""
     lora_alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / rank)."""
     critic_lr: float = 1e-5
     """Learning rate of the value model (gae)."""
     value_clip: float = 0.2
+    """Clip range of the value loss."""
     use_critic: bool = False
     """Train a value model (set for the gae estimator)."""
     seed: int = 0
+    """Seed of parameter initialisation (LoRA, value head) and shuffling."""
 
 
 @runtime_checkable

@@ -1,0 +1,529 @@
+"""The run configuration: typed dataclasses owned by each subsystem, one command line.
+
+:class:`RunConfig` holds the loop's own settings and the subsystems' configs
+(``data: DataConfig``, ``rollout: RolloutConfig``, ``train: TrainConfig``). Flags use slime's
+names where the concept is the same (``--rollout-batch-size``, ``--n-samples-per-prompt``,
+``--eps-clip-high``...). Each flag's help text is the docstring of the field it sets, so
+``--help`` and the code cannot drift apart.
+
+``--config recipe.yaml`` sets defaults from a file (keys are flag names, dashes or
+underscores); flags on the command line override it. :func:`validate` checks everything that
+can be checked before a model or a dataset is loaded and reports all problems at once.
+
+Example::
+
+    >>> cfg = parse_args(["--env", "Echo-v0", "--prompt-data", "x.jsonl", "--rollout-batch-size", "4"])
+    >>> cfg.rollout_batch_size, cfg.rollout.n_samples_per_prompt, cfg.global_batch_size
+    (4, 4, 16)
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import difflib
+import functools
+import inspect
+import textwrap
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from agentrl.data.prompts import DataConfig
+from agentrl.rollout.episode import RolloutConfig
+from agentrl.train.base import TrainConfig
+
+
+class ConfigError(ValueError):
+    """One or more configuration problems, each with how to fix it."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+@dataclass
+class RunConfig:
+    """Settings of a training run (the loop's own; subsystems own theirs)."""
+
+    model_path: str = "smollm2-135m-instruct"
+    """HF model folder, hub id, or alias (smollm2-135m-instruct, tiny-qwen2, ...)."""
+    env: str | None = None
+    """Environment id for rows that name none (e.g. agentrl/Math-v0)."""
+    prompt_data: str | None = None
+    """Training prompts: .jsonl/.json/.parquet, a folder, or hf:org/name[:config][@split]."""
+    num_rollout: int = 10
+    """Rollouts (generate -> train -> sync iterations) to run."""
+    rollout_batch_size: int = 8
+    """Prompts per rollout (each expands to n_samples_per_prompt episodes)."""
+    global_batch_size: int | None = None
+    """Episodes per optimiser step (default: all episodes of a rollout / num_steps_per_rollout)."""
+    num_steps_per_rollout: int = 1
+    """Optimiser steps per rollout."""
+    advantage_estimator: str = "grpo"
+    """grpo | dr_grpo | rloo | reinforce_plus_plus | reinforce_plus_plus_baseline | gae."""
+    normalize_advantage_std: bool = True
+    """Divide group-relative advantages by the group std (off: Dr. GRPO)."""
+    gamma: float = 1.0
+    """Discount of gae."""
+    lambd: float = 1.0
+    """GAE lambda."""
+    dynamic_sampling: bool = False
+    """Drop groups whose rewards are all equal and over-sample prompts to refill the batch."""
+    over_sampling_factor: float = 2.0
+    """At most this many times rollout_batch_size prompts per rollout when filters drop groups."""
+    overlong: str = "keep"
+    """Truncated episodes: keep | mask (no gradient) | penalty (reward := overlong_penalty)."""
+    overlong_penalty: float = -1.0
+    """Reward of truncated episodes with --overlong penalty."""
+    trainer: str = "torch"
+    """torch | megatron."""
+    engine: str = "embedded"
+    """embedded (in-process) | sglang (servers given by --sglang-url or launched)."""
+    colocate: bool = True
+    """Engine and trainer share devices; the engine frees its KV cache while training."""
+    sglang_url: list[str] = field(default_factory=list)
+    """SGLang server or router URLs (with --engine sglang); none: launch servers."""
+    sglang_args: list[str] = field(default_factory=list)
+    """--sglang-* flags, passed through to sglang.launch_server without the prefix."""
+    engine_max_batch_size: int = 64
+    """Embedded engine: sequences decoded together."""
+    custom_generate_function_path: str | None = None
+    """module:function or file.py:function replacing the episode loop (see agentrl.rollout.hooks)."""
+    custom_rm_path: str | None = None
+    """module:function or file.py:function scoring episodes, replacing the env reward."""
+    eval_prompt_data: list[str] = field(default_factory=list)
+    """Held-out sets as NAME PATH pairs (each row may name its env)."""
+    eval_interval: int | None = None
+    """Evaluate every this many rollouts (and before the first and after the last)."""
+    n_samples_per_eval_prompt: int = 1
+    """Episodes per held-out prompt."""
+    eval_temperature: float = 0.0
+    """Sampling temperature for evaluation (0: greedy)."""
+    eval_max_prompts: int | None = None
+    """Evaluate on at most this many prompts of each set."""
+    save: str | None = None
+    """Folder for checkpoints (HF model + full training state)."""
+    save_interval: int | None = None
+    """Save every this many rollouts (and at the end)."""
+    load: str | None = None
+    """Resume from a checkpoint folder (or the latest one inside a --save folder)."""
+    output_dir: str = "runs/latest"
+    """Metrics (JSONL, TensorBoard), plots and the run summary go here."""
+    use_wandb: bool = False
+    """Also log to Weights & Biases."""
+    wandb_project: str = "agentrl"
+    seed: int = 0
+    """Seeds data order, environment resets and sampling."""
+    device: str | None = None
+    """cpu | cuda | cuda:N (default: cuda when available)."""
+    use_ray: bool = False
+    """Run engines and trainer as Ray actors (see agentrl.cluster)."""
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    @property
+    def episodes_per_rollout(self) -> int:
+        return self.rollout_batch_size * self.rollout.n_samples_per_prompt
+
+
+# flag -> dotted path into RunConfig. Help and type come from the field the path names.
+FLAGS: dict[str, str] = {
+    # model, data, environment
+    "--model-path": "model_path",
+    "--env": "env",
+    "--prompt-data": "prompt_data",
+    "--input-key": "data.input_key",
+    "--label-key": "data.label_key",
+    "--metadata-key": "data.metadata_key",
+    "--env-key": "data.env_key",
+    "--skip-bad-rows": "data.on_bad_row",
+    # rollout
+    "--num-rollout": "num_rollout",
+    "--rollout-batch-size": "rollout_batch_size",
+    "--n-samples-per-prompt": "rollout.n_samples_per_prompt",
+    "--max-turns": "rollout.max_turns",
+    "--rollout-max-context-len": "rollout.max_context_tokens",
+    "--rollout-max-response-len": "rollout.max_new_tokens_per_turn",
+    "--rollout-temperature": "rollout.sampling.temperature",
+    "--rollout-top-p": "rollout.sampling.top_p",
+    "--rollout-top-k": "rollout.sampling.top_k",
+    "--rollout-stop": "rollout.sampling.stop",
+    "--rollout-concurrency": "rollout.concurrency",
+    "--episode-timeout": "rollout.episode_timeout",
+    "--dynamic-sampling": "dynamic_sampling",
+    "--over-sampling-factor": "over_sampling_factor",
+    "--overlong": "overlong",
+    "--overlong-penalty": "overlong_penalty",
+    "--custom-generate-function-path": "custom_generate_function_path",
+    "--custom-rm-path": "custom_rm_path",
+    # algorithm
+    "--advantage-estimator": "advantage_estimator",
+    "--normalize-advantage-std": "normalize_advantage_std",
+    "--gamma": "gamma",
+    "--lambd": "lambd",
+    "--policy-loss": "train.policy_loss",
+    "--eps-clip": "train.eps_clip",
+    "--eps-clip-high": "train.eps_clip_high",
+    "--eps-clip-c": "train.eps_clip_c",
+    "--loss-aggregation": "train.loss_aggregation",
+    "--use-kl-loss": "train.use_kl_loss",
+    "--kl-loss-coef": "train.kl_loss_coef",
+    "--kl-loss-type": "train.kl_loss_type",
+    "--entropy-coef": "train.entropy_coef",
+    "--use-tis": "train.use_tis",
+    "--tis-cap": "train.tis_cap",
+    # optimisation
+    "--global-batch-size": "global_batch_size",
+    "--num-steps-per-rollout": "num_steps_per_rollout",
+    "--lr": "train.lr",
+    "--min-lr": "train.min_lr",
+    "--lr-warmup-steps": "train.lr_warmup_steps",
+    "--lr-decay-style": "train.lr_decay_style",
+    "--weight-decay": "train.weight_decay",
+    "--clip-grad": "train.clip_grad",
+    "--max-tokens-per-gpu": "train.max_tokens_per_gpu",
+    "--gradient-checkpointing": "train.gradient_checkpointing",
+    "--lora-rank": "train.lora_rank",
+    "--lora-alpha": "train.lora_alpha",
+    "--ref-on-cpu": "train.ref_on_cpu",
+    "--critic-lr": "train.critic_lr",
+    # backends
+    "--trainer": "trainer",
+    "--engine": "engine",
+    "--colocate": "colocate",
+    "--sglang-url": "sglang_url",
+    "--engine-max-batch-size": "engine_max_batch_size",
+    "--device": "device",
+    "--use-ray": "use_ray",
+    # evaluation, checkpoints, logging
+    "--eval-prompt-data": "eval_prompt_data",
+    "--eval-interval": "eval_interval",
+    "--n-samples-per-eval-prompt": "n_samples_per_eval_prompt",
+    "--eval-temperature": "eval_temperature",
+    "--eval-max-prompts": "eval_max_prompts",
+    "--save": "save",
+    "--save-interval": "save_interval",
+    "--load": "load",
+    "--output-dir": "output_dir",
+    "--use-wandb": "use_wandb",
+    "--wandb-project": "wandb_project",
+    "--seed": "seed",
+}
+
+_SECTIONS = {
+    "--model-path": "model, data, environment", "--num-rollout": "rollout",
+    "--advantage-estimator": "algorithm", "--global-batch-size": "optimisation",
+    "--trainer": "backends", "--eval-prompt-data": "evaluation, checkpoints, logging",
+}
+
+
+def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Train an LLM agent with RL on environments: rollout -> filters -> advantages -> "
+        "train -> weight sync -> eval/checkpoint. Flags override --config; unknown --sglang-* flags "
+        "pass through to SGLang.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        argument_default=argparse.SUPPRESS,
+    )
+    p.add_argument("--config", help="YAML file of flag values (keys: flag names); flags given here override it")
+    group = p
+    for flag, path in FLAGS.items():
+        if flag in _SECTIONS:
+            group = p.add_argument_group(_SECTIONS[flag])
+        owner, name = _owner(path)
+        default = getattr(owner(), name)
+        kind = _kind(owner, name)
+        help_text = (_field_docs(owner).get(name) or "").replace("%", "%%")
+        if path == "data.on_bad_row":
+            group.add_argument(flag, action="store_const", const="skip", help="skip malformed prompt rows (counted and logged) instead of failing")
+        elif kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"{help_text} (default: {default})")
+        elif kind is list:
+            nargs = "+" if path in ("eval_prompt_data", "sglang_url", "rollout.sampling.stop") else "*"
+            group.add_argument(flag, nargs=nargs, help=help_text)
+        else:
+            group.add_argument(flag, type=_parser_for(kind), metavar=_metavar(kind),
+                               help=f"{help_text} (default: {default})")
+    return p
+
+
+def parse_args(argv: list[str] | None = None, *, prog: str = "train.py") -> RunConfig:
+    """Command line (and ``--config`` file) -> :class:`RunConfig`. Raises :class:`ConfigError`
+    for unknown keys in the file; argparse exits for unknown flags."""
+    argv = list(argv or [])
+    sglang = [a for a in argv if a.startswith("--sglang-") and a.split("=")[0] not in FLAGS]
+    argv, passthrough = _split_passthrough(argv, sglang)
+    ns = vars(build_parser(prog).parse_args(argv))
+    cfg = RunConfig()
+    problems: list[str] = []
+    if ns.get("config"):
+        problems += _apply_file(cfg, ns.pop("config"))
+    else:
+        ns.pop("config", None)
+    for key, value in ns.items():
+        _set(cfg, FLAGS["--" + key.replace("_", "-")], value)
+    cfg.sglang_args = cfg.sglang_args + passthrough
+    finalize(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def finalize(cfg: RunConfig) -> None:
+    """Fill derived values (not stored by the user): global batch size, critic use, temperature."""
+    if cfg.global_batch_size is None and cfg.num_steps_per_rollout > 0:
+        cfg.global_batch_size = cfg.episodes_per_rollout // cfg.num_steps_per_rollout
+    cfg.train.use_critic = cfg.advantage_estimator == "gae"
+    cfg.train.rollout_temperature = cfg.rollout.sampling.temperature
+    cfg.train.seed = cfg.seed
+
+
+def validate(cfg: RunConfig) -> list[str]:
+    """Every problem found before loading anything, each with how to fix it."""
+    from agentrl import algo
+
+    problems: list[str] = []
+    need_positive = {"--num-rollout": cfg.num_rollout, "--rollout-batch-size": cfg.rollout_batch_size,
+                     "--n-samples-per-prompt": cfg.rollout.n_samples_per_prompt,
+                     "--num-steps-per-rollout": cfg.num_steps_per_rollout,
+                     "--max-tokens-per-gpu": cfg.train.max_tokens_per_gpu,
+                     "--rollout-max-context-len": cfg.rollout.max_context_tokens,
+                     "--rollout-max-response-len": cfg.rollout.max_new_tokens_per_turn}
+    for flag, value in need_positive.items():
+        if value is None or value < 1:
+            problems.append(f"{flag} must be >= 1; got {value}")
+    if cfg.global_batch_size is not None and cfg.global_batch_size >= 1 and cfg.num_steps_per_rollout >= 1:
+        if cfg.episodes_per_rollout != cfg.global_batch_size * cfg.num_steps_per_rollout:
+            problems.append(
+                f"--rollout-batch-size x --n-samples-per-prompt ({cfg.rollout_batch_size} x "
+                f"{cfg.rollout.n_samples_per_prompt} = {cfg.episodes_per_rollout}) must equal --global-batch-size x "
+                f"--num-steps-per-rollout ({cfg.global_batch_size} x {cfg.num_steps_per_rollout} = "
+                f"{cfg.global_batch_size * cfg.num_steps_per_rollout}); e.g. set --global-batch-size "
+                f"{cfg.episodes_per_rollout // max(cfg.num_steps_per_rollout, 1)} or leave it out to derive it")
+    if cfg.advantage_estimator in ("grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline") \
+            and cfg.rollout.n_samples_per_prompt < 2:
+        problems.append(f"--advantage-estimator {cfg.advantage_estimator} compares episodes of the same prompt: "
+                        f"set --n-samples-per-prompt >= 2 (got {cfg.rollout.n_samples_per_prompt})")
+    for what, check in (("advantage estimator", lambda: algo.get_advantage_estimator(cfg.advantage_estimator)),
+                        ("policy loss", lambda: algo.get_policy_loss(cfg.train.policy_loss)),
+                        ("aggregation", lambda: algo.check_aggregation(cfg.train.loss_aggregation)),
+                        ("kl type", lambda: _check_kl(cfg.train.kl_loss_type)),
+                        ("loss settings", lambda: algo.PolicyLossConfig(
+                            eps_clip=cfg.train.eps_clip, eps_clip_high=cfg.train.eps_clip_high,
+                            eps_clip_c=cfg.train.eps_clip_c, tis_cap=cfg.train.tis_cap)),
+                        ("sampling", lambda: cfg.rollout.sampling.validate())):
+        try:
+            check()
+        except ValueError as e:
+            problems.append(f"{what}: {e}")
+    for flag, value, choices in (("--trainer", cfg.trainer, ("torch", "megatron")),
+                                 ("--engine", cfg.engine, ("embedded", "sglang")),
+                                 ("--overlong", cfg.overlong, ("keep", "mask", "penalty")),
+                                 ("--lr-decay-style", cfg.train.lr_decay_style, ("constant", "cosine", "linear"))):
+        if value not in choices:
+            problems.append(f"{flag} must be one of {', '.join(choices)}; got {value!r}{_hint(value, choices)}")
+    if cfg.train.use_kl_loss and cfg.train.kl_loss_coef == 0:
+        problems.append("--use-kl-loss is on but --kl-loss-coef is 0: set a coefficient (e.g. 0.001) or drop --use-kl-loss")
+    if cfg.prompt_data is None:
+        problems.append("--prompt-data is required (a .jsonl/.parquet file of prompts)")
+    elif not cfg.prompt_data.startswith("hf:") and not Path(cfg.prompt_data).expanduser().exists():
+        problems.append(f"--prompt-data {cfg.prompt_data}: no such file or folder")
+    if len(cfg.eval_prompt_data) % 2:
+        problems.append(f"--eval-prompt-data takes NAME PATH pairs; got {cfg.eval_prompt_data}")
+    else:
+        for name, path in zip(cfg.eval_prompt_data[::2], cfg.eval_prompt_data[1::2]):
+            if not path.startswith("hf:") and not Path(path).expanduser().exists():
+                problems.append(f"--eval-prompt-data {name}: no such file {path}")
+    if cfg.env is not None:
+        from agentrl.env.registry import EnvNotFoundError, resolve_id
+
+        try:
+            cfg.env = resolve_id(cfg.env)
+        except EnvNotFoundError as e:
+            problems.append(f"--env: {e}")
+    try:
+        from agentrl.models import ModelNotFoundError, resolve_model_path
+
+        if not cfg.model_path.lower().startswith(("smollm2", "tiny-")):  # aliases are built on first use
+            resolve_model_path(cfg.model_path)
+    except ModelNotFoundError as e:
+        problems.append(f"--model-path: {e}")
+    for flag, spec in (("--custom-generate-function-path", cfg.custom_generate_function_path),
+                       ("--custom-rm-path", cfg.custom_rm_path)):
+        if spec is not None and ":" not in spec:
+            problems.append(f"{flag} {spec!r} must look like 'module:function' or 'file.py:function'")
+    if cfg.trainer == "megatron":
+        import importlib.util
+
+        if importlib.util.find_spec("megatron") is None:
+            problems.append("--trainer megatron needs megatron-core: pip install 'agentrl[megatron]'")
+    if cfg.engine == "sglang" and not cfg.sglang_url:
+        import importlib.util
+
+        if importlib.util.find_spec("sglang") is None:
+            problems.append("--engine sglang without --sglang-url launches SGLang servers, but sglang is not "
+                            "installed: pip install 'agentrl[sglang]' or give --sglang-url URL")
+    if cfg.load is not None and not Path(cfg.load).expanduser().exists():
+        problems.append(f"--load {cfg.load}: no such checkpoint folder")
+    for flag, value in (("--save-interval", cfg.save_interval), ("--eval-interval", cfg.eval_interval)):
+        if value is not None and value < 1:
+            problems.append(f"{flag} must be >= 1; got {value}")
+    if cfg.save_interval and not cfg.save:
+        problems.append("--save-interval needs --save DIR")
+    return problems
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The flag view of a config: ``{flag-name: value}``, loadable again with ``--config``."""
+    return {flag[2:]: _get(cfg, path) for flag, path in FLAGS.items() if path != "data.on_bad_row"} | {
+        "skip-bad-rows": cfg.data.on_bad_row == "skip"}
+
+
+# -- internals -------------------------------------------------------------------------------
+def _check_kl(kind: str) -> None:
+    from agentrl.algo import KL_ESTIMATORS
+
+    if kind not in KL_ESTIMATORS:
+        raise ValueError(f"unknown KL estimator {kind!r}; expected one of {', '.join(KL_ESTIMATORS)}{_hint(kind, KL_ESTIMATORS)}")
+
+
+def _hint(value: Any, choices: Any) -> str:
+    close = difflib.get_close_matches(str(value), list(choices), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _apply_file(cfg: RunConfig, path: str) -> list[str]:
+    import yaml
+
+    file = Path(path).expanduser()
+    if not file.exists():
+        return [f"--config {path}: no such file"]
+    data = yaml.safe_load(file.read_text()) or {}
+    if not isinstance(data, dict):
+        return [f"--config {path}: expected a mapping of flag names to values"]
+    problems = []
+    for key, value in data.items():
+        flag = "--" + str(key).replace("_", "-")
+        if flag == "--skip-bad-rows":
+            cfg.data.on_bad_row = "skip" if value else "error"
+            continue
+        if flag not in FLAGS:
+            problems.append(f"--config {path}: unknown key {key!r}{_hint(flag, FLAGS)}")
+            continue
+        try:
+            _set(cfg, FLAGS[flag], _coerce(cfg, FLAGS[flag], value))
+        except (TypeError, ValueError) as e:
+            problems.append(f"--config {path}: {key}: {e}")
+    return problems
+
+
+def _coerce(cfg: RunConfig, path: str, value: Any) -> Any:
+    owner, name = _owner(path)
+    kind = _kind(owner, name)
+    if value is None or kind in (list, bool, str) and isinstance(value, kind):
+        return value
+    if kind is list:
+        return [value] if not isinstance(value, list) else value
+    if kind is bool:
+        raise TypeError(f"expected true or false, got {value!r}")
+    return kind(value)
+
+
+def _split_passthrough(argv: list[str], sglang: list[str]) -> tuple[list[str], list[str]]:
+    """Pull ``--sglang-foo [value]`` flags out of argv (they are SGLang's, not ours)."""
+    keep, passthrough = [], []
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        if a in sglang or a.split("=")[0] in sglang:
+            passthrough.append("--" + a[len("--sglang-"):])
+            if "=" not in a and i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                passthrough.append(argv[i + 1])
+                i += 1
+        else:
+            keep.append(a)
+        i += 1
+    return keep, passthrough
+
+
+def _owner(path: str) -> tuple[type, str]:
+    parts = path.split(".")
+    cls: type = RunConfig
+    for part in parts[:-1]:
+        cls = _resolved_hints(cls)[part]
+    return cls, parts[-1]
+
+
+def _kind(cls: type, name: str) -> type:
+    hint = _resolved_hints(cls)[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    base = typing.get_origin(hint)
+    if base is list:
+        return list
+    if args and typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        hint = args[0]
+        if typing.get_origin(hint) is list:
+            return list
+    return hint if isinstance(hint, type) else str
+
+
+@functools.cache
+def _resolved_hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _parser_for(kind: type):
+    if kind is int:
+        return _int_or_none
+    if kind is float:
+        return _float_or_none
+    return kind
+
+
+def _int_or_none(s: str) -> int | None:
+    return None if s.lower() in ("none", "null") else int(s)
+
+
+def _float_or_none(s: str) -> float | None:
+    return None if s.lower() in ("none", "null") else float(s)
+
+
+def _metavar(kind: type) -> str:
+    return {int: "N", float: "X", str: "STR"}.get(kind, "V")
+
+
+def _set(cfg: RunConfig, path: str, value: Any) -> None:
+    *parents, name = path.split(".")
+    obj: Any = cfg
+    for p in parents:
+        obj = getattr(obj, p)
+    setattr(obj, name, value)
+
+
+def _get(cfg: RunConfig, path: str) -> Any:
+    obj: Any = cfg
+    for p in path.split("."):
+        obj = getattr(obj, p)
+    return obj
+
+
+@functools.cache
+def _field_docs(cls: type) -> dict[str, str]:
+    """The string literal under each dataclass field (its doc), read from the source."""
+    try:
+        source = textwrap.dedent(inspect.getsource(cls))
+    except (OSError, TypeError):
+        return {}
+    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+    docs: dict[str, str] = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) \
+                and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant) \
+                and isinstance(nxt.value.value, str):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs
+
