@@ -155,4 +155,4 @@ def aggregate(
         denominator = aggregation_denominator(mask, mode)
     if not isinstance(denominator, Tensor):
         denominator = torch.tensor(float(denominator), dtype=values.dtype, device=values.device)
-    return total / denominator.to(values.dtype).clamp(min=1)
+    return total / denominator.to(device=values.device, dtype=values.dtype).clamp(min=1)
