@@ -1,1 +1,14 @@
 """Concrete environments. Importing this package registers them (lazily) under ``agentrl/``."""
+
+from agentrl.env.registry import register
+
+# math: single-turn, graded by envs._math_grading (see envs/math.py)
+register("Math-v0", "envs.math:MathEnv", max_turns=1)
+register("GSM8K-v0", "envs.math:MathEnv", max_turns=1, prompt_template="gsm8k", samples="gsm8k-sample")
+# reasoning-gym tasks, scored by their own scorers (see envs/reasoning_gym_env.py)
+register("ReasoningGym-v0", "envs.reasoning_gym_env:ReasoningGymEnv", max_turns=1, task="leg_counting")
+# gymnasium toy-text games played through text (see envs/gym_text.py)
+register("FrozenLake-v0", "envs.gym_text:GymTextEnv", max_turns=20, game_id="FrozenLake")
+register("Taxi-v0", "envs.gym_text:GymTextEnv", max_turns=60, game_id="Taxi")
+register("Blackjack-v0", "envs.gym_text:GymTextEnv", max_turns=10, game_id="Blackjack")
+register("CliffWalking-v0", "envs.gym_text:GymTextEnv", max_turns=50, game_id="CliffWalking")

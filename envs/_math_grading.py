@@ -138,13 +138,18 @@ def _balanced(text: str, open_at: int) -> str | None:
 
 
 def last_tag(text: str, tag: str) -> str | None:
-    close = text.rfind(f"</{tag}>")
-    if close < 0:
-        return None
-    open_ = text.rfind(f"<{tag}>", 0, close)
-    if open_ < 0:
-        return None
-    return text[open_ + len(tag) + 2 : close]
+    """Content of the last ``<tag>`` that is closed (up to the first ``</tag>`` after it)."""
+    opener, closer = f"<{tag}>", f"</{tag}>"
+    end = len(text)
+    for _ in range(8):
+        start = text.rfind(opener, 0, end)
+        if start < 0:
+            return None
+        close = text.find(closer, start + len(opener))
+        if close >= 0:
+            return text[start + len(opener) : close]
+        end = start
+    return None
 
 
 def _clean(answer: str) -> str:

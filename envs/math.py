@@ -30,15 +30,19 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from agentrl.env.core import TextEnv
 from envs._math_grading import extract_answer, grade, parse_label
 
-__all__ = ["DEFAULT_PROMPT", "GSM8K_PROMPT", "MathEnv", "extract_answer", "grade", "load_gsm8k", "load_samples"]
+__all__ = ["DEFAULT_PROMPT", "GSM8K_PROMPT", "PROMPTS", "MathEnv", "extract_answer", "grade", "load_gsm8k", "load_samples"]
 
 DEFAULT_PROMPT = "{question}\n\nPlease reason step by step, and put your final answer within \\boxed{}."
 GSM8K_PROMPT = '{question}\n\nLet\'s think step by step and output the final answer after "####".'
+
+PROMPTS = MappingProxyType({"boxed": DEFAULT_PROMPT, "gsm8k": GSM8K_PROMPT})
+"""Named prompt templates: ``MathEnv(prompt_template="gsm8k")``."""
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -137,7 +141,8 @@ class MathEnv(TextEnv):
 
     Args:
         prompt_template: the user message; ``{question}`` is replaced by the question (by plain
-            substitution, so LaTeX braces such as ``\\boxed{}`` need no escaping).
+            substitution, so LaTeX braces such as ``\\boxed{}`` need no escaping), or a name in
+            :data:`PROMPTS` (``"boxed"``, the default; ``"gsm8k"``: answer after ``####``).
         system_prompt: an optional system message before it.
         format_reward: reward for a wrong answer given in an accepted format (0.0: correctness only).
         fallback_last_number: also grade the last number of a reply without any answer format.
@@ -147,15 +152,18 @@ class MathEnv(TextEnv):
     def __init__(
         self,
         *,
-        prompt_template: str = DEFAULT_PROMPT,
+        prompt_template: str = "boxed",
         system_prompt: str | None = None,
         format_reward: float = 0.0,
         fallback_last_number: bool = False,
         samples: str | Sequence[Mapping[str, Any]] | None = None,
     ):
         super().__init__()
+        prompt_template = PROMPTS.get(prompt_template, prompt_template)
         if "{question}" not in prompt_template:
-            raise ValueError(f"prompt_template must contain '{{question}}'; got {prompt_template!r}")
+            raise ValueError(
+                f"prompt_template must contain '{{question}}' or be one of {sorted(PROMPTS)}; got {prompt_template!r}"
+            )
         self.prompt_template = prompt_template
         self.system_prompt = system_prompt
         self.format_reward = float(format_reward)
