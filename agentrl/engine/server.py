@@ -487,6 +487,9 @@ class BackgroundServer:
         return f"http://{self.host}:{self.port}"
 
     def start(self, timeout: float = 30.0) -> "BackgroundServer":
+        """Start serving (once; later calls return at once); wait until it accepts requests."""
+        if self._thread.is_alive() or self._server.started:
+            return self
         self._thread.start()
         deadline = time.monotonic() + timeout
         while not self._server.started:
