@@ -27,11 +27,9 @@ import torch  # noqa: F401  (used by the docstring example)
 
 from agentrl.algo.advantages import (
     AdvantageConfig,
-    compute_gae,
     dr_grpo,
     gae,
     grpo,
-    place_rewards_at_turn_ends,
     reinforce_plus_plus,
     reinforce_plus_plus_baseline,
     rloo,
@@ -46,6 +44,7 @@ from agentrl.algo.aggregate import (
 from agentrl.algo.entropy import entropy_from_logits, logprobs_from_logits
 from agentrl.algo.kl import KL_ESTIMATORS, kl_penalty
 from agentrl.algo.losses import PolicyLossConfig, PolicyLossFn, gspo_loss, ppo_clip_loss, value_loss
+from agentrl.algo.returns import compute_gae, discounted_returns, masked_whiten, place_rewards_at_turn_ends
 from agentrl.algo.registry import (
     ADVANTAGE_ESTIMATORS,
     CRITIC_ESTIMATORS,
@@ -68,6 +67,7 @@ __all__ = [
     "aggregation_denominator",
     "check_aggregation",
     "compute_gae",
+    "discounted_returns",
     "dr_grpo",
     "entropy_from_logits",
     "gae",
@@ -78,6 +78,7 @@ __all__ = [
     "kl_penalty",
     "logprobs_from_logits",
     "masked_mean",
+    "masked_whiten",
     "place_rewards_at_turn_ends",
     "ppo_clip_loss",
     "reinforce_plus_plus",

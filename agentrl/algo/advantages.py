@@ -17,9 +17,10 @@ The result is ``[N, T]``, zero wherever ``loss_mask`` is 0. Episode-level estima
 one number over all the model's tokens of the episode, across all its assistant turns.
 Passing an input an estimator does not use is an error, not silently ignored.
 
-Multi-turn credit for token-level estimators: the tokens where ``loss_mask`` is 0 (tool
-results, user turns, template tokens) are not actions. The recursions below skip them: the
-"next" token of an action is the next token with mask 1, and discounting counts only those.
+Multi-turn credit for the token-level estimators (``reinforce_plus_plus``, ``gae``): the
+tokens where ``loss_mask`` is 0 are not actions and are skipped by the recursions (see
+:mod:`agentrl.algo.returns`, which also holds :func:`compute_gae` and
+:func:`place_rewards_at_turn_ends`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,15 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from agentrl.algo.returns import (
+    as_float,
+    check_token_rewards,
+    compute_gae,
+    discounted_returns,
+    masked_whiten,
+    place_rewards_at_turn_ends,
+)
 
 
 @dataclass(frozen=True)
@@ -63,10 +73,6 @@ AdvantageFn = Callable[..., Tensor]
 # helpers
 
 
-def _float(t: Tensor) -> Tensor:
-    return t if t.dtype == torch.float64 else t.to(torch.float32)
-
-
 def _check_episode_inputs(rewards: Tensor, group_ids: Tensor, loss_mask: Tensor) -> None:
     if rewards.dim() != 1:
         raise ValueError(f"rewards must be [N] (one per episode); got shape {tuple(rewards.shape)}")
@@ -74,7 +80,7 @@ def _check_episode_inputs(rewards: Tensor, group_ids: Tensor, loss_mask: Tensor)
         raise ValueError(f"group_ids must be [N] like rewards {tuple(rewards.shape)}; got {tuple(group_ids.shape)}")
     if loss_mask.dim() != 2 or loss_mask.shape[0] != rewards.shape[0]:
         raise ValueError(f"loss_mask must be [N, T] with N={rewards.shape[0]}; got {tuple(loss_mask.shape)}")
-    if not torch.isfinite(_float(rewards)).all():
+    if not torch.isfinite(as_float(rewards)).all():
         raise ValueError("rewards must be finite; got NaN or inf")
 
 
@@ -92,9 +98,8 @@ def _broadcast(per_episode: Tensor, loss_mask: Tensor) -> Tensor:
 
 def _group_stats(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Per-episode ``(group mean, group unbiased std, group size, group has spread)``, each ``[N]``."""
-    _, inverse = torch.unique(group_ids, return_inverse=True)  # [N] in 0..G-1
-    num_groups = int(inverse.max().item()) + 1 if inverse.numel() else 0
-    zeros = rewards.new_zeros(num_groups)
+    unique_ids, inverse = torch.unique(group_ids, return_inverse=True)  # inverse: [N] in 0..G-1
+    zeros = rewards.new_zeros(len(unique_ids))
     count = zeros.index_add(0, inverse, torch.ones_like(rewards))  # [G]
     mean = zeros.index_add(0, inverse, rewards) / count  # [G]
     sq_dev = (rewards - mean[inverse]).square()
@@ -103,89 +108,6 @@ def _group_stats(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Te
     low = zeros.scatter_reduce(0, inverse, rewards, "amin", include_self=False)
     spread = high > low  # an exact test: equal rewards give exactly 0, never eps-amplified noise
     return mean[inverse], var.sqrt()[inverse], count[inverse], spread[inverse]
-
-
-def _masked_whiten(x: Tensor, mask: Tensor, eps: float) -> Tensor:
-    """``(x - mean) / (std + eps)`` over the mask-1 entries (unbiased std); 0 if they are all equal."""
-    m = mask.bool()
-    n = m.sum()
-    if n == 0:
-        return torch.zeros_like(x)
-    values = x[m]
-    if values.max() == values.min():
-        return torch.zeros_like(x)
-    mean = values.mean()
-    std = values.std() if n > 1 else values.new_tensor(0.0)
-    return torch.where(m, (x - mean) / (std + eps), torch.zeros_like(x))
-
-
-def _discounted_returns(token_rewards: Tensor, loss_mask: Tensor, gamma: float) -> Tensor:
-    """``G_t = r_t + gamma * G_next`` over mask-1 tokens (mask-0 tokens are skipped)."""
-    m = loss_mask.to(token_rewards.dtype)
-    returns = torch.zeros_like(token_rewards)
-    running = token_rewards.new_zeros(token_rewards.shape[0])  # [N]
-    for t in reversed(range(token_rewards.shape[1])):
-        # at a mask-0 token the running return passes through unchanged
-        running = m[:, t] * (token_rewards[:, t] + gamma * running) + (1 - m[:, t]) * running
-        returns[:, t] = torch.where(m[:, t] > 0, running, torch.zeros_like(running))
-    return returns
-
-
-def _turn_ends(loss_mask: Tensor) -> Tensor:
-    """``[N, T]`` bool: True at the last token of each maximal run of mask-1 tokens (one turn)."""
-    m = loss_mask.bool()
-    nxt = torch.zeros_like(m)
-    nxt[:, :-1] = m[:, 1:]
-    return m & ~nxt
-
-
-# ---------------------------------------------------------------------------------------------
-# reward placement
-
-
-def place_rewards_at_turn_ends(rewards: Tensor, loss_mask: Tensor) -> Tensor:
-    """Token rewards ``[N, T]`` from episode or per-turn rewards, on the last token of a turn.
-
-    A turn is a maximal run of consecutive mask-1 tokens (the model's output between two
-    observations). ``rewards`` ``[N]`` puts each episode's reward on the last mask-1 token of
-    its final turn (the outcome reward). ``rewards`` ``[N, K]`` puts column ``k`` on the last
-    token of turn ``k`` (per-turn rewards); rows with fewer than ``K`` turns must hold 0 in the
-    extra columns. A nonzero reward with no token to carry it is a ``ValueError``.
-
-    Example::
-
-        >>> mask = torch.tensor([[1, 1, 0, 0, 1, 1, 0]])  # two assistant turns, then padding
-        >>> place_rewards_at_turn_ends(torch.tensor([2.0]), mask)
-        tensor([[0., 0., 0., 0., 0., 2., 0.]])
-        >>> place_rewards_at_turn_ends(torch.tensor([[0.5, 2.0]]), mask)
-        tensor([[0.0000, 0.5000, 0.0000, 0.0000, 0.0000, 2.0000, 0.0000]])
-    """
-    rewards = _float(rewards)
-    if loss_mask.dim() != 2 or rewards.dim() not in (1, 2) or rewards.shape[0] != loss_mask.shape[0]:
-        raise ValueError(
-            f"expected rewards [N] or [N, K] and loss_mask [N, T]; got {tuple(rewards.shape)} "
-            f"and {tuple(loss_mask.shape)}"
-        )
-    ends = _turn_ends(loss_mask)  # [N, T]
-    out = torch.zeros(loss_mask.shape, dtype=rewards.dtype, device=rewards.device)
-    if rewards.dim() == 1:
-        has_turn = ends.any(-1)
-        if (~has_turn & (rewards != 0)).any():
-            raise ValueError("an episode with a nonzero reward has no token with loss_mask 1")
-        # index of the last True per row (argmax of position * is_end)
-        positions = torch.arange(loss_mask.shape[1], device=loss_mask.device)
-        last = (ends * positions).argmax(-1)  # [N]
-        rows = torch.arange(loss_mask.shape[0], device=loss_mask.device)
-        out[rows[has_turn], last[has_turn]] = rewards[has_turn]
-        return out
-    turn_index = ends.long().cumsum(-1) - 1  # [N, T]: k at the end of turn k
-    num_turns = ends.sum(-1)  # [N]
-    k = torch.arange(rewards.shape[1], device=rewards.device)
-    if ((k.unsqueeze(0) >= num_turns.unsqueeze(1)) & (rewards != 0)).any():
-        raise ValueError("a nonzero per-turn reward is given for a turn the episode does not have")
-    gathered = rewards.gather(1, turn_index.clamp(0, rewards.shape[1] - 1))  # [N, T]
-    valid = ends & (turn_index < rewards.shape[1])
-    return torch.where(valid, gathered, out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -222,7 +144,7 @@ def grpo(
     config = config or AdvantageConfig()
     _reject_unused("grpo", values=values, token_rewards=token_rewards)
     _check_episode_inputs(rewards, group_ids, loss_mask)
-    r = _float(rewards)
+    r = as_float(rewards)
     mean, std, _, spread = _group_stats(r, group_ids)
     adv = r - mean
     if config.normalize_std:
@@ -283,7 +205,7 @@ def rloo(
     """
     _reject_unused("rloo", values=values, token_rewards=token_rewards)
     _check_episode_inputs(rewards, group_ids, loss_mask)
-    r = _float(rewards)
+    r = as_float(rewards)
     mean, _, count, spread = _group_stats(r, group_ids)
     adv = (r - mean) * count / (count - 1).clamp(min=1)
     adv = torch.where(spread & (count > 1), adv, torch.zeros_like(adv))
@@ -324,9 +246,9 @@ def reinforce_plus_plus(
     _check_episode_inputs(rewards, group_ids, loss_mask)
     if token_rewards is None:
         token_rewards = place_rewards_at_turn_ends(rewards, loss_mask)
-    _check_token_rewards(token_rewards, loss_mask)
-    returns = _discounted_returns(_float(token_rewards), loss_mask, config.gamma)
-    return _masked_whiten(returns, loss_mask, config.eps)
+    check_token_rewards(token_rewards, loss_mask)
+    returns = discounted_returns(as_float(token_rewards), loss_mask, config.gamma)
+    return masked_whiten(returns, loss_mask, config.eps)
 
 
 def reinforce_plus_plus_baseline(
@@ -356,73 +278,14 @@ def reinforce_plus_plus_baseline(
     config = config or AdvantageConfig()
     _reject_unused("reinforce_plus_plus_baseline", values=values, token_rewards=token_rewards)
     _check_episode_inputs(rewards, group_ids, loss_mask)
-    r = _float(rewards)
+    r = as_float(rewards)
     mean, _, _, spread = _group_stats(r, group_ids)
     centred = torch.where(spread, r - mean, torch.zeros_like(r))
-    return _masked_whiten(_broadcast(centred, loss_mask), loss_mask, config.eps)
+    return masked_whiten(_broadcast(centred, loss_mask), loss_mask, config.eps)
 
 
 # ---------------------------------------------------------------------------------------------
 # GAE (PPO with a critic)
-
-
-def _check_token_rewards(token_rewards: Tensor, loss_mask: Tensor) -> None:
-    if token_rewards.shape != loss_mask.shape:
-        raise ValueError(
-            f"token_rewards must be [N, T] like loss_mask {tuple(loss_mask.shape)}; got {tuple(token_rewards.shape)}"
-        )
-    if (token_rewards[~loss_mask.bool()] != 0).any():
-        raise ValueError(
-            "token_rewards must be 0 where loss_mask is 0 (rewards go on generated tokens; "
-            "see place_rewards_at_turn_ends)"
-        )
-
-
-def compute_gae(
-    token_rewards: Tensor, values: Tensor, loss_mask: Tensor, gamma: float = 1.0, lam: float = 1.0
-) -> tuple[Tensor, Tensor]:
-    """Generalised advantage estimation (Schulman et al., arXiv 1506.02438, Eq. 16) over tokens.
-
-    Formula, over the mask-1 tokens of an episode in order (``t+1`` is the *next mask-1* token;
-    ``V = 0`` after the last one)::
-
-        delta_t = r_t + gamma * V_{t+1} - V_t
-        A_t     = delta_t + gamma * lam * A_{t+1}
-        R_t     = A_t + V_t                                   # the value target
-
-    Args:
-        token_rewards: ``[N, T]``, 0 where ``loss_mask`` is 0.
-        values: ``[N, T]`` critic values (read only where ``loss_mask`` is 1; no gradient flows).
-        loss_mask: ``[N, T]``.
-        gamma, lam: discount and GAE lambda.
-
-    Returns:
-        ``(advantages, returns)``, both ``[N, T]`` and 0 where ``loss_mask`` is 0, unwhitened.
-
-    Example::
-
-        >>> r = torch.tensor([[0.0, 0.0, 1.0]]); v = torch.tensor([[0.5, 9.0, 0.5]])
-        >>> adv, ret = compute_gae(r, v, torch.tensor([[1, 0, 1]]), gamma=1.0, lam=1.0)
-        >>> adv, ret                     # token 1 is an observation: skipped, its value unused
-        (tensor([[0.5000, 0.0000, 0.5000]]), tensor([[1., 0., 1.]]))
-    """
-    if values.shape != loss_mask.shape:
-        raise ValueError(f"values must be [N, T] like loss_mask {tuple(loss_mask.shape)}; got {tuple(values.shape)}")
-    _check_token_rewards(token_rewards, loss_mask)
-    r, v = _float(token_rewards), _float(values.detach())
-    m = loss_mask.to(r.dtype)
-    adv = torch.zeros_like(r)
-    next_value = r.new_zeros(r.shape[0])  # [N]
-    next_adv = r.new_zeros(r.shape[0])
-    for t in reversed(range(r.shape[1])):
-        delta = r[:, t] + gamma * next_value - v[:, t]
-        a_t = delta + gamma * lam * next_adv
-        adv[:, t] = torch.where(m[:, t] > 0, a_t, torch.zeros_like(a_t))
-        # a mask-0 token is transparent: what is "next" for the token before it stays the same
-        next_value = m[:, t] * v[:, t] + (1 - m[:, t]) * next_value
-        next_adv = m[:, t] * a_t + (1 - m[:, t]) * next_adv
-    returns = torch.where(m > 0, adv + v, torch.zeros_like(adv))
-    return adv, returns
 
 
 def gae(
@@ -458,4 +321,4 @@ def gae(
     if token_rewards is None:
         token_rewards = place_rewards_at_turn_ends(rewards, loss_mask)
     adv, _ = compute_gae(token_rewards, values, loss_mask, config.gamma, config.lam)
-    return _masked_whiten(adv, loss_mask, config.eps) if config.whiten_gae else adv
+    return masked_whiten(adv, loss_mask, config.eps) if config.whiten_gae else adv

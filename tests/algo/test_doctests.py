@@ -14,6 +14,7 @@ MODULES = [
     "agentrl.algo.kl",
     "agentrl.algo.losses",
     "agentrl.algo.registry",
+    "agentrl.algo.returns",
     "agentrl.algo.tis",
 ]
 
