@@ -20,14 +20,17 @@ the engine stops at the end-of-turn token, the template writes one more newline.
 
 Example::
 
+    >>> from agentrl.chat import ChatTemplate
     >>> from agentrl.models import load_tokenizer
-    >>> tok = load_tokenizer("smollm2-135m-instruct")                     # doctest: +SKIP
-    >>> conv = TokenConversation(ChatTemplate(tok), [{"role": "user", "content": "2+3?"}])  # doctest: +SKIP
-    >>> out = tok.encode("5<|im_end|>", add_special_tokens=False)           # what an engine returns
-    >>> conv.add_completion(out, [-0.1] * len(out))                         # doctest: +SKIP
-    >>> obs = conv.add_observation([{"role": "user", "content": "Sure?"}])  # doctest: +SKIP
-    >>> conv.loss_mask[-len(obs):] == [0] * len(obs), conv.num_turns      # doctest: +SKIP
-    (True, 1)
+    >>> tok = load_tokenizer("smollm2-135m-instruct")
+    >>> conv = TokenConversation(ChatTemplate(tok), [{"role": "user", "content": "2+3?"}])
+    >>> out = tok.encode("5<|im_end|>", add_special_tokens=False)   # what an engine returns
+    >>> conv.add_completion(out, [-0.5, -0.01])
+    >>> obs = conv.add_observation([{"role": "user", "content": "Sure?"}])
+    >>> tok.decode(obs)
+    '\\n<|im_start|>user\\nSure?<|im_end|>\\n<|im_start|>assistant\\n'
+    >>> conv.loss_mask == [1, 1] + [0] * len(obs), conv.num_turns, conv.messages[-2]
+    (True, 1, {'role': 'assistant', 'content': '5'})
 """
 
 from __future__ import annotations
@@ -71,7 +74,7 @@ class TokenConversation:
         except TemplateNotIncrementalError as exc:
             if not allow_non_incremental:
                 raise
-            if not getattr(template, "_warned_non_incremental", False):
+            if not template._warned_non_incremental:
                 template._warned_non_incremental = True
                 log.warning("continuing with a non-incremental chat template "
                             "(allow_non_incremental=True): %s", str(exc).splitlines()[0])
@@ -148,10 +151,10 @@ class TokenConversation:
         A completion after one that was cut by length continues the same assistant turn.
         """
         if self._state not in ("prompt", "open"):
+            ends = "finished assistant turn" if self._state == "closed" else "final observation"
             raise RuntimeError(
-                f"add_completion: the conversation ends with a {'finished assistant turn' if self._state == 'closed' else 'final observation'}, "
-                "not a generation prompt; call add_observation(..., add_generation_prompt=True) "
-                "before the next completion"
+                f"add_completion: the conversation ends with a {ends}, not a generation prompt; call "
+                "add_observation(..., add_generation_prompt=True) before the next completion"
             )
         ids = [int(t) for t in token_ids]
         lps = [0.0] * len(ids) if logprobs is None else [float(x) for x in logprobs]
@@ -201,9 +204,11 @@ class TokenConversation:
         return ids
 
     def to_sample_fields(self) -> dict[str, Any]:
-        """``prompt_ids``, ``response_ids``, ``loss_mask``, ``rollout_logprobs`` for :class:`agentrl.types.Sample`.
+        """The token fields of :class:`agentrl.types.Sample`.
 
-        Example: ``Sample(**conv.to_sample_fields(), messages=conv.messages, num_turns=conv.num_turns)``.
+        Keys: ``prompt_ids``, ``response_ids``, ``loss_mask``, ``rollout_logprobs`` (copies).
+        Example: ``Sample(**conv.to_sample_fields(), messages=conv.messages,
+        num_turns=conv.num_turns)``.
         """
         return {
             "prompt_ids": self.prompt_ids,

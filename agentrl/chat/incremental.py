@@ -23,7 +23,7 @@ and a hermes tool call, tool result, assistant answer, user, assistant) and rais
 Example::
 
     >>> from agentrl.models import load_tokenizer
-    >>> check_incremental(ChatTemplate(load_tokenizer("smollm2-135m-instruct")))  # doctest: +SKIP
+    >>> check_incremental(ChatTemplate(load_tokenizer("smollm2-135m-instruct")))
 """
 
 from __future__ import annotations
@@ -159,8 +159,8 @@ def _check(template: ChatTemplate, m: list[Message], tools: list[dict[str, Any]]
             if not prompt.startswith(prev_text):
                 j = _first_breaking_message(template, m, tools, prev_end, k, prev_text)
                 raise _error("prefix_changed", m, j, (
-                    f"chat template is not incremental: adding message {j} (role {m[j].get('role')!r}) of the probe "
-                    f"conversation changed the text already rendered for messages[:{prev_end}]."
+                    f"chat template is not incremental: adding message {j} (role {m[j].get('role')!r}) of "
+                    f"the probe conversation changed the text already rendered for messages[:{prev_end}]."
                 ), prev_text, template.render(m[: j + 1], tools, add_generation_prompt=j + 1 == k))
             real = prompt[len(prev_text):]
             ours = template.render_continuation(m[prev_end:k], tools, add_generation_prompt=True)
@@ -204,7 +204,9 @@ def _cut_tail(template: ChatTemplate, text: str) -> str:
     return text
 
 
-def _error(kind: str, m: list[Message], j: int, headline: str, before: str, after: str) -> TemplateNotIncrementalError:
+def _error(
+    kind: str, m: list[Message], j: int, headline: str, before: str, after: str
+) -> TemplateNotIncrementalError:
     role = str(m[j].get("role")) if j < len(m) else "generation prompt"
     text = f"{headline}\n{short_diff(before, after)}\n{_ADVICE}"
     return TemplateNotIncrementalError(text, kind=kind, message_index=j, role=role)

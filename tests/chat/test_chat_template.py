@@ -145,3 +145,10 @@ def test_template_errors_name_the_roles(smol_tok):
              "{% endif %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}"
     with pytest.raises(ChatTemplateError, match=r"roles \['user', 'tool'\].*no tools here"):
         ChatTemplate(smol_tok, strict).render([*USER, {"role": "tool", "content": "x"}])
+
+
+def test_template_kwargs_reach_the_template(llama_tok):
+    default = ChatTemplate(llama_tok, TEMPLATES / "llama3.jinja")
+    dated = ChatTemplate(llama_tok, TEMPLATES / "llama3.jinja", template_kwargs={"date_string": "01 Jan 2025"})
+    assert "Today Date: 26 Jul 2024" in default.render(USER)
+    assert "Today Date: 01 Jan 2025" in dated.render(USER)
