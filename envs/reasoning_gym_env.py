@@ -155,8 +155,8 @@ def _create_dataset(task: str, *, size: int, seed: int, config: dict[str, Any]):
 
     if task not in DATASETS:
         close = difflib.get_close_matches(task, list(DATASETS), n=3, cutoff=0.5)
-        hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
-        raise ValueError(f"unknown reasoning-gym task {task!r}.{hint} Known tasks: {', '.join(sorted(DATASETS))}")
+        hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else "."
+        raise ValueError(f"unknown reasoning-gym task {task!r}{hint} Known tasks: {', '.join(sorted(DATASETS))}")
     reserved = {"seed", "size"} & set(config)
     if reserved:
         raise ValueError(f"pass {sorted(reserved)} as ReasoningGymEnv arguments, not inside config")
