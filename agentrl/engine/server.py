@@ -550,7 +550,8 @@ def serve_main(argv: list[str] | None = None) -> int:
     app = create_app(engine, tokenizer, model_path=model_path, served_model_name=args.served_model_name,
                      tokenizer_path=args.tokenizer_path, server_args=server_args)
     log.info("agentrl serve: %s on http://%s:%d", model_path, args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="off")
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="off",
+                timeout_graceful_shutdown=10)
     close = getattr(engine, "close", None)
     if close is not None:
         result = close()
