@@ -1,0 +1,365 @@
+"""The Python sandbox: each attack is stopped, by each layer on its own, and the caller carries on.
+
+Layers the kernel does not grant on a machine are skipped (with the reason) rather than failed;
+the audit-hook layer and the rlimits work everywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agentrl.tool import ToolCall, ToolExecutor, function_schema
+from tools.python_exec import PythonSandbox, SandboxResult, python
+
+REPO = Path(__file__).resolve().parents[2]
+OFF = dict(network_namespace=False, mount_namespace=False, pid_namespace=False, landlock=False, seccomp=False,
+           audit_hook=False)
+
+
+def only(*layers: str, **kw) -> PythonSandbox:
+    """A sandbox with only the named isolation layers switched on."""
+    return PythonSandbox(**{"timeout": 5.0, **OFF, **{name: True for name in layers}, **kw})
+
+
+@pytest.fixture(scope="module")
+def granted() -> dict:
+    """The layers the kernel grants here (what a default sandbox obtained)."""
+    return PythonSandbox().run("pass").layers
+
+
+def need(granted: dict, layer: str) -> None:
+    if not granted.get(layer):
+        pytest.skip(f"{layer} is not available on this machine")
+
+
+def carries_on(sb: PythonSandbox) -> None:
+    r = sb.run("print(6 * 7)")
+    assert r.ok and r.stdout == "42\n"
+
+
+# ----------------------------------------------------------------------------- normal use
+
+
+def test_output_final_expression_and_result_fields():
+    r = PythonSandbox().run("import math\nprint('root', math.isqrt(49))\n{'a': 1}")
+    assert r.ok and r.exit_code == 0 and r.stopped is None
+    assert r.stdout == "root 7\n{'a': 1}\n" and r.stderr == ""
+    assert r.to_text() == "root 7\n{'a': 1}"
+    assert r.seconds < 5 and r.cpu_seconds is not None
+    assert PythonSandbox(echo_last_expression=False).run("1 + 1").to_text() == "(no output; use print() to show values)"
+    assert PythonSandbox().run("x = None\nx").stdout == ""
+
+
+def test_exceptions_and_exit_codes_are_readable():
+    r = PythonSandbox().run("def f():\n    return 1 / 0\nf()")
+    assert r.exit_code == 1 and not r.ok
+    assert 'File "<code>", line 2, in f' in r.stderr and r.stderr.strip().endswith("ZeroDivisionError: division by zero")
+    assert "_sandbox_child" not in r.stderr  # no launcher frames
+    r = PythonSandbox().run("x = (1,")
+    assert "SyntaxError" in r.stderr and "Traceback" not in r.stderr
+    assert PythonSandbox().run("import sys; sys.exit(3)").to_text() == "[exit status 3]"
+    assert PythonSandbox().run("raise SystemExit('bye')").to_text() == "bye"
+
+
+def test_unicode_files_and_private_environment(monkeypatch):
+    monkeypatch.setenv("AGENTRL_SECRET_TOKEN", "s3cret")
+    sb = PythonSandbox()
+    r = sb.run("import os\nprint(open('data.txt').read(), 'AGENTRL_SECRET_TOKEN' in os.environ, os.getcwd() == "
+               "os.environ['HOME'])\nprint('Zürich 東京 🙂')", files={"data.txt": "héllo"})
+    assert r.stdout == "héllo False True\nZürich 東京 🙂\n"
+    assert sb.run("import os; print(os.listdir('.'))").stdout == "[]\n"  # a fresh directory every run
+    with pytest.raises(ValueError, match="inside the working directory"):
+        sb.run("pass", files={"../escape.txt": "x"})
+
+
+def test_output_is_truncated_keeping_head_and_tail():
+    r = PythonSandbox(max_output_chars=200).run("print('HEAD'); print('x' * 100_000); print('TAIL')")
+    text = r.to_text()
+    assert r.truncated and len(text) < 400
+    assert text.startswith("HEAD") and text.endswith("TAIL") and "omitted" in text
+
+
+def test_output_flood_is_stopped():
+    sb = PythonSandbox(timeout=10)
+    r = sb.run("while True: print('y' * 10_000)")
+    assert r.stopped == "output" and r.seconds < 5 and "printed more than" in r.to_text()
+    carries_on(sb)
+
+
+# ----------------------------------------------------------------------------- resource limits
+
+
+def test_infinite_loop_hits_the_wall_clock_timeout():
+    sb = PythonSandbox(timeout=1.0)
+    start = time.monotonic()
+    r = sb.run("while True:\n    pass")
+    assert 0.9 < time.monotonic() - start < 4
+    assert r.stopped == "timeout" and r.exit_code is None and not r.ok
+    assert "ran longer than the 1 s time limit" in r.to_text()
+    carries_on(sb)
+
+
+def test_sleeping_program_is_stopped_too():
+    r = PythonSandbox(timeout=0.5).run("import time\nprint('start', flush=True)\ntime.sleep(60)")
+    assert r.stopped == "timeout" and r.stdout == "start\n"
+
+
+def test_cpu_limit():
+    r = PythonSandbox(timeout=10, cpu_seconds=1).run("while True:\n    pass")
+    assert r.stopped == "cpu" and r.seconds < 5
+    assert "CPU time limit of 1 s exceeded" in r.to_text()
+
+
+@pytest.mark.parametrize("code", ["x = bytearray(2 * 1024 ** 3)",
+                                  "chunks = []\nwhile True:\n    chunks.append(bytearray(10 ** 7))"])
+def test_memory_hog_gets_memory_error(code):
+    sb = PythonSandbox(memory_mb=256, timeout=10)
+    r = sb.run(code)
+    assert r.exit_code == 1 and "MemoryError" in r.stderr
+    assert "[memory limit of 256 MB reached]" in r.to_text()
+    carries_on(sb)
+
+
+def test_file_size_limit():
+    r = PythonSandbox(max_file_mb=1).run("open('big.bin', 'wb').write(b'0' * 3_000_000)")
+    assert r.exit_code == 1 and "File too large" in r.stderr
+
+
+# ----------------------------------------------------------------------------- fork bomb
+
+# Bounded even if every guard failed: at most 2**5 = 32 processes, each gone within a second.
+FORK_BOMB = """
+import os, time
+for _ in range(5):
+    os.fork()
+print("forked", os.getpid(), flush=True)
+time.sleep(1)
+"""
+
+
+@pytest.mark.parametrize("layer", ["default", "seccomp", "audit_hook"])
+def test_fork_bomb_is_stopped(layer, granted):
+    if layer == "default":
+        sb = PythonSandbox(timeout=5)
+    else:
+        need(granted, layer) if layer != "audit_hook" else None
+        sb = only(layer)
+    r = sb.run(FORK_BOMB)
+    assert "forked" not in r.stdout and r.exit_code == 1
+    assert r.stderr.strip().endswith(("PermissionError: sandbox: creating processes is not allowed (os.fork)",
+                                      "PermissionError: [Errno 1] Operation not permitted"))
+    carries_on(sb)
+
+
+def test_subprocess_and_exec_are_refused(granted):
+    need(granted, "seccomp")
+    for sb in (PythonSandbox(), only("seccomp")):
+        for code in ("import subprocess; subprocess.run(['echo', 'ran'])", "import os; print(os.system('echo ran'))",
+                     "import os; os.execv('/bin/echo', ['echo', 'ran'])"):
+            r = sb.run(code)
+            assert "ran" not in r.stdout, (code, r)
+            # os.system reports a failed spawn as status 127 instead of raising
+            assert "PermissionError" in r.stderr or r.stdout == str(127 << 8) + "\n" or r.exit_code == 0, (code, r)
+
+
+def test_pid_namespace_kills_stragglers(tmp_path, granted):
+    """Without seccomp a child may fork; one that escapes the process group still dies with pid 1."""
+    need(granted, "pid_namespace")
+    marker = tmp_path / "straggler.log"
+    code = f"""
+import os, time
+if os.fork() == 0:
+    os.setsid()
+    for _ in range(30):  # at most 3 s, whatever happens
+        with open({str(marker)!r}, "a") as f:
+            f.write("alive\\n")
+        time.sleep(0.1)
+    os._exit(0)
+while not os.path.exists({str(marker)!r}):
+    time.sleep(0.01)
+print("parent done")
+"""
+    r = only("pid_namespace").run(code)
+    assert r.stdout == "parent done\n"
+    time.sleep(0.3)
+    size = marker.stat().st_size
+    time.sleep(0.5)
+    assert marker.stat().st_size == size  # nobody writes any more
+
+
+def test_pid_namespace_hides_host_processes(granted):
+    need(granted, "pid_namespace")
+    need(granted, "mount_namespace")
+    r = PythonSandbox().run("import os\nprint(sorted(p for p in os.listdir('/proc') if p.isdigit()))")
+    assert r.stdout == "['1']\n"
+
+
+# ----------------------------------------------------------------------------- network
+
+
+@pytest.fixture
+def listener():
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    srv.setblocking(False)
+    yield srv
+    srv.close()
+
+
+def accepted(srv: socket.socket) -> bool:
+    try:
+        conn, _ = srv.accept()
+    except BlockingIOError:
+        return False
+    conn.close()
+    return True
+
+
+@pytest.mark.parametrize("layer", ["default", "net_namespace", "seccomp", "landlock", "audit_hook"])
+def test_network_connection_is_refused(layer, listener, granted):
+    port = listener.getsockname()[1]
+    code = f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('connected')"
+    if layer == "default":
+        sb = PythonSandbox()
+    else:
+        if layer != "audit_hook":
+            need(granted, layer)
+        sb = only({"net_namespace": "network_namespace"}.get(layer, layer))
+    r = sb.run(code)
+    assert r.stdout == "" and r.exit_code == 1
+    assert r.stderr.strip().splitlines()[-1] in (
+        "PermissionError: sandbox: network access is not allowed (socket.getaddrinfo)",  # audit hook
+        "OSError: [Errno 101] Network is unreachable",  # empty network namespace
+        "PermissionError: [Errno 1] Operation not permitted",  # seccomp: no socket()
+        "PermissionError: [Errno 13] Permission denied",  # Landlock: no TCP connect
+    )
+    time.sleep(0.05)
+    assert not accepted(listener)
+    carries_on(sb)
+
+
+def test_without_isolation_the_result_says_so(listener):
+    """The honest outcome when no layer is available: the connection works and the text warns."""
+    port = listener.getsockname()[1]
+    r = only().run(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)\nprint('connected')")
+    assert r.stdout == "connected\n" and accepted(listener)
+    assert r.protection() == {"network": "none", "filesystem": "none", "processes": "none"}
+    assert "[sandbox warning: no kernel-level isolation of network, filesystem, processes]" in r.to_text()
+    refused = only(require_network_isolation=True).run("print('ran')")
+    assert refused.stdout == "" and "network isolation is required but unavailable" in refused.stderr
+
+
+def test_default_result_reports_its_layers(granted):
+    r = PythonSandbox().run("print('hi')")
+    assert r.layers.get("audit_hook") is True
+    full = granted.get("net_namespace") and granted.get("seccomp") and granted.get("landlock")
+    if full:
+        assert r.protection() == {"network": "kernel", "filesystem": "kernel", "processes": "kernel"}
+        assert r.to_text() == "hi"
+    else:
+        assert "sandbox warning" in r.to_text()
+
+
+# ----------------------------------------------------------------------------- filesystem
+
+
+def write_attempts(tmp_path: Path) -> tuple[str, list[Path]]:
+    targets = [tmp_path / "escape.txt", REPO / f"escape-{uuid.uuid4().hex}.txt", Path("/tmp") / f"escape-{uuid.uuid4().hex}"]
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    lines = ["import os", "errors = []", "open('inside.txt', 'w').write('fine')"]
+    for t in targets:
+        lines.append(f"try:\n    open({str(t)!r}, 'w').write('x')\nexcept OSError as e:\n    errors.append(str(e))")
+    lines.append(f"try:\n    os.remove({str(victim)!r})\nexcept OSError as e:\n    errors.append(str(e))")
+    lines.append("print(len(errors), open('inside.txt').read())\nprint(*errors, sep='\\n')")
+    return "\n".join(lines), targets
+
+
+@pytest.mark.parametrize("layer", ["default", "mount_namespace", "landlock", "audit_hook"])
+def test_writes_outside_the_working_directory_are_refused(layer, tmp_path, granted):
+    if layer == "default":
+        sb = PythonSandbox()
+    else:
+        if layer != "audit_hook":
+            need(granted, layer)
+        sb = only(layer)
+    code, targets = write_attempts(tmp_path)
+    try:
+        r = sb.run(code)
+        assert r.stdout.startswith("4 fine\n"), r.to_text()
+        for line in r.stdout.splitlines()[1:]:
+            assert ("writing outside the working directory is not allowed" in line
+                    or "os.remove outside the working directory" in line
+                    or "Read-only file system" in line or "Permission denied" in line), line
+        assert not any(t.exists() for t in targets)
+        assert (tmp_path / "victim.txt").read_text() == "keep me"
+    finally:
+        for t in targets:
+            t.unlink(missing_ok=True)
+    carries_on(sb)
+
+
+# ----------------------------------------------------------------------------- as a tool
+
+
+def test_sync_tool_function_and_schema():
+    assert python("print(2 + 2)") == "4"
+    fn = function_schema(python)["function"]
+    assert fn["name"] == "python" and fn["parameters"]["required"] == ["code"]
+    assert "sandbox" in fn["description"]
+
+
+async def test_async_tool_through_the_executor_runs_concurrently():
+    tool = PythonSandbox(timeout=3).as_tool()
+    assert tool.__name__ == "python" and function_schema(tool)["function"]["name"] == "python"
+    ex = ToolExecutor([tool], timeout=10)
+    calls = [ToolCall("python", {"code": f"import time; time.sleep(0.5); print({i})"}) for i in range(4)]
+    start = time.monotonic()
+    results = await ex.execute(calls)
+    assert [r.content for r in results] == ["0", "1", "2", "3"]
+    assert time.monotonic() - start < 1.8  # concurrent, not 4 x 0.5 s
+
+
+async def test_run_inside_a_loop_is_refused_and_cancellation_kills_the_child():
+    sb = PythonSandbox(timeout=30)
+    with pytest.raises(RuntimeError, match="await sandbox.arun"):
+        sb.run("pass")
+    task = asyncio.create_task(sb.arun("while True:\n    pass"))
+    await asyncio.sleep(0.5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    children = set()
+    for tid in os.listdir("/proc/self/task"):
+        children |= set(Path(f"/proc/self/task/{tid}/children").read_text().split())
+    assert children == set()
+
+
+def test_result_is_a_plain_record():
+    full = {"net_namespace": True, "mount_namespace": True, "seccomp": True, "audit_hook": True}
+    r = SandboxResult(stdout="", stderr="", exit_code=0, layers=full)
+    assert r.ok and r.to_text() == "(no output; use print() to show values)"
+    assert SandboxResult(stdout="", stderr="", exit_code=0).to_text() == (
+        "(no output; use print() to show values)\n"
+        "[sandbox warning: no kernel-level isolation of network, filesystem, processes]")
+    assert SandboxResult(stdout="", stderr="", exit_code=None, stopped="timeout", layers=full,
+                         limits={"timeout": 2.0}).to_text() == "[stopped: the program ran longer than the 2 s time limit]"
+    with pytest.raises(ValueError, match="timeout must be > 0"):
+        PythonSandbox(timeout=0)
+
+
+def test_module_examples():
+    import doctest
+
+    import tools.python_exec
+
+    result = doctest.testmod(tools.python_exec)
+    assert result.attempted > 0 and result.failed == 0

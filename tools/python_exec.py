@@ -1,0 +1,415 @@
+"""A Python code-execution tool that runs untrusted code in an isolated child process.
+
+Each run gets a fresh interpreter (``python -I -S -B``: no site-packages, no user site, no
+environment variables read) in a private temporary directory with a minimal environment, a
+wall-clock timeout and CPU / address-space / file-size / open-file rlimits, and its output is
+truncated. On Linux the child then adds, layer by layer, whatever the kernel allows
+(``tools/_sandbox_child.py``):
+
+============================  =================================================================
+layer                         stops
+============================  =================================================================
+network namespace             any network use (only a down loopback exists)
+mount namespace (read-only)   writes anywhere but the working directory; a private ``/proc``
+pid namespace                 seeing or signalling host processes; stragglers die with pid 1
+Landlock                      writes/exec outside the working directory, TCP bind/connect,
+                              signals / abstract unix sockets to processes outside
+capabilities dropped          undoing any of the above (remounting, new namespaces)
+seccomp                       fork/exec (threads still work), sockets, mount/namespace/ptrace
+audit hook (Python level)     the same three things, with readable error messages
+============================  =================================================================
+
+Which layers were obtained is reported in :attr:`SandboxResult.layers`; when the kernel gives
+no network, filesystem or process isolation, :meth:`SandboxResult.to_text` says so in the text
+the model sees. Not covered: total memory of several processes (no cgroup is used), CPU time
+on other cores, side channels, kernel exploits, reading files the interpreter can read (the
+filesystem stays readable). See ``docs/tools.md``.
+
+Example::
+
+    >>> from tools.python_exec import PythonSandbox
+    >>> sandbox = PythonSandbox(timeout=5.0, memory_mb=256)
+    >>> print(sandbox.run("x = 6 * 7\\nx").to_text())
+    42
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_child.py")
+_HARD_OUTPUT_BYTES = 1 << 20  # a program that prints more than this is stopped
+
+
+@dataclass(frozen=True)
+class SandboxResult:
+    """What one run produced and how it ended."""
+
+    stdout: str
+    """Standard output (head and tail kept when long, see ``truncated``)."""
+    stderr: str
+    """Standard error, including the traceback of an uncaught exception."""
+    exit_code: int | None
+    """The program's exit status; ``None`` when the sandbox stopped it."""
+    stopped: str | None = None
+    """Why the sandbox stopped the program: ``timeout``, ``cpu``, ``output`` or ``killed``."""
+    seconds: float = 0.0
+    """Wall-clock time of the run."""
+    cpu_seconds: float | None = None
+    """CPU time the program used, when known."""
+    truncated: bool = False
+    """True when output was cut to ``max_output_chars``."""
+    layers: dict[str, Any] = field(default_factory=dict)
+    """Isolation layers obtained, e.g. ``{"net_namespace": True, "landlock": 7, "seccomp": True}``."""
+    layer_errors: dict[str, str] = field(default_factory=dict)
+    """Why a requested layer could not be had."""
+    limits: dict[str, float] = field(default_factory=dict)
+    """The limits the run had (``timeout``, ``cpu_seconds``, ``memory_mb``)."""
+
+    @property
+    def ok(self) -> bool:
+        """The program ran to the end and exited with status 0."""
+        return self.exit_code == 0 and self.stopped is None
+
+    def protection(self) -> dict[str, str]:
+        """Which mechanism guards each resource: ``kernel``, ``python`` (audit hook only) or ``none``.
+
+        A ``tcp-only`` network entry means Landlock blocks TCP but UDP and unix sockets are open.
+        """
+        lay = self.layers
+        hook = "python" if lay.get("audit_hook") else "none"
+        if lay.get("net_namespace") or lay.get("seccomp"):
+            net = "kernel"
+        elif (lay.get("landlock") or 0) >= 4:
+            net = "tcp-only"
+        else:
+            net = hook
+        fs = "kernel" if lay.get("mount_namespace") or lay.get("landlock") else hook
+        procs = "kernel" if lay.get("seccomp") else hook
+        return {"network": net, "filesystem": fs, "processes": procs}
+
+    def to_text(self) -> str:
+        """The text a model reads: output, then bracketed notes on how the run ended."""
+        body = self.stdout
+        if self.stderr:
+            body += ("" if not body or body.endswith("\n") else "\n") + self.stderr
+        notes = []
+        lim = self.limits
+        if self.stopped == "timeout":
+            notes.append(f"[stopped: the program ran longer than the {lim.get('timeout', 0):g} s time limit]")
+        elif self.stopped == "cpu":
+            notes.append(f"[stopped: CPU time limit of {lim.get('cpu_seconds', 0):g} s exceeded]")
+        elif self.stopped == "output":
+            notes.append(f"[stopped: the program printed more than {_HARD_OUTPUT_BYTES} bytes]")
+        elif self.stopped == "killed":
+            notes.append("[stopped: the program was killed (possibly out of memory)]")
+        elif "MemoryError" in self.stderr:
+            notes.append(f"[memory limit of {lim.get('memory_mb', 0):g} MB reached]")
+        elif self.exit_code not in (0, 1, None):
+            notes.append(f"[exit status {self.exit_code}]")
+        missing = [k for k, v in self.protection().items() if v != "kernel"]
+        if missing:
+            why = "; ".join(f"{k}: {v}" for k, v in sorted(self.layer_errors.items()))
+            notes.append(f"[sandbox warning: no kernel-level isolation of {', '.join(missing)}"
+                         + (f" ({why})" if why else "") + "]")
+        if not body.strip() and self.ok:
+            body = "(no output; use print() to show values)"
+        return (body.rstrip("\n") + "\n" + "\n".join(notes)).strip("\n")
+
+
+@dataclass
+class PythonSandbox:
+    """Runs Python code in an isolated child process. Configuration only; no state between runs.
+
+    Example::
+
+        >>> sb = PythonSandbox(timeout=1.0)
+        >>> sb.run("print(sum(range(10)))").stdout
+        '45\\n'
+        >>> sb.run("while True: pass").stopped
+        'timeout'
+    """
+
+    timeout: float = 5.0
+    """Wall-clock limit in seconds; the whole process group is killed when it passes."""
+    memory_mb: int = 512
+    """Address-space limit (RLIMIT_AS) in MiB; allocations beyond it raise MemoryError."""
+    max_output_chars: int = 4000
+    """Characters of stdout+stderr kept in the text (head and tail); the rest is elided."""
+    cpu_seconds: int | None = None
+    """CPU-time limit (RLIMIT_CPU); ``None`` means ``ceil(timeout) + 1``."""
+    max_processes: int = 16
+    """RLIMIT_NPROC, applied only inside an unprivileged user namespace (root ignores it and
+    outside a user namespace it would count every process of the user); seccomp and the audit
+    hook deny process creation anyway."""
+    max_file_mb: int = 16
+    """Largest file the program may write (RLIMIT_FSIZE), in MiB."""
+    max_open_files: int = 64
+    """RLIMIT_NOFILE."""
+    network_namespace: bool = True
+    """Run in a new network namespace (no interfaces but a down loopback)."""
+    mount_namespace: bool = True
+    """Run in a new mount namespace where everything but the working directory is read-only."""
+    pid_namespace: bool = True
+    """Run as pid 1 of a new pid namespace (with its own /proc)."""
+    landlock: bool = True
+    """Confine writes/exec to the working directory and deny TCP with Landlock."""
+    seccomp: bool = True
+    """Deny fork/exec, sockets, mount/namespace/ptrace syscalls with a seccomp filter."""
+    audit_hook: bool = True
+    """Install a Python audit hook giving readable refusals (not a security boundary alone)."""
+    require_network_isolation: bool = False
+    """Refuse to run code when neither a network namespace nor seccomp could be had."""
+    site_packages: bool = False
+    """Let the code import installed packages (drops ``-S``); the stdlib is always available."""
+    echo_last_expression: bool = True
+    """Print the repr of a final bare expression, as a notebook cell does."""
+    python_executable: str = field(default_factory=lambda: sys.executable)
+    """Interpreter used for the child."""
+
+    def __post_init__(self) -> None:
+        for name in ("timeout", "memory_mb", "max_output_chars", "max_file_mb", "max_open_files"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"PythonSandbox.{name} must be > 0, got {getattr(self, name)!r}")
+        if self.cpu_seconds is not None and self.cpu_seconds < 1:
+            raise ValueError(f"PythonSandbox.cpu_seconds must be >= 1 or None, got {self.cpu_seconds!r}")
+
+    @property
+    def cpu_limit(self) -> int:
+        """The RLIMIT_CPU value used."""
+        return self.cpu_seconds if self.cpu_seconds is not None else math.ceil(self.timeout) + 1
+
+    def _config(self, workdir: str, report_fd: int) -> dict[str, Any]:
+        mib = 1 << 20
+        rlimits = {"AS": self.memory_mb * mib, "CPU": self.cpu_limit, "FSIZE": self.max_file_mb * mib,
+                   "NOFILE": self.max_open_files, "CORE": 0}
+        if os.geteuid() != 0:
+            rlimits["NPROC_IN_USERNS"] = self.max_processes
+        return {"workdir": workdir, "report_fd": report_fd, "rlimits": rlimits,
+                "net_namespace": self.network_namespace, "mount_namespace": self.mount_namespace,
+                "pid_namespace": self.pid_namespace, "landlock": self.landlock, "seccomp": self.seccomp,
+                "audit_hook": self.audit_hook, "echo_last_expression": self.echo_last_expression,
+                "require_network_isolation": self.require_network_isolation}
+
+    async def arun(self, code: str, files: Mapping[str, str | bytes] | None = None) -> SandboxResult:
+        """Run ``code``; ``files`` (relative name -> content) are written to the working directory first."""
+        start = time.monotonic()
+        workdir = os.path.realpath(tempfile.mkdtemp(prefix="agentrl-sandbox-"))
+        proc = None
+        read_fd, write_fd = os.pipe()
+        try:
+            _write_files(workdir, files or {})
+            args = ["-I", "-B", "-X", "utf8"] + ([] if self.site_packages else ["-S"])
+            env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
+                   "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    self.python_executable, *args, _CHILD, json.dumps(self._config(workdir, write_fd)),
+                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE, cwd=workdir, env=env, start_new_session=True,
+                    pass_fds=(write_fd,))
+            finally:
+                os.close(write_fd)
+            return await self._supervise(proc, code, read_fd, start)
+        finally:
+            if proc is not None and proc.returncode is None:
+                _kill_group(proc.pid)
+                try:
+                    await asyncio.wait_for(proc.wait(), 2.0)
+                except (asyncio.TimeoutError, asyncio.CancelledError):
+                    logger.warning("sandbox process %d did not exit after SIGKILL", proc.pid)
+            os.close(read_fd)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    async def _supervise(self, proc: asyncio.subprocess.Process, code: str, read_fd: int,
+                         start: float) -> SandboxResult:
+        stopped: list[str] = []
+
+        def overflow() -> None:
+            if not stopped:
+                stopped.append("output")
+            _kill_group(proc.pid)
+
+        keep = self.max_output_chars * 4 + 64  # bytes per stream kept at head and at tail
+        out_task = asyncio.create_task(_read_capped(proc.stdout, keep, overflow))
+        err_task = asyncio.create_task(_read_capped(proc.stderr, keep, overflow))
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(code.encode("utf-8", "surrogateescape"))
+            await proc.stdin.drain()
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the child died before reading everything; its report says why
+        try:
+            await asyncio.wait_for(proc.wait(), self.timeout)
+        except asyncio.TimeoutError:
+            if not stopped:
+                stopped.append("timeout")
+            _kill_group(proc.pid)
+            await proc.wait()
+        _kill_group(proc.pid)  # nothing of the run may outlive it
+        try:
+            (out, out_cut), (err, err_cut) = await asyncio.wait_for(asyncio.gather(out_task, err_task), 2.0)
+        except asyncio.TimeoutError:
+            out_task.cancel()
+            err_task.cancel()
+            (out, out_cut), (err, err_cut) = (b"", False), (b"[output lost]", False)
+        report = _read_report(read_fd)
+        exit_info = report.get("exit", {})
+        exit_code: int | None = exit_info.get("code", proc.returncode)
+        sig = exit_info.get("signal")
+        cpu = exit_info.get("cpu_seconds")
+        if not stopped and sig is not None:
+            # CPU accounting is tick-based: a SIGKILL at ~90% of the limit is the RLIMIT_CPU one
+            cpu_hit = sig == signal.SIGXCPU or (cpu is not None and cpu >= 0.9 * self.cpu_limit - 0.05)
+            stopped.append("cpu" if cpu_hit else "killed")
+        if stopped:
+            exit_code = None
+        stdout, stderr, cut = _fit(out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+                                   self.max_output_chars)
+        return SandboxResult(
+            stdout=stdout, stderr=stderr, exit_code=exit_code, stopped=stopped[0] if stopped else None,
+            seconds=time.monotonic() - start, cpu_seconds=cpu, truncated=cut or out_cut or err_cut,
+            layers=report.get("layers", {}), layer_errors=report.get("errors", {}),
+            limits={"timeout": self.timeout, "cpu_seconds": self.cpu_limit, "memory_mb": self.memory_mb})
+
+    def run(self, code: str, files: Mapping[str, str | bytes] | None = None) -> SandboxResult:
+        """Blocking :meth:`arun`, for use outside an event loop (or in a worker thread)."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(self.arun(code, files))
+        raise RuntimeError("PythonSandbox.run() was called inside a running event loop; "
+                           "use `await sandbox.arun(code)` there instead")
+
+    def as_tool(self, name: str = "python") -> Callable[[str], Awaitable[str]]:
+        """An async tool function ``name(code: str) -> str`` using this configuration."""
+        sandbox = self
+
+        async def python(code: str) -> str:
+            return (await sandbox.arun(code)).to_text()
+
+        python.__name__ = python.__qualname__ = name
+        python.__doc__ = _TOOL_DOC.format(timeout=self.timeout, memory=self.memory_mb)
+        return python
+
+
+_TOOL_DOC = """Run a Python program in a sandbox and return what it printed.
+
+    The program runs in a fresh interpreter with only the standard library, no network and no
+    files but its own working directory; limits: {timeout:g} s, {memory} MB of memory.
+    The value of a final bare expression is printed too.
+
+    Args:
+        code: The complete Python program to run.
+    """
+
+
+def python(code: str) -> str:
+    """Run a Python program in a sandbox and return what it printed.
+
+    The program runs in a fresh interpreter with only the standard library, no network and no
+    files but its own working directory; limits: 5 s, 512 MB of memory. The value of a final
+    bare expression is printed too.
+
+    Args:
+        code: The complete Python program to run.
+    """
+    return PythonSandbox().run(code).to_text()
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def _read_capped(stream: asyncio.StreamReader | None, keep: int,
+                       on_overflow: Callable[[], None]) -> tuple[bytes, bool]:
+    """Read a stream to EOF keeping ``keep`` bytes of head and of tail; call ``on_overflow`` once
+    more than the hard limit has arrived. Returns (kept bytes with an elision mark, truncated)."""
+    assert stream is not None
+    head, tail, total, fired = bytearray(), bytearray(), 0, False
+    while chunk := await stream.read(65536):
+        total += len(chunk)
+        room = keep - len(head)
+        if room > 0:
+            head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            tail += chunk
+            del tail[:-keep]
+        if total > _HARD_OUTPUT_BYTES and not fired:
+            fired = True
+            on_overflow()
+    dropped = total - len(head) - len(tail)
+    if dropped > 0:
+        return bytes(head) + f"\n... [{dropped} bytes omitted] ...\n".encode() + bytes(tail), True
+    return bytes(head + tail), False
+
+
+def _fit(stdout: str, stderr: str, limit: int) -> tuple[str, str, bool]:
+    """Cut stdout and stderr to ``limit`` characters together, keeping heads and tails.
+
+    stderr (usually a traceback, whose end matters) gets up to half of the budget first."""
+    if len(stdout) + len(stderr) <= limit:
+        return stdout, stderr, False
+    err_budget = min(len(stderr), max(limit // 2, limit - len(stdout)))
+    out_budget = limit - err_budget
+    return _cut(stdout, out_budget), _cut(stderr, err_budget), True
+
+
+def _cut(text: str, budget: int) -> str:
+    if len(text) <= budget:
+        return text
+    half = max(budget // 2, 1)
+    return f"{text[:half]}\n... [{len(text) - 2 * half} characters omitted] ...\n{text[-half:]}"
+
+
+def _read_report(fd: int) -> dict[str, Any]:
+    """Merge the JSON lines the child wrote on the report pipe (never blocks)."""
+    os.set_blocking(fd, False)
+    data = b""
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            break
+        if not chunk:
+            break
+        data += chunk
+    merged: dict[str, Any] = {}
+    for line in data.decode("utf-8", "replace").splitlines():
+        try:
+            merged.update(json.loads(line))
+        except json.JSONDecodeError:
+            logger.warning("unreadable sandbox report line: %r", line[:200])
+    return merged
+
+
+def _write_files(workdir: str, files: Mapping[str, str | bytes]) -> None:
+    for name, content in files.items():
+        path = os.path.realpath(os.path.join(workdir, name))
+        if not path.startswith(workdir + os.sep):
+            raise ValueError(f"sandbox file name must stay inside the working directory, got {name!r}")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(content.encode() if isinstance(content, str) else content)
