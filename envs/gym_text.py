@@ -108,7 +108,13 @@ def _frozen_lake_render(game: Any, obs: Any, over: bool) -> str:
     grid[r][c] = "P"
     goal = np.argwhere(game.desc == b"G")[0]
     lines = "\n".join(" ".join(row) for row in grid)
-    return f"{lines}\nYou are at row {r + 1}, column {c + 1}; the goal is at row {goal[0] + 1}, column {goal[1] + 1}."
+    text = f"{lines}\nYou are at row {r + 1}, column {c + 1}; the goal is at row {goal[0] + 1}, column {goal[1] + 1}."
+    tile = game.desc[r, c]
+    if tile == b"H":
+        text += " You fell into a hole."
+    elif tile == b"G":
+        text += " You reached the goal!"
+    return text
 
 
 _TAXI_NAMES = ("R (red)", "G (green)", "Y (yellow)", "B (blue)")
@@ -142,12 +148,17 @@ def _taxi_stop(game: Any, i: int) -> str:
 
 
 def _blackjack_rules(game: Any) -> str:
+    natural = ""
+    if getattr(game, "sab", False):
+        natural = " A natural (an ace and a ten-valued card as your first two cards) wins unless the dealer has one too."
+    elif getattr(game, "natural", False):
+        natural = " A winning natural (an ace and a ten-valued card as your first two cards) pays +1.5."
     return (
         "You are playing Blackjack against the dealer. Cards are drawn from an infinite deck; face "
         "cards count 10 and an ace counts 11 unless that would take you over 21 (then it counts 1). "
         "'hit' draws a card; going over 21 loses at once. 'stick' ends your turn: the dealer draws "
         "until 17 or more, and whoever is closer to 21 without going over wins. Reward: +1 for a "
-        "win, 0 for a draw, -1 for a loss."
+        f"win, 0 for a draw, -1 for a loss.{natural}"
     )
 
 

@@ -24,7 +24,7 @@ def test_frozen_lake_scripted_win():
     assert not any(r[3] for r in results)
     last_info = results[-1][4]
     assert last_info["episode_return"] == 1.0 and last_info["moves"] == 6 and last_info["state"] == 15
-    assert "game is over" in results[-1][0][0]["content"]
+    assert "You reached the goal!" in results[-1][0][0]["content"] and "game is over" in results[-1][0][0]["content"]
 
 
 def test_frozen_lake_scripted_loss():
@@ -34,6 +34,7 @@ def test_frozen_lake_scripted_loss():
     assert (r1, t1) == (0.0, False)
     assert (r2, t2, tr2) == (0.0, True, False)
     assert info["state"] == 5 and "game is over. Total reward: 0" in obs[0]["content"]
+    assert "You fell into a hole." in obs[0]["content"]
     after = env.step("<action>down</action>")
     assert after[1:4] == (0.0, True, False) and "over" in after[4]["error"]
 
