@@ -41,7 +41,7 @@ from agentrl.algo.aggregate import (
     check_aggregation,
     masked_mean,
 )
-from agentrl.algo.entropy import entropy_from_logits, logprobs_from_logits
+from agentrl.algo.entropy import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 from agentrl.algo.kl import KL_ESTIMATORS, kl_penalty
 from agentrl.algo.losses import PolicyLossConfig, PolicyLossFn, gspo_loss, ppo_clip_loss, value_loss
 from agentrl.algo.returns import compute_gae, discounted_returns, masked_whiten, place_rewards_at_turn_ends
@@ -76,6 +76,7 @@ __all__ = [
     "grpo",
     "gspo_loss",
     "kl_penalty",
+    "logprobs_and_entropy",
     "logprobs_from_logits",
     "masked_mean",
     "masked_whiten",

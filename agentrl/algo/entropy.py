@@ -1,7 +1,7 @@
 """Entropy and token log-probabilities from logits, chunked over tokens.
 
 Logits are ``[B, T, V]`` with ``V`` up to ~150k, so a float32 softmax of the whole tensor
-(plus what autograd keeps for backward) can cost more memory than the model. Both functions
+(plus what autograd keeps for backward) can cost more memory than the model. The functions
 here process ``chunk_size`` tokens at a time in float32 (float64 stays float64), in the forward
 and again in the backward pass: autograd saves only the input logits (which it keeps anyway),
 never a softmax, and the peak extra memory is a few ``[chunk_size, V]`` float32 blocks.
@@ -33,62 +33,55 @@ def _check_chunk(chunk_size: int) -> None:
         raise ValueError(f"chunk_size must be >= 1; got {chunk_size}")
 
 
-class _ChunkedEntropy(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits: Tensor, chunk_size: int) -> Tensor:  # type: ignore[override]
-        flat = logits.reshape(-1, logits.shape[-1])  # [N, V]
-        out = torch.empty(flat.shape[0], dtype=_compute_dtype(logits.dtype), device=logits.device)
-        for start in range(0, flat.shape[0], chunk_size):
-            logp = torch.log_softmax(flat[start : start + chunk_size].to(out.dtype), dim=-1)  # [C, V]
-            out[start : start + chunk_size] = -(logp.exp() * logp).sum(-1)
-        ctx.save_for_backward(logits)
-        ctx.chunk_size = chunk_size
-        return out.view(logits.shape[:-1])
+class _ChunkedLogitsStats(torch.autograd.Function):
+    """Token log-probabilities and/or entropies of ``[N, V]`` logits with one chunked backward.
+
+    Both outputs share one pass over the logits and one gradient buffer, so asking for both
+    costs no more memory than asking for one.
+    """
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None]:  # type: ignore[override]
-        (logits,) = ctx.saved_tensors
+    def forward(ctx, logits: Tensor, labels: Tensor | None, chunk_size: int, with_entropy: bool):  # type: ignore[override]
         flat = logits.reshape(-1, logits.shape[-1])  # [N, V]
-        g = grad_out.reshape(-1)  # [N]
-        grad = torch.empty_like(flat)
-        for start in range(0, flat.shape[0], ctx.chunk_size):
-            end = start + ctx.chunk_size
-            logp = torch.log_softmax(flat[start:end].to(g.dtype), dim=-1)  # [C, V]
-            p = logp.exp()
-            h = -(p * logp).sum(-1, keepdim=True)  # [C, 1]
-            grad[start:end] = (-(p * (logp + h)) * g[start:end, None]).to(grad.dtype)
-        return grad.view_as(logits), None
-
-
-class _ChunkedLogprobs(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits: Tensor, labels: Tensor, chunk_size: int) -> Tensor:  # type: ignore[override]
-        flat = logits.reshape(-1, logits.shape[-1])  # [N, V]
-        flat_labels = labels.reshape(-1, 1)  # [N, 1]
-        out = torch.empty(flat.shape[0], dtype=_compute_dtype(logits.dtype), device=logits.device)
-        for start in range(0, flat.shape[0], chunk_size):
+        dtype = _compute_dtype(logits.dtype)
+        n = flat.shape[0]
+        logprobs = torch.empty(n if labels is not None else 0, dtype=dtype, device=logits.device)
+        entropy = torch.empty(n if with_entropy else 0, dtype=dtype, device=logits.device)
+        flat_labels = labels.reshape(-1, 1) if labels is not None else None  # [N, 1]
+        for start in range(0, n, chunk_size):
             end = start + chunk_size
-            z = flat[start:end].to(out.dtype)  # [C, V]
-            out[start:end] = z.gather(-1, flat_labels[start:end]).squeeze(-1) - torch.logsumexp(z, dim=-1)
-        ctx.save_for_backward(logits, labels)
+            logp = torch.log_softmax(flat[start:end].to(dtype), dim=-1)  # [C, V]
+            if flat_labels is not None:
+                logprobs[start:end] = logp.gather(-1, flat_labels[start:end]).squeeze(-1)
+            if with_entropy:
+                entropy[start:end] = -(logp.exp() * logp).sum(-1)
+        ctx.save_for_backward(logits, flat_labels)
         ctx.chunk_size = chunk_size
-        return out.view(labels.shape)
+        return logprobs, entropy
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad_out: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
-        logits, labels = ctx.saved_tensors
+    def backward(ctx, grad_logprobs: Tensor, grad_entropy: Tensor):  # type: ignore[override]
+        logits, flat_labels = ctx.saved_tensors
         flat = logits.reshape(-1, logits.shape[-1])  # [N, V]
-        flat_labels = labels.reshape(-1, 1)
-        g = grad_out.reshape(-1, 1)  # [N, 1]
+        dtype = _compute_dtype(logits.dtype)
         grad = torch.empty_like(flat)
         for start in range(0, flat.shape[0], ctx.chunk_size):
             end = start + ctx.chunk_size
-            chunk_grad = -torch.softmax(flat[start:end].to(g.dtype), dim=-1)  # [C, V]
-            chunk_grad.scatter_add_(-1, flat_labels[start:end], torch.ones_like(g[start:end]))
-            grad[start:end] = (chunk_grad * g[start:end]).to(grad.dtype)
-        return grad.view_as(logits), None, None
+            logp = torch.log_softmax(flat[start:end].to(dtype), dim=-1)  # [C, V]
+            p = logp.exp()
+            chunk_grad = torch.zeros_like(logp)
+            if grad_entropy.numel():
+                # dH/dz_v = -p_v (log p_v + H)
+                h = -(p * logp).sum(-1, keepdim=True)  # [C, 1]
+                chunk_grad -= p * (logp + h) * grad_entropy[start:end, None]
+            if flat_labels is not None:
+                # d log p_y / dz_v = 1[v = y] - p_v
+                g = grad_logprobs[start:end, None]  # [C, 1]
+                chunk_grad -= p * g
+                chunk_grad.scatter_add_(-1, flat_labels[start:end], g)
+            grad[start:end] = chunk_grad.to(grad.dtype)
+        return grad.view_as(logits), None, None, None
 
 
 def entropy_from_logits(logits: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
@@ -111,7 +104,7 @@ def entropy_from_logits(logits: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) ->
         tensor([[1.3863, 1.3863]])
     """
     _check_chunk(chunk_size)
-    return _ChunkedEntropy.apply(logits, chunk_size)
+    return _ChunkedLogitsStats.apply(logits, None, chunk_size, True)[1].view(logits.shape[:-1])
 
 
 def logprobs_from_logits(logits: Tensor, labels: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Tensor:
@@ -133,9 +126,37 @@ def logprobs_from_logits(logits: Tensor, labels: Tensor, chunk_size: int = DEFAU
         tensor([[-0.6931, -0.1269]])
     """
     _check_chunk(chunk_size)
+    _check_labels(logits, labels)
+    return _ChunkedLogitsStats.apply(logits, labels.long(), chunk_size, False)[0].view(labels.shape)
+
+
+def logprobs_and_entropy(
+    logits: Tensor, labels: Tensor, chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> tuple[Tensor, Tensor]:
+    """Both :func:`logprobs_from_logits` and :func:`entropy_from_logits` in one pass.
+
+    Use it when the entropy is part of the loss (an entropy bonus): the two gradients are
+    accumulated into one ``[B, T, V]`` buffer inside a single backward, where calling the two
+    functions separately makes autograd hold two such buffers and their sum.
+
+    Returns:
+        ``(logprobs [B, T], entropy [B, T])``, float32 (float64 for float64 logits).
+
+    Example::
+
+        >>> lp, h = logprobs_and_entropy(torch.zeros(1, 1, 4), torch.tensor([[2]]))
+        >>> lp, h                                           # log(1/4), log 4
+        (tensor([[-1.3863]]), tensor([[1.3863]]))
+    """
+    _check_chunk(chunk_size)
+    _check_labels(logits, labels)
+    logprobs, entropy = _ChunkedLogitsStats.apply(logits, labels.long(), chunk_size, True)
+    return logprobs.view(labels.shape), entropy.view(labels.shape)
+
+
+def _check_labels(logits: Tensor, labels: Tensor) -> None:
     if labels.shape != logits.shape[:-1]:
         raise ValueError(
             f"labels must have the shape of logits without the vocabulary axis, "
             f"{tuple(logits.shape[:-1])}; got {tuple(labels.shape)}"
         )
-    return _ChunkedLogprobs.apply(logits, labels.long(), chunk_size)

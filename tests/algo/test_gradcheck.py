@@ -77,3 +77,11 @@ def test_logprobs_from_logits_gradcheck():
     labels = torch.randint(0, 5, (2, 3), generator=gen)
     fn = lambda z: algo.logprobs_from_logits(z, labels, chunk_size=4)  # noqa: E731
     assert gradcheck(fn, (logits,), eps=1e-6, atol=1e-6)
+
+
+def test_logprobs_and_entropy_gradcheck():
+    gen = torch.Generator().manual_seed(2)
+    logits = torch.randn(2, 3, 5, dtype=F64, generator=gen).requires_grad_()
+    labels = torch.randint(0, 5, (2, 3), generator=gen)
+    fn = lambda z: algo.logprobs_and_entropy(z, labels, chunk_size=4)  # noqa: E731
+    assert gradcheck(fn, (logits,), eps=1e-6, atol=1e-6)

@@ -101,3 +101,28 @@ def test_chunk_and_label_errors():
         algo.entropy_from_logits(torch.zeros(1, 1, 2), chunk_size=0)
     with pytest.raises(ValueError, match="labels must have the shape"):
         algo.logprobs_from_logits(torch.zeros(1, 2, 3), torch.zeros(1, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("chunk_size", [2, 512])
+def test_logprobs_and_entropy_fused_equals_separate(chunk_size):
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 3, 7, generator=gen).requires_grad_()
+    labels = torch.randint(0, 7, (2, 3), generator=gen)
+    w1, w2 = torch.randn(2, 3, generator=gen), torch.randn(2, 3, generator=gen)
+    lp, h = algo.logprobs_and_entropy(logits, labels, chunk_size=chunk_size)
+    ((lp * w1).sum() + (h * w2).sum()).backward()
+    fused_grad = logits.grad.clone()
+    logits.grad = None
+    lp2 = algo.logprobs_from_logits(logits, labels, chunk_size=chunk_size)
+    h2 = algo.entropy_from_logits(logits, chunk_size=chunk_size)
+    ((lp2 * w1).sum() + (h2 * w2).sum()).backward()
+    torch.testing.assert_close(lp, lp2)
+    torch.testing.assert_close(h, h2)
+    torch.testing.assert_close(fused_grad, logits.grad)
+    # only one output in the loss: the other's zero gradient adds nothing
+    logits.grad = None
+    algo.logprobs_and_entropy(logits, labels, chunk_size=chunk_size)[0].sum().backward()
+    only_lp = logits.grad.clone()
+    logits.grad = None
+    algo.logprobs_from_logits(logits, labels, chunk_size=chunk_size).sum().backward()
+    torch.testing.assert_close(only_lp, logits.grad)
