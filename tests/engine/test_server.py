@@ -52,6 +52,15 @@ def served(tok):
             yield engine, client
 
 
+@pytest.fixture(scope="module")
+def shared_client(tok):
+    """One server for the many malformed-request cases (they leave no state behind)."""
+    engine = RecordingEngine(responder=echo_next)
+    with BackgroundServer(create_app(engine, tok, model_path="tiny-qwen2")) as server:
+        with httpx.Client(base_url=server.url, timeout=30) as client:
+            yield client
+
+
 def test_single_text_request_has_sglang_shape(served, tok):
     engine, client = served
     r = client.post("/generate", json={"text": "Hello world", "return_logprob": True,
@@ -211,8 +220,8 @@ MALFORMED = [
 
 
 @pytest.mark.parametrize("body, clue", MALFORMED, ids=[c for _, c in MALFORMED])
-def test_malformed_requests_get_400_with_a_clear_message_and_the_server_keeps_serving(served, body, clue):
-    engine, client = served
+def test_malformed_requests_get_400_with_a_clear_message_and_the_server_keeps_serving(shared_client, body, clue):
+    client = shared_client
     if isinstance(body, bytes):
         r = client.post("/generate", content=body, headers={"content-type": "application/json"})
     else:
@@ -385,9 +394,10 @@ def test_docstring_examples_run():
     import doctest
 
     import agentrl.engine._server_protocol as protocol
+    import agentrl.engine._server_run as run
     import agentrl.engine.server as server
     import agentrl.engine.sglang as sglang
 
-    for module in (protocol, server, sglang):
+    for module in (protocol, run, server, sglang):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__
