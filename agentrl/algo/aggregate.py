@@ -46,7 +46,13 @@ AGGREGATIONS: tuple[str, ...] = ("token_mean", "seq_mean_token_mean", "seq_mean_
 
 
 def check_aggregation(mode: str) -> str:
-    """Return ``mode`` if it is a known aggregation, else raise ``ValueError`` (did you mean)."""
+    """Return ``mode`` if it is a known aggregation, else raise ``ValueError`` (did you mean).
+
+    Example::
+
+        >>> check_aggregation("seq_mean_token_mean")
+        'seq_mean_token_mean'
+    """
     return check_name("aggregation mode", mode, AGGREGATIONS)
 
 

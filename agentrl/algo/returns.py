@@ -76,6 +76,7 @@ def place_rewards_at_turn_ends(rewards: Tensor, loss_mask: Tensor) -> Tensor:
 
 
 def check_token_rewards(token_rewards: Tensor, loss_mask: Tensor) -> None:
+    """Raise ``ValueError`` unless ``token_rewards`` is ``[N, T]`` like ``loss_mask`` and 0 where it is 0."""
     if token_rewards.shape != loss_mask.shape:
         raise ValueError(
             f"token_rewards must be [N, T] like loss_mask {tuple(loss_mask.shape)}; got {tuple(token_rewards.shape)}"
