@@ -28,6 +28,7 @@ import _sandbox_linux as lx  # noqa: E402
 
 del sys.path[0]
 
+AF_UNIX = 1  # socket.AF_UNIX on Linux, without importing socket here
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 _PATH_EVENTS = {  # audit event -> indices of path arguments that must lie inside the workdir
     "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (0, 1),
@@ -36,8 +37,8 @@ _PATH_EVENTS = {  # audit event -> indices of path arguments that must lie insid
 }
 _PROCESS_EVENTS = {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
                    "subprocess.Popen", "os.startfile", "pty.spawn"}
-_NET_EVENTS = {"socket.__new__", "socket.connect", "socket.bind", "socket.getaddrinfo",
-               "socket.gethostbyname", "socket.sendto"}
+_NET_EVENTS = {"socket.connect", "socket.bind", "socket.getaddrinfo", "socket.gethostbyname",
+               "socket.gethostbyaddr", "socket.sendto", "socket.sendmsg"}
 
 
 def _namespaces(cfg: dict, layers: dict, errors: dict) -> int:
@@ -80,12 +81,22 @@ def _namespaces(cfg: dict, layers: dict, errors: dict) -> int:
 def _confine(cfg: dict, got: int, host_mnt_ns: int, layers: dict, errors: dict) -> None:
     """Inner process: mounts, no_new_privs, Landlock, capabilities, seccomp (in this order)."""
     workdir = cfg["workdir"]
+    if cfg["hidden_paths"] and not got & lx.CLONE_NEWNS:
+        layers["hidden_paths"] = False
+        errors["hidden_paths"] = "needs the mount namespace"
     if got & lx.CLONE_NEWNS:
         try:
             failed = lx.read_only_except(workdir, host_mnt_ns)
             if failed:
                 errors["mount_namespace"] = f"could not remount read-only: {failed[:5]}"
             layers["mount_namespace"] = "/" not in failed
+            if cfg["hidden_paths"]:
+                try:
+                    lx.hide(cfg["hidden_paths"], host_mnt_ns)
+                    layers["hidden_paths"] = True
+                except (OSError, RuntimeError) as e:
+                    layers["hidden_paths"] = False
+                    errors["hidden_paths"] = str(e)
             if got & lx.CLONE_NEWPID:
                 try:
                     flags = lx.MS_NOSUID | lx.MS_NODEV | lx.MS_NOEXEC | lx.MS_RDONLY
@@ -128,7 +139,7 @@ def _set_rlimits(limits: dict) -> None:
 
 def _install_audit_hook(workdir: str, block_ctypes: bool) -> None:
     """Friendly Python-level refusals (the kernel layers are the real barrier where present)."""
-    realpath, join, fsdecode = os.path.realpath, os.path.join, os.fsdecode
+    realpath, fsdecode = os.path.realpath, os.fsdecode
     prefix = workdir.rstrip("/") + "/"
 
     def inside(path: object) -> bool:
@@ -150,7 +161,7 @@ def _install_audit_hook(workdir: str, block_ctypes: bool) -> None:
                                           f"allowed: {fsdecode(args[i])!r}")
         elif event in _PROCESS_EVENTS:
             raise PermissionError(f"sandbox: creating processes is not allowed ({event})")
-        elif event in _NET_EVENTS:
+        elif event in _NET_EVENTS or (event == "socket.__new__" and args[1] != AF_UNIX):
             raise PermissionError(f"sandbox: network access is not allowed ({event})")
         elif event == "import" and block_ctypes and args[0] in ("ctypes", "_ctypes"):
             raise ImportError("sandbox: ctypes is not available")

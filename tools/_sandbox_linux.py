@@ -12,7 +12,8 @@ Covered here:
 * Landlock (filesystem writes and execution confined to one directory, TCP bind/connect denied,
   signals and abstract unix sockets scoped to the sandbox);
 * dropping every capability (bounding, ambient, effective, permitted, inheritable);
-* a seccomp filter denying process creation, exec, sockets, namespace and mount syscalls.
+* a seccomp filter denying process creation, exec, ``socket()``, namespace and mount syscalls;
+* empty read-only tmpfs mounts hiding chosen directories.
 
 Not covered: cgroups (memory/pids accounting across processes), and architectures other than
 x86_64 and aarch64 for seccomp (the seccomp layer then reports itself unavailable).
@@ -150,6 +151,14 @@ def read_only_except(writable: str, host_mnt_ns: int) -> list[str]:
     return failed
 
 
+def hide(paths: list[str], host_mnt_ns: int) -> None:
+    """Mount an empty read-only tmpfs over each directory in ``paths`` (fresh mount namespace only)."""
+    if os.stat("/proc/self/ns/mnt").st_ino == host_mnt_ns:
+        raise RuntimeError("refusing to mount: still in the host mount namespace")
+    for path in paths:
+        mount("tmpfs", path, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC)
+
+
 # ----------------------------------------------------------------------------- landlock
 
 _SYS_LANDLOCK_CREATE_RULESET = 444  # same number on every architecture
@@ -246,15 +255,17 @@ def drop_capabilities() -> None:
 
 _AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}
 # syscalls denied with EPERM (clone is checked separately, clone3 answers ENOSYS so libc
-# falls back to clone, whose flags a classic BPF filter can inspect).
+# falls back to clone, whose flags a classic BPF filter can inspect). socketpair stays allowed:
+# an anonymous connected pair reaches nothing outside (asyncio's event loop needs one), while
+# socket() of any family could reach a named unix socket even in an empty network namespace.
 _DENIED = {
-    "x86_64": {"fork": 57, "vfork": 58, "execve": 59, "execveat": 322, "socket": 41, "socketpair": 53,
+    "x86_64": {"fork": 57, "vfork": 58, "execve": 59, "execveat": 322, "socket": 41,
                "unshare": 272, "setns": 308, "mount": 165, "umount2": 166, "pivot_root": 155,
                "chroot": 161, "ptrace": 101, "process_vm_writev": 311, "bpf": 321, "keyctl": 250,
                "add_key": 248, "request_key": 249, "perf_event_open": 298, "userfaultfd": 323,
                "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
                "fspick": 433, "mount_setattr": 442},
-    "aarch64": {"execve": 221, "execveat": 281, "socket": 198, "socketpair": 199, "unshare": 97,
+    "aarch64": {"execve": 221, "execveat": 281, "socket": 198, "unshare": 97,
                 "setns": 268, "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51, "ptrace": 117,
                 "process_vm_writev": 271, "bpf": 280, "keyctl": 219, "add_key": 217, "request_key": 218,
                 "perf_event_open": 241, "userfaultfd": 282, "open_tree": 428, "move_mount": 429,

@@ -15,7 +15,7 @@ pid namespace                 seeing or signalling host processes; stragglers di
 Landlock                      writes/exec outside the working directory, TCP bind/connect,
                               signals / abstract unix sockets to processes outside
 capabilities dropped          undoing any of the above (remounting, new namespaces)
-seccomp                       fork/exec (threads still work), sockets, mount/namespace/ptrace
+seccomp                       fork/exec (threads still work), ``socket()``, mount/namespace/ptrace
 audit hook (Python level)     the same three things, with readable error messages
 ============================  =================================================================
 
@@ -121,6 +121,8 @@ class SandboxResult:
             notes.append(f"[memory limit of {lim.get('memory_mb', 0):g} MB reached]")
         elif self.exit_code not in (0, 1, None):
             notes.append(f"[exit status {self.exit_code}]")
+        if self.layers.get("hidden_paths") is False:
+            notes.append(f"[sandbox warning: hidden_paths are visible ({self.layer_errors.get('hidden_paths')})]")
         missing = [k for k, v in self.protection().items() if v != "kernel"]
         if missing:
             why = "; ".join(f"{k}: {v}" for k, v in sorted(self.layer_errors.items()))
@@ -172,6 +174,9 @@ class PythonSandbox:
     """Deny fork/exec, sockets, mount/namespace/ptrace syscalls with a seccomp filter."""
     audit_hook: bool = True
     """Install a Python audit hook giving readable refusals (not a security boundary alone)."""
+    hidden_paths: tuple[str, ...] = ()
+    """Directories replaced by an empty read-only tmpfs (needs the mount namespace), e.g. a
+    dataset with reference answers, or the repository."""
     require_network_isolation: bool = False
     """Refuse to run code when neither a network namespace nor seccomp could be had."""
     site_packages: bool = False
@@ -185,6 +190,9 @@ class PythonSandbox:
         for name in ("timeout", "memory_mb", "max_output_chars", "max_file_mb", "max_open_files"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PythonSandbox.{name} must be > 0, got {getattr(self, name)!r}")
+        missing = [p for p in self.hidden_paths if not os.path.isdir(p)]
+        if missing:
+            raise ValueError(f"PythonSandbox.hidden_paths must be existing directories, got {missing!r}")
         if self.cpu_seconds is not None and self.cpu_seconds < 1:
             raise ValueError(f"PythonSandbox.cpu_seconds must be >= 1 or None, got {self.cpu_seconds!r}")
 
@@ -203,6 +211,7 @@ class PythonSandbox:
                 "net_namespace": self.network_namespace, "mount_namespace": self.mount_namespace,
                 "pid_namespace": self.pid_namespace, "landlock": self.landlock, "seccomp": self.seccomp,
                 "audit_hook": self.audit_hook, "echo_last_expression": self.echo_last_expression,
+                "hidden_paths": [os.path.realpath(p) for p in self.hidden_paths],
                 "require_network_isolation": self.require_network_isolation}
 
     async def arun(self, code: str, files: Mapping[str, str | bytes] | None = None) -> SandboxResult:

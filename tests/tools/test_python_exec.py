@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import struct
 import time
 import uuid
 from pathlib import Path
@@ -363,3 +364,63 @@ def test_module_examples():
 
     result = doctest.testmod(tools.python_exec)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_threads_and_asyncio_work_inside():
+    code = ("import asyncio, threading\nout = []\nt = threading.Thread(target=out.append, args=('thread',))\n"
+            "t.start(); t.join()\nasync def main():\n    await asyncio.sleep(0.01)\n    return 'loop'\n"
+            "print(out[0], asyncio.run(main()))")
+    assert PythonSandbox().run(code).stdout == "thread loop\n"
+
+
+def test_hidden_paths(tmp_path, granted):
+    (tmp_path / "answers.txt").write_text("42")
+    r = PythonSandbox(hidden_paths=(str(tmp_path),)).run(f"import os\nprint(os.listdir({str(tmp_path)!r}))")
+    if granted.get("mount_namespace"):
+        assert r.stdout == "[]\n" and r.layers["hidden_paths"] is True
+    else:
+        assert "hidden_paths are visible" in r.to_text()
+    with pytest.raises(ValueError, match="existing directories"):
+        PythonSandbox(hidden_paths=(str(tmp_path / "nope"),))
+
+
+# ----------------------------------------------------------------------------- seccomp program
+
+
+def run_bpf(prog: list[tuple[int, int, int, int]], arch: int, nr: int, arg0: int = 0) -> int:
+    """A classic-BPF interpreter for the few instructions the filter uses."""
+    data = struct.pack("<iIQ6Q", nr, arch, 0, arg0, 0, 0, 0, 0, 0)
+    acc, pc = 0, 0
+    while True:
+        code, jt, jf, k = prog[pc]
+        if code == 0x20:
+            acc, pc = struct.unpack_from("<I", data, k)[0], pc + 1
+        elif code == 0x06:
+            return k
+        else:
+            taken = {0x15: acc == k, 0x35: acc >= k, 0x45: bool(acc & k)}[code]
+            pc += 1 + (jt if taken else jf)
+
+
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+def test_seccomp_program_decisions(arch):
+    import errno
+
+    from tools import _sandbox_linux as lx
+
+    prog = lx.seccomp_program(arch)
+    audit = lx._AUDIT_ARCH[arch]
+    allow, eperm, enosys = 0x7FFF0000, 0x50000 | errno.EPERM, 0x50000 | errno.ENOSYS
+    clone = lx._CLONE[arch]
+    thread_flags = 0x3D0F00  # what glibc passes for pthread_create
+    assert run_bpf(prog, audit, clone, thread_flags) == allow
+    assert run_bpf(prog, audit, clone, 0x4111) == eperm  # fork-like clone (CLONE_VM|CLONE_VFORK|SIGCHLD)
+    assert run_bpf(prog, audit, 435) == enosys  # clone3 -> libc falls back to clone
+    for name, nr in lx._DENIED[arch].items():
+        assert run_bpf(prog, audit, nr) == eperm, name
+    read_nr, write_nr = (0, 1) if arch == "x86_64" else (63, 64)
+    assert run_bpf(prog, audit, read_nr) == allow and run_bpf(prog, audit, write_nr) == allow
+    assert run_bpf(prog, 0x40000003, read_nr) == eperm  # another architecture's calling convention
+    if arch == "x86_64":
+        assert run_bpf(prog, audit, 0x40000000 | 57) == eperm  # x32 ABI
+    assert all(jt < 256 and jf < 256 for _, jt, jf, _ in prog)
