@@ -18,8 +18,8 @@ Example::
     '2.0000000000000004'
     >>> calculator("1 / 0")
     'Error: division by zero'
-    >>> calculator("__import__('os')")
-    "Error: name '__import__' is not allowed; allowed functions: abs, acos, asin, atan, ceil, cos, exp, factorial, floor, gcd, hypot, log, log10, log2, max, min, round, sin, sqrt, tan"
+    >>> calculator("__import__('os')").split(";")[0]
+    "Error: name '__import__' is not allowed"
 """
 
 from __future__ import annotations

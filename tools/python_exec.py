@@ -256,27 +256,33 @@ class PythonSandbox:
         keep = self.max_output_chars * 4 + 64  # bytes per stream kept at head and at tail
         out_task = asyncio.create_task(_read_capped(proc.stdout, keep, overflow))
         err_task = asyncio.create_task(_read_capped(proc.stderr, keep, overflow))
-        try:
+
+        async def feed_and_wait() -> None:
             assert proc.stdin is not None
-            proc.stdin.write(code.encode("utf-8", "surrogateescape"))
-            await proc.stdin.drain()
-            proc.stdin.close()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the child died before reading everything; its report says why
-        try:
-            await asyncio.wait_for(proc.wait(), self.timeout)
-        except asyncio.TimeoutError:
-            if not stopped:
-                stopped.append("timeout")
-            _kill_group(proc.pid)
+            try:
+                proc.stdin.write(code.encode("utf-8", "surrogateescape"))
+                await proc.stdin.drain()
+                proc.stdin.close()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the child died before reading everything; its report says why
             await proc.wait()
-        _kill_group(proc.pid)  # nothing of the run may outlive it
+
         try:
-            (out, out_cut), (err, err_cut) = await asyncio.wait_for(asyncio.gather(out_task, err_task), 2.0)
-        except asyncio.TimeoutError:
+            try:
+                await asyncio.wait_for(feed_and_wait(), self.timeout)
+            except asyncio.TimeoutError:
+                if not stopped:
+                    stopped.append("timeout")
+                _kill_group(proc.pid)
+                await proc.wait()
+            _kill_group(proc.pid)  # nothing of the run may outlive it
+            try:
+                (out, out_cut), (err, err_cut) = await asyncio.wait_for(asyncio.gather(out_task, err_task), 2.0)
+            except asyncio.TimeoutError:
+                (out, out_cut), (err, err_cut) = (b"", False), (b"[output lost]", False)
+        finally:
             out_task.cancel()
             err_task.cancel()
-            (out, out_cut), (err, err_cut) = (b"", False), (b"[output lost]", False)
         report = _read_report(read_fd)
         exit_info = report.get("exit", {})
         exit_code: int | None = exit_info.get("code", proc.returncode)

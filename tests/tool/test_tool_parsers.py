@@ -221,7 +221,8 @@ def test_registry_and_protocol():
     p = get_parser("tag", tags=("lookup",))
     assert isinstance(p, TagParser) and isinstance(p, ToolCallParser)
     assert isinstance(get_parser("hermes"), ToolCallParser)
-    with pytest.raises(ValueError, match=r"unknown tool-call parser 'hermse'; valid: hermes, tag \(did you mean 'hermes'\?\)"):
+    expected = r"unknown tool-call parser 'hermse'; valid: hermes, tag \(did you mean 'hermes'\?\)"
+    with pytest.raises(ValueError, match=expected):
         get_parser("hermse")
     with pytest.raises(TypeError):
         PARSERS["x"] = HermesParser  # type: ignore[index]

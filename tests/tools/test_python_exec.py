@@ -54,14 +54,16 @@ def test_output_final_expression_and_result_fields():
     assert r.stdout == "root 7\n{'a': 1}\n" and r.stderr == ""
     assert r.to_text() == "root 7\n{'a': 1}"
     assert r.seconds < 5 and r.cpu_seconds is not None
-    assert PythonSandbox(echo_last_expression=False).run("1 + 1").to_text() == "(no output; use print() to show values)"
+    no_echo = PythonSandbox(echo_last_expression=False).run("1 + 1")
+    assert no_echo.to_text() == "(no output; use print() to show values)"
     assert PythonSandbox().run("x = None\nx").stdout == ""
 
 
 def test_exceptions_and_exit_codes_are_readable():
     r = PythonSandbox().run("def f():\n    return 1 / 0\nf()")
     assert r.exit_code == 1 and not r.ok
-    assert 'File "<code>", line 2, in f' in r.stderr and r.stderr.strip().endswith("ZeroDivisionError: division by zero")
+    assert 'File "<code>", line 2, in f' in r.stderr
+    assert r.stderr.strip().endswith("ZeroDivisionError: division by zero")
     assert "_sandbox_child" not in r.stderr  # no launcher frames
     r = PythonSandbox().run("x = (1,")
     assert "SyntaxError" in r.stderr and "Traceback" not in r.stderr
@@ -273,7 +275,8 @@ def test_default_result_reports_its_layers(granted):
 
 
 def write_attempts(tmp_path: Path) -> tuple[str, list[Path]]:
-    targets = [tmp_path / "escape.txt", REPO / f"escape-{uuid.uuid4().hex}.txt", Path("/tmp") / f"escape-{uuid.uuid4().hex}"]
+    tag = uuid.uuid4().hex
+    targets = [tmp_path / "escape.txt", REPO / f"escape-{tag}.txt", Path("/tmp") / f"escape-{tag}"]
     victim = tmp_path / "victim.txt"
     victim.write_text("keep me")
     lines = ["import os", "errors = []", "open('inside.txt', 'w').write('fine')"]
@@ -352,7 +355,8 @@ def test_result_is_a_plain_record():
         "(no output; use print() to show values)\n"
         "[sandbox warning: no kernel-level isolation of network, filesystem, processes]")
     assert SandboxResult(stdout="", stderr="", exit_code=None, stopped="timeout", layers=full,
-                         limits={"timeout": 2.0}).to_text() == "[stopped: the program ran longer than the 2 s time limit]"
+                         limits={"timeout": 2.0}).to_text() == (
+        "[stopped: the program ran longer than the 2 s time limit]")
     with pytest.raises(ValueError, match="timeout must be > 0"):
         PythonSandbox(timeout=0)
 
