@@ -1,0 +1,19 @@
+"""The embedded inference engine: an HF causal LM in-process, continuous batching, KV cache.
+
+Example::
+
+    >>> import asyncio
+    >>> from agentrl.engine import SamplingParams
+    >>> from agentrl.engine.embedded import EmbeddedEngine
+    >>> engine = EmbeddedEngine("tiny-qwen2", max_batch_size=4, max_seq_len=128)   # doctest: +SKIP
+    >>> asyncio.run(engine.generate([1, 2, 3], SamplingParams(max_new_tokens=5))).finish_reason  # doctest: +SKIP
+    'length'
+
+See ``docs/engine.md`` for the design and the measurements behind it.
+"""
+
+from agentrl.engine.embedded.config import EngineConfig, InvalidRequest
+from agentrl.engine.embedded.engine import EmbeddedEngine
+from agentrl.engine.embedded.scheduler import SchedulerStats
+
+__all__ = ["EmbeddedEngine", "EngineConfig", "InvalidRequest", "SchedulerStats"]

@@ -1,0 +1,65 @@
+"""Settings of the embedded engine, and the errors it raises for bad requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from agentrl.engine.base import EngineError
+
+Backend = Literal["auto", "fast", "hf"]
+
+
+class InvalidRequest(EngineError, ValueError):
+    """A request the engine cannot serve as given (token id out of range, prompt too long...).
+
+    It is both an :class:`~agentrl.engine.base.EngineError` and a ``ValueError``, so callers
+    catching either see it; an HTTP front maps it to status 400.
+    """
+
+
+@dataclass
+class EngineConfig:
+    """How the embedded engine runs. ``None`` fields are chosen from the device at start-up."""
+
+    max_batch_size: int | None = None
+    """Requests decoded together (KV-cache slots). Default: 32 on CPU; on CUDA 256, or fewer when
+    the cache would not fit in ``kv_memory_fraction`` of the free GPU memory."""
+    max_seq_len: int | None = None
+    """Longest prompt + completion of one request, in tokens. Default: the model's
+    ``max_position_embeddings`` capped at 4096 (CPU) or 8192 (CUDA)."""
+    backend: Backend = "auto"
+    """``fast``: the engine's own forward pass for Llama/Mistral/Qwen2/Qwen3 (slot KV cache, CUDA
+    graphs); ``hf``: the HF model's own forward with one ``DynamicCache`` per request (any causal
+    LM, slower); ``auto``: ``fast`` when the architecture allows it, else ``hf``."""
+    cuda_graphs: bool | None = None
+    """Capture the decode step in CUDA graphs, one per (batch bucket, length bucket). Default: on
+    for CUDA."""
+    compile: bool | None = None
+    """``torch.compile`` the small element-wise blocks (RMSNorm + residual, RoPE, SwiGLU) of the
+    fast path. Default: on for CUDA with CUDA graphs, off on CPU."""
+    fuse_weights: bool | None = None
+    """Keep fused copies of q/k/v and gate/up projections (one matmul instead of three/two).
+    Costs memory equal to those weights; refreshed by ``update_weights``. Default: on for CUDA."""
+    decode_attention: Literal["sdpa", "matmul"] = "sdpa"
+    """Decode attention kernel of the fast path: ``scaled_dot_product_attention`` with a length
+    mask, or explicit matmul + softmax."""
+    prefill_token_budget: int | None = None
+    """Prompt tokens prefilled together between two decode steps (a longer single prompt still
+    goes alone). Default: 4096 on CPU, 16384 on CUDA."""
+    kv_memory_fraction: float = 0.4
+    """Share of free GPU memory the KV cache may take when ``max_batch_size`` is not given."""
+    seed: int | None = None
+    """Seeds the seeds of requests that do not set one (``None``: fresh entropy)."""
+
+    def validate(self) -> None:
+        if self.backend not in ("auto", "fast", "hf"):
+            raise ValueError(f"backend must be 'auto', 'fast' or 'hf'; got {self.backend!r}")
+        if self.decode_attention not in ("sdpa", "matmul"):
+            raise ValueError(f"decode_attention must be 'sdpa' or 'matmul'; got {self.decode_attention!r}")
+        for name in ("max_batch_size", "max_seq_len", "prefill_token_budget"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1; got {value}")
+        if not 0 < self.kv_memory_fraction <= 1:
+            raise ValueError(f"kv_memory_fraction must be in (0, 1]; got {self.kv_memory_fraction}")

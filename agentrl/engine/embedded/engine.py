@@ -1,0 +1,279 @@
+"""The embedded engine: an in-process HF causal LM behind the :class:`~agentrl.engine.base.Engine` protocol.
+
+Coroutines on the caller's event loop validate requests and hand them to a worker thread (see
+:mod:`agentrl.engine.embedded.scheduler`) that owns the model; the event loop never runs a
+model step, so HTTP servers and environments stay responsive.
+
+Example::
+
+    >>> import asyncio
+    >>> from agentrl.engine import SamplingParams
+    >>> async def main():
+    ...     async with EmbeddedEngine("tiny-qwen2", max_batch_size=4, max_seq_len=256) as engine:
+    ...         c = await engine.generate([1, 2, 3], SamplingParams(temperature=0, max_new_tokens=4))
+    ...         return len(c.token_ids), c.finish_reason
+    >>> asyncio.run(main())   # doctest: +SKIP
+    (4, 'length')
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import os
+import random
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from agentrl.engine.base import Completion, SamplingParams
+from agentrl.engine.embedded.config import EngineConfig, InvalidRequest
+from agentrl.engine.embedded.fast_model import fast_path_unsupported
+from agentrl.engine.embedded.kv_cache import KVCache
+from agentrl.engine.embedded.runner import FastRunner, HFRunner
+from agentrl.engine.embedded.scheduler import Request, Scheduler, SchedulerStats
+from agentrl.engine.embedded.weights import WeightsSource, load_weights
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedEngine:
+    """An HF causal LM served in-process with continuous batching.
+
+    ``model`` is an alias, a local HF folder or hub id (loaded with :func:`agentrl.models.load_model`:
+    float32 on CPU, bf16 on CUDA), or an already-loaded ``nn.Module`` that the engine shares
+    without copying (a colocated trainer may keep training it; call :meth:`update_weights` with no
+    arguments afterwards). Keyword options are the fields of :class:`EngineConfig`.
+
+    The worker thread starts on the first call (or with :meth:`start`); :meth:`close` stops it.
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike | torch.nn.Module,
+        tokenizer: Any = None,
+        *,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | str | None = None,
+        max_batch_size: int | None = None,
+        max_seq_len: int | None = None,
+        config: EngineConfig | None = None,
+        **options: Any,
+    ) -> None:
+        config = dataclasses.replace(config or EngineConfig(), **options)
+        if max_batch_size is not None:
+            config.max_batch_size = max_batch_size
+        if max_seq_len is not None:
+            config.max_seq_len = max_seq_len
+        config.validate()
+        if isinstance(dtype, str):
+            dtype = getattr(torch, dtype)
+        if isinstance(model, (str, os.PathLike)):
+            from agentrl.models import load_model
+
+            model, loaded_tok = load_model(str(model), dtype=dtype, device=str(device) if device else None)
+            tokenizer = tokenizer if tokenizer is not None else loaded_tok
+        elif device is not None or dtype is not None:
+            model = model.to(device=device, dtype=dtype)
+        model.eval()
+        self.model = model
+        self.tokenizer = tokenizer
+        param = next(model.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.config = self._resolve(config)
+        self.vocab_size = model.get_input_embeddings().weight.shape[0]
+        self.eos_token_ids = _eos_ids(model, tokenizer)
+        self.backend = self._choose_backend()
+        self._rng = random.Random(self.config.seed)
+        cfg = self.config
+        if self.backend == "fast":
+            runner = FastRunner(
+                model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, cuda_graphs=cfg.cuda_graphs,
+                compile=cfg.compile, fuse=cfg.fuse_weights, attention=cfg.decode_attention,
+            )
+        else:
+            runner = HFRunner(model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len)
+        self._scheduler = Scheduler(
+            runner, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, eos_ids=self.eos_token_ids,
+            tokenizer=tokenizer, prefill_token_budget=cfg.prefill_token_budget,
+        )
+        log.info("embedded engine: %s backend on %s (%s), %d slots x %d tokens", self.backend, self.device,
+                 self.dtype, cfg.max_batch_size, cfg.max_seq_len)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> "EmbeddedEngine":
+        """Load a model by alias / folder / hub id and serve it (same keywords as the constructor)."""
+        return cls(name_or_path, **kwargs)
+
+    # --- set-up ------------------------------------------------------------------------------------
+
+    def _resolve(self, cfg: EngineConfig) -> EngineConfig:
+        cuda = self.device.type == "cuda"
+        cfg = dataclasses.replace(cfg)
+        max_pos = int(getattr(self.model.config, "max_position_embeddings", 0) or 0) or 4096
+        if cfg.max_seq_len is None:
+            cfg.max_seq_len = min(max_pos, 8192 if cuda else 4096)
+        if cfg.cuda_graphs is None:
+            cfg.cuda_graphs = cuda
+        if cfg.compile is None:
+            cfg.compile = bool(cuda and cfg.cuda_graphs)
+        if cfg.fuse_weights is None:
+            cfg.fuse_weights = cuda
+        if cfg.prefill_token_budget is None:
+            cfg.prefill_token_budget = 16384 if cuda else 4096
+        if cfg.max_batch_size is None:
+            cfg.max_batch_size = self._default_batch_size(cfg) if cuda else 32
+        return cfg
+
+    def _default_batch_size(self, cfg: EngineConfig) -> int:
+        c = self.model.config
+        heads = getattr(c, "num_key_value_heads", None) or getattr(c, "num_attention_heads", 1)
+        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        per_token = KVCache.bytes_per_token(c.num_hidden_layers, heads, head_dim, self.dtype)
+        free, _ = torch.cuda.mem_get_info(self.device)
+        slots = int(cfg.kv_memory_fraction * free // (per_token * cfg.max_seq_len))
+        if slots < 1:
+            raise ValueError(
+                f"a KV cache of one {cfg.max_seq_len}-token slot needs {per_token * cfg.max_seq_len / 2**30:.1f} GiB, "
+                f"more than kv_memory_fraction={cfg.kv_memory_fraction} of the {free / 2**30:.1f} GiB free; "
+                "lower max_seq_len or raise kv_memory_fraction"
+            )
+        return min(256, slots)
+
+    def _choose_backend(self) -> str:
+        want = self.config.backend
+        if want == "hf":
+            return "hf"
+        reason = fast_path_unsupported(self.model, self.config.max_seq_len)
+        if reason is None:
+            return "fast"
+        if want == "fast":
+            raise ValueError(f"backend='fast' is not available for this model: {reason}; use backend='auto' or 'hf'")
+        log.info("using the HF forward (backend='hf'): %s", reason)
+        return "hf"
+
+    # --- the Engine protocol -------------------------------------------------------------------
+
+    @property
+    def weight_version(self) -> int:
+        return self._scheduler.version
+
+    @property
+    def stats(self) -> SchedulerStats:
+        """Counters since start: decode steps, prefills, prompt/generated tokens, busy seconds."""
+        return self._scheduler.stats
+
+    async def start(self) -> None:
+        self._scheduler.start()
+
+    async def close(self) -> None:
+        """Stop the worker; running and queued requests finish with 'abort'. Frees the KV cache."""
+        await asyncio.to_thread(self._scheduler.shutdown)
+
+    async def __aenter__(self) -> "EmbeddedEngine":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    async def generate(
+        self, input_ids: Sequence[int], sampling: SamplingParams | None = None, *, rid: str | None = None
+    ) -> Completion:
+        """Sample one completion of ``input_ids``. Raises :class:`InvalidRequest` for bad input."""
+        req = self._request(input_ids, sampling or SamplingParams(), rid)
+        if req.max_new == 0:
+            return Completion([], [], "length", self.weight_version, len(req.prompt))
+        self._scheduler.start()
+        fut = self._scheduler.submit(req)
+        try:
+            return await asyncio.wrap_future(fut)
+        except asyncio.CancelledError:
+            self._scheduler.abort(req.rid)
+            raise
+
+    async def update_weights(self, weights: WeightsSource = None, *, version: int | None = None) -> int:
+        """Load new weights between two decode steps and return the new ``weight_version``.
+
+        ``weights``: a state dict (HF names) or ``(name, tensor)`` pairs, copied in place; a path to
+        an HF folder or weight file; or None when the shared model was already updated in place
+        (a colocated trainer). Tensors that share storage with the model are skipped. Requests in
+        flight continue with the new weights; their completions report the version they started with.
+        """
+
+        def apply() -> int:
+            with torch.no_grad():
+                load_weights(self.model, weights)
+                self._scheduler.runner.refresh_weights()
+            self._scheduler.version = self._scheduler.version + 1 if version is None else int(version)
+            return self._scheduler.version
+
+        self._scheduler.start()
+        return await asyncio.wrap_future(self._scheduler.call(apply))
+
+    async def abort(self, rid: str | None = None) -> None:
+        """Abort one request (or all when ``rid`` is None); they return their tokens so far with 'abort'."""
+        self._scheduler.abort(rid)
+
+    async def health(self) -> bool:
+        s = self._scheduler
+        return (s.alive or s._thread is None) and not s._stop
+
+    async def release_memory(self) -> None:
+        """Free the KV cache (e.g. around a colocated training step). Waits for running requests;
+        new ones wait meanwhile, and the next one allocates the cache again."""
+        self._scheduler.start()
+        await asyncio.wrap_future(self._scheduler.call(self._scheduler.release_memory, needs_idle=True))
+
+    async def resume_memory(self) -> None:
+        """Allocate the KV cache now rather than on the next request."""
+        self._scheduler.start()
+        await asyncio.wrap_future(self._scheduler.call(self._scheduler.resume_memory))
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _request(self, input_ids: Sequence[int], sampling: SamplingParams, rid: str | None) -> Request:
+        if not isinstance(sampling, SamplingParams):
+            raise InvalidRequest(f"sampling must be a SamplingParams; got {type(sampling).__name__}")
+        try:
+            sampling.validate()
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
+        try:
+            prompt = [int(t) for t in input_ids]
+        except (TypeError, ValueError):
+            raise InvalidRequest(f"input_ids must be a sequence of integer token ids; got {input_ids!r:.80}") from None
+        if not prompt:
+            raise InvalidRequest("input_ids is empty; a prompt needs at least one token")
+        bad = next((i for i, t in enumerate(prompt) if not 0 <= t < self.vocab_size), None)
+        if bad is not None:
+            raise InvalidRequest(
+                f"token id {prompt[bad]} at position {bad} is outside the vocabulary (expected 0..{self.vocab_size - 1})"
+            )
+        limit = self.config.max_seq_len
+        if len(prompt) >= limit:
+            raise InvalidRequest(
+                f"prompt of {len(prompt)} tokens does not fit max_seq_len={limit} (which must also hold at least one "
+                "new token); shorten the prompt or build the engine with a larger max_seq_len"
+            )
+        if sampling.stop and self.tokenizer is None:
+            raise InvalidRequest("stop strings need a tokenizer; pass tokenizer= to EmbeddedEngine or use stop_token_ids")
+        seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(63)
+        return Request(
+            rid=rid or uuid.uuid4().hex, prompt=prompt, sampling=sampling, seed=int(seed) & (2**64 - 1),
+            max_new=min(sampling.max_new_tokens, limit - len(prompt)),
+        )
+
+
+def _eos_ids(model: Any, tokenizer: Any) -> set[int]:
+    """End-of-sequence ids: the generation config's, the model config's and the tokenizer's."""
+    ids: set[int] = set()
+    for source in (getattr(model, "generation_config", None), getattr(model, "config", None), tokenizer):
+        value = getattr(source, "eos_token_id", None)
+        if value is None:
+            continue
+        ids.update(int(v) for v in (value if isinstance(value, (list, tuple, set)) else [value]))
+    return ids

@@ -1,0 +1,118 @@
+"""A preallocated slot KV cache: one slot (batch row) per running request.
+
+Layout: one tensor ``[layers, 2, slots, kv_heads, max_len, head_dim]`` (2 = keys, values).
+Slot ``s`` holds the keys/values of one request at positions ``0 .. length-1``. The scheduler
+keeps running requests in slots ``0 .. n-1`` (it moves the last one into a hole when a request
+leaves), so a decode step reads the dense block ``[:n, :, :L]``.
+
+Memory is ``2 * layers * slots * kv_heads * max_len * head_dim * dtype_size`` bytes, fixed at
+allocation. A paged cache would share memory between short and long requests; this one trades
+that for a decode attention that is a plain strided read, capturable in a CUDA graph.
+
+Example::
+
+    >>> import torch
+    >>> kv = KVCache(n_layers=2, n_slots=4, n_kv_heads=2, max_len=16, head_dim=8,
+    ...              dtype=torch.float32, device=torch.device("cpu"))
+    >>> kv.allocate()
+    >>> kv.nbytes
+    8192
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class KVCache:
+    def __init__(
+        self,
+        *,
+        n_layers: int,
+        n_slots: int,
+        n_kv_heads: int,
+        max_len: int,
+        head_dim: int,
+        dtype: torch.dtype,
+        device: torch.device,
+    ) -> None:
+        self.n_layers = n_layers
+        self.n_slots = n_slots
+        self.n_kv_heads = n_kv_heads
+        self.max_len = max_len
+        self.head_dim = head_dim
+        self.dtype = dtype
+        self.device = device
+        self.data: torch.Tensor | None = None
+        # Positions [0, clean[s]) of slot s hold finite numbers. Attention reads a whole length
+        # block for every row and masks the tail, and masked NaN garbage would still poison the
+        # output (0 * NaN), so slots are zeroed before first use. CPU memory is zeroed lazily to
+        # avoid committing the whole cache up front.
+        self._clean = np.zeros(n_slots, dtype=np.int64)
+
+    @staticmethod
+    def bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
+        return 2 * n_layers * n_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
+
+    @property
+    def nbytes(self) -> int:
+        per_token = self.bytes_per_token(self.n_layers, self.n_kv_heads, self.head_dim, self.dtype)
+        return per_token * self.n_slots * self.max_len
+
+    @property
+    def allocated(self) -> bool:
+        return self.data is not None
+
+    def allocate(self) -> None:
+        if self.data is not None:
+            return
+        shape = (self.n_layers, 2, self.n_slots, self.n_kv_heads, self.max_len, self.head_dim)
+        if self.device.type == "cpu":
+            self.data = torch.empty(shape, dtype=self.dtype, device=self.device)
+            self._clean[:] = 0
+        else:
+            self.data = torch.zeros(shape, dtype=self.dtype, device=self.device)
+            self._clean[:] = self.max_len
+
+    def release(self) -> None:
+        self.data = None
+
+    def ensure_clean(self, n_rows: int, length: int) -> None:
+        """Make positions ``[0, length)`` of slots ``[0, n_rows)`` finite (zeros where unwritten)."""
+        dirty = np.flatnonzero(self._clean[:n_rows] < length)
+        self.ensure_clean_slots(dirty.tolist(), [length] * len(dirty))
+
+    def ensure_clean_slots(self, slots, lengths) -> None:
+        """Per-slot form of :meth:`ensure_clean`; call it before writing a prompt into a slot."""
+        assert self.data is not None
+        for s, length in zip(slots, lengths):
+            if self._clean[s] >= length:
+                continue
+            upto = min(self.max_len, max(length, 256) * 2)  # zero ahead, so this rarely runs
+            self.data[:, :, s, :, int(self._clean[s]) : upto].zero_()
+            self._clean[s] = upto
+
+    def write_index(self, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Flat row indices into :meth:`flat` for tokens at (slot, position). [N], [N] -> [N * kv_heads]."""
+        heads = torch.arange(self.n_kv_heads, device=slots.device)
+        idx = (slots[:, None] * self.n_kv_heads + heads[None]) * self.max_len + positions[:, None]
+        return idx.reshape(-1)
+
+    def write(self, layer: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store new keys/values. ``index`` from :meth:`write_index`; k, v [N, kv_heads, head_dim]."""
+        assert self.data is not None
+        d = self.head_dim
+        self.data[layer, 0].view(-1, d).index_copy_(0, index, k.reshape(-1, d))
+        self.data[layer, 1].view(-1, d).index_copy_(0, index, v.reshape(-1, d))
+
+    def block(self, layer: int, n_rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of slots ``[0, n_rows)``, positions ``[0, length)``: 2 x [n, kv_heads, L, D]."""
+        assert self.data is not None
+        return self.data[layer, 0, :n_rows, :, :length], self.data[layer, 1, :n_rows, :, :length]
+
+    def move(self, src: int, dst: int, length: int) -> None:
+        """Copy the first ``length`` positions of slot ``src`` into slot ``dst``."""
+        assert self.data is not None
+        self.data[:, :, dst, :, :length] = self.data[:, :, src, :, :length]
+        self._clean[dst] = max(int(self._clean[dst]), length)

@@ -1,0 +1,145 @@
+"""Batched token sampling with per-request parameters and reproducible per-request seeds.
+
+Each row of a logits batch has its own temperature, top-p, top-k and seed. The returned
+log-probability is always the one the trainer recomputes: ``log_softmax(logits / T)[token]``
+over the *whole* vocabulary (top-k/top-p only restrict which token is drawn), and the plain
+``log_softmax(logits)[token]`` for greedy rows (``T == 0``).
+
+Randomness is counter-based: the uniform number that picks the k-th token of a request is
+``U(seed, k)`` (splitmix64, Steele et al. 2014, "Fast splittable pseudorandom number
+generators"), and the token is found by inverse-CDF lookup. A request's draws therefore do not
+depend on which other requests share its batch, on the batch order, or on the device; only on
+its seed, its step and its own probabilities.
+
+Example::
+
+    >>> import numpy as np, torch
+    >>> rows = SamplingRows.from_lists(temperature=[0.0, 1.0], top_p=[1.0, 1.0], top_k=[-1, -1],
+    ...                                seed=[1, 2], step=[0, 0])
+    >>> ids, logprobs = sample(torch.tensor([[0.0, 5.0, 1.0], [0.0, 0.0, 0.0]]), rows)
+    >>> int(ids[0])
+    1
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)
+_M2 = np.uint64(0x94D049BB133111EB)
+
+
+def splitmix64(x: np.ndarray) -> np.ndarray:
+    """The splitmix64 finaliser, element-wise on a uint64 array (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        z = x.astype(np.uint64) + _GOLDEN
+        z = (z ^ (z >> np.uint64(30))) * _M1
+        z = (z ^ (z >> np.uint64(27))) * _M2
+        return z ^ (z >> np.uint64(31))
+
+
+def uniforms(seed: np.ndarray, step: np.ndarray) -> np.ndarray:
+    """``U(seed, step)`` in [0, 1), float64, element-wise. [n] uint64, [n] int -> [n]."""
+    with np.errstate(over="ignore"):
+        key = splitmix64(seed.astype(np.uint64)) ^ (step.astype(np.uint64) * _M2)
+        bits = splitmix64(key) >> np.uint64(11)  # 53 random bits
+    return bits.astype(np.float64) * (1.0 / (1 << 53))
+
+
+@dataclass
+class SamplingRows:
+    """Per-row sampling parameters of one batch (host arrays, all of length n)."""
+
+    temperature: np.ndarray
+    """[n] float; 0 = greedy."""
+    top_p: np.ndarray
+    """[n] float in (0, 1]."""
+    top_k: np.ndarray
+    """[n] int; <= 0 = off."""
+    u: np.ndarray
+    """[n] float64 uniforms in [0, 1) that pick each row's token."""
+
+    @classmethod
+    def from_lists(cls, *, temperature, top_p, top_k, seed, step) -> "SamplingRows":
+        return cls(
+            temperature=np.asarray(temperature, dtype=np.float64),
+            top_p=np.asarray(top_p, dtype=np.float64),
+            top_k=np.asarray(top_k, dtype=np.int64),
+            u=uniforms(np.asarray(seed, dtype=np.uint64), np.asarray(step, dtype=np.int64)),
+        )
+
+    def __len__(self) -> int:
+        return len(self.temperature)
+
+
+def sample(logits: torch.Tensor, rows: SamplingRows) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one token per row. ``logits`` [n, V] float32 -> (ids [n] int64, logprobs [n] float32).
+
+    Rows beyond ``len(rows)`` are not allowed; pass ``logits[:len(rows)]``.
+    """
+    n, vocab = logits.shape
+    if n != len(rows):
+        raise ValueError(f"logits have {n} rows but sampling parameters have {len(rows)}")
+    device = logits.device
+    greedy = rows.temperature <= 0
+    if greedy.all():
+        ids = logits.argmax(-1)
+        logp = torch.log_softmax(logits, -1)
+        return ids, logp.gather(1, ids[:, None]).squeeze(1)
+
+    temp = torch.from_numpy(np.where(greedy, 1.0, rows.temperature).astype(np.float32)).to(device)
+    logp = torch.log_softmax(logits / temp[:, None], -1)  # [n, V], the trainer's distribution
+    u = torch.from_numpy(rows.u.astype(np.float32)).to(device)
+    filtered = ~greedy & ((rows.top_p < 1.0) | (rows.top_k > 0))
+    if filtered.any():
+        ids = torch.empty(n, dtype=torch.long, device=device)
+        f_idx = np.flatnonzero(filtered)
+        p_idx = np.flatnonzero(~filtered)
+        f_t = torch.from_numpy(f_idx).to(device)
+        ids[f_t] = _sample_filtered(logp[f_t].exp(), u[f_t], rows.top_p[f_idx], rows.top_k[f_idx])
+        if len(p_idx):
+            p_t = torch.from_numpy(p_idx).to(device)
+            ids[p_t] = _inverse_cdf(logp[p_t].exp(), u[p_t])
+    else:
+        ids = _inverse_cdf(logp.exp(), u)
+    if greedy.any():
+        ids = torch.where(torch.from_numpy(greedy).to(device), logits.argmax(-1), ids)
+    return ids, logp.gather(1, ids[:, None]).squeeze(1)
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Index i with cdf[i-1] <= u * total < cdf[i]. probs [n, V] (unnormalised ok), u [n]."""
+    cdf = probs.cumsum(-1)  # [n, V]
+    target = u[:, None] * cdf[:, -1:]
+    ids = torch.searchsorted(cdf, target, right=True).squeeze(1)
+    return ids.clamp_(max=probs.shape[-1] - 1)
+
+
+def _sample_filtered(probs: torch.Tensor, u: torch.Tensor, top_p: np.ndarray, top_k: np.ndarray) -> torch.Tensor:
+    """Top-k then top-p (renormalised after top-k, as transformers' warpers do), then inverse CDF.
+
+    Top-p keeps the smallest prefix of the sorted distribution whose mass reaches ``top_p``
+    (Holtzman et al. 2020, "The Curious Case of Neural Text Degeneration").
+    """
+    n, vocab = probs.shape
+    device = probs.device
+    k = np.where(top_k > 0, np.minimum(top_k, vocab), vocab)
+    kmax = int(k.max())
+    if kmax < vocab:
+        sorted_p, order = probs.topk(kmax, dim=-1)  # [n, kmax], descending
+    else:
+        sorted_p, order = probs.sort(-1, descending=True)
+    ranks = torch.arange(sorted_p.shape[-1], device=device)
+    keep = ranks[None] < torch.from_numpy(k).to(device)[:, None]
+    sorted_p = sorted_p * keep
+    if (top_p < 1.0).any():
+        mass = sorted_p.sum(-1, keepdim=True)
+        before = sorted_p.cumsum(-1) - sorted_p
+        p = torch.from_numpy(top_p.astype(np.float32)).to(device)[:, None]
+        sorted_p = sorted_p * (before < p * mass)
+    pick = _inverse_cdf(sorted_p, u)
+    return order.gather(1, pick[:, None]).squeeze(1)

@@ -1,0 +1,373 @@
+"""Continuous batching: one worker thread owns the model and loops prefill -> decode -> finish.
+
+Requests arrive from any thread (the engine's coroutines) into a queue. Between two decode
+steps the worker runs pending commands (weight updates, memory release), retires aborted
+requests, prefills newly arrived prompts (up to a token budget) into free slots, and then decodes
+one token for every running request. Finished requests leave at once; the last running request
+moves into the hole so that running requests always occupy slots ``0 .. n-1``.
+
+Per-slot state lives in numpy arrays, so the per-step bookkeeping is vectorised; Python loops
+touch only requests that carry stop strings or custom stop ids, and those that finish. The
+only host/device synchronisation per step is one copy of the sampled ids and logprobs.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from agentrl.engine.base import Completion, EngineError, SamplingParams
+from agentrl.engine.embedded.runner import Runner
+from agentrl.engine.embedded.sampling import SamplingRows, sample, uniforms
+from agentrl.engine.embedded.stops import StopStrings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Request:
+    """One generate call as the scheduler sees it."""
+
+    rid: str
+    prompt: list[int]
+    sampling: SamplingParams
+    seed: int
+    max_new: int
+    """max_new_tokens, capped so prompt + completion fit max_seq_len."""
+    future: cf.Future = field(default_factory=cf.Future)
+    version: int = 0
+
+
+@dataclass
+class SchedulerStats:
+    steps: int = 0
+    prefills: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    finished: int = 0
+    busy_s: float = 0.0
+
+
+class Scheduler:
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        max_slots: int,
+        max_seq_len: int,
+        eos_ids: set[int],
+        tokenizer: Any,
+        prefill_token_budget: int,
+    ) -> None:
+        self.runner = runner
+        self.max_slots = max_slots
+        self.prefill_token_budget = prefill_token_budget
+        self.eos_ids = np.array(sorted(eos_ids), dtype=np.int64)
+        self.stops = StopStrings(tokenizer) if tokenizer is not None else None
+        self.version = 0
+        self.stats = SchedulerStats()
+        self.error: BaseException | None = None
+        s = max_slots
+        self.n = 0  # running requests occupy slots [0, n)
+        self.reqs: list[Request | None] = [None] * s
+        self.last = np.zeros(s, np.int64)  # last sampled token (next decode input)
+        self.length = np.zeros(s, np.int64)  # tokens in the KV cache = next input's position
+        self.ngen = np.zeros(s, np.int64)
+        self.max_new = np.zeros(s, np.int64)
+        self.temperature = np.zeros(s, np.float64)
+        self.top_p = np.ones(s, np.float64)
+        self.top_k = np.full(s, -1, np.int64)
+        self.seed = np.zeros(s, np.uint64)
+        self.ignore_eos = np.zeros(s, bool)
+        self.custom = np.zeros(s, bool)  # has stop strings or stop token ids
+        self.out_ids = np.zeros((s, max_seq_len), np.int64)
+        self.out_lp = np.zeros((s, max_seq_len), np.float32)
+        self._cv = threading.Condition()
+        self._waiting: deque[Request] = deque()
+        self._by_rid: dict[str, Request] = {}
+        self._abort: set[str] = set()
+        self._commands: deque[tuple[Callable[[], Any], cf.Future, bool]] = deque()
+        self._stop = False
+        self._allocated = False
+        self._thread: threading.Thread | None = None
+
+    # --- called from any thread ----------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="agentrl-engine", daemon=True)
+            self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def submit(self, req: Request) -> cf.Future:
+        with self._cv:
+            if self._stop:
+                raise EngineError("the engine is closed")
+            if req.rid in self._by_rid:
+                raise EngineError(f"a request with rid {req.rid!r} is already running; rids must be unique")
+            self._by_rid[req.rid] = req
+            self._waiting.append(req)
+            self._cv.notify()
+        return req.future
+
+    def call(self, fn: Callable[[], Any], *, needs_idle: bool = False) -> cf.Future:
+        """Run ``fn`` on the worker between steps (after running requests finish if ``needs_idle``)."""
+        fut: cf.Future = cf.Future()
+        with self._cv:
+            if self._stop:
+                raise EngineError("the engine is closed")
+            self._commands.append((fn, fut, needs_idle))
+            self._cv.notify()
+        return fut
+
+    def abort(self, rid: str | None = None) -> None:
+        with self._cv:
+            targets = list(self._by_rid) if rid is None else [rid] if rid in self._by_rid else []
+            waiting = {r.rid for r in self._waiting}
+            for r in targets:
+                if r in waiting:
+                    req = self._by_rid.pop(r)
+                    self._waiting.remove(req)
+                    _resolve(req.future, Completion([], [], "abort", self.version, len(req.prompt)))
+                else:
+                    self._abort.add(r)
+            self._cv.notify()
+
+    def shutdown(self, timeout: float | None = None) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    # --- worker ------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while True:
+                with self._cv:
+                    while not (self._stop or self._waiting or self._commands or self._abort or self.n):
+                        self._cv.wait()
+                    if self._stop:
+                        break
+                    commands = list(self._commands)
+                    self._commands.clear()
+                    aborts, self._abort = self._abort, set()
+                t0 = time.perf_counter()
+                try:
+                    self._step(commands, aborts)
+                except Exception as exc:  # a failed step fails its requests, not the engine
+                    log.exception("engine step failed")
+                    self._fail_running(exc)
+                self.stats.busy_s += time.perf_counter() - t0
+            self._drain()
+
+    def _step(self, commands: list, aborts: set[str]) -> None:
+        held = self._run_commands(commands)
+        if aborts:
+            for slot in sorted((s for s in range(self.n) if self.reqs[s].rid in aborts), reverse=True):
+                self._finish(slot, "abort", None)
+        if not held:  # a command waiting for idleness blocks admissions
+            self._admit()
+        if self.n:
+            self._decode()
+
+    def _run_commands(self, commands: list) -> bool:
+        held = False
+        for fn, fut, needs_idle in commands:
+            if needs_idle and self.n:
+                with self._cv:
+                    self._commands.appendleft((fn, fut, needs_idle))
+                held = True
+                continue
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:
+                    fut.set_exception(exc)
+        return held
+
+    def _admit(self) -> None:
+        if not self._allocated:
+            with self._cv:
+                if not self._waiting:
+                    return
+            try:
+                self.runner.allocate()
+            except Exception as exc:  # e.g. out of memory: every waiting request learns why
+                log.exception("could not allocate the KV cache")
+                self.runner.release()
+                with self._cv:
+                    for req in self._waiting:
+                        self._by_rid.pop(req.rid, None)
+                        _fail(req.future, EngineError(f"could not allocate the KV cache: {exc!r}"))
+                    self._waiting.clear()
+                return
+            self._allocated = True
+        batch: list[Request] = []
+        budget = self.prefill_token_budget
+        with self._cv:
+            while self._waiting and self.n + len(batch) < self.max_slots:
+                req = self._waiting[0]
+                if batch and len(req.prompt) > budget:
+                    break
+                budget -= len(req.prompt)
+                batch.append(self._waiting.popleft())
+        if not batch:
+            return
+        slots = list(range(self.n, self.n + len(batch)))
+        for slot, req in zip(slots, batch):
+            self._place(slot, req)
+        self.n += len(batch)
+        try:
+            logits = self.runner.prefill(slots, [r.prompt for r in batch])
+            self.stats.prefills += 1
+            self.stats.prompt_tokens += sum(len(r.prompt) for r in batch)
+            self._sample_and_record(logits, np.asarray(slots))
+        except Exception as exc:  # fail this prefill's requests; running ones carry on
+            log.exception("prefill of %d request(s) failed", len(batch))
+            err = EngineError(f"prefill failed: {exc!r}")
+            for slot in reversed(range(self.n)):
+                if any(self.reqs[slot] is r for r in batch):
+                    self._finish(slot, err, None)
+
+    def _place(self, slot: int, req: Request) -> None:
+        sp = req.sampling
+        req.version = self.version
+        self.reqs[slot] = req
+        self.length[slot] = len(req.prompt)
+        self.ngen[slot] = 0
+        self.max_new[slot] = req.max_new
+        self.temperature[slot] = sp.temperature
+        self.top_p[slot] = sp.top_p
+        self.top_k[slot] = sp.top_k if sp.top_k and sp.top_k > 0 else -1
+        self.seed[slot] = np.uint64(req.seed)
+        self.ignore_eos[slot] = sp.ignore_eos
+        self.custom[slot] = bool(sp.stop or sp.stop_token_ids)
+
+    def _decode(self) -> None:
+        n = self.n
+        logits = self.runner.decode(self.last[:n], self.length[:n])
+        self.length[:n] += 1  # the input token is now in the cache
+        self.stats.steps += 1
+        self._sample_and_record(logits, np.arange(n))
+
+    def _sample_and_record(self, logits: torch.Tensor, slots: np.ndarray) -> None:
+        rows = SamplingRows(
+            temperature=self.temperature[slots], top_p=self.top_p[slots], top_k=self.top_k[slots],
+            u=uniforms(self.seed[slots], self.ngen[slots]),
+        )
+        ids_t, lp_t = sample(logits, rows)
+        host = torch.stack((ids_t.double(), lp_t.double())).cpu().numpy()  # the one sync per step
+        ids, lps = host[0].astype(np.int64), host[1].astype(np.float32)
+        k = self.ngen[slots]
+        self.out_ids[slots, k] = ids
+        self.out_lp[slots, k] = lps
+        self.ngen[slots] = k + 1
+        self.last[slots] = ids
+        self.stats.generated_tokens += len(slots)
+        done: dict[int, tuple[str, Any]] = {}
+        for i in np.flatnonzero(np.isin(ids, self.eos_ids) & ~self.ignore_eos[slots]).tolist():
+            done[int(slots[i])] = ("stop", int(ids[i]))
+        for i in np.flatnonzero(self.custom[slots]).tolist():
+            slot = int(slots[i])
+            if slot not in done and (hit := self._custom_stop(slot, int(ids[i]))) is not None:
+                done[slot] = ("stop", hit)
+        for i in np.flatnonzero(self.ngen[slots] >= self.max_new[slots]).tolist():
+            done.setdefault(int(slots[i]), ("length", None))
+        for slot in sorted(done, reverse=True):  # descending, so moves never touch a finished slot
+            self._finish(slot, *done[slot])
+
+    def _custom_stop(self, slot: int, token: int) -> int | str | None:
+        sp = self.reqs[slot].sampling
+        if token in sp.stop_token_ids:
+            return token
+        if sp.stop and self.stops is not None:
+            return self.stops.find(self.out_ids[slot, : self.ngen[slot]], sp.stop)
+        return None
+
+    def _finish(self, slot: int, reason: str | BaseException, matched: Any) -> None:
+        req = self.reqs[slot]
+        k = int(self.ngen[slot])
+        if isinstance(reason, BaseException):
+            _fail(req.future, reason)
+        else:
+            completion = Completion(
+                token_ids=self.out_ids[slot, :k].tolist(), logprobs=self.out_lp[slot, :k].tolist(),
+                finish_reason=reason, weight_version=req.version, prompt_tokens=len(req.prompt), matched_stop=matched,
+            )
+            _resolve(req.future, completion)
+        self.stats.finished += 1
+        with self._cv:
+            self._by_rid.pop(req.rid, None)
+        self.runner.free(slot)
+        last = self.n - 1
+        if slot != last:  # keep running requests dense in [0, n)
+            self.runner.move(last, slot, int(self.length[last]))
+            for arr in (self.last, self.length, self.ngen, self.max_new, self.temperature, self.top_p,
+                        self.top_k, self.seed, self.ignore_eos, self.custom):
+                arr[slot] = arr[last]
+            g = int(self.ngen[last])
+            self.out_ids[slot, :g] = self.out_ids[last, :g]
+            self.out_lp[slot, :g] = self.out_lp[last, :g]
+            self.reqs[slot] = self.reqs[last]
+        self.reqs[last] = None
+        self.n = last
+
+    def _fail_running(self, exc: BaseException) -> None:
+        err = exc if isinstance(exc, EngineError) else EngineError(f"engine step failed: {exc!r}")
+        for slot in reversed(range(self.n)):
+            self._finish(slot, err, None)
+
+    def _drain(self) -> None:
+        """On shutdown: running and waiting requests end with 'abort', commands fail."""
+        for slot in reversed(range(self.n)):
+            self._finish(slot, "abort", None)
+        with self._cv:
+            for req in self._waiting:
+                _resolve(req.future, Completion([], [], "abort", self.version, len(req.prompt)))
+            self._waiting.clear()
+            self._by_rid.clear()
+            for _, fut, _ in self._commands:
+                _fail(fut, EngineError("the engine was closed before this call ran"))
+            self._commands.clear()
+        self.runner.release()
+        self._allocated = False
+
+    def release_memory(self) -> None:
+        """Free the KV cache (worker thread, idle); the next admitted request allocates it again."""
+        self.runner.release()
+        self._allocated = False
+
+    def resume_memory(self) -> None:
+        if not self._allocated:
+            self.runner.allocate()
+            self._allocated = True
+
+
+def _resolve(fut: cf.Future, value: Any) -> None:
+    try:
+        if not fut.done():
+            fut.set_result(value)
+    except cf.InvalidStateError:  # cancelled by the caller meanwhile
+        pass
+
+
+def _fail(fut: cf.Future, exc: BaseException) -> None:
+    try:
+        if not fut.done():
+            fut.set_exception(exc)
+    except cf.InvalidStateError:
+        pass
