@@ -12,3 +12,6 @@ register("FrozenLake-v0", "envs.gym_text:GymTextEnv", max_turns=20, game_id="Fro
 register("Taxi-v0", "envs.gym_text:GymTextEnv", max_turns=60, game_id="Taxi")
 register("Blackjack-v0", "envs.gym_text:GymTextEnv", max_turns=10, game_id="Blackjack")
 register("CliffWalking-v0", "envs.gym_text:GymTextEnv", max_turns=50, game_id="CliffWalking")
+# Search-R1 search-and-answer; offline BM25 over envs/data/search_mini.jsonl unless
+# $AGENTRL_RETRIEVER_URL or retriever_url= names a retrieval server (see envs/search.py)
+register("Search-v0", "envs.search:SearchEnv", max_turns=4, retriever="auto")

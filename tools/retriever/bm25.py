@@ -39,6 +39,8 @@ def _bm25s() -> Any:
         import bm25s
     except ImportError as e:
         raise ImportError("BM25 retrieval needs bm25s: pip install bm25s (or agentrl[search])") from e
+    # bm25s pins its logger to DEBUG on import; let it follow the application's logging level
+    logging.getLogger("bm25s").setLevel(logging.NOTSET)
     return bm25s
 
 
