@@ -428,3 +428,17 @@ def test_seccomp_program_decisions(arch):
     if arch == "x86_64":
         assert run_bpf(prog, audit, 0x40000000 | 57) == eperm  # x32 ABI
     assert all(jt < 256 and jf < 256 for _, jt, jf, _ in prog)
+
+
+@pytest.mark.parametrize("layer", ["mount_namespace", "landlock"])
+def test_dir_fd_trick_past_the_audit_hook_is_stopped_by_the_kernel(layer, tmp_path, granted):
+    """The audit hook cannot see ``dir_fd``; the kernel layers do not care how the path was named."""
+    need(granted, layer)
+    code = (f"import os\nd = os.open({str(tmp_path)!r}, os.O_RDONLY)\n"
+            "os.open('escape.txt', os.O_WRONLY | os.O_CREAT, dir_fd=d)\nprint('escaped')")
+    try:
+        r = only(layer, "audit_hook").run(code)
+        assert "escaped" not in r.stdout and r.exit_code == 1
+        assert not (tmp_path / "escape.txt").exists()
+    finally:
+        (tmp_path / "escape.txt").unlink(missing_ok=True)
