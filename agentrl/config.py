@@ -139,6 +139,7 @@ FLAGS: dict[str, str] = {
     "--label-key": "data.label_key",
     "--metadata-key": "data.metadata_key",
     "--env-key": "data.env_key",
+    "--apply-chat-template": "data.apply_chat_template",
     "--skip-bad-rows": "data.on_bad_row",
     # rollout
     "--num-rollout": "num_rollout",
@@ -153,6 +154,7 @@ FLAGS: dict[str, str] = {
     "--rollout-stop": "rollout.sampling.stop",
     "--rollout-concurrency": "rollout.concurrency",
     "--episode-timeout": "rollout.episode_timeout",
+    "--env-kwargs": "rollout.env_kwargs",
     "--dynamic-sampling": "dynamic_sampling",
     "--over-sampling-factor": "over_sampling_factor",
     "--overlong": "overlong",
@@ -242,6 +244,8 @@ def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
             group.add_argument(flag, action="store_const", const="skip", help="skip malformed prompt rows (counted and logged) instead of failing")
         elif kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"{help_text} (default: {default})")
+        elif kind is dict:
+            group.add_argument(flag, type=_json_object, metavar="JSON", help=f"{help_text} (default: {default})")
         elif kind is list:
             nargs = "+" if path in ("eval_prompt_data", "sglang_url", "rollout.sampling.stop") else "*"
             group.add_argument(flag, nargs=nargs, help=help_text)
@@ -280,6 +284,7 @@ def finalize(cfg: RunConfig) -> None:
     cfg.train.use_critic = cfg.advantage_estimator == "gae"
     cfg.train.rollout_temperature = cfg.rollout.sampling.temperature
     cfg.train.seed = cfg.seed
+    cfg.train.max_length_norm = float(cfg.rollout.max_context_tokens)
 
 
 def validate(cfg: RunConfig) -> list[str]:
@@ -424,10 +429,14 @@ def _apply_file(cfg: RunConfig, path: str) -> list[str]:
 def _coerce(cfg: RunConfig, path: str, value: Any) -> Any:
     owner, name = _owner(path)
     kind = _kind(owner, name)
-    if value is None or kind in (list, bool, str) and isinstance(value, kind):
+    if value is None or kind in (list, dict, bool, str) and isinstance(value, kind):
         return value
     if kind is list:
         return [value] if not isinstance(value, list) else value
+    if kind is dict:
+        if not isinstance(value, dict):
+            raise TypeError(f"expected a mapping, got {value!r}")
+        return value
     if kind is bool:
         raise TypeError(f"expected true or false, got {value!r}")
     return kind(value)
@@ -462,8 +471,8 @@ def _kind(cls: type, name: str) -> type:
     hint = _resolved_hints(cls)[name]
     args = [a for a in typing.get_args(hint) if a is not type(None)]
     base = typing.get_origin(hint)
-    if base is list:
-        return list
+    if base in (list, dict):
+        return base
     if args and typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         hint = args[0]
         if typing.get_origin(hint) is list:
@@ -482,6 +491,18 @@ def _parser_for(kind: type):
     if kind is float:
         return _float_or_none
     return kind
+
+
+def _json_object(s: str) -> dict:
+    import json
+
+    try:
+        value = json.loads(s)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"k\": 1}}': {e}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _int_or_none(s: str) -> int | None:

@@ -51,6 +51,8 @@ class DataConfig:
     """Row key naming the environment for this row (falls back to the run's ``--env``)."""
     options_key: str | None = "env_options"
     """Row key holding a dict of reset options for the row's environment."""
+    apply_chat_template: bool = True
+    """Render conversations with the tokenizer's chat template (off: plain text, for base models)."""
     on_bad_row: Literal["error", "skip"] = "error"
     """``error``: stop at the first malformed row; ``skip``: skip it, count it, log it."""
     limit: int | None = None

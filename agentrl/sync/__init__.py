@@ -1,1 +1,33 @@
+"""Weights from the trainer to the engine.
 
+* in-process engines (the embedded engine) take the trainer's HF-named tensors directly;
+* HTTP engines (SGLang servers, ``agentrl serve``) load an HF folder the trainer writes
+  (``/update_weights_from_disk``); the folder of the previous version is removed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+async def sync_weights(engine: Any, trainer: Any, *, staging_dir: str | Path | None = None,
+                       version: int | None = None) -> int:
+    """Push the trainer's current weights to ``engine``; return the engine's new weight version
+    (``version`` when given, else the engine's previous version + 1)."""
+    from agentrl.engine.sglang import SGLangEngine
+
+    if not isinstance(engine, SGLangEngine):  # in-process engines take the tensors themselves
+        return await engine.update_weights(trainer.weights(), version=version)
+    if staging_dir is None:
+        raise ValueError("an out-of-process engine loads weights from disk: give staging_dir")
+    staging = Path(staging_dir)
+    version = engine.weight_version + 1 if version is None else version
+    target = staging / f"weights_v{version}"
+    trainer.export_hf(target)
+    new_version = await engine.update_weights(str(target), version=version)
+    for old in staging.glob("weights_v*"):
+        if old != target:
+            shutil.rmtree(old, ignore_errors=True)
+    return new_version

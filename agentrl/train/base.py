@@ -49,6 +49,8 @@ class TrainConfig:
     """Dual-clip constant (> 1), off by default."""
     loss_aggregation: str = "token_mean"
     """token_mean | seq_mean_token_mean | seq_mean_token_sum_norm."""
+    max_length_norm: float | None = None
+    """The constant length of seq_mean_token_sum_norm (Dr. GRPO); the run sets it to the context budget."""
     use_kl_loss: bool = False
     """Add a KL penalty to a frozen reference model."""
     kl_loss_coef: float = 0.0

@@ -87,7 +87,8 @@ class TorchTrainer:
                                                       betas=(config.adam_beta1, config.adam_beta2))
         self.loss_config = algo.PolicyLossConfig(
             eps_clip=config.eps_clip, eps_clip_high=config.eps_clip_high, eps_clip_c=config.eps_clip_c,
-            aggregation=config.loss_aggregation, use_tis=config.use_tis, tis_cap=config.tis_cap)
+            aggregation=config.loss_aggregation, max_length_norm=config.max_length_norm, use_tis=config.use_tis,
+            tis_cap=config.tis_cap)
         self.steps = 0
 
     # -- forward passes ----------------------------------------------------------------
@@ -162,10 +163,7 @@ class TorchTrainer:
             mask = mb.loss_mask.to(self.device)
             logits = self._response_logits(self.model, mb.samples, mb.width, self.device)
             labels = left_padded_inputs(mb.samples, self.pad_id, self.device)[0][:, -mb.width:]
-            logprobs = algo.logprobs_from_logits(logits, labels)
-            entropy = algo.entropy_from_logits(logits) if cfg.entropy_coef else None
-            with torch.no_grad():
-                ent_metric = entropy.detach() if entropy is not None else algo.entropy_from_logits(logits.detach())
+            logprobs, entropy = algo.logprobs_and_entropy(logits, labels)  # one chunked pass for both
             loss, m = algo.get_policy_loss(cfg.policy_loss)(
                 logprobs, dev(mb.old_logprobs), dev(mb.advantages), mask, config=self.loss_config,
                 rollout_logprobs=dev(mb.rollout_logprobs), denominator=denom)
@@ -174,12 +172,12 @@ class TorchTrainer:
                 kl_loss = algo.aggregate(kl, mask, mode, denominator=denom)
                 loss = loss + cfg.kl_loss_coef * kl_loss
                 metrics["kl_loss"] += float(kl_loss.detach())
-            if entropy is not None:
+            if cfg.entropy_coef:
                 loss = loss - cfg.entropy_coef * algo.aggregate(entropy, mask, mode, denominator=denom)
             loss.backward()
             share = float(mask.sum()) / max(n_tokens, 1.0)  # token share of this micro-batch
             metrics["loss"] += float(loss.detach())
-            metrics["entropy"] += float(algo.masked_mean(ent_metric, mask)) * share
+            metrics["entropy"] += float(algo.masked_mean(entropy.detach(), mask)) * share
             for k, v in m.items():
                 if k.endswith(("_max", "_min")):
                     metrics[k] = _combine(k, [float(v)] + ([metrics[k]] if k in metrics else []))

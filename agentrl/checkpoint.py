@@ -1,0 +1,51 @@
+"""Checkpoints: the model in Hugging Face format plus everything needed to resume exactly.
+
+Layout of ``--save DIR``::
+
+    DIR/rollout_00004/model/        HF model folder (transformers / SGLang can load it)
+    DIR/rollout_00004/trainer.pt    optimiser, scheduler, RNG states (the trainer's)
+    DIR/rollout_00004/state.json    next rollout, data position, weight version, config
+    DIR/latest                      name of the newest complete checkpoint
+
+A checkpoint is written to a temporary folder and renamed when complete, so ``latest`` never
+points at half a checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+
+def save_checkpoint(root: str | Path, rollout_id: int, trainer: Any, state: dict[str, Any]) -> Path:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"rollout_{rollout_id:05d}"
+    tmp = root / f".tmp_rollout_{rollout_id:05d}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    trainer.save(tmp)
+    (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    (root / "latest").write_text(final.name)
+    return final
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """``path`` itself if it is a checkpoint, else the one ``path/latest`` names."""
+    path = Path(path)
+    if (path / "state.json").exists():
+        return path
+    latest = path / "latest"
+    if latest.exists():
+        ckpt = path / latest.read_text().strip()
+        if (ckpt / "state.json").exists():
+            return ckpt
+    raise FileNotFoundError(f"{path} holds no checkpoint (no state.json and no 'latest' file)")
+
+
+def read_state(checkpoint: Path) -> dict[str, Any]:
+    return json.loads((checkpoint / "state.json").read_text())

@@ -1,0 +1,145 @@
+"""Building the pieces a run needs from its :class:`~agentrl.config.RunConfig`.
+
+Each builder does one thing; :mod:`agentrl.loop` calls them in order and then only moves data
+between them.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentrl import algo
+from agentrl.config import RunConfig
+from agentrl.data import PromptDataset, PromptSampler, load_prompts
+from agentrl.eval import EvalConfig, EvalTask
+from agentrl.rollout import Rollout, default_filters, load_generate_fn, load_reward_fn
+from agentrl.train.batch import RolloutBatch
+
+log = logging.getLogger(__name__)
+
+
+PLAIN_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}"
+    "{% else %}{{ m['content'] }}{% endif %}\n{% endfor %}"
+)
+"""``--no-apply-chat-template``: message contents one after another (for base models); an
+assistant turn ends with the eos token, which the engine stops on."""
+
+
+@dataclass
+class Components:
+    engine: Any
+    trainer: Any
+    template: Any
+    rollout: Rollout
+    sampler: PromptSampler
+    dataset: PromptDataset
+    eval_tasks: list[EvalTask]
+    eval_config: EvalConfig
+
+
+def build_components(cfg: RunConfig) -> Components:
+    from agentrl.chat import ChatTemplate
+
+    dataset = load_prompts(cfg.prompt_data, cfg.data)
+    log.info("loaded %d prompts from %s (%d skipped)", len(dataset), cfg.prompt_data, len(dataset.skipped))
+    sampler = PromptSampler(dataset.rows, seed=cfg.seed)
+    eval_tasks = load_eval_tasks(cfg)
+    trainer = build_trainer(cfg)
+    template = ChatTemplate(trainer.tokenizer, None if cfg.data.apply_chat_template else PLAIN_TEMPLATE)
+    engine = build_engine(cfg, trainer)
+    rollout = Rollout(
+        engine, template, cfg.rollout, default_env_id=cfg.env,
+        filters=default_filters(dynamic_sampling=cfg.dynamic_sampling, overlong=cfg.overlong,
+                                overlong_penalty_value=cfg.overlong_penalty),
+        generate_fn=load_generate_fn(cfg.custom_generate_function_path) if cfg.custom_generate_function_path else None,
+        reward_fn=load_reward_fn(cfg.custom_rm_path) if cfg.custom_rm_path else None,
+        seed=cfg.seed,
+    )
+    eval_config = EvalConfig(
+        n_samples=cfg.n_samples_per_eval_prompt, ks=tuple(sorted({1, cfg.n_samples_per_eval_prompt})),
+        sampling=cfg.rollout.sampling.replace(temperature=cfg.eval_temperature, seed=cfg.seed),
+        max_turns=cfg.rollout.max_turns, max_context_tokens=cfg.rollout.max_context_tokens,
+        max_new_tokens_per_turn=cfg.rollout.max_new_tokens_per_turn, concurrency=cfg.rollout.concurrency,
+        seed=cfg.seed + 10_000)
+    return Components(engine, trainer, template, rollout, sampler, dataset, eval_tasks, eval_config)
+
+
+def build_trainer(cfg: RunConfig) -> Any:
+    total_steps = cfg.num_rollout * cfg.num_steps_per_rollout
+    if cfg.trainer == "megatron":
+        from agentrl.train.megatron import MegatronTrainer
+
+        return MegatronTrainer(cfg.model_path, cfg.train, device=cfg.device, total_steps=total_steps)
+    from agentrl.train.torch_trainer import TorchTrainer
+
+    return TorchTrainer(cfg.model_path, cfg.train, device=cfg.device, total_steps=total_steps)
+
+
+def build_engine(cfg: RunConfig, trainer: Any) -> Any:
+    if cfg.engine == "sglang":
+        from agentrl.engine.sglang import SGLangEngine
+
+        if not cfg.sglang_url:
+            raise NotImplementedError("launching SGLang from train.py: start servers with "
+                                      "agentrl.engine.sglang.launch_sglang and pass --sglang-url")
+        return SGLangEngine(cfg.sglang_url)
+    from agentrl.engine.embedded import EmbeddedEngine
+
+    device = str(trainer.device)
+    return EmbeddedEngine(cfg.model_path, tokenizer=trainer.tokenizer, device=device,
+                          max_batch_size=cfg.engine_max_batch_size,
+                          max_seq_len=cfg.rollout.max_context_tokens + 8)
+
+
+def load_eval_tasks(cfg: RunConfig) -> list[EvalTask]:
+    tasks = []
+    for name, path in zip(cfg.eval_prompt_data[::2], cfg.eval_prompt_data[1::2]):
+        ds = load_prompts(path, cfg.data)
+        rows = ds.rows[: cfg.eval_max_prompts] if cfg.eval_max_prompts else ds.rows
+        tasks.append(EvalTask(name=name, rows=rows, env_id=cfg.env))
+    return tasks
+
+
+def compute_advantages(batch: RolloutBatch, cfg: RunConfig) -> None:
+    """Fill ``batch.advantages`` (and ``batch.returns`` for gae) with the configured estimator."""
+    config = algo.AdvantageConfig(normalize_std=cfg.normalize_advantage_std, gamma=cfg.gamma, lam=cfg.lambd)
+    estimator = algo.get_advantage_estimator(cfg.advantage_estimator)
+    if cfg.advantage_estimator in algo.CRITIC_ESTIMATORS:
+        token_rewards = algo.place_rewards_at_turn_ends(batch.rewards, batch.loss_mask)
+        _, batch.returns = algo.compute_gae(token_rewards, batch.values, batch.loss_mask, cfg.gamma, cfg.lambd)
+        batch.advantages = estimator(batch.rewards, batch.group_ids, batch.loss_mask, config=config,
+                                     values=batch.values)
+    else:
+        batch.advantages = estimator(batch.rewards, batch.group_ids, batch.loss_mask, config=config)
+
+
+def logprob_drift(batch: RolloutBatch) -> dict[str, float]:
+    """How far the engine's logprobs are from the trainer's on the same tokens (should be ~0
+    on the first rollout: same weights, same tokens)."""
+    mask = batch.loss_mask
+    diff = (batch.old_logprobs - batch.rollout_logprobs).abs() * mask
+    n = mask.sum().clamp(min=1)
+    return {"train/rollout_logprob_abs_diff": float(diff.sum() / n),
+            "train/rollout_logprob_max_diff": float(diff.max()) if mask.any() else 0.0}
+
+
+def output_dir(cfg: RunConfig) -> Path:
+    path = Path(cfg.output_dir)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)

@@ -1,0 +1,147 @@
+"""Held-out evaluation through the same episode loop as training.
+
+:func:`evaluate` runs ``n_samples`` episodes for each prompt of each task with the rollout's
+own code (:class:`~agentrl.rollout.Rollout`, no filters), and computes per-task metrics
+(:mod:`agentrl.eval.metrics`). ``on_group`` sees every finished group (the CLI appends them
+to ``episodes.jsonl``), and ``done`` skips prompts finished earlier, so an interrupted
+evaluation resumes without repeating episodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import statistics
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentrl.data.prompts import PromptRow
+from agentrl.engine.base import Engine, SamplingParams
+from agentrl.eval.metrics import group_metrics
+from agentrl.rollout import Rollout, RolloutConfig
+from agentrl.types import Group, Sample
+
+
+@dataclass
+class EvalTask:
+    name: str
+    rows: list[PromptRow]
+    env_id: str | None = None
+    """Environment for rows that name none."""
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor arguments of this task's environments (e.g. ``{"split": "eval"}``)."""
+
+
+@dataclass
+class EvalConfig:
+    n_samples: int = 1
+    """Episodes per prompt."""
+    ks: tuple[int, ...] = (1,)
+    """k values of pass@k, pass^k and maj@k (those above n_samples are skipped)."""
+    sampling: SamplingParams = field(default_factory=lambda: SamplingParams(temperature=0.0))
+    max_turns: int | None = None
+    max_context_tokens: int = 4096
+    max_new_tokens_per_turn: int = 1024
+    concurrency: int = 64
+    success_threshold: float = 1.0
+    """An episode succeeds when its reward is at least this."""
+    episode_timeout: float | None = 600.0
+    seed: int = 1234
+
+    def rollout_config(self) -> RolloutConfig:
+        return RolloutConfig(n_samples_per_prompt=self.n_samples, max_turns=self.max_turns,
+                             max_context_tokens=self.max_context_tokens,
+                             max_new_tokens_per_turn=self.max_new_tokens_per_turn, sampling=self.sampling,
+                             concurrency=self.concurrency, episode_timeout=self.episode_timeout)
+
+
+GroupCallback = Callable[[EvalTask, PromptRow, Group], None]
+
+
+async def evaluate(
+    engine: Engine,
+    template: Any,
+    tasks: Sequence[EvalTask],
+    config: EvalConfig,
+    *,
+    on_group: GroupCallback | None = None,
+    done: dict[str, dict[int, list[Sample]]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Run every task; return ``{task: {"metrics": {...}, "samples": [...]}}``.
+
+    ``done[task][row_index]`` holds samples of prompts finished in an earlier run: they are
+    counted, not re-run.
+    """
+    done = done or {}
+    base = config.rollout_config()
+    results: dict[str, dict[str, Any]] = {}
+    for task in tasks:
+        rollout_config = dataclasses.replace(base, env_kwargs={**base.env_kwargs, **task.env_kwargs})
+        rollout = Rollout(engine, template, rollout_config, default_env_id=task.env_id, filters=(),
+                          seed=config.seed)
+        finished: dict[int, list[Sample]] = dict(done.get(task.name, {}))
+
+        async def one(row: PromptRow, task: EvalTask = task, rollout: Rollout = rollout) -> None:
+            # group_id = the row's index: a prompt's sampling seeds do not depend on which
+            # other prompts are evaluated (a resumed or a longer run gives the same episodes)
+            group = await rollout.generate_group(row, group_id=row.index)
+            finished[row.index] = group.samples
+            if on_group is not None:
+                on_group(task, row, group)
+
+        await asyncio.gather(*(one(row) for row in task.rows if row.index not in finished))
+        groups = [sorted(finished[row.index], key=lambda s: s.sample_index)
+                  for row in task.rows if row.index in finished]
+        results[task.name] = {"metrics": task_metrics(groups, config), "samples": [s for g in groups for s in g]}
+    return results
+
+
+def task_metrics(groups: Sequence[Sequence[Sample]], config: EvalConfig) -> dict[str, float]:
+    """Prompt-averaged metrics plus episode statistics of one task.
+
+    Keys: ``reward_mean`` (avg@n), ``success``, ``pass@k``, ``pass^k``, ``maj@k`` (when the
+    environment reports an extracted answer, ``info["extracted"]`` or ``info["answer"]``),
+    ``status_{ok,truncated,aborted,failed}`` (counts), ``prompts``, ``episodes`` and per-episode
+    means ``turns_mean``, ``prompt_tokens_mean``, ``generated_tokens_mean``,
+    ``response_tokens_mean``, ``tool_calls_mean``, ``tool_errors_mean``.
+    """
+    if not groups:
+        return {}
+    samples = [s for g in groups for s in g]
+    extractable = any(_answer_key(s) is not None for s in samples)
+    per_prompt = [
+        group_metrics([s.reward for s in g], config.ks, config.success_threshold,
+                      answers=[_answer(s) for s in g] if extractable else None)
+        for g in groups
+    ]
+    keys = sorted({k for m in per_prompt for k in m})
+    out: dict[str, float] = {}
+    for k in keys:
+        vals = [m[k] for m in per_prompt if k in m]
+        out[k] = statistics.fmean(vals)
+    out["reward_mean"] = out.pop("avg")
+    statuses = Counter(s.status for s in samples)
+    for status in ("ok", "truncated", "aborted", "failed"):
+        out[f"status_{status}"] = float(statuses.get(status, 0))
+    out["prompts"] = float(len(groups))
+    out["episodes"] = float(len(samples))
+    for key, fn in (("turns", lambda s: s.num_turns), ("prompt_tokens", lambda s: len(s.prompt_ids)),
+                    ("generated_tokens", lambda s: s.num_generated_tokens),
+                    ("response_tokens", lambda s: len(s.response_ids)),
+                    ("tool_calls", lambda s: s.metrics.get("tool_calls", 0.0)),
+                    ("tool_errors", lambda s: s.metrics.get("tool_errors", 0.0))):
+        out[f"{key}_mean"] = statistics.fmean(float(fn(s)) for s in samples)
+    return out
+
+
+def _answer_key(sample: Sample) -> str | None:
+    info = sample.metadata.get("env_info", {})
+    return "extracted" if "extracted" in info else "answer" if "answer" in info else None
+
+
+def _answer(sample: Sample) -> str | None:
+    key = _answer_key(sample)
+    value = sample.metadata["env_info"][key] if key else None
+    return None if value is None else str(value)

@@ -1,0 +1,152 @@
+"""The training loop: data -> rollout groups -> filters -> advantages -> train -> sync -> eval/checkpoint.
+
+This file is the table of contents of a run; every step is a named function elsewhere.
+
+Example::
+
+    from agentrl.config import parse_args
+    from agentrl.loop import train
+    summary = train(parse_args(["--config", "recipes/quickstart/config.yaml"]))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from agentrl.checkpoint import find_checkpoint, read_state, save_checkpoint
+from agentrl.components import (Components, build_components, compute_advantages, logprob_drift, output_dir,
+                                seed_everything)
+from agentrl.config import ConfigError, RunConfig, to_dict, validate
+from agentrl.eval import evaluate
+from agentrl.obs import MetricsLogger, Timer, plot_run
+from agentrl.sync import sync_weights
+from agentrl.train.batch import RolloutBatch
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: RunConfig) -> dict[str, Any]:
+    problems = validate(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return asyncio.run(_train(cfg))
+
+
+async def _train(cfg: RunConfig) -> dict[str, Any]:
+    seed_everything(cfg.seed)
+    out = output_dir(cfg)
+    (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
+    c = build_components(cfg)
+    start, version = resume(c, cfg) if cfg.load else (0, 0)
+    if start:
+        await sync_weights(c.engine, c.trainer, staging_dir=out / "weights", version=version)
+    metrics = MetricsLogger(out, wandb_project=cfg.wandb_project if cfg.use_wandb else None,
+                            run_config=to_dict(cfg), resume=start > 0)
+    timer = Timer()
+    if c.eval_tasks and start == 0:
+        metrics.log(await run_eval(c), step=0)
+    bar = tqdm(range(start, cfg.num_rollout), desc="rollouts", initial=start, total=cfg.num_rollout)
+    for rollout_id in bar:
+        c.rollout.config.sampling.seed = None if cfg.rollout.sampling.seed is None else cfg.seed + rollout_id
+        with timer("rollout"):
+            result = await c.rollout.generate(c.sampler.next_batch, cfg.rollout_batch_size,
+                                              max_prompts=int(cfg.over_sampling_factor * cfg.rollout_batch_size),
+                                              first_group_id=rollout_id * 1_000_000)
+        step = dict(result.metrics)
+        if result.groups:
+            batch = RolloutBatch.from_samples(result.samples)
+            with timer("logprobs"):
+                prepare_batch(c, cfg, batch)
+            step |= logprob_drift(batch)
+            with timer("train"):
+                step |= c.trainer.train_step(batch, num_steps=train_steps(cfg, len(batch)))
+            with timer("sync"):
+                step["perf/weight_version"] = await sync_weights(c.engine, c.trainer, staging_dir=out / "weights")
+        step |= timer.pop()
+        if cfg.eval_interval and (rollout_id + 1) % cfg.eval_interval == 0 or rollout_id + 1 == cfg.num_rollout:
+            step |= await run_eval(c) if c.eval_tasks else {}
+        metrics.log(step, step=rollout_id + 1)
+        bar.set_postfix(reward=f"{step.get('rollout/reward_mean', float('nan')):.3f}",
+                        step_s=f"{step['perf/step_time']:.1f}")
+        if cfg.save and (cfg.save_interval and (rollout_id + 1) % cfg.save_interval == 0
+                         or rollout_id + 1 == cfg.num_rollout):
+            save(c, cfg, rollout_id + 1)
+    return finish(c, cfg, metrics)
+
+
+def prepare_batch(c: Components, cfg: RunConfig, batch: RolloutBatch) -> None:
+    """Old-policy logprobs, reference logprobs and values, then advantages."""
+    batch.old_logprobs = c.trainer.compute_logprobs(batch)
+    if cfg.train.use_kl_loss:
+        batch.ref_logprobs = c.trainer.compute_ref_logprobs(batch)
+    if cfg.train.use_critic:
+        batch.values = c.trainer.compute_values(batch)
+    compute_advantages(batch, cfg)
+
+
+def train_steps(cfg: RunConfig, n: int) -> int:
+    """Optimiser steps for ``n`` kept episodes (fewer when filters left a short batch)."""
+    steps = max(1, min(cfg.num_steps_per_rollout, n // max(cfg.global_batch_size or n, 1)))
+    while n % steps:
+        steps -= 1
+    return steps
+
+
+async def run_eval(c: Components) -> dict[str, float]:
+    results = await evaluate(c.engine, c.template, c.eval_tasks, c.eval_config)
+    return {f"eval/{name}/{k}": v for name, r in results.items() for k, v in r["metrics"].items()}
+
+
+def save(c: Components, cfg: RunConfig, next_rollout: int) -> None:
+    path = save_checkpoint(cfg.save, next_rollout, c.trainer, {
+        "next_rollout": next_rollout, "sampler": c.sampler.state_dict(),
+        "weight_version": c.engine.weight_version, "config": to_dict(cfg)})
+    log.info("saved checkpoint %s", path)
+
+
+def resume(c: Components, cfg: RunConfig) -> tuple[int, int]:
+    """Restore trainer, data position and engine weights from ``--load``; return the next rollout."""
+    ckpt = find_checkpoint(cfg.load)
+    state = read_state(ckpt)
+    c.trainer.load(ckpt)
+    c.sampler.load_state_dict(state["sampler"])
+    log.info("resuming from %s at rollout %d", ckpt, state["next_rollout"])
+    return int(state["next_rollout"]), int(state.get("weight_version", 0))
+
+
+def finish(c: Components, cfg: RunConfig, metrics: MetricsLogger) -> dict[str, Any]:
+    plots = plot_run(metrics, output_dir(cfg))
+    metrics.close()
+    summary = run_summary(metrics.history)
+    (output_dir(cfg) / "summary.json").write_text(json.dumps(summary, indent=2))
+    print_summary(summary, plots)
+    return summary
+
+
+def run_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
+    evals = [r for r in history if any(k.startswith("eval/") for k in r)]
+    rewards = [r["rollout/reward_mean"] for r in history if r.get("rollout/reward_mean") is not None]
+    out: dict[str, Any] = {"rollouts": sum(1 for r in history if "perf/step_time" in r),
+                           "reward_first": rewards[0] if rewards else None,
+                           "reward_last": rewards[-1] if rewards else None}
+    if evals:
+        first, last = evals[0], evals[-1]
+        for k in sorted(k for k in last if k.startswith("eval/") and k.endswith(("/success", "/reward_mean"))):
+            out[k] = {"before": first.get(k), "after": last.get(k)}
+    return out
+
+
+def print_summary(summary: dict[str, Any], plots: list) -> None:
+    lines = [f"rollouts: {summary['rollouts']}"]
+    if summary["reward_first"] is not None:
+        lines.append(f"train reward: {summary['reward_first']:.3f} (first rollout) -> {summary['reward_last']:.3f} (last)")
+    for k, v in summary.items():
+        if k.startswith("eval/") and v["before"] is not None:
+            lines.append(f"held-out {k[5:]}: {v['before']:.3f} before -> {v['after']:.3f} after")
+    lines += [f"plot: {p}" for p in plots]
+    print("\n".join(lines), flush=True)

@@ -1,0 +1,62 @@
+"""PNG plots of a run's metrics: reward, response length, KL, entropy, eval curves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agentrl.obs.metrics import MetricsLogger
+
+PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("reward", ("rollout/reward_mean", "rollout/kept_reward_mean")),
+    ("response length (tokens)", ("rollout/response_len_mean",)),
+    ("KL", ("train/kl_loss", "train/ppo_kl", "train/rollout_train_kl")),
+    ("entropy", ("train/entropy",)),
+)
+
+
+def plot_run(metrics: MetricsLogger, out_dir: str | Path) -> list[Path]:
+    """Write ``training.png`` (four panels) and ``eval.png`` (every ``eval/*`` success curve)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    for ax, (title, keys) in zip(axes.flat, PANELS):
+        for key in keys:
+            x, y = metrics.series(key)
+            if x:
+                ax.plot(x, y, marker="o", markersize=3, label=key)
+        ax.set_title(title)
+        ax.set_xlabel("rollout")
+        ax.grid(alpha=0.3)
+        if ax.lines:
+            ax.legend(fontsize=7)
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
+    fig.tight_layout()
+    path = out_dir / "training.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    written.append(path)
+
+    eval_keys = sorted({k for row in metrics.history for k in row if k.startswith("eval/") and k.endswith("/reward_mean")})
+    if eval_keys:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key in eval_keys:
+            x, y = metrics.series(key)
+            ax.plot(x, y, marker="o", label=key)
+        ax.set_xlabel("rollout")
+        ax.set_ylabel("held-out mean reward")
+        ax.set_title("evaluation")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / "eval.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,71 @@
+import subprocess
+import sys
+
+import pytest
+
+from agentrl.config import FLAGS, ConfigError, build_parser, parse_args, to_dict, validate
+
+
+def test_slime_flag_names_exist():
+    for flag in ["--prompt-data", "--input-key", "--label-key", "--rollout-batch-size", "--n-samples-per-prompt",
+                 "--global-batch-size", "--num-rollout", "--num-steps-per-rollout", "--advantage-estimator",
+                 "--use-kl-loss", "--kl-loss-coef", "--kl-loss-type", "--eps-clip", "--eps-clip-high", "--use-tis",
+                 "--max-turns", "--eval-prompt-data", "--eval-interval", "--save-interval", "--save", "--load",
+                 "--custom-generate-function-path", "--custom-rm-path", "--colocate", "--env", "--model-path",
+                 "--trainer", "--engine", "--apply-chat-template"]:
+        assert flag in FLAGS, flag
+
+
+def test_every_flag_has_help():
+    parser = build_parser()
+    for action in parser._actions:
+        if action.option_strings and action.dest not in ("help",):
+            assert action.help and len(action.help) > 10, action.option_strings
+
+
+def test_derived_values_and_overrides(tmp_path):
+    cfg = parse_args(["--rollout-batch-size", "4", "--n-samples-per-prompt", "8", "--num-steps-per-rollout", "2",
+                      "--advantage-estimator", "gae", "--rollout-temperature", "0.7"])
+    assert cfg.global_batch_size == 16 and cfg.train.use_critic and cfg.train.rollout_temperature == 0.7
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rollout-batch-size: 2\nn_samples_per_prompt: 4\nlr: 3.0e-5\nuse-kl-loss: true\n")
+    cfg = parse_args(["--config", str(recipe), "--rollout-batch-size", "6"])
+    assert cfg.rollout_batch_size == 6 and cfg.rollout.n_samples_per_prompt == 4
+    assert cfg.train.lr == 3e-5 and cfg.train.use_kl_loss is True
+    back = to_dict(cfg)
+    assert back["rollout-batch-size"] == 6 and back["lr"] == 3e-5
+
+
+def test_unknown_config_key_is_named(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("rollout-bach-size: 2\n")
+    with pytest.raises(ConfigError, match="unknown key 'rollout-bach-size'.*--rollout-batch-size"):
+        parse_args(["--config", str(recipe)])
+
+
+def test_sglang_flags_pass_through():
+    cfg = parse_args(["--sglang-mem-fraction-static", "0.7", "--sglang-enable-torch-compile", "--seed", "3"])
+    assert cfg.sglang_args == ["--mem-fraction-static", "0.7", "--enable-torch-compile"] and cfg.seed == 3
+
+
+def test_all_problems_reported_together(tmp_path):
+    cfg = parse_args(["--env", "Eko-v0", "--rollout-batch-size", "3", "--n-samples-per-prompt", "3",
+                      "--global-batch-size", "4", "--kl-loss-type", "k4", "--use-kl-loss", "--overlong", "drop",
+                      "--model-path", str(tmp_path / "missing-model"), "--prompt-data", str(tmp_path / "no.jsonl"),
+                      "--eval-prompt-data", "only-a-name", "--save-interval", "2"])
+    problems = validate(cfg)
+    text = "\n".join(problems)
+    for needle in ["must equal --global-batch-size", "set --global-batch-size 9", "unknown KL estimator 'k4'",
+                   "--overlong must be one of", "--kl-loss-coef is 0", "--prompt-data", "no such file",
+                   "did you mean 'agentrl/Echo-v0'", "--model-path", "NAME PATH pairs", "--save-interval needs --save"]:
+        assert needle in text, (needle, text)
+
+
+def test_train_py_reports_problems_before_loading_anything(tmp_path):
+    out = subprocess.run([sys.executable, "train.py", "--rollout-batch-size", "0", "--env", "Nope-v0"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "--rollout-batch-size must be >= 1" in out.stderr and "'Nope-v0' is not registered" in out.stderr
+    assert "Loading" not in out.stderr  # nothing was loaded
+    helped = subprocess.run([sys.executable, "train.py", "--help"], capture_output=True, text=True, timeout=60)
+    assert helped.returncode == 0 and "--n-samples-per-prompt" in helped.stdout and "Episodes per prompt" in helped.stdout
