@@ -49,10 +49,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from tools._sandbox_io import HARD_OUTPUT_BYTES, fit, kill_group, read_capped, read_report, write_files
+
 logger = logging.getLogger(__name__)
 
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_child.py")
-_HARD_OUTPUT_BYTES = 1 << 20  # a program that prints more than this is stopped
 
 
 @dataclass(frozen=True)
@@ -114,7 +115,7 @@ class SandboxResult:
         elif self.stopped == "cpu":
             notes.append(f"[stopped: CPU time limit of {lim.get('cpu_seconds', 0):g} s exceeded]")
         elif self.stopped == "output":
-            notes.append(f"[stopped: the program printed more than {_HARD_OUTPUT_BYTES} bytes]")
+            notes.append(f"[stopped: the program printed more than {HARD_OUTPUT_BYTES} bytes]")
         elif self.stopped == "killed":
             notes.append("[stopped: the program was killed (possibly out of memory)]")
         elif "MemoryError" in self.stderr:
@@ -221,7 +222,7 @@ class PythonSandbox:
         proc = None
         read_fd, write_fd = os.pipe()
         try:
-            _write_files(workdir, files or {})
+            write_files(workdir, files or {})
             args = ["-I", "-B", "-X", "utf8"] + ([] if self.site_packages else ["-S"])
             env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
                    "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
@@ -236,7 +237,7 @@ class PythonSandbox:
             return await self._supervise(proc, code, read_fd, start)
         finally:
             if proc is not None and proc.returncode is None:
-                _kill_group(proc.pid)
+                kill_group(proc.pid)
                 try:
                     await asyncio.wait_for(proc.wait(), 2.0)
                 except (asyncio.TimeoutError, asyncio.CancelledError):
@@ -251,11 +252,11 @@ class PythonSandbox:
         def overflow() -> None:
             if not stopped:
                 stopped.append("output")
-            _kill_group(proc.pid)
+            kill_group(proc.pid)
 
         keep = self.max_output_chars * 4 + 64  # bytes per stream kept at head and at tail
-        out_task = asyncio.create_task(_read_capped(proc.stdout, keep, overflow))
-        err_task = asyncio.create_task(_read_capped(proc.stderr, keep, overflow))
+        out_task = asyncio.create_task(read_capped(proc.stdout, keep, overflow))
+        err_task = asyncio.create_task(read_capped(proc.stderr, keep, overflow))
 
         async def feed_and_wait() -> None:
             assert proc.stdin is not None
@@ -273,9 +274,9 @@ class PythonSandbox:
             except asyncio.TimeoutError:
                 if not stopped:
                     stopped.append("timeout")
-                _kill_group(proc.pid)
+                kill_group(proc.pid)
                 await proc.wait()
-            _kill_group(proc.pid)  # nothing of the run may outlive it
+            kill_group(proc.pid)  # nothing of the run may outlive it
             try:
                 (out, out_cut), (err, err_cut) = await asyncio.wait_for(asyncio.gather(out_task, err_task), 2.0)
             except asyncio.TimeoutError:
@@ -283,7 +284,7 @@ class PythonSandbox:
         finally:
             out_task.cancel()
             err_task.cancel()
-        report = _read_report(read_fd)
+        report = read_report(read_fd)
         exit_info = report.get("exit", {})
         exit_code: int | None = exit_info.get("code", proc.returncode)
         sig = exit_info.get("signal")
@@ -294,7 +295,7 @@ class PythonSandbox:
             stopped.append("cpu" if cpu_hit else "killed")
         if stopped:
             exit_code = None
-        stdout, stderr, cut = _fit(out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
+        stdout, stderr, cut = fit(out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
                                    self.max_output_chars)
         return SandboxResult(
             stdout=stdout, stderr=stderr, exit_code=exit_code, stopped=stopped[0] if stopped else None,
@@ -345,86 +346,3 @@ def python(code: str) -> str:
         code: The complete Python program to run.
     """
     return PythonSandbox().run(code).to_text()
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-async def _read_capped(stream: asyncio.StreamReader | None, keep: int,
-                       on_overflow: Callable[[], None]) -> tuple[bytes, bool]:
-    """Read a stream to EOF keeping ``keep`` bytes of head and of tail; call ``on_overflow`` once
-    more than the hard limit has arrived. Returns (kept bytes with an elision mark, truncated)."""
-    assert stream is not None
-    head, tail, total, fired = bytearray(), bytearray(), 0, False
-    while chunk := await stream.read(65536):
-        total += len(chunk)
-        room = keep - len(head)
-        if room > 0:
-            head += chunk[:room]
-            chunk = chunk[room:]
-        if chunk:
-            tail += chunk
-            del tail[:-keep]
-        if total > _HARD_OUTPUT_BYTES and not fired:
-            fired = True
-            on_overflow()
-    dropped = total - len(head) - len(tail)
-    if dropped > 0:
-        return bytes(head) + f"\n... [{dropped} bytes omitted] ...\n".encode() + bytes(tail), True
-    return bytes(head + tail), False
-
-
-def _fit(stdout: str, stderr: str, limit: int) -> tuple[str, str, bool]:
-    """Cut stdout and stderr to ``limit`` characters together, keeping heads and tails.
-
-    stderr (usually a traceback, whose end matters) gets up to half of the budget first."""
-    if len(stdout) + len(stderr) <= limit:
-        return stdout, stderr, False
-    err_budget = min(len(stderr), max(limit // 2, limit - len(stdout)))
-    out_budget = limit - err_budget
-    return _cut(stdout, out_budget), _cut(stderr, err_budget), True
-
-
-def _cut(text: str, budget: int) -> str:
-    if len(text) <= budget:
-        return text
-    half = max(budget // 2, 1)
-    return f"{text[:half]}\n... [{len(text) - 2 * half} characters omitted] ...\n{text[-half:]}"
-
-
-def _read_report(fd: int) -> dict[str, Any]:
-    """Merge the JSON lines the child wrote on the report pipe (never blocks)."""
-    os.set_blocking(fd, False)
-    data = b""
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except BlockingIOError:
-            break
-        if not chunk:
-            break
-        data += chunk
-    merged: dict[str, Any] = {}
-    for line in data.decode("utf-8", "replace").splitlines():
-        try:
-            merged.update(json.loads(line))
-        except json.JSONDecodeError:
-            logger.warning("unreadable sandbox report line: %r", line[:200])
-    return merged
-
-
-def _write_files(workdir: str, files: Mapping[str, str | bytes]) -> None:
-    for name, content in files.items():
-        path = os.path.realpath(os.path.join(workdir, name))
-        if not path.startswith(workdir + os.sep):
-            raise ValueError(f"sandbox file name must stay inside the working directory, got {name!r}")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "wb") as f:
-            f.write(content.encode() if isinstance(content, str) else content)
