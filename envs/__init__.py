@@ -15,3 +15,5 @@ register("CliffWalking-v0", "envs.gym_text:GymTextEnv", max_turns=50, game_id="C
 # Search-R1 search-and-answer; offline BM25 over envs/data/search_mini.jsonl unless
 # $AGENTRL_RETRIEVER_URL or retriever_url= names a retrieval server (see envs/search.py)
 register("Search-v0", "envs.search:SearchEnv", max_turns=4, retriever="auto")
+# function calling (hermes <tool_call>) with the calculator and python tools on word problems (see envs/tool_use.py)
+register("ToolUse-v0", "envs.tool_use:ToolUseEnv", max_turns=4)
