@@ -201,3 +201,63 @@ def test_dense_minilm_ranks_the_relevant_document_first_and_caches(corpus_copy):
     again = load_retriever(corpus_copy, "dense", model="minilm", device="cpu")
     assert np.allclose(again.embeddings.numpy(), retriever.embeddings.numpy())
     assert again.search(["highest mountain in the Andes"], 1)[0][0].title == "Aconcagua"
+
+
+class HashingModel:
+    """A stand-in for a sentence-transformers model: fixed random unit vectors per text."""
+
+    def __init__(self, dim=16):
+        self.dim = dim
+
+    def get_sentence_embedding_dimension(self):
+        return self.dim
+
+    def encode(self, texts, **kwargs):
+        out = []
+        for t in texts:
+            v = np.random.default_rng(abs(hash(t)) % 2**32).standard_normal(self.dim).astype(np.float32)
+            out.append(v / np.linalg.norm(v))
+        return np.stack(out)
+
+
+def _fake_dense(device, n_docs=40, dim=16):
+    from tools.retriever.dense import DenseRetriever, Encoder, ModelSpec
+
+    encoder = Encoder.__new__(Encoder)
+    encoder.spec, encoder.model, encoder.batch_size, encoder.device = ModelSpec("fake", "fake"), HashingModel(dim), 8, device
+    corpus = Corpus.open(CORPUS)
+    rng = np.random.default_rng(0)
+    emb = rng.standard_normal((len(corpus), dim)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    return DenseRetriever(corpus, encoder, emb), emb, encoder
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 5, 7, 1 << 20])
+def test_dense_chunked_topk_equals_brute_force(monkeypatch, chunk_rows):
+    import tools.retriever.dense as dense
+
+    monkeypatch.setattr(dense, "CHUNK_ROWS", chunk_rows)
+    retriever, emb, encoder = _fake_dense("cpu")
+    queries = ["a", "b", "c"]
+    scores = encoder.encode(queries, query=True) @ emb.T  # [Q, N]
+    for k in (1, 4, 12):
+        hits = retriever.search(queries, topk=k)
+        for q, row in enumerate(hits):
+            assert [h.index for h in row] == list(np.argsort(-scores[q])[:k])
+            assert np.allclose([h.score for h in row], np.sort(scores[q])[::-1][:k], atol=1e-5)
+
+
+@pytest.mark.gpu
+def test_dense_search_on_gpu_matches_cpu(monkeypatch):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    import tools.retriever.dense as dense
+
+    monkeypatch.setattr(dense, "CHUNK_ROWS", 5)
+    gpu, _, _ = _fake_dense("cuda")
+    cpu, _, _ = _fake_dense("cpu")
+    assert gpu.embeddings.dtype == torch.float16 and gpu.embeddings.is_cuda
+    for g, c in zip(gpu.search(["a", "b", "c"], topk=3), cpu.search(["a", "b", "c"], topk=3)):
+        assert [h.index for h in g][:1] == [h.index for h in c][:1]
+        assert np.allclose([h.score for h in g], [h.score for h in c], atol=5e-3)

@@ -27,6 +27,7 @@ import hashlib
 import json
 import logging
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,6 +95,7 @@ class Corpus:
         self.path = Path(path)
         self.spans = spans  # [N, 2] int64: (byte offset, byte length) of each non-blank line
         self._fd: int | None = None
+        self._fd_lock = threading.Lock()
 
     # -- construction ------------------------------------------------------------------
     @classmethod
@@ -122,7 +124,9 @@ class Corpus:
             raise IndexError(f"document index {i} out of range for a corpus of {n}")
         offset, length = (int(v) for v in self.spans[i])
         if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDONLY)
+            with self._fd_lock:
+                if self._fd is None:
+                    self._fd = os.open(self.path, os.O_RDONLY)
         line = os.pread(self._fd, length, offset)  # positional read: safe from several threads
         return parse_row(line, i % n, f"{self.path} document {i}")
 

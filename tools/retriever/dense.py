@@ -176,7 +176,8 @@ class DenseRetriever(Retriever):
                 s, i = torch.topk(q @ chunk.T, min(k, chunk.shape[0]), dim=1)  # [Q, k']
                 i = i + lo
                 if best_s is not None:
-                    s, order = torch.topk(torch.cat([best_s, s], 1), k, dim=1)
+                    merged = torch.cat([best_s, s], 1)
+                    s, order = torch.topk(merged, min(k, merged.shape[1]), dim=1)
                     i = torch.gather(torch.cat([best_i, i], 1), 1, order)
                 best_s, best_i = s, i
         return best_i.cpu().numpy().astype(np.int64), best_s.float().cpu().numpy()
