@@ -89,7 +89,7 @@ def _confine(cfg: dict, got: int, host_mnt_ns: int, layers: dict, errors: dict) 
             failed = lx.read_only_except(workdir, host_mnt_ns)
             if failed:
                 errors["mount_namespace"] = f"could not remount read-only: {failed[:5]}"
-            layers["mount_namespace"] = "/" not in failed
+            layers["mount_namespace"] = not failed
             if cfg["hidden_paths"]:
                 try:
                     lx.hide(cfg["hidden_paths"], host_mnt_ns)
@@ -148,6 +148,8 @@ def _install_audit_hook(workdir: str, block_ctypes: bool) -> None:
         p = realpath(fsdecode(path))  # type: ignore[arg-type]
         return p == workdir or p.startswith(prefix) or p == "/dev/null"
 
+    own_pid = os.getpid()
+
     def hook(event: str, args: tuple) -> None:
         if event == "open":
             flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
@@ -163,6 +165,8 @@ def _install_audit_hook(workdir: str, block_ctypes: bool) -> None:
             raise PermissionError(f"sandbox: creating processes is not allowed ({event})")
         elif event in _NET_EVENTS or (event == "socket.__new__" and args[1] != AF_UNIX):
             raise PermissionError(f"sandbox: network access is not allowed ({event})")
+        elif event in ("os.kill", "os.killpg") and args[0] not in (0, own_pid):
+            raise PermissionError(f"sandbox: signalling other processes is not allowed ({event})")
         elif event == "import" and block_ctypes and args[0] in ("ctypes", "_ctypes"):
             raise ImportError("sandbox: ctypes is not available")
 

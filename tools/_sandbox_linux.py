@@ -12,7 +12,8 @@ Covered here:
 * Landlock (filesystem writes and execution confined to one directory, TCP bind/connect denied,
   signals and abstract unix sockets scoped to the sandbox);
 * dropping every capability (bounding, ambient, effective, permitted, inheritable);
-* a seccomp filter denying process creation, exec, ``socket()``, namespace and mount syscalls;
+* a seccomp filter denying process creation, exec, ``socket()``, namespace and mount syscalls,
+  signals to other processes and access to other processes' memory;
 * empty read-only tmpfs mounts hiding chosen directories.
 
 Not covered: cgroups (memory/pids accounting across processes), and architectures other than
@@ -264,13 +265,20 @@ _DENIED = {
                "chroot": 161, "ptrace": 101, "process_vm_writev": 311, "bpf": 321, "keyctl": 250,
                "add_key": 248, "request_key": 249, "perf_event_open": 298, "userfaultfd": 323,
                "open_tree": 428, "move_mount": 429, "fsopen": 430, "fsconfig": 431, "fsmount": 432,
-               "fspick": 433, "mount_setattr": 442},
+               "fspick": 433, "mount_setattr": 442, "tkill": 200, "process_vm_readv": 310,
+               "pidfd_open": 434, "pidfd_send_signal": 424, "pidfd_getfd": 438, "process_madvise": 440},
     "aarch64": {"execve": 221, "execveat": 281, "socket": 198, "unshare": 97,
                 "setns": 268, "mount": 40, "umount2": 39, "pivot_root": 41, "chroot": 51, "ptrace": 117,
                 "process_vm_writev": 271, "bpf": 280, "keyctl": 219, "add_key": 217, "request_key": 218,
                 "perf_event_open": 241, "userfaultfd": 282, "open_tree": 428, "move_mount": 429,
-                "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442},
+                "fsopen": 430, "fsconfig": 431, "fsmount": 432, "fspick": 433, "mount_setattr": 442,
+                "tkill": 130, "process_vm_readv": 270, "pidfd_open": 434, "pidfd_send_signal": 424,
+                "pidfd_getfd": 438, "process_madvise": 440},
 }
+# signal syscalls whose first argument is a pid/tgid: allowed only towards the sandboxed process
+# itself (kill also towards 0, its own process group); kill(-1) would reach every process of the uid
+_SIGNALS = {"x86_64": {"kill": 62, "tgkill": 234, "rt_sigqueueinfo": 129, "rt_tgsigqueueinfo": 297},
+            "aarch64": {"kill": 129, "tgkill": 131, "rt_sigqueueinfo": 138, "rt_tgsigqueueinfo": 240}}
 _CLONE = {"x86_64": 56, "aarch64": 220}
 _CLONE3 = 435
 _X32_BIT = 0x40000000
@@ -289,11 +297,11 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_SockFilter))]
 
 
-def seccomp_program(arch: str) -> list[tuple[int, int, int, int]]:
+def seccomp_program(arch: str, own_pid: int) -> list[tuple[int, int, int, int]]:
     """The classic-BPF seccomp program as (code, jt, jf, k) tuples for ``arch``.
 
     Layout: check arch -> load nr -> (x86_64) deny x32 -> clone: allow only threads ->
-    clone3: ENOSYS -> denied list: EPERM -> allow.
+    clone3: ENOSYS -> signals: only to ``own_pid`` -> denied list: EPERM -> allow.
     """
     if arch not in _AUDIT_ARCH:
         raise OSError(errno.EOPNOTSUPP, f"seccomp filter not defined for architecture {arch!r}")
@@ -316,6 +324,15 @@ def seccomp_program(arch: str) -> list[tuple[int, int, int, int]]:
         (_JEQ, 0, 1, _CLONE3),
         (_RET, 0, 0, enosys),
     ]
+    for name, nr in _SIGNALS[arch].items():
+        prog += [
+            (_JEQ, 0, 5, nr),
+            (_LD_ABS_W, 0, 0, 16),  # low 32 bits of args[0]: the pid_t the kernel uses
+            (_JEQ, 1, 0, own_pid),
+            (_JEQ, 0, 1, 0 if name == "kill" else own_pid),
+            (_RET, 0, 0, _RET_ALLOW),
+            (_RET, 0, 0, eperm),
+        ]
     n = len(denied)
     for i, nr in enumerate(denied):  # on match jump to the EPERM return after the list
         prog.append((_JEQ, n - i, 0, nr))
@@ -329,7 +346,7 @@ def install_seccomp() -> str:
     Requires ``no_new_privs`` (or CAP_SYS_ADMIN). Irreversible, inherited by threads.
     """
     arch = platform.machine()
-    prog = seccomp_program(arch)
+    prog = seccomp_program(arch, os.getpid())
     filt = (_SockFilter * len(prog))(*[_SockFilter(*ins) for ins in prog])
     fprog = _SockFprog(len(prog), ctypes.cast(filt, ctypes.POINTER(_SockFilter)))
     _check(_LIBC.prctl(ctypes.c_int(PR_SET_SECCOMP), ctypes.c_ulong(2), ctypes.byref(fprog),

@@ -373,8 +373,10 @@ def test_module_examples():
 def test_threads_and_asyncio_work_inside():
     code = ("import asyncio, threading\nout = []\nt = threading.Thread(target=out.append, args=('thread',))\n"
             "t.start(); t.join()\nasync def main():\n    await asyncio.sleep(0.01)\n    return 'loop'\n"
-            "print(out[0], asyncio.run(main()))")
-    assert PythonSandbox().run(code).stdout == "thread loop\n"
+            "print(out[0], asyncio.run(main()))\nimport os, signal\ngot = []\n"
+            "signal.signal(signal.SIGUSR1, lambda *a: got.append('usr1'))\nos.kill(os.getpid(), signal.SIGUSR1)\n"
+            "signal.raise_signal(signal.SIGUSR1)\nprint(got)")
+    assert PythonSandbox().run(code).stdout == "thread loop\n['usr1', 'usr1']\n"  # signals to itself work
 
 
 def test_hidden_paths(tmp_path, granted):
@@ -412,7 +414,8 @@ def test_seccomp_program_decisions(arch):
 
     from tools import _sandbox_linux as lx
 
-    prog = lx.seccomp_program(arch)
+    own = 1234
+    prog = lx.seccomp_program(arch, own)
     audit = lx._AUDIT_ARCH[arch]
     allow, eperm, enosys = 0x7FFF0000, 0x50000 | errno.EPERM, 0x50000 | errno.ENOSYS
     clone = lx._CLONE[arch]
@@ -427,6 +430,11 @@ def test_seccomp_program_decisions(arch):
     assert run_bpf(prog, 0x40000003, read_nr) == eperm  # another architecture's calling convention
     if arch == "x86_64":
         assert run_bpf(prog, audit, 0x40000000 | 57) == eperm  # x32 ABI
+    kill, tgkill = lx._SIGNALS[arch]["kill"], lx._SIGNALS[arch]["tgkill"]
+    assert run_bpf(prog, audit, kill, own) == allow and run_bpf(prog, audit, kill, 0) == allow
+    assert run_bpf(prog, audit, kill, 0xFFFFFFFF) == eperm  # kill(-1): every process of the uid
+    assert run_bpf(prog, audit, kill, 1) == eperm and run_bpf(prog, audit, kill, own + 1) == eperm
+    assert run_bpf(prog, audit, tgkill, own) == allow and run_bpf(prog, audit, tgkill, 0) == eperm
     assert all(jt < 256 and jf < 256 for _, jt, jf, _ in prog)
 
 
@@ -442,3 +450,29 @@ def test_dir_fd_trick_past_the_audit_hook_is_stopped_by_the_kernel(layer, tmp_pa
         assert not (tmp_path / "escape.txt").exists()
     finally:
         (tmp_path / "escape.txt").unlink(missing_ok=True)
+
+
+@pytest.mark.parametrize("layer", ["default", "seccomp", "landlock", "pid_namespace", "audit_hook"])
+def test_signalling_a_host_process_is_refused(layer, granted):
+    """Root without capabilities may still signal every root process: each layer must stop it."""
+    import subprocess
+
+    if layer == "default":
+        sb = PythonSandbox()
+    else:
+        if layer != "audit_hook":
+            need(granted, layer)
+        if layer == "landlock" and granted["landlock"] < 6:
+            pytest.skip("Landlock signal scoping needs ABI 6")
+        sb = only(layer)
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        r = sb.run(f"import os, signal\nos.kill({victim.pid}, signal.SIGKILL)\nprint('sent')")
+        assert r.stdout == "" and r.exit_code == 1
+        assert ("Operation not permitted" in r.stderr or "No such process" in r.stderr
+                or "signalling other processes is not allowed" in r.stderr), r.stderr
+        time.sleep(0.05)
+        assert victim.poll() is None  # still alive
+    finally:
+        victim.kill()
+        victim.wait()
