@@ -1,0 +1,318 @@
+"""The embedded engine against transformers on the CPU (float32): outputs, logprobs, batching, control."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from agentrl.engine import EngineError, SamplingParams
+from agentrl.engine.embedded import EmbeddedEngine, InvalidRequest
+from agentrl.models import load_model
+
+PROMPTS = [
+    "Hello there, how are you doing today?",
+    "List three prime numbers.",
+    "The capital of France is",
+    "def fib(n):",
+    "Once upon a time",
+    "1 + 1 =",
+    "Translate 'cat' to German:",
+    "Why is the sky blue?",
+]
+
+GREEDY = SamplingParams(temperature=0.0, max_new_tokens=16)
+
+
+@pytest.fixture(scope="module", params=["tiny-qwen2", "tiny-llama", "tiny-qwen3"])
+def tiny(request):
+    model, tok = load_model(request.param, device="cpu")
+    return model, tok
+
+
+@pytest.fixture(scope="module")
+def qwen2():
+    return load_model("tiny-qwen2", device="cpu")
+
+
+def _hf_greedy(model, prompt: list[int], n: int) -> list[int]:
+    out = model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+    return out[0, len(prompt):].tolist()
+
+
+def _teacher_forced_logprobs(model, prompt: list[int], completion: list[int], temperature: float) -> torch.Tensor:
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + completion])).logits[0, len(prompt) - 1 : -1].float()
+    if temperature > 0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, -1).gather(1, torch.tensor(completion)[:, None]).squeeze(1)
+
+
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+async def test_greedy_equals_transformers_generate(tiny, backend):
+    model, tok = tiny
+    async with EmbeddedEngine(model, tok, max_batch_size=4, max_seq_len=128, backend=backend) as engine:
+        assert engine.backend == backend
+        for text in PROMPTS[:3]:
+            prompt = tok.encode(text)
+            c = await engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=24))
+            assert c.token_ids == _hf_greedy(model, prompt, 24)
+
+
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 1.3])
+async def test_logprobs_equal_teacher_forced_log_softmax(qwen2, backend, temperature):
+    model, tok = qwen2
+    prompt = tok.encode(PROMPTS[0])
+    async with EmbeddedEngine(model, tok, max_batch_size=2, max_seq_len=128, backend=backend) as engine:
+        c = await engine.generate(prompt, SamplingParams(temperature=temperature, max_new_tokens=20, seed=3, ignore_eos=True))
+    assert len(c.token_ids) == len(c.logprobs) == 20
+    ref = _teacher_forced_logprobs(model, prompt, c.token_ids, temperature)
+    assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-4, rtol=0)
+
+
+async def test_top_k_top_p_logprobs_are_of_the_unfiltered_distribution(qwen2):
+    model, tok = qwen2
+    prompt = tok.encode(PROMPTS[1])
+    sp = SamplingParams(temperature=0.8, top_k=5, top_p=0.9, max_new_tokens=12, seed=0, ignore_eos=True)
+    async with EmbeddedEngine(model, tok, max_batch_size=2, max_seq_len=128) as engine:
+        c = await engine.generate(prompt, sp)
+    ref = _teacher_forced_logprobs(model, prompt, c.token_ids, 0.8)
+    assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-4, rtol=0)
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + c.token_ids])).logits[0, len(prompt) - 1 : -1]
+    top5 = logits.topk(5, dim=-1).indices
+    assert all(t in row.tolist() for t, row in zip(c.token_ids, top5))
+
+
+@pytest.mark.parametrize("backend", ["fast", "hf"])
+async def test_16_concurrent_requests_equal_sequential(qwen2, backend):
+    """Different prompt lengths and budgets, more requests than slots: queueing, joins and leaves."""
+    model, tok = qwen2
+    prompts = [tok.encode(PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS))) for i in range(16)]
+    params = [SamplingParams(temperature=0, max_new_tokens=6 + (i * 5) % 17, ignore_eos=True) for i in range(16)]
+    async with EmbeddedEngine(model, tok, max_batch_size=6, max_seq_len=128, backend=backend) as engine:
+        sequential = [await engine.generate(p, s) for p, s in zip(prompts, params)]
+        concurrent = await asyncio.gather(*(engine.generate(p, s) for p, s in zip(prompts, params)))
+        steps = engine.stats.steps
+    for a, b in zip(sequential, concurrent):
+        assert a.token_ids == b.token_ids
+        assert a.finish_reason == b.finish_reason == "length"
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+    assert steps < sum(s.max_new_tokens for s in params) * 2  # the concurrent run shared steps
+
+
+async def test_seeded_sampling_is_reproducible_alone_and_in_a_batch(qwen2):
+    model, tok = qwen2
+    prompt = tok.encode(PROMPTS[4])
+    sp = SamplingParams(temperature=1.0, max_new_tokens=16, seed=1234, ignore_eos=True)
+    async with EmbeddedEngine(model, tok, max_batch_size=8, max_seq_len=128) as engine:
+        alone = await engine.generate(prompt, sp)
+        again = await engine.generate(prompt, sp)
+        others = [engine.generate(tok.encode(t), sp.replace(seed=i)) for i, t in enumerate(PROMPTS[:5])]
+        batched, *_ = await asyncio.gather(engine.generate(prompt, sp), *others)
+        other_seed = await engine.generate(prompt, sp.replace(seed=99))
+    assert alone.token_ids == again.token_ids == batched.token_ids
+    assert other_seed.token_ids != alone.token_ids
+
+
+async def test_abort_mid_generation_returns_partial_tokens(qwen2):
+    model, tok = qwen2
+    prompt = tok.encode(PROMPTS[0])
+    async with EmbeddedEngine(model, tok, max_batch_size=4, max_seq_len=4096, backend="hf") as engine:
+        long = asyncio.ensure_future(engine.generate(prompt, SamplingParams(max_new_tokens=3000, ignore_eos=True), rid="long"))
+        other = asyncio.ensure_future(engine.generate(prompt, SamplingParams(max_new_tokens=8, ignore_eos=True)))
+        while engine.stats.generated_tokens < 20:
+            await asyncio.sleep(0.01)
+        await engine.abort("long")
+        c = await long
+        assert c.finish_reason == "abort"
+        assert 0 < len(c.token_ids) < 3000 and len(c.logprobs) == len(c.token_ids)
+        assert (await other).finish_reason == "length"
+        # the engine keeps serving, and abort of an unknown rid is a no-op
+        await engine.abort("nope")
+        assert len((await engine.generate(prompt, SamplingParams(max_new_tokens=3))).token_ids) == 3
+
+
+async def test_abort_all_and_queued_requests(qwen2):
+    model, tok = qwen2
+    prompt = tok.encode(PROMPTS[0])
+    async with EmbeddedEngine(model, tok, max_batch_size=1, max_seq_len=4096) as engine:
+        sp = SamplingParams(max_new_tokens=3000, ignore_eos=True)
+        tasks = [asyncio.ensure_future(engine.generate(prompt, sp)) for _ in range(3)]
+        while engine.stats.generated_tokens < 5:
+            await asyncio.sleep(0.01)
+        await engine.abort()
+        results = await asyncio.gather(*tasks)
+    assert [r.finish_reason for r in results] == ["abort"] * 3
+    assert len(results[0].token_ids) > 0 and results[1].token_ids == results[2].token_ids == []
+
+
+async def test_cancelled_generate_frees_its_slot(qwen2):
+    model, tok = qwen2
+    prompt = tok.encode(PROMPTS[0])
+    async with EmbeddedEngine(model, tok, max_batch_size=1, max_seq_len=4096) as engine:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(engine.generate(prompt, SamplingParams(max_new_tokens=3000, ignore_eos=True)), 0.3)
+        c = await asyncio.wait_for(engine.generate(prompt, SamplingParams(max_new_tokens=4)), 30)
+        assert len(c.token_ids) == 4
+
+
+async def test_update_weights_changes_outputs_and_bumps_version(tmp_path):
+    from agentrl.testing import make_tiny_model
+
+    model, tok = load_model("tiny-qwen2", device="cpu")
+    other_path = make_tiny_model(tmp_path / "other", "qwen2", seed=1)
+    other = load_model(str(other_path), device="cpu", with_tokenizer=False)
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    prompt = tok.encode(PROMPTS[2])
+    async with EmbeddedEngine(model, tok, max_batch_size=2, max_seq_len=128) as engine:
+        before = await engine.generate(prompt, GREEDY)
+        assert engine.weight_version == 0 and before.weight_version == 0
+        assert await engine.update_weights(other.state_dict()) == 1
+        after = await engine.generate(prompt, GREEDY)
+        assert after.weight_version == 1 and after.token_ids != before.token_ids
+        assert after.token_ids == _hf_greedy(other, prompt, 16)
+        # from a folder, with an explicit version
+        assert await engine.update_weights(str(other_path), version=7) == 7
+        assert (await engine.generate(prompt, GREEDY)).token_ids == after.token_ids
+        # the colocated case: tensors are the model's own -> nothing copied, version still bumps
+        assert await engine.update_weights(model.state_dict()) == 8
+        # in-place change by a "trainer" sharing the model, then update_weights() with no weights
+        model.load_state_dict(original)
+        assert await engine.update_weights() == 9
+        assert (await engine.generate(prompt, GREEDY)).token_ids == before.token_ids
+
+
+async def test_update_weights_rejects_unknown_names_and_shapes(qwen2):
+    model, tok = qwen2
+    async with EmbeddedEngine(model, tok, max_batch_size=2, max_seq_len=128) as engine:
+        with pytest.raises(ValueError, match="did you mean 'model.norm.weight'"):
+            await engine.update_weights({"model.norm.weigth": torch.ones(64)})
+        with pytest.raises(ValueError, match="expected"):
+            await engine.update_weights({"model.norm.weight": torch.ones(3)})
+        assert engine.weight_version == 0
+
+
+async def test_stop_strings_stop_ids_eos_and_lengths(qwen2):
+    model, tok = qwen2
+    prompt = tok.encode(PROMPTS[3])
+    async with EmbeddedEngine(model, tok, max_batch_size=2, max_seq_len=128) as engine:
+        free = await engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True))
+        assert free.finish_reason == "length" and len(free.token_ids) == 24
+        # a stop string taken from the middle of the free-running text
+        text = tok.decode(free.token_ids[8:11])
+        stop = text[len(text) // 2 :][:4] or text
+        c = await engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=24, stop=[stop], ignore_eos=True))
+        assert c.finish_reason == "stop" and c.matched_stop == stop
+        assert c.token_ids == free.token_ids[: len(c.token_ids)]
+        assert stop in tok.decode(c.token_ids) and stop not in tok.decode(c.token_ids[:-1])
+        # a stop token id: kept in the output
+        target = free.token_ids[5]
+        c = await engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=24, stop_token_ids=[target], ignore_eos=True))
+        first = free.token_ids.index(target)
+        assert c.token_ids == free.token_ids[: first + 1] and c.matched_stop == target and c.finish_reason == "stop"
+        # max_new_tokens = 0, and a cap by max_seq_len
+        assert (await engine.generate(prompt, SamplingParams(max_new_tokens=0))).token_ids == []
+        long_prompt = (prompt * 40)[:120]
+        c = await engine.generate(long_prompt, SamplingParams(max_new_tokens=50, ignore_eos=True))
+        assert len(c.token_ids) == 8 and c.finish_reason == "length"
+
+
+async def test_eos_stops_unless_ignore_eos():
+    model, tok = load_model("tiny-qwen2", device="cpu")
+    prompt = tok.encode(PROMPTS[5])
+    probe = _hf_greedy(model, prompt, 12)
+    model.generation_config.eos_token_id = probe[3]  # make the 4th greedy token an end-of-sequence token
+    first = probe.index(probe[3])
+    async with EmbeddedEngine(model, tok, max_batch_size=2, max_seq_len=128) as engine:
+        assert probe[3] in engine.eos_token_ids
+        c = await engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=12))
+        assert c.token_ids == probe[: first + 1] and c.finish_reason == "stop" and c.matched_stop == probe[3]
+        c = await engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True))
+        assert c.token_ids == probe and c.finish_reason == "length"
+
+
+async def test_bad_requests_fail_clearly(qwen2):
+    model, tok = qwen2
+    async with EmbeddedEngine(model, tok, max_batch_size=2, max_seq_len=64) as engine:
+        vocab = engine.vocab_size
+        with pytest.raises(InvalidRequest, match=rf"token id {vocab} at position 1 is outside the vocabulary"):
+            await engine.generate([1, vocab, 3], GREEDY)
+        with pytest.raises(InvalidRequest, match="outside the vocabulary"):
+            await engine.generate([-1], GREEDY)
+        with pytest.raises(InvalidRequest, match="does not fit max_seq_len=64"):
+            await engine.generate([5] * 64, GREEDY)
+        with pytest.raises(InvalidRequest, match="empty"):
+            await engine.generate([], GREEDY)
+        with pytest.raises(InvalidRequest, match="top_p"):
+            await engine.generate([1, 2], SamplingParams(top_p=0.0))
+        with pytest.raises(ValueError):  # InvalidRequest is a ValueError too
+            await engine.generate(["a"], GREEDY)
+        assert await engine.health()
+        assert len((await engine.generate([1, 2], GREEDY)).token_ids) == 16
+    with pytest.raises(EngineError, match="closed"):
+        await engine.generate([1, 2], GREEDY)
+    async with EmbeddedEngine(model, None, max_batch_size=1, max_seq_len=64) as engine:
+        with pytest.raises(InvalidRequest, match="tokenizer"):
+            await engine.generate([1, 2], SamplingParams(stop=["x"]))
+
+
+async def test_release_and_resume_memory(qwen2):
+    model, tok = qwen2
+    prompt = tok.encode(PROMPTS[2])
+    async with EmbeddedEngine(model, tok, max_batch_size=2, max_seq_len=128) as engine:
+        a = await engine.generate(prompt, GREEDY)
+        await engine.release_memory()
+        assert not engine._scheduler.runner.kv.allocated
+        b = await engine.generate(prompt, GREEDY)  # allocates again
+        await engine.release_memory()
+        await engine.resume_memory()
+        assert engine._scheduler.runner.kv.allocated
+        assert a.token_ids == b.token_ids == (await engine.generate(prompt, GREEDY)).token_ids
+
+
+async def test_any_causal_lm_uses_the_hf_forward():
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=300, n_positions=128, n_embd=32, n_layer=2, n_head=2)).eval()
+    prompts = [[5, 6, 7], [9, 10, 11, 12, 13]]
+    async with EmbeddedEngine(model, max_batch_size=2, max_seq_len=128) as engine:
+        assert engine.backend == "hf"
+        outs = await asyncio.gather(*(engine.generate(p, SamplingParams(temperature=0, max_new_tokens=10, ignore_eos=True)) for p in prompts))
+    for p, c in zip(prompts, outs):
+        ref = model.generate(torch.tensor([p]), max_new_tokens=10, min_new_tokens=10, do_sample=False, pad_token_id=0)[0, len(p):].tolist()
+        assert c.token_ids == ref
+    with pytest.raises(ValueError, match="no fast path"):
+        EmbeddedEngine(model, max_batch_size=1, max_seq_len=64, backend="fast")
+
+
+def test_engine_satisfies_the_engine_protocol(qwen2):
+    from agentrl.engine import Engine
+
+    engine = EmbeddedEngine(qwen2[0], qwen2[1], max_batch_size=1, max_seq_len=32)
+    assert isinstance(engine, Engine)
+    assert engine.config.max_batch_size == 1 and engine.config.cuda_graphs is False
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2-135m-instruct", device="cpu")
+
+
+@pytest.mark.slow  # ~10 s on an idle 2-core CPU, several times that on a busy one
+async def test_smollm2_greedy_and_logprobs_equal_transformers(smollm2):
+    """The real pretrained model (float32, CPU): token-for-token greedy equality and logprobs."""
+    model, tok = smollm2
+    chats = [[{"role": "user", "content": q}] for q in ("What is 7 times 8?", "Name a colour of the sky.")]
+    prompts = [tok.apply_chat_template(c, add_generation_prompt=True, tokenize=True, return_dict=False) for c in chats]
+    prompts = [list(p["input_ids"]) if isinstance(p, dict) else list(p) for p in prompts]
+    async with EmbeddedEngine(model, tok, max_batch_size=4, max_seq_len=256) as engine:
+        assert engine.backend == "fast"
+        outs = await asyncio.gather(*(engine.generate(p, SamplingParams(temperature=0, max_new_tokens=24)) for p in prompts))
+    for p, c in zip(prompts, outs):
+        assert c.token_ids == _hf_greedy(model, p, 24)
+        ref = _teacher_forced_logprobs(model, p, c.token_ids, 0.0)
+        assert torch.allclose(torch.tensor(c.logprobs), ref, atol=1e-4, rtol=0)
