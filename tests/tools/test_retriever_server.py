@@ -133,3 +133,48 @@ def test_cli_serves_over_a_real_socket(tmp_path):
         proc.terminate()
         proc.wait(10)
     assert json.loads((tmp_path / "idx" / "bm25" / "meta.json").read_text())["method"] == "bm25"
+
+
+class SlowRetriever:
+    """Wraps a retriever; each search takes 0.2 s and is recorded."""
+
+    def __init__(self, inner, fail_on=None):
+        self.inner, self.calls, self.fail_on = inner, [], fail_on
+
+    def search(self, queries, topk):
+        self.calls.append((list(queries), topk))
+        time.sleep(0.2)
+        if self.fail_on in queries:
+            raise RuntimeError("index exploded")
+        return self.inner.search(queries, topk)
+
+    def describe(self):
+        return {"method": "slow"}
+
+
+async def test_concurrent_requests_are_batched_and_answered_separately():
+    import asyncio
+
+    inner = load_retriever(CORPUS, "bm25", cache=False)
+    slow = SlowRetriever(inner)
+    questions = ["capital of Norway", "deepest lake", "first computer programmer", "highest point in Africa",
+                 "crocus spice", "board game squares", "capital of Finland", "Andes mountain"]
+    with BackgroundServer(create_app(slow, max_batch=4)) as s:
+        async with httpx.AsyncClient(base_url=s.url, timeout=30) as client:
+            responses = await asyncio.gather(*(
+                client.post("/retrieve", json={"queries": [q], "topk": 1 + i % 3, "return_scores": True})
+                for i, q in enumerate(questions)))
+    assert all(r.status_code == 200 for r in responses)
+    for i, (q, r) in enumerate(zip(questions, responses)):
+        expected = [h.id for h in inner.search([q], 1 + i % 3)[0]]
+        assert [d["document"]["id"] for d in r.json()["result"][0]] == expected
+    assert len(slow.calls) < len(questions)  # several requests per search
+    assert all(len(queries) <= 4 for queries, _ in slow.calls)  # max_batch
+
+
+def test_a_failing_search_gives_500_and_the_server_recovers():
+    slow = SlowRetriever(load_retriever(CORPUS, "bm25", cache=False), fail_on="boom")
+    with BackgroundServer(create_app(slow)) as s:
+        r = httpx.post(s.url + "/retrieve", json={"queries": ["boom"]})
+        assert r.status_code == 500 and "index exploded" in r.json()["message"]
+        assert httpx.post(s.url + "/retrieve", json={"queries": ["capital of Norway"], "topk": 1}).status_code == 200

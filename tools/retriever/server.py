@@ -41,6 +41,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict
 
+from tools.retriever.batching import QueryBatcher
 from tools.retriever.corpus import CorpusError
 from tools.retriever.index import METHODS, Retriever, load_retriever
 
@@ -58,9 +59,14 @@ class RetrieveRequest(BaseModel):
     return_scores: bool = False
 
 
-def create_app(retriever: Retriever, *, default_topk: int = 3, max_topk: int = 1000) -> FastAPI:
-    """A FastAPI app serving ``retriever`` (see the module docstring for the protocol)."""
+def create_app(retriever: Retriever, *, default_topk: int = 3, max_topk: int = 1000, max_batch: int = 512) -> FastAPI:
+    """A FastAPI app serving ``retriever`` (see the module docstring for the protocol).
+
+    Concurrent requests are searched together, up to ``max_batch`` queries per search (see
+    :mod:`tools.retriever.batching`).
+    """
     app = FastAPI(title="agentrl retriever", description="Search-R1 retrieval protocol")
+    batcher = QueryBatcher(retriever, max_batch=max_batch)
 
     def bad_request(message: str) -> JSONResponse:
         return JSONResponse(status_code=400, content={"error": "bad request", "message": message, "expected": EXPECTED})
@@ -74,14 +80,14 @@ def create_app(retriever: Retriever, *, default_topk: int = 3, max_topk: int = 1
         return bad_request("; ".join(problems))
 
     @app.post("/retrieve")
-    def retrieve(req: RetrieveRequest) -> Any:
+    async def retrieve(req: RetrieveRequest) -> Any:
         topk = req.topk or default_topk
         if not 1 <= topk <= max_topk:
             return bad_request(f"topk must be between 1 and {max_topk} (0 or absent: the default {default_topk}); "
                                f"got {req.topk}")
         start = time.perf_counter()
         try:
-            hits = retriever.search(req.queries, topk)
+            hits = await batcher.search(req.queries, topk)
         except Exception as e:  # the index failed: say so, keep serving
             log.exception("retrieval failed")
             return JSONResponse(status_code=500, content={"error": "retrieval failed", "message": f"{type(e).__name__}: {e}"})
@@ -92,7 +98,7 @@ def create_app(retriever: Retriever, *, default_topk: int = 3, max_topk: int = 1
 
     @app.get("/health")
     def health() -> dict[str, Any]:
-        return {"status": "ok", "default_topk": default_topk, **retriever.describe()}
+        return {"status": "ok", "default_topk": default_topk, "searches": batcher.searches, **retriever.describe()}
 
     return app
 
@@ -118,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (Search-R1's default is 8000)")
     p.add_argument("--topk", type=int, default=3, help="documents per query when a request gives no topk")
+    p.add_argument("--max-batch", type=int, default=512,
+                   help="most queries searched together when requests arrive at once (concurrent requests are batched)")
     p.add_argument("--build-only", action="store_true", help="build (or check) the cached index, then exit")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="logging level")
     return p
@@ -127,9 +135,10 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``agentrl retriever``; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.topk < 1:
-        print(f"agentrl retriever: --topk must be >= 1; got {args.topk}", file=sys.stderr)
-        return 2
+    for flag, value in (("--topk", args.topk), ("--max-batch", args.max_batch)):
+        if value < 1:
+            print(f"agentrl retriever: {flag} must be >= 1; got {value}", file=sys.stderr)
+            return 2
     options: dict[str, Any] = {}
     if args.method == "dense":
         options = {"model": args.model, "device": args.device, "batch_size": args.batch_size}
@@ -145,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import uvicorn
 
-    app = create_app(retriever, default_topk=args.topk)
+    app = create_app(retriever, default_topk=args.topk, max_batch=args.max_batch)
     log.info("serving POST http://%s:%d/retrieve", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
