@@ -1,0 +1,366 @@
+"""``agentrl eval``: evaluate an agent on held-out tasks, with the training episode loop.
+
+Usage::
+
+    agentrl eval --model-path smollm2-135m-instruct \\
+        --task gsm8k=GSM8K-v0 --task 'lake=FrozenLake-v0,random_map_size=4' \\
+        --n-samples 4 --k 1,2,4 --limit 50 --out runs/eval-base
+    agentrl eval --engine-url http://localhost:30000 --tokenizer Qwen/Qwen2.5-7B-Instruct \\
+        --tasks tasks.yaml --out runs/eval-qwen
+    agentrl eval compare runs/eval-base runs/eval-step100
+
+Writes into ``--out``: ``run.json`` (settings), ``episodes.jsonl`` (every episode, appended as
+groups finish), ``summary.json``, ``report.md`` with ``chart_*.png``; prints a table. Rerunning
+the same command resumes an interrupted run without repeating finished episodes.
+See ``docs/eval.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import dataclasses
+import functools
+import inspect
+import logging
+import shlex
+import sys
+import textwrap
+import time
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentrl.data.prompts import DataError
+from agentrl.engine.base import SamplingParams
+from agentrl.eval import report
+from agentrl.eval.runner import EvalConfig, EvalTask, evaluate
+from agentrl.eval.store import RunStore, SettingsChanged
+from agentrl.models import ModelNotFoundError
+from agentrl.eval.tasks import TaskError, TaskSpec, build_task, check_unique, data_fingerprint, load_task_file, parse_task_arg
+
+log = logging.getLogger(__name__)
+
+
+class EvalArgsError(ValueError):
+    """Arguments that cannot work together (the message lists every problem)."""
+
+
+@dataclass
+class EvalArgs:
+    """Settings of ``agentrl eval``; each field's doc is its ``--help`` text."""
+
+    model_path: str | None = None
+    """Model to load in the embedded engine: HF folder, hub id or alias (smollm2-135m-instruct, tiny-qwen2...)."""
+    engine_url: list[str] = field(default_factory=list)
+    """SGLang-compatible server or router URLs to use instead of an embedded engine."""
+    tokenizer: str | None = None
+    """Tokenizer (folder, hub id or alias); default: --model-path, else the server's tokenizer_path."""
+    chat_template: str | None = None
+    """A jinja2 chat template file replacing the tokenizer's."""
+    task: list[str] = field(default_factory=list)
+    """Tasks as NAME=ENV_ID[:DATA_FILE|SOURCE][,KEY=VALUE...] (repeatable; see docs/eval.md)."""
+    tasks: str | None = None
+    """A YAML file listing tasks (name, env, data, env_kwargs, limit, offset, input_key, label_key)."""
+    n_samples: int = 1
+    """Episodes per prompt (n of avg@n and of the pass@k estimator)."""
+    k: str = "1"
+    """Comma-separated k values of pass@k, pass^k and maj@k (k > n is skipped)."""
+    temperature: float | None = None
+    """Sampling temperature (default: 0, greedy, with one sample per prompt; 1.0 with several)."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    top_k: int = -1
+    """Top-k sampling (-1: off)."""
+    stop: list[str] = field(default_factory=list)
+    """Extra stop strings."""
+    max_response_len: int = 1024
+    """Generated tokens per assistant turn."""
+    max_context_len: int = 4096
+    """Prompt + response tokens per episode; reaching it truncates the episode."""
+    max_turns: int | None = None
+    """Assistant turns per episode (default: the environment's registered limit)."""
+    seed: int = 0
+    """Seeds sampling and environment resets (rows without their own seed)."""
+    limit: int | None = None
+    """At most this many prompts per task (a task's own limit wins)."""
+    concurrency: int = 32
+    """Episodes in flight at once."""
+    episode_timeout: float | None = 600.0
+    """Seconds before an episode is stopped and counted as failed."""
+    success_threshold: float = 1.0
+    """An episode succeeds (for pass@k, pass^k, maj@k) when its reward is at least this."""
+    out: str = "runs/eval"
+    """Output folder: run.json, episodes.jsonl, summary.json, report.md, charts."""
+    overwrite: bool = False
+    """Delete an earlier evaluation in --out instead of resuming it (needed when settings changed)."""
+    examples: int = 3
+    """Example transcripts per task in report.md (best, worst, one not ok)."""
+    plots: bool = True
+    """Draw the PNG bar charts of report.md."""
+    device: str | None = None
+    """Embedded engine device: cpu | cuda | cuda:N (default: cuda when available)."""
+    engine_max_batch_size: int | None = None
+    """Embedded engine: sequences decoded together (default: the engine's choice)."""
+
+    @property
+    def ks(self) -> tuple[int, ...]:
+        return tuple(sorted({int(v) for v in self.k.split(",") if v.strip()}))
+
+    @property
+    def sampling(self) -> SamplingParams:
+        temperature = self.temperature if self.temperature is not None else (0.0 if self.n_samples == 1 else 1.0)
+        return SamplingParams(temperature=temperature, top_p=self.top_p, top_k=self.top_k, stop=list(self.stop),
+                              seed=self.seed)
+
+    def validate(self) -> list[str]:
+        problems = []
+        if not self.model_path and not self.engine_url:
+            problems.append("give --model-path (embedded engine) or --engine-url (a running server)")
+        if not self.task and not self.tasks:
+            problems.append("give at least one --task NAME=ENV_ID[:DATA_FILE] or --tasks FILE.yaml")
+        try:
+            ks = self.ks
+            if not ks or min(ks) < 1:
+                problems.append(f"--k values must be >= 1; got {self.k!r}")
+            elif max(ks) > self.n_samples:
+                problems.append(f"--k {max(ks)} is more than --n-samples {self.n_samples}; pass@k needs n >= k "
+                                f"(raise --n-samples or drop that k)")
+        except ValueError:
+            problems.append(f"--k must be comma-separated integers such as 1,4,8; got {self.k!r}")
+        for flag, value in (("--n-samples", self.n_samples), ("--max-response-len", self.max_response_len),
+                            ("--max-context-len", self.max_context_len), ("--concurrency", self.concurrency)):
+            if value < 1:
+                problems.append(f"{flag} must be >= 1; got {value}")
+        if self.limit is not None and self.limit < 1:
+            problems.append(f"--limit must be >= 1; got {self.limit}")
+        try:
+            self.sampling.validate()
+        except ValueError as e:
+            problems.append(str(e))
+        if self.temperature == 0 and self.n_samples > 1:
+            log.warning("--temperature 0 with --n-samples %d: greedy episodes of a prompt are alike, so "
+                        "pass@k says little beyond pass@1", self.n_samples)
+        return problems
+
+    def eval_config(self) -> EvalConfig:
+        return EvalConfig(n_samples=self.n_samples, ks=self.ks, sampling=self.sampling, max_turns=self.max_turns,
+                          max_context_tokens=self.max_context_len, max_new_tokens_per_turn=self.max_response_len,
+                          concurrency=self.concurrency, success_threshold=self.success_threshold,
+                          episode_timeout=self.episode_timeout, seed=self.seed)
+
+    def settings(self, specs: list[TaskSpec], tasks: list[EvalTask]) -> dict[str, Any]:
+        """What decides the episodes: a resumed run must have the same (stored in run.json)."""
+        return {
+            "model_path": self.model_path, "engine_url": list(self.engine_url),
+            "tokenizer": self.tokenizer, "chat_template": self.chat_template,
+            "tasks": [{**s.to_dict(), "env": t.env_id, "env_kwargs": t.env_kwargs, "prompts": len(t.rows),
+                       "data_sha256": data_fingerprint(s)} for s, t in zip(specs, tasks)],
+            "n_samples": self.n_samples,
+            "sampling": {k: v for k, v in dataclasses.asdict(self.sampling).items()
+                         if k in ("temperature", "top_p", "top_k", "stop", "seed")},
+            "max_response_len": self.max_response_len, "max_context_len": self.max_context_len,
+            "max_turns": self.max_turns, "seed": self.seed,
+        }
+
+
+# -- command line --------------------------------------------------------------------------------
+_METAVARS = {"model_path": "PATH_OR_ALIAS", "tokenizer": "PATH_OR_ALIAS", "engine_url": "URL",
+             "chat_template": "FILE", "task": "SPEC", "tasks": "FILE.yaml", "k": "K[,K...]", "stop": "TEXT",
+             "out": "DIR", "device": "DEVICE"}
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="agentrl eval",
+        description="Evaluate an agent on held-out tasks with the training episode loop: avg@n, unbiased "
+        "pass@k, pass^k, maj@k, statuses, turns, tokens, tool calls; a table, summary.json, episodes.jsonl "
+        "and report.md in --out. Rerun the same command to resume. `agentrl eval compare A B` compares runs.",
+    )
+    docs = _field_docs(EvalArgs)
+    hints = typing.get_type_hints(EvalArgs)
+    defaults = EvalArgs()
+    for f in dataclasses.fields(EvalArgs):
+        flag = "--" + f.name.replace("_", "-")
+        default = getattr(defaults, f.name)
+        help_text = docs.get(f.name, "").replace("%", "%%")
+        if default not in (None, [], False) and "default" not in help_text:
+            help_text += f" (default: {default})"
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif isinstance(default, list):
+            p.add_argument(flag, action="extend", nargs="+", default=[], metavar=_METAVARS.get(f.name),
+                           help=help_text)
+        else:
+            kind = _scalar_type(hints[f.name])
+            metavar = _METAVARS.get(f.name) or {int: "N", float: "X"}.get(kind, "VALUE")
+            p.add_argument(flag, type=kind, default=default, metavar=metavar, help=help_text)
+    return p
+
+
+def parse_args(argv: list[str]) -> EvalArgs:
+    ns = vars(build_parser().parse_args(argv))
+    return EvalArgs(**ns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "compare":
+        from agentrl.eval.compare import main as compare_main
+
+        return compare_main(argv[1:])
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    for noisy in ("httpx", "httpcore", "transformers", "urllib3", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    args = parse_args(argv)
+    try:
+        summary = run(args, command="agentrl eval " + shlex.join(argv))
+    except (EvalArgsError, TaskError, SettingsChanged, DataError, ModelNotFoundError) as e:
+        print(f"agentrl eval: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nagentrl eval: interrupted; finished groups are saved in {args.out}/episodes.jsonl. "
+              "Rerun the same command to resume.", file=sys.stderr)
+        return 130
+    print()
+    print(report.format_table(summary))
+    print(f"\nwrote {args.out}/summary.json, {args.out}/episodes.jsonl, {args.out}/report.md")
+    return 0
+
+
+# -- the run -------------------------------------------------------------------------------------
+def load_specs(args: EvalArgs) -> list[TaskSpec]:
+    specs = (load_task_file(args.tasks) if args.tasks else []) + [parse_task_arg(t) for t in args.task]
+    check_unique(specs)
+    return specs
+
+
+def run(args: EvalArgs, *, engine: Any = None, template: Any = None, command: str | None = None) -> dict[str, Any]:
+    """Run (or resume) an evaluation and write its outputs; return the summary.
+
+    ``engine``/``template`` replace the ones the arguments name (a test double, an engine the
+    caller already holds). Raises :class:`EvalArgsError`, :class:`~agentrl.eval.tasks.TaskError` or
+    :class:`~agentrl.eval.store.SettingsChanged` for settings that cannot run.
+    """
+    problems = args.validate()
+    if problems and engine is not None:  # an injected engine stands in for --model-path / --engine-url
+        problems = [p for p in problems if not p.startswith("give --model-path")]
+    if problems:
+        raise EvalArgsError("invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems))
+    specs = load_specs(args)
+    tasks = [build_task(s, args.limit) for s in specs]
+    store = RunStore(args.out)
+    settings = args.settings(specs, tasks)
+    store.prepare(settings, overwrite=args.overwrite)
+    config = args.eval_config()
+    done = store.load_done(args.n_samples)
+    todo = sum(1 for t in tasks for r in t.rows if r.index not in done.get(t.name, {}))
+    total = sum(len(t.rows) for t in tasks)
+    if total - todo:
+        log.info("resuming %s: %d of %d prompts already done", args.out, total - todo, total)
+    start = time.time()
+    results = asyncio.run(_evaluate(args, tasks, config, store, done, todo, engine, template))
+    summary = report.summarize({name: r["metrics"] for name, r in results.items()}, ks=config.ks,
+                               n_samples=config.n_samples,
+                               extra={"settings": settings, "command": command,
+                                      "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                      "seconds_this_run": round(time.time() - start, 1),
+                                      "success_threshold": config.success_threshold})
+    report.write_summary(args.out, summary)
+    report.write_report(args.out, summary, {name: r["samples"] for name, r in results.items()},
+                        examples=args.examples, plots=args.plots, command=command)
+    return summary
+
+
+async def _evaluate(args: EvalArgs, tasks: list[EvalTask], config: EvalConfig, store: RunStore,
+                    done: dict, todo: int, engine: Any, template: Any) -> dict[str, dict[str, Any]]:
+    own_engine = engine is None and todo > 0
+    if todo > 0 and (engine is None or template is None):
+        built_engine, built_template = await build_engine_and_template(args, need_engine=engine is None)
+        engine = engine or built_engine
+        template = template or built_template
+    progress = _Progress(todo)
+
+    def on_group(task: EvalTask, row: Any, group: Any) -> None:
+        store.append_group(task.name, row.index, group)
+        progress.update(task.name, group)
+
+    try:
+        return await evaluate(engine, template, tasks, config, on_group=on_group, done=done)
+    finally:
+        if own_engine:
+            await _close(engine)
+
+
+async def build_engine_and_template(args: EvalArgs, *, need_engine: bool = True) -> tuple[Any, Any]:
+    """The engine ``--model-path`` / ``--engine-url`` names, and the chat template of its tokenizer."""
+    from agentrl.chat import ChatTemplate
+    from agentrl.models import load_tokenizer
+
+    engine = None
+    tokenizer_name = args.tokenizer or args.model_path
+    if args.engine_url and need_engine:
+        from agentrl.engine.sglang import SGLangEngine
+
+        engine = SGLangEngine(args.engine_url)
+        if tokenizer_name is None:
+            info = await engine.get_model_info()
+            tokenizer_name = info.get("tokenizer_path") or info.get("model_path")
+            log.info("tokenizer from the server: %s", tokenizer_name)
+    if tokenizer_name is None:
+        raise EvalArgsError("no tokenizer: pass --tokenizer (a folder, hub id or alias) for the server's model")
+    tokenizer = load_tokenizer(tokenizer_name)
+    if need_engine and engine is None:
+        from agentrl.engine.embedded import EmbeddedEngine
+
+        engine = EmbeddedEngine(args.model_path, tokenizer=tokenizer, device=args.device,
+                                max_batch_size=args.engine_max_batch_size, max_seq_len=args.max_context_len + 8)
+    return engine, ChatTemplate(tokenizer, args.chat_template)
+
+
+async def _close(engine: Any) -> None:
+    for name in ("close", "aclose"):
+        fn = getattr(engine, name, None)
+        if fn is not None:
+            result = fn()
+            if inspect.isawaitable(result):
+                await result
+            return
+
+
+class _Progress:
+    """Logs finished prompts with a running mean reward and a time estimate."""
+
+    def __init__(self, total: int):
+        self.total, self.count, self.start = total, 0, time.perf_counter()
+        self.rewards: dict[str, list[float]] = {}
+
+    def update(self, task: str, group: Any) -> None:
+        self.count += 1
+        rewards = self.rewards.setdefault(task, [])
+        rewards += [s.reward for s in group.samples]
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.count * (self.total - self.count)
+        log.info("%d/%d prompts done (%s: mean reward so far %.3f); %.0fs elapsed, ~%.0fs left",
+                 self.count, self.total, task, sum(rewards) / len(rewards), elapsed, eta)
+
+
+def _scalar_type(hint: Any) -> type:
+    """``int | None`` -> ``int``; ``float`` -> ``float``."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        hint = next(a for a in typing.get_args(hint) if a is not type(None))
+    return hint
+
+
+@functools.cache
+def _field_docs(cls: type) -> dict[str, str]:
+    """The string literal under each dataclass field, read from the source."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \
+                and isinstance(getattr(nxt, "value", None), ast.Constant) and isinstance(nxt.value.value, str):
+            docs[node.target.id] = " ".join(nxt.value.value.split())
+    return docs

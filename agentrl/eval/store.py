@@ -1,0 +1,181 @@
+"""The output folder of an evaluation: its settings, its episodes, and resuming.
+
+``run.json`` holds the settings that decide which episodes are run (model or server, tasks,
+samples per prompt, sampling, seed, budgets). ``episodes.jsonl`` gets one line per episode,
+appended one finished group at a time::
+
+    {"task": "gsm8k", "row": 3, "prompt_tokens": 81, "response_tokens": 143,
+     "generated_tokens": 143, ...every Sample field: messages, reward, status, tokens...}
+
+Rerunning the same command in the same folder reads ``episodes.jsonl`` back, keeps every
+complete group (all ``n`` samples of a ``(task, row)``), drops a line cut short by a kill and
+any incomplete group, and runs only what is missing. Other settings in the same folder are
+refused (:class:`SettingsChanged`) unless the caller overwrites.
+
+Example::
+
+    >>> import tempfile
+    >>> store = RunStore(tempfile.mkdtemp())
+    >>> store.prepare({"model": "tiny-qwen2", "n_samples": 2})
+    >>> store.load_done(n_samples=2)
+    {}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from agentrl.types import Group, Sample
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+EPISODES_FILE = "episodes.jsonl"
+_EXTRA_KEYS = ("task", "row", "prompt_tokens", "response_tokens", "generated_tokens")
+"""Keys an episode line has beside the Sample's own fields."""
+
+
+class SettingsChanged(RuntimeError):
+    """The output folder holds a run made with other settings."""
+
+
+class RunStore:
+    """``run.json`` + ``episodes.jsonl`` in one folder (see the module doc)."""
+
+    def __init__(self, path: str | Path):
+        self.dir = Path(path)
+        self.run_path = self.dir / RUN_FILE
+        self.episodes_path = self.dir / EPISODES_FILE
+
+    # -- settings --------------------------------------------------------------------------
+    def prepare(self, settings: dict[str, Any], *, overwrite: bool = False) -> None:
+        """Create the folder and ``run.json``, or check that an existing run has the same settings.
+
+        Raises :class:`SettingsChanged` naming every differing setting, unless ``overwrite``,
+        which deletes the earlier run's episodes first.
+        """
+        self.dir.mkdir(parents=True, exist_ok=True)
+        settings = json.loads(json.dumps(settings))  # the form it has once read back
+        if overwrite:
+            for p in (self.run_path, self.episodes_path):
+                p.unlink(missing_ok=True)
+        if self.run_path.exists():
+            old = json.loads(self.run_path.read_text(encoding="utf-8")).get("settings", {})
+            changes = diff_settings(old, settings)
+            if changes:
+                raise SettingsChanged(
+                    f"{self.dir} holds an evaluation made with other settings:\n"
+                    + "\n".join(f"  {c}" for c in changes)
+                    + "\nRerun with the same settings to resume it, pick another --out, or pass --overwrite "
+                    "to delete it and start over."
+                )
+            return
+        if self.episodes_path.exists() and self.episodes_path.stat().st_size > 0:
+            raise SettingsChanged(f"{self.episodes_path} exists but {self.run_path} does not, so its settings are "
+                                  "unknown; pick another --out or pass --overwrite")
+        record = {"settings": settings, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+        _atomic_write(self.run_path, json.dumps(record, indent=2) + "\n")
+
+    def settings(self) -> dict[str, Any]:
+        return json.loads(self.run_path.read_text(encoding="utf-8"))["settings"]
+
+    # -- episodes --------------------------------------------------------------------------
+    def append_group(self, task: str, row: int, group: Group) -> None:
+        """Append every sample of a finished group (one write, flushed: a kill loses at most
+        the group being written, whose partial lines the next :meth:`load_done` drops)."""
+        lines = "".join(json.dumps(episode_record(task, row, s), ensure_ascii=False) + "\n" for s in group.samples)
+        with open(self.episodes_path, "a", encoding="utf-8") as f:
+            f.write(lines)
+            f.flush()
+
+    def load_done(self, n_samples: int) -> dict[str, dict[int, list[Sample]]]:
+        """``{task: {row: samples}}`` of every complete group on disk.
+
+        A cut-off last line, undecodable lines and incomplete groups are dropped, and the file is
+        rewritten without them, so appending goes on from clean lines.
+        """
+        if not self.episodes_path.exists():
+            return {}
+        raw = self.episodes_path.read_text(encoding="utf-8")
+        groups: dict[tuple[str, int], dict[int, tuple[str, Sample]]] = defaultdict(dict)
+        bad = 0
+        for lineno, line in enumerate(raw.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                task, row, sample = parse_episode(json.loads(line))
+            except (ValueError, KeyError, TypeError) as e:
+                bad += 1
+                log.warning("%s:%d: dropping an unreadable episode line (%s)", self.episodes_path, lineno,
+                            "cut off by an interrupted run" if lineno == raw.count("\n") + 1 else e)
+                continue
+            groups[(task, row)].setdefault(sample.sample_index, (line, sample))
+        done: dict[str, dict[int, list[Sample]]] = defaultdict(dict)
+        kept_lines: list[str] = []
+        incomplete = 0
+        for (task, row), by_index in groups.items():
+            if set(by_index) != set(range(n_samples)):
+                incomplete += 1
+                continue
+            done[task][row] = [by_index[i][1] for i in range(n_samples)]
+            kept_lines += [by_index[i][0] for i in range(n_samples)]
+        if bad or incomplete or len(kept_lines) != sum(1 for ln in raw.splitlines() if ln.strip()):
+            log.info("resuming: kept %d complete groups; dropped %d incomplete groups and %d unreadable lines",
+                     sum(map(len, done.values())), incomplete, bad)
+            _atomic_write(self.episodes_path, "".join(ln + "\n" for ln in kept_lines))
+        return dict(done)
+
+    def iter_episodes(self):
+        """``(task, row, Sample)`` of every readable line, in file order."""
+        if not self.episodes_path.exists():
+            return
+        with open(self.episodes_path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    yield parse_episode(json.loads(line))
+                except (ValueError, KeyError, TypeError):
+                    continue
+
+
+def episode_record(task: str, row: int, sample: Sample) -> dict[str, Any]:
+    return {"task": task, "row": row, "prompt_tokens": len(sample.prompt_ids),
+            "response_tokens": len(sample.response_ids), "generated_tokens": sample.num_generated_tokens,
+            **sample.to_dict()}
+
+
+def parse_episode(record: dict[str, Any]) -> tuple[str, int, Sample]:
+    record = dict(record)
+    task, row = str(record["task"]), int(record["row"])
+    for key in _EXTRA_KEYS:
+        record.pop(key, None)
+    return task, row, Sample.from_dict(record)
+
+
+def diff_settings(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Human-readable differences between two settings trees (``key: old -> new``)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            where = f"{prefix}.{key}" if prefix else str(key)
+            if key not in old:
+                out.append(f"{where}: (unset) -> {json.dumps(new[key])}")
+            elif key not in new:
+                out.append(f"{where}: {json.dumps(old[key])} -> (unset)")
+            else:
+                out += diff_settings(old[key], new[key], where)
+        return out
+    if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
+        return [c for i, (a, b) in enumerate(zip(old, new)) for c in diff_settings(a, b, f"{prefix}[{i}]")]
+    return [] if old == new else [f"{prefix}: {json.dumps(old)} -> {json.dumps(new)}"]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
