@@ -9,6 +9,7 @@ import sys
 # name -> ("module:function taking argv and returning an exit code", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("agentrl.train_cli:main", "train an agent with RL (same flags as train.py)"),
+    "eval": ("agentrl.eval.cli:main", "evaluate an agent on held-out tasks"),
     "check-env": ("agentrl.env.cli:main", "check registered environments against the TextEnv contract"),
 }
 
