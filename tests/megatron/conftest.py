@@ -1,24 +1,15 @@
-"""Test-only shim: run megatron-core on the CPU.
+"""Fixtures for the Megatron backend tests; on a CPU-only machine, the CUDA shim of ``megatron_cpu_shim``.
 
-megatron-core assumes CUDA in a few places on the paths these tests use (``torch.cuda.current_device()``
-as a device, ``.cuda()`` calls, a causal mask made on ``"cuda"``). When no GPU is present this
-conftest redirects those calls to the CPU for the duration of each test module and sets up a
-world of one process (gloo) with megatron-core's parallel state. The library never does this;
-on a GPU machine the shim is not installed.
+The shim is test-only and scoped to each test module (installed before, undone after); the
+library never installs it. On a GPU machine nothing is patched.
 """
 
 from __future__ import annotations
-
-import functools
 
 import pytest
 import torch
 
 pytest.importorskip("megatron.core", reason="megatron-core is not installed (pip install 'megatron-core>=0.16')")
-
-
-def _cpu_causal_mask(sq: int) -> torch.Tensor:
-    return torch.triu(torch.ones(sq, sq), diagonal=1).bool()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -27,17 +18,13 @@ def cpu_cuda_shim():
     if torch.cuda.is_available():
         yield
         return
-    import megatron.core.fusions.fused_softmax as fused_softmax
+    from megatron_cpu_shim import install
 
-    mp = pytest.MonkeyPatch()
-    mp.setattr(torch.cuda, "current_device", lambda: "cpu")
-    mp.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
-    mp.setattr(torch.nn.Module, "cuda", lambda self, *args, **kwargs: self)
-    mp.setattr(fused_softmax, "get_default_causal_mask", functools.lru_cache(maxsize=8)(_cpu_causal_mask))
+    undo = install()
     try:
         yield
     finally:
-        mp.undo()
+        undo()
 
 
 @pytest.fixture(scope="module")

@@ -219,16 +219,21 @@ def local_param_maps(model: torch.nn.Module, shape: ModelShape) -> list[ParamMap
 
 
 def load_hf_weights(model: torch.nn.Module, shape: ModelShape,
-                    source: str | Path | Mapping[str, torch.Tensor]) -> None:
-    """Copy HF weights (a folder of safetensors, or a name -> tensor mapping) into this rank's shard."""
+                    source: str | Path | Mapping[str, torch.Tensor], *,
+                    skip_prefixes: tuple[str, ...] = ()) -> None:
+    """Copy HF weights (a folder of safetensors, or a name -> tensor mapping) into this rank's shard.
+
+    Megatron parameters whose names start with one of ``skip_prefixes`` are left as they are
+    (e.g. a critic's value head).
+    """
     from megatron.core import parallel_state as ps
 
     inner = unwrap(model)
     get = _tensor_source(source)
     expected = hf_shapes(shape)
     tp, rank = ps.get_tensor_model_parallel_world_size(), ps.get_tensor_model_parallel_rank()
-    params = dict(inner.named_parameters())
-    maps = local_param_maps(inner, shape)
+    params = {n: p for n, p in inner.named_parameters() if not n.startswith(skip_prefixes)}
+    maps = [m for m in local_param_maps(inner, shape) if m.megatron in params]
     covered = {m.megatron for m in maps}
     uncovered = sorted(n for n in params if n not in covered)
     if uncovered:

@@ -1,0 +1,480 @@
+"""The Megatron-core trainer: :class:`~agentrl.train.base.Trainer` on a megatron-core ``GPTModel``.
+
+Same batches (:class:`~agentrl.train.batch.RolloutBatch`), same losses (:mod:`agentrl.algo`,
+unchanged), same ``train/`` metrics as the torch backend; the model is built from the HF config
+(``model.py``), loaded and exported through ``convert.py``, and run under megatron-core's
+``parallel_state`` with tensor, pipeline and data parallelism:
+
+* every rank is handed the same full batch; each data-parallel rank trains on its share of the
+  samples (balanced by tokens), in micro-batches of at most ``max_tokens_per_gpu`` tokens,
+  packed (``thd``) or padded;
+* micro-batches run through megatron-core's pipeline schedule (``get_forward_backward_func``),
+  so pipeline parallelism uses the same code as a single stage;
+* losses are divided by the global denominator of the step and gradients are summed over
+  data-parallel ranks, so any split gives the full-batch loss of the torch backend;
+* log-probs and entropies are computed vocabulary-parallel (``logprobs.py``).
+
+Collective calls: every rank must call the same methods in the same order (``weights()``
+included: consume the iterator on all ranks).
+
+Example::
+
+    trainer = MegatronTrainer("tiny-qwen2", TrainConfig(lr=1e-5), MegatronTrainerConfig())
+    batch = RolloutBatch.from_samples(samples)
+    batch.old_logprobs = trainer.compute_logprobs(batch)
+    batch.advantages = algo.get_advantage_estimator("grpo")(batch.rewards, batch.group_ids, batch.loss_mask)
+    metrics = trainer.train_step(batch)
+    engine.update_weights(trainer.weights())
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from agentrl import algo
+from agentrl.train.base import TrainConfig
+from agentrl.train.batch import RolloutBatch, micro_batches, optimizer_steps
+from agentrl.train.megatron._compat import require_megatron
+
+require_megatron()
+
+from megatron.core import parallel_state as ps  # noqa: E402
+
+from agentrl.train.megatron.batching import (  # noqa: E402
+    ModelInputs,
+    build_inputs,
+    gather_response,
+    pack_micro_batches,
+    split_data_parallel,
+)
+from agentrl.train.megatron.convert import export_hf_weights, load_hf_weights, save_hf_checkpoint  # noqa: E402
+from agentrl.train.megatron.critic import build_critic, load_critic_backbone  # noqa: E402
+from agentrl.train.megatron.logprobs import vocab_parallel_logprobs  # noqa: E402
+from agentrl.train.megatron.model import MegatronModelConfig, build_gpt_model  # noqa: E402
+from agentrl.train.megatron.optim import MegatronOptimizer, TorchOptimizer, resolve_optimizer  # noqa: E402
+from agentrl.train.megatron.parallel import init_parallel  # noqa: E402
+from agentrl.train.megatron.shape import ModelShape  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+LossOf = Callable[[RolloutBatch, ModelInputs, Tensor], tuple[Tensor, dict[str, float]]]
+
+
+@dataclass
+class MegatronTrainerConfig:
+    """Megatron-specific settings (the optimisation and loss settings are in ``TrainConfig``)."""
+
+    tensor_parallel: int = 1
+    """Tensor-parallel size (must divide the attention and KV heads)."""
+    pipeline_parallel: int = 1
+    """Pipeline-parallel size (must divide the layers). Data parallel = world / (TP x PP)."""
+    attention: str = "auto"
+    """Layer spec: auto | te | sdpa | local (see agentrl.train.megatron.attention)."""
+    sequence_parallel: bool = False
+    """Megatron sequence parallelism (with TP > 1)."""
+    pack_sequences: bool = True
+    """Pack micro-batches back to back (thd) instead of padding each sample to the longest."""
+    optimizer: str = "auto"
+    """megatron (megatron-core DDP + optimizer) | torch (AdamW, one process) | auto (megatron on CUDA)."""
+    distributed_optimizer: bool = True
+    """Shard optimizer state over data-parallel ranks (megatron optimizer)."""
+    dtype: str | None = None
+    """float32 | bfloat16 | float16; default bfloat16 on CUDA, float32 on CPU."""
+    recompute: str | None = None
+    """none | full | selective; default full when TrainConfig.gradient_checkpointing else none."""
+    vocab_multiple: int = 1
+    """Pad the vocabulary to a multiple of this times the TP size."""
+
+
+class MegatronTrainer:
+    """Implements the ``Trainer`` protocol with megatron-core (see the module docstring)."""
+
+    def __init__(self, model: str, config: TrainConfig | None = None,
+                 megatron: MegatronTrainerConfig | None = None, *, tokenizer: Any = None,
+                 total_steps: int | None = None) -> None:
+        from transformers import AutoConfig
+
+        from agentrl.models import resolve_model_path
+
+        self.config = config = config or TrainConfig()
+        self.mconfig = mcfg = megatron or MegatronTrainerConfig()
+        algo.check_aggregation(config.loss_aggregation)
+        algo.get_policy_loss(config.policy_loss)
+        if config.lora_rank > 0:
+            raise ValueError("the Megatron backend does not support LoRA; use --trainer torch for lora_rank > 0")
+        _check_device()
+        self.model_path = resolve_model_path(model)
+        self.hf_config = AutoConfig.from_pretrained(self.model_path)
+        self.shape = ModelShape.from_hf(self.hf_config)
+        self.layout = init_parallel(mcfg.tensor_parallel, mcfg.pipeline_parallel, seed=config.seed + 1234)
+        self.device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() \
+            else torch.device("cpu")
+        dtype = mcfg.dtype or ("bfloat16" if torch.cuda.is_available() else "float32")
+        recompute = mcfg.recompute or ("full" if config.gradient_checkpointing else "none")
+        self.model_options = MegatronModelConfig(
+            dtype=dtype, attention=mcfg.attention, recompute=recompute,
+            sequence_parallel=mcfg.sequence_parallel, vocab_multiple=mcfg.vocab_multiple)
+        self._tokenizer = tokenizer
+        self.total_steps = total_steps
+        self.steps = 0
+        torch.manual_seed(config.seed)
+
+        policy = self._build(build_gpt_model)
+        load_hf_weights(policy, self.shape, self.model_path)
+        kind = resolve_optimizer(mcfg.optimizer)
+        opt_cls = MegatronOptimizer if kind == "megatron" else TorchOptimizer
+        self.optimizer = opt_cls(policy, config, lr=config.lr * self._lr_factor(0),
+                                 distributed=mcfg.distributed_optimizer)
+        self.model = self.optimizer.model  # DDP-wrapped (megatron) or the GPTModel itself (torch)
+        self.policy = policy
+
+        self.ref_model = None
+        if config.use_kl_loss:
+            self.ref_model = self._build(build_gpt_model).requires_grad_(False).eval()
+            load_hf_weights(self.ref_model, self.shape, self.model_path)
+            if config.ref_on_cpu and torch.cuda.is_available():
+                self.ref_model.to("cpu")
+        self.critic = self.critic_optimizer = None
+        if config.use_critic:
+            critic = self._build(build_critic)
+            load_critic_backbone(critic, self.shape, self.model_path)
+            self.critic_optimizer = opt_cls(critic, config, lr=config.critic_lr,
+                                            distributed=mcfg.distributed_optimizer)
+            self.critic = self.critic_optimizer.model
+        self.loss_config = algo.PolicyLossConfig(
+            eps_clip=config.eps_clip, eps_clip_high=config.eps_clip_high, eps_clip_c=config.eps_clip_c,
+            aggregation=config.loss_aggregation, use_tis=config.use_tis, tis_cap=config.tis_cap)
+        log.info("Megatron trainer: %s, TP=%d PP=%d DP=%d, %s, attention=%s, optimizer=%s",
+                 self.shape.family, self.layout.tensor_parallel, self.layout.pipeline_parallel,
+                 self.layout.data_parallel, dtype, mcfg.attention, kind)
+
+    def _build(self, builder):
+        # calculate_per_token_loss: the schedule leaves our (already normalised) losses alone
+        # and megatron-core's DDP sums gradients over data-parallel ranks.
+        return builder(self.shape, self.model_options, calculate_per_token_loss=True)
+
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from agentrl.models import load_tokenizer
+
+            self._tokenizer = load_tokenizer(self.model_path)
+        return self._tokenizer
+
+    # -- forward passes ------------------------------------------------------------------
+    def compute_logprobs(self, batch: RolloutBatch) -> Tensor:
+        """``[N, R]`` response log-probs under the current policy (float32, CPU, 0 where masked)."""
+        return self._per_token(self.model, batch, self._logprob_of)
+
+    def compute_ref_logprobs(self, batch: RolloutBatch) -> Tensor:
+        if self.ref_model is None:
+            raise RuntimeError("no reference model: construct the trainer with TrainConfig(use_kl_loss=True)")
+        offload = self.config.ref_on_cpu and torch.cuda.is_available()
+        if offload:
+            self.ref_model.to(self.device)
+        try:
+            return self._per_token(self.ref_model, batch, self._logprob_of)
+        finally:
+            if offload:
+                self.ref_model.to("cpu")
+
+    def compute_values(self, batch: RolloutBatch) -> Tensor:
+        if self.critic is None:
+            raise RuntimeError("no value model: set TrainConfig(use_critic=True) for the gae estimator")
+        return self._per_token(self.critic, batch, _value_of)
+
+    def _logprob_of(self, inputs: ModelInputs, logits: Tensor) -> Tensor:
+        lp, _ = vocab_parallel_logprobs(logits, inputs.targets, vocab_size=self.shape.vocab_size,
+                                        temperature=self._temperature)
+        return gather_response(lp, inputs)
+
+    @property
+    def _temperature(self) -> float:
+        t = self.config.rollout_temperature
+        return t if t > 0 else 1.0
+
+    @torch.no_grad()
+    def _per_token(self, model, batch: RolloutBatch, value_of: Callable[[ModelInputs, Tensor], Tensor]) -> Tensor:
+        """Run ``model`` over this rank's share of ``batch``; ``[N, R]`` on every rank (CPU)."""
+        out = torch.zeros(batch.loss_mask.shape, dtype=torch.float32, device=self.device)
+        rows: list[tuple[Tensor, int, Tensor]] = []
+
+        def loss_of(mb: RolloutBatch, idx: list[int], inputs: ModelInputs, output: Tensor):
+            values = value_of(inputs, output) * mb.loss_mask.to(self.device)
+            rows.append((torch.as_tensor(idx, device=self.device), mb.width, values.float()))
+            return output.new_zeros(()), {}
+
+        was_training = model.training
+        model.eval()
+        try:
+            self._schedule(model, batch, loss_of, forward_only=True)
+        finally:
+            model.train(was_training)
+        for idx, width, values in rows:
+            out[idx, batch.width - width:] = values
+        _all_reduce(out, ps.get_data_parallel_group(), self.layout.data_parallel)
+        _broadcast_from_last_stage(out, self.layout)
+        return out.cpu()
+
+    def _schedule(self, model, batch: RolloutBatch, loss_of, *, forward_only: bool) -> list[dict[str, float]]:
+        """This rank's micro-batches through megatron-core's pipeline schedule.
+
+        ``loss_of(mb, idx, inputs, output) -> (loss, metrics)`` runs on the last stage.
+        """
+        from megatron.core.pipeline_parallel import get_forward_backward_func
+
+        groups = self._micro_batches(batch)
+        if not groups:
+            return []
+        pad = self.layout.tensor_parallel if self.model_options.sequence_parallel else 1
+        items = []
+        for idx in groups:
+            mb = batch.select(idx)
+            inputs = build_inputs(mb.samples, mb.width, pack=self.mconfig.pack_sequences, pad_multiple=pad)
+            items.append((mb, idx, inputs.to(self.device)))
+
+        def forward_step(data_iterator, module):
+            mb, idx, inputs = next(data_iterator)
+            output = module(inputs.input_ids, None, None, packed_seq_params=inputs.packed_seq_params())
+            return output, functools.partial(_loss_func, loss_of, mb, idx, inputs)
+
+        longest = max(inputs.input_ids.shape[1] for _, _, inputs in items)
+        rows = max(inputs.input_ids.shape[0] for _, _, inputs in items)
+        return get_forward_backward_func()(
+            forward_step_func=forward_step, data_iterator=iter(items), model=[model],
+            num_microbatches=len(items), seq_length=longest, micro_batch_size=rows,
+            forward_only=forward_only)
+
+    def _micro_batches(self, batch: RolloutBatch) -> list[list[int]]:
+        """Indices (into ``batch``) of this data-parallel rank's micro-batches."""
+        share = split_data_parallel(batch.samples, self.layout.data_parallel)[self.layout.dp_rank]
+        if not share:
+            return []
+        samples = [batch.samples[i] for i in share]
+        budget = self.config.max_tokens_per_gpu
+        split = pack_micro_batches if self.mconfig.pack_sequences else micro_batches
+        return [[share[j] for j in group] for group in split(samples, budget)]
+
+    # -- training --------------------------------------------------------------------------
+    def train_step(self, batch: RolloutBatch, num_steps: int = 1) -> dict[str, float]:
+        """``num_steps`` optimiser steps, each over ``len(batch) / num_steps`` samples."""
+        if batch.advantages is None or batch.old_logprobs is None:
+            raise ValueError("train_step needs batch.advantages and batch.old_logprobs set")
+        if self.config.use_kl_loss and batch.ref_logprobs is None:
+            raise ValueError("use_kl_loss is on but batch.ref_logprobs is not set")
+        if self.critic is not None and (batch.values is None or batch.returns is None):
+            raise ValueError("use_critic is on but batch.values / batch.returns are not set")
+        sums: dict[str, float] = defaultdict(float)
+        for step_idx in optimizer_steps(len(batch), num_steps):
+            for k, v in self._optimizer_step(batch.select(step_idx)).items():
+                sums[k] += v / num_steps
+        return dict(sums)
+
+    def _optimizer_step(self, batch: RolloutBatch) -> dict[str, float]:
+        cfg = self.config
+        mode = cfg.loss_aggregation
+        denom = algo.aggregation_denominator(batch.loss_mask, mode).to(self.device)
+        n_tokens = float(batch.loss_mask.sum())
+        loss_fn = algo.get_policy_loss(cfg.policy_loss)
+
+        def loss_of(mb: RolloutBatch, idx: list[int], inputs: ModelInputs, logits: Tensor):
+            dev = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+            mask = dev(mb.loss_mask)
+            lp, ent = vocab_parallel_logprobs(
+                logits, inputs.targets, vocab_size=self.shape.vocab_size, temperature=self._temperature,
+                with_entropy=True, entropy_grad=bool(cfg.entropy_coef))
+            logprobs, entropy = gather_response(lp, inputs), gather_response(ent, inputs)
+            loss, m = loss_fn(logprobs, dev(mb.old_logprobs), dev(mb.advantages), mask, config=self.loss_config,
+                              rollout_logprobs=dev(mb.rollout_logprobs), denominator=denom)
+            metrics: dict[str, float] = {}
+            if cfg.use_kl_loss:
+                kl = algo.kl_penalty(logprobs, dev(mb.ref_logprobs), cfg.kl_loss_type)
+                kl_loss = algo.aggregate(kl, mask, mode, denominator=denom)
+                loss = loss + cfg.kl_loss_coef * kl_loss
+                metrics["kl_loss"] = float(kl_loss.detach())
+            if cfg.entropy_coef:
+                loss = loss - cfg.entropy_coef * algo.aggregate(entropy, mask, mode, denominator=denom)
+            share = float(mask.sum()) / max(n_tokens, 1.0)  # token share of this micro-batch
+            metrics["loss"] = float(loss.detach())
+            metrics["entropy"] = float(algo.masked_mean(entropy.detach(), mask)) * share
+            for k, v in m.items():
+                metrics[k] = float(v) if k.endswith(("_max", "_min")) else float(v) * share
+            return loss, metrics
+
+        self.model.train()
+        self.optimizer.zero_grad()
+        self.optimizer.set_lr(cfg.lr * self._lr_factor(self.steps))
+        per_mb = self._schedule(self.model, batch, loss_of, forward_only=False)
+        metrics = _combine(per_mb, self.layout)
+        metrics["grad_norm"] = self.optimizer.step()
+        metrics["lr"] = cfg.lr * self._lr_factor(self.steps + 1)
+        if self.critic is not None:
+            metrics.update(self._critic_step(batch, denom))
+        self.steps += 1
+        return {f"train/{k}": v for k, v in metrics.items()}
+
+    def _critic_step(self, batch: RolloutBatch, denom: Tensor) -> dict[str, float]:
+        cfg = self.config
+
+        def loss_of(mb: RolloutBatch, idx: list[int], inputs: ModelInputs, output: Tensor):
+            values = _value_of(inputs, output)
+            loss, _ = algo.value_loss(values, mb.values.to(self.device), mb.returns.to(self.device),
+                                      mb.loss_mask.to(self.device), clip=cfg.value_clip,
+                                      aggregation=cfg.loss_aggregation, denominator=denom)
+            return loss, {"value_loss": float(loss.detach())}
+
+        self.critic.train()
+        self.critic_optimizer.zero_grad()
+        per_mb = self._schedule(self.critic, batch, loss_of, forward_only=False)
+        metrics = _combine(per_mb, self.layout)
+        self.critic_optimizer.step()
+        return {"value_loss": metrics.get("value_loss", 0.0)}
+
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up, then constant / cosine / linear decay to ``min_lr`` (as the torch backend)."""
+        cfg = self.config
+        warmup, decay_steps = cfg.lr_warmup_steps, cfg.lr_decay_steps or self.total_steps
+        if cfg.lr_decay_style not in ("constant", "cosine", "linear"):
+            raise ValueError(f"lr_decay_style must be constant, cosine or linear; got {cfg.lr_decay_style!r}")
+        if warmup and step < warmup:
+            return (step + 1) / warmup
+        if cfg.lr_decay_style == "constant" or not decay_steps:
+            return 1.0
+        floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
+        progress = min(1.0, (step - warmup) / max(1, decay_steps - warmup))
+        if cfg.lr_decay_style == "cosine":
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+        return floor + (1 - floor) * (1 - progress)
+
+    # -- weights and checkpoints ---------------------------------------------------------------
+    def weights(self) -> Iterator[tuple[str, Tensor]]:
+        """Hugging Face-named full tensors of the policy (TP gathered, PP broadcast). Collective."""
+        yield from export_hf_weights(self.policy, self.shape, gather_pipeline=True)
+
+    def export_hf(self, path: str | os.PathLike) -> None:
+        """Write a Hugging Face model folder (weights, config, tokenizer). Collective; rank 0 writes."""
+        save_hf_checkpoint(self.policy, self.shape, path, hf_config=self.hf_config)
+        if torch.distributed.get_rank() == 0:
+            self.tokenizer.save_pretrained(path)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """HF export under ``path/model`` plus optimizer / critic state per model-parallel rank."""
+        from agentrl.train.torch_trainer import rng_state
+
+        path = Path(path)
+        self.export_hf(path / "model")
+        path.mkdir(parents=True, exist_ok=True)
+        tag = self._rank_tag()
+        self.optimizer.save(path, tag, write=self.layout.dp_rank == 0)
+        if self.layout.dp_rank == 0:
+            state: dict[str, Any] = {"steps": self.steps, "rng": rng_state()}
+            if self.critic is not None:
+                state["critic"] = {k: v for k, v in self._critic_module().state_dict().items()
+                                   if not k.endswith("_extra_state")}
+            torch.save(state, path / f"trainer_{tag}.pt")
+        if self.critic_optimizer is not None:
+            self.critic_optimizer.save(path, f"critic_{tag}", write=self.layout.dp_rank == 0)
+        torch.distributed.barrier()
+
+    def load(self, path: str | os.PathLike) -> None:
+        from agentrl.train.torch_trainer import set_rng_state
+
+        path = Path(path)
+        tag = self._rank_tag()
+        load_hf_weights(self.policy, self.shape, path / "model")
+        self.optimizer.reload_from_model()
+        self.optimizer.load(path, tag)
+        state = torch.load(path / f"trainer_{tag}.pt", map_location="cpu", weights_only=False)
+        self.steps = state["steps"]
+        if self.critic is not None and "critic" in state:
+            self._critic_module().load_state_dict(state["critic"], strict=False)
+            self.critic_optimizer.reload_from_model()
+            self.critic_optimizer.load(path, f"critic_{tag}")
+        set_rng_state(state["rng"])
+
+    def _rank_tag(self) -> str:
+        return f"tp{self.layout.tp_rank}_pp{self.layout.pp_rank}"
+
+    def _critic_module(self):
+        from agentrl.train.megatron.convert import unwrap
+
+        return unwrap(self.critic)
+
+
+# -- helpers ---------------------------------------------------------------------------------------
+def _loss_func(loss_of, mb, idx, inputs, output):
+    """The schedule's loss function: (loss, token count, metrics); see ``forward_step_calc_loss``."""
+    loss, metrics = loss_of(mb, idx, inputs, output)
+    return loss, torch.tensor(1, dtype=torch.int, device=loss.device), metrics
+
+
+def _value_of(inputs: ModelInputs, output: Tensor) -> Tensor:
+    return gather_response(output[..., 0].float(), inputs)  # [rows, L, 1] -> [b, R]
+
+
+def _combine(per_mb: list[dict[str, float]], layout) -> dict[str, float]:
+    """Sum micro-batch metrics (max / min for ``*_max`` / ``*_min``) over micro-batches and
+    data-parallel ranks; the result is on every rank."""
+    local: dict[str, float] = {}
+    for m in per_mb:
+        for k, v in m.items():
+            if k.endswith("_max"):
+                local[k] = max(local.get(k, -math.inf), v)
+            elif k.endswith("_min"):
+                local[k] = min(local.get(k, math.inf), v)
+            else:
+                local[k] = local.get(k, 0.0) + v
+    if layout.data_parallel > 1:
+        gathered: list[dict[str, float]] = [{} for _ in range(layout.data_parallel)]
+        torch.distributed.all_gather_object(gathered, local, group=ps.get_data_parallel_group())
+        local = _combine(gathered, _SINGLE)
+    if layout.pipeline_parallel > 1:
+        box = [local]
+        src = torch.distributed.get_process_group_ranks(ps.get_pipeline_model_parallel_group())[-1]
+        torch.distributed.broadcast_object_list(box, src=src, group=ps.get_pipeline_model_parallel_group())
+        local = box[0]
+    return local
+
+
+@dataclass(frozen=True)
+class _Single:
+    data_parallel: int = 1
+    pipeline_parallel: int = 1
+
+
+_SINGLE = _Single()
+
+
+def _all_reduce(t: Tensor, group, size: int) -> None:
+    if size > 1:
+        torch.distributed.all_reduce(t, group=group)
+
+
+def _broadcast_from_last_stage(t: Tensor, layout) -> None:
+    if layout.pipeline_parallel > 1:
+        group = ps.get_pipeline_model_parallel_group()
+        src = torch.distributed.get_process_group_ranks(group)[-1]
+        torch.distributed.broadcast(t, src=src, group=group)
+
+
+def _check_device() -> None:
+    """megatron-core assumes CUDA; fail clearly on a CPU-only machine."""
+    if torch.cuda.is_available():
+        return
+    try:
+        torch.cuda.current_device()
+    except (AssertionError, RuntimeError) as err:
+        raise RuntimeError(
+            "the Megatron backend needs a CUDA GPU (megatron-core assumes one); on a CPU use the torch "
+            "backend (--trainer torch)") from err
