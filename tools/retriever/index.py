@@ -32,7 +32,7 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -165,6 +165,64 @@ def default_index_dir(corpus_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".index")
 
 
+@dataclass(frozen=True)
+class IndexCache:
+    """Where an index of ``corpus`` lives on disk and the ``meta.json`` that must match to reuse it."""
+
+    corpus: Corpus
+    directory: Path
+    meta: dict[str, Any]
+
+    def is_fresh(self) -> bool:
+        """Does ``directory`` hold an index of this exact corpus and these parameters?"""
+        try:
+            return json.loads((self.directory / "meta.json").read_text()) == self.meta
+        except (OSError, ValueError):
+            return False
+
+    def write(self, write_files: Callable[[Path], None]) -> bool:
+        """Call ``write_files(folder)`` on a temporary sibling folder, add ``meta.json``, then
+        rename it into place: a crash never leaves half an index. False when it cannot be written."""
+        try:
+            self.directory.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{self.directory.name}.", dir=self.directory.parent))
+        except OSError as e:
+            log.warning("cannot write the index cache under %s (%s); using the index from memory only",
+                        self.directory.parent, e)
+            return False
+        try:
+            write_files(tmp)
+            (tmp / "meta.json").write_text(json.dumps(self.meta, indent=1))
+            if self.directory.exists():
+                shutil.rmtree(self.directory)
+            os.replace(tmp, self.directory)
+            log.info("saved the %s index to %s", self.meta["method"], self.directory)
+            return True
+        except OSError as e:
+            log.warning("could not save the index to %s: %s", self.directory, e)
+            return False
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def index_cache(
+    corpus: str | os.PathLike[str] | Corpus,
+    method: str = "bm25",
+    *,
+    index_dir: str | os.PathLike[str] | None = None,
+    **options: Any,
+) -> IndexCache:
+    """Open ``corpus`` (caching its spans) and say where its ``method`` index is cached."""
+    params = retriever_class(method).index_params(**options)
+    corpus_path = corpus.path if isinstance(corpus, Corpus) else Path(corpus)
+    root = Path(index_dir) if index_dir is not None else default_index_dir(corpus_path)
+    corpus_obj = corpus if isinstance(corpus, Corpus) else Corpus.open(corpus_path, cache_dir=root)
+    tag = params.get("model_tag")
+    directory = root / (f"{method}-{tag}" if tag else method)
+    meta = {"format": INDEX_FORMAT, "method": method, "params": params, "corpus": corpus_obj.fingerprint()}
+    return IndexCache(corpus_obj, directory, meta)
+
+
 def load_retriever(
     corpus: str | os.PathLike[str] | Corpus,
     method: str = "bm25",
@@ -181,56 +239,16 @@ def load_retriever(
     builds in memory and writes nothing; ``rebuild=True`` ignores an existing cache.
     """
     cls = retriever_class(method)
-    params = cls.index_params(**options)
-    if isinstance(corpus, Corpus):
-        corpus_obj, corpus_path = corpus, corpus.path
-    else:
-        corpus_path, corpus_obj = Path(corpus), None
-    root = Path(index_dir) if index_dir is not None else default_index_dir(corpus_path)
     if not cache:
-        return cls.build(corpus_obj or Corpus.open(corpus_path), **options)
-
-    corpus_obj = corpus_obj or Corpus.open(corpus_path, cache_dir=root)
-    directory = root / _cache_name(method, params)
-    expected = {"format": INDEX_FORMAT, "method": method, "params": params, "corpus": corpus_obj.fingerprint()}
-    meta_path = directory / "meta.json"
-    if not rebuild and meta_path.is_file():
-        try:
-            found = json.loads(meta_path.read_text())
-        except (OSError, ValueError):
-            found = None
-        if found == expected:
-            log.info("loading the cached %s index from %s", method, directory)
-            return cls.load(directory, corpus_obj, **options)
-        log.info("the cached %s index in %s is stale (corpus or parameters changed); rebuilding", method, directory)
-
-    log.info("building the %s index over %d documents of %s", method, len(corpus_obj), corpus_path)
-    retriever = cls.build(corpus_obj, **options)
-    _save_atomically(retriever, directory, expected)
+        corpus_obj = corpus if isinstance(corpus, Corpus) else Corpus.open(corpus)
+        return cls.build(corpus_obj, **options)
+    where = index_cache(corpus, method, index_dir=index_dir, **options)
+    if not rebuild and where.is_fresh():
+        log.info("loading the cached %s index from %s", method, where.directory)
+        return cls.load(where.directory, where.corpus, **options)
+    if (where.directory / "meta.json").is_file() and not rebuild:
+        log.info("the cached %s index in %s is stale (corpus or parameters changed); rebuilding", method, where.directory)
+    log.info("building the %s index over %d documents of %s", method, len(where.corpus), where.corpus.path)
+    retriever = cls.build(where.corpus, **options)
+    where.write(retriever.save)
     return retriever
-
-
-def _cache_name(method: str, params: dict[str, Any]) -> str:
-    tag = params.get("model_tag")
-    return f"{method}-{tag}" if tag else method
-
-
-def _save_atomically(retriever: Retriever, directory: Path, meta: dict[str, Any]) -> None:
-    """Write to a temporary sibling folder, then rename: a crash never leaves half an index."""
-    try:
-        directory.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    except OSError as e:
-        log.warning("cannot write the index cache under %s (%s); using the index from memory only", directory.parent, e)
-        return
-    try:
-        retriever.save(tmp)
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if directory.exists():
-            shutil.rmtree(directory)
-        os.replace(tmp, directory)
-        log.info("saved the %s index to %s", meta["method"], directory)
-    except OSError as e:
-        log.warning("could not save the index to %s: %s", directory, e)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)

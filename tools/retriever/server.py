@@ -121,6 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rebuild", action="store_true", help="rebuild the index even when a cached one matches")
     p.add_argument("--device", default=None, help="dense only: cpu, cuda, cuda:1... (default: cuda when available)")
     p.add_argument("--batch-size", type=int, default=64, help="dense only: documents per encoding batch")
+    p.add_argument("--faiss-index", default=None, metavar="FILE",
+                   help="dense only: take the document vectors from this FAISS index of the corpus (e.g. Search-R1's "
+                   "e5_Flat.index for wiki-18, with --model e5) instead of encoding the corpus; needs faiss-cpu")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
     p.add_argument("--port", type=int, default=8000, help="port to listen on (Search-R1's default is 8000)")
     p.add_argument("--topk", type=int, default=3, help="documents per query when a request gives no topk")
@@ -142,10 +145,19 @@ def main(argv: list[str] | None = None) -> int:
     options: dict[str, Any] = {}
     if args.method == "dense":
         options = {"model": args.model, "device": args.device, "batch_size": args.batch_size}
+    if args.faiss_index and args.method != "dense":
+        print("agentrl retriever: --faiss-index needs --method dense", file=sys.stderr)
+        return 2
     start = time.perf_counter()
     try:
-        retriever = load_retriever(Path(args.corpus), args.method, index_dir=args.index_dir, rebuild=args.rebuild,
-                                   **options)
+        if args.faiss_index:
+            from tools.retriever.dense import import_faiss_index
+            from tools.retriever.index import index_cache
+
+            if args.rebuild or not index_cache(args.corpus, "dense", index_dir=args.index_dir, model=args.model).is_fresh():
+                import_faiss_index(args.faiss_index, args.corpus, model=args.model, index_dir=args.index_dir)
+        retriever = load_retriever(Path(args.corpus), args.method, index_dir=args.index_dir,
+                                   rebuild=args.rebuild and not args.faiss_index, **options)
     except (CorpusError, ImportError, ValueError, OSError) as e:
         print(f"agentrl retriever: {e}", file=sys.stderr)
         return 2
