@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Weights dtype (default: float32 on CPU, bfloat16 on CUDA).")
     p.add_argument("--max-batch-size", type=int, default=None,
                    help="Most sequences the embedded engine decodes together (continuous batching).")
+    p.add_argument("--max-seq-len", type=int, default=None,
+                   help="Longest prompt + completion of one request, in tokens (default: the model's "
+                        "context, capped at 4096 on CPU and 8192 on CUDA).")
     p.add_argument("--served-model-name", default=None, help="Name reported by /get_model_info (default: the model path).")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="Logging level.")
     p.add_argument("--engine", default="embedded", choices=["embedded", "fake"],
@@ -106,7 +109,8 @@ def serve_main(argv: list[str] | None = None) -> int:
         build_parser().error("--model-path is required (a model folder, hub id or alias such as tiny-qwen2)")
     engine, tokenizer, model_path = _build_engine(args)
     server_args = {"host": args.host, "port": args.port, "device": args.device, "dtype": args.dtype,
-                   "max_batch_size": args.max_batch_size, "engine_kind": args.engine}
+                   "max_batch_size": args.max_batch_size, "max_seq_len": args.max_seq_len,
+                   "engine_kind": args.engine}
     from agentrl.engine.server import create_app
 
     app = create_app(engine, tokenizer, model_path=model_path, served_model_name=args.served_model_name,
@@ -138,7 +142,7 @@ def _build_engine(args: argparse.Namespace) -> tuple[Engine, Any, str]:
     from agentrl.engine.embedded import EmbeddedEngine
 
     path = resolve_model_path(args.model_path)
-    tokenizer = load_tokenizer(args.tokenizer_path or path)
-    kwargs: dict[str, Any] = {"device": args.device, "dtype": args.dtype, "max_batch_size": args.max_batch_size}
-    engine = EmbeddedEngine(path, **{k: v for k, v in kwargs.items() if v is not None})
-    return engine, tokenizer, path
+    tokenizer = load_tokenizer(args.tokenizer_path) if args.tokenizer_path else None
+    engine = EmbeddedEngine(path, tokenizer, device=args.device, dtype=args.dtype,
+                            max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len)
+    return engine, engine.tokenizer, path
