@@ -66,7 +66,7 @@ def build_components(cfg: RunConfig) -> Components:
         sampling=cfg.rollout.sampling.replace(temperature=cfg.eval_temperature, seed=cfg.seed),
         max_turns=cfg.rollout.max_turns, max_context_tokens=cfg.rollout.max_context_tokens,
         max_new_tokens_per_turn=cfg.rollout.max_new_tokens_per_turn, concurrency=cfg.rollout.concurrency,
-        seed=cfg.seed + 10_000)
+        env_kwargs=cfg.rollout.env_kwargs, seed=cfg.seed + 10_000)
     return Components(engine, trainer, template, rollout, sampler, dataset, eval_tasks, eval_config)
 
 

@@ -49,12 +49,15 @@ class EvalConfig:
     """An episode succeeds when its reward is at least this."""
     episode_timeout: float | None = 600.0
     seed: int = 1234
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+    """Constructor arguments for every environment (as in training)."""
 
     def rollout_config(self) -> RolloutConfig:
         return RolloutConfig(n_samples_per_prompt=self.n_samples, max_turns=self.max_turns,
                              max_context_tokens=self.max_context_tokens,
                              max_new_tokens_per_turn=self.max_new_tokens_per_turn, sampling=self.sampling,
-                             concurrency=self.concurrency, episode_timeout=self.episode_timeout)
+                             concurrency=self.concurrency, episode_timeout=self.episode_timeout,
+                             env_kwargs=dict(self.env_kwargs))
 
 
 GroupCallback = Callable[[EvalTask, PromptRow, Group], None]
