@@ -137,10 +137,15 @@ async def run_case(case: Case, template: ChatTemplate) -> Row:
     result = await rollout.generate(next_rows, batch_size=case.episodes)
     wall = time.perf_counter() - start
     samples = result.samples
-    ok = sum(s.status == "ok" and s.reward == 1.0 and s.metrics["tool_calls"] == case.turns for s in samples)
+
+    def expected(s: Any) -> bool:
+        return s.status == "ok" and s.reward == 1.0 and s.metrics.get("tool_calls") == case.turns
+
+    ok = sum(map(expected, samples))
     if ok != case.episodes:
-        bad = next(s for s in samples if s.status != "ok" or s.reward != 1.0)
-        log.warning("%s: %d of %d episodes as expected; e.g. %s %s", case.name, ok, case.episodes, bad.status, bad.error)
+        bad = next((s for s in samples if not expected(s)), None)
+        log.warning("%s: %d of %d episodes as expected; e.g. %s", case.name, ok, case.episodes,
+                    bad and (bad.status, bad.error, bad.metrics.get("tool_calls")))
     waves = math.ceil(case.episodes / case.concurrency)
     ideal = waves * case.turns * case.latency
     serial = case.episodes * case.turns * case.latency
@@ -196,20 +201,24 @@ def table(rows: list[Row]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--episodes", type=int, default=64, help="episodes per case (and the concurrency)")
-    p.add_argument("--turns", type=int, nargs="+", default=[3], help="tool turns per episode (several: one table each)")
+    p.add_argument("--turns", type=int, nargs="+", default=[3], help="tool turns per episode (several values: rows for each)")
     p.add_argument("--latency", type=float, default=0.2, help="seconds each tool call waits")
     p.add_argument("--baseline-episodes", type=int, default=4, help="episodes of the concurrency-1 baseline")
     p.add_argument("--out", type=Path, default=None, help="write rollout_concurrency_<tag>.json/.md here")
     p.add_argument("--tag", default="cpu", help="file name tag of the results")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("agentrl.chat.template").setLevel(logging.ERROR)  # SmolLM2 ignores tools=: expected here
-
     host = machine()  # the load average before this run adds its own
     template = ChatTemplate(load_tokenizer("tiny-qwen2"))  # SmolLM2's ChatML tokenizer
-    asyncio.run(run_case(Case("warm-up", "async", None, 4, 4, 1, 0.0), template))
-    rows = [asyncio.run(run_case(c, template)) for c in cases(args.episodes, args.turns, args.latency,
-                                                               args.baseline_episodes)]
+    quiet = logging.getLogger("agentrl.chat.template")  # SmolLM2's template ignores tools=: expected here
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        asyncio.run(run_case(Case("warm-up", "async", None, 4, 4, 1, 0.0), template))
+        rows = [asyncio.run(run_case(c, template))
+                for c in cases(args.episodes, args.turns, args.latency, args.baseline_episodes)]
+    finally:
+        quiet.setLevel(level)
     text = table(rows)
     print(text)
     if args.out:

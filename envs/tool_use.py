@@ -11,7 +11,9 @@ turn it either calls tools or answers:
   call, an unknown tool, bad arguments, an exception or a timeout is answered by a tool message
   starting with ``Error:`` that says what went wrong, and counted in ``info["tool_errors"]``.
   At most ``max_tool_calls_per_turn`` calls are run; the rest get one extra tool message saying
-  they were not run (counted as one error).
+  they were not run (counted as one error). What a tool returns is its output, not an error, even
+  when it reports a problem itself (the calculator's ``Error: division by zero``, the traceback
+  of a program run by ``python``).
 * **Answer turn.** A reply without a tool call is the final answer: it is graded against the
   label with :func:`envs._math_grading.grade` (``\\boxed{}``, else ``<answer>...</answer>``,
   else ``#### x``, else the last number when ``fallback_last_number``) and the episode ends.
@@ -200,7 +202,8 @@ class ToolUseEnv(TextEnv):
         if question is not None:
             label = options.get("answer") if options.get("answer") is not None else options.get("label")
             if label is None:
-                raise ValueError(f"reset options with a question need 'answer' (or 'label'); got keys {sorted(options)}")
+                raise ValueError(f"reset options with a question need 'answer' (or 'label'); "
+                                 f"got keys {sorted(options)}")
         else:
             n = len(self.samples)
             index = int(options["index"]) if "index" in options else int(self.np_random.integers(0, n))

@@ -65,7 +65,8 @@ def test_tool_turn_then_correct_answer():
 def test_several_calls_answered_in_order():
     env = ToolUseEnv(tools=["calculator"])
     env.reset(options=Q)
-    obs, _, _, _, info = env.step(call("calculator", expression="2**10") + " and " + call("calculator", expression="7*6"))
+    action = call("calculator", expression="2**10") + " and " + call("calculator", expression="7*6")
+    obs, _, _, _, info = env.step(action)
     assert [m["content"] for m in obs] == ["1024", "42"] and info["tool_calls"] == 2
 
 
@@ -79,7 +80,8 @@ def test_malformed_unknown_and_bad_argument_calls_are_tool_messages_and_counted(
     assert [m["role"] for m in obs] == ["tool"] * 4 and not terminated and reward == 0.0
     assert obs[0]["content"].startswith("Error: malformed tool call: invalid JSON")
     assert "unknown tool 'calculater' (did you mean 'calculator'?)" in obs[1]["content"]
-    assert "unexpected argument 'expr'" in obs[2]["content"] and "Usage: calculator(expression: string)" in obs[2]["content"]
+    assert "unexpected argument 'expr'" in obs[2]["content"]
+    assert "Usage: calculator(expression: string)" in obs[2]["content"]
     assert obs[3]["content"] == "Error: division by zero"  # the tool's own answer: not a failed call
     assert info["tool_calls"] == 4 and info["tool_errors"] == 3
     assert info["tool_error_kinds"] == {"bad_arguments": 1, "parse_error": 1, "unknown_tool": 1}

@@ -99,6 +99,27 @@ def test_rollout_groups_sum_tool_metrics(template, say):
     assert result.metrics["rollout/tool_calls_mean"] == 1.0 and result.metrics["rollout/tool_errors_mean"] == 0.0
 
 
+def test_concurrency_benchmark_smoke(tmp_path, monkeypatch):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "rollout_concurrency.py"
+    spec = importlib.util.spec_from_file_location("rollout_concurrency", path)
+    bench = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, bench)  # dataclasses look their module up
+    spec.loader.exec_module(bench)
+    argv = ["--episodes", "6", "--baseline-episodes", "2", "--turns", "2", "--latency", "0.02", "--out", str(tmp_path)]
+    assert bench.main(argv) == 0
+    record = json.loads((tmp_path / "rollout_concurrency_cpu.json").read_text())
+    rows = {r["case"]: r for r in record["rows"]}
+    assert len(rows) == 5 and all(r["ok"] == r["episodes"] for r in rows.values())
+    baseline = rows["async tool, concurrency 1 (baseline)"]
+    assert baseline["ideal_s"] == baseline["serial_s"] == pytest.approx(2 * 2 * 0.02)
+    assert rows["async tool"]["ideal_s"] == pytest.approx(2 * 0.02) and rows["async tool"]["wall_s"] > 0.04
+    assert "| case | concurrency |" in (tmp_path / "rollout_concurrency_cpu.md").read_text()
+
+
 @pytest.mark.slow
 def test_smollm2_tool_episode_through_the_embedded_engine():
     """SmolLM2-135M-Instruct answers after a calculator turn; tokens, mask and logprobs agree with
@@ -127,7 +148,7 @@ def test_smollm2_tool_episode_through_the_embedded_engine():
 
     async def main():
         async with embedded.EmbeddedEngine(model, tokenizer, max_batch_size=2, max_seq_len=2048, seed=0) as engine:
-            config = RolloutConfig(max_turns=2, max_new_tokens_per_turn=48, max_context_tokens=2048,
+            config = RolloutConfig(max_turns=2, max_new_tokens_per_turn=32, max_context_tokens=2048,
                                    sampling=SamplingParams(temperature=0.0))
             scripted = await run_episode(FirstTurnScripted(engine), template, _request(), config)
             free = await run_episode(engine, template, _request(), config)
@@ -144,7 +165,8 @@ def test_smollm2_tool_episode_through_the_embedded_engine():
     obs_ids = template.encode_continuation([{"role": "tool", "name": "calculator", "content": "391"}],
                                            _opening()[1], True)
     n = len(call_ids) + len(obs_ids)
-    assert scripted.response_ids[:n] == call_ids + obs_ids and scripted.loss_mask[:n] == [1] * len(call_ids) + [0] * len(obs_ids)
+    assert scripted.response_ids[:n] == call_ids + obs_ids
+    assert scripted.loss_mask[:n] == [1] * len(call_ids) + [0] * len(obs_ids)
     assert scripted.num_turns == 2 and scripted.metrics["tool_calls"] >= 1 and len(scripted.response_ids) > n
     generated = scripted.response_ids[n:]
     assert scripted.loss_mask[n:] == [1] * len(generated)
