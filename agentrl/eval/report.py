@@ -162,7 +162,7 @@ def plot_overview(summary: dict[str, Any], path: Path) -> Path:
     ax.set_xticks(x, names)
     values = [summary["tasks"][n].get(k, 0.0) for n in names for k in keys]
     ax.set_ylim(min(0.0, *values) * 1.1, max(1.0, *values) * 1.15)
-    ax.legend(fontsize=8, ncol=len(keys))
+    ax.legend(fontsize=8, ncol=len(keys), loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.set_title("all tasks", fontsize=10)
