@@ -3,8 +3,8 @@
 megatron-core assumes CUDA in a handful of places on the paths the tests use:
 ``torch.cuda.current_device()`` used as a device, ``.cuda()`` calls, tensors made with
 ``device="cuda"`` (optimizer flags, the pipeline schedule's token counter), ``param.type()``
-compared with ``"torch.cuda.FloatTensor"``, a causal mask made on ``"cuda"`` and the CUDA RNG
-tracker in the unfused local attention. :func:`install` redirects exactly those to the CPU
+compared with ``"torch.cuda.FloatTensor"``, a causal mask made on ``"cuda"``, the CUDA RNG
+tracker in the unfused local attention and the CUDA RNG states saved by activation recompute. :func:`install` redirects exactly those to the CPU
 and returns a function that undoes it. ``device="cuda"`` factories are redirected only inside
 the megatron-core modules listed below (through a proxy for their ``torch`` global), so other
 libraries in the process (transformers) are untouched.
@@ -63,6 +63,7 @@ def install() -> Callable[[], None]:
     """Redirect megatron-core's CUDA assumptions to the CPU; returns the undo function."""
     import megatron.core.fusions.fused_softmax as fused_softmax
     import megatron.core.tensor_parallel as tensor_parallel
+    import megatron.core.tensor_parallel.random as tp_random
 
     undo: list[tuple[object, str, object]] = []
 
@@ -85,6 +86,9 @@ def install() -> Callable[[], None]:
     patch(fused_softmax, "get_default_causal_mask",
           functools.lru_cache(maxsize=8)(lambda sq: torch.triu(torch.ones(sq, sq), diagonal=1).bool()))
     patch(tensor_parallel, "get_cuda_rng_tracker", lambda *args, **kwargs: _NoRngTracker())
+    # activation recompute saves and restores RNG states: the CPU generator only
+    patch(tp_random, "_get_all_rng_states", lambda: (torch.get_rng_state(), None, None))
+    patch(tp_random, "_set_all_rng_states", lambda cpu, cuda, tracker: torch.set_rng_state(cpu))
     proxy = _TorchOnCPU()
     for name in _MODULES_WITH_CUDA_FACTORIES:
         module = importlib.import_module(name)

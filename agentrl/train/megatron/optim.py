@@ -79,15 +79,25 @@ class MegatronOptimizer:
         self.optimizer.reload_model_params()
 
     def save(self, path: Path, tag: str, write: bool = True) -> None:
-        """Collective over data-parallel ranks; ``write``: this rank writes the shared state."""
-        if write:
-            torch.save(self.optimizer.state_dict(), path / f"optimizer_{tag}.pt")
-        self.optimizer.save_parameter_state(str(path / f"optimizer_params_{tag}.pt"))
+        """Every rank writes its own shard: the moments and step counts of the torch optimizers
+        inside megatron-core's (version-independent, and valid for torch's AdamW fallback, whose
+        per-parameter ``step`` megatron-core's own ``save_parameter_state`` drops)."""
+        state = [inner.optimizer.state_dict() for inner in self._inner()]
+        torch.save(state, path / f"optimizer_{tag}_rank{torch.distributed.get_rank()}.pt")
 
     def load(self, path: Path, tag: str) -> None:
-        self.optimizer.load_state_dict(torch.load(path / f"optimizer_{tag}.pt", map_location="cpu",
-                                                  weights_only=False))
-        self.optimizer.load_parameter_state(str(path / f"optimizer_params_{tag}.pt"))
+        """Load this rank's shard; the main weights come from the model (``reload_from_model``)."""
+        state = torch.load(path / f"optimizer_{tag}_rank{torch.distributed.get_rank()}.pt",
+                           map_location="cpu", weights_only=False)
+        inners = self._inner()
+        if len(state) != len(inners):
+            raise ValueError(f"optimizer checkpoint has {len(state)} parts; this model has {len(inners)} "
+                             f"(was it saved with another parallel layout?)")
+        for inner, part in zip(inners, state):
+            inner.optimizer.load_state_dict(part)
+
+    def _inner(self) -> list:
+        return list(getattr(self.optimizer, "chained_optimizers", None) or [self.optimizer])
 
 
 class TorchOptimizer:
