@@ -9,7 +9,9 @@ Two runners share one interface (slots ``0 .. n-1`` are the running requests, in
 * :class:`HFRunner`: the HF model's own forward with one ``DynamicCache`` per request, for any
   causal LM (one forward per request per step: correct everywhere, not fast).
 
-Both return float32 logits ``[rows, vocab]``; sampling is the scheduler's.
+Both sample too (:mod:`~agentrl.engine.embedded.sampling`) and return ``[2, rows]`` float64 on the
+device: the sampled ids and their logprobs, so the scheduler needs one device-to-host copy per
+step. The fast runner's CUDA graphs include the sampling when no row uses top-k/top-p.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import torch
 
 from agentrl.engine.embedded.fast_model import FastLM
 from agentrl.engine.embedded.kv_cache import KVCache
+from agentrl.engine.embedded.sampling import SamplingRows, sample, sample_greedy, sample_plain
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +37,8 @@ class Runner(Protocol):
 
     def allocate(self) -> None: ...
     def release(self) -> None: ...
-    def prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor: ...
-    def decode(self, tokens: np.ndarray, positions: np.ndarray) -> torch.Tensor: ...
+    def prefill(self, slots: list[int], prompts: list[list[int]], rows: SamplingRows) -> torch.Tensor: ...
+    def decode(self, tokens: np.ndarray, positions: np.ndarray, rows: SamplingRows) -> torch.Tensor: ...
     def move(self, src: int, dst: int, length: int) -> None: ...
     def free(self, slot: int) -> None: ...
     def refresh_weights(self) -> None: ...
@@ -58,6 +61,10 @@ def length_bucket(n: int, cap: int) -> int:
     """Attention length for a CUDA graph: a multiple of max(128, n/4 rounded to a power of 2)."""
     step = max(128, 1 << max(0, int(math.log2(max(n, 1))) - 2))
     return min(-(-n // step) * step, cap)
+
+
+def _packed(ids: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
+    return torch.stack((ids.double(), logprobs.double()))  # [2, n]
 
 
 class FastRunner:
@@ -85,27 +92,29 @@ class FastRunner:
             head_dim=self.lm.head_dim, dtype=self.lm.dtype, device=self.device,
         )
         self.use_graphs = bool(cuda_graphs) and self.device.type == "cuda"
-        self._graphs: dict[tuple[int, int], Any] = {}
-        self._inputs: torch.Tensor | None = None
-        self._logits: torch.Tensor | None = None
+        self._graphs: dict[tuple[int, int, str], Any] = {}
+        self._inputs: torch.Tensor | None = None  # [5, slots] float64: token, position, temperature, greedy, u
+        self._logits: torch.Tensor | None = None  # [slots, V] float32
+        self._out: torch.Tensor | None = None  # [2, slots] float64: sampled id, logprob
         self._pool = None
         self._weight_ptrs = self.lm.weight_pointers()
 
     def allocate(self) -> None:
         self.kv.allocate()
         if self.use_graphs and self._inputs is None:
-            self._inputs = torch.zeros(2, self.max_slots, dtype=torch.long, device=self.device)
+            self._inputs = torch.zeros(5, self.max_slots, dtype=torch.float64, device=self.device)
             self._logits = torch.zeros(self.max_slots, self.vocab_size, dtype=torch.float32, device=self.device)
+            self._out = torch.zeros(2, self.max_slots, dtype=torch.float64, device=self.device)
             self._pool = torch.cuda.graph_pool_handle()
 
     def release(self) -> None:
         self._graphs.clear()
-        self._inputs = self._logits = self._pool = None
+        self._inputs = self._logits = self._out = self._pool = None
         self.kv.release()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
+    def prefill(self, slots: list[int], prompts: list[list[int]], rows: SamplingRows) -> torch.Tensor:
         lengths = [len(p) for p in prompts]
         self.kv.ensure_clean_slots(slots, lengths)
         flat = np.fromiter((t for p in prompts for t in p), dtype=np.int64, count=sum(lengths))
@@ -114,34 +123,49 @@ class FastRunner:
         host = torch.from_numpy(np.stack([flat, positions, slot_ids]))
         dev = host.to(self.device, non_blocking=True)
         logits = self.lm.prefill(self.kv, dev[0], dev[1], dev[2], lengths)
-        return logits.float()
+        return _packed(*sample(logits.float(), rows))
 
-    def decode(self, tokens: np.ndarray, positions: np.ndarray) -> torch.Tensor:
+    def decode(self, tokens: np.ndarray, positions: np.ndarray, rows: SamplingRows) -> torch.Tensor:
         n = len(tokens)
         need = int(positions[:n].max()) + 1
         if not self.use_graphs:
             self.kv.ensure_clean(n, need)
             dev = torch.from_numpy(np.stack([tokens, positions]).astype(np.int64)).to(self.device)
-            return self.lm.decode(self.kv, dev[0], dev[1], need, self.attention).float()
+            logits = self.lm.decode(self.kv, dev[0], dev[1], need, self.attention).float()
+            return _packed(*sample(logits, rows))
         assert self._inputs is not None and self._logits is not None
         b = batch_bucket(n, self.max_slots)
         length = length_bucket(need, self.max_seq_len)
-        host = np.zeros((2, b), dtype=np.int64)  # padding rows: token 0 at position 0 of free slots
+        mode = "greedy" if rows.all_greedy else "logits" if rows.filtered.any() else "plain"
+        host = np.zeros((5, b), dtype=np.float64)  # padding rows: token 0 at position 0 of a free slot
         host[0, :n], host[1, :n] = tokens, positions
+        host[2] = 1.0
+        host[2:, :n] = rows.packed()
         self._inputs[:, :b].copy_(torch.from_numpy(host), non_blocking=True)
-        graph = self._graphs.get((b, length))
+        graph = self._graphs.get((b, length, mode))
         if graph is None:
-            graph = self._capture(b, length)
+            graph = self._capture(b, length, mode)
         graph.replay()
-        return self._logits[:n]
+        if mode == "logits":
+            return _packed(*sample(self._logits[:n], rows))
+        return self._out[:, :n]
 
-    def _capture(self, b: int, length: int):
+    def _capture(self, b: int, length: int, mode: str):
         assert self._inputs is not None and self._logits is not None
-        inputs, out = self._inputs, self._logits
+        inputs, logits_out, out = self._inputs, self._logits, self._out
 
         def step() -> None:
-            logits = self.lm.decode(self.kv, inputs[0, :b], inputs[1, :b], length, self.attention)
-            out[:b].copy_(logits)
+            tokens, positions = inputs[0, :b].long(), inputs[1, :b].long()
+            logits = self.lm.decode(self.kv, tokens, positions, length, self.attention).float()
+            if mode == "logits":
+                logits_out[:b].copy_(logits)
+                return
+            if mode == "greedy":
+                ids, lps = sample_greedy(logits)
+            else:
+                ids, lps = sample_plain(logits, inputs[2:, :b].float())
+            out[0, :b].copy_(ids)
+            out[1, :b].copy_(lps)
 
         # Warm-up runs compute the very step about to be replayed (same inputs), so their cache
         # writes are the real ones; they also trigger any torch.compile work outside the capture.
@@ -154,8 +178,8 @@ class FastRunner:
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             step()
-        self._graphs[(b, length)] = graph
-        log.debug("captured decode graph batch=%d length=%d (%d graphs)", b, length, len(self._graphs))
+        self._graphs[(b, length, mode)] = graph
+        log.debug("captured decode graph batch=%d length=%d %s (%d graphs)", b, length, mode, len(self._graphs))
         return graph
 
     def move(self, src: int, dst: int, length: int) -> None:
@@ -211,19 +235,19 @@ class HFRunner:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def prefill(self, slots: list[int], prompts: list[list[int]]) -> torch.Tensor:
-        rows = []
+    def prefill(self, slots: list[int], prompts: list[list[int]], rows: SamplingRows) -> torch.Tensor:
+        logits = []
         for slot, prompt in zip(slots, prompts):
-            logits, self._caches[slot] = self._forward(prompt, self._new_cache())
-            rows.append(logits)
-        return torch.cat(rows)
+            row, self._caches[slot] = self._forward(prompt, self._new_cache())
+            logits.append(row)
+        return _packed(*sample(torch.cat(logits), rows))
 
-    def decode(self, tokens: np.ndarray, positions: np.ndarray) -> torch.Tensor:
-        rows = []
+    def decode(self, tokens: np.ndarray, positions: np.ndarray, rows: SamplingRows) -> torch.Tensor:
+        logits = []
         for slot, token in enumerate(tokens.tolist()):
-            logits, self._caches[slot] = self._forward([token], self._caches[slot])
-            rows.append(logits)
-        return torch.cat(rows)
+            row, self._caches[slot] = self._forward([token], self._caches[slot])
+            logits.append(row)
+        return _packed(*sample(torch.cat(logits), rows))
 
     def move(self, src: int, dst: int, length: int) -> None:
         self._caches[dst], self._caches[src] = self._caches[src], None

@@ -75,40 +75,62 @@ class SamplingRows:
     def __len__(self) -> int:
         return len(self.temperature)
 
+    @property
+    def all_greedy(self) -> bool:
+        return bool((self.temperature <= 0).all())
+
+    @property
+    def filtered(self) -> np.ndarray:
+        """[n] bool: sampled rows that use top-k or top-p."""
+        return (self.temperature > 0) & ((self.top_p < 1.0) | (self.top_k > 0))
+
+    def packed(self) -> np.ndarray:
+        """[3, n] float64: effective temperature (1 for greedy rows), greedy flag, uniform."""
+        greedy = self.temperature <= 0
+        return np.stack([np.where(greedy, 1.0, self.temperature), greedy.astype(np.float64), self.u])
+
 
 def sample(logits: torch.Tensor, rows: SamplingRows) -> tuple[torch.Tensor, torch.Tensor]:
-    """Draw one token per row. ``logits`` [n, V] float32 -> (ids [n] int64, logprobs [n] float32).
-
-    Rows beyond ``len(rows)`` are not allowed; pass ``logits[:len(rows)]``.
-    """
+    """Draw one token per row. ``logits`` [n, V] float32 -> (ids [n] int64, logprobs [n] float32)."""
     n, vocab = logits.shape
     if n != len(rows):
         raise ValueError(f"logits have {n} rows but sampling parameters have {len(rows)}")
     device = logits.device
-    greedy = rows.temperature <= 0
-    if greedy.all():
-        ids = logits.argmax(-1)
-        logp = torch.log_softmax(logits, -1)
-        return ids, logp.gather(1, ids[:, None]).squeeze(1)
+    if rows.all_greedy:
+        return sample_greedy(logits)
+    filtered = rows.filtered
+    params = torch.from_numpy(rows.packed().astype(np.float32)).to(device)
+    if not filtered.any():
+        return sample_plain(logits, params)
+    temp, greedy, u = params[0], params[1] > 0, params[2]
+    z = logits / temp[:, None]
+    lse = torch.logsumexp(z, -1, keepdim=True)
+    probs = torch.exp(z - lse)
+    ids = _inverse_cdf(probs, u)
+    f_idx = np.flatnonzero(filtered)
+    f_t = torch.from_numpy(f_idx).to(device)
+    ids[f_t] = _sample_filtered(probs[f_t], u[f_t], rows.top_p[f_idx], rows.top_k[f_idx])
+    ids = torch.where(greedy, logits.argmax(-1), ids)
+    return ids, z.gather(1, ids[:, None]).squeeze(1) - lse.squeeze(1)
 
-    temp = torch.from_numpy(np.where(greedy, 1.0, rows.temperature).astype(np.float32)).to(device)
-    logp = torch.log_softmax(logits / temp[:, None], -1)  # [n, V], the trainer's distribution
-    u = torch.from_numpy(rows.u.astype(np.float32)).to(device)
-    filtered = ~greedy & ((rows.top_p < 1.0) | (rows.top_k > 0))
-    if filtered.any():
-        ids = torch.empty(n, dtype=torch.long, device=device)
-        f_idx = np.flatnonzero(filtered)
-        p_idx = np.flatnonzero(~filtered)
-        f_t = torch.from_numpy(f_idx).to(device)
-        ids[f_t] = _sample_filtered(logp[f_t].exp(), u[f_t], rows.top_p[f_idx], rows.top_k[f_idx])
-        if len(p_idx):
-            p_t = torch.from_numpy(p_idx).to(device)
-            ids[p_t] = _inverse_cdf(logp[p_t].exp(), u[p_t])
-    else:
-        ids = _inverse_cdf(logp.exp(), u)
-    if greedy.any():
-        ids = torch.where(torch.from_numpy(greedy).to(device), logits.argmax(-1), ids)
-    return ids, logp.gather(1, ids[:, None]).squeeze(1)
+
+def sample_greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Argmax and its plain log-softmax. [n, V] -> ([n], [n]); no host sync (CUDA-graph safe)."""
+    ids = logits.argmax(-1)
+    return ids, logits.gather(1, ids[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
+
+
+def sample_plain(logits: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Temperature sampling without top-k/top-p; ``params`` [3, n] from :meth:`SamplingRows.packed`.
+
+    No host sync, so it runs inside a CUDA graph.
+    """
+    temp, greedy, u = params[0], params[1] > 0, params[2]
+    z = logits / temp[:, None]  # [n, V]
+    lse = torch.logsumexp(z, -1, keepdim=True)
+    ids = _inverse_cdf(torch.exp(z - lse), u)
+    ids = torch.where(greedy, logits.argmax(-1), ids)
+    return ids, z.gather(1, ids[:, None]).squeeze(1) - lse.squeeze(1)
 
 
 def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

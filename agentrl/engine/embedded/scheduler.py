@@ -27,7 +27,7 @@ import torch
 
 from agentrl.engine.base import Completion, EngineError, SamplingParams
 from agentrl.engine.embedded.runner import Runner
-from agentrl.engine.embedded.sampling import SamplingRows, sample, uniforms
+from agentrl.engine.embedded.sampling import SamplingRows, uniforms
 from agentrl.engine.embedded.stops import StopStrings
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,9 @@ class SchedulerStats:
     generated_tokens: int = 0
     finished: int = 0
     busy_s: float = 0.0
+    """Wall time the worker spent in steps (commands, prefill, decode, bookkeeping)."""
+    decode_s: float = 0.0
+    """Wall time from launching a decode step to having its sampled ids on the host."""
 
 
 class Scheduler:
@@ -232,10 +235,11 @@ class Scheduler:
             self._place(slot, req)
         self.n += len(batch)
         try:
-            logits = self.runner.prefill(slots, [r.prompt for r in batch])
+            slots_np = np.asarray(slots)
+            sampled = self.runner.prefill(slots, [r.prompt for r in batch], self._rows(slots_np))
             self.stats.prefills += 1
             self.stats.prompt_tokens += sum(len(r.prompt) for r in batch)
-            self._sample_and_record(logits, np.asarray(slots))
+            self._record(sampled, slots_np)
         except Exception as exc:  # fail this prefill's requests; running ones carry on
             log.exception("prefill of %d request(s) failed", len(batch))
             err = EngineError(f"prefill failed: {exc!r}")
@@ -259,18 +263,24 @@ class Scheduler:
 
     def _decode(self) -> None:
         n = self.n
-        logits = self.runner.decode(self.last[:n], self.length[:n])
+        t0 = time.perf_counter()
+        slots = np.arange(n)
+        sampled = self.runner.decode(self.last[:n], self.length[:n], self._rows(slots))
         self.length[:n] += 1  # the input token is now in the cache
         self.stats.steps += 1
-        self._sample_and_record(logits, np.arange(n))
+        self._record(sampled, slots, t0)
 
-    def _sample_and_record(self, logits: torch.Tensor, slots: np.ndarray) -> None:
-        rows = SamplingRows(
+    def _rows(self, slots: np.ndarray) -> SamplingRows:
+        return SamplingRows(
             temperature=self.temperature[slots], top_p=self.top_p[slots], top_k=self.top_k[slots],
             u=uniforms(self.seed[slots], self.ngen[slots]),
         )
-        ids_t, lp_t = sample(logits, rows)
-        host = torch.stack((ids_t.double(), lp_t.double())).cpu().numpy()  # the one sync per step
+
+    def _record(self, sampled: torch.Tensor, slots: np.ndarray, t0: float | None = None) -> None:
+        """Append the sampled tokens ([2, n]: ids, logprobs, on the device) and retire finished requests."""
+        host = sampled.cpu().numpy()  # the one sync per step
+        if t0 is not None:
+            self.stats.decode_s += time.perf_counter() - t0
         ids, lps = host[0].astype(np.int64), host[1].astype(np.float32)
         k = self.ngen[slots]
         self.out_ids[slots, k] = ids

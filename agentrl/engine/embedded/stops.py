@@ -35,7 +35,7 @@ class StopStrings:
 
     def find(self, generated: Sequence[int], stops: Sequence[str]) -> str | None:
         """The stop string that the generated tokens now contain, if any (the first listed wins)."""
-        if not stops or not generated:
+        if not stops or len(generated) == 0:
             return None
         piece = self._piece(int(generated[-1]))
         if "\ufffd" not in piece and not any(s[-1] in piece or s[-1].isspace() for s in stops):

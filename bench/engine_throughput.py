@@ -1,0 +1,361 @@
+"""Throughput of the embedded engine against transformers ``generate()``, same model, same prompts.
+
+Systems (``--systems``, comma separated):
+
+* ``engine``: :class:`agentrl.engine.embedded.EmbeddedEngine` with its defaults; ``engine:k=v;k=v``
+  sets :class:`~agentrl.engine.embedded.EngineConfig` fields (e.g. ``engine:compile=0``);
+* ``hf``: ``model.generate()`` in its default form (dynamic cache);
+* ``hf-static``: ``model.generate(cache_implementation="static")``; on CUDA transformers then
+  compiles the decode step by itself (``torch.compile``, CUDA graphs); on the CPU it does not;
+* ``hf-cb``: ``model.generate_batch()``, transformers' continuous batching (paged attention).
+
+Every request: a random prompt of ``--prompt-len`` tokens, then exactly ``--new-tokens`` sampled
+tokens (temperature 1, no top-k/top-p; ``ignore_eos`` for the engine, ``min_new_tokens`` for
+transformers). Each (system, batch) is warmed up by one full-length run, then timed. Tokens/s counts
+new tokens over wall time, prefill included. The decode roofline is ``batch / (bytes per step /
+memory bandwidth)`` with bytes per step = weights read once + the KV cache of every row at its mean
+length; the bandwidth is measured here with a large device copy.
+
+Usage::
+
+    python bench/engine_throughput.py --preset cpu    # SmolLM2-135M, float32, batch 1/8/32
+    python bench/engine_throughput.py --preset h100   # Qwen2.5-0.5B-shaped random model, bf16, batch 1/64/256
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import datetime
+import gc
+import json
+import logging
+import os
+import platform
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agentrl.engine import SamplingParams  # noqa: E402
+from agentrl.engine.embedded import EmbeddedEngine  # noqa: E402
+
+log = logging.getLogger("bench")
+
+PRESETS = {
+    "cpu": dict(model="smollm2-135m-instruct", device="cpu", batches=[1, 8, 32], prompt_len=128, new_tokens=64,
+                systems=["engine", "hf", "hf-static"]),
+    "h100": dict(model="qwen2.5-0.5b-shape", device="cuda", batches=[1, 64, 256], prompt_len=128, new_tokens=256,
+                 systems=["engine", "hf-static", "hf"]),
+}
+
+QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                  num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768, rope_theta=1000000.0,
+                  rms_norm_eps=1e-6, tie_word_embeddings=True, hidden_act="silu")
+
+
+@dataclass
+class Result:
+    system: str
+    batch: int
+    seconds: float | None = None
+    tok_s: float | None = None
+    decode_tok_s: float | None = None
+    roofline_tok_s: float | None = None
+    roofline_share: float | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+def build_model(name: str, device: str):
+    if name == "qwen2.5-0.5b-shape":
+        from transformers import AutoConfig, AutoModelForCausalLM
+
+        cfg = AutoConfig.for_model("qwen2", **QWEN25_05B)
+        cfg.architectures = ["Qwen2ForCausalLM"]
+        torch.manual_seed(0)
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        with torch.device(device):
+            default = torch.get_default_dtype()
+            torch.set_default_dtype(dtype)
+            try:
+                model = AutoModelForCausalLM.from_config(cfg)
+            finally:
+                torch.set_default_dtype(default)
+        return model.eval(), None
+    from agentrl.models import load_model
+
+    return load_model(name, device=device)
+
+
+def bandwidth_gbps(device: str) -> float:
+    n = (1 << 28) if device == "cuda" else (1 << 26)  # floats: 1 GiB / 256 MiB
+    a = torch.randn(n, device=device)
+    b = torch.empty_like(a)
+    best = float("inf")
+    for _ in range(5):
+        _sync(device)
+        t = time.perf_counter()
+        b.copy_(a)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return 2 * a.numel() * a.element_size() / best / 1e9
+
+
+def bytes_per_step(model, batch: int, mean_len: float) -> tuple[float, float]:
+    seen, weights = set(), 0
+    for p in model.parameters():
+        if p.data_ptr() in seen:
+            continue
+        seen.add(p.data_ptr())
+        weights += p.numel() * p.element_size()
+    emb = model.get_input_embeddings().weight
+    if emb.data_ptr() != model.get_output_embeddings().weight.data_ptr():
+        weights -= emb.numel() * emb.element_size()  # an untied input table is only gathered
+    c = model.config
+    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    kv_per_token = 2 * c.num_hidden_layers * c.num_key_value_heads * head_dim * emb.element_size()
+    return float(weights), float(batch * mean_len * kv_per_token)
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def run_engine(engine: EmbeddedEngine, prompts: list[list[int]], new_tokens: int) -> float:
+    sp = SamplingParams(temperature=1.0, max_new_tokens=new_tokens, ignore_eos=True)
+
+    async def main():
+        t = time.perf_counter()
+        outs = await asyncio.gather(*(engine.generate(p, sp.replace(seed=i)) for i, p in enumerate(prompts)))
+        dt = time.perf_counter() - t
+        assert all(len(o.token_ids) == new_tokens for o in outs), "engine returned short completions"
+        return dt
+
+    return asyncio.run(main())
+
+
+def run_hf(model, prompts: list[list[int]], new_tokens: int, device: str, static: bool) -> float:
+    ids = torch.tensor(prompts, device=device)
+    kwargs = dict(attention_mask=torch.ones_like(ids), do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                  max_new_tokens=new_tokens, min_new_tokens=new_tokens, pad_token_id=0)
+    if static:
+        kwargs["cache_implementation"] = "static"
+    _sync(device)
+    t = time.perf_counter()
+    with torch.no_grad():
+        out = model.generate(ids, **kwargs)
+    _sync(device)
+    dt = time.perf_counter() - t
+    assert out.shape[1] == ids.shape[1] + new_tokens
+    return dt
+
+
+def run_hf_cb(model, prompts: list[list[int]], new_tokens: int, device: str) -> float:
+    from transformers import GenerationConfig
+
+    gc_ = GenerationConfig(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=True, temperature=1.0,
+                           top_k=0, top_p=1.0, eos_token_id=-1, pad_token_id=0)
+    _sync(device)
+    t = time.perf_counter()
+    with torch.no_grad():
+        model.generate_batch(inputs=prompts, generation_config=gc_, progress_bar=False)
+    _sync(device)
+    return time.perf_counter() - t
+
+
+def profile_engine(engine: EmbeddedEngine, prompts: list[list[int]], new_tokens: int, device: str) -> list:
+    """Top device kernels (or CPU ops) of one timed run, by self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=acts) as prof:
+        run_engine(engine, prompts, new_tokens)
+    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    rows = sorted(prof.key_averages(), key=lambda e: getattr(e, key, 0), reverse=True)[:25]
+    table = [(e.key[:80], e.count, round(getattr(e, key, 0) / 1000, 2)) for e in rows]
+    for name, count, ms in table:
+        log.info("  %-80s %7d %10.2f ms", name, count, ms)
+    return table
+
+
+def parse_system(spec: str) -> tuple[str, dict]:
+    name, _, opts = spec.partition(":")
+    options = {}
+    for item in filter(None, opts.split(";")):
+        k, _, v = item.partition("=")
+        options[k] = {"0": False, "1": True, "false": False, "true": True}.get(v.lower(), v)
+        if isinstance(options[k], str) and options[k].isdigit():
+            options[k] = int(options[k])
+    return name, options
+
+
+def measure(args, model, prompts_all, bw: float, out_path: Path | None, results: list[Result]) -> None:
+    device = args.device
+    for spec in args.systems:
+        name, options = parse_system(spec)
+        engine = None
+        for batch in args.batches:
+            prompts = prompts_all[:batch]
+            res = Result(system=spec, batch=batch)
+            try:
+                if name == "engine":
+                    if engine is None:
+                        engine = EmbeddedEngine(model, None, max_batch_size=max(args.batches),
+                                                max_seq_len=args.prompt_len + args.new_tokens + 8, **options)
+                        res.extra["config"] = {k: v for k, v in asdict(engine.config).items()}
+                    t_warm = run_engine(engine, prompts, args.new_tokens)
+                    before = dataclasses.replace(engine.stats)
+                    dt = run_engine(engine, prompts, args.new_tokens)
+                    steps = engine.stats.steps - before.steps
+                    res.extra.update(
+                        steps=steps,
+                        step_ms=round(1000 * (engine.stats.busy_s - before.busy_s) / max(steps, 1), 3),
+                        decode_step_ms=round(1000 * (engine.stats.decode_s - before.decode_s) / max(steps, 1), 3),
+                    )
+                    t_prefill = run_engine(engine, prompts, 1)
+                    res.decode_tok_s = batch * (args.new_tokens - 1) / max(dt - t_prefill, 1e-9)
+                    res.extra.update(warmup_s=round(t_warm, 2), prefill_s=round(t_prefill, 4))
+                    if args.profile:
+                        res.extra["profile"] = profile_engine(engine, prompts, args.new_tokens, device)
+                elif name in ("hf", "hf-static"):
+                    t_warm = run_hf(model, prompts, args.new_tokens, device, static=name == "hf-static")
+                    dt = run_hf(model, prompts, args.new_tokens, device, static=name == "hf-static")
+                    res.extra.update(warmup_s=round(t_warm, 2))
+                elif name == "hf-cb":
+                    t_warm = run_hf_cb(model, prompts, args.new_tokens, device)
+                    dt = run_hf_cb(model, prompts, args.new_tokens, device)
+                    res.extra.update(warmup_s=round(t_warm, 2))
+                else:
+                    raise ValueError(f"unknown system {name!r}")
+                res.seconds = round(dt, 4)
+                res.tok_s = batch * args.new_tokens / dt
+                w, kv = bytes_per_step(model, batch, args.prompt_len + args.new_tokens / 2)
+                res.roofline_tok_s = batch / ((w + kv) / (bw * 1e9))
+                res.roofline_share = (res.decode_tok_s or res.tok_s) / res.roofline_tok_s
+            except Exception as exc:  # one failed system does not lose the others
+                res.note = f"failed: {exc!r}"
+                log.error("%s batch %d failed:\n%s", spec, batch, traceback.format_exc())
+            results.append(res)
+            log.info("%-40s batch %4d  %s tok/s  %s", spec, batch,
+                     f"{res.tok_s:10.1f}" if res.tok_s else "      n/a", res.note)
+            if out_path:
+                write_results(args, model, bw, results, out_path)
+        if engine is not None:
+            asyncio.run(engine.close())
+            del engine
+            gc.collect()
+            if device == "cuda":
+                torch.cuda.empty_cache()
+
+
+def write_results(args, model, bw, results: list[Result], out_path: Path) -> None:
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
+    if args.device == "cpu":
+        try:
+            device_name = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+            device_name += f", {torch.get_num_threads()} threads"
+        except (OSError, StopIteration):
+            pass
+    import transformers
+
+    doc = {
+        "date": datetime.date.today().isoformat(),
+        "device": device_name,
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "model": args.model,
+        "dtype": str(next(model.parameters()).dtype),
+        "params": sum(p.numel() for p in model.parameters()),
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "sampling": "temperature 1.0, top_p 1, top_k off, fixed length (ignore_eos / min_new_tokens)",
+        "bandwidth_GBps_measured": round(bw, 1),
+        "load_average": os.getloadavg(),
+        "results": [asdict(r) for r in results],
+        "ratios": ratios(results),
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(doc, indent=1))
+    out_path.with_suffix(".md").write_text(markdown(doc))
+
+
+def ratios(results: list[Result]) -> dict:
+    table = {(r.system, r.batch): r.tok_s for r in results if r.tok_s}
+    out = {}
+    for (system, batch), v in table.items():
+        if not system.startswith("engine"):
+            continue
+        for base in ("hf", "hf-static", "hf-cb"):
+            if (base, batch) in table:
+                out[f"{system} / {base} @ batch {batch}"] = round(v / table[(base, batch)], 2)
+    return out
+
+
+def markdown(doc: dict) -> str:
+    lines = [
+        f"# Engine throughput: {doc['model']} ({doc['dtype']}) on {doc['device']}",
+        "",
+        f"Date {doc['date']}; torch {doc['torch']}, transformers {doc['transformers']}; "
+        f"{doc['prompt_len']} prompt + {doc['new_tokens']} new tokens per request; {doc['sampling']}. "
+        f"Measured copy bandwidth {doc['bandwidth_GBps_measured']} GB/s.",
+        "",
+        "| system | batch | new tok/s | decode tok/s | roofline tok/s | share of roofline | note |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in doc["results"]:
+        f = lambda v, p=1: "" if v is None else f"{v:,.{p}f}"  # noqa: E731
+        lines.append(f"| {r['system']} | {r['batch']} | {f(r['tok_s'])} | {f(r['decode_tok_s'])} | "
+                     f"{f(r['roofline_tok_s'], 0)} | {f(r['roofline_share'], 3)} | {r['note']} |")
+    lines += ["", "Ratios (tokens/s, same run):", ""]
+    lines += [f"- {k}: **{v}x**" for k, v in doc["ratios"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--model")
+    p.add_argument("--device")
+    p.add_argument("--batches", help="comma separated, e.g. 1,8,32")
+    p.add_argument("--prompt-len", type=int)
+    p.add_argument("--new-tokens", type=int)
+    p.add_argument("--systems", help="comma separated: engine[:k=v;k=v], hf, hf-static, hf-cb")
+    p.add_argument("--profile", action="store_true", help="profile one engine run per batch (top kernels)")
+    p.add_argument("--out", type=Path, help="JSON results (a .md table is written beside it)")
+    args = p.parse_args(argv)
+    preset = PRESETS[args.preset]
+    args.model = args.model or preset["model"]
+    args.device = args.device or preset["device"]
+    args.batches = [int(b) for b in args.batches.split(",")] if args.batches else preset["batches"]
+    args.prompt_len = args.prompt_len or preset["prompt_len"]
+    args.new_tokens = args.new_tokens or preset["new_tokens"]
+    args.systems = args.systems.split(",") if args.systems else preset["systems"]
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    for noisy in ("transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+    model, _ = build_model(args.model, args.device)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    g = torch.Generator().manual_seed(0)
+    prompts = torch.randint(100, vocab - 100, (max(args.batches), args.prompt_len), generator=g).tolist()
+    bw = bandwidth_gbps(args.device)
+    log.info("model %s, %.0fM params, bandwidth %.0f GB/s", args.model, sum(p.numel() for p in model.parameters()) / 1e6, bw)
+    results: list[Result] = []
+    measure(args, model, prompts, bw, args.out, results)
+    print(markdown({"model": args.model, "dtype": str(next(model.parameters()).dtype), "device": args.device,
+                    "date": datetime.date.today().isoformat(), "torch": torch.__version__, "transformers": "",
+                    "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "sampling": "",
+                    "bandwidth_GBps_measured": round(bw, 1), "results": [asdict(r) for r in results],
+                    "ratios": ratios(results)}))
+
+
+if __name__ == "__main__":
+    main()
