@@ -28,6 +28,7 @@ _MODULES_WITH_CUDA_FACTORIES = (
     "megatron.core.distributed.param_and_grad_buffer",
     "megatron.core.pipeline_parallel.schedules",
     "megatron.core.pipeline_parallel.utils",
+    "megatron.core.pipeline_parallel.p2p_communication",
     "megatron.core.transformer.utils",
     "megatron.core.utils",
 )
@@ -80,6 +81,7 @@ def install() -> Callable[[], None]:
         return original_type(self, dtype, non_blocking, **kwargs)
 
     patch(torch.cuda, "current_device", lambda: "cpu")
+    patch(torch.cuda, "synchronize", lambda *args, **kwargs: None)  # pipeline p2p shape exchange
     patch(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
     patch(torch.nn.Module, "cuda", lambda self, *args, **kwargs: self)
     patch(torch.Tensor, "type", cuda_type)
