@@ -119,16 +119,6 @@ def compute_advantages(batch: RolloutBatch, cfg: RunConfig) -> None:
         batch.advantages = estimator(batch.rewards, batch.group_ids, batch.loss_mask, config=config)
 
 
-def logprob_drift(batch: RolloutBatch) -> dict[str, float]:
-    """How far the engine's logprobs are from the trainer's on the same tokens (should be ~0
-    on the first rollout: same weights, same tokens)."""
-    mask = batch.loss_mask
-    diff = (batch.old_logprobs - batch.rollout_logprobs).abs() * mask
-    n = mask.sum().clamp(min=1)
-    return {"train/rollout_logprob_abs_diff": float(diff.sum() / n),
-            "train/rollout_logprob_max_diff": float(diff.max()) if mask.any() else 0.0}
-
-
 def output_dir(cfg: RunConfig) -> Path:
     path = Path(cfg.output_dir)
     path.mkdir(parents=True, exist_ok=True)

@@ -19,8 +19,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from agentrl.checkpoint import find_checkpoint, read_state, save_checkpoint
-from agentrl.components import (Components, build_components, compute_advantages, logprob_drift, output_dir,
-                                seed_everything)
+from agentrl.components import Components, build_components, compute_advantages, output_dir, seed_everything
 from agentrl.config import ConfigError, RunConfig, to_dict, validate
 from agentrl.eval import evaluate
 from agentrl.obs import MetricsLogger, Timer, plot_run
@@ -60,11 +59,11 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
         step = dict(result.metrics)
         if result.groups:
             batch = RolloutBatch.from_samples(result.samples)
+            steps = train_steps(cfg, len(batch))
             with timer("logprobs"):
-                prepare_batch(c, cfg, batch)
-            step |= logprob_drift(batch)
+                prepare_batch(c, cfg, batch, steps)
             with timer("train"):
-                step |= c.trainer.train_step(batch, num_steps=train_steps(cfg, len(batch)))
+                step |= c.trainer.train_step(batch, num_steps=steps)
             with timer("sync"):
                 step["perf/weight_version"] = await sync_weights(c.engine, c.trainer, staging_dir=out / "weights")
         step |= timer.pop()
@@ -79,9 +78,11 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
     return finish(c, cfg, metrics)
 
 
-def prepare_batch(c: Components, cfg: RunConfig, batch: RolloutBatch) -> None:
-    """Old-policy logprobs, reference logprobs and values, then advantages."""
-    batch.old_logprobs = c.trainer.compute_logprobs(batch)
+def prepare_batch(c: Components, cfg: RunConfig, batch: RolloutBatch, steps: int) -> None:
+    """Old-policy logprobs (when the trainer cannot take them from its own forward pass),
+    reference logprobs and values, then advantages."""
+    if c.trainer.needs_old_logprobs(steps):
+        batch.old_logprobs = c.trainer.compute_logprobs(batch)
     if cfg.train.use_kl_loss:
         batch.ref_logprobs = c.trainer.compute_ref_logprobs(batch)
     if cfg.train.use_critic:

@@ -89,6 +89,10 @@ class Trainer(Protocol):
         """``[N, R]`` logprobs of the response tokens under the current policy (no grad)."""
         ...
 
+    def needs_old_logprobs(self, num_steps: int) -> bool:
+        """False when ``train_step`` can take the old logprobs from its own forward pass."""
+        ...
+
     def compute_ref_logprobs(self, batch: RolloutBatch) -> Tensor:
         """``[N, R]`` logprobs under the frozen reference model."""
         ...

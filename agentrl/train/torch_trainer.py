@@ -139,11 +139,23 @@ class TorchTrainer:
             out[torch.as_tensor(idx), batch.width - sub.width:] = values.float().cpu() * sub.loss_mask
         return out
 
+    def needs_old_logprobs(self, num_steps: int) -> bool:
+        """Whether the loop must compute old logprobs before ``train_step(batch, num_steps)``:
+        only for several optimiser steps, or for advantages/TIS that read them before training."""
+        return num_steps > 1 or self.config.use_tis
+
     # -- training -------------------------------------------------------------------------
     def train_step(self, batch: RolloutBatch, num_steps: int = 1) -> dict[str, float]:
-        """``num_steps`` optimiser steps, each over ``len(batch) / num_steps`` samples."""
-        if batch.advantages is None or batch.old_logprobs is None:
-            raise ValueError("train_step needs batch.advantages and batch.old_logprobs set")
+        """``num_steps`` optimiser steps, each over ``len(batch) / num_steps`` samples.
+
+        With ``batch.old_logprobs`` unset and one step, the policy before the update is the
+        policy of this forward pass: its detached logprobs serve as the old ones (ratio 1),
+        which saves the separate no-grad pass (see ``needs_old_logprobs``).
+        """
+        if batch.advantages is None:
+            raise ValueError("train_step needs batch.advantages set")
+        if batch.old_logprobs is None and num_steps > 1:
+            raise ValueError("several optimiser steps per batch need batch.old_logprobs (compute_logprobs) set")
         if self.config.use_kl_loss and batch.ref_logprobs is None:
             raise ValueError("use_kl_loss is on but batch.ref_logprobs is not set")
         steps = [self._optimizer_step(batch.select(idx)) for idx in optimizer_steps(len(batch), num_steps)]
@@ -164,8 +176,9 @@ class TorchTrainer:
             logits = self._response_logits(self.model, mb.samples, mb.width, self.device)
             labels = left_padded_inputs(mb.samples, self.pad_id, self.device)[0][:, -mb.width:]
             logprobs, entropy = algo.logprobs_and_entropy(logits, labels)  # one chunked pass for both
+            old = logprobs.detach() if mb.old_logprobs is None else dev(mb.old_logprobs)
             loss, m = algo.get_policy_loss(cfg.policy_loss)(
-                logprobs, dev(mb.old_logprobs), dev(mb.advantages), mask, config=self.loss_config,
+                logprobs, old, dev(mb.advantages), mask, config=self.loss_config,
                 rollout_logprobs=dev(mb.rollout_logprobs), denominator=denom)
             if cfg.use_kl_loss:
                 kl = algo.kl_penalty(logprobs, dev(mb.ref_logprobs), cfg.kl_loss_type)

@@ -91,3 +91,25 @@ def test_lora_and_critic(model_path):
     names = dict(trainer.weights())
     assert "model.embed_tokens.weight" in names and not any("lora" in n for n in names)
     assert trainer.compute_logprobs(batch).ne(batch.ref_logprobs).any()
+
+
+def test_single_step_without_old_logprobs_equals_recomputed(model_path):
+    """One optimiser step may take the old logprobs from its own forward pass: same update."""
+    results = []
+    for recompute in (True, False):
+        trainer = TorchTrainer(model_path, TrainConfig(lr=1e-2, max_tokens_per_gpu=64))
+        assert not trainer.needs_old_logprobs(1) and trainer.needs_old_logprobs(2)
+        batch = RolloutBatch.from_samples(_samples())
+        if recompute:
+            batch.old_logprobs = trainer.compute_logprobs(batch)
+        batch.advantages = algo.get_advantage_estimator("grpo")(batch.rewards, batch.group_ids, batch.loss_mask)
+        metrics = trainer.train_step(batch)
+        results.append((metrics, [p.detach().clone() for p in trainer.model.parameters()]))
+    (m1, p1), (m2, p2) = results
+    assert m2["train/ratio_max"] == 1.0 and abs(m1["train/loss"] - m2["train/loss"]) < 1e-5
+    for a, b in zip(p1, p2):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    fresh = RolloutBatch.from_samples(_samples())
+    fresh.advantages = batch.advantages
+    with pytest.raises(ValueError, match="need batch.old_logprobs"):
+        trainer.train_step(fresh, num_steps=2)
