@@ -39,6 +39,7 @@ Example (in-process, with the scripted fake engine)::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -174,6 +175,7 @@ def create_app(
                 "num_running_reqs": len(state.inflight),
                 "num_requests_total": state.num_requests_total,
                 "engine": type(state.engine).__name__,
+                **_engine_stats(state.engine),
             }],
             "version": _package_version(),
         }
@@ -412,6 +414,14 @@ def _not_supported(path: str):
                        "this server loads new weights through /update_weights_from_disk",
         }, status_code=400)
     return handler
+
+
+def _engine_stats(engine: Engine) -> dict[str, Any]:
+    """The engine's counters (``engine.stats``, a dataclass) when it keeps some."""
+    stats = getattr(engine, "stats", None)
+    if stats is None or not dataclasses.is_dataclass(stats):
+        return {}
+    return {"engine_stats": dataclasses.asdict(stats)}
 
 
 def _package_version() -> str:

@@ -278,6 +278,33 @@ def test_info_endpoints(served, tok):
     assert client.post("/flush_cache").status_code == 200 and client.get("/flush_cache").status_code == 200
 
 
+def test_engine_counters_show_in_server_info(tok):
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Stats:
+        steps: int = 7
+
+    engine = FakeEngine(responder=echo_next)
+    engine.stats = Stats()
+    with BackgroundServer(create_app(engine, tok, model_path="m")) as server:
+        info = httpx.get(server.url + "/get_server_info").json()
+    assert info["internal_states"][0]["engine_stats"] == {"steps": 7}
+
+
+def test_answers_do_not_wait_for_delayed_acks(served):
+    # Without TCP_NODELAY on the accepted sockets every answer took ~40 ms (Nagle + delayed ACK).
+    import statistics
+
+    engine, client = served
+    times = []
+    for _ in range(15):
+        start = time.perf_counter()
+        client.post("/generate", json={"input_ids": [1]})
+        times.append(time.perf_counter() - start)
+    assert statistics.median(times) < 0.025
+
+
 def test_health_endpoints(served):
     engine, client = served
     assert client.get("/health").status_code == 200
