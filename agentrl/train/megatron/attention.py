@@ -183,23 +183,18 @@ class SDPAttention(MegatronModule):
 
 
 def _sdpa(q, k, v, *, mask, causal: bool, dropout: float, scale: float) -> torch.Tensor:
-    """SDPA with grouped KV heads: ``q [b, np, s, d]``, ``k``/``v`` ``[b, ng, s, d]``."""
+    """SDPA with grouped KV heads: ``q [b, np, s, d]``, ``k``/``v`` ``[b, ng, s, d]``.
+
+    KV heads are expanded to the query heads explicitly rather than with ``enable_gqa``, so the
+    flash kernel is eligible on every torch version (the copies are ``np/ng`` times the small
+    ``[b, ng, s, d]`` tensors).
+    """
     if k.shape[1] != q.shape[1]:
-        if _sdpa_has_gqa():
-            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                                  is_causal=causal, scale=scale, enable_gqa=True)
-        rep = q.shape[1] // k.shape[1]
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
-                                          is_causal=causal, scale=scale)
-
-
-@functools.cache
-def _sdpa_has_gqa() -> bool:
-    try:
-        return "enable_gqa" in inspect.signature(F.scaled_dot_product_attention).parameters
-    except (TypeError, ValueError):  # builtins without a signature: probe by version
-        return tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+        b, ng, s, d = k.shape
+        rep = q.shape[1] // ng
+        k = k[:, :, None].expand(b, ng, rep, s, d).reshape(b, ng * rep, s, d)
+        v = v[:, :, None].expand(b, ng, rep, s, d).reshape(b, ng * rep, s, d)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=scale)
 
 
 @functools.cache
