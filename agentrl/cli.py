@@ -11,6 +11,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("agentrl.train_cli:main", "train an agent with RL (same flags as train.py)"),
     "eval": ("agentrl.eval.cli:main", "evaluate an agent on held-out tasks"),
     "check-env": ("agentrl.env.cli:main", "check registered environments against the TextEnv contract"),
+    "serve": ("agentrl.engine.server:serve_main", "serve a model over HTTP with SGLang's native API"),
+    "retriever": ("tools.retriever.server:main", "serve a corpus over the Search-R1 retrieval protocol"),
 }
 
 
