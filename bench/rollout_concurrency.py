@@ -95,6 +95,8 @@ class Row:
     turns: int
     latency_s: float
     wall_s: float
+    cpu_s: float
+    """CPU time of this process (every thread) during the case."""
     ideal_s: float
     serial_s: float
     ratio: float | None
@@ -133,9 +135,9 @@ async def run_case(case: Case, template: ChatTemplate) -> Row:
         taken, rows[:] = rows[:n], rows[n:]
         return taken
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = await rollout.generate(next_rows, batch_size=case.episodes)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     samples = result.samples
 
     def expected(s: Any) -> bool:
@@ -150,7 +152,7 @@ async def run_case(case: Case, template: ChatTemplate) -> Row:
     ideal = waves * case.turns * case.latency
     serial = case.episodes * case.turns * case.latency
     return Row(case.name, case.tool, case.concurrency, case.episodes, case.turns, case.latency, round(wall, 3),
-               round(ideal, 3), round(serial, 3), round(wall / ideal, 3) if ideal else None,
+               round(cpu, 3), round(ideal, 3), round(serial, 3), round(wall / ideal, 3) if ideal else None,
                round(1000 * (wall - ideal) / case.episodes, 2), ok)
 
 
@@ -173,7 +175,8 @@ turns x latency, `ratio` = wall / ideal (1.0: every wait overlapped; equal to th
 none did). `overhead ms/episode` = (wall - ideal) / episodes: the rollout's own CPU work (env
 creation, chat-template rendering, parsing), which runs on the one event-loop thread; with every
 episode in lockstep it adds to the waiting instead of hiding behind it. The `no tool latency` row
-measures it alone. The `asyncio default executor` row runs the sync tool with
+measures it alone; `cpu s` is this process's CPU time in the case (a wall time well above it on
+an idle machine means waiting, on a busy one also other processes' load). The `asyncio default executor` row runs the sync tool with
 `ToolUseEnv(tool_threads=0)`: 64 blocking calls share that executor's min(32, cpus + 4) threads.
 """
 
@@ -186,13 +189,13 @@ def machine() -> dict[str, Any]:
 
 
 def table(rows: list[Row]) -> str:
-    head = ["case", "concurrency", "episodes", "turns", "latency s", "wall s", "ideal s", "serial s",
+    head = ["case", "concurrency", "episodes", "turns", "latency s", "wall s", "cpu s", "ideal s", "serial s",
             "ratio wall/ideal", "speed-up vs serial", "overhead ms/episode", "ok"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         ratio = f"{r.ratio:.2f}" if r.ratio is not None else "-"
         speedup = f"{r.serial_s / r.wall_s:.1f}x" if r.serial_s else "-"
-        lines.append(f"| {r.case} | {r.concurrency} | {r.episodes} | {r.turns} | {r.latency_s:g} | {r.wall_s:.2f} | "
+        lines.append(f"| {r.case} | {r.concurrency} | {r.episodes} | {r.turns} | {r.latency_s:g} | {r.wall_s:.2f} | {r.cpu_s:.2f} | "
                      f"{r.ideal_s:.2f} | {r.serial_s:.2f} | {ratio} | {speedup} | {r.overhead_per_episode_ms:.1f} | "
                      f"{r.ok}/{r.episodes} |")
     return "\n".join(lines)
