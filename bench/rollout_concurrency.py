@@ -172,12 +172,13 @@ def cases(episodes: int, turns_list: list[int], latency: float, baseline_episode
 NOTES = """\
 How to read it: `ideal` = ceil(episodes / concurrency) x turns x latency, `serial` = episodes x
 turns x latency, `ratio` = wall / ideal (1.0: every wait overlapped; equal to the concurrency when
-none did). `overhead ms/episode` = (wall - ideal) / episodes: the rollout's own CPU work (env
+none did). `overhead ms/episode` = (wall - ideal) / episodes: the rollout's own work (env
 creation, chat-template rendering, parsing), which runs on the one event-loop thread; with every
 episode in lockstep it adds to the waiting instead of hiding behind it. The `no tool latency` row
-measures it alone; `cpu s` is this process's CPU time in the case (a wall time well above it on
-an idle machine means waiting, on a busy one also other processes' load). The `asyncio default executor` row runs the sync tool with
-`ToolUseEnv(tool_threads=0)`: 64 blocking calls share that executor's min(32, cpus + 4) threads.
+measures it alone. `cpu s` is this process's CPU time in the case: where the wall time exceeds
+ideal + cpu, the process was waiting for a core (other load on the machine). The `asyncio default
+executor` row runs the sync tool with `ToolUseEnv(tool_threads=0)`: 64 blocking calls share that
+executor's min(32, cpus + 4) threads.
 """
 
 
