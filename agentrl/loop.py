@@ -51,7 +51,7 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
         metrics.log(await run_eval(c), step=0)
     bar = tqdm(range(start, cfg.num_rollout), desc="rollouts", initial=start, total=cfg.num_rollout)
     for rollout_id in bar:
-        c.rollout.config.sampling.seed = None if cfg.rollout.sampling.seed is None else cfg.seed + rollout_id
+        c.rollout.config.sampling.seed = rollout_seed(cfg, rollout_id)
         with timer("rollout"):
             result = await c.rollout.generate(c.sampler.next_batch, cfg.rollout_batch_size,
                                               max_prompts=int(cfg.over_sampling_factor * cfg.rollout_batch_size),
@@ -76,6 +76,12 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
                          or rollout_id + 1 == cfg.num_rollout):
             save(c, cfg, rollout_id + 1)
     return finish(c, cfg, metrics)
+
+
+def rollout_seed(cfg: RunConfig, rollout_id: int) -> int:
+    """Sampling seeds derive from the run seed and the rollout index, so a resumed run samples
+    exactly what the uninterrupted run would have."""
+    return cfg.seed * 1_000_003 + rollout_id * 7_919
 
 
 def prepare_batch(c: Components, cfg: RunConfig, batch: RolloutBatch, steps: int) -> None:
