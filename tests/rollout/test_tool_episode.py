@@ -148,7 +148,7 @@ def test_smollm2_tool_episode_through_the_embedded_engine():
 
     async def main():
         async with embedded.EmbeddedEngine(model, tokenizer, max_batch_size=2, max_seq_len=2048, seed=0) as engine:
-            config = RolloutConfig(max_turns=2, max_new_tokens_per_turn=32, max_context_tokens=2048,
+            config = RolloutConfig(max_turns=2, max_new_tokens_per_turn=40, max_context_tokens=2048,
                                    sampling=SamplingParams(temperature=0.0))
             scripted = await run_episode(FirstTurnScripted(engine), template, _request(), config)
             free = await run_episode(engine, template, _request(), config)
