@@ -61,9 +61,10 @@ class EvalArgs:
     chat_template: str | None = None
     """A jinja2 chat template file replacing the tokenizer's."""
     task: list[str] = field(default_factory=list)
-    """Tasks as NAME=ENV_ID[:DATA_FILE|SOURCE][,KEY=VALUE...] (repeatable; see docs/eval.md)."""
+    """Tasks as NAME=ENV_ID[:DATA_FILE|SOURCE][,KEY=VALUE...]: KEY=VALUE are env arguments, or the task's
+    limit, offset, max_turns, max_response_len, max_context_len (repeatable; see docs/eval.md)."""
     tasks: str | None = None
-    """A YAML file listing tasks (name, env, data, env_kwargs, limit, offset, input_key, label_key)."""
+    """A YAML file listing tasks (name, env, data, env_kwargs, limit, offset, budgets...; see docs/eval.md)."""
     n_samples: int = 1
     """Episodes per prompt (n of avg@n and of the pass@k estimator)."""
     k: str = "1"
@@ -89,7 +90,7 @@ class EvalArgs:
     concurrency: int = 32
     """Episodes in flight at once."""
     episode_timeout: float | None = 600.0
-    """Seconds before an episode is stopped and counted as failed."""
+    """Seconds before an episode is stopped and counted as failed (0: no limit)."""
     success_threshold: float = 1.0
     """An episode succeeds (for pass@k, pass^k, maj@k) when its reward is at least this."""
     out: str = "runs/eval"
@@ -149,7 +150,7 @@ class EvalArgs:
         return EvalConfig(n_samples=self.n_samples, ks=self.ks, sampling=self.sampling, max_turns=self.max_turns,
                           max_context_tokens=self.max_context_len, max_new_tokens_per_turn=self.max_response_len,
                           concurrency=self.concurrency, success_threshold=self.success_threshold,
-                          episode_timeout=self.episode_timeout, seed=self.seed)
+                          episode_timeout=self.episode_timeout or None, seed=self.seed)
 
     def settings(self, specs: list[TaskSpec], tasks: list[EvalTask]) -> dict[str, Any]:
         """What decides the episodes: a resumed run must have the same (stored in run.json)."""
@@ -278,7 +279,9 @@ async def _evaluate(args: EvalArgs, tasks: list[EvalTask], config: EvalConfig, s
                     done: dict, todo: int, engine: Any, template: Any) -> dict[str, dict[str, Any]]:
     own_engine = engine is None and todo > 0
     if todo > 0 and (engine is None or template is None):
-        built_engine, built_template = await build_engine_and_template(args, need_engine=engine is None)
+        longest = max([config.max_context_tokens, *(t.max_context_tokens or 0 for t in tasks)])
+        built_engine, built_template = await build_engine_and_template(args, need_engine=engine is None,
+                                                                       max_seq_len=longest + 8)
         engine = engine or built_engine
         template = template or built_template
     progress = _Progress(todo)
@@ -294,7 +297,8 @@ async def _evaluate(args: EvalArgs, tasks: list[EvalTask], config: EvalConfig, s
             await _close(engine)
 
 
-async def build_engine_and_template(args: EvalArgs, *, need_engine: bool = True) -> tuple[Any, Any]:
+async def build_engine_and_template(args: EvalArgs, *, need_engine: bool = True,
+                                    max_seq_len: int | None = None) -> tuple[Any, Any]:
     """The engine ``--model-path`` / ``--engine-url`` names, and the chat template of its tokenizer."""
     from agentrl.chat import ChatTemplate
     from agentrl.models import load_tokenizer
@@ -316,7 +320,8 @@ async def build_engine_and_template(args: EvalArgs, *, need_engine: bool = True)
         from agentrl.engine.embedded import EmbeddedEngine
 
         engine = EmbeddedEngine(args.model_path, tokenizer=tokenizer, device=args.device,
-                                max_batch_size=args.engine_max_batch_size, max_seq_len=args.max_context_len + 8)
+                                max_batch_size=args.engine_max_batch_size,
+                                max_seq_len=max_seq_len or args.max_context_len + 8)
     return engine, ChatTemplate(tokenizer, args.chat_template)
 
 

@@ -192,7 +192,8 @@ def pick_examples(samples: Sequence[Sample], count: int) -> list[tuple[str, Samp
 def transcript(sample: Sample, *, max_chars: int = 1500) -> str:
     """An episode as Markdown: a header line, then each message (long ones shortened)."""
     head = (f"reward {sample.reward:g} · status {sample.status} · {sample.num_turns} turns · "
-            f"{sample.num_generated_tokens} generated tokens · prompt #{sample.group_id} sample {sample.sample_index}")
+            f"{sample.num_generated_tokens} generated tokens · "
+            f"prompt #{sample.metadata.get('prompt_index', sample.group_id)} sample {sample.sample_index}")
     parts = [head + (f" · error: `{sample.error}`" if sample.error else "")]
     for m in sample.messages:
         text = str(m.get("content") or "")

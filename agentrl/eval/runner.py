@@ -24,6 +24,10 @@ from agentrl.rollout import Rollout, RolloutConfig
 from agentrl.types import Group, Sample
 
 
+GROUP_ID_STRIDE = 1_000_000
+"""Group ids of the ``i``-th task start at ``i * GROUP_ID_STRIDE`` (plus the row's index)."""
+
+
 @dataclass
 class EvalTask:
     name: str
@@ -32,6 +36,21 @@ class EvalTask:
     """Environment for rows that name none."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Constructor arguments of this task's environments (e.g. ``{"split": "eval"}``)."""
+    max_turns: int | None = None
+    """This task's turn budget (None: the config's)."""
+    max_new_tokens_per_turn: int | None = None
+    """This task's tokens per assistant turn (None: the config's)."""
+    max_context_tokens: int | None = None
+    """This task's context budget (None: the config's)."""
+
+    def rollout_config(self, config: "EvalConfig") -> RolloutConfig:
+        """The config's rollout settings with this task's environment arguments and budgets."""
+        base = config.rollout_config()
+        changes: dict[str, Any] = {"env_kwargs": {**base.env_kwargs, **self.env_kwargs}}
+        for name in ("max_turns", "max_new_tokens_per_turn", "max_context_tokens"):
+            if getattr(self, name) is not None:
+                changes[name] = getattr(self, name)
+        return dataclasses.replace(base, **changes)
 
 
 @dataclass
@@ -74,29 +93,38 @@ async def evaluate(
 ) -> dict[str, dict[str, Any]]:
     """Run every task; return ``{task: {"metrics": {...}, "samples": [...]}}``.
 
-    ``done[task][row_index]`` holds samples of prompts finished in an earlier run: they are
-    counted, not re-run.
+    The prompts of all tasks share one pool of ``config.concurrency`` episodes in flight (so an
+    engine batches across tasks). ``done[task][row_index]`` holds samples of prompts finished in
+    an earlier run: they are counted, not re-run.
     """
     done = done or {}
-    base = config.rollout_config()
+    # at most `concurrency` episodes in flight: groups of n_samples are admitted a whole group at a time
+    admit = asyncio.Semaphore(max(1, config.concurrency // config.n_samples))
+    finished: dict[str, dict[int, list[Sample]]] = {t.name: dict(done.get(t.name, {})) for t in tasks}
+
+    async def one(task: EvalTask, rollout: Rollout, row: PromptRow, first_group_id: int) -> None:
+        async with admit:
+            # group ids (engine request ids, sampling seeds) from the task's position and the row's
+            # index: unique across the tasks running together, and independent of which other
+            # rows are evaluated, so a resumed or a longer run gives the same episodes
+            group = await rollout.generate_group(row, group_id=first_group_id + row.index)
+        finished[task.name][row.index] = group.samples
+        if on_group is not None:
+            on_group(task, row, group)
+
+    jobs = []
+    for position, task in enumerate(tasks):
+        if task.rows and max(row.index for row in task.rows) >= GROUP_ID_STRIDE:
+            raise ValueError(f"task {task.name!r}: row indices must be below {GROUP_ID_STRIDE}")
+        rollout = Rollout(engine, template, task.rollout_config(config), default_env_id=task.env_id, filters=(),
+                          seed=config.seed)
+        jobs += [one(task, rollout, row, position * GROUP_ID_STRIDE)
+                 for row in task.rows if row.index not in finished[task.name]]
+    await asyncio.gather(*jobs)
     results: dict[str, dict[str, Any]] = {}
     for task in tasks:
-        rollout_config = dataclasses.replace(base, env_kwargs={**base.env_kwargs, **task.env_kwargs})
-        rollout = Rollout(engine, template, rollout_config, default_env_id=task.env_id, filters=(),
-                          seed=config.seed)
-        finished: dict[int, list[Sample]] = dict(done.get(task.name, {}))
-
-        async def one(row: PromptRow, task: EvalTask = task, rollout: Rollout = rollout) -> None:
-            # group_id = the row's index: a prompt's sampling seeds do not depend on which
-            # other prompts are evaluated (a resumed or a longer run gives the same episodes)
-            group = await rollout.generate_group(row, group_id=row.index)
-            finished[row.index] = group.samples
-            if on_group is not None:
-                on_group(task, row, group)
-
-        await asyncio.gather(*(one(row) for row in task.rows if row.index not in finished))
-        groups = [sorted(finished[row.index], key=lambda s: s.sample_index)
-                  for row in task.rows if row.index in finished]
+        groups = [sorted(finished[task.name][row.index], key=lambda s: s.sample_index)
+                  for row in task.rows if row.index in finished[task.name]]
         results[task.name] = {"metrics": task_metrics(groups, config), "samples": [s for g in groups for s in g]}
     return results
 

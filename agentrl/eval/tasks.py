@@ -5,7 +5,9 @@ On the command line::
     --task NAME=ENV_ID                    the environment's built-in held-out prompts
     --task NAME=ENV_ID:DATA_FILE          rows of a .jsonl / .json / .parquet file (or a folder)
     --task NAME=ENV_ID:SOURCE             a named source (see SOURCES): seeds, index, gsm8k-test...
-    --task NAME=ENV_ID,KEY=VALUE,...      constructor arguments of the environment (values read as YAML)
+    --task NAME=ENV_ID,KEY=VALUE,...      constructor arguments of the environment (values read as YAML),
+                                          except the task's own keys limit, offset, max_turns,
+                                          max_response_len and max_context_len
 
 or in a YAML file (``--tasks FILE``; a relative ``data`` path is relative to the file)::
 
@@ -20,6 +22,8 @@ or in a YAML file (``--tasks FILE``; a relative ``data`` path is relative to the
         env: agentrl/FrozenLake-v0
         env_kwargs: {random_map_size: 4}
         offset: 1000                     # seeds 1000, 1001, ...
+        max_turns: 8                     # budgets of this task (default: the run's flags)
+        max_response_len: 64
       - name: mine
         env: agentrl/Math-v0
         data: my_questions.jsonl
@@ -100,6 +104,12 @@ class TaskSpec:
     """Data files: the row key holding the prompt."""
     label_key: str | None = "label"
     """Data files: the row key holding the reference answer."""
+    max_turns: int | None = None
+    """This task's turn budget (None: the run's ``--max-turns``)."""
+    max_response_len: int | None = None
+    """This task's tokens per assistant turn (None: the run's ``--max-response-len``)."""
+    max_context_len: int | None = None
+    """This task's tokens per episode (None: the run's ``--max-context-len``)."""
 
     def validate(self) -> None:
         if not _NAME.fullmatch(self.name):
@@ -110,12 +120,20 @@ class TaskSpec:
             raise TaskError(f"task {self.name!r}: limit must be >= 1; got {self.limit}")
         if self.offset < 0:
             raise TaskError(f"task {self.name!r}: offset must be >= 0; got {self.offset}")
+        for key in ("max_turns", "max_response_len", "max_context_len"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise TaskError(f"task {self.name!r}: {key} must be an integer >= 1; got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
 
 # -- parsing ---------------------------------------------------------------------------------
+TASK_KEYS = ("limit", "offset", "max_turns", "max_response_len", "max_context_len")
+"""Keys of ``--task NAME=ENV,KEY=VALUE`` that set the task, not the environment's constructor."""
+
+
 def parse_task_arg(text: str) -> TaskSpec:
     """``NAME=ENV_ID[:DATA][,KEY=VALUE...]`` -> :class:`TaskSpec` (see the module doc)."""
     import yaml
@@ -131,7 +149,8 @@ def parse_task_arg(text: str) -> TaskSpec:
         if not eq or not key.strip():
             raise TaskError(f"--task {text!r}: environment arguments must be KEY=VALUE; got {pair!r}")
         kwargs[key.strip()] = yaml.safe_load(value) if value.strip() else ""
-    spec = TaskSpec(name=name.strip(), env=env.strip(), data=data.strip() or None, env_kwargs=kwargs)
+    own = {key: kwargs.pop(key) for key in TASK_KEYS if key in kwargs}
+    spec = TaskSpec(name=name.strip(), env=env.strip(), data=data.strip() or None, env_kwargs=kwargs, **own)
     spec.validate()
     return spec
 
@@ -261,7 +280,8 @@ def build_task(spec: TaskSpec, limit: int | None = None) -> EvalTask:
     else:
         source_name = spec.data or source_name
         rows = SOURCES[source_name](dataclasses.replace(spec, env_kwargs=env_kwargs), env_id, limit)
-    return EvalTask(name=spec.name, rows=rows, env_id=env_id, env_kwargs=env_kwargs)
+    return EvalTask(name=spec.name, rows=rows, env_id=env_id, env_kwargs=env_kwargs, max_turns=spec.max_turns,
+                    max_new_tokens_per_turn=spec.max_response_len, max_context_tokens=spec.max_context_len)
 
 
 def _file_rows(spec: TaskSpec, limit: int | None) -> list[PromptRow]:

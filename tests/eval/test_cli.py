@@ -160,3 +160,14 @@ def test_compare_shows_differences(tmp_path, scripted, template, capsys):
             if line.startswith("echo")}
     assert rows[("echo", "pass@1")] == ["0.000", "1.000", "+1.000"]
     assert rows[("echo", "status_ok")] == ["0", "12", "+12"]
+
+
+def test_per_task_budgets_and_one_pool_across_tasks(tmp_path, scripted, template):
+    engine = scripted(lambda row, i, prompt: "no idea")
+    args = echo_args(tmp_path, task=["short=Echo-v0,max_turns=2,max_response_len=3", "long=Echo-v0"], max_turns=None,
+                     concurrency=6)
+    summary = run(args, engine=engine, template=template)
+    assert summary["tasks"]["short"]["turns_mean"] == 2.0 and summary["tasks"]["long"]["turns_mean"] == 3.0
+    assert {sp.max_new_tokens for _, sp in engine.requests[:3]} <= {3, 1024}
+    assert any(sp.max_new_tokens == 3 for _, sp in engine.requests) and any(
+        sp.max_new_tokens == 1024 for _, sp in engine.requests)

@@ -95,3 +95,14 @@ def test_yaml_file(tmp_path):
         load_task_file(path)
     with pytest.raises(TaskError, match="used twice"):
         check_unique([TaskSpec("a", "Echo-v0"), TaskSpec("a", "Math-v0")])
+
+
+def test_task_keys_are_not_env_arguments():
+    s = parse_task_arg("lake=FrozenLake-v0,random_map_size=4,limit=5,max_turns=6,max_response_len=48,offset=2")
+    assert s.env_kwargs == {"random_map_size": 4}
+    assert (s.limit, s.offset, s.max_turns, s.max_response_len, s.max_context_len) == (5, 2, 6, 48, None)
+    task = build_task(s, limit=100)
+    assert len(task.rows) == 5 and task.rows[0].options == {"seed": 2}
+    assert (task.max_turns, task.max_new_tokens_per_turn, task.max_context_tokens) == (6, 48, None)
+    with pytest.raises(TaskError, match="max_turns must be an integer >= 1; got 0"):
+        parse_task_arg("lake=FrozenLake-v0,max_turns=0")
