@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import difflib
+import functools
 import importlib
 import logging
 from importlib.metadata import entry_points
@@ -106,8 +107,9 @@ def resolve_id(env_id: str) -> str:
     raise EnvNotFoundError(msg)
 
 
+@functools.cache
 def load_builtin_envs() -> None:
-    """Import the ``envs`` package and plugins (each registers its environments once)."""
+    """Import the ``envs`` package and plugins, once per process (each registers its environments)."""
     importlib.import_module("agentrl.testing.echo_env")
     try:
         importlib.import_module("envs")
