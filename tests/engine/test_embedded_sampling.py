@@ -38,6 +38,19 @@ def test_sample_frequencies_follow_softmax_of_logits_over_temperature(temperatur
     assert torch.allclose(logprobs, probs.log()[ids], atol=1e-5)
 
 
+def test_blocked_inverse_cdf_over_a_large_vocabulary():
+    """Vocabularies that split into blocks take the two-level lookup; it must sample the same law."""
+    torch.manual_seed(0)
+    logits = torch.randn(4096) * 2
+    n = 40000
+    ids, _ = sample(logits.expand(n, -1).contiguous(), _rows(n))
+    freq = torch.bincount(ids, minlength=4096).float() / n
+    probs = torch.softmax(logits, -1)
+    assert (freq - probs).abs().max() < 0.004
+    top = probs.topk(20).indices
+    assert (freq[top] - probs[top]).abs().sum() < 0.03
+
+
 def test_top_k_and_top_p_restrict_the_support_but_not_the_logprobs():
     logits = torch.tensor([3.0, 2.5, 2.0, 0.0, -1.0, -2.0])
     n = 4000
@@ -81,7 +94,7 @@ def test_kv_cache_write_block_move_and_lazy_zeroing():
     kv.ensure_clean_slots([0, 1], [3, 3])
     k = torch.arange(2 * 2 * 4, dtype=torch.float32).view(2, 2, 4)  # 2 tokens, 2 heads
     idx = kv.write_index(torch.tensor([0, 1]), torch.tensor([2, 0]))
-    kv.write(1, idx, k, -k)
+    kv.write(1, idx, torch.stack((k, -k), dim=1))  # [tokens, keys/values, heads, D]
     kb, vb = kv.block(1, 2, 3)
     assert torch.equal(kb[0, :, 2], k[0]) and torch.equal(vb[1, :, 0], -k[1])
     assert not torch.isnan(kb).any()

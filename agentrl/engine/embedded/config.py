@@ -41,9 +41,10 @@ class EngineConfig:
     fuse_weights: bool | None = None
     """Keep fused copies of q/k/v and gate/up projections (one matmul instead of three/two).
     Costs memory equal to those weights; refreshed by ``update_weights``. Default: on for CUDA."""
-    decode_attention: Literal["sdpa", "matmul"] = "sdpa"
-    """Decode attention kernel of the fast path: ``scaled_dot_product_attention`` with a length
-    mask, or explicit matmul + softmax."""
+    decode_attention: Literal["sdpa", "efficient", "matmul"] = "sdpa"
+    """Decode attention of the fast path: ``scaled_dot_product_attention`` with a length mask
+    (``sdpa``: PyTorch picks the kernel; ``efficient``: the memory-efficient kernel), or explicit
+    matmul + softmax (``matmul``)."""
     prefill_token_budget: int | None = None
     """Prompt tokens prefilled together between two decode steps (a longer single prompt still
     goes alone). Default: 4096 on CPU, 16384 on CUDA."""
@@ -55,8 +56,8 @@ class EngineConfig:
     def validate(self) -> None:
         if self.backend not in ("auto", "fast", "hf"):
             raise ValueError(f"backend must be 'auto', 'fast' or 'hf'; got {self.backend!r}")
-        if self.decode_attention not in ("sdpa", "matmul"):
-            raise ValueError(f"decode_attention must be 'sdpa' or 'matmul'; got {self.decode_attention!r}")
+        if self.decode_attention not in ("sdpa", "efficient", "matmul"):
+            raise ValueError(f"decode_attention must be 'sdpa', 'efficient' or 'matmul'; got {self.decode_attention!r}")
         for name in ("max_batch_size", "max_seq_len", "prefill_token_budget"):
             value = getattr(self, name)
             if value is not None and value < 1:

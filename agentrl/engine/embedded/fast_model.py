@@ -24,11 +24,14 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -66,7 +69,7 @@ def fast_path_unsupported(model: Any, max_seq_len: int) -> str | None:
     return None
 
 
-# --- element-wise blocks (module level so torch.compile caches them once) -------------------
+# --- blocks (module level, so torch.compile traces each once for every layer and engine) ------
 
 
 def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
@@ -77,12 +80,6 @@ def _rms_norm(x: torch.Tensor, w: torch.Tensor, eps: float) -> torch.Tensor:
     return w * xf.to(dtype)
 
 
-def _add_rms_norm(x: torch.Tensor, delta: torch.Tensor, w: torch.Tensor, eps: float):
-    """(x + delta, rms_norm(x + delta)): the residual add and the next layer's input norm."""
-    x = x + delta
-    return x, _rms_norm(x, w, eps)
-
-
 def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding. x [N, heads, D]; cos, sin [N, D] (each half repeated, as HF builds them)."""
     half = x.shape[-1] // 2
@@ -91,31 +88,84 @@ def _rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
     return torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
 
 
-def _silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    return F.silu(gate) * up
+def _linears(h: torch.Tensor, weights: tuple, biases: tuple | None) -> list[torch.Tensor]:
+    if len(weights) == 1:
+        return [F.linear(h, weights[0], biases[0] if biases else None)]
+    return [F.linear(h, w, biases[i] if biases else None) for i, w in enumerate(weights)]
+
+
+def _pre_attention(h, qkv_w: tuple, qkv_b: tuple | None, q_norm, k_norm, cos, sin,
+                   n_heads: int, n_kv_heads: int, head_dim: int, eps: float):
+    """Normed hidden [N, hidden] -> q [N, H, D] and the new keys/values kv [N, 2, Hkv, D] (RoPE applied)."""
+    n = h.shape[0]
+    out = _linears(h, qkv_w, qkv_b)
+    if len(out) == 1:  # fused q/k/v matrix
+        q, k, v = out[0].split([n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim], dim=-1)
+    else:
+        q, k, v = out
+    q = q.reshape(n, n_heads, head_dim)
+    k = k.reshape(n, n_kv_heads, head_dim)
+    v = v.reshape(n, n_kv_heads, head_dim)
+    if q_norm is not None:  # Qwen3: RMSNorm over each head before RoPE
+        q, k = _rms_norm(q, q_norm, eps), _rms_norm(k, k_norm, eps)
+    return _rope(q, cos, sin), torch.stack((_rope(k, cos, sin), v), dim=1)
+
+
+def _post_attention(o, x, o_w, o_b, ln2, gu_w: tuple, gu_b: tuple | None, down_w, down_b, next_norm, eps: float):
+    """Attention output [N, H*D] and residual x -> (new residual, next layer's normed input)."""
+    x = x + F.linear(o, o_w, o_b)
+    h = _rms_norm(x, ln2, eps)
+    out = _linears(h, gu_w, gu_b)
+    gate, up = out[0].chunk(2, dim=-1) if len(out) == 1 else out
+    x = x + F.linear(F.silu(gate) * up, down_w, down_b)
+    return x, _rms_norm(x, next_norm, eps)
+
+
+class MaybeCompiled:
+    """``torch.compile(fn, dynamic=True)`` that falls back to ``fn`` (once, with a warning) if compiling fails."""
+
+    def __init__(self, fn, enabled: bool) -> None:
+        self.fn = fn
+        self.compiled = torch.compile(fn, dynamic=True) if enabled else None
+
+    def __call__(self, *args):
+        if self.compiled is not None:
+            try:
+                return self.compiled(*args)
+            except Exception:  # noqa: BLE001 - any compiler failure: run eagerly instead
+                log.warning("torch.compile of %s failed; running it eagerly", self.fn.__name__, exc_info=True)
+                self.compiled = None
+        return self.fn(*args)
 
 
 @dataclass
 class _Layer:
-    """References to one decoder layer's weights (fused copies when enabled)."""
+    """One decoder layer's weights, detached (fused copies when enabled)."""
 
-    attn: Any
-    mlp: Any
     ln1: torch.Tensor
+    qkv_w: tuple
+    qkv_b: tuple | None
+    q_norm: torch.Tensor | None
+    k_norm: torch.Tensor | None
+    o_w: torch.Tensor
+    o_b: torch.Tensor | None
     ln2: torch.Tensor
-    qkv_w: torch.Tensor | None = None
-    qkv_b: torch.Tensor | None = None
-    gate_up_w: torch.Tensor | None = None
+    gu_w: tuple
+    gu_b: tuple | None
+    down_w: torch.Tensor
+    down_b: torch.Tensor | None
 
 
 class FastLM:
     """Prefill and decode steps of a Llama-family model over a :class:`KVCache`.
 
-    ``fuse``: keep fused q/k/v and gate/up weight copies. ``compile``: ``torch.compile`` the
-    element-wise blocks (dynamic shapes, compiled once per block).
+    ``fuse``: keep fused q/k/v and gate/up weight copies. ``compile``: ``torch.compile`` the two
+    per-layer blocks around attention (one compilation serves every layer). ``attention``: decode
+    attention kernel, ``sdpa`` (PyTorch picks), ``efficient`` (memory-efficient SDPA) or ``matmul``.
     """
 
-    def __init__(self, model: Any, *, max_seq_len: int, fuse: bool = False, compile: bool = False) -> None:
+    def __init__(self, model: Any, *, max_seq_len: int, fuse: bool = False, compile: bool = False,
+                 attention: str = "sdpa") -> None:
         self.model = model
         self.inner = model.model
         cfg = model.config
@@ -126,22 +176,18 @@ class FastLM:
         self.head_dim = attn0.head_dim
         self.group = self.n_heads // self.n_kv_heads
         self.scale = float(getattr(attn0, "scaling", self.head_dim**-0.5))
-        self.eps = float(self.inner.norm.variance_epsilon if hasattr(self.inner.norm, "variance_epsilon") else cfg.rms_norm_eps)
-        self.qk_norm = hasattr(attn0, "q_norm")
+        norm = self.inner.norm
+        self.eps = float(getattr(norm, "variance_epsilon", getattr(norm, "eps", cfg.rms_norm_eps)))
         self.fuse = fuse
+        self.attention = attention
         self.max_seq_len = max_seq_len
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.vocab_size = model.lm_head.weight.shape[0]
         self.positions = torch.arange(max_seq_len, device=self.device)
         self._build_rope_table()
-        if compile:
-            self.add_rms_norm = torch.compile(_add_rms_norm, dynamic=True, fullgraph=True)
-            self.rms_norm = torch.compile(_rms_norm, dynamic=True, fullgraph=True)
-            self.rope = torch.compile(_rope, dynamic=True, fullgraph=True)
-            self.silu_mul = torch.compile(_silu_mul, dynamic=True, fullgraph=True)
-        else:
-            self.add_rms_norm, self.rms_norm, self.rope, self.silu_mul = _add_rms_norm, _rms_norm, _rope, _silu_mul
+        self.pre = MaybeCompiled(_pre_attention, compile)
+        self.post = MaybeCompiled(_post_attention, compile)
         self.layers: list[_Layer] = []
         self.refresh()
 
@@ -154,82 +200,62 @@ class FastLM:
 
     @torch.no_grad()
     def refresh(self) -> None:
-        """Re-read weight references and refill fused copies in place (after a weight update)."""
+        """Re-read the weights (they may have been replaced) and refill fused copies in place."""
         old = self.layers
         self.layers = []
         for i, layer in enumerate(self.inner.layers):
             attn, mlp = layer.self_attn, layer.mlp
-            entry = _Layer(attn=attn, mlp=mlp, ln1=layer.input_layernorm.weight, ln2=layer.post_attention_layernorm.weight)
+            prev = old[i] if i < len(old) else None
+            qkv = [attn.q_proj, attn.k_proj, attn.v_proj]
+            gu = [mlp.gate_proj, mlp.up_proj]
+            qkv_b = tuple(_d(m.bias) for m in qkv) if attn.q_proj.bias is not None else None
+            gu_b = tuple(_d(m.bias) for m in gu) if mlp.gate_proj.bias is not None else None
             if self.fuse:
-                prev = old[i] if i < len(old) else None
-                entry.qkv_w = _fill(prev and prev.qkv_w, [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight])
-                if attn.q_proj.bias is not None:
-                    entry.qkv_b = _fill(prev and prev.qkv_b, [attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias])
-                entry.gate_up_w = _fill(prev and prev.gate_up_w, [mlp.gate_proj.weight, mlp.up_proj.weight])
-            self.layers.append(entry)
+                qkv_w = (_fill(prev and prev.qkv_w[0], [m.weight for m in qkv]),)
+                qkv_b = (_fill(prev and prev.qkv_b and prev.qkv_b[0], list(qkv_b)),) if qkv_b else None
+                gu_w = (_fill(prev and prev.gu_w[0], [m.weight for m in gu]),)
+                gu_b = (_fill(prev and prev.gu_b and prev.gu_b[0], list(gu_b)),) if gu_b else None
+            else:
+                qkv_w = tuple(_d(m.weight) for m in qkv)
+                gu_w = tuple(_d(m.weight) for m in gu)
+            self.layers.append(_Layer(
+                ln1=_d(layer.input_layernorm.weight), qkv_w=qkv_w, qkv_b=qkv_b,
+                q_norm=_d(attn.q_norm.weight) if hasattr(attn, "q_norm") else None,
+                k_norm=_d(attn.k_norm.weight) if hasattr(attn, "k_norm") else None,
+                o_w=_d(attn.o_proj.weight), o_b=_d(attn.o_proj.bias), ln2=_d(layer.post_attention_layernorm.weight),
+                gu_w=gu_w, gu_b=gu_b, down_w=_d(mlp.down_proj.weight), down_b=_d(mlp.down_proj.bias),
+            ))
+        self.embed_w = _d(self.inner.embed_tokens.weight)
+        self.norm_w = _d(self.inner.norm.weight)
+        self.head_w, self.head_b = _d(self.model.lm_head.weight), _d(self.model.lm_head.bias)
 
     def weight_pointers(self) -> tuple[int, ...]:
         """Addresses of every tensor the forward reads (a CUDA graph is valid while these hold)."""
-        ptrs = [self.inner.embed_tokens.weight.data_ptr(), self.inner.norm.weight.data_ptr(),
-                self.model.lm_head.weight.data_ptr()]
-        for p in self.model.parameters():
-            ptrs.append(p.data_ptr())
+        ptrs = [p.data_ptr() for p in self.model.parameters()]
         for e in self.layers:
-            ptrs += [t.data_ptr() for t in (e.qkv_w, e.qkv_b, e.gate_up_w) if t is not None]
+            ptrs += [t.data_ptr() for t in (*e.qkv_w, *e.gu_w)]
         return tuple(ptrs)
 
-    # --- blocks ------------------------------------------------------------------------------
-
-    def _qkv(self, e: _Layer, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """h [N, hidden] -> q [N, H, D], k [N, Hkv, D], v [N, Hkv, D] (RoPE applied)."""
-        n, d = h.shape[0], self.head_dim
-        attn = e.attn
-        if e.qkv_w is not None:
-            qkv = F.linear(h, e.qkv_w, e.qkv_b)
-            q, k, v = qkv.split([self.n_heads * d, self.n_kv_heads * d, self.n_kv_heads * d], dim=-1)
-        else:
-            q = F.linear(h, attn.q_proj.weight, attn.q_proj.bias)
-            k = F.linear(h, attn.k_proj.weight, attn.k_proj.bias)
-            v = F.linear(h, attn.v_proj.weight, attn.v_proj.bias)
-        q = q.view(n, self.n_heads, d)
-        k = k.view(n, self.n_kv_heads, d)
-        v = v.view(n, self.n_kv_heads, d)
-        if self.qk_norm:
-            q = self.rms_norm(q, attn.q_norm.weight, self.eps)
-            k = self.rms_norm(k, attn.k_norm.weight, self.eps)
-        return self.rope(q, cos, sin), self.rope(k, cos, sin), v
-
-    def _mlp(self, e: _Layer, h: torch.Tensor) -> torch.Tensor:
-        mlp = e.mlp
-        if e.gate_up_w is not None:
-            gate, up = F.linear(h, e.gate_up_w).chunk(2, dim=-1)
-        else:
-            gate, up = F.linear(h, mlp.gate_proj.weight), F.linear(h, mlp.up_proj.weight)
-        return F.linear(self.silu_mul(gate, up), mlp.down_proj.weight, mlp.down_proj.bias)
+    # --- the forward ---------------------------------------------------------------------------
 
     def _layers(self, x: torch.Tensor, cos, sin, attend) -> torch.Tensor:
-        """Run all decoder layers; ``attend(layer, q, k, v) -> [N, H*D]``. Returns the final-normed hidden."""
-        h = self.rms_norm(x, self.layers[0].ln1, self.eps)
+        """All decoder layers; ``attend(layer, q, kv) -> [N, H*D]``. Returns the final-normed hidden."""
+        h = _rms_norm(x, self.layers[0].ln1, self.eps)
         last = len(self.layers) - 1
         for i, e in enumerate(self.layers):
-            q, k, v = self._qkv(e, h, cos, sin)
-            o = attend(i, q, k, v)
-            o = F.linear(o, e.attn.o_proj.weight, e.attn.o_proj.bias)
-            x, h = self.add_rms_norm(x, o, e.ln2, self.eps)
-            m = self._mlp(e, h)
-            next_w = self.layers[i + 1].ln1 if i < last else self.inner.norm.weight
-            x, h = self.add_rms_norm(x, m, next_w, self.eps)
+            q, kv = self.pre(h, e.qkv_w, e.qkv_b, e.q_norm, e.k_norm, cos, sin,
+                             self.n_heads, self.n_kv_heads, self.head_dim, self.eps)
+            o = attend(i, q, kv)
+            next_norm = self.layers[i + 1].ln1 if i < last else self.norm_w
+            x, h = self.post(o, x, e.o_w, e.o_b, e.ln2, e.gu_w, e.gu_b, e.down_w, e.down_b, next_norm, self.eps)
         return h
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
-        head = self.model.lm_head
-        return F.linear(h, head.weight, head.bias)
-
-    # --- steps ---------------------------------------------------------------------------------
+        return F.linear(h, self.head_w, self.head_b)
 
     def prefill(self, kv, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         """Whole prompts, packed. tokens/positions/slots [N] (N = sum(lengths)) -> logits [n, V] at each prompt's end."""
-        x = F.embedding(tokens, self.inner.embed_tokens.weight)  # [N, hidden]
+        x = F.embedding(tokens, self.embed_w)  # [N, hidden]
         cos, sin = self.cos[positions], self.sin[positions]  # [N, D]
         widx = kv.write_index(slots, positions)
         n, tmax = len(lengths), max(lengths)
@@ -239,8 +265,9 @@ class FastLM:
             rows = torch.repeat_interleave(torch.arange(n, device=self.device), torch.tensor(lengths, device=self.device))
             pad_idx = rows * tmax + positions  # [N] -> place in the [n * tmax] padded layout
 
-        def attend(layer: int, q, k, v):
-            kv.write(layer, widx, k, v)
+        def attend(layer: int, q, new_kv):
+            kv.write(layer, widx, new_kv)
+            k, v = new_kv[:, 0], new_kv[:, 1]
             if pad_idx is None:
                 qb, kb, vb = q[None], k[None], v[None]  # [1, T, heads, D]
             else:
@@ -256,32 +283,40 @@ class FastLM:
         ends = torch.tensor(lengths, device=self.device).cumsum(0) - 1
         return self.logits(h.index_select(0, ends))  # [n, V]
 
-    def decode(self, kv, tokens: torch.Tensor, positions: torch.Tensor, length: int, attention: str = "sdpa") -> torch.Tensor:
+    def decode(self, kv, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
         """One token for each of slots ``[0, b)``. tokens/positions [b]; ``length`` >= max(positions) + 1
         -> logits [b, V]. Traceable into a CUDA graph (no host syncs)."""
         b = tokens.shape[0]
-        x = F.embedding(tokens, self.inner.embed_tokens.weight)  # [b, hidden]
+        x = F.embedding(tokens, self.embed_w)  # [b, hidden]
         cos, sin = self.cos[positions], self.sin[positions]
         widx = kv.write_index(self.positions[:b], positions)
         visible = self.positions[:length][None] <= positions[:, None]  # [b, L]
-        mask = visible[:, None, None, :]  # [b, 1, 1, L]
-        if attention == "matmul":
-            bias = torch.zeros(b, 1, 1, length, device=self.device, dtype=torch.float32).masked_fill_(~mask, float("-inf"))
+        mask = torch.zeros(b, 1, 1, length, device=self.device, dtype=self.dtype if self.attention != "matmul" else torch.float32)
+        mask.masked_fill_(~visible[:, None, None, :], float("-inf"))  # built once, shared by all layers
         hd = self.n_heads * self.head_dim
 
-        def attend(layer: int, q, k, v):
-            kv.write(layer, widx, k, v)
+        def attend(layer: int, q, new_kv):
+            kv.write(layer, widx, new_kv)
             kc, vc = kv.block(layer, b, length)  # [b, Hkv, L, D]
-            qg = q.view(b, self.n_kv_heads, self.group, self.head_dim)  # query heads sharing a kv head
-            if attention == "matmul":
-                s = torch.matmul(qg, kc.transpose(-1, -2)).float() * self.scale + bias
+            qg = q.view(b, self.n_kv_heads, self.group, self.head_dim)  # query heads that share a kv head
+            if self.attention == "matmul":
+                s = torch.matmul(qg, kc.transpose(-1, -2)).float() * self.scale + mask
                 o = torch.matmul(torch.softmax(s, -1).to(q.dtype), vc)
+            elif self.attention == "efficient":
+                from torch.nn.attention import SDPBackend, sdpa_kernel
+
+                with sdpa_kernel(SDPBackend.EFFICIENT_ATTENTION):
+                    o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask, scale=self.scale)
             else:
                 o = F.scaled_dot_product_attention(qg, kc, vc, attn_mask=mask, scale=self.scale)
             return o.reshape(b, hd)
 
         h = self._layers(x, cos, sin, attend)
         return self.logits(h)
+
+
+def _d(t: torch.Tensor | None) -> torch.Tensor | None:
+    return None if t is None else t.detach()
 
 
 def _pad(t: torch.Tensor, index: torch.Tensor, n: int, tmax: int) -> torch.Tensor:
@@ -293,7 +328,8 @@ def _pad(t: torch.Tensor, index: torch.Tensor, n: int, tmax: int) -> torch.Tenso
 def _fill(prev: torch.Tensor | None, parts: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate ``parts`` along dim 0, into ``prev`` when its shape still fits (keeps its address)."""
     rows = sum(p.shape[0] for p in parts)
+    parts = [p.detach() for p in parts]
     if prev is None or prev.shape[0] != rows or prev.shape[1:] != parts[0].shape[1:]:
-        return torch.cat([p.detach() for p in parts], dim=0)
-    torch.cat([p.detach() for p in parts], dim=0, out=prev)
+        return torch.cat(parts, dim=0)
+    torch.cat(parts, dim=0, out=prev)
     return prev

@@ -94,17 +94,18 @@ class KVCache:
             self._clean[s] = upto
 
     def write_index(self, slots: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-        """Flat row indices into :meth:`flat` for tokens at (slot, position). [N], [N] -> [N * kv_heads]."""
-        heads = torch.arange(self.n_kv_heads, device=slots.device)
-        idx = (slots[:, None] * self.n_kv_heads + heads[None]) * self.max_len + positions[:, None]
-        return idx.reshape(-1)
+        """Row indices into one layer's flat cache for tokens at (slot, position). [N], [N] -> [N * 2 * kv_heads],
+        ordered like ``kv.reshape(-1, head_dim)`` of new keys/values ``kv`` [N, 2, kv_heads, head_dim]."""
+        kind = torch.arange(2, device=slots.device)[None, :, None]  # keys, values
+        heads = torch.arange(self.n_kv_heads, device=slots.device)[None, None, :]
+        rows = (kind * self.n_slots + slots[:, None, None]) * self.n_kv_heads + heads  # [N, 2, Hkv]
+        return (rows * self.max_len + positions[:, None, None]).reshape(-1)
 
-    def write(self, layer: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store new keys/values. ``index`` from :meth:`write_index`; k, v [N, kv_heads, head_dim]."""
+    def write(self, layer: int, index: torch.Tensor, kv: torch.Tensor) -> None:
+        """Store new keys/values ``kv`` [N, 2, kv_heads, head_dim] at ``index`` (from :meth:`write_index`)."""
         assert self.data is not None
         d = self.head_dim
-        self.data[layer, 0].view(-1, d).index_copy_(0, index, k.reshape(-1, d))
-        self.data[layer, 1].view(-1, d).index_copy_(0, index, v.reshape(-1, d))
+        self.data[layer].view(-1, d).index_copy_(0, index, kv.reshape(-1, d))
 
     def block(self, layer: int, n_rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of slots ``[0, n_rows)``, positions ``[0, length)``: 2 x [n, kv_heads, L, D]."""

@@ -24,7 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from agentrl.engine.embedded.fast_model import FastLM
+from agentrl.engine.embedded.fast_model import FastLM, MaybeCompiled
 from agentrl.engine.embedded.kv_cache import KVCache
 from agentrl.engine.embedded.sampling import SamplingRows, sample, sample_greedy, sample_plain
 
@@ -81,7 +81,7 @@ class FastRunner:
         fuse: bool,
         attention: str = "sdpa",
     ) -> None:
-        self.lm = FastLM(model, max_seq_len=max_seq_len, fuse=fuse, compile=compile)
+        self.lm = FastLM(model, max_seq_len=max_seq_len, fuse=fuse, compile=compile, attention=attention)
         self.device = self.lm.device
         self.vocab_size = self.lm.vocab_size
         self.max_slots = max_slots
@@ -92,6 +92,8 @@ class FastRunner:
             head_dim=self.lm.head_dim, dtype=self.lm.dtype, device=self.device,
         )
         self.use_graphs = bool(cuda_graphs) and self.device.type == "cuda"
+        self._greedy = MaybeCompiled(sample_greedy, compile and self.use_graphs)
+        self._plain = MaybeCompiled(sample_plain, compile and self.use_graphs)
         self._graphs: dict[tuple[int, int, str], Any] = {}
         self._inputs: torch.Tensor | None = None  # [5, slots] float64: token, position, temperature, greedy, u
         self._logits: torch.Tensor | None = None  # [slots, V] float32
@@ -131,7 +133,7 @@ class FastRunner:
         if not self.use_graphs:
             self.kv.ensure_clean(n, need)
             dev = torch.from_numpy(np.stack([tokens, positions]).astype(np.int64)).to(self.device)
-            logits = self.lm.decode(self.kv, dev[0], dev[1], need, self.attention).float()
+            logits = self.lm.decode(self.kv, dev[0], dev[1], need).float()
             return _packed(*sample(logits, rows))
         assert self._inputs is not None and self._logits is not None
         b = batch_bucket(n, self.max_slots)
@@ -156,14 +158,14 @@ class FastRunner:
 
         def step() -> None:
             tokens, positions = inputs[0, :b].long(), inputs[1, :b].long()
-            logits = self.lm.decode(self.kv, tokens, positions, length, self.attention).float()
+            logits = self.lm.decode(self.kv, tokens, positions, length)  # [b, V], model dtype
             if mode == "logits":
                 logits_out[:b].copy_(logits)
                 return
             if mode == "greedy":
-                ids, lps = sample_greedy(logits)
+                ids, lps = self._greedy(logits)
             else:
-                ids, lps = sample_plain(logits, inputs[2:, :b].float())
+                ids, lps = self._plain(logits, inputs[2:, :b].float())
             out[0, :b].copy_(ids)
             out[1, :b].copy_(lps)
 

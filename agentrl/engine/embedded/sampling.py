@@ -116,6 +116,7 @@ def sample(logits: torch.Tensor, rows: SamplingRows) -> tuple[torch.Tensor, torc
 
 def sample_greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Argmax and its plain log-softmax. [n, V] -> ([n], [n]); no host sync (CUDA-graph safe)."""
+    logits = logits.float()
     ids = logits.argmax(-1)
     return ids, logits.gather(1, ids[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
 
@@ -125,6 +126,7 @@ def sample_plain(logits: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tens
 
     No host sync, so it runs inside a CUDA graph.
     """
+    logits = logits.float()
     temp, greedy, u = params[0], params[1] > 0, params[2]
     z = logits / temp[:, None]  # [n, V]
     lse = torch.logsumexp(z, -1, keepdim=True)
@@ -134,11 +136,26 @@ def sample_plain(logits: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tens
 
 
 def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Index i with cdf[i-1] <= u * total < cdf[i]. probs [n, V] (unnormalised ok), u [n]."""
-    cdf = probs.cumsum(-1)  # [n, V]
-    target = u[:, None] * cdf[:, -1:]
-    ids = torch.searchsorted(cdf, target, right=True).squeeze(1)
-    return ids.clamp_(max=probs.shape[-1] - 1)
+    """Index i with cdf[i-1] <= u * total < cdf[i]. probs [n, V] (unnormalised ok), u [n].
+
+    Two levels when V splits into blocks: block sums, the block holding the target, then the
+    position inside it. This reads ``probs`` once instead of writing a whole [n, V] prefix sum.
+    """
+    n, vocab = probs.shape
+    block = next((b for b in (1024, 512, 256, 128) if vocab % b == 0 and vocab > b), None)
+    if block is None:
+        cdf = probs.cumsum(-1)  # [n, V]
+        ids = torch.searchsorted(cdf, u[:, None] * cdf[:, -1:], right=True).squeeze(1)
+        return ids.clamp_(max=vocab - 1)
+    blocks = probs.view(n, vocab // block, block)  # [n, nb, B]
+    sums = blocks.sum(-1)  # [n, nb]
+    cdf = sums.cumsum(-1)
+    target = u[:, None] * cdf[:, -1:]  # [n, 1]
+    j = torch.searchsorted(cdf, target, right=True).clamp_(max=vocab // block - 1)  # [n, 1]
+    rest = target - (cdf.gather(1, j) - sums.gather(1, j))  # mass to cover inside block j
+    inner = blocks.gather(1, j[:, :, None].expand(n, 1, block)).squeeze(1).cumsum(-1)  # [n, B]
+    k = torch.searchsorted(inner, rest, right=True).clamp_(max=block - 1)
+    return (j * block + k).squeeze(1)
 
 
 def _sample_filtered(probs: torch.Tensor, u: torch.Tensor, top_p: np.ndarray, top_k: np.ndarray) -> torch.Tensor:
