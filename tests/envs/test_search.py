@@ -5,7 +5,6 @@ import json
 import socket
 from pathlib import Path
 
-import httpx
 import pytest
 from fastapi import FastAPI
 
