@@ -6,8 +6,15 @@ library never installs it. On a GPU machine nothing is patched.
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import pytest
 import torch
+
+# the test helpers beside this file (megatron_helpers, megatron_cpu_shim) are plain modules;
+# with --import-mode=importlib their folder is not on sys.path by itself
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 pytest.importorskip("megatron.core", reason="megatron-core is not installed (pip install 'megatron-core>=0.16')")
 

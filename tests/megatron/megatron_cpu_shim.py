@@ -55,6 +55,19 @@ class _TorchOnCPU(types.ModuleType):
         return attr
 
 
+class _NullStream:
+    """``torch.cuda.current_stream()`` on the CPU: every wait is a no-op."""
+
+    def wait_event(self, event) -> None:
+        pass
+
+    def wait_stream(self, stream) -> None:
+        pass
+
+    def synchronize(self) -> None:
+        pass
+
+
 class _NoRngTracker:
     def fork(self, name: str = "model-parallel-rng"):
         return contextlib.nullcontext()
@@ -82,6 +95,7 @@ def install() -> Callable[[], None]:
 
     patch(torch.cuda, "current_device", lambda: "cpu")
     patch(torch.cuda, "synchronize", lambda *args, **kwargs: None)  # pipeline p2p shape exchange
+    patch(torch.cuda, "current_stream", lambda *args, **kwargs: _NullStream())  # megatron-core 0.19 DDP
     patch(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
     patch(torch.nn.Module, "cuda", lambda self, *args, **kwargs: self)
     patch(torch.Tensor, "type", cuda_type)
