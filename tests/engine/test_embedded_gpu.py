@@ -44,7 +44,10 @@ PROMPTS = [[(7 * i + j) % 2000 + 3 for j in range(5 + 3 * i)] for i in range(16)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
-@pytest.mark.parametrize("options", [dict(cuda_graphs=True, compile=False), dict(cuda_graphs=False), dict(cuda_graphs=True, compile=True)])
+@pytest.mark.parametrize("options", [
+    dict(cuda_graphs=True, compile=False), dict(cuda_graphs=False), dict(cuda_graphs=True, compile=True),
+    dict(compile=True, decode_attention="efficient"), dict(compile=True, decode_attention="matmul", fuse_weights=False),
+])
 def test_cuda_fast_path_float32_equals_transformers(arch, options):
     model = _model(arch)
     sp = SamplingParams(temperature=0, max_new_tokens=20, ignore_eos=True)

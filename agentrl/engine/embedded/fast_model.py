@@ -298,7 +298,7 @@ class FastLM:
         def attend(layer: int, q, new_kv):
             kv.write(layer, widx, new_kv)
             kc, vc = kv.block(layer, b, length)  # [b, Hkv, L, D]
-            qg = q.view(b, self.n_kv_heads, self.group, self.head_dim)  # query heads that share a kv head
+            qg = q.reshape(b, self.n_kv_heads, self.group, self.head_dim)  # query heads that share a kv head
             if self.attention == "matmul":
                 s = torch.matmul(qg, kc.transpose(-1, -2)).float() * self.scale + mask
                 o = torch.matmul(torch.softmax(s, -1).to(q.dtype), vc)
