@@ -1,7 +1,7 @@
 """The Megatron backend on one CUDA GPU: bf16 parity with transformers and the torch backend,
 packed (varlen) attention, and a 3-step GRPO loop with the embedded engine.
 
-Run on a GPU machine: ``pytest tests/megatron/test_gpu.py -m gpu``. Models are built from
+Run on a GPU machine: ``pytest tests/megatron/test_megatron_gpu.py -m gpu``. Models are built from
 configs (no tokenizer, no downloads).
 """
 

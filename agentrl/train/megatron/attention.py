@@ -23,7 +23,6 @@ from __future__ import annotations
 import functools
 import importlib.util
 import inspect
-import logging
 import math
 import warnings
 from typing import Any
@@ -45,8 +44,6 @@ from megatron.core.transformer.transformer_block import (  # noqa: E402
     get_num_layers_to_build,
 )
 from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: E402
-
-log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "te", "sdpa", "local")
 """``te``: megatron-core's Transformer Engine spec; ``sdpa``: this module's spec; ``local``:

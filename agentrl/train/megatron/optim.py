@@ -146,6 +146,24 @@ class TorchOptimizer:
                                                   weights_only=False))
 
 
+def lr_factor(config: TrainConfig, step: int, total_steps: int | None) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based), as the torch backend's:
+    linear warm-up over ``lr_warmup_steps``, then constant / cosine / linear decay to ``min_lr``
+    over ``lr_decay_steps`` (default ``total_steps``)."""
+    warmup, decay_steps = config.lr_warmup_steps, config.lr_decay_steps or total_steps
+    if config.lr_decay_style not in ("constant", "cosine", "linear"):
+        raise ValueError(f"lr_decay_style must be constant, cosine or linear; got {config.lr_decay_style!r}")
+    if warmup and step < warmup:
+        return (step + 1) / warmup
+    if config.lr_decay_style == "constant" or not decay_steps:
+        return 1.0
+    floor = config.min_lr / config.lr if config.lr > 0 else 0.0
+    progress = min(1.0, (step - warmup) / max(1, decay_steps - warmup))
+    if config.lr_decay_style == "cosine":
+        return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+    return floor + (1 - floor) * (1 - progress)
+
+
 def _allreduce_replicated_grads(model: torch.nn.Module, group, tp: int) -> None:
     """Sum grads of TP-replicated params that see different heads per rank (Qwen3 q/k norms)."""
     if tp == 1:

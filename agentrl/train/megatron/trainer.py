@@ -29,9 +29,7 @@ Example::
 
 from __future__ import annotations
 
-import functools
 import logging
-import math
 import os
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -49,8 +47,6 @@ from agentrl.train.megatron._compat import require_megatron
 
 require_megatron()
 
-from megatron.core import parallel_state as ps  # noqa: E402
-
 from agentrl.train.megatron.batching import (  # noqa: E402
     ModelInputs,
     build_inputs,
@@ -62,14 +58,22 @@ from agentrl.train.megatron.convert import export_hf_weights, load_hf_weights, s
 from agentrl.train.megatron.critic import build_critic, load_critic_backbone  # noqa: E402
 from agentrl.train.megatron.logprobs import vocab_parallel_logprobs  # noqa: E402
 from agentrl.train.megatron.model import MegatronModelConfig, build_gpt_model  # noqa: E402
-from agentrl.train.megatron.optim import MegatronOptimizer, TorchOptimizer, resolve_optimizer  # noqa: E402
+from agentrl.train.megatron.optim import (  # noqa: E402
+    MegatronOptimizer,
+    TorchOptimizer,
+    lr_factor,
+    resolve_optimizer,
+)
 from agentrl.train.megatron.parallel import init_parallel  # noqa: E402
+from agentrl.train.megatron.schedule import (  # noqa: E402
+    all_reduce_data_parallel,
+    broadcast_from_last_stage,
+    combine_metrics,
+    run_schedule,
+)
 from agentrl.train.megatron.shape import ModelShape  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-LossOf = Callable[[RolloutBatch, ModelInputs, Tensor], tuple[Tensor, dict[str, float]]]
-
 
 @dataclass
 class MegatronTrainerConfig:
@@ -223,8 +227,8 @@ class MegatronTrainer:
             model.train(was_training)
         for idx, width, values in rows:
             out[idx, batch.width - width:] = values
-        _all_reduce(out, ps.get_data_parallel_group(), self.layout.data_parallel)
-        _broadcast_from_last_stage(out, self.layout)
+        all_reduce_data_parallel(out, self.layout)
+        broadcast_from_last_stage(out, self.layout)
         return out.cpu()
 
     def _schedule(self, model, batch: RolloutBatch, loss_of, *, forward_only: bool) -> list[dict[str, float]]:
@@ -232,8 +236,6 @@ class MegatronTrainer:
 
         ``loss_of(mb, idx, inputs, output) -> (loss, metrics)`` runs on the last stage.
         """
-        from megatron.core.pipeline_parallel import get_forward_backward_func
-
         groups = self._micro_batches(batch)
         if not groups:
             return []
@@ -244,17 +246,7 @@ class MegatronTrainer:
             inputs = build_inputs(mb.samples, mb.width, pack=self.mconfig.pack_sequences, pad_multiple=pad)
             items.append((mb, idx, inputs.to(self.device)))
 
-        def forward_step(data_iterator, module):
-            mb, idx, inputs = next(data_iterator)
-            output = module(inputs.input_ids, None, None, packed_seq_params=inputs.packed_seq_params())
-            return output, functools.partial(_loss_func, loss_of, mb, idx, inputs)
-
-        longest = max(inputs.input_ids.shape[1] for _, _, inputs in items)
-        rows = max(inputs.input_ids.shape[0] for _, _, inputs in items)
-        return get_forward_backward_func()(
-            forward_step_func=forward_step, data_iterator=iter(items), model=[model],
-            num_microbatches=len(items), seq_length=longest, micro_batch_size=rows,
-            forward_only=forward_only)
+        return run_schedule(model, items, loss_of, forward_only=forward_only)
 
     def _micro_batches(self, batch: RolloutBatch) -> list[list[int]]:
         """Indices (into ``batch``) of this data-parallel rank's micro-batches."""
@@ -316,7 +308,7 @@ class MegatronTrainer:
         self.optimizer.zero_grad()
         self.optimizer.set_lr(cfg.lr * self._lr_factor(self.steps))
         per_mb = self._schedule(self.model, batch, loss_of, forward_only=False)
-        metrics = _combine(per_mb, self.layout)
+        metrics = combine_metrics(per_mb, self.layout)
         metrics["grad_norm"] = self.optimizer.step()
         metrics["lr"] = cfg.lr * self._lr_factor(self.steps + 1)
         if self.critic is not None:
@@ -337,25 +329,12 @@ class MegatronTrainer:
         self.critic.train()
         self.critic_optimizer.zero_grad()
         per_mb = self._schedule(self.critic, batch, loss_of, forward_only=False)
-        metrics = _combine(per_mb, self.layout)
+        metrics = combine_metrics(per_mb, self.layout)
         self.critic_optimizer.step()
         return {"value_loss": metrics.get("value_loss", 0.0)}
 
     def _lr_factor(self, step: int) -> float:
-        """Linear warm-up, then constant / cosine / linear decay to ``min_lr`` (as the torch backend)."""
-        cfg = self.config
-        warmup, decay_steps = cfg.lr_warmup_steps, cfg.lr_decay_steps or self.total_steps
-        if cfg.lr_decay_style not in ("constant", "cosine", "linear"):
-            raise ValueError(f"lr_decay_style must be constant, cosine or linear; got {cfg.lr_decay_style!r}")
-        if warmup and step < warmup:
-            return (step + 1) / warmup
-        if cfg.lr_decay_style == "constant" or not decay_steps:
-            return 1.0
-        floor = cfg.min_lr / cfg.lr if cfg.lr > 0 else 0.0
-        progress = min(1.0, (step - warmup) / max(1, decay_steps - warmup))
-        if cfg.lr_decay_style == "cosine":
-            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
-        return floor + (1 - floor) * (1 - progress)
+        return lr_factor(self.config, step, self.total_steps)
 
     # -- weights and checkpoints ---------------------------------------------------------------
     def weights(self) -> Iterator[tuple[str, Tensor]]:
@@ -413,59 +392,8 @@ class MegatronTrainer:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
-def _loss_func(loss_of, mb, idx, inputs, output):
-    """The schedule's loss function: (loss, token count, metrics); see ``forward_step_calc_loss``."""
-    loss, metrics = loss_of(mb, idx, inputs, output)
-    return loss, torch.tensor(1, dtype=torch.int, device=loss.device), metrics
-
-
 def _value_of(inputs: ModelInputs, output: Tensor) -> Tensor:
     return gather_response(output[..., 0].float(), inputs)  # [rows, L, 1] -> [b, R]
-
-
-def _combine(per_mb: list[dict[str, float]], layout) -> dict[str, float]:
-    """Sum micro-batch metrics (max / min for ``*_max`` / ``*_min``) over micro-batches and
-    data-parallel ranks; the result is on every rank."""
-    local: dict[str, float] = {}
-    for m in per_mb:
-        for k, v in m.items():
-            if k.endswith("_max"):
-                local[k] = max(local.get(k, -math.inf), v)
-            elif k.endswith("_min"):
-                local[k] = min(local.get(k, math.inf), v)
-            else:
-                local[k] = local.get(k, 0.0) + v
-    if layout.data_parallel > 1:
-        gathered: list[dict[str, float]] = [{} for _ in range(layout.data_parallel)]
-        torch.distributed.all_gather_object(gathered, local, group=ps.get_data_parallel_group())
-        local = _combine(gathered, _SINGLE)
-    if layout.pipeline_parallel > 1:
-        box = [local]
-        src = torch.distributed.get_process_group_ranks(ps.get_pipeline_model_parallel_group())[-1]
-        torch.distributed.broadcast_object_list(box, src=src, group=ps.get_pipeline_model_parallel_group())
-        local = box[0]
-    return local
-
-
-@dataclass(frozen=True)
-class _Single:
-    data_parallel: int = 1
-    pipeline_parallel: int = 1
-
-
-_SINGLE = _Single()
-
-
-def _all_reduce(t: Tensor, group, size: int) -> None:
-    if size > 1:
-        torch.distributed.all_reduce(t, group=group)
-
-
-def _broadcast_from_last_stage(t: Tensor, layout) -> None:
-    if layout.pipeline_parallel > 1:
-        group = ps.get_pipeline_model_parallel_group()
-        src = torch.distributed.get_process_group_ranks(group)[-1]
-        torch.distributed.broadcast(t, src=src, group=group)
 
 
 def _check_device() -> None:
