@@ -102,8 +102,8 @@ def run_case(name: str, backend: str, mbs: int, seq_len: int, recompute: str, ar
     model = opt = None
     try:
         torch.cuda.reset_peak_memory_stats()
-        model = build_gpt_model(shape, MegatronModelConfig(dtype="bfloat16", attention=backend, recompute=recompute),
-                                calculate_per_token_loss=True)
+        options = MegatronModelConfig(dtype="bfloat16", attention=backend, recompute=recompute, fusions=args.fusions)
+        model = build_gpt_model(shape, options, calculate_per_token_loss=True)
         opt = MegatronOptimizer(model, TrainConfig(lr=1e-5), lr=1e-5)
         g = torch.Generator(device="cuda").manual_seed(0)
         ids = torch.randint(0, shape.vocab_size, (mbs, seq_len), device="cuda", generator=g)
@@ -145,7 +145,8 @@ def run_case(name: str, backend: str, mbs: int, seq_len: int, recompute: str, ar
 def to_markdown(results: list[Result], meta: dict) -> str:
     lines = [f"# Megatron backend training MFU ({meta['gpu']})", "",
              f"{meta['date']}, torch {meta['torch']}, megatron-core {meta['megatron_core']}, "
-             f"peak {meta['peak_tflops']} TFLOP/s, {meta['steps']} timed steps after {meta['warmup']} warm-up.", "",
+             f"peak {meta['peak_tflops']} TFLOP/s, {meta['steps']} timed steps after {meta['warmup']} warm-up, "
+             f"fusions {'on' if meta.get('fusions') else 'off'}.", "",
              "| shape | spec | micro-batch | seq | recompute | tokens/s | TFLOP/s | MFU | MFU (PaLM) | peak GiB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
@@ -169,6 +170,7 @@ def main() -> None:
     ap.add_argument("--recompute", default="none", help="comma separated: none, full, selective")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--fusions", action="store_true", help="megatron-core's torch.compile'd SwiGLU / bias-dropout-add")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU")
     ap.add_argument("--out", default=None, help="results stem (default bench/results/megatron_mfu_<gpu>)")
     args = ap.parse_args()
@@ -189,7 +191,7 @@ def main() -> None:
                 for mbs in (int(x) for x in sizes.split(",")):
                     results.append(run_case(name, backend, mbs, args.seq_len, recompute, args))
     meta = dict(gpu=gpu, date=datetime.date.today().isoformat(), torch=torch.__version__,
-                megatron_core=package_info.__version__, python=platform.python_version(),
+                megatron_core=package_info.__version__, python=platform.python_version(), fusions=args.fusions,
                 peak_tflops=args.peak_tflops, steps=args.steps, warmup=args.warmup)
     stem = Path(args.out) if args.out else Path(__file__).parent / "results" / (
         "megatron_mfu_" + gpu.lower().replace("nvidia ", "").replace(" ", "_").replace("/", "_"))

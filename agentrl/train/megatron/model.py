@@ -55,8 +55,9 @@ class MegatronModelConfig:
     """Megatron sequence parallelism (splits norms/dropout activations across TP ranks)."""
     vocab_multiple: int = 1
     """Pad the vocabulary to a multiple of ``vocab_multiple * tensor_parallel_size``."""
-    fusions: bool | None = None
-    """megatron-core's fused bias/activation kernels; default: on when CUDA is available."""
+    fusions: bool = False
+    """megatron-core's fused SwiGLU and bias-dropout-add (``torch.compile``d on first use, and
+    again for new shapes); off by default: eager kernels, no compile time with varying lengths."""
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
@@ -91,7 +92,7 @@ def transformer_config(shape: ModelShape, options: MegatronModelConfig | None = 
     if shape.num_layers % pp:
         raise ValueError(f"pipeline parallel size {pp} must divide num_layers ({shape.num_layers})")
     cuda = torch.cuda.is_available()
-    fusions = cuda if options.fusions is None else options.fusions
+    fusions = options.fusions
     dtype = options.torch_dtype
     kw: dict[str, Any] = dict(
         num_layers=shape.num_layers,
