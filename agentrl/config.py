@@ -119,7 +119,28 @@ class RunConfig:
     device: str | None = None
     """cpu | cuda | cuda:N (default: cuda when available)."""
     use_ray: bool = False
-    """Run engines and trainer as Ray actors (see agentrl.cluster)."""
+    """Run engines and trainer as Ray actors in placement groups (see agentrl.cluster, docs/scaling.md)."""
+    ray_address: str | None = None
+    """Ray cluster to join with --use-ray (auto, HOST:6379 or ray://HOST:10001); none: start a local one."""
+    num_engines: int = 1
+    """Inference engines with --use-ray (embedded-engine actors, or SGLang servers with --engine sglang)."""
+    rollout_num_gpus_per_engine: int = 1
+    """GPUs of each engine with --use-ray (SGLang servers: the tensor-parallel size)."""
+    num_env_workers: int = 0
+    """Ray actors that host environments and their tools (CPU-heavy envs) with --use-ray; 0: in the driver."""
+    use_fault_tolerance: bool = True
+    """With --use-ray: restart a dead or hung engine with the current weights and re-run its requests elsewhere."""
+    engine_health_interval: float = 10.0
+    """Seconds between health checks of every engine with --use-ray (0: only failed requests reveal a dead one)."""
+    engine_health_timeout: float = 60.0
+    """A health check unanswered for this many seconds marks the engine hung."""
+    max_staleness: int = 0
+    """Weight versions a sample may lag the trainer: 0 synchronous; 1 generates rollout k+1 while training on k
+    (groups older than this are dropped)."""
+    partial_rollouts: bool = True
+    """With --max-staleness > 0: at a weight update, abort in-flight generations and continue them under the new
+    weights, keeping their tokens and rollout logprobs (--use-tis corrects the stale part); off: the update waits
+    until they finish."""
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -161,6 +182,8 @@ FLAGS: dict[str, str] = {
     "--overlong-penalty": "overlong_penalty",
     "--custom-generate-function-path": "custom_generate_function_path",
     "--custom-rm-path": "custom_rm_path",
+    "--max-staleness": "max_staleness",
+    "--partial-rollouts": "partial_rollouts",
     # algorithm
     "--advantage-estimator": "advantage_estimator",
     "--normalize-advantage-std": "normalize_advantage_std",
@@ -200,6 +223,13 @@ FLAGS: dict[str, str] = {
     "--engine-max-batch-size": "engine_max_batch_size",
     "--device": "device",
     "--use-ray": "use_ray",
+    "--ray-address": "ray_address",
+    "--num-engines": "num_engines",
+    "--rollout-num-gpus-per-engine": "rollout_num_gpus_per_engine",
+    "--num-env-workers": "num_env_workers",
+    "--use-fault-tolerance": "use_fault_tolerance",
+    "--engine-health-interval": "engine_health_interval",
+    "--engine-health-timeout": "engine_health_timeout",
     # evaluation, checkpoints, logging
     "--eval-prompt-data": "eval_prompt_data",
     "--eval-interval": "eval_interval",
@@ -379,6 +409,30 @@ def validate(cfg: RunConfig) -> list[str]:
             problems.append(f"{flag} must be >= 1; got {value}")
     if cfg.save_interval and not cfg.save:
         problems.append("--save-interval needs --save DIR")
+    problems += _cluster_problems(cfg)
+    return problems
+
+
+def _cluster_problems(cfg: RunConfig) -> list[str]:
+    """--use-ray, engines and async settings."""
+    import importlib.util
+
+    problems = []
+    for flag, value, low in (("--max-staleness", cfg.max_staleness, 0), ("--num-engines", cfg.num_engines, 1),
+                             ("--rollout-num-gpus-per-engine", cfg.rollout_num_gpus_per_engine, 1),
+                             ("--num-env-workers", cfg.num_env_workers, 0)):
+        if value is None or value < low:
+            problems.append(f"{flag} must be >= {low}; got {value}")
+    if cfg.engine_health_interval < 0 or cfg.engine_health_timeout <= 0:
+        problems.append(f"--engine-health-interval must be >= 0 and --engine-health-timeout > 0; got "
+                        f"{cfg.engine_health_interval} and {cfg.engine_health_timeout}")
+    if not cfg.use_ray:
+        for flag, value, default in (("--num-engines", cfg.num_engines, 1), ("--num-env-workers", cfg.num_env_workers, 0),
+                                     ("--ray-address", cfg.ray_address, None)):
+            if value != default:
+                problems.append(f"{flag} {value} needs --use-ray (several engines and env workers run as Ray actors)")
+    elif importlib.util.find_spec("ray") is None:
+        problems.append("--use-ray needs Ray: pip install 'agentrl[ray]'")
     return problems
 
 
