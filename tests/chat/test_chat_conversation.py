@@ -21,7 +21,7 @@ from agentrl.chat import ChatTemplate, TemplateNotIncrementalError, TokenConvers
 from agentrl.engine.base import SamplingParams
 from agentrl.testing import FakeEngine
 from agentrl.types import Sample
-from conftest import SEARCH_TOOL
+from chat_support import SEARCH_TOOL
 
 OPENING = [
     {"role": "system", "content": "You are a helpful assistant with a search tool."},
@@ -262,7 +262,7 @@ def test_tokenizer_boundary_drift_keeps_the_engine_view(smol_tok):
     at the end of a prompt than before text. SmolLM2's GPT-2 split makes Llama-3's "\\n\\n" one
     token at the end of a prompt (what the engine sees) but two before a word in a full render.
     The conversation keeps the engine's tokens; only a re-tokenization of the text differs."""
-    from conftest import TEMPLATES, with_llama3_specials
+    from chat_support import TEMPLATES, with_llama3_specials
 
     tok = with_llama3_specials(smol_tok)
     tmpl = ChatTemplate(tok, TEMPLATES / "llama3.jinja")

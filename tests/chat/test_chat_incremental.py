@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agentrl.chat import ChatTemplate, TemplateNotIncrementalError, check_incremental
-from conftest import SEARCH_TOOL
+from chat_support import SEARCH_TOOL
 
 # Mistral-style: tool declarations are written just before the LAST user message.
 TOOLS_BEFORE_LAST_USER = """
@@ -84,7 +84,7 @@ def test_qwen3_single_query_tool_loop_is_incremental(qwen3):
 
 
 def test_qwen3_without_thinking_is_detected_at_the_generation_prompt(qwen_tok):
-    from conftest import TEMPLATES
+    from chat_support import TEMPLATES
 
     tmpl = ChatTemplate(qwen_tok, TEMPLATES / "qwen3.jinja", template_kwargs={"enable_thinking": False})
     with pytest.raises(TemplateNotIncrementalError) as info:

@@ -8,7 +8,7 @@ import logging
 import pytest
 
 from agentrl.chat import ChatTemplate, ChatTemplateError
-from conftest import SEARCH_TOOL, TEMPLATES
+from chat_support import SEARCH_TOOL, TEMPLATES
 
 USER = [{"role": "user", "content": "What is the capital of France?"}]
 
