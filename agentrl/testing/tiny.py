@@ -44,16 +44,32 @@ def tiny_config(arch: str = "qwen2", vocab_size: int = 49152, **overrides: Any):
     return AutoConfig.for_model(model_type, **kw)
 
 
-def make_tiny_model(path: str | Path, arch: str = "qwen2", seed: int = 0, **overrides: Any) -> Path:
-    """Write a seeded random model of ``arch`` plus SmolLM2's tokenizer to ``path``."""
-    import torch
-    from transformers import AutoModelForCausalLM
+BENCH_SHAPES: dict[str, dict[str, Any]] = {
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6),
+    "qwen2.5-1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
+                         num_key_value_heads=2, tie_word_embeddings=True, rope_theta=1e6),
+}
+"""Real model shapes (random weights) for throughput work: ``make_tiny_model(p, "qwen2", **BENCH_SHAPES[...])``."""
 
-    tok = load_tokenizer("smollm2-135m-instruct")
+
+def make_tiny_model(path: str | Path, arch: str = "qwen2", seed: int = 0, *, tokenizer: Any = None,
+                    **overrides: Any) -> Path:
+    """Write a seeded random model of ``arch`` (shape ``overrides``) and a tokenizer (default
+    SmolLM2's; or a tokenizer object or folder) to ``path``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if tokenizer is None:
+        tok = load_tokenizer("smollm2-135m-instruct")
+    elif isinstance(tokenizer, (str, Path)):
+        tok = AutoTokenizer.from_pretrained(tokenizer)
+    else:
+        tok = tokenizer
     config = tiny_config(arch, vocab_size=len(tok), **overrides)
-    config.architectures = [type(AutoModelForCausalLM.from_config(config)).__name__]
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_config(config)
+    model.config.architectures = [type(model).__name__]
     path = Path(path)
     model.save_pretrained(path, safe_serialization=True)
     tok.save_pretrained(path)
