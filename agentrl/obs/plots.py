@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from agentrl.obs.metrics import MetricsLogger
+
+log = logging.getLogger(__name__)
 
 PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("reward", ("rollout/reward_mean", "rollout/kept_reward_mean")),
@@ -16,7 +19,11 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
 
 def plot_run(metrics: MetricsLogger, out_dir: str | Path) -> list[Path]:
     """Write ``training.png`` (four panels) and ``eval.png`` (every ``eval/*`` success curve)."""
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
+        return []
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
