@@ -35,7 +35,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32, help="prompts per rollout")
     p.add_argument("--samples", type=int, default=8, help="episodes per prompt")
     p.add_argument("--response-len", type=int, default=256)
-    p.add_argument("--max-tokens-per-gpu", type=int, default=32768)
+    p.add_argument("--max-tokens-per-gpu", type=int, default=8192)
     p.add_argument("--out", default=None, help="folder for train_step_breakdown_<device>.json/.md")
     args = p.parse_args()
 

@@ -5,6 +5,10 @@ decay, micro-batches by token budget accumulated into optimiser steps, optional 
 checkpointing, LoRA (peft), a frozen reference model (or the LoRA base) for the KL loss, and a
 value model for ``gae``. Losses come from :mod:`agentrl.algo`, unchanged.
 
+With ``data_parallel=True`` (under ``torchrun``, after
+:func:`agentrl.train.distributed.init_distributed`) the models are sharded with FSDP2 over all
+ranks and each rank trains on its share of the batch; see :mod:`agentrl.train.distributed`.
+
 Example::
 
     trainer = TorchTrainer("smollm2-135m-instruct", TrainConfig(lr=1e-5))
@@ -34,6 +38,8 @@ from torch import Tensor, nn
 from agentrl import algo
 from agentrl.train.base import TrainConfig
 from agentrl.train.batch import RolloutBatch, left_padded_inputs, micro_batches, optimizer_steps
+from agentrl.train.distributed import (DataParallel, full_state_dicts, full_tensor, full_weights, keyed_by_name,
+                                      load_full_state_dicts)
 
 log = logging.getLogger(__name__)
 
@@ -48,21 +54,26 @@ class TorchTrainer:
         device: str | None = None,
         dtype: torch.dtype | None = None,
         total_steps: int | None = None,
+        data_parallel: bool = False,
     ):
         from agentrl.models import load_model, load_tokenizer
 
         self.config = config = config or TrainConfig()
         algo.check_aggregation(config.loss_aggregation)
         algo.get_policy_loss(config.policy_loss)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.dp = DataParallel() if data_parallel else None  # FSDP2 over all ranks (see agentrl.train.distributed)
+        self.device = torch.device(device or (self.dp.device if self.dp else
+                                              "cuda" if torch.cuda.is_available() else "cpu"))
         self.dtype = dtype or (torch.bfloat16 if self.device.type == "cuda" else torch.float32)
+        # sharded models load on the CPU in float32 (master weights) and compute in self.dtype
+        load_dtype, load_device = (torch.float32, torch.device("cpu")) if self.dp else (self.dtype, self.device)
         torch.manual_seed(config.seed)
         if isinstance(model, nn.Module):
             self.model = model.to(self.device)
             self.model_path = getattr(model.config, "_name_or_path", "")
         else:
             self.model_path = model
-            self.model = load_model(model, dtype=self.dtype, device=str(self.device), with_tokenizer=False)
+            self.model = load_model(model, dtype=load_dtype, device=str(load_device), with_tokenizer=False)
         self.tokenizer = tokenizer or load_tokenizer(self.model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.ref_model: nn.Module | None = None
@@ -76,13 +87,19 @@ class TorchTrainer:
             self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
             self.model.config.use_cache = False
         self.model.train()
+        if self.dp is not None:
+            self.model = self.dp.shard(self.model, self.dtype)
+            if self.ref_model is not None and not config.ref_on_cpu:
+                self.ref_model = self.dp.shard(self.ref_model, self.dtype)
         self.critic: ValueModel | None = None
         params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.lr, betas=(config.adam_beta1, config.adam_beta2),
                                            eps=config.adam_eps, weight_decay=config.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _lr_lambda(config, total_steps))
         if config.use_critic:
-            self.critic = ValueModel.from_policy(self.model_path, self.dtype, self.device)
+            self.critic = ValueModel.from_policy(self.model_path, load_dtype, load_device)
+            if self.dp is not None:
+                self.critic = self.dp.shard(self.critic, self.dtype)
             self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=config.critic_lr,
                                                       betas=(config.adam_beta1, config.adam_beta2))
         self.loss_config = algo.PolicyLossConfig(
@@ -98,18 +115,20 @@ class TorchTrainer:
         out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=width + 1, use_cache=False)
         logits = out.logits[:, :-1, :].float()
         t = self.config.rollout_temperature
-        return logits / t if t > 0 else logits
+        return logits / t if t > 0 and t != 1.0 else logits  # no copy of [b, width, V] when t is 1
 
     @torch.no_grad()
     def _logprobs(self, model: nn.Module, batch: RolloutBatch, device: torch.device) -> Tensor:
         out = torch.zeros_like(batch.loss_mask)
-        for idx in micro_batches(batch.samples, self.config.max_tokens_per_gpu):
+        for idx, live in self._micro_batches(batch):
             sub = batch.select(idx)
             logits = self._response_logits(model, sub.samples, sub.width, device)
+            if not live:  # a padding pass (data parallel): only keeps the ranks' collectives in step
+                continue
             labels = left_padded_inputs(sub.samples, self.pad_id, device)[0][:, -sub.width:]
             lp = algo.logprobs_from_logits(logits, labels).cpu() * sub.loss_mask
             out[torch.as_tensor(idx), batch.width - sub.width:] = lp
-        return out
+        return out if self.dp is None else self.dp.sum(out)  # each rank filled its own rows
 
     def compute_logprobs(self, batch: RolloutBatch) -> Tensor:
         was_training = self.model.training
@@ -133,11 +152,19 @@ class TorchTrainer:
         if self.critic is None:
             raise RuntimeError("no value model: set TrainConfig(use_critic=True) for the gae estimator")
         out = torch.zeros_like(batch.loss_mask)
-        for idx in micro_batches(batch.samples, self.config.max_tokens_per_gpu):
+        for idx, live in self._micro_batches(batch):
             sub = batch.select(idx)
             values = self.critic(*left_padded_inputs(sub.samples, self.pad_id, self.device), width=sub.width)
-            out[torch.as_tensor(idx), batch.width - sub.width:] = values.float().cpu() * sub.loss_mask
-        return out
+            if live:
+                out[torch.as_tensor(idx), batch.width - sub.width:] = values.float().cpu() * sub.loss_mask
+        return out if self.dp is None else self.dp.sum(out)
+
+    def _micro_batches(self, batch: RolloutBatch) -> list[tuple[list[int], bool]]:
+        """Micro-batches this process runs, ``(row indices, live)``; under data parallelism
+        only this rank's rows, padded with dead passes to the same count on every rank."""
+        if self.dp is not None:
+            return self.dp.micro_batches(batch.samples, self.config.max_tokens_per_gpu)
+        return [(idx, True) for idx in micro_batches(batch.samples, self.config.max_tokens_per_gpu)]
 
     def needs_old_logprobs(self, num_steps: int) -> bool:
         """Whether the loop must compute old logprobs before ``train_step(batch, num_steps)``:
@@ -166,14 +193,20 @@ class TorchTrainer:
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         mode = cfg.loss_aggregation
+        plan = self._micro_batches(batch)
         denom = algo.aggregation_denominator(batch.loss_mask, mode)
         metrics: dict[str, float] = defaultdict(float)
         n_tokens = float(batch.loss_mask.sum())
-        for idx in micro_batches(batch.samples, cfg.max_tokens_per_gpu):
+        if self.dp is not None:  # counted over this rank's rows, summed over ranks
+            denom, n_tokens = self.dp.global_counts(batch, plan, mode)
+        for idx, live in plan:
             mb = batch.select(idx)
             dev = lambda t: None if t is None else t.to(self.device)  # noqa: E731
             mask = mb.loss_mask.to(self.device)
             logits = self._response_logits(self.model, mb.samples, mb.width, self.device)
+            if not live:  # a padding pass (data parallel): zero gradient, collectives in step
+                (logits.sum() * 0.0).backward()
+                continue
             labels = left_padded_inputs(mb.samples, self.pad_id, self.device)[0][:, -mb.width:]
             logprobs, entropy = algo.logprobs_and_entropy(logits, labels)  # one chunked pass for both
             old = logprobs.detach() if mb.old_logprobs is None else dev(mb.old_logprobs)
@@ -194,11 +227,15 @@ class TorchTrainer:
             for k, v in m.items():
                 if k.endswith(("_max", "_min")):
                     metrics[k] = _combine(k, [float(v)] + ([metrics[k]] if k in metrics else []))
+                elif k == "pg_loss":  # divided by the global denominator already: the parts add up
+                    metrics[k] += float(v)
                 else:
                     metrics[k] += float(v) * share
+        if self.dp is not None:
+            metrics = self.dp.reduce_metrics(metrics)
         params = [p for p in self.model.parameters() if p.requires_grad]
         clip = cfg.clip_grad if cfg.clip_grad > 0 else float("inf")
-        metrics["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(params, clip))
+        metrics["grad_norm"] = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, clip)))
         self.optimizer.step()
         self.scheduler.step()
         metrics["lr"] = self.scheduler.get_last_lr()[0]
@@ -211,21 +248,32 @@ class TorchTrainer:
         assert self.critic is not None
         self.critic_optimizer.zero_grad(set_to_none=True)
         total = 0.0
-        for idx in micro_batches(batch.samples, self.config.max_tokens_per_gpu):
+        for idx, live in self._micro_batches(batch):
             mb = batch.select(idx)
             values = self.critic(*left_padded_inputs(mb.samples, self.pad_id, self.device), width=mb.width).float()
+            if not live:
+                (values.sum() * 0.0).backward()
+                continue
             loss, _ = algo.value_loss(values, mb.values.to(self.device), mb.returns.to(self.device),
                                       mb.loss_mask.to(self.device), clip=self.config.value_clip,
                                       aggregation=self.config.loss_aggregation, denominator=denom)
             loss.backward()
             total += float(loss.detach())
+        if self.dp is not None:
+            total = float(self.dp.sum(torch.tensor(total, dtype=torch.float64)))
         torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.config.clip_grad or float("inf"))
         self.critic_optimizer.step()
         return {"value_loss": total}
 
     # -- weights and checkpoints -----------------------------------------------------------
     def weights(self) -> Iterator[tuple[str, Tensor]]:
-        """Hugging Face-named tensors of the policy (LoRA merged in, without copying the base)."""
+        """Hugging Face-named tensors of the policy (LoRA merged in, without copying the base).
+
+        Data parallel: full tensors on every rank, gathered one at a time; every rank must
+        iterate to the end (the gathers are collective)."""
+        if self.dp is not None:
+            yield from full_weights(self.model, lora=self.config.lora_rank > 0, dtype=self.dtype)
+            return
         if self.config.lora_rank > 0:
             with _merged(self.model):
                 for name, t in self.model.get_base_model().state_dict().items():
@@ -237,6 +285,9 @@ class TorchTrainer:
     def export_hf(self, path: str | os.PathLike) -> None:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
+        if self.dp is not None:  # every rank gathers, rank 0 writes
+            self.dp.export_hf(self.model, self.weights(), self.tokenizer, path, lora=self.config.lora_rank > 0)
+            return
         if self.config.lora_rank > 0:
             merged = copy.deepcopy(self.model).merge_and_unload()
             merged.save_pretrained(path, safe_serialization=True)
@@ -248,17 +299,20 @@ class TorchTrainer:
         """HF export under ``path/model`` plus the full training state in ``path/trainer.pt``."""
         path = Path(path)
         self.export_hf(path / "model")
+        model_state, optimizer_state = self._state_dicts(self.model, self.optimizer, bool(self.config.lora_rank))
         state = {
-            "model": {k: v for k, v in self.model.state_dict().items()} if self.config.lora_rank else None,
-            "optimizer": self.optimizer.state_dict(),
+            "model": model_state,
+            "optimizer": optimizer_state,
             "scheduler": self.scheduler.state_dict(),
             "steps": self.steps,
             "rng": rng_state(),
         }
         if self.critic is not None:
-            state["critic"] = self.critic.state_dict()
-            state["critic_optimizer"] = self.critic_optimizer.state_dict()
-        torch.save(state, path / "trainer.pt")
+            state["critic"], state["critic_optimizer"] = self._state_dicts(self.critic, self.critic_optimizer, True)
+        if self.dp is None or self.dp.is_main:
+            torch.save(state, path / "trainer.pt")
+        if self.dp is not None:
+            self.dp.barrier()
 
     def load(self, path: str | os.PathLike) -> None:
         from safetensors.torch import load_file
@@ -266,23 +320,40 @@ class TorchTrainer:
         path = Path(path)
         state = torch.load(path / "trainer.pt", map_location="cpu", weights_only=False)
         if state["model"] is not None:
-            self.model.load_state_dict(state["model"])
+            self._load_state(self.model, None, state["model"])
         else:
             weights: dict[str, Tensor] = {}
             for f in sorted((path / "model").glob("*.safetensors")):
                 weights.update(load_file(f))
-            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            missing, unexpected = self._load_state(self.model, None, weights, strict=False)
             missing = [k for k in missing if not _is_tied(self.model, k)]
             if missing or unexpected:
                 raise RuntimeError(f"checkpoint {path} does not match the model: missing {missing[:5]}, "
                                    f"unexpected {unexpected[:5]}")
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._load_state(self.model, self.optimizer, None, state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.steps = state["steps"]
         if self.critic is not None and "critic" in state:
-            self.critic.load_state_dict(state["critic"])
-            self.critic_optimizer.load_state_dict(state["critic_optimizer"])
+            self._load_state(self.critic, self.critic_optimizer, state["critic"], state["critic_optimizer"])
         set_rng_state(state["rng"])
+
+    def _state_dicts(self, model: nn.Module, optimizer: torch.optim.Optimizer, with_model: bool):
+        """``(model state or None, optimiser state)``; data parallel: full, on rank 0, and the
+        optimiser state keyed by parameter name."""
+        if self.dp is not None:
+            return full_state_dicts(model, optimizer, with_model=with_model)
+        return (dict(model.state_dict()) if with_model else None), optimizer.state_dict()
+
+    def _load_state(self, model: nn.Module, optimizer: torch.optim.Optimizer | None, model_state: dict | None,
+                    optimizer_state: dict | None = None, strict: bool = True):
+        """Load either kind of ``_state_dicts`` output into a plain or a sharded model."""
+        if self.dp is not None or keyed_by_name(optimizer_state):
+            return load_full_state_dicts(model, optimizer, model_state=model_state, optimizer_state=optimizer_state,
+                                         strict=strict)
+        keys = None if model_state is None else model.load_state_dict(model_state, strict=strict)
+        if optimizer is not None and optimizer_state is not None:
+            optimizer.load_state_dict(optimizer_state)
+        return keys
 
 
 class ValueModel(nn.Module):
