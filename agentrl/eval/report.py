@@ -174,11 +174,12 @@ def plot_overview(summary: dict[str, Any], path: Path) -> Path:
 
 def pick_examples(samples: Sequence[Sample], count: int) -> list[tuple[str, Sample]]:
     """Up to ``count`` episodes worth reading: the best, the worst, then a failed or truncated one
-    (or the median), each once."""
+    (or the median), each once. When every reward is equal they are just examples."""
     if not samples or count < 1:
         return []
     order = sorted(range(len(samples)), key=lambda i: (-samples[i].reward, i))
-    picks = [("best", order[0]), ("worst", order[-1])]
+    spread = samples[order[0]].reward != samples[order[-1]].reward
+    picks = [("best" if spread else "first", order[0]), ("worst" if spread else "last", order[-1])]
     odd = next((i for i in order if samples[i].status != "ok"), None)
     picks.append(("not ok" if odd is not None else "median", odd if odd is not None else order[len(order) // 2]))
     out, seen = [], set()

@@ -96,7 +96,7 @@ def test_pick_examples_best_worst_and_not_ok():
     samples = [Sample(reward=0.5), Sample(reward=1.0), Sample(reward=0.0), Sample(reward=0.5, status="truncated")]
     picks = report.pick_examples(samples, 3)
     assert [(label, s.reward) for label, s in picks] == [("best", 1.0), ("worst", 0.0), ("not ok", 0.5)]
-    assert [label for label, _ in report.pick_examples(samples[:1], 3)] == ["best"]
+    assert [label for label, _ in report.pick_examples(samples[:1], 3)] == ["first"]
     text = report.transcript(Sample(reward=1.0, messages=[{"role": "user", "content": "x" * 5000}]))
     assert "[... 3500 characters ...]" in text and text.startswith("reward 1 · status ok")
 
@@ -110,3 +110,8 @@ def test_write_report_with_charts(tmp_path):
     assert "````text\n```code```\n````" in text  # fences never clash with the content
     for name in ("chart_overview.png", "chart_a.png", "chart_b.png"):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pick_examples_without_spread_are_not_called_best_and_worst():
+    samples = [Sample(reward=0.0), Sample(reward=0.0), Sample(reward=0.0)]
+    assert [label for label, _ in report.pick_examples(samples, 3)] == ["first", "last", "median"]
