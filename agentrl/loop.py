@@ -18,7 +18,9 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from agentrl.async_loop import RolloutStream
 from agentrl.checkpoint import find_checkpoint, read_state, save_checkpoint
+from agentrl.cluster.build import build_ray_components
 from agentrl.components import Components, build_components, compute_advantages, output_dir, seed_everything
 from agentrl.config import ConfigError, RunConfig, to_dict, validate
 from agentrl.eval import evaluate
@@ -40,7 +42,7 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     out = output_dir(cfg)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    c = build_components(cfg)
+    c = build_ray_components(cfg) if cfg.use_ray else build_components(cfg)
     start, version = resume(c, cfg) if cfg.load else (0, 0)
     if start:
         await sync_weights(c.engine, c.trainer, staging_dir=out / "weights", version=version)
@@ -50,31 +52,31 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
     if c.eval_tasks and start == 0:
         metrics.log(await run_eval(c), step=0)
     bar = tqdm(range(start, cfg.num_rollout), desc="rollouts", initial=start, total=cfg.num_rollout)
-    for rollout_id in bar:
-        c.rollout.config.sampling.seed = rollout_seed(cfg, rollout_id)
-        with timer("rollout"):
-            result = await c.rollout.generate(c.sampler.next_batch, cfg.rollout_batch_size,
-                                              max_prompts=int(cfg.over_sampling_factor * cfg.rollout_batch_size),
-                                              first_group_id=rollout_id * 1_000_000)
-        step = dict(result.metrics)
-        if result.groups:
-            batch = RolloutBatch.from_samples(result.samples)
-            steps = train_steps(cfg, len(batch))
-            with timer("logprobs"):
-                prepare_batch(c, cfg, batch, steps)
-            with timer("train"):
-                step |= c.trainer.train_step(batch, num_steps=steps)
-            with timer("sync"):
-                step["perf/weight_version"] = await sync_weights(c.engine, c.trainer, staging_dir=out / "weights")
-        step |= timer.pop()
-        if cfg.eval_interval and (rollout_id + 1) % cfg.eval_interval == 0 or rollout_id + 1 == cfg.num_rollout:
-            step |= await run_eval(c) if c.eval_tasks else {}
-        metrics.log(step, step=rollout_id + 1)
-        bar.set_postfix(reward=f"{step.get('rollout/reward_mean', float('nan')):.3f}",
-                        step_s=f"{step['perf/step_time']:.1f}")
-        if cfg.save and (cfg.save_interval and (rollout_id + 1) % cfg.save_interval == 0
-                         or rollout_id + 1 == cfg.num_rollout):
-            save(c, cfg, rollout_id + 1)
+    async with RolloutStream(c, cfg, start) as rollouts:  # async: rollout k+1 is generated during step k
+        for rollout_id in bar:
+            with timer("rollout"):
+                result = await rollouts.next(rollout_id)
+            step = dict(result.metrics)
+            if result.groups:
+                batch = RolloutBatch.from_samples(result.samples)
+                steps = train_steps(cfg, len(batch))
+                with timer("logprobs"):
+                    await rollouts.run(prepare_batch, c, cfg, batch, steps)
+                with timer("train"):
+                    step |= await rollouts.run(c.trainer.train_step, batch, num_steps=steps)
+                with timer("sync"):
+                    step["perf/weight_version"] = await rollouts.sync_weights(out / "weights")
+            step |= timer.pop()
+            if cfg.eval_interval and (rollout_id + 1) % cfg.eval_interval == 0 or rollout_id + 1 == cfg.num_rollout:
+                step |= await run_eval(c) if c.eval_tasks else {}
+            metrics.log(step, step=rollout_id + 1)
+            bar.set_postfix(reward=f"{step.get('rollout/reward_mean', float('nan')):.3f}",
+                            step_s=f"{step['perf/step_time']:.1f}")
+            if cfg.save and (cfg.save_interval and (rollout_id + 1) % cfg.save_interval == 0
+                             or rollout_id + 1 == cfg.num_rollout or rollouts.stopping):
+                save(c, cfg, rollout_id + 1)
+            if rollouts.stopping:  # Ctrl-C: checkpoint saved, stop here
+                break
     return finish(c, cfg, metrics)
 
 

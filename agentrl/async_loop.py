@@ -1,0 +1,317 @@
+"""Where the training loop gets its rollouts: on demand (synchronous) or one step ahead (async).
+
+:class:`RolloutStream` is the loop's producer/consumer. With ``--max-staleness 0`` it generates
+rollout ``k`` when the loop asks for it, exactly as a plain loop would. With
+``--max-staleness s > 0`` a producer task generates rollout ``k + 1`` while the trainer trains on
+``k`` (on a worker thread, so the event loop keeps serving episodes):
+
+* **bound**: rollout ``r`` may start only once rollout ``r - s - 1`` is trained and its weights
+  synced, so no sample is more than ``s`` weight versions old when it is trained on; a group
+  whose oldest turn is older anyway (``current_version - min(sample.weight_versions) > s``) is
+  dropped and counted (``async/dropped_stale``).
+* **partial rollouts**: each weight sync interrupts the turns in flight (see
+  :mod:`agentrl.rollout.async_partial`): they continue under the new weights (``--partial-rollouts``)
+  or the sync waits for them (``--no-partial-rollouts``).
+* **metrics** per step: ``async/staleness_mean``, ``async/staleness_max`` (over kept samples, in
+  weight versions), ``async/dropped_stale`` (groups), ``async/overlap_s`` (seconds of this
+  rollout's generation that ran during the previous step), ``async/wait_s`` (seconds the trainer
+  waited for it), ``async/resumed_turns``, ``async/interrupt_wait_s``.
+
+Every rollout draws its prompts and seeds from its index (``rollout_seed``), so sync and async
+runs see the same prompts and sampling seeds; only the weights that sample them differ. A
+checkpoint stores the data position *before* the prefetched rollout, so ``--load`` replays it.
+
+Ctrl-C: the first press finishes the current step, saves a checkpoint and ends the run
+(``stopping``); the second stops at once.
+
+Example (the loop, abridged)::
+
+    async with RolloutStream(c, cfg, start) as rollouts:
+        for rollout_id in range(start, cfg.num_rollout):
+            result = await rollouts.next(rollout_id)
+            ...
+            metrics |= await rollouts.run(c.trainer.train_step, batch)
+            await rollouts.sync_weights(out / "weights")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import functools
+import logging
+import signal
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from agentrl.rollout import RolloutResult
+from agentrl.rollout.async_partial import InterruptibleEngine
+from agentrl.sync import sync_weights
+from agentrl.types import Group
+
+log = logging.getLogger(__name__)
+
+
+def sample_staleness(group: Group, version: int) -> list[int]:
+    """Weight versions between ``version`` and each sample's oldest turn (samples that
+    generated nothing are left out)."""
+    return [version - min(s.weight_versions) for s in group.samples if s.weight_versions]
+
+
+def drop_stale(groups: list[Group], version: int, max_staleness: int) -> tuple[list[Group], int, list[int]]:
+    """Keep groups whose every sample is at most ``max_staleness`` versions old.
+
+    Returns ``(kept, number dropped, staleness of each kept sample)``.
+
+    Example::
+
+        >>> from agentrl.types import Sample
+        >>> g = lambda i, v: Group(i, [Sample(group_id=i, weight_versions=v)])
+        >>> kept, dropped, ages = drop_stale([g(0, [3, 4]), g(1, [1])], version=4, max_staleness=1)
+        >>> [x.group_id for x in kept], dropped, ages
+        ([0], 1, [1])
+    """
+    kept, ages, dropped = [], [], 0
+    for group in groups:
+        age = sample_staleness(group, version)
+        if age and max(age) > max_staleness:
+            dropped += 1
+        else:
+            kept.append(group)
+            ages += age
+    return kept, dropped, ages
+
+
+class RolloutStream:
+    """The loop's source of rollouts and its way of training and syncing around them.
+
+    Args:
+        c: the run's components (``c.rollout``'s engine is wrapped for partial rollouts and
+            ``c.sampler`` for checkpoints in async mode).
+        cfg: the run config (``max_staleness``, ``partial_rollouts``, ``use_ray``, ``colocate``...).
+        start: the first rollout index of this run (after ``--load``).
+    """
+
+    def __init__(self, c: Any, cfg: Any, start: int) -> None:
+        self.c, self.cfg, self.start = c, cfg, start
+        self.max_staleness = int(cfg.max_staleness)
+        self.asynchronous = self.max_staleness > 0
+        self.stopping = False
+        """Set by Ctrl-C: the loop saves a checkpoint after this step and ends."""
+        self.version = int(c.engine.weight_version)
+        self._sampler = c.sampler
+        self._sampler_states: dict[int, dict] = {}
+        self._current = start - 1
+        self._finished = start - 1
+        self._results: dict[int, asyncio.Future] = {}
+        self._spans: dict[int, tuple[float, float]] = {}
+        self._asked: dict[int, float] = {}
+        self._producer: asyncio.Task | None = None
+        self._progress: asyncio.Condition | None = None
+        self._executor: cf.ThreadPoolExecutor | None = None
+        self._previous_sigint: Any = None
+        self._released = False
+        self._release_for_training = bool(cfg.use_ray and cfg.colocate and not self.asynchronous)
+        self.engine: InterruptibleEngine | None = None
+        if self.asynchronous:
+            self.engine = InterruptibleEngine(c.rollout.engine, resume=cfg.partial_rollouts)
+            c.rollout.engine = self.engine
+            c.sampler = _CheckpointSampler(self)
+            if not cfg.train.use_tis:
+                log.warning("--max-staleness %d without --use-tis: samples from older weights are trained on "
+                            "as if on-policy; add --use-tis to correct them", self.max_staleness)
+
+    # --- the loop's calls ----------------------------------------------------------------------
+
+    async def next(self, rollout_id: int) -> RolloutResult:
+        """Rollout ``rollout_id``: generated now (sync) or taken from the producer (async)."""
+        self._mark_finished(rollout_id - 1)
+        self._current = rollout_id
+        if not self.asynchronous:
+            return await self._generate(rollout_id)
+        self._asked[rollout_id] = time.perf_counter()
+        self._ensure_producer()
+        future = await self._result_future(rollout_id)
+        result: RolloutResult = await future
+        self._results.pop(rollout_id, None)
+        return self._account(rollout_id, result)
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run a trainer call: inline when synchronous and local; on a worker thread otherwise
+        (async: the event loop keeps serving episodes; Ray: the call waits on a remote actor)."""
+        if self._release_for_training and not self._released:
+            await _maybe(self.c.engine, "release_memory")
+            self._released = True
+        if not (self.asynchronous or self.cfg.use_ray):
+            return fn(*args, **kwargs)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._worker(), functools.partial(fn, *args, **kwargs))
+
+    async def sync_weights(self, staging_dir: str | Path) -> int:
+        """Push the trainer's weights to the engine (interrupting turns in flight when async)."""
+        if self._released:
+            await _maybe(self.c.engine, "resume_memory")
+            self._released = False
+        if self.engine is None:
+            version = await sync_weights(self.c.engine, self.c.trainer, staging_dir=staging_dir)
+        else:
+            async with self.engine.interrupted():
+                version = await sync_weights(self.c.engine, self.c.trainer, staging_dir=staging_dir)
+        self.version = int(version)
+        self._mark_finished(self._current)
+        return version
+
+    async def __aenter__(self) -> "RolloutStream":
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
+            self._previous_sigint = None
+        if self._producer is not None:
+            if self.engine is not None:
+                await self.engine.abort()
+            self._producer.cancel()
+            await asyncio.gather(self._producer, return_exceptions=True)
+        if self.asynchronous:
+            self.c.rollout.engine = self.engine.engine
+            self.c.sampler = self._sampler
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+
+    # --- producer ------------------------------------------------------------------------------
+
+    async def _generate(self, rollout_id: int) -> RolloutResult:
+        from agentrl.loop import rollout_seed
+
+        cfg, c = self.cfg, self.c
+        self._sampler_states[rollout_id] = self._sampler.state_dict()
+        c.rollout.config.sampling.seed = rollout_seed(cfg, rollout_id)
+        start = time.perf_counter()
+        result = await c.rollout.generate(self._sampler.next_batch, cfg.rollout_batch_size,
+                                          max_prompts=int(cfg.over_sampling_factor * cfg.rollout_batch_size),
+                                          first_group_id=rollout_id * 1_000_000)
+        self._spans[rollout_id] = (start, time.perf_counter())
+        if callable(getattr(c.engine, "metrics", None)):
+            result.metrics |= c.engine.metrics()
+        return result
+
+    async def _produce(self) -> None:
+        for rollout_id in range(self.start, self.cfg.num_rollout):
+            cond = self._condition()
+            async with cond:  # the staleness bound: rollout r waits for r - s - 1 to be trained
+                await cond.wait_for(lambda: self._finished >= rollout_id - self.max_staleness - 1)
+            future = await self._result_future(rollout_id)
+            try:
+                future.set_result(await self._generate(rollout_id))
+            except asyncio.CancelledError:
+                future.cancel()
+                raise
+            except BaseException as exc:  # the loop sees it when it asks for this rollout
+                future.set_exception(exc)
+                return
+
+    def _account(self, rollout_id: int, result: RolloutResult) -> RolloutResult:
+        kept, dropped, ages = drop_stale(result.groups, self.version, self.max_staleness)
+        if dropped:
+            log.warning("rollout %d: dropped %d group(s) older than %d weight versions", rollout_id, dropped,
+                        self.max_staleness)
+        result.groups = kept
+        start, end = self._spans.get(rollout_id, (0.0, 0.0))
+        asked = self._asked.pop(rollout_id, end)
+        m = {"async/staleness_mean": statistics.fmean(ages) if ages else 0.0,
+             "async/staleness_max": float(max(ages, default=0)),
+             "async/dropped_stale": float(dropped),
+             "async/overlap_s": max(0.0, min(end, asked) - start),
+             "async/wait_s": max(0.0, end - asked)}
+        stats = self.engine.stats
+        m |= {"async/resumed_turns": float(stats.resumed), "async/resumed_tokens": float(stats.resumed_tokens),
+              "async/interrupt_wait_s": stats.wait_s}
+        result.metrics |= m
+        return result
+
+    # --- internals -----------------------------------------------------------------------------
+
+    def _ensure_producer(self) -> None:
+        if self._producer is None:
+            self._producer = asyncio.get_running_loop().create_task(self._produce())
+
+    async def _result_future(self, rollout_id: int) -> asyncio.Future:
+        if rollout_id not in self._results:
+            self._results[rollout_id] = asyncio.get_running_loop().create_future()
+        return self._results[rollout_id]
+
+    def _condition(self) -> asyncio.Condition:
+        if self._progress is None:
+            self._progress = asyncio.Condition()
+        return self._progress
+
+    def _mark_finished(self, rollout_id: int) -> None:
+        if rollout_id <= self._finished:
+            return
+        self._finished = rollout_id
+        self._sampler_states = {r: s for r, s in self._sampler_states.items() if r > rollout_id}
+        if self.asynchronous:
+            asyncio.ensure_future(self._wake())
+
+    async def _wake(self) -> None:
+        cond = self._condition()
+        async with cond:
+            cond.notify_all()
+
+    def _worker(self) -> cf.ThreadPoolExecutor:
+        if self._executor is None:
+            device = getattr(self.c.trainer, "device", None)
+            self._executor = cf.ThreadPoolExecutor(1, thread_name_prefix="agentrl-train",
+                                                   initializer=_bind_device, initargs=(device,))
+        return self._executor
+
+    def checkpoint_sampler_state(self) -> dict:
+        """The data position to save after the step in progress: before the next rollout's draws
+        (the producer may have drawn them already)."""
+        return self._sampler_states.get(self._current + 1) or self._sampler.state_dict()
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self.stopping:
+            previous = self._previous_sigint
+            signal.signal(signal.SIGINT, previous)
+            if callable(previous):
+                previous(signum, frame)
+                return
+            raise KeyboardInterrupt
+        self.stopping = True
+        log.warning("Ctrl-C: finishing this rollout, saving a checkpoint and stopping (Ctrl-C again to stop now)")
+
+
+class _CheckpointSampler:
+    """``c.sampler`` during an async run: draws go to the real sampler, but ``state_dict`` is
+    the position before the prefetched rollout (what a checkpoint must store)."""
+
+    def __init__(self, stream: RolloutStream) -> None:
+        self._stream = stream
+
+    def state_dict(self) -> dict:
+        return self._stream.checkpoint_sampler_state()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream._sampler, name)
+
+
+def _bind_device(device: Any) -> None:
+    """Worker threads start on CUDA device 0; train on the trainer's device."""
+    import torch
+
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.set_device(torch.device(device))
+
+
+async def _maybe(engine: Any, method: str) -> None:
+    fn = getattr(engine, method, None)
+    if callable(fn):
+        await fn()

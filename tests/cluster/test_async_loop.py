@@ -1,0 +1,89 @@
+"""Async training end to end on the CPU: generation of rollout k+1 overlaps step k, staleness is
+bounded and measured, checkpoints hold the data position before the prefetched rollout, and
+Ctrl-C finishes the step, saves a checkpoint and stops."""
+
+import doctest
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from agentrl import async_loop
+from agentrl.async_loop import drop_stale
+from agentrl.cluster import engine_pool
+from agentrl.config import parse_args
+from agentrl.loop import train
+from agentrl.rollout import async_partial
+from agentrl.types import Group, Sample
+
+ROOT = Path(__file__).resolve().parents[2]
+TOY = ["--config", "recipes/quickstart/config.yaml", "--model-path", "tiny-qwen2", "--rollout-batch-size", "2",
+       "--n-samples-per-prompt", "4", "--rollout-max-response-len", "8", "--lr", "1e-3", "--eval-max-prompts", "1",
+       "--engine-max-batch-size", "8", "--custom-rm-path", "tests/_resume_reward.py:reward"]
+
+
+def _rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("module", [async_loop, async_partial, engine_pool])
+def test_doctests(module):
+    assert doctest.testmod(module).failed == 0
+
+
+def test_drop_stale_keeps_whole_groups_within_the_bound():
+    def group(i, *versions):
+        return Group(i, [Sample(group_id=i, weight_versions=list(v)) for v in versions])
+
+    groups = [group(0, [5], [4, 5]), group(1, [5], [3]), group(2, [])]  # group 2 generated nothing
+    kept, dropped, ages = drop_stale(groups, version=5, max_staleness=1)
+    assert [g.group_id for g in kept] == [0, 2] and dropped == 1 and sorted(ages) == [0, 1]
+
+
+def test_async_run_overlaps_bounds_staleness_and_checkpoints_the_data_position(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    train(parse_args([*TOY, "--num-rollout", "3", "--max-staleness", "1", "--use-tis", "--output-dir", str(out),
+                      "--save", str(out / "ckpt"), "--save-interval", "2"]))
+    steps = [r for r in _rows(out) if "perf/step_time" in r]
+    assert [r["perf/weight_version"] for r in steps] == [1, 2, 3]
+    assert [r["async/staleness_max"] for r in steps] == [0.0, 1.0, 1.0]  # k+1 was sampled by the weights before step k
+    assert all(r["async/dropped_stale"] == 0 and r["rollout/groups_kept"] == 2 for r in steps)
+    assert steps[1]["async/overlap_s"] > 0 and "train/tis_weight_mean" in steps[1]
+    # when rollout 2 was saved the producer had drawn rollout 3's prompts: the checkpoint must not count them
+    state = json.loads((out / "ckpt" / "rollout_00002" / "state.json").read_text())
+    assert (state["sampler"]["epoch"], state["sampler"]["offset"]) == (0, 2 * 2)
+    assert state["next_rollout"] == 2 and state["weight_version"] == 2
+
+
+def test_ctrl_c_finishes_the_step_saves_and_resume_continues(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    args = [*TOY, "--num-rollout", "50", "--output-dir", str(out), "--save", str(out / "ckpt")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "train.py", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        while not (out / "metrics.jsonl").exists() or len(_rows(out)) < 2:
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read()
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, output
+    assert "Ctrl-C" in output
+    done = len([r for r in _rows(out) if "perf/step_time" in r])
+    assert 1 <= done < 50
+    ckpt = out / "ckpt" / (out / "ckpt" / "latest").read_text()
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["next_rollout"] == done and (ckpt / "trainer.pt").exists()
+    resumed = tmp_path / "resumed"
+    train(parse_args([*TOY, "--num-rollout", str(done + 1), "--output-dir", str(resumed), "--load", str(out / "ckpt")]))
+    assert [r["step"] for r in _rows(resumed) if "perf/step_time" in r] == [done + 1]
