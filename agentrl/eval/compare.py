@@ -24,6 +24,8 @@ from agentrl.eval.store import diff_settings
 
 log = logging.getLogger(__name__)
 
+EPISODE_KEYS = ("turns_mean", "generated_tokens_mean", "response_tokens_mean", "prompt_tokens_mean",
+                "tool_calls_mean", "tool_errors_mean")
 COUNT_KEYS = ("prompts", "episodes", "status_ok", "status_truncated", "status_aborted", "status_failed")
 
 
@@ -42,15 +44,16 @@ def load_summary(path: str | Path) -> dict[str, Any]:
 
 
 def metric_order(summary_a: dict[str, Any], summary_b: dict[str, Any]) -> list[str]:
-    """Scores first (avg, success, pass@k, pass^k, maj@k), then episode statistics, then counts."""
+    """Scores first (avg, pass@k, pass^k, maj@k), then episode statistics, then counts. ``success``
+    and ``pass^1`` equal ``pass@1`` and are left out."""
     keys = {k for s in (summary_a, summary_b) for m in [*s["tasks"].values(), s["overall"]] for k in m}
     ks = sorted({*summary_a.get("ks", []), *summary_b.get("ks", [])})
-    order = ["reward_mean", "success"]
+    order = ["reward_mean"]
     for family in ("pass@", "pass^", "maj@"):
-        order += [f"{family}{k}" for k in ks]
-    order += sorted(k for k in keys if k.endswith("_mean") and k != "reward_mean")
+        order += [f"{family}{k}" for k in ks if f"{family}{k}" != "pass^1"]
+    order += [k for k in EPISODE_KEYS if k in keys]
     order += [k for k in COUNT_KEYS]
-    order += sorted(keys - set(order))
+    order += sorted(keys - set(order) - {"success", "pass^1"})
     return [k for k in order if k in keys]
 
 
@@ -64,7 +67,7 @@ def compare_rows(a: dict[str, Any], b: dict[str, Any]) -> list[list[str]]:
         for key in metric_order(a, b):
             va = None if ma is None else ma.get(key)
             vb = None if mb is None else mb.get(key)
-            if va is None and vb is None:
+            if va is None and vb is None or key == "status_aborted" and not va and not vb:
                 continue
             digits = 0 if key in COUNT_KEYS else 3
             delta = "-" if va is None or vb is None else f"{vb - va:+.{digits}f}"
@@ -98,7 +101,7 @@ def format_compare(dir_a: str, dir_b: str, a: dict[str, Any], b: dict[str, Any],
     if changes:
         lines += ["settings that differ (A -> B):" if not markdown else "Settings that differ (A -> B):"]
         lines += [f"{'- ' if markdown else '  '}{c}" for c in changes]
-    lines += ["", render_table(header, compare_rows(a, b), markdown=markdown)]
+    lines += ["", render_table(header, compare_rows(a, b), markdown=markdown, left=2)]
     return "\n".join(lines) + "\n"
 
 

@@ -94,15 +94,16 @@ def format_table(summary: dict[str, Any], *, markdown: bool = False) -> str:
     return render_table(["task", *(c.header for c in cols)], rows, markdown=markdown)
 
 
-def render_table(header: list[str], rows: list[list[str]], *, markdown: bool = False) -> str:
-    """Aligned plain text (first column left, others right) or a Markdown table."""
+def render_table(header: list[str], rows: list[list[str]], *, markdown: bool = False, left: int = 1) -> str:
+    """Aligned plain text (the first ``left`` columns left-aligned, numbers right) or Markdown."""
     if markdown:
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+        align = ["---"] * left + ["---:"] * (len(header) - left)
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
         return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
 
     def line(r: list[str]) -> str:
-        return "  ".join(str(v).ljust(w) if i == 0 else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
+        return "  ".join(str(v).ljust(w) if i < left else str(v).rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
 
     return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
 
