@@ -5,6 +5,19 @@ own code (:class:`~agentrl.rollout.Rollout`, no filters), and computes per-task 
 (:mod:`agentrl.eval.metrics`). ``on_group`` sees every finished group (the CLI appends them
 to ``episodes.jsonl``), and ``done`` skips prompts finished earlier, so an interrupted
 evaluation resumes without repeating episodes.
+
+Example (an engine that always says "apple", two prompts of the echo environment)::
+
+    >>> from agentrl.chat import ChatTemplate
+    >>> from agentrl.models import load_tokenizer
+    >>> from agentrl.testing import FakeEngine
+    >>> tok = load_tokenizer("tiny-qwen2")
+    >>> engine = FakeEngine(responder=lambda ids, sp: tok.encode("apple<|im_end|>", add_special_tokens=False))
+    >>> rows = [PromptRow(index=i, prompt=f"say {w}", options={"target": w}) for i, w in enumerate(["apple", "pear"])]
+    >>> task = EvalTask("echo", rows, env_id="agentrl/Echo-v0", max_turns=1)
+    >>> out = asyncio.run(evaluate(engine, ChatTemplate(tok), [task], EvalConfig(n_samples=2, ks=(1, 2))))
+    >>> out["echo"]["metrics"]["pass@2"], out["echo"]["metrics"]["status_truncated"]
+    (0.5, 2.0)
 """
 
 from __future__ import annotations
