@@ -1,8 +1,10 @@
 """Training throughput and MFU of the Megatron backend on one GPU, SDPA spec vs the local spec.
 
-A training step is what the RL trainer runs per micro-batch: forward, token log-probs computed
-vocabulary-parallel from the logits (``agentrl.train.megatron.logprobs``), a loss on them,
-backward, then one step of megatron-core's distributed optimizer (Adam, fp32 main weights).
+A training step is what the RL trainer runs: ``--grad-accum`` micro-batches of forward, token
+log-probs computed vocabulary-parallel from the logits (``agentrl.train.megatron.logprobs``), a
+loss on them and backward, then one step of megatron-core's distributed optimizer (Adam, fp32
+main weights). An RL optimiser step usually spans many micro-batches; ``--grad-accum 1`` charges
+the whole optimizer step to every micro-batch.
 The models are random, with the shapes of Qwen2.5-0.5B and Qwen2.5-1.5B (throughput does not
 depend on the weights); every sequence is ``--seq-len`` tokens, bf16.
 
@@ -62,6 +64,7 @@ class Result:
     micro_batch_size: int
     seq_len: int
     recompute: str
+    grad_accum: int = 1
     status: str = "ok"
     step_s: float = 0.0
     tokens_per_s: float = 0.0
@@ -95,7 +98,7 @@ def run_case(name: str, backend: str, mbs: int, seq_len: int, recompute: str, ar
     from agentrl.train.megatron.optim import MegatronOptimizer
     from agentrl.train.megatron.shape import ModelShape
 
-    res = Result(name, backend, mbs, seq_len, recompute)
+    res = Result(name, backend, mbs, seq_len, recompute, args.grad_accum)
     shape = ModelShape.from_hf(qwen2_config(name))
     res.params_b = shape.num_parameters / 1e9
     causal, full = flops_per_token(shape, seq_len)
@@ -111,9 +114,11 @@ def run_case(name: str, backend: str, mbs: int, seq_len: int, recompute: str, ar
 
         def step() -> None:
             opt.zero_grad()
-            logits = opt.model(ids, None, None)  # [b, s, V]
-            lp, _ = vocab_parallel_logprobs(logits, targets, vocab_size=shape.vocab_size)
-            (-lp.mean()).backward()
+            for _ in range(args.grad_accum):
+                logits = opt.model(ids, None, None)  # [b, s, V]
+                lp, _ = vocab_parallel_logprobs(logits, targets, vocab_size=shape.vocab_size)
+                (-lp.mean() / args.grad_accum).backward()
+                del logits, lp
             opt.step()
 
         for _ in range(args.warmup):
@@ -124,7 +129,7 @@ def run_case(name: str, backend: str, mbs: int, seq_len: int, recompute: str, ar
             step()
         torch.cuda.synchronize()
         res.step_s = (time.perf_counter() - t0) / args.steps
-        res.tokens_per_s = mbs * seq_len / res.step_s
+        res.tokens_per_s = args.grad_accum * mbs * seq_len / res.step_s
         res.tflops = res.tokens_per_s * causal / 1e12
         res.mfu = res.tflops / args.peak_tflops
         res.mfu_palm = res.tokens_per_s * full / 1e12 / args.peak_tflops
@@ -147,15 +152,15 @@ def to_markdown(results: list[Result], meta: dict) -> str:
              f"{meta['date']}, torch {meta['torch']}, megatron-core {meta['megatron_core']}, "
              f"peak {meta['peak_tflops']} TFLOP/s, {meta['steps']} timed steps after {meta['warmup']} warm-up, "
              f"fusions {'on' if meta.get('fusions') else 'off'}.", "",
-             "| shape | spec | micro-batch | seq | recompute | tokens/s | TFLOP/s | MFU | MFU (PaLM) | peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| shape | spec | micro-batch | seq | grad accum | recompute | tokens/s | TFLOP/s | MFU | MFU (PaLM) | peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r.status != "ok":
-            lines.append(f"| {r.shape} | {r.backend} | {r.micro_batch_size} | {r.seq_len} | {r.recompute} | "
-                         f"{r.status} | | | | {r.peak_mem_gb:.1f} |")
+            lines.append(f"| {r.shape} | {r.backend} | {r.micro_batch_size} | {r.seq_len} | {r.grad_accum} | "
+                         f"{r.recompute} | {r.status} | | | | {r.peak_mem_gb:.1f} |")
             continue
-        lines.append(f"| {r.shape} | {r.backend} | {r.micro_batch_size} | {r.seq_len} | {r.recompute} | "
-                     f"{r.tokens_per_s:,.0f} | {r.tflops:.0f} | {100 * r.mfu:.1f}% | {100 * r.mfu_palm:.1f}% | "
+        lines.append(f"| {r.shape} | {r.backend} | {r.micro_batch_size} | {r.seq_len} | {r.grad_accum} | "
+                     f"{r.recompute} | {r.tokens_per_s:,.0f} | {r.tflops:.0f} | {100 * r.mfu:.1f}% | {100 * r.mfu_palm:.1f}% | "
                      f"{r.peak_mem_gb:.1f} |")
     return "\n".join(lines) + "\n"
 
@@ -168,6 +173,7 @@ def main() -> None:
     ap.add_argument("--local-micro-batch-sizes", default="1", help="sequences per step for the local spec")
     ap.add_argument("--seq-len", type=int, default=4096)
     ap.add_argument("--recompute", default="none", help="comma separated: none, full, selective")
+    ap.add_argument("--grad-accum", type=int, default=4, help="micro-batches per optimizer step")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--fusions", action="store_true", help="megatron-core's torch.compile'd SwiGLU / bias-dropout-add")

@@ -43,6 +43,34 @@ def test_gradients_match_autograd_of_the_dense_formula():
     assert got[..., 11:].abs().max() == 0  # padded vocabulary gets no gradient
 
 
+def test_row_chunks_give_the_same_values_and_gradients(monkeypatch):
+    from agentrl.train.megatron import logprobs as module
+
+    g = torch.Generator().manual_seed(2)
+    logits = (torch.randn(5, 6, 13, dtype=torch.float64, generator=g) * 2).requires_grad_()
+    targets = torch.randint(0, 12, (5, 6), generator=g)
+    w = torch.randn(5, 6, dtype=torch.float64, generator=g)
+    results = []
+    for chunk in (1 << 26, 13 * 4):  # one chunk; chunks of 4 rows (the last one shorter)
+        monkeypatch.setattr(module, "_CHUNK_ELEMENTS", chunk)
+        lp, ent = vocab_parallel_logprobs(logits, targets, vocab_size=12, temperature=1.3, with_entropy=True)
+        (grad,) = torch.autograd.grad((lp.double() * w).sum() + ent.double().sum(), logits)
+        results.append((lp, ent, grad))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b)
+
+
+def test_bf16_logits_give_float32_results_and_bf16_gradients():
+    logits = torch.randn(4, 50).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 50, (4,))
+    lp, _ = vocab_parallel_logprobs(logits, targets)
+    assert lp.dtype == torch.float32
+    want = torch.log_softmax(logits.float(), -1).gather(-1, targets[:, None])[:, 0]
+    torch.testing.assert_close(lp, want, atol=1e-5, rtol=1e-5)
+    (grad,) = torch.autograd.grad(lp.sum(), logits)
+    assert grad.dtype == torch.bfloat16
+
+
 def test_entropy_without_grad_is_detached_and_logprob_grad_unchanged():
     logits = torch.randn(2, 3, 9, requires_grad=True)
     targets = torch.randint(0, 9, (2, 3))

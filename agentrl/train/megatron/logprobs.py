@@ -30,65 +30,88 @@ import torch.distributed as dist
 from torch import Tensor
 
 _PAD_LOGIT = -1e30  # finite: p * z stays 0 * finite for padded vocabulary rows
+_CHUNK_ELEMENTS = 1 << 26  # rows are processed in chunks of about this many logits (256 MB in fp32)
 
 
 class _VocabParallelLogprobs(torch.autograd.Function):
+    """Row-chunked: the ``[N, V/tp]`` logits are read in chunks of rows and upcast chunk by chunk,
+    so no full-size float32 copy exists; the backward recomputes the softmax from the saved
+    (bf16) logits and writes the gradient in their dtype."""
+
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, vocab_start: int, vocab_valid: int,
                 temperature: float, group, with_entropy: bool, entropy_grad: bool):
         # logits [N, Vp] (this rank's vocabulary slice), targets [N] global ids
-        z = logits.float()
-        if temperature != 1.0:
-            z = z / temperature
-        elif z.data_ptr() == logits.data_ptr():
-            z = z.clone()  # float32 input: do not modify the caller's tensor in place
-        vp = z.shape[-1]
-        if vocab_valid < vp:
-            z[:, max(vocab_valid, 0):] = _PAD_LOGIT
-        zmax = z.max(dim=-1).values  # [N]
-        _all_reduce(zmax, dist.ReduceOp.MAX, group)
-        z.sub_(zmax.unsqueeze(-1))
+        n, vp = logits.shape
+        dtype = torch.promote_types(logits.dtype, torch.float32)
         local = targets - vocab_start  # [N]
         inside = (local >= 0) & (local < vp)
-        idx = local.clamp(0, vp - 1).unsqueeze(-1)
-        target_z = z.gather(-1, idx).squeeze(-1) * inside  # [N]
-        p = z.exp()  # [N, Vp], unnormalised
-        sumexp = p.sum(dim=-1)
-        stats = torch.stack([sumexp, target_z])  # one all-reduce for both
+        idx = local.clamp(0, vp - 1).unsqueeze(-1)  # [N, 1]
+        chunks = _row_chunks(n, vp)
+        zmax = torch.empty(n, dtype=dtype, device=logits.device)
+        for rows in chunks:
+            zmax[rows] = _scaled(logits[rows], dtype, temperature, vocab_valid).max(dim=-1).values
+        _all_reduce(zmax, dist.ReduceOp.MAX, group)
+        # stats[0]: sum_v exp(z_v - max); stats[1]: z_target - max (0 on ranks without the target)
+        stats = torch.empty(2, n, dtype=dtype, device=logits.device)
+        for rows in chunks:
+            z = _scaled(logits[rows], dtype, temperature, vocab_valid).sub_(zmax[rows, None])
+            stats[0, rows] = z.exp_().sum(dim=-1)
+        target_z = logits.gather(-1, idx).squeeze(-1).to(dtype) / temperature - zmax
+        stats[1] = torch.where(inside, target_z, torch.zeros_like(target_z))
         _all_reduce(stats, dist.ReduceOp.SUM, group)
-        sumexp, target_z = stats[0], stats[1]
-        log_z = sumexp.log()
-        logprobs = target_z - log_z
-        p.div_(sumexp.unsqueeze(-1))
-        entropy = None
+        log_z = stats[0].log() + zmax  # [N], log sum_v exp z_v
+        logprobs = stats[1] + zmax - log_z
+        entropy = torch.zeros_like(logprobs)
         if with_entropy:
-            pz = (p * z).sum(dim=-1)
+            pz = torch.empty_like(log_z)  # sum_v p_v z_v
+            for rows in chunks:
+                z = _scaled(logits[rows], dtype, temperature, vocab_valid)
+                pz[rows] = ((z - log_z[rows, None]).exp_() * z).sum(dim=-1)
             _all_reduce(pz, dist.ReduceOp.SUM, group)
             entropy = log_z - pz
-        ctx.temperature = temperature
-        if with_entropy and entropy_grad and ctx.needs_input_grad[0]:
-            ctx.save_for_backward(p, idx, inside, z, log_z, entropy)
-        else:
-            ctx.save_for_backward(p, idx, inside)
-        if entropy is None:
-            entropy = torch.zeros_like(logprobs)
+        ctx.meta = (temperature, vocab_valid, with_entropy and entropy_grad)
+        ctx.save_for_backward(logits, idx, inside, log_z, entropy)
         if not (with_entropy and entropy_grad):
             ctx.mark_non_differentiable(entropy)
-        return logprobs, entropy
+        return logprobs.to(torch.float32), entropy.to(torch.float32)
 
     @staticmethod
     def backward(ctx, grad_logprobs: Tensor, grad_entropy: Tensor):
-        saved = ctx.saved_tensors
-        p, idx, inside = saved[:3]
-        grad = p * (-grad_logprobs.unsqueeze(-1))  # [N, Vp]
-        grad.scatter_add_(-1, idx, (grad_logprobs * inside).unsqueeze(-1))
-        if grad_entropy is not None and len(saved) > 3:
-            z, log_z, entropy = saved[3:]
-            shift = (z - log_z.unsqueeze(-1)).add_((entropy).unsqueeze(-1))  # log p_v + H
-            grad.sub_(p * shift * grad_entropy.unsqueeze(-1))
-        if ctx.temperature != 1.0:
-            grad.div_(ctx.temperature)
+        logits, idx, inside, log_z, entropy = ctx.saved_tensors
+        temperature, vocab_valid, entropy_grad = ctx.meta
+        n, vp = logits.shape
+        dtype = log_z.dtype
+        g_lp = grad_logprobs.to(dtype)
+        g_h = grad_entropy.to(dtype) if entropy_grad and grad_entropy is not None else None
+        grad = torch.empty_like(logits)
+        for rows in _row_chunks(n, vp):
+            z = _scaled(logits[rows], dtype, temperature, vocab_valid)
+            shift = z.sub_(log_z[rows, None])  # log p_v
+            p = shift.exp()
+            g = p * (-g_lp[rows, None])  # d log p(t) / d z_v = 1[v = t] - p_v
+            if g_h is not None:  # d H / d z_v = -p_v (log p_v + H)
+                g.sub_(p * shift.add_(entropy[rows, None]) * g_h[rows, None])
+            g.scatter_add_(-1, idx[rows], (g_lp[rows] * inside[rows]).unsqueeze(-1))
+            if temperature != 1.0:
+                g.div_(temperature)
+            grad[rows] = g.to(grad.dtype)
         return grad, None, None, None, None, None, None, None
+
+
+def _row_chunks(n: int, vp: int) -> list[slice]:
+    step = max(1, _CHUNK_ELEMENTS // max(vp, 1))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
+def _scaled(logits: Tensor, dtype: torch.dtype, temperature: float, vocab_valid: int) -> Tensor:
+    """A fresh ``dtype`` copy of a chunk of logits, divided by the temperature, padding masked."""
+    z = logits.to(dtype, copy=True)
+    if temperature != 1.0:
+        z.div_(temperature)
+    if vocab_valid < z.shape[-1]:
+        z[:, max(vocab_valid, 0):] = _PAD_LOGIT
+    return z
 
 
 def vocab_parallel_logprobs(

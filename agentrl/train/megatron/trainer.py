@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections import defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,7 +105,7 @@ class MegatronTrainer:
 
     def __init__(self, model: str, config: TrainConfig | None = None,
                  megatron: MegatronTrainerConfig | None = None, *, tokenizer: Any = None,
-                 total_steps: int | None = None) -> None:
+                 device: str | None = None, total_steps: int | None = None) -> None:
         from transformers import AutoConfig
 
         from agentrl.models import resolve_model_path
@@ -117,8 +116,8 @@ class MegatronTrainer:
         algo.get_policy_loss(config.policy_loss)
         if config.lora_rank > 0:
             raise ValueError("the Megatron backend does not support LoRA; use --trainer torch for lora_rank > 0")
-        _check_device()
-        self.model_path = resolve_model_path(model)
+        _check_device(device)
+        self.model_path = _local_folder(resolve_model_path(model))
         self.hf_config = AutoConfig.from_pretrained(self.model_path)
         self.shape = ModelShape.from_hf(self.hf_config)
         self.layout = init_parallel(mcfg.tensor_parallel, mcfg.pipeline_parallel, seed=config.seed + 1234)
@@ -259,19 +258,27 @@ class MegatronTrainer:
         return [[share[j] for j in group] for group in split(samples, budget)]
 
     # -- training --------------------------------------------------------------------------
+    def needs_old_logprobs(self, num_steps: int) -> bool:
+        """Whether the loop must compute old logprobs before ``train_step(batch, num_steps)``:
+        only for several optimiser steps, or for TIS, which reads them before training."""
+        return num_steps > 1 or self.config.use_tis
+
     def train_step(self, batch: RolloutBatch, num_steps: int = 1) -> dict[str, float]:
-        """``num_steps`` optimiser steps, each over ``len(batch) / num_steps`` samples."""
-        if batch.advantages is None or batch.old_logprobs is None:
-            raise ValueError("train_step needs batch.advantages and batch.old_logprobs set")
+        """``num_steps`` optimiser steps, each over ``len(batch) / num_steps`` samples.
+
+        With ``batch.old_logprobs`` unset and one step, this forward pass's detached log-probs are
+        the old ones (ratio 1), as in the torch backend.
+        """
+        if batch.advantages is None:
+            raise ValueError("train_step needs batch.advantages set")
+        if batch.old_logprobs is None and num_steps > 1:
+            raise ValueError("several optimiser steps per batch need batch.old_logprobs (compute_logprobs) set")
         if self.config.use_kl_loss and batch.ref_logprobs is None:
             raise ValueError("use_kl_loss is on but batch.ref_logprobs is not set")
         if self.critic is not None and (batch.values is None or batch.returns is None):
             raise ValueError("use_critic is on but batch.values / batch.returns are not set")
-        sums: dict[str, float] = defaultdict(float)
-        for step_idx in optimizer_steps(len(batch), num_steps):
-            for k, v in self._optimizer_step(batch.select(step_idx)).items():
-                sums[k] += v / num_steps
-        return dict(sums)
+        steps = [self._optimizer_step(batch.select(idx)) for idx in optimizer_steps(len(batch), num_steps)]
+        return {k: _over_steps(k, [m[k] for m in steps]) for k in steps[0]}
 
     def _optimizer_step(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.config
@@ -287,7 +294,8 @@ class MegatronTrainer:
                 logits, inputs.targets, vocab_size=self.shape.vocab_size, temperature=self._temperature,
                 with_entropy=True, entropy_grad=bool(cfg.entropy_coef))
             logprobs, entropy = gather_response(lp, inputs), gather_response(ent, inputs)
-            loss, m = loss_fn(logprobs, dev(mb.old_logprobs), dev(mb.advantages), mask, config=self.loss_config,
+            old = logprobs.detach() if mb.old_logprobs is None else dev(mb.old_logprobs)
+            loss, m = loss_fn(logprobs, old, dev(mb.advantages), mask, config=self.loss_config,
                               rollout_logprobs=dev(mb.rollout_logprobs), denominator=denom)
             metrics: dict[str, float] = {}
             if cfg.use_kl_loss:
@@ -301,7 +309,10 @@ class MegatronTrainer:
             metrics["loss"] = float(loss.detach())
             metrics["entropy"] = float(algo.masked_mean(entropy.detach(), mask)) * share
             for k, v in m.items():
-                metrics[k] = float(v) if k.endswith(("_max", "_min")) else float(v) * share
+                if k.endswith(("_max", "_min")) or k == "pg_loss":  # pg_loss: parts of the global sum
+                    metrics[k] = float(v)
+                else:
+                    metrics[k] = float(v) * share
             return loss, metrics
 
         self.model.train()
@@ -396,9 +407,32 @@ def _value_of(inputs: ModelInputs, output: Tensor) -> Tensor:
     return gather_response(output[..., 0].float(), inputs)  # [rows, L, 1] -> [b, R]
 
 
-def _check_device() -> None:
-    """megatron-core assumes CUDA; fail clearly on a CPU-only machine."""
+def _over_steps(key: str, values: list[float]) -> float:
+    """Merge a metric over optimiser steps: extremes stay extremes, the rest is averaged."""
+    if key.endswith("_max"):
+        return max(values)
+    if key.endswith("_min"):
+        return min(values)
+    return sum(values) / len(values)
+
+
+def _local_folder(path: str) -> str:
+    """A hub id becomes its downloaded snapshot (config, tokenizer, safetensors)."""
+    if Path(path).is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(path, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"])
+
+
+def _check_device(device: str | None) -> None:
+    """megatron-core assumes CUDA; fail clearly on a CPU-only machine. Under torchrun each rank
+    takes the GPU of its ``LOCAL_RANK``; in one process ``device`` (``cuda:k``) picks the GPU."""
     if torch.cuda.is_available():
+        if device is not None and torch.device(device).type != "cuda":
+            raise ValueError(f"the Megatron backend runs on CUDA; got device {device!r} (use --trainer torch on CPU)")
+        if device is not None and torch.device(device).index is not None and "LOCAL_RANK" not in os.environ:
+            torch.cuda.set_device(torch.device(device))
         return
     try:
         torch.cuda.current_device()
