@@ -184,6 +184,9 @@ class RolloutStream:
             self.c.sampler = self._sampler
         if self._executor is not None:
             self._executor.shutdown(wait=True)
+        close = getattr(self.c, "close", None)  # Ray actors and placement group (agentrl.cluster.build)
+        if close is not None:
+            await close()
 
     # --- producer ------------------------------------------------------------------------------
 

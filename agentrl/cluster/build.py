@@ -1,9 +1,178 @@
-"""``--use-ray``: the run's components with engines and trainer as Ray actors."""
+"""``--use-ray``: the run's components with the trainer and the engines as Ray actors.
+
+:func:`build_ray_components` joins (``--ray-address``) or starts a Ray cluster, reserves one
+placement group (:mod:`agentrl.cluster.placement`), starts one :class:`RayTrainerActor` and
+``--num-engines`` engines (embedded-engine actors, or SGLang servers with ``--engine sglang``)
+behind an :class:`~agentrl.cluster.EnginePool`, and optionally ``--num-env-workers`` environment
+actors. Everything else (data, template, rollout, evaluation) is built as in a single-process run,
+so the loop, the recipes and the metrics are the same.
+
+Example::
+
+    python train.py --config recipes/quickstart/config.yaml --use-ray --num-engines 2
+"""
 
 from __future__ import annotations
 
+import logging
+import math
+from dataclasses import dataclass, field
 from typing import Any
 
+from agentrl.cluster.engine_pool import EnginePool
+from agentrl.components import PLAIN_TEMPLATE, Components, load_eval_tasks, output_dir
+from agentrl.config import RunConfig
 
-def build_ray_components(cfg: Any) -> Any:
-    raise NotImplementedError
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RayComponents(Components):
+    """:class:`~agentrl.components.Components` plus what must be released at the end of the run."""
+
+    placement: Any = None
+    env_pool: Any = None
+    started_ray: bool = False
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    async def close(self) -> None:
+        """Stop engines, trainer and env workers; free the placement group (and Ray, if we started it)."""
+        import ray
+
+        await self.engine.close()
+        for closer in (getattr(self.trainer, "close", None), getattr(self.env_pool, "close", None),
+                       getattr(self.placement, "remove", None)):
+            if closer is not None:
+                try:
+                    closer()
+                except Exception as exc:
+                    log.warning("cleanup: %s", exc)
+        if self.started_ray:
+            ray.shutdown()
+
+
+def build_ray_components(cfg: RunConfig) -> RayComponents:
+    import ray
+
+    from agentrl.chat import ChatTemplate
+    from agentrl.cluster.placement import create_placement, init_ray, plan_placement
+    from agentrl.cluster.ray_trainer import RayTrainer
+    from agentrl.data import PromptSampler, load_prompts
+    from agentrl.eval import EvalConfig
+    from agentrl.rollout import Rollout, default_filters, load_generate_fn, load_reward_fn
+
+    started = init_ray(cfg.ray_address)
+    resources = ray.cluster_resources()
+    use_gpu = resources.get("GPU", 0) > 0 and cfg.device != "cpu"
+    actors = 1 + cfg.num_engines
+    cpus = cpus_per_actor(resources.get("CPU", 1.0), actors + cfg.num_env_workers)
+    plan = plan_placement(cfg.num_engines, cfg.rollout_num_gpus_per_engine, colocate=cfg.colocate, use_gpu=use_gpu,
+                          cpus_per_actor=cpus)
+    placement = create_placement(plan)
+    trainer = RayTrainer.spawn(cfg, options=placement.trainer_options())
+    if cfg.engine == "sglang":
+        from agentrl.cluster.sglang_servers import DiskWeightsTrainer
+
+        trainer = DiskWeightsTrainer(trainer, output_dir(cfg) / "weights")
+    engine = build_engine_pool(cfg, placement)
+
+    dataset = load_prompts(cfg.prompt_data, cfg.data)
+    sampler = PromptSampler(dataset.rows, seed=cfg.seed)
+    template = ChatTemplate(trainer.tokenizer, None if cfg.data.apply_chat_template else PLAIN_TEMPLATE)
+    generate_fn = load_generate_fn(cfg.custom_generate_function_path) if cfg.custom_generate_function_path else None
+    env_pool = None
+    if cfg.num_env_workers:
+        from agentrl.cluster.env_pool import RayEnvPool
+
+        env_pool = RayEnvPool(cfg.num_env_workers, options={"num_cpus": cpus})
+        if generate_fn is not None:
+            log.warning("--num-env-workers: the custom generate function makes its own environments; "
+                        "they run in the driver")
+        else:
+            generate_fn = env_pool.generate_fn()
+    rollout = Rollout(
+        engine, template, cfg.rollout, default_env_id=cfg.env,
+        filters=default_filters(dynamic_sampling=cfg.dynamic_sampling, overlong=cfg.overlong,
+                                overlong_penalty_value=cfg.overlong_penalty),
+        generate_fn=generate_fn,
+        reward_fn=load_reward_fn(cfg.custom_rm_path) if cfg.custom_rm_path else None,
+        seed=cfg.seed,
+    )
+    eval_config = EvalConfig(
+        n_samples=cfg.n_samples_per_eval_prompt, ks=tuple(sorted({1, cfg.n_samples_per_eval_prompt})),
+        sampling=cfg.rollout.sampling.replace(temperature=cfg.eval_temperature, seed=cfg.seed),
+        max_turns=cfg.rollout.max_turns, max_context_tokens=cfg.rollout.max_context_tokens,
+        max_new_tokens_per_turn=cfg.rollout.max_new_tokens_per_turn, concurrency=cfg.rollout.concurrency,
+        env_kwargs=cfg.rollout.env_kwargs, seed=cfg.seed + 10_000)
+    log.info("Ray run: trainer %s, %d engine(s) (%s), %d env worker(s), %s", trainer.where(), cfg.num_engines,
+             cfg.engine, cfg.num_env_workers, "colocated" if plan.colocate else "disaggregated")
+    return RayComponents(engine, trainer, template, rollout, sampler, dataset, load_eval_tasks(cfg), eval_config,
+                         placement=placement, env_pool=env_pool, started_ray=started)
+
+
+def build_engine_pool(cfg: RunConfig, placement: Any) -> EnginePool:
+    """``--num-engines`` engines in their bundles, behind an :class:`EnginePool` that restarts
+    them (``--use-fault-tolerance``) in the same bundle."""
+    import ray
+
+    if cfg.engine == "sglang":
+        return _sglang_pool(cfg, placement)
+    from agentrl.cluster.ray_engine import RayEngine
+
+    kwargs = {"engine_kwargs": {"max_batch_size": cfg.engine_max_batch_size,
+                                "max_seq_len": cfg.rollout.max_context_tokens + 8},
+              "hang_timeout": max(cfg.engine_health_timeout, 60.0)}  # device: the actor's own GPU, else its CPUs
+
+    def spawn(i: int) -> RayEngine:
+        return RayEngine.spawn(cfg.model_path, options=placement.engine_options(i), name=f"engine-{i}", **kwargs)
+
+    async def factory(i: int) -> RayEngine:
+        return await spawn(i).ready()
+
+    engines = [spawn(i) for i in range(cfg.num_engines)]
+    versions = ray.get([e.actor.weight_version.remote() for e in engines])  # wait until every model is loaded
+    for e, v in zip(engines, versions):
+        e._version = int(v)
+    return _pool(cfg, engines, factory)
+
+
+def _sglang_pool(cfg: RunConfig, placement: Any) -> EnginePool:
+    import asyncio
+
+    from agentrl.cluster.sglang_servers import spawn_server
+
+    def start(i: int):
+        return spawn_server(cfg.model_path, i, options=placement.engine_options(i), base_port=30000,
+                            tp=cfg.rollout_num_gpus_per_engine, extra_args=list(cfg.sglang_args))
+
+    async def start_all():
+        return await asyncio.gather(*(start(i) for i in range(cfg.num_engines)))
+
+    engines = _run_sync(start_all())
+    return _pool(cfg, engines, start)
+
+
+def _pool(cfg: RunConfig, engines: list[Any], factory: Any) -> EnginePool:
+    return EnginePool(engines, factory=factory if cfg.use_fault_tolerance else None,
+                      health_interval=cfg.engine_health_interval, health_timeout=cfg.engine_health_timeout)
+
+
+def cpus_per_actor(total: float, actors: int) -> float:
+    """One CPU per actor when the cluster has them, else an equal share (in quarters, >= 0.25).
+
+    Example::
+
+        >>> cpus_per_actor(16, 3), cpus_per_actor(2, 3)
+        (1.0, 0.5)
+    """
+    return max(0.25, min(1.0, math.floor(4 * total / max(actors, 1)) / 4))
+
+
+def _run_sync(coro: Any) -> Any:
+    """Run a coroutine from synchronous code that may itself be inside a running event loop."""
+    import asyncio
+    import concurrent.futures as cf
+
+    with cf.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
+

@@ -1,0 +1,125 @@
+"""SGLang servers as Ray actors (``--use-ray --engine sglang``), behind an :class:`EnginePool`.
+
+Each :class:`SGLangServerActor` sits in a placement bundle of ``--rollout-num-gpus-per-engine``
+GPUs and runs one ``python -m sglang.launch_server --tp-size N`` subprocess on them (through
+:func:`agentrl.engine.sglang.launch_sglang`), bound to its node's address on port
+``base_port + index`` so a replacement comes back at the same URL. The driver talks to each
+server with its own :class:`~agentrl.engine.sglang.SGLangEngine`; the
+:class:`~agentrl.cluster.EnginePool` over them does what an sglang-router would (least-loaded
+routing, failover) and more: it health-checks every server with ``/health_generate``, restarts a
+dead or hung one and loads the current weights into it (``/update_weights_from_disk``).
+
+Weights reach the servers from disk: the trainer actor writes an HF folder per version under the
+run's ``weights`` folder (on storage every node sees) and each server loads it
+(:class:`DiskWeights`). For an sglang-router in front of the servers instead of the pool, start
+them with :func:`agentrl.engine.sglang.launch_sglang` (``router=True``) and pass
+``--sglang-url ROUTER``.
+
+``server_command`` replaces SGLang's launch command (``agentrl serve`` in tests, since SGLang
+cannot be installed on every machine).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+class SGLangServerActor:
+    """Runs inside a Ray worker: one SGLang server process on the worker's GPUs."""
+
+    def __init__(self, model_path: str, *, port: int, tp: int = 1, extra_args: list[str] | None = None,
+                 server_command: Any = None, health_timeout: float = 900.0) -> None:
+        import ray
+
+        from agentrl.engine.sglang import launch_sglang
+
+        host = ray.util.get_node_ip_address()
+        self.cluster = launch_sglang(model_path, 1, port, tp=tp, host=host, extra_args=extra_args or [],
+                                     router=False, health_timeout=health_timeout, server_command=server_command)
+
+    def url(self) -> str:
+        return self.cluster.server_urls[0]
+
+    def alive(self) -> bool:
+        return all(code is None for code in self.cluster.poll().values())
+
+    def stop(self) -> None:
+        self.cluster.close(grace=10.0)
+
+
+class SGLangServer:
+    """Driver side of one server: its actor and an :class:`~agentrl.engine.sglang.SGLangEngine`
+    client; closing it stops the server and kills the actor."""
+
+    def __init__(self, actor: Any, url: str, **client_kwargs: Any) -> None:
+        from agentrl.engine.sglang import SGLangEngine
+
+        self.actor, self.url = actor, url
+        self.client = SGLangEngine(url, max_retries=1, **client_kwargs)
+
+    def __getattr__(self, name: str) -> Any:  # generate, abort, health, weight_version...
+        return getattr(self.client, name)
+
+    async def update_weights(self, weights: Any = None, *, version: int | None = None) -> int:
+        if isinstance(weights, DiskWeights):
+            weights = weights.path
+        return await self.client.update_weights(weights, version=version)
+
+    async def close(self) -> None:
+        import ray
+
+        try:
+            await self.client.aclose()
+            await self.actor.stop.remote()
+        except Exception as exc:  # a dead actor has nothing left to stop
+            log.debug("stopping %s: %s", self.url, exc)
+        ray.kill(self.actor, no_restart=True)
+
+
+class DiskWeights:
+    """An HF folder of one weight version (what SGLang servers load)."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __repr__(self) -> str:
+        return f"DiskWeights({self.path!r})"
+
+
+class DiskWeightsTrainer:
+    """Wraps a trainer so that ``weights()`` writes an HF folder and names it (keeping the two
+    newest versions: a restarting server may still be loading the previous one)."""
+
+    def __init__(self, trainer: Any, staging_dir: str | Path) -> None:
+        self._trainer = trainer
+        self.staging = Path(staging_dir)
+        self._version = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trainer, name)
+
+    def weights(self) -> DiskWeights:
+        self._version += 1
+        target = self.staging / f"weights_{self._version:06d}"
+        self._trainer.export_hf(target)
+        for old in sorted(self.staging.glob("weights_*"))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+        return DiskWeights(str(target))
+
+
+async def spawn_server(model_path: str, index: int, *, options: dict[str, Any], base_port: int, tp: int,
+                       extra_args: list[str], server_command: Any = None) -> SGLangServer:
+    """Start server ``index`` (port ``base_port + index``) and wait until it is healthy."""
+    import ray
+
+    remote = ray.remote(max_restarts=0)(SGLangServerActor)
+    actor = remote.options(**options).remote(model_path, port=base_port + index, tp=tp, extra_args=extra_args,
+                                              server_command=server_command)
+    url = await actor.url.remote()
+    log.info("SGLang server %d up at %s", index, url)
+    return SGLangServer(actor, url)
