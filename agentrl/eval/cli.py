@@ -38,8 +38,9 @@ from agentrl.engine.base import SamplingParams
 from agentrl.eval import report
 from agentrl.eval.runner import EvalConfig, EvalTask, evaluate
 from agentrl.eval.store import RunStore, SettingsChanged
+from agentrl.eval.tasks import (TaskError, TaskSpec, build_task, check_unique, data_fingerprint, load_task_file,
+                                parse_task_arg)
 from agentrl.models import ModelNotFoundError
-from agentrl.eval.tasks import TaskError, TaskSpec, build_task, check_unique, data_fingerprint, load_task_file, parse_task_arg
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,7 @@ class EvalArgs:
 _METAVARS = {"model_path": "PATH_OR_ALIAS", "tokenizer": "PATH_OR_ALIAS", "engine_url": "URL",
              "chat_template": "FILE", "task": "SPEC", "tasks": "FILE.yaml", "k": "K[,K...]", "stop": "TEXT",
              "out": "DIR", "device": "DEVICE"}
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(

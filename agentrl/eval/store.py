@@ -62,8 +62,9 @@ class RunStore:
         """
         self.dir.mkdir(parents=True, exist_ok=True)
         settings = json.loads(json.dumps(settings))  # the form it has once read back
-        if overwrite:
-            for p in (self.run_path, self.episodes_path):
+        if overwrite:  # the earlier run and everything made from it
+            made = [self.dir / "summary.json", self.dir / "report.md", *self.dir.glob("chart_*.png")]
+            for p in (self.run_path, self.episodes_path, *made):
                 p.unlink(missing_ok=True)
         if self.run_path.exists():
             old = json.loads(self.run_path.read_text(encoding="utf-8")).get("settings", {})
