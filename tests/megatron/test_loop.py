@@ -1,0 +1,38 @@
+"""``--trainer megatron`` through the training loop: rollouts on the embedded engine, Megatron train
+steps, weights pushed to the engine after every step, a checkpoint (CPU with the shim)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+TOY = ["--config", "recipes/quickstart/config.yaml", "--model-path", "tiny-qwen2", "--trainer", "megatron",
+       "--num-rollout", "3", "--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--num-steps-per-rollout", "1",
+       "--global-batch-size", "4", "--rollout-max-response-len", "8", "--eval-max-prompts", "2", "--eval-interval", "3",
+       "--max-tokens-per-gpu", "2048", "--lr", "1e-2", "--engine-max-batch-size", "8", "--no-gradient-checkpointing",
+       "--no-dynamic-sampling", "--entropy-coef", "0.1"]
+
+
+@pytest.mark.slow
+def test_three_grpo_rollouts_with_the_megatron_trainer(parallel, tmp_path, monkeypatch):
+    if torch.cuda.is_available():
+        pytest.skip("the CPU variant; on GPUs see test_gpu.py")
+    from agentrl.config import parse_args, validate
+    from agentrl.loop import train
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    cfg = parse_args([*TOY, "--output-dir", str(out), "--save", str(out / "ckpt")])
+    assert validate(cfg) == []
+    assert train(cfg)["rollouts"] == 3
+    steps = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "train/loss" in r]
+    assert len(steps) == 3
+    # the entropy bonus moves the weights every step; the engine samples with the pushed weights,
+    # so its logprobs equal the trainer's (float32 on the CPU) at every rollout
+    assert all(s["train/grad_norm"] > 0 for s in steps)
+    assert all(s["train/rollout_train_abs_diff"] < 1e-4 for s in steps), [s["train/rollout_train_abs_diff"] for s in steps]
+    assert (out / "ckpt" / "rollout_00003" / "model" / "config.json").exists()
