@@ -86,13 +86,14 @@ async def test_top_k_top_p_logprobs_are_of_the_unfiltered_distribution(qwen2):
     assert all(t in row.tolist() for t, row in zip(c.token_ids, top5))
 
 
-@pytest.mark.parametrize("backend", ["fast", "hf"])
-async def test_16_concurrent_requests_equal_sequential(qwen2, backend):
-    """Different prompt lengths and budgets, more requests than slots: queueing, joins and leaves."""
+@pytest.mark.parametrize("backend,overlap", [("fast", False), ("fast", True), ("hf", False)])
+async def test_16_concurrent_requests_equal_sequential(qwen2, backend, overlap):
+    """Different prompt lengths and budgets, more requests than slots: queueing, joins and leaves.
+    With ``overlap`` the next step is launched before the current one is read (zombie rows)."""
     model, tok = qwen2
     prompts = [tok.encode(PROMPTS[i % len(PROMPTS)] + " " * (i // len(PROMPTS))) for i in range(16)]
     params = [SamplingParams(temperature=0, max_new_tokens=6 + (i * 5) % 17, ignore_eos=True) for i in range(16)]
-    async with EmbeddedEngine(model, tok, max_batch_size=6, max_seq_len=128, backend=backend) as engine:
+    async with EmbeddedEngine(model, tok, max_batch_size=6, max_seq_len=128, backend=backend, overlap=overlap) as engine:
         sequential = [await engine.generate(p, s) for p, s in zip(prompts, params)]
         concurrent = await asyncio.gather(*(engine.generate(p, s) for p, s in zip(prompts, params)))
         steps = engine.stats.steps
@@ -103,11 +104,12 @@ async def test_16_concurrent_requests_equal_sequential(qwen2, backend):
     assert steps < sum(s.max_new_tokens for s in params) * 2  # the concurrent run shared steps
 
 
-async def test_seeded_sampling_is_reproducible_alone_and_in_a_batch(qwen2):
+@pytest.mark.parametrize("overlap", [False, True])
+async def test_seeded_sampling_is_reproducible_alone_and_in_a_batch(qwen2, overlap):
     model, tok = qwen2
     prompt = tok.encode(PROMPTS[4])
     sp = SamplingParams(temperature=1.0, max_new_tokens=16, seed=1234, ignore_eos=True)
-    async with EmbeddedEngine(model, tok, max_batch_size=8, max_seq_len=128) as engine:
+    async with EmbeddedEngine(model, tok, max_batch_size=8, max_seq_len=128, overlap=overlap) as engine:
         alone = await engine.generate(prompt, sp)
         again = await engine.generate(prompt, sp)
         others = [engine.generate(tok.encode(t), sp.replace(seed=i)) for i, t in enumerate(PROMPTS[:5])]
@@ -138,7 +140,7 @@ async def test_abort_mid_generation_returns_partial_tokens(qwen2):
 async def test_abort_all_and_queued_requests(qwen2):
     model, tok = qwen2
     prompt = tok.encode(PROMPTS[0])
-    async with EmbeddedEngine(model, tok, max_batch_size=1, max_seq_len=4096) as engine:
+    async with EmbeddedEngine(model, tok, max_batch_size=1, max_seq_len=4096, overlap=True) as engine:
         sp = SamplingParams(max_new_tokens=3000, ignore_eos=True)
         tasks = [asyncio.ensure_future(engine.generate(prompt, sp)) for _ in range(3)]
         while engine.stats.generated_tokens < 5:
@@ -195,10 +197,11 @@ async def test_update_weights_rejects_unknown_names_and_shapes(qwen2):
         assert engine.weight_version == 0
 
 
-async def test_stop_strings_stop_ids_eos_and_lengths(qwen2):
+@pytest.mark.parametrize("overlap", [False, True])
+async def test_stop_strings_stop_ids_eos_and_lengths(qwen2, overlap):
     model, tok = qwen2
     prompt = tok.encode(PROMPTS[3])
-    async with EmbeddedEngine(model, tok, max_batch_size=2, max_seq_len=128) as engine:
+    async with EmbeddedEngine(model, tok, max_batch_size=2, max_seq_len=128, overlap=overlap) as engine:
         free = await engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=24, ignore_eos=True))
         assert free.finish_reason == "length" and len(free.token_ids) == 24
         # a stop string taken from the middle of the free-running text
@@ -287,6 +290,33 @@ async def test_any_causal_lm_uses_the_hf_forward():
         assert c.token_ids == ref
     with pytest.raises(ValueError, match="no fast path"):
         EmbeddedEngine(model, max_batch_size=1, max_seq_len=64, backend="fast")
+
+
+@pytest.mark.parametrize("overlap", [False, True])
+async def test_graph_buffers_and_pipelining_simulated_on_cpu(qwen2, overlap):
+    """The CUDA-graph decode path (padded batch/length buckets, sampling in the graph, tokens kept
+    on the device between steps, two host buffers) with "graphs" that just run the step eagerly."""
+    from types import SimpleNamespace
+
+    model, tok = qwen2
+    prompts = [tok.encode(t) for t in PROMPTS[:7]]
+    params = [SamplingParams(temperature=[0, 0.8, 1.0][i % 3], top_k=5 if i == 4 else -1, max_new_tokens=5 + 3 * i,
+                             seed=i, ignore_eos=True) for i in range(7)]
+    results = []
+    for graphs in (False, True):
+        engine = EmbeddedEngine(model, tok, max_batch_size=8, max_seq_len=256, overlap=overlap)
+        runner = engine._scheduler.runner
+        if graphs:
+            runner.use_graphs = True
+            runner._record_graph = lambda step, tok: SimpleNamespace(replay=step)
+        async with engine:
+            results.append(await asyncio.gather(*(engine.generate(p, s) for p, s in zip(prompts, params))))
+            if graphs:
+                assert {key[2] for key in runner._graphs} == {"greedy", "plain", "logits"}
+                assert {key[0] for key in runner._graphs} <= {1, 2, 4, 8} and all(key[1] % 128 == 0 for key in runner._graphs)
+    for eager, graphed in zip(*results):
+        assert eager.token_ids == graphed.token_ids
+        assert torch.allclose(torch.tensor(eager.logprobs), torch.tensor(graphed.logprobs), atol=1e-5)
 
 
 def test_engine_satisfies_the_engine_protocol(qwen2):

@@ -47,11 +47,13 @@ PROMPTS = [[(7 * i + j) % 2000 + 3 for j in range(5 + 3 * i)] for i in range(16)
 @pytest.mark.parametrize("options", [
     dict(cuda_graphs=True, compile=False), dict(cuda_graphs=False), dict(cuda_graphs=True, compile=True),
     dict(compile=True, decode_attention="efficient"), dict(compile=True, decode_attention="matmul", fuse_weights=False),
+    dict(overlap=False),
 ])
 def test_cuda_fast_path_float32_equals_transformers(arch, options):
     model = _model(arch)
     sp = SamplingParams(temperature=0, max_new_tokens=20, ignore_eos=True)
     engine = EmbeddedEngine(model, max_batch_size=8, max_seq_len=256, **options)
+    assert engine.config.overlap == options.get("overlap", True)
     assert engine.backend == "fast"
     seq, conc = _generate_all(engine, PROMPTS, sp)
     for p, a, b in zip(PROMPTS, seq, conc):
@@ -95,3 +97,20 @@ def test_cuda_update_weights_keeps_graphs_valid():
     before, after = asyncio.run(main())
     ref = other.generate(torch.tensor([PROMPTS[0]], device="cuda"), max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=0)
     assert after.token_ids == ref[0, len(PROMPTS[0]):].tolist() != before.token_ids
+
+
+def test_cuda_graph_sampling_equals_eager_sampling():
+    """Sampling inside the CUDA graph (plain, greedy) and outside it (top-k) matches the eager path."""
+    model = _model("qwen2")
+    params = [SamplingParams(temperature=[0, 0.8, 1.0][i % 3], top_k=5 if i % 5 == 4 else -1, max_new_tokens=8 + i,
+                             seed=i, ignore_eos=True) for i in range(len(PROMPTS))]
+
+    async def run(**options):
+        async with EmbeddedEngine(model, max_batch_size=16, max_seq_len=256, **options) as engine:
+            return await asyncio.gather(*(engine.generate(p, s) for p, s in zip(PROMPTS, params)))
+
+    graphed = asyncio.run(run())
+    eager = asyncio.run(run(cuda_graphs=False, compile=False, overlap=False))
+    for a, b in zip(graphed, eager):
+        assert a.token_ids == b.token_ids
+        assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)

@@ -45,6 +45,10 @@ class EngineConfig:
     """Decode attention of the fast path: ``scaled_dot_product_attention`` with a length mask
     (``sdpa``: PyTorch picks the kernel; ``efficient``: the memory-efficient kernel), or explicit
     matmul + softmax (``matmul``)."""
+    overlap: bool | None = None
+    """Launch decode step t+1 before reading step t's tokens (they stay on the device), so the GPU
+    works while the host does bookkeeping; a request that finishes at step t is computed once more
+    and that token dropped. Default: on for CUDA (fast path), off on CPU, where it gains nothing."""
     prefill_token_budget: int | None = None
     """Prompt tokens prefilled together between two decode steps (a longer single prompt still
     goes alone). Default: 4096 on CPU, 16384 on CUDA."""

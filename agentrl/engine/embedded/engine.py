@@ -98,7 +98,7 @@ class EmbeddedEngine:
             runner = HFRunner(model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len)
         self._scheduler = Scheduler(
             runner, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, eos_ids=self.eos_token_ids,
-            tokenizer=tokenizer, prefill_token_budget=cfg.prefill_token_budget,
+            tokenizer=tokenizer, prefill_token_budget=cfg.prefill_token_budget, overlap=cfg.overlap,
         )
         log.info("embedded engine: %s backend on %s (%s), %d slots x %d tokens", self.backend, self.device,
                  self.dtype, cfg.max_batch_size, cfg.max_seq_len)
@@ -122,6 +122,8 @@ class EmbeddedEngine:
             cfg.compile = bool(cuda and cfg.cuda_graphs)
         if cfg.fuse_weights is None:
             cfg.fuse_weights = cuda
+        if cfg.overlap is None:
+            cfg.overlap = cuda
         if cfg.prefill_token_budget is None:
             cfg.prefill_token_budget = 16384 if cuda else 4096
         if cfg.max_batch_size is None:

@@ -34,11 +34,16 @@ log = logging.getLogger(__name__)
 class Runner(Protocol):
     kind: str
     vocab_size: int
+    supports_pipeline: bool
+    """``launch(None, ...)`` works: the next step's input tokens can stay on the device."""
 
     def allocate(self) -> None: ...
     def release(self) -> None: ...
     def prefill(self, slots: list[int], prompts: list[list[int]], rows: SamplingRows) -> torch.Tensor: ...
-    def decode(self, tokens: np.ndarray, positions: np.ndarray, rows: SamplingRows) -> torch.Tensor: ...
+    def launch(self, tokens: np.ndarray | None, positions: np.ndarray, rows: SamplingRows) -> Any:
+        """Start a decode step for slots ``[0, n)`` (``tokens`` None: the previous step's samples)."""
+    def collect(self, handle: Any) -> np.ndarray:
+        """Wait for a launched step; its sampled ids and logprobs as host ``[2, n]`` float64."""
     def move(self, src: int, dst: int, length: int) -> None: ...
     def free(self, slot: int) -> None: ...
     def refresh_weights(self) -> None: ...
@@ -94,24 +99,38 @@ class FastRunner:
         self.use_graphs = bool(cuda_graphs) and self.device.type == "cuda"
         self._greedy = MaybeCompiled(sample_greedy, compile and self.use_graphs)
         self._plain = MaybeCompiled(sample_plain, compile and self.use_graphs)
+        # CUDA-graph buffers; a graph of batch bucket b uses the first b (4b, 2b) entries:
         self._graphs: dict[tuple[int, int, str], Any] = {}
-        self._inputs: torch.Tensor | None = None  # [5, slots] float64: token, position, temperature, greedy, u
-        self._logits: torch.Tensor | None = None  # [slots, V] float32
-        self._out: torch.Tensor | None = None  # [2, slots] float64: sampled id, logprob
+        self._tok: torch.Tensor | None = None  # [b] input tokens; each graph writes its samples back
+        self._par: torch.Tensor | None = None  # [4, b] float64: position, temperature, greedy, uniform
+        self._out: torch.Tensor | None = None  # [2, b] float64: sampled id, logprob
+        self._logits: torch.Tensor | None = None  # [slots, V] float32 (graphs that leave sampling out)
         self._pool = None
-        self._weight_ptrs = self.lm.weight_pointers()
+        self._weight_ptrs = self._weight_pointers()
+        self._prev_ids: torch.Tensor | None = None
+        self._ring = 0
+        self._pin_tok: list[torch.Tensor] = []  # pinned host copies, two of each (one per step in flight)
+        self._pin_par: list[torch.Tensor] = []
+        self._pin_out: list[torch.Tensor] = []
+        self.supports_pipeline = True
 
     def allocate(self) -> None:
         self.kv.allocate()
-        if self.use_graphs and self._inputs is None:
-            self._inputs = torch.zeros(5, self.max_slots, dtype=torch.float64, device=self.device)
-            self._logits = torch.zeros(self.max_slots, self.vocab_size, dtype=torch.float32, device=self.device)
-            self._out = torch.zeros(2, self.max_slots, dtype=torch.float64, device=self.device)
-            self._pool = torch.cuda.graph_pool_handle()
+        if self.use_graphs and self._tok is None:
+            s, dev = self.max_slots, self.device
+            self._tok = torch.zeros(s, dtype=torch.long, device=dev)
+            self._par = torch.zeros(4 * s, dtype=torch.float64, device=dev)
+            self._out = torch.zeros(2 * s, dtype=torch.float64, device=dev)
+            self._logits = torch.zeros(s, self.vocab_size, dtype=torch.float32, device=dev)
+            pin = dev.type == "cuda"
+            self._pin_tok = [torch.zeros(s, dtype=torch.long, pin_memory=pin) for _ in range(2)]
+            self._pin_par = [torch.zeros(4 * s, dtype=torch.float64, pin_memory=pin) for _ in range(2)]
+            self._pin_out = [torch.zeros(2 * s, dtype=torch.float64, pin_memory=pin) for _ in range(2)]
 
     def release(self) -> None:
         self._graphs.clear()
-        self._inputs = self._logits = self._out = self._pool = None
+        self._tok = self._par = self._out = self._logits = self._pool = None
+        self._pin_tok, self._pin_par, self._pin_out = [], [], []
         self.kv.release()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
@@ -127,61 +146,100 @@ class FastRunner:
         logits = self.lm.prefill(self.kv, dev[0], dev[1], dev[2], lengths)
         return _packed(*sample(logits.float(), rows))
 
-    def decode(self, tokens: np.ndarray, positions: np.ndarray, rows: SamplingRows) -> torch.Tensor:
-        n = len(tokens)
-        need = int(positions[:n].max()) + 1
+    def launch(self, tokens: np.ndarray | None, positions: np.ndarray, rows: SamplingRows) -> Any:
+        n = len(positions)
+        need = int(positions.max()) + 1
         if not self.use_graphs:
             self.kv.ensure_clean(n, need)
-            dev = torch.from_numpy(np.stack([tokens, positions]).astype(np.int64)).to(self.device)
-            logits = self.lm.decode(self.kv, dev[0], dev[1], need).float()
-            return _packed(*sample(logits, rows))
-        assert self._inputs is not None and self._logits is not None
+            pos = torch.from_numpy(positions.astype(np.int64)).to(self.device)
+            tok = self._prev_ids if tokens is None else torch.from_numpy(tokens.astype(np.int64)).to(self.device)
+            logits = self.lm.decode(self.kv, tok, pos, need).float()
+            ids, lps = sample(logits, rows)
+            self._prev_ids = ids
+            return _packed(ids, lps)
+        assert self._tok is not None and self._par is not None and self._out is not None
         b = batch_bucket(n, self.max_slots)
         length = length_bucket(need, self.max_seq_len)
+        self.kv.ensure_clean(b, length)  # a no-op on CUDA, where the cache starts zeroed
         mode = "greedy" if rows.all_greedy else "logits" if rows.filtered.any() else "plain"
-        host = np.zeros((5, b), dtype=np.float64)  # padding rows: token 0 at position 0 of a free slot
-        host[0, :n], host[1, :n] = tokens, positions
-        host[2] = 1.0
-        host[2:, :n] = rows.packed()
-        self._inputs[:, :b].copy_(torch.from_numpy(host), non_blocking=True)
+        ring, self._ring = self._ring, self._ring ^ 1  # this ring's last copies finished a step ago
+        par = self._pin_par[ring][: 4 * b]
+        view = par.view(4, b)
+        view.zero_()
+        view[1:3, n:] = 1.0  # padding rows: position 0 of a free slot, greedy
+        view[0, :n] = torch.from_numpy(positions.astype(np.float64))
+        view[1:, :n] = torch.from_numpy(rows.packed())
+        self._par[: 4 * b].copy_(par, non_blocking=True)
+        if tokens is not None:  # else: the previous step's graph left its samples in _tok
+            tok = self._pin_tok[ring][:b]
+            tok.zero_()
+            tok[:n] = torch.from_numpy(tokens.astype(np.int64))
+            self._tok[:b].copy_(tok, non_blocking=True)
         graph = self._graphs.get((b, length, mode))
         if graph is None:
             graph = self._capture(b, length, mode)
         graph.replay()
-        if mode == "logits":
-            return _packed(*sample(self._logits[:n], rows))
-        return self._out[:, :n]
+        if mode == "logits":  # top-k / top-p rows: sample outside the graph
+            ids, lps = sample(self._logits[:n], rows)
+            out = self._out[: 2 * b].view(2, b)
+            out[0, :n].copy_(ids)
+            out[1, :n].copy_(lps)
+            self._tok[:n].copy_(ids)
+        self._pin_out[ring][: 2 * b].copy_(self._out[: 2 * b], non_blocking=True)
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        return ring, n, b, event
+
+    def collect(self, handle: Any) -> np.ndarray:
+        if isinstance(handle, torch.Tensor):
+            return handle.cpu().numpy()
+        ring, n, b, event = handle
+        if event is not None:
+            event.synchronize()
+        return self._pin_out[ring][: 2 * b].view(2, b)[:, :n].numpy().copy()
 
     def _capture(self, b: int, length: int, mode: str):
-        assert self._inputs is not None and self._logits is not None
-        inputs, logits_out, out = self._inputs, self._logits, self._out
+        assert self._tok is not None and self._par is not None and self._out is not None and self._logits is not None
+        tok, par, out, logits_out = self._tok[:b], self._par[: 4 * b].view(4, b), self._out[: 2 * b].view(2, b), self._logits
 
         def step() -> None:
-            tokens, positions = inputs[0, :b].long(), inputs[1, :b].long()
-            logits = self.lm.decode(self.kv, tokens, positions, length)  # [b, V], model dtype
+            logits = self.lm.decode(self.kv, tok, par[0].long(), length)  # [b, V], model dtype
             if mode == "logits":
                 logits_out[:b].copy_(logits)
                 return
             if mode == "greedy":
                 ids, lps = self._greedy(logits)
             else:
-                ids, lps = self._plain(logits, inputs[2:, :b].float())
-            out[0, :b].copy_(ids)
-            out[1, :b].copy_(lps)
+                ids, lps = self._plain(logits, par[1:].float())
+            out[0].copy_(ids)
+            out[1].copy_(lps)
+            tok.copy_(ids)  # the next step's input tokens stay on the device
 
-        # Warm-up runs compute the very step about to be replayed (same inputs), so their cache
-        # writes are the real ones; they also trigger any torch.compile work outside the capture.
+        graph = self._record_graph(step, tok)
+        self._graphs[(b, length, mode)] = graph
+        log.debug("captured decode graph batch=%d length=%d %s (%d graphs)", b, length, mode, len(self._graphs))
+        return graph
+
+    def _record_graph(self, step, tok: torch.Tensor):
+        """Capture ``step`` in a CUDA graph (an object with ``replay()``)."""
+        if self._pool is None:
+            self._pool = torch.cuda.graph_pool_handle()
+        # Warm-up runs compute the very step about to be replayed (same inputs; the tokens they
+        # sample are put back), so their cache writes are the real ones; they also trigger any
+        # torch.compile work, which must not happen during capture.
         stream = torch.cuda.Stream(device=self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
-            step()
-            step()
+            saved = tok.clone()
+            for _ in range(2):
+                step()
+                tok.copy_(saved)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self._pool):
             step()
-        self._graphs[(b, length, mode)] = graph
-        log.debug("captured decode graph batch=%d length=%d %s (%d graphs)", b, length, mode, len(self._graphs))
         return graph
 
     def move(self, src: int, dst: int, length: int) -> None:
@@ -190,9 +248,12 @@ class FastRunner:
     def free(self, slot: int) -> None:
         pass
 
+    def _weight_pointers(self) -> tuple[int, ...]:
+        return self.lm.weight_pointers()
+
     def refresh_weights(self) -> None:
         self.lm.refresh()
-        ptrs = self.lm.weight_pointers()
+        ptrs = self._weight_pointers()
         if ptrs != self._weight_ptrs:  # tensors were replaced, not updated in place
             self._graphs.clear()
             self._weight_ptrs = ptrs
@@ -202,6 +263,7 @@ class HFRunner:
     """The HF model's own forward, one request at a time, one ``DynamicCache`` per request."""
 
     kind = "hf"
+    supports_pipeline = False
 
     def __init__(self, model: Any, *, max_slots: int, max_seq_len: int) -> None:
         self.model = model
@@ -244,12 +306,17 @@ class HFRunner:
             logits.append(row)
         return _packed(*sample(torch.cat(logits), rows))
 
-    def decode(self, tokens: np.ndarray, positions: np.ndarray, rows: SamplingRows) -> torch.Tensor:
+    def launch(self, tokens: np.ndarray | None, positions: np.ndarray, rows: SamplingRows) -> torch.Tensor:
+        if tokens is None:
+            raise ValueError("the HF runner needs the input tokens on the host (no pipelining)")
         logits = []
         for slot, token in enumerate(tokens.tolist()):
             row, self._caches[slot] = self._forward([token], self._caches[slot])
             logits.append(row)
         return _packed(*sample(torch.cat(logits), rows))
+
+    def collect(self, handle: torch.Tensor) -> np.ndarray:
+        return handle.cpu().numpy()
 
     def move(self, src: int, dst: int, length: int) -> None:
         self._caches[dst], self._caches[src] = self._caches[src], None

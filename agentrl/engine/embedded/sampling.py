@@ -118,21 +118,63 @@ def sample_greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Argmax and its plain log-softmax. [n, V] -> ([n], [n]); no host sync (CUDA-graph safe)."""
     logits = logits.float()
     ids = logits.argmax(-1)
-    return ids, logits.gather(1, ids[:, None]).squeeze(1) - torch.logsumexp(logits, -1)
+    return ids, logits.gather(1, ids[:, None]).squeeze(1) - _logsumexp(logits).squeeze(1)
 
 
 def sample_plain(logits: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Temperature sampling without top-k/top-p; ``params`` [3, n] from :meth:`SamplingRows.packed`.
 
-    No host sync, so it runs inside a CUDA graph.
+    No host sync, so it runs inside a CUDA graph. Vocabularies that split into blocks are handled
+    block-wise (per-block max and sum of exponentials, then the block holding the target, then
+    the token inside it), so the whole [n, V] row is read a few times and never prefix-summed.
     """
     logits = logits.float()
     temp, greedy, u = params[0], params[1] > 0, params[2]
     z = logits / temp[:, None]  # [n, V]
-    lse = torch.logsumexp(z, -1, keepdim=True)
-    ids = _inverse_cdf(torch.exp(z - lse), u)
+    n, vocab = z.shape
+    block = _block_size(vocab)
+    if block is None:
+        lse = torch.logsumexp(z, -1, keepdim=True)
+        ids = _inverse_cdf(torch.exp(z - lse), u)
+    else:
+        nb = vocab // block
+        zb = z.view(n, nb, block)
+        peak, sumexp = _block_stats(zb)  # [n, nb] each
+        lse = _combine_lse(peak, sumexp)  # [n, 1]
+        mass = sumexp * torch.exp(peak - lse)  # probability of each block
+        cdf = mass.cumsum(-1)
+        target = u[:, None] * cdf[:, -1:]
+        j = torch.searchsorted(cdf, target, right=True).clamp_(max=nb - 1)  # [n, 1]
+        rest = target - (cdf.gather(1, j) - mass.gather(1, j))
+        inner = torch.exp(zb.gather(1, j[:, :, None].expand(n, 1, block)).squeeze(1) - lse).cumsum(-1)  # [n, B]
+        k = torch.searchsorted(inner, rest, right=True).clamp_(max=block - 1)
+        ids = (j * block + k).squeeze(1)
     ids = torch.where(greedy, logits.argmax(-1), ids)
     return ids, z.gather(1, ids[:, None]).squeeze(1) - lse.squeeze(1)
+
+
+def _block_size(vocab: int) -> int | None:
+    return next((b for b in (1024, 512, 256, 128) if vocab % b == 0 and vocab > b), None)
+
+
+def _block_stats(zb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-block max and sum of exp(z - max). zb [n, nb, B] -> [n, nb], [n, nb]."""
+    peak = zb.amax(-1)
+    return peak, torch.exp(zb - peak[..., None]).sum(-1)
+
+
+def _combine_lse(peak: torch.Tensor, sumexp: torch.Tensor) -> torch.Tensor:
+    top = peak.amax(-1, keepdim=True)
+    return top + torch.log((sumexp * torch.exp(peak - top)).sum(-1, keepdim=True))  # [n, 1]
+
+
+def _logsumexp(x: torch.Tensor) -> torch.Tensor:
+    """Row-wise logsumexp [n, V] -> [n, 1], block-wise where the vocabulary allows it."""
+    n, vocab = x.shape
+    block = _block_size(vocab)
+    if block is None:
+        return torch.logsumexp(x, -1, keepdim=True)
+    return _combine_lse(*_block_stats(x.view(n, vocab // block, block)))
 
 
 def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:

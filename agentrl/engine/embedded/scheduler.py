@@ -70,8 +70,10 @@ class Scheduler:
         eos_ids: set[int],
         tokenizer: Any,
         prefill_token_budget: int,
+        overlap: bool = False,
     ) -> None:
         self.runner = runner
+        self.overlap = overlap and getattr(runner, "supports_pipeline", False)
         self.max_slots = max_slots
         self.prefill_token_budget = prefill_token_budget
         self.eos_ids = np.array(sorted(eos_ids), dtype=np.int64)
@@ -101,6 +103,9 @@ class Scheduler:
         self._commands: deque[tuple[Callable[[], Any], cf.Future, bool]] = deque()
         self._stop = False
         self._allocated = False
+        self._inflight: tuple | None = None  # a launched decode step whose tokens are not read yet
+        self._ahead = 0  # launched, unread decode steps (0 or 1)
+        self._zombies: set[int] = set()  # finished rows that an in-flight step still computes
         self._thread: threading.Thread | None = None
 
     # --- called from any thread ----------------------------------------------------------------
@@ -178,6 +183,8 @@ class Scheduler:
             self._drain()
 
     def _step(self, commands: list, aborts: set[str]) -> None:
+        if self._inflight is not None and (commands or aborts or self._admittable()):
+            self._settle()  # the batch is about to change: read the step in flight first
         held = self._run_commands(commands)
         if aborts:
             for slot in sorted((s for s in range(self.n) if self.reqs[s].rid in aborts), reverse=True):
@@ -186,6 +193,9 @@ class Scheduler:
             self._admit()
         if self.n:
             self._decode()
+
+    def _admittable(self) -> bool:
+        return bool(self._waiting) and self.n < self.max_slots
 
     def _run_commands(self, commands: list) -> bool:
         held = False
@@ -203,6 +213,8 @@ class Scheduler:
         return held
 
     def _admit(self) -> None:
+        if self._inflight is not None:  # joins happen between steps, never under one in flight
+            return
         if not self._allocated:
             with self._cv:
                 if not self._waiting:
@@ -239,13 +251,14 @@ class Scheduler:
             sampled = self.runner.prefill(slots, [r.prompt for r in batch], self._rows(slots_np))
             self.stats.prefills += 1
             self.stats.prompt_tokens += sum(len(r.prompt) for r in batch)
-            self._record(sampled, slots_np)
+            self._record(sampled.cpu().numpy(), slots_np)
         except Exception as exc:  # fail this prefill's requests; running ones carry on
             log.exception("prefill of %d request(s) failed", len(batch))
             err = EngineError(f"prefill failed: {exc!r}")
             for slot in reversed(range(self.n)):
-                if any(self.reqs[slot] is r for r in batch):
-                    self._finish(slot, err, None)
+                if slot not in self._zombies and any(self.reqs[slot] is r for r in batch):
+                    self._complete(slot, err, None)
+            self._compact()
 
     def _place(self, slot: int, req: Request) -> None:
         sp = req.sampling
@@ -262,13 +275,47 @@ class Scheduler:
         self.custom[slot] = bool(sp.stop or sp.stop_token_ids)
 
     def _decode(self) -> None:
+        """Read one decode step's tokens. With ``overlap``, the next step is launched first (its
+        input tokens stay on the device), so the GPU computes while the host does bookkeeping;
+        rows that finish meanwhile are computed once more and dropped ("zombies")."""
+        if self._inflight is None:
+            self._inflight = self._launch(self.last[: self.n])
+        ahead = None
+        if self.overlap and not (self._zombies or self._admittable() or self._abort or self._commands):
+            ahead = self._launch(None)
+        current, self._inflight = self._inflight, ahead
+        self._collect(current)
+        if self._inflight is None:
+            self._compact()
+
+    def _launch(self, tokens: np.ndarray | None) -> tuple:
         n = self.n
         t0 = time.perf_counter()
-        slots = np.arange(n)
-        sampled = self.runner.decode(self.last[:n], self.length[:n], self._rows(slots))
+        rows = SamplingRows(
+            temperature=self.temperature[:n], top_p=self.top_p[:n], top_k=self.top_k[:n],
+            u=uniforms(self.seed[:n], self.ngen[:n] + self._ahead),
+        )
+        handle = self.runner.launch(tokens, self.length[:n].copy(), rows)
         self.length[:n] += 1  # the input token is now in the cache
+        self._ahead += 1
         self.stats.steps += 1
-        self._record(sampled, slots, t0)
+        return handle, n, t0
+
+    def _collect(self, entry: tuple) -> None:
+        handle, n, t0 = entry
+        host = self.runner.collect(handle)  # [2, n]; the one sync per step
+        self._ahead -= 1
+        self.stats.decode_s += time.perf_counter() - t0
+        live = np.arange(n)
+        if self._zombies:
+            live = np.array([s for s in range(n) if s not in self._zombies], dtype=np.int64)
+        self._record(host[:, live], live)
+
+    def _settle(self) -> None:
+        if self._inflight is not None:
+            current, self._inflight = self._inflight, None
+            self._collect(current)
+        self._compact()
 
     def _rows(self, slots: np.ndarray) -> SamplingRows:
         return SamplingRows(
@@ -276,11 +323,8 @@ class Scheduler:
             u=uniforms(self.seed[slots], self.ngen[slots]),
         )
 
-    def _record(self, sampled: torch.Tensor, slots: np.ndarray, t0: float | None = None) -> None:
-        """Append the sampled tokens ([2, n]: ids, logprobs, on the device) and retire finished requests."""
-        host = sampled.cpu().numpy()  # the one sync per step
-        if t0 is not None:
-            self.stats.decode_s += time.perf_counter() - t0
+    def _record(self, host: np.ndarray, slots: np.ndarray) -> None:
+        """Append sampled tokens (``host`` [2, len(slots)]: ids, logprobs) and retire finished requests."""
         ids, lps = host[0].astype(np.int64), host[1].astype(np.float32)
         k = self.ngen[slots]
         self.out_ids[slots, k] = ids
@@ -297,8 +341,10 @@ class Scheduler:
                 done[slot] = ("stop", hit)
         for i in np.flatnonzero(self.ngen[slots] >= self.max_new[slots]).tolist():
             done.setdefault(int(slots[i]), ("length", None))
-        for slot in sorted(done, reverse=True):  # descending, so moves never touch a finished slot
-            self._finish(slot, *done[slot])
+        for slot, (reason, matched) in done.items():
+            self._complete(slot, reason, matched)
+        if self._inflight is None:
+            self._compact()
 
     def _custom_stop(self, slot: int, token: int) -> int | str | None:
         sp = self.reqs[slot].sampling
@@ -309,6 +355,12 @@ class Scheduler:
         return None
 
     def _finish(self, slot: int, reason: str | BaseException, matched: Any) -> None:
+        self._complete(slot, reason, matched)
+        if self._inflight is None:
+            self._compact()
+
+    def _complete(self, slot: int, reason: str | BaseException, matched: Any) -> None:
+        """Resolve the request in ``slot``; the slot is freed by the next :meth:`_compact`."""
         req = self.reqs[slot]
         k = int(self.ngen[slot])
         if isinstance(reason, BaseException):
@@ -322,29 +374,45 @@ class Scheduler:
         self.stats.finished += 1
         with self._cv:
             self._by_rid.pop(req.rid, None)
-        self.runner.free(slot)
-        last = self.n - 1
-        if slot != last:  # keep running requests dense in [0, n)
-            self.runner.move(last, slot, int(self.length[last]))
-            for arr in (self.last, self.length, self.ngen, self.max_new, self.temperature, self.top_p,
-                        self.top_k, self.seed, self.ignore_eos, self.custom):
-                arr[slot] = arr[last]
-            g = int(self.ngen[last])
-            self.out_ids[slot, :g] = self.out_ids[last, :g]
-            self.out_lp[slot, :g] = self.out_lp[last, :g]
-            self.reqs[slot] = self.reqs[last]
-        self.reqs[last] = None
-        self.n = last
+        self._zombies.add(slot)
+
+    def _compact(self) -> None:
+        """Free finished slots, moving the last running request into each hole (slots stay dense)."""
+        for slot in sorted(self._zombies, reverse=True):  # descending: a moved row is never a zombie
+            self.runner.free(slot)
+            last = self.n - 1
+            if slot != last:
+                self.runner.move(last, slot, int(self.length[last]))
+                for arr in (self.last, self.length, self.ngen, self.max_new, self.temperature, self.top_p,
+                            self.top_k, self.seed, self.ignore_eos, self.custom):
+                    arr[slot] = arr[last]
+                g = int(self.ngen[last])
+                self.out_ids[slot, :g] = self.out_ids[last, :g]
+                self.out_lp[slot, :g] = self.out_lp[last, :g]
+                self.reqs[slot] = self.reqs[last]
+            self.reqs[last] = None
+            self.n = last
+        self._zombies.clear()
 
     def _fail_running(self, exc: BaseException) -> None:
         err = exc if isinstance(exc, EngineError) else EngineError(f"engine step failed: {exc!r}")
+        self._inflight, self._ahead = None, 0
         for slot in reversed(range(self.n)):
-            self._finish(slot, err, None)
+            if slot not in self._zombies:
+                self._complete(slot, err, None)
+        self._compact()
 
     def _drain(self) -> None:
         """On shutdown: running and waiting requests end with 'abort', commands fail."""
+        try:
+            self._settle()
+        except Exception:  # noqa: BLE001 - closing anyway
+            log.exception("could not read the last decode step")
+            self._inflight, self._ahead = None, 0
         for slot in reversed(range(self.n)):
-            self._finish(slot, "abort", None)
+            if slot not in self._zombies:
+                self._complete(slot, "abort", None)
+        self._compact()
         with self._cv:
             for req in self._waiting:
                 _resolve(req.future, Completion([], [], "abort", self.version, len(req.prompt)))
