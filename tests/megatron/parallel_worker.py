@@ -114,7 +114,12 @@ def main() -> None:
         attention="sdpa", optimizer="megatron", dtype=args.dtype), tokenizer=Tok())
     ref_model = hf.to(device=device, dtype=dtype)
     torch_trainer = TorchTrainer(ref_model, cfg, tokenizer=Tok(), device=str(device), dtype=dtype)
-    samples = random_samples(8, VOCAB, seed=3)
+    from agentrl.train.megatron.trainer import broadcast_batch
+
+    mine = RolloutBatch.from_samples(random_samples(8, VOCAB, seed=3)) if dist.get_rank() == 0 else None
+    shared = broadcast_batch(mine)
+    result["broadcast_ok"] = float(torch.equal(shared.loss_mask, RolloutBatch.from_samples(random_samples(8, VOCAB, seed=3)).loss_mask))
+    samples = shared.samples
     batches = []
     for trainer in (torch_trainer, meg):
         b = RolloutBatch.from_samples(samples)

@@ -27,6 +27,7 @@ def _run(tmp_path: Path, *args: str, timeout: int = 600) -> dict:
 
 
 def _check(result: dict, tol: float) -> None:
+    assert result["broadcast_ok"] == 1.0
     assert result["roundtrip_max_diff"] == 0.0
     for key in ("logits_max_diff", "logprobs_max_diff"):
         if key in result:

@@ -19,6 +19,7 @@ from agentrl.train.megatron._compat import INSTALL_HINT, MegatronNotInstalledErr
 _EXPORTS = {
     "MegatronTrainer": "trainer",
     "MegatronTrainerConfig": "trainer",
+    "broadcast_batch": "trainer",
     "MegatronModelConfig": "model",
     "build_gpt_model": "model",
     "ModelShape": "shape",

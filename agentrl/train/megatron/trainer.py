@@ -402,6 +402,21 @@ class MegatronTrainer:
         return unwrap(self.critic)
 
 
+def broadcast_batch(batch: RolloutBatch | None, src: int = 0) -> RolloutBatch:
+    """``src``'s batch on every rank (a collective; other ranks may pass None).
+
+    ``MegatronTrainer`` expects the same full batch on every rank: a loop that generates rollouts
+    on one rank hands them to the others with this before ``compute_logprobs`` / ``train_step``.
+    """
+    if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+        if batch is None:
+            raise ValueError("broadcast_batch: no batch on the only rank")
+        return batch
+    box = [batch if torch.distributed.get_rank() == src else None]
+    torch.distributed.broadcast_object_list(box, src=src)
+    return box[0]
+
+
 # -- helpers ---------------------------------------------------------------------------------------
 def _value_of(inputs: ModelInputs, output: Tensor) -> Tensor:
     return gather_response(output[..., 0].float(), inputs)  # [rows, L, 1] -> [b, R]
