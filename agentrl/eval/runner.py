@@ -37,8 +37,12 @@ from agentrl.rollout import Rollout, RolloutConfig
 from agentrl.types import Group, Sample
 
 
+EVAL_GROUP_BASE = 1 << 40
+"""Evaluation group ids start here: engine request ids (``g{group}-s{sample}-t{turn}``) never
+collide with those of a training rollout running on the same engine at the same time (training
+uses ``rollout_id * 1_000_000 + i``)."""
 GROUP_ID_STRIDE = 1_000_000
-"""Group ids of the ``i``-th task start at ``i * GROUP_ID_STRIDE`` (plus the row's index)."""
+"""Group ids of the ``i``-th task are ``EVAL_GROUP_BASE + i * GROUP_ID_STRIDE + row index``."""
 
 
 @dataclass
@@ -131,7 +135,7 @@ async def evaluate(
             raise ValueError(f"task {task.name!r}: row indices must be below {GROUP_ID_STRIDE}")
         rollout = Rollout(engine, template, task.rollout_config(config), default_env_id=task.env_id, filters=(),
                           seed=config.seed)
-        jobs += [one(task, rollout, row, position * GROUP_ID_STRIDE)
+        jobs += [one(task, rollout, row, EVAL_GROUP_BASE + position * GROUP_ID_STRIDE)
                  for row in task.rows if row.index not in finished[task.name]]
     await asyncio.gather(*jobs)
     results: dict[str, dict[str, Any]] = {}

@@ -4,8 +4,11 @@ from agentrl.chat import ChatTemplate
 from agentrl.models import load_tokenizer
 from agentrl.testing import FakeEngine
 
+from agentrl.eval.runner import EVAL_GROUP_BASE, GROUP_ID_STRIDE
+
 SEED_STRIDE = 10_007
-"""Rollout.requests_for gives sample i of row r the sampling seed ``base + 10007 * r + i``."""
+"""Rollout.requests_for gives sample i of group g the sampling seed ``base + 10007 * g + i``; the
+first task's group of row r is ``EVAL_GROUP_BASE + r``."""
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +30,8 @@ def scripted(tokenizer):
         served = []
 
         def respond(ids, sampling):
-            row, sample = divmod(sampling.seed, SEED_STRIDE)
+            group, sample = divmod(sampling.seed, SEED_STRIDE)
+            row = (group - EVAL_GROUP_BASE) % GROUP_ID_STRIDE
             if kill_after is not None and len(served) >= kill_after:
                 raise Killed()
             served.append((row, sample))

@@ -171,3 +171,8 @@ def test_per_task_budgets_and_one_pool_across_tasks(tmp_path, scripted, template
     assert {sp.max_new_tokens for _, sp in engine.requests[:3]} <= {3, 1024}
     assert any(sp.max_new_tokens == 3 for _, sp in engine.requests) and any(
         sp.max_new_tokens == 1024 for _, sp in engine.requests)
+    # request ids g{group}-s{sample}-t{turn} are unique across tasks and apart from training's groups
+    from agentrl.eval.runner import EVAL_GROUP_BASE, GROUP_ID_STRIDE
+
+    groups = {(e["task"], e["row"]): e["group_id"] for e in read_episodes(tmp_path)}
+    assert groups[("short", 2)] == EVAL_GROUP_BASE + 2 and groups[("long", 2)] == EVAL_GROUP_BASE + GROUP_ID_STRIDE + 2
