@@ -188,7 +188,8 @@ def shard_model(model: nn.Module, mesh, *, mixed_precision: bool | None = None,
     for m in model.modules():
         if isinstance(m, FSDPModule):
             m.set_gradient_divide_factor(1.0)
-            m.set_force_sum_reduction_for_comms(True)  # plain SUM (no PREMUL_SUM: gloo lacks it)
+            if hasattr(m, "set_force_sum_reduction_for_comms"):  # plain SUM, no PREMUL_SUM (gloo lacks it)
+                m.set_force_sum_reduction_for_comms(True)
     return model
 
 
