@@ -106,6 +106,7 @@ class SGLangEngine:
         self._weight_version = 0
         self._load = {u: 0 for u in self.urls}
         self._down_until = {u: 0.0 for u in self.urls}
+        self._failures = {u: 0 for u in self.urls}  # consecutive connection failures per server
         self._turn = itertools.count()
         self._inflight: dict[str, tuple[str, str]] = {}
         """rid -> (url, rid sent on the current attempt) of every request in flight."""
@@ -296,7 +297,11 @@ class SGLangEngine:
                 response = await self._http().request(method, target + path, json=body)
             except _RETRYABLE as exc:
                 last_error = f"{type(exc).__name__}: {exc or 'connection lost'}"
-                self._down_until[target] = time.monotonic() + self.backoff
+                # a server that keeps failing stays out of rotation longer (doubling, capped), so a
+                # dead one is not picked again while live ones are busy
+                self._failures[target] = self._failures.get(target, 0) + 1
+                hold = min(self.max_backoff, self.backoff * 2 ** self._failures[target])
+                self._down_until[target] = time.monotonic() + hold
             except httpx.TimeoutException as exc:
                 raise EngineError(f"{method} {target}{path} timed out ({type(exc).__name__}, timeout {self.timeout} s); "
                                   "raise SGLangEngine(timeout=...) for long generations") from exc
@@ -308,6 +313,7 @@ class SGLangEngine:
                                       f"{_error_message(response)}")
                 else:
                     self._down_until[target] = 0.0
+                    self._failures[target] = 0
                     return response.json()
             finally:
                 self._load[target] -= 1
