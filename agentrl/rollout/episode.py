@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -143,6 +144,8 @@ async def _loop(engine: Engine, template: Any, env: TextEnv, request: EpisodeReq
     conv = TokenConversation(template, messages, tools=env.tool_schemas() or None)
     partial.conversation = conv
     stop_ids = sorted(set(config.sampling.stop_token_ids) | set(template.stop_token_ids))
+    # request ids unique per episode, even when several rollouts (training, eval) share an engine
+    episode_id = f"g{request.group_id}-s{request.sample_index}-{secrets.token_hex(4)}"
     while True:
         budget = config.max_context_tokens - conv.num_tokens
         if budget <= 0:
@@ -154,7 +157,7 @@ async def _loop(engine: Engine, template: Any, env: TextEnv, request: EpisodeReq
         )
         t = time.perf_counter()
         completion = await engine.generate(conv.tokens, sampling,
-                                           rid=f"g{request.group_id}-s{request.sample_index}-t{partial.turns}")
+                                           rid=f"{episode_id}-t{partial.turns}")
         partial.metrics["time_generate"] += time.perf_counter() - t
         if completion.finish_reason == "abort":
             return "aborted"
@@ -169,8 +172,8 @@ async def _loop(engine: Engine, template: Any, env: TextEnv, request: EpisodeReq
         partial.info = dict(info)
         partial.metrics["tool_calls"] += float(info.get("tool_calls", 0) or 0)
         partial.metrics["tool_errors"] += float(info.get("tool_errors", 0) or 0)
-        if terminated:
-            return "ok"
+        if terminated:  # an answer cut by the token budget still counts as truncated (overlong filters)
+            return "truncated" if completion.finish_reason == "length" else "ok"
         if truncated:
             return "truncated"
         if completion.finish_reason == "length" and conv.num_tokens >= config.max_context_tokens:

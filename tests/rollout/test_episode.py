@@ -110,3 +110,10 @@ def test_sampling_seed_is_passed_per_turn(template, say):
     seeds = [s.seed for _, s in engine.requests]
     assert seeds[0] == 11 and seeds[1] != seeds[0]
     assert all(s.temperature == 0.7 for _, s in engine.requests)
+
+
+def test_an_answer_cut_by_the_token_budget_is_truncated_but_scored(template, say):
+    engine = FakeEngine(script=[say("apple " * 20, end=False)])
+    sample = asyncio.run(run_episode(engine, template, _request(), RolloutConfig(max_new_tokens_per_turn=3)))
+    assert len(sample.response_ids) == 3 and sample.reward == 1.0  # the env graded the cut answer
+    assert sample.status == "truncated"  # but the budget ended the turn (overlong filters see it)
