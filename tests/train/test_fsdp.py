@@ -144,6 +144,14 @@ def _case(name: str, model_path: str, cfg_kw: dict, dtype, out: Path, result: di
     dp.load(out / f"{name}-one")
     from_one = dp.train_step(prepare(dp, RolloutBatch.from_samples(_samples(1))))
     r.update(_metric_diffs(from_one, first, "from_one_diff/"))
+
+    # fewer samples than ranks: rank 1 only runs padding passes
+    dp.load(out / f"{name}-one")
+    tiny = dp.train_step(prepare(dp, RolloutBatch.from_samples(_samples(2, n=1))))
+    if main:
+        one.load(out / f"{name}-one")
+        r.update(_metric_diffs(tiny, one.train_step(prepare(one, RolloutBatch.from_samples(_samples(2, n=1)))),
+                               "one_sample_diff/"))
     try:  # ranks handed different batches fail together, with a clear message
         dp.compute_logprobs(RolloutBatch.from_samples(_samples(5 + get_rank())))
         r["mismatch_detected"] = 0.0
@@ -190,7 +198,7 @@ def _check(result: dict, tol: float) -> None:
     for name, r in result.items():
         assert r["world"] == 2 and r["mismatch_detected"] == 1.0
         assert r["padding_passes"] > 0 and r["micro_batches"] > 1, r  # the uneven-split path ran
-        diffs = {k: v for k, v in r.items() if k.endswith("_max_diff") or k.startswith(("metric_diff/", "resume_diff/", "from_one_diff/"))}
+        diffs = {k: v for k, v in r.items() if k.endswith("_max_diff") or k.startswith(("metric_diff/", "resume_diff/", "from_one_diff/", "one_sample_diff/"))}
         assert len(diffs) > 50, sorted(r)
         bad = {k: v for k, v in diffs.items() if not v <= tol}
         assert not bad, (name, bad)
