@@ -162,7 +162,7 @@ def shard_model(model: nn.Module, mesh, *, mixed_precision: bool | None = None,
     Args:
         model: a Hugging Face model (or a module holding one), on the CPU or on this rank's
             device, identical on every rank; its parameters are moved to ``mesh``'s device.
-            Enable activation checkpointing (``gradient_checkpointing_enable``) before or after.
+            Enable activation checkpointing (``gradient_checkpointing_enable``) before sharding.
         mesh: from :func:`make_mesh`.
         mixed_precision: compute in ``param_dtype`` and reduce gradients in float32 while the
             sharded master weights keep their own dtype; default on for CUDA meshes.
