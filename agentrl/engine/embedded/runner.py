@@ -101,6 +101,10 @@ class FastRunner:
         self._plain = MaybeCompiled(sample_plain, compile and self.use_graphs)
         # CUDA-graph buffers; a graph of batch bucket b uses the first b (4b, 2b) entries:
         self._graphs: dict[tuple[int, int, str], Any] = {}
+        self._uses: dict[tuple[int, int, str], int] = {}
+        self.capture_after = 3
+        """A (batch, length, mode) shape is captured on its third use; rarer ones run eagerly, so
+        the many batch sizes seen while requests trickle in do not each cost a capture."""
         self._tok: torch.Tensor | None = None  # [b] input tokens; each graph writes its samples back
         self._par: torch.Tensor | None = None  # [4, b] float64: position, temperature, greedy, uniform
         self._out: torch.Tensor | None = None  # [2, b] float64: sampled id, logprob
@@ -129,6 +133,7 @@ class FastRunner:
 
     def release(self) -> None:
         self._graphs.clear()
+        self._uses.clear()
         self._tok = self._par = self._out = self._logits = self._pool = None
         self._pin_tok, self._pin_par, self._pin_out = [], [], []
         self.kv.release()
@@ -175,10 +180,17 @@ class FastRunner:
             tok.zero_()
             tok[:n] = torch.from_numpy(tokens.astype(np.int64))
             self._tok[:b].copy_(tok, non_blocking=True)
-        graph = self._graphs.get((b, length, mode))
+        key = (b, length, mode)
+        graph = self._graphs.get(key)
         if graph is None:
-            graph = self._capture(b, length, mode)
-        graph.replay()
+            self._uses[key] = uses = self._uses.get(key, 0) + 1
+            if uses >= self.capture_after:
+                graph = self._graphs[key] = self._record_graph(self._step_fn(*key), self._tok[:b])
+                log.debug("captured decode graph batch=%d length=%d %s (%d graphs)", b, length, mode, len(self._graphs))
+        if graph is not None:
+            graph.replay()
+        else:  # a shape seen only once or twice so far (e.g. while requests trickle in): run it eagerly
+            self._step_fn(*key)()
         if mode == "logits":  # top-k / top-p rows: sample outside the graph
             ids, lps = sample(self._logits[:n], rows)
             out = self._out[: 2 * b].view(2, b)
@@ -200,7 +212,9 @@ class FastRunner:
             event.synchronize()
         return self._pin_out[ring][: 2 * b].view(2, b)[:, :n].numpy().copy()
 
-    def _capture(self, b: int, length: int, mode: str):
+    def _step_fn(self, b: int, length: int, mode: str):
+        """The decode step of batch bucket ``b`` over ``length`` positions, as a closure over the
+        static buffers (what a CUDA graph captures; also run eagerly for rarely seen shapes)."""
         assert self._tok is not None and self._par is not None and self._out is not None and self._logits is not None
         tok, par, out, logits_out = self._tok[:b], self._par[: 4 * b].view(4, b), self._out[: 2 * b].view(2, b), self._logits
 
@@ -217,10 +231,7 @@ class FastRunner:
             out[1].copy_(lps)
             tok.copy_(ids)  # the next step's input tokens stay on the device
 
-        graph = self._record_graph(step, tok)
-        self._graphs[(b, length, mode)] = graph
-        log.debug("captured decode graph batch=%d length=%d %s (%d graphs)", b, length, mode, len(self._graphs))
-        return graph
+        return step
 
     def _record_graph(self, step, tok: torch.Tensor):
         """Capture ``step`` in a CUDA graph (an object with ``replay()``)."""
@@ -256,6 +267,7 @@ class FastRunner:
         ptrs = self._weight_pointers()
         if ptrs != self._weight_ptrs:  # tensors were replaced, not updated in place
             self._graphs.clear()
+            self._uses.clear()
             self._weight_ptrs = ptrs
 
 
