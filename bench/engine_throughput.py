@@ -295,7 +295,7 @@ def ratios(results: list[Result]) -> dict:
             continue
         for base in ("hf", "hf-static", "hf-cb"):
             if (base, batch) in table:
-                out[f"{system} / {base} @ batch {batch}"] = round(v / table[(base, batch)], 2)
+                out[f"{system} / {base} @ batch {batch}"] = round(v / table[(base, batch)], 3)
     return out
 
 
