@@ -149,7 +149,7 @@ class RolloutStream:
         if not (self.asynchronous or self.cfg.use_ray):
             return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._worker(), functools.partial(fn, *args, **kwargs))
+        return await loop.run_in_executor(self._worker(), functools.partial(_synced, fn, *args, **kwargs))
 
     async def sync_weights(self, staging_dir: str | Path) -> int:
         """Push the trainer's weights to the engine (interrupting turns in flight when async)."""
@@ -187,6 +187,8 @@ class RolloutStream:
         close = getattr(self.c, "close", None)  # Ray actors and placement group (agentrl.cluster.build)
         if close is not None:
             await close()
+        else:  # free the engine's KV cache and worker thread (a later run in this process needs the memory)
+            await _maybe(self.c.engine, "close")
 
     # --- producer ------------------------------------------------------------------------------
 
@@ -307,11 +309,27 @@ class _CheckpointSampler:
 
 
 def _bind_device(device: Any) -> None:
-    """Worker threads start on CUDA device 0; train on the trainer's device."""
+    """The trainer's thread: its device (threads start on CUDA device 0) and a stream of its own.
+
+    The engine decodes on the default stream and copies each step's tokens to the host; were
+    training kernels queued on that stream too, every decode step would wait for them.
+    """
     import torch
 
     if device is not None and torch.device(device).type == "cuda":
         torch.cuda.set_device(torch.device(device))
+        torch.cuda.set_stream(torch.cuda.Stream(device=torch.device(device)))
+
+
+def _synced(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a trainer call and wait for its kernels (the engine reads the weights from another
+    stream right after, e.g. the optimizer step's writes)."""
+    import torch
+
+    result = fn(*args, **kwargs)
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.current_stream().synchronize()
+    return result
 
 
 async def _maybe(engine: Any, method: str) -> None:

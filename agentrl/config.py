@@ -128,6 +128,9 @@ class RunConfig:
     """GPUs of each engine with --use-ray (SGLang servers: the tensor-parallel size)."""
     num_env_workers: int = 0
     """Ray actors that host environments and their tools (CPU-heavy envs) with --use-ray; 0: in the driver."""
+    ray_weight_sync: str = "object_store"
+    """With --use-ray: object_store (a CPU state dict every engine reads) | nccl (broadcast from the trainer's GPU
+    to the engines' GPUs) | gloo (the same broadcast over the CPU)."""
     use_fault_tolerance: bool = True
     """With --use-ray: restart a dead or hung engine with the current weights and re-run its requests elsewhere."""
     engine_health_interval: float = 10.0
@@ -227,6 +230,7 @@ FLAGS: dict[str, str] = {
     "--num-engines": "num_engines",
     "--rollout-num-gpus-per-engine": "rollout_num_gpus_per_engine",
     "--num-env-workers": "num_env_workers",
+    "--ray-weight-sync": "ray_weight_sync",
     "--use-fault-tolerance": "use_fault_tolerance",
     "--engine-health-interval": "engine_health_interval",
     "--engine-health-timeout": "engine_health_timeout",
@@ -426,6 +430,12 @@ def _cluster_problems(cfg: RunConfig) -> list[str]:
     if cfg.engine_health_interval < 0 or cfg.engine_health_timeout <= 0:
         problems.append(f"--engine-health-interval must be >= 0 and --engine-health-timeout > 0; got "
                         f"{cfg.engine_health_interval} and {cfg.engine_health_timeout}")
+    if cfg.ray_weight_sync not in ("object_store", "nccl", "gloo"):
+        problems.append(f"--ray-weight-sync must be one of object_store, nccl, gloo; got {cfg.ray_weight_sync!r}"
+                        f"{_hint(cfg.ray_weight_sync, ('object_store', 'nccl', 'gloo'))}")
+    elif cfg.ray_weight_sync != "object_store" and cfg.engine == "sglang":
+        problems.append("--ray-weight-sync nccl/gloo broadcasts to embedded-engine actors; SGLang servers load "
+                        "weights from disk: leave --ray-weight-sync object_store with --engine sglang")
     if not cfg.use_ray:
         for flag, value, default in (("--num-engines", cfg.num_engines, 1), ("--num-env-workers", cfg.num_env_workers, 0),
                                      ("--ray-address", cfg.ray_address, None)):

@@ -69,7 +69,7 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
     plan = plan_placement(cfg.num_engines, cfg.rollout_num_gpus_per_engine, colocate=cfg.colocate, use_gpu=use_gpu,
                           cpus_per_actor=cpus)
     placement = create_placement(plan)
-    trainer = RayTrainer.spawn(cfg, options=placement.trainer_options())
+    trainer = RayTrainer.spawn(cfg, options=placement.trainer_options(), weight_sync=cfg.ray_weight_sync)
     if cfg.engine == "sglang":
         from agentrl.cluster.sglang_servers import DiskWeightsTrainer
 

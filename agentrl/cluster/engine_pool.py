@@ -200,6 +200,13 @@ class EnginePool:
         new = self._version + 1 if version is None else int(version)
         self._weights, self._version, self._have_weights = weights, new, True
         up = [s for s in self._slots if s.state == "up"]
+        if callable(getattr(weights, "push_to", None)):  # a collective (weight_broadcast): all engines at once
+            try:
+                await weights.push_to([s.engine for s in up], new)
+            except Exception as exc:
+                await self.check_health()  # find the engine that broke it; the next sync re-forms the group
+                raise EngineError(f"weight broadcast to version {new} failed: {type(exc).__name__}: {exc}") from exc
+            return new
         results = await asyncio.gather(*(self._push(s.engine) for s in up), return_exceptions=True)
         ok = 0
         for slot, result in zip(up, results):
@@ -377,7 +384,10 @@ class EnginePool:
         """Bring ``engine`` to the pool's weights (again if an update arrived meanwhile)."""
         while self._have_weights and getattr(engine, "weight_version", None) != self._version:
             version = self._version
-            await engine.update_weights(self._weights, version=version)
+            if callable(getattr(self._weights, "push_to", None)):
+                await self._weights.push_to([engine], version)
+            else:
+                await engine.update_weights(self._weights, version=version)
             if version == self._version:
                 return
 

@@ -80,6 +80,17 @@ class RayEngineActor:
     def weight_version(self) -> int:
         return self.engine.weight_version
 
+    async def join_broadcast(self, address: str, port: int, rank: int, world_size: int, backend: str) -> None:
+        from agentrl.cluster.weight_broadcast import BroadcastGroup
+
+        self.group = await asyncio.to_thread(BroadcastGroup, address, port, rank, world_size, backend)
+
+    async def receive_broadcast(self, meta: list, version: int) -> int:
+        from agentrl.cluster.weight_broadcast import receive_weights
+
+        weights = await asyncio.to_thread(receive_weights, self.group, meta, self.engine.device)
+        return await self.engine.update_weights(weights, version=version)
+
     def where(self) -> dict[str, Any]:
         """Host, process id and device (for logs and tests)."""
         return {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.engine.device)}
@@ -132,6 +143,13 @@ class RayEngine:
             return bool(await self._call(self.actor.health.remote()))
         except EngineError:
             return False
+
+    async def join_broadcast(self, address: str, port: int, rank: int, world_size: int, backend: str) -> None:
+        await self._call(self.actor.join_broadcast.remote(address, port, rank, world_size, backend))
+
+    async def receive_broadcast(self, meta: list, version: int) -> int:
+        self._version = int(await self._call(self.actor.receive_broadcast.remote(meta, version)))
+        return self._version
 
     async def release_memory(self) -> None:
         await self._call(self.actor.release_memory.remote())

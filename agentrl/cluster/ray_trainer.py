@@ -52,6 +52,27 @@ class RayTrainerActor:
     def device(self) -> str:
         return str(self.trainer.device)
 
+    # --- weight broadcast (agentrl.cluster.weight_broadcast) ---
+    def rendezvous(self) -> tuple[str, int]:
+        from agentrl.cluster.weight_broadcast import rendezvous
+
+        return rendezvous()
+
+    def join_broadcast(self, address: str, port: int, rank: int, world_size: int, backend: str) -> None:
+        from agentrl.cluster.weight_broadcast import BroadcastGroup
+
+        self.group = BroadcastGroup(address, port, rank, world_size, backend)
+
+    def broadcast_meta(self) -> list:
+        from agentrl.cluster.weight_broadcast import weights_meta
+
+        return weights_meta(self.trainer.weights())
+
+    def send_broadcast(self) -> int:
+        from agentrl.cluster.weight_broadcast import send_weights
+
+        return send_weights(self.group, self.trainer.weights())
+
     def where(self) -> dict[str, Any]:
         return {"host": socket.gethostname(), "pid": os.getpid(), "device": str(self.trainer.device)}
 
@@ -59,21 +80,27 @@ class RayTrainerActor:
 class RayTrainer:
     """Driver-side proxy of a :class:`RayTrainerActor` with the ``Trainer`` methods the loop uses."""
 
-    def __init__(self, actor: Any, tokenizer: Any) -> None:
+    def __init__(self, actor: Any, tokenizer: Any, *, weight_sync: str = "object_store") -> None:
+        if weight_sync not in ("object_store", "nccl", "gloo"):
+            raise ValueError(f"weight_sync must be object_store, nccl or gloo; got {weight_sync!r}")
         self.actor = actor
         self.tokenizer = tokenizer
+        self.weight_sync = weight_sync
+        self.broadcast_state: dict[str, Any] = {}
+        """Group members and tensor list of the broadcast path (see weight_broadcast)."""
         self.device = None
         """The trainer's device lives in the actor; the driver binds none."""
 
     @classmethod
-    def spawn(cls, cfg: Any, *, options: dict[str, Any] | None = None, num_threads: int | None = None) -> "RayTrainer":
+    def spawn(cls, cfg: Any, *, options: dict[str, Any] | None = None, num_threads: int | None = None,
+              weight_sync: str = "object_store") -> "RayTrainer":
         import ray
 
         from agentrl.models import load_tokenizer
 
         remote = ray.remote(max_restarts=0)(RayTrainerActor)
         actor = remote.options(**(options or {})).remote(cfg, num_threads)
-        return cls(actor, load_tokenizer(cfg.model_path))
+        return cls(actor, load_tokenizer(cfg.model_path), weight_sync=weight_sync)
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         import ray
@@ -96,7 +123,12 @@ class RayTrainer:
         return self._call("train_step", batch, num_steps=num_steps)
 
     def weights(self) -> Any:
-        """A Ray object reference to the HF-named CPU state dict (see the module doc)."""
+        """A Ray object reference to the HF-named CPU state dict (see the module doc), or with
+        ``weight_sync`` nccl/gloo a :class:`~agentrl.cluster.weight_broadcast.BroadcastWeights`."""
+        if self.weight_sync != "object_store":
+            from agentrl.cluster.weight_broadcast import BroadcastWeights
+
+            return BroadcastWeights(self, self.weight_sync)
         return self.actor.state_dict.remote()
 
     def save(self, path: Any) -> None:

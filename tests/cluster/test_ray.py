@@ -133,3 +133,54 @@ def test_env_workers_run_episodes_and_a_dead_worker_fails_only_its_episodes(loca
     again = asyncio.run(run(kill=False))
     assert [s.reward for s in again.samples] == [1.0] * 6
     pool.close()
+
+
+def test_weight_broadcast_over_gloo_reaches_every_engine_and_restarts_fall_back(local_ray):
+    from agentrl.cluster.build import build_engine_pool
+    from agentrl.cluster.placement import create_placement, plan_placement
+    from agentrl.cluster.ray_trainer import RayTrainer
+    from agentrl.engine import SamplingParams
+    from agentrl.engine.embedded import EmbeddedEngine
+    from agentrl.models import load_model
+
+    cfg = parse_args(["--model-path", "tiny-qwen2", "--prompt-data", "x", "--use-ray", "--num-engines", "2",
+                      "--engine-max-batch-size", "4", "--rollout-max-context-len", "128", "--ray-weight-sync", "gloo"])
+    placement = create_placement(plan_placement(2, colocate=False, use_gpu=False, cpus_per_actor=0.5))
+    trainer = RayTrainer.spawn(cfg, options=placement.trainer_options(), weight_sync="gloo")
+
+    def scale_norms(actor_self):  # the trainer's weights move away from the engines' initial ones
+        for name, p in actor_self.trainer.model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.data.mul_(0.5)
+
+    ray.get(trainer.actor.__ray_call__.remote(scale_norms))
+    sampling = SamplingParams(max_new_tokens=6, ignore_eos=True, seed=3)
+    model = load_model("tiny-qwen2", with_tokenizer=False)
+    scale_norms(type("A", (), {"trainer": type("T", (), {"model": model})})())
+
+    async def expected():
+        async with EmbeddedEngine(model, max_batch_size=2, max_seq_len=64) as local:
+            return (await local.generate([1, 2, 3], sampling)).token_ids
+
+    async def main():
+        pool = build_engine_pool(cfg, placement)
+        before = (await pool.generate([1, 2, 3], sampling)).token_ids
+        assert await pool.update_weights(trainer.weights(), version=1) == 1  # forms the group, broadcasts
+        outs = [(await e.generate([1, 2, 3], sampling)).token_ids for e in pool.engines]
+        ray.kill(pool.engines[1].actor, no_restart=True)
+        await pool.check_health()
+        await pool.wait_healthy(timeout=300)  # the restarted engine loads version 1 from the object store
+        restarted = (await pool.engines[1].generate([1, 2, 3], sampling)).token_ids
+        assert pool.engines[1].weight_version == 1
+        assert await pool.update_weights(trainer.weights(), version=2) == 2  # the group is formed again
+        versions = [await e.actor.weight_version.remote() for e in pool.engines]
+        await pool.close()
+        return before, outs, restarted, versions
+
+    try:
+        before, outs, restarted, versions = asyncio.run(main())
+    finally:
+        trainer.close()
+        placement.remove()
+    want = asyncio.run(expected())
+    assert outs == [want, want] and restarted == want and want != before and versions == [2, 2]

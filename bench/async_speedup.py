@@ -1,0 +1,222 @@
+"""Async training speed-up: step time of sync vs async (staleness 1) GRPO in the same run.
+
+Runs ``agentrl.loop.train`` once per mode on a random model of a real shape (embedded engine +
+torch trainer, one process, one GPU), on a workload with long-tailed response lengths:
+
+* each episode has ``--turns`` assistant turns; every turn's length is drawn from a Pareto
+  distribution (shape ``--tail-alpha``, minimum ``--min-len``, capped at ``--max-len``) and forced
+  with ``ignore_eos``; between turns a simulated tool answer of ``--obs-len`` tokens (mask 0);
+* modes: ``sync`` (``--max-staleness 0``), ``async`` (``--max-staleness 1`` with partial rollouts:
+  turns in flight at a weight update are aborted and continued under the new weights) and
+  ``async_drain`` (``--max-staleness 1 --no-partial-rollouts``: the update waits for them).
+  Every mode uses ``--use-tis`` so they do the same training work.
+
+Step time is the wall time between consecutive steps, over the steps after ``--warmup``. Prompts and sampling seeds are the same in every mode.
+
+    python bench/async_speedup.py --shape qwen2.5-0.5b --out bench/results                          # GPU
+    python bench/async_speedup.py --shape tiny --batch 4 --samples 4 --max-len 96 --rollouts 6 --out bench/results  # CPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import platform
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+MODES = {"sync": ["--max-staleness", "0"], "async": ["--max-staleness", "1", "--partial-rollouts"],
+         "async_drain": ["--max-staleness", "1", "--no-partial-rollouts"]}
+
+
+# --- the workload: a custom generate function (--custom-generate-function-path) -------------------
+
+async def long_tail_episode(engine, template, request, config, *, reward_fn=None):
+    """A multi-turn episode with heavy-tailed turn lengths; its knobs come from ``--env-kwargs``."""
+    from agentrl.engine import SamplingParams
+    from agentrl.types import Sample
+
+    kw = config.env_kwargs
+    rng = random.Random(request.sampling_seed if request.sampling_seed is not None else request.group_id)
+    prompt_rng = random.Random(request.env_seed)
+    vocab = int(kw["vocab"])
+    prompt = [prompt_rng.randrange(100, vocab) for _ in range(int(kw["prompt_len"]))]
+    response, mask, logprobs, versions = [], [], [], []
+    status = "ok"
+    for turn in range(int(kw["turns"])):
+        budget = config.max_context_tokens - len(prompt) - len(response)
+        want = min(int(kw["max_len"]), int(kw["min_len"] * rng.paretovariate(kw["tail_alpha"])))
+        if budget <= 0:
+            status = "truncated"
+            break
+        sampling = SamplingParams(temperature=1.0, max_new_tokens=min(want, budget), ignore_eos=True,
+                                  seed=rng.randrange(2**31))
+        c = await engine.generate(prompt + response, sampling, rid=f"g{request.group_id}-s{request.sample_index}-t{turn}")
+        if c.finish_reason == "abort":
+            status = "aborted"
+            break
+        response += c.token_ids
+        mask += [1] * len(c.token_ids)
+        logprobs += c.logprobs
+        versions.append(c.weight_version)
+        if turn + 1 < int(kw["turns"]):  # a tool answer the model did not write
+            obs = [rng.randrange(100, vocab) for _ in range(int(kw["obs_len"]))]
+            response += obs
+            mask += [0] * len(obs)
+            logprobs += [0.0] * len(obs)
+    generated = [t for t, m in zip(response, mask) if m]
+    reward = sum(1 for t in generated if t % 2 == 0) / max(len(generated), 1)  # varies between episodes
+    return Sample(prompt_ids=prompt, response_ids=response, loss_mask=mask, rollout_logprobs=logprobs, reward=reward,
+                  status=status, group_id=request.group_id, sample_index=request.sample_index,
+                  env_id=request.env_id, num_turns=len(versions), weight_versions=versions,
+                  metrics={"turns": float(len(versions))})
+
+
+# --- the benchmark -----------------------------------------------------------------------------------
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", default="qwen2.5-0.5b", help="a key of agentrl.testing.tiny.BENCH_SHAPES, or 'tiny'")
+    p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: SmolLM2's, via its alias)")
+    p.add_argument("--modes", default="sync,async,async_drain", help=f"comma-separated, of {', '.join(MODES)}")
+    p.add_argument("--rollouts", type=int, default=8, help="rollouts per mode")
+    p.add_argument("--warmup", type=int, default=2, help="first steps of each mode left out of the timing")
+    p.add_argument("--batch", type=int, default=32, help="prompts per rollout")
+    p.add_argument("--samples", type=int, default=8, help="episodes per prompt")
+    p.add_argument("--turns", type=int, default=3, help="assistant turns per episode")
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--obs-len", type=int, default=32, help="tokens of each simulated tool answer")
+    p.add_argument("--min-len", type=int, default=24, help="Pareto minimum of a turn's length")
+    p.add_argument("--max-len", type=int, default=768, help="cap of a turn's length")
+    p.add_argument("--tail-alpha", type=float, default=1.2, help="Pareto shape (smaller: heavier tail)")
+    p.add_argument("--max-tokens-per-gpu", type=int, default=16384)
+    p.add_argument("--out", default=None, help="folder for async_speedup_<device>.json/.md")
+    args = p.parse_args()
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        p.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
+
+    from agentrl.models import load_tokenizer
+    from agentrl.testing.tiny import BENCH_SHAPES, make_tiny_model
+
+    work = Path(tempfile.mkdtemp(prefix="agentrl-async-bench-"))
+    shape = {} if args.shape == "tiny" else BENCH_SHAPES[args.shape]
+    model_dir = make_tiny_model(work / "model", "qwen2", tokenizer=args.tokenizer, **shape)
+    vocab = len(load_tokenizer(str(model_dir)))
+    prompts = work / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"p{i}", "label": ""}) + "\n" for i in range(4096)))
+    context = args.prompt_len + args.turns * (args.max_len + args.obs_len)
+    workload = {"vocab": vocab, "prompt_len": args.prompt_len, "turns": args.turns, "obs_len": args.obs_len,
+                "min_len": args.min_len, "max_len": args.max_len, "tail_alpha": args.tail_alpha}
+    results = {}
+    for mode in modes:
+        results[mode] = run_mode(mode, args, model_dir, prompts, context, workload, work)
+        print(f"{mode}: {results[mode]['step_s']:.2f} s/step", flush=True)
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.processor() or 'cpu'} CPU"
+    meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": device,
+            "torch": torch.__version__, "shape": args.shape, "episodes_per_rollout": args.batch * args.samples,
+            "workload": workload, "rollouts": args.rollouts, "warmup": args.warmup,
+            "command": "python " + " ".join(sys.argv)}
+    md = markdown(results, meta)
+    print(md)
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        tag = "h100" if "H100" in device else ("h200" if "H200" in device else "cpu")
+        (out / f"async_speedup_{tag}.json").write_text(json.dumps({"meta": meta, "modes": results}, indent=2))
+        (out / f"async_speedup_{tag}.md").write_text(md)
+
+
+def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, workload: dict, work: Path) -> dict:
+    from agentrl.config import parse_args
+    from agentrl.loop import train
+
+    out = work / mode
+    episodes = args.batch * args.samples
+    cfg = parse_args([
+        "--model-path", str(model_dir), "--env", "agentrl/Echo-v0", "--prompt-data", str(prompts),
+        "--custom-generate-function-path", f"{Path(__file__).resolve()}:long_tail_episode",
+        "--env-kwargs", json.dumps(workload), "--num-rollout", str(args.rollouts),
+        "--rollout-batch-size", str(args.batch), "--n-samples-per-prompt", str(args.samples),
+        "--rollout-max-response-len", str(args.max_len), "--rollout-max-context-len", str(context),
+        "--rollout-concurrency", str(episodes), "--engine-max-batch-size", str(episodes),
+        "--max-tokens-per-gpu", str(args.max_tokens_per_gpu), "--use-tis", "--lr", "1e-6",
+        "--output-dir", str(out), *MODES[mode],
+    ])
+    start = time.perf_counter()
+    train(cfg)
+    total = time.perf_counter() - start
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if "perf/step_time" in r]
+    stamps = [r["time"] for r in steps]
+    walls = [b - a for a, b in zip(stamps, stamps[1:])]  # wall of step i+1 (step 1 has no predecessor)
+    measured = walls[max(0, args.warmup - 1):] or walls  # steps after the warm-up
+    kept = steps[args.warmup:] or steps
+
+    def mean(key: str) -> float:
+        values = [r[key] for r in kept if key in r]
+        return statistics.fmean(values) if values else float("nan")
+
+    return {"step_s": statistics.fmean(measured), "step_s_each": measured, "total_s": total,
+            "rollout_s": mean("perf/rollout_time"), "train_s": mean("perf/train_time") + mean("perf/logprobs_time"),
+            "sync_s": mean("perf/sync_time"), "generated_tokens": mean("rollout/generated_tokens"),
+            "staleness_mean": mean("async/staleness_mean"), "staleness_max": mean("async/staleness_max"),
+            "overlap_s": mean("async/overlap_s"), "interrupt_wait_s": _per_step(kept, "async/interrupt_wait_s"),
+            "resumed_turns": _per_step(kept, "async/resumed_turns"),
+            "tis_clipfrac": mean("train/tis_clipfrac"), "rollout_train_kl": mean("train/rollout_train_kl"),
+            "reward": mean("rollout/reward_mean")}
+
+
+def _per_step(rows: list[dict], key: str) -> float:
+    """Cumulative counters -> mean increase per step."""
+    values = [r[key] for r in rows if key in r]
+    return (values[-1] - values[0]) / max(len(values) - 1, 1) if len(values) > 1 else float("nan")
+
+
+def markdown(results: dict, meta: dict) -> str:
+    w = meta["workload"]
+    head = (f"# Async speed-up ({meta['device']})\n\n{meta['date']}; torch {meta['torch']}; shape {meta['shape']} "
+            f"(random weights); {meta['episodes_per_rollout']} episodes per rollout, {w['turns']} turns each, turn "
+            f"lengths Pareto(alpha={w['tail_alpha']}, min {w['min_len']}) capped at {w['max_len']}, "
+            f"{w['obs_len']}-token tool answers; embedded engine + torch trainer in one process; "
+            f"{meta['rollouts']} rollouts per mode, the first {meta['warmup']} left out.\n\n"
+            f"`{meta['command']}`\n\n")
+    cols = ["mode", "step_s", "speedup", "rollout_s", "train_s", "sync_s", "overlap_s", "staleness_mean",
+            "resumed_turns", "interrupt_wait_s", "tis_clipfrac", "rollout_train_kl", "generated_tokens"]
+    base = results.get("sync", {}).get("step_s")
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    for mode, r in results.items():
+        row = {"mode": mode, "speedup": base / r["step_s"] if base else float("nan"), **r}
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+    note = ("\nstep_s: wall seconds per step. rollout_s: time the loop waited for the rollout (sync: all of "
+            "generation; async: what was not hidden behind the previous step). train_s: logprobs + train. "
+            "overlap_s: generation that ran during the previous step. resumed_turns / interrupt_wait_s: turns "
+            "continued after a weight update, and seconds the update waited for turns in flight, per step.\n")
+    return head + "\n".join(lines) + "\n" + note
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if v != v:
+            return "-"
+        return f"{v:.3g}" if abs(v) < 1e-2 else f"{v:.2f}"
+    return str(v)
+
+
+if __name__ == "__main__":
+    main()
