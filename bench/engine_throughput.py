@@ -11,8 +11,9 @@ Systems (``--systems``, comma separated):
 
 Every request: a random prompt of ``--prompt-len`` tokens, then exactly ``--new-tokens`` sampled
 tokens (temperature 1, no top-k/top-p; ``ignore_eos`` for the engine, ``min_new_tokens`` for
-transformers). Each (system, batch) is warmed up by one full-length run, then timed. Tokens/s counts
-new tokens over wall time, prefill included. The decode roofline is ``batch / (bytes per step /
+transformers). For each batch every system is warmed up by one full-length run, then the systems are
+timed round-robin ``--repeats`` times and each keeps its best run. Tokens/s counts new tokens over
+wall time, prefill included. The decode roofline is ``batch / (bytes per step /
 memory bandwidth)`` with bytes per step = weights read once + the KV cache of every row at its mean
 length; the bandwidth is measured here with a large device copy.
 
@@ -49,10 +50,10 @@ from agentrl.engine.embedded import EmbeddedEngine  # noqa: E402
 log = logging.getLogger("bench")
 
 PRESETS = {
-    "cpu": dict(model="smollm2-135m-instruct", device="cpu", batches=[1, 8, 32], prompt_len=128, new_tokens=64,
-                systems=["engine", "hf", "hf-static"]),
+    "cpu": dict(model="smollm2-135m-instruct", device="cpu", batches=[1, 8, 32], prompt_len=64, new_tokens=128,
+                systems=["engine", "hf", "hf-static"], repeats=2),
     "h100": dict(model="qwen2.5-0.5b-shape", device="cuda", batches=[1, 64, 256], prompt_len=128, new_tokens=256,
-                 systems=["engine", "hf-static", "hf"]),
+                 systems=["engine", "hf-static", "hf"], repeats=1),
 }
 
 QWEN25_05B = dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
@@ -198,62 +199,83 @@ def parse_system(spec: str) -> tuple[str, dict]:
 
 
 def measure(args, model, prompts_all, bw: float, out_path: Path | None, results: list[Result]) -> None:
+    """For each batch: warm every system up with a full-length run, then time them round-robin
+    ``--repeats`` times and keep each one's best run (fair under a fluctuating machine load)."""
     device = args.device
-    for spec in args.systems:
+    engines: dict[str, EmbeddedEngine] = {}
+
+    def run(spec: str, prompts: list[list[int]], new_tokens: int) -> float:
         name, options = parse_system(spec)
-        engine = None
-        for batch in args.batches:
-            prompts = prompts_all[:batch]
-            res = Result(system=spec, batch=batch)
+        if name == "engine":
+            if spec not in engines:
+                engines[spec] = EmbeddedEngine(model, None, max_batch_size=max(args.batches),
+                                               max_seq_len=args.prompt_len + args.new_tokens + 8, **options)
+            return run_engine(engines[spec], prompts, new_tokens)
+        if name in ("hf", "hf-static"):
+            return run_hf(model, prompts, new_tokens, device, static=name == "hf-static")
+        if name == "hf-cb":
+            return run_hf_cb(model, prompts, new_tokens, device)
+        raise ValueError(f"unknown system {name!r}")
+
+    for batch in args.batches:
+        prompts = prompts_all[:batch]
+        table = {spec: Result(system=spec, batch=batch) for spec in args.systems}
+        times: dict[str, list[float]] = {spec: [] for spec in args.systems}
+        for spec in args.systems:
             try:
-                if name == "engine":
-                    if engine is None:
-                        engine = EmbeddedEngine(model, None, max_batch_size=max(args.batches),
-                                                max_seq_len=args.prompt_len + args.new_tokens + 8, **options)
-                        res.extra["config"] = {k: v for k, v in asdict(engine.config).items()}
-                    t_warm = run_engine(engine, prompts, args.new_tokens)
-                    before = dataclasses.replace(engine.stats)
-                    dt = run_engine(engine, prompts, args.new_tokens)
+                table[spec].extra["warmup_s"] = round(run(spec, prompts, args.new_tokens), 2)
+            except Exception as exc:  # one failed system does not lose the others
+                table[spec].note = f"failed: {exc!r}"
+                log.error("%s batch %d failed:\n%s", spec, batch, traceback.format_exc())
+        for _ in range(args.repeats):
+            for spec in args.systems:
+                if table[spec].note:
+                    continue
+                engine = engines.get(spec)
+                before = dataclasses.replace(engine.stats) if engine else None
+                try:
+                    dt = run(spec, prompts, args.new_tokens)
+                except Exception as exc:
+                    table[spec].note = f"failed: {exc!r}"
+                    log.error("%s batch %d failed:\n%s", spec, batch, traceback.format_exc())
+                    continue
+                times[spec].append(dt)
+                if engine is not None and dt == min(times[spec]):
                     steps = engine.stats.steps - before.steps
-                    res.extra.update(
+                    table[spec].extra.update(
                         steps=steps,
                         step_ms=round(1000 * (engine.stats.busy_s - before.busy_s) / max(steps, 1), 3),
                         decode_step_ms=round(1000 * (engine.stats.decode_s - before.decode_s) / max(steps, 1), 3),
                     )
-                    t_prefill = run_engine(engine, prompts, 1)
-                    res.decode_tok_s = batch * (args.new_tokens - 1) / max(dt - t_prefill, 1e-9)
-                    res.extra.update(warmup_s=round(t_warm, 2), prefill_s=round(t_prefill, 4))
-                    if args.profile:
-                        res.extra["profile"] = profile_engine(engine, prompts, args.new_tokens, device)
-                elif name in ("hf", "hf-static"):
-                    t_warm = run_hf(model, prompts, args.new_tokens, device, static=name == "hf-static")
-                    dt = run_hf(model, prompts, args.new_tokens, device, static=name == "hf-static")
-                    res.extra.update(warmup_s=round(t_warm, 2))
-                elif name == "hf-cb":
-                    t_warm = run_hf_cb(model, prompts, args.new_tokens, device)
-                    dt = run_hf_cb(model, prompts, args.new_tokens, device)
-                    res.extra.update(warmup_s=round(t_warm, 2))
-                else:
-                    raise ValueError(f"unknown system {name!r}")
+        for spec in args.systems:
+            res = table[spec]
+            if times[spec]:
+                dt = min(times[spec])
                 res.seconds = round(dt, 4)
                 res.tok_s = batch * args.new_tokens / dt
+                res.extra["runs_s"] = [round(t, 3) for t in times[spec]]
+                if spec in engines:
+                    engine = engines[spec]
+                    res.extra["config"] = asdict(engine.config)
+                    t_prefill = min(run(spec, prompts, 1) for _ in range(max(1, args.repeats)))
+                    res.extra["prefill_s"] = round(t_prefill, 4)
+                    res.decode_tok_s = batch * (args.new_tokens - 1) / max(dt - t_prefill, 1e-9)
+                    if args.profile:
+                        res.extra["profile"] = profile_engine(engine, prompts, args.new_tokens, device)
                 w, kv = bytes_per_step(model, batch, args.prompt_len + args.new_tokens / 2)
                 res.roofline_tok_s = batch / ((w + kv) / (bw * 1e9))
                 res.roofline_share = (res.decode_tok_s or res.tok_s) / res.roofline_tok_s
-            except Exception as exc:  # one failed system does not lose the others
-                res.note = f"failed: {exc!r}"
-                log.error("%s batch %d failed:\n%s", spec, batch, traceback.format_exc())
             results.append(res)
             log.info("%-40s batch %4d  %s tok/s  %s", spec, batch,
                      f"{res.tok_s:10.1f}" if res.tok_s else "      n/a", res.note)
-            if out_path:
-                write_results(args, model, bw, results, out_path)
-        if engine is not None:
-            asyncio.run(engine.close())
-            del engine
-            gc.collect()
-            if device == "cuda":
-                torch.cuda.empty_cache()
+        if out_path:
+            write_results(args, model, bw, results, out_path)
+    for engine in engines.values():
+        asyncio.run(engine.close())
+    engines.clear()
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
 
 def write_results(args, model, bw, results: list[Result], out_path: Path) -> None:
@@ -328,6 +350,7 @@ def main(argv=None) -> None:
     p.add_argument("--prompt-len", type=int)
     p.add_argument("--new-tokens", type=int)
     p.add_argument("--systems", help="comma separated: engine[:k=v;k=v], hf, hf-static, hf-cb")
+    p.add_argument("--repeats", type=int, help="timed runs per system and batch, round-robin; the best counts")
     p.add_argument("--profile", action="store_true", help="profile one engine run per batch (top kernels)")
     p.add_argument("--out", type=Path, help="JSON results (a .md table is written beside it)")
     args = p.parse_args(argv)
@@ -338,6 +361,7 @@ def main(argv=None) -> None:
     args.prompt_len = args.prompt_len or preset["prompt_len"]
     args.new_tokens = args.new_tokens or preset["new_tokens"]
     args.systems = args.systems.split(",") if args.systems else preset["systems"]
+    args.repeats = args.repeats or preset["repeats"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     for noisy in ("transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)

@@ -117,7 +117,7 @@ def _post_attention(o, x, o_w, o_b, ln2, gu_w: tuple, gu_b: tuple | None, down_w
     h = _rms_norm(x, ln2, eps)
     out = _linears(h, gu_w, gu_b)
     gate, up = out[0].chunk(2, dim=-1) if len(out) == 1 else out
-    x = x + F.linear(F.silu(gate) * up, down_w, down_b)
+    x = x + F.linear(F.silu(gate).mul_(up), down_w, down_b)
     return x, _rms_norm(x, next_norm, eps)
 
 
@@ -251,6 +251,10 @@ class FastLM:
         return h
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
+        if self.device.type == "cpu" and self.head_b is None and h.shape[0] > 1:
+            # Same numbers as F.linear (the same dot products); MKL reads the large [V, hidden]
+            # matrix faster in this orientation (measured 1.6-1.8x for SmolLM2 at batch 32).
+            return torch.mm(self.head_w, h.t()).t().contiguous()
         return F.linear(h, self.head_w, self.head_b)
 
     def prefill(self, kv, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, lengths: list[int]) -> torch.Tensor:
