@@ -24,6 +24,10 @@ checkpoint stores the data position *before* the prefetched rollout, so ``--load
 Ctrl-C: the first press finishes the current step, saves a checkpoint and ends the run
 (``stopping``); the second stops at once.
 
+On exit the stream stops the producer, restores the Ctrl-C handler, and closes what the run
+started: the engine (its KV cache and worker thread), or with ``--use-ray`` the actors and the
+placement group.
+
 Example (the loop, abridged)::
 
     async with RolloutStream(c, cfg, start) as rollouts:
@@ -167,12 +171,14 @@ class RolloutStream:
 
     async def __aenter__(self) -> "RolloutStream":
         if threading.current_thread() is threading.main_thread():
-            self._previous_sigint = signal.signal(signal.SIGINT, self._on_sigint)
+            previous = signal.signal(signal.SIGINT, self._on_sigint)
+            self._previous_sigint = signal.SIG_DFL if previous is None else previous
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
         if self._previous_sigint is not None:
-            signal.signal(signal.SIGINT, self._previous_sigint)
+            if signal.getsignal(signal.SIGINT) == self._on_sigint:
+                signal.signal(signal.SIGINT, self._previous_sigint)
             self._previous_sigint = None
         if self._producer is not None:
             if self.engine is not None:
@@ -289,7 +295,7 @@ class RolloutStream:
             if callable(previous):
                 previous(signum, frame)
                 return
-            raise KeyboardInterrupt
+            raise KeyboardInterrupt  # the previous disposition was SIG_DFL or SIG_IGN: stop now
         self.stopping = True
         log.warning("Ctrl-C: finishing this rollout, saving a checkpoint and stopping (Ctrl-C again to stop now)")
 

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -61,6 +62,32 @@ def test_async_run_overlaps_bounds_staleness_and_checkpoints_the_data_position(t
     assert state["next_rollout"] == 2 and state["weight_version"] == 2
 
 
+def test_ctrl_c_in_process_finishes_the_step_and_saves(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+
+    def press_ctrl_c_after_the_first_step():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (out / "metrics.jsonl").exists() and len(_rows(out)) >= 2:
+                os.kill(os.getpid(), signal.SIGINT)
+                return
+            time.sleep(0.05)
+
+    presser = threading.Thread(target=press_ctrl_c_after_the_first_step, daemon=True)
+    presser.start()
+    train(parse_args([*TOY, "--num-rollout", "50", "--max-staleness", "1", "--output-dir", str(out),
+                      "--save", str(out / "ckpt")]))
+    presser.join()
+    done = len([r for r in _rows(out) if "perf/step_time" in r])
+    assert 1 <= done < 50
+    state = json.loads((out / "ckpt" / (out / "ckpt" / "latest").read_text() / "state.json").read_text())
+    # async: the producer had drawn the next rollout's prompts; the checkpoint points before them
+    assert state["next_rollout"] == done and state["sampler"]["offset"] == 2 * done
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler was restored
+
+
+@pytest.mark.slow
 def test_ctrl_c_finishes_the_step_saves_and_resume_continues(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "run"

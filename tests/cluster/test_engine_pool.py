@@ -162,8 +162,8 @@ async def test_rollout_survives_an_engine_dying_mid_rollout(template):
     async def generate_then_die(input_ids, sampling, *, rid=None):
         nonlocal calls
         calls += 1
-        if calls == 3:  # requests already running on it come back 'abort' once it closes
-            asyncio.get_running_loop().call_later(0.05, lambda: asyncio.ensure_future(victim.close()))
+        if calls == 3:  # it dies: requests running on it come back 'abort', this one fails
+            await victim.close()
         return await original_generate(input_ids, sampling, rid=rid)
 
     victim.generate = generate_then_die
@@ -174,7 +174,7 @@ async def test_rollout_survives_an_engine_dying_mid_rollout(template):
     keys = [(s.group_id, s.sample_index) for s in result.samples]
     assert sorted(keys) == sorted(set(keys)) == [(g, i) for g in range(4) for i in range(2)]
     assert all(s.status in ("ok", "truncated") for s in result.samples)
-    assert pool.stats.failures >= 1 and pool.stats.retries >= 1 and pool.stats.restarts == 1
+    assert pool.stats.failures == 1 and pool.stats.retries >= 1 and pool.stats.restarts == 1
     # seeded sampling: the same tokens and rewards whichever engine served each turn
     want = {(s.group_id, s.sample_index): (s.response_ids, s.reward) for s in expected.samples}
     got = {(s.group_id, s.sample_index): (s.response_ids, s.reward) for s in result.samples}

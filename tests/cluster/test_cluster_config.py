@@ -1,0 +1,41 @@
+"""Placement plans and the validation of the cluster and async flags (no Ray needed)."""
+
+import doctest
+
+import pytest
+
+from agentrl.cluster import build, placement
+from agentrl.cluster.placement import plan_placement
+from agentrl.config import parse_args, validate
+
+BASE = ["--env", "Echo-v0", "--prompt-data", "recipes/quickstart/train.jsonl", "--model-path", "tiny-qwen2"]
+
+
+@pytest.mark.parametrize("module", [placement, build])
+def test_doctests(module):
+    assert doctest.testmod(module).failed == 0
+
+
+def test_plans():
+    cpu = plan_placement(2, colocate=True, use_gpu=False, cpus_per_actor=0.5)
+    assert cpu.bundles == [{"CPU": 0.5}] * 3 and not cpu.colocate and cpu.engine_bundles == [1, 2]
+    tp = plan_placement(2, 4, colocate=False, use_gpu=True)
+    assert [b["GPU"] for b in tp.bundles] == [1.0, 4.0, 4.0] and tp.engine_gpus == 4.0
+    shared = plan_placement(1, colocate=True, use_gpu=True)
+    assert shared.bundles == [{"GPU": 1.0, "CPU": 2.0}] and shared.engine_bundles == [0]
+    assert shared.trainer_gpus + shared.engine_gpus == 1.0
+    with pytest.raises(ValueError, match="--no-colocate"):
+        plan_placement(2, colocate=True, use_gpu=True)
+
+
+def test_flags_parse_and_validate(monkeypatch):
+    monkeypatch.chdir(placement.__file__.rsplit("/agentrl/", 1)[0])
+    cfg = parse_args([*BASE, "--use-ray", "--num-engines", "3", "--max-staleness", "1", "--no-partial-rollouts",
+                      "--ray-address", "auto", "--ray-weight-sync", "nccl", "--engine-health-interval", "5"])
+    assert (cfg.num_engines, cfg.max_staleness, cfg.partial_rollouts, cfg.ray_weight_sync) == (3, 1, False, "nccl")
+    assert validate(cfg) == []
+    problems = "\n".join(validate(parse_args([*BASE, "--num-engines", "2", "--max-staleness", "-1",
+                                               "--ray-weight-sync", "ncl"])))
+    assert "--num-engines 2 needs --use-ray" in problems
+    assert "--max-staleness must be >= 0" in problems
+    assert "did you mean 'nccl'" in problems
