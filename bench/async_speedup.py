@@ -14,7 +14,8 @@ torch trainer, one process, one GPU), on a workload with long-tailed response le
 Step time is the wall time between consecutive steps, over the steps after ``--warmup``. Prompts and sampling seeds are the same in every mode.
 
     python bench/async_speedup.py --shape qwen2.5-0.5b --out bench/results                          # GPU
-    python bench/async_speedup.py --shape tiny --batch 4 --samples 4 --max-len 96 --rollouts 6 --out bench/results  # CPU
+    python bench/async_speedup.py --shape tiny --batch 2 --samples 2 --min-len 48 --max-len 384 --tail-alpha 1.0 \
+        --rollouts 6 --warmup 1 --out bench/results                                               # CPU
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=768, help="cap of a turn's length")
     p.add_argument("--tail-alpha", type=float, default=1.2, help="Pareto shape (smaller: heavier tail)")
     p.add_argument("--max-tokens-per-gpu", type=int, default=16384)
+    p.add_argument("--switch-interval", type=float, default=None,
+                   help="sys.setswitchinterval for the run (Python's default 0.005 s): how long the trainer "
+                        "thread may hold the GIL while the engine thread waits for it")
     p.add_argument("--out", default=None, help="folder for async_speedup_<device>.json/.md")
     args = p.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -108,6 +112,8 @@ def main() -> None:
     if unknown:
         p.error(f"unknown mode(s) {unknown}; choose from {list(MODES)}")
 
+    if args.switch_interval is not None:
+        sys.setswitchinterval(args.switch_interval)
     from agentrl.models import load_tokenizer
     from agentrl.testing.tiny import BENCH_SHAPES, make_tiny_model
 
@@ -128,6 +134,7 @@ def main() -> None:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": device,
             "torch": torch.__version__, "shape": args.shape, "episodes_per_rollout": args.batch * args.samples,
             "workload": workload, "rollouts": args.rollouts, "warmup": args.warmup,
+            "switch_interval": sys.getswitchinterval(),
             "command": "python " + " ".join(sys.argv)}
     md = markdown(results, meta)
     print(md)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,11 @@ class SGLangServerActor:
         from agentrl.engine.sglang import launch_sglang
 
         host = ray.util.get_node_ip_address()
+        pidfile = Path(tempfile.gettempdir()) / f"agentrl-sglang-{host}-{port}.pid"
+        _reap(pidfile, host, port)
         self.cluster = launch_sglang(model_path, 1, port, tp=tp, host=host, extra_args=extra_args or [],
                                      router=False, health_timeout=health_timeout, server_command=server_command)
+        pidfile.write_text(str(self.cluster.processes[0].process.pid))
 
     def url(self) -> str:
         return self.cluster.server_urls[0]
@@ -50,6 +54,32 @@ class SGLangServerActor:
 
     def stop(self) -> None:
         self.cluster.close(grace=10.0)
+
+
+def _reap(pidfile: Path, host: str, port: int, wait: float = 30.0) -> None:
+    """Stop the server a killed predecessor left on this port (an actor killed with SIGKILL never
+    ran its clean-up; the server runs in its own process group), then wait for the port."""
+    import os
+    import signal
+    import socket
+    import time
+
+    if pidfile.exists():
+        try:
+            os.killpg(int(pidfile.read_text().strip()), signal.SIGKILL)
+            log.warning("stopped the server a previous actor left on port %d", port)
+        except (ProcessLookupError, PermissionError, ValueError):
+            pass
+        pidfile.unlink(missing_ok=True)
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+                return
+            except OSError:
+                time.sleep(0.2)
 
 
 class SGLangServer:
