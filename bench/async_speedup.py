@@ -24,6 +24,7 @@ import argparse
 import datetime
 import gc
 import json
+import os
 import platform
 import random
 import statistics
@@ -130,7 +131,8 @@ def main() -> None:
     for mode in modes:
         results[mode] = run_mode(mode, args, model_dir, prompts, context, workload, work)
         print(f"{mode}: {results[mode]['step_s']:.2f} s/step", flush=True)
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"{platform.processor() or 'cpu'} CPU"
+    device = (torch.cuda.get_device_name() if torch.cuda.is_available()
+              else f"{os.cpu_count()}-core {platform.machine()} CPU")
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": device,
             "torch": torch.__version__, "shape": args.shape, "episodes_per_rollout": args.batch * args.samples,
             "workload": workload, "rollouts": args.rollouts, "warmup": args.warmup,

@@ -15,8 +15,8 @@ run's ``weights`` folder (on storage every node sees) and each server loads it
 them with :func:`agentrl.engine.sglang.launch_sglang` (``router=True``) and pass
 ``--sglang-url ROUTER``.
 
-``server_command`` replaces SGLang's launch command (``agentrl serve`` in tests, since SGLang
-cannot be installed on every machine).
+``server_argv`` replaces SGLang's launch command (``agentrl serve`` in tests, since SGLang cannot
+be installed on every machine).
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ class SGLangServerActor:
     """Runs inside a Ray worker: one SGLang server process on the worker's GPUs."""
 
     def __init__(self, model_path: str, *, port: int, tp: int = 1, extra_args: list[str] | None = None,
-                 server_command: Any = None, health_timeout: float = 900.0) -> None:
+                 server_argv: list[str] | None = None, health_timeout: float = 900.0) -> None:
+        import sys
+
         import ray
 
         from agentrl.engine.sglang import launch_sglang
@@ -42,8 +44,12 @@ class SGLangServerActor:
         host = ray.util.get_node_ip_address()
         pidfile = Path(tempfile.gettempdir()) / f"agentrl-sglang-{host}-{port}.pid"
         _reap(pidfile, host, port)
+        command = None
+        if server_argv is not None:  # a template: {python}, {host}, {port}, {model}
+            def command(index: int, p: int) -> list[str]:
+                return [a.format(python=sys.executable, host=host, port=p, model=model_path) for a in server_argv]
         self.cluster = launch_sglang(model_path, 1, port, tp=tp, host=host, extra_args=extra_args or [],
-                                     router=False, health_timeout=health_timeout, server_command=server_command)
+                                     router=False, health_timeout=health_timeout, server_command=command)
         pidfile.write_text(str(self.cluster.processes[0].process.pid))
 
     def url(self) -> str:
@@ -143,13 +149,15 @@ class DiskWeightsTrainer:
 
 
 async def spawn_server(model_path: str, index: int, *, options: dict[str, Any], base_port: int, tp: int,
-                       extra_args: list[str], server_command: Any = None) -> SGLangServer:
-    """Start server ``index`` (port ``base_port + index``) and wait until it is healthy."""
+                       extra_args: list[str], server_argv: list[str] | None = None) -> SGLangServer:
+    """Start server ``index`` (port ``base_port + index``) and wait until it is healthy.
+    ``server_argv`` replaces SGLang's command: a list of strings with ``{python}``, ``{host}``,
+    ``{port}`` and ``{model}`` placeholders."""
     import ray
 
     remote = ray.remote(max_restarts=0)(SGLangServerActor)
     actor = remote.options(**options).remote(model_path, port=base_port + index, tp=tp, extra_args=extra_args,
-                                              server_command=server_command)
+                                              server_argv=server_argv)
     url = await actor.url.remote()
     log.info("SGLang server %d up at %s", index, url)
     return SGLangServer(actor, url)

@@ -7,6 +7,7 @@ All slow (a local Ray cluster plus model-loading actors take a minute on two cor
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -184,3 +185,46 @@ def test_weight_broadcast_over_gloo_reaches_every_engine_and_restarts_fall_back(
         placement.remove()
     want = asyncio.run(expected())
     assert outs == [want, want] and restarted == want and want != before and versions == [2, 2]
+
+
+SERVE = ["{python}", "-m", "agentrl.cli", "serve", "--model-path", "{model}", "--host", "{host}", "--port", "{port}",
+         "--max-seq-len", "256", "--device", "cpu"]
+
+
+def test_sglang_compatible_servers_as_actors_restart_and_load_weights_from_disk(local_ray, tmp_path):
+    from agentrl.cluster.engine_pool import EnginePool
+    from agentrl.cluster.sglang_servers import DiskWeights, spawn_server
+    from agentrl.engine import SamplingParams
+    from agentrl.models import load_model
+
+    port = 31000 + (os.getpid() % 1000) * 2
+    model = load_model("tiny-qwen2", with_tokenizer=False)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.data.mul_(0.5)
+    model.save_pretrained(tmp_path / "v1")
+    sampling = SamplingParams(max_new_tokens=5, ignore_eos=True, seed=7)
+
+    def start(i):
+        return spawn_server("tiny-qwen2", i, options={"num_cpus": 0.25}, base_port=port, tp=1, extra_args=[],
+                            server_argv=SERVE)
+
+    async def main():
+        servers = await asyncio.gather(start(0), start(1))
+        pool = EnginePool(servers, factory=start, health_interval=0, restart_backoff=0.01)
+        before = (await pool.generate([1, 2, 3], sampling)).token_ids
+        assert await pool.update_weights(DiskWeights(str(tmp_path / "v1")), version=1) == 1
+        after = [(await s.generate([1, 2, 3], sampling)).token_ids for s in pool.engines]
+        old = pool.engines[0]
+        ray.kill(old.actor, no_restart=True)  # its server process goes with it
+        await asyncio.sleep(1.0)
+        outs = await asyncio.gather(*(pool.generate([1, 2, 3], sampling) for _ in range(4)))
+        await pool.wait_healthy(timeout=300)
+        new = pool.engines[0]
+        again = (await new.generate([1, 2, 3], sampling)).token_ids
+        await pool.close()
+        return before, after, [o.token_ids for o in outs], again, new is not old and new.url == old.url
+
+    before, after, outs, again, same_url = asyncio.run(main())
+    assert after[0] == after[1] != before
+    assert outs == [after[0]] * 4 and again == after[0] and same_url
