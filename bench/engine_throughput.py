@@ -205,6 +205,14 @@ def measure(args, model, prompts_all, bw: float, out_path: Path | None, results:
     engines: dict[str, EmbeddedEngine] = {}
 
     def run(spec: str, prompts: list[list[int]], new_tokens: int) -> float:
+        c0 = time.process_time()
+        dt = _run(spec, prompts, new_tokens)
+        cpu_times[spec] = time.process_time() - c0
+        return dt
+
+    cpu_times: dict[str, float] = {}
+
+    def _run(spec: str, prompts: list[list[int]], new_tokens: int) -> float:
         name, options = parse_system(spec)
         if name == "engine":
             if spec not in engines:
@@ -221,6 +229,7 @@ def measure(args, model, prompts_all, bw: float, out_path: Path | None, results:
         prompts = prompts_all[:batch]
         table = {spec: Result(system=spec, batch=batch) for spec in args.systems}
         times: dict[str, list[float]] = {spec: [] for spec in args.systems}
+        cpu: dict[str, list[float]] = {spec: [] for spec in args.systems}
         for spec in args.systems:
             try:
                 table[spec].extra["warmup_s"] = round(run(spec, prompts, args.new_tokens), 2)
@@ -240,6 +249,7 @@ def measure(args, model, prompts_all, bw: float, out_path: Path | None, results:
                     log.error("%s batch %d failed:\n%s", spec, batch, traceback.format_exc())
                     continue
                 times[spec].append(dt)
+                cpu[spec].append(cpu_times[spec])
                 if engine is not None and dt == min(times[spec]):
                     steps = engine.stats.steps - before.steps
                     table[spec].extra.update(
@@ -254,6 +264,8 @@ def measure(args, model, prompts_all, bw: float, out_path: Path | None, results:
                 res.seconds = round(dt, 4)
                 res.tok_s = batch * args.new_tokens / dt
                 res.extra["runs_s"] = [round(t, 3) for t in times[spec]]
+                res.extra["runs_cpu_s"] = [round(t, 3) for t in cpu[spec]]
+                res.extra["tok_per_cpu_s"] = round(batch * args.new_tokens / min(cpu[spec]), 2)
                 if spec in engines:
                     engine = engines[spec]
                     res.extra["config"] = asdict(engine.config)
@@ -303,14 +315,16 @@ def write_results(args, model, bw, results: list[Result], out_path: Path) -> Non
         "load_average": os.getloadavg(),
         "results": [asdict(r) for r in results],
         "ratios": ratios(results),
+        "ratios_cpu_time": ratios(results, "tok_per_cpu_s") if args.device == "cpu" else {},
+        "threads": torch.get_num_threads(),
     }
     out_path.parent.mkdir(parents=True, exist_ok=True)
     out_path.write_text(json.dumps(doc, indent=1))
     out_path.with_suffix(".md").write_text(markdown(doc))
 
 
-def ratios(results: list[Result]) -> dict:
-    table = {(r.system, r.batch): r.tok_s for r in results if r.tok_s}
+def ratios(results: list[Result], key: str = "tok_s") -> dict:
+    table = {(r.system, r.batch): (r.tok_s if key == "tok_s" else r.extra.get(key)) for r in results if r.tok_s}
     out = {}
     for (system, batch), v in table.items():
         if not system.startswith("engine"):
@@ -338,6 +352,10 @@ def markdown(doc: dict) -> str:
                      f"{f(r['roofline_tok_s'], 0)} | {f(r['roofline_share'], 3)} | {r['note']} |")
     lines += ["", "Ratios (tokens/s, same run):", ""]
     lines += [f"- {k}: **{v}x**" for k, v in doc["ratios"].items()]
+    if doc.get("ratios_cpu_time"):
+        lines += ["", f"Ratios of tokens per CPU-second of this process ({doc.get('threads')} torch threads; "
+                  f"robust to other processes on a shared machine; load average {doc.get('load_average')}):", ""]
+        lines += [f"- {k}: **{v}x**" for k, v in doc["ratios_cpu_time"].items()]
     return "\n".join(lines) + "\n"
 
 
@@ -350,6 +368,7 @@ def main(argv=None) -> None:
     p.add_argument("--prompt-len", type=int)
     p.add_argument("--new-tokens", type=int)
     p.add_argument("--systems", help="comma separated: engine[:k=v;k=v], hf, hf-static, hf-cb")
+    p.add_argument("--threads", type=int, help="torch threads (CPU); default: torch's choice")
     p.add_argument("--repeats", type=int, help="timed runs per system and batch, round-robin; the best counts")
     p.add_argument("--profile", action="store_true", help="profile one engine run per batch (top kernels)")
     p.add_argument("--out", type=Path, help="JSON results (a .md table is written beside it)")
@@ -363,6 +382,8 @@ def main(argv=None) -> None:
     args.systems = args.systems.split(",") if args.systems else preset["systems"]
     args.repeats = args.repeats or preset["repeats"]
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     for noisy in ("transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
