@@ -14,6 +14,6 @@ See ``docs/engine.md`` for the design and the measurements behind it.
 
 from agentrl.engine.embedded.config import EngineConfig, InvalidRequest
 from agentrl.engine.embedded.engine import EmbeddedEngine
-from agentrl.engine.embedded.scheduler import SchedulerStats
+from agentrl.engine.embedded.request import SchedulerStats
 
 __all__ = ["EmbeddedEngine", "EngineConfig", "InvalidRequest", "SchedulerStats"]

@@ -34,7 +34,8 @@ from agentrl.engine.embedded.config import EngineConfig, InvalidRequest
 from agentrl.engine.embedded.fast_model import fast_path_unsupported
 from agentrl.engine.embedded.kv_cache import KVCache
 from agentrl.engine.embedded.runner import FastRunner, HFRunner
-from agentrl.engine.embedded.scheduler import Request, Scheduler, SchedulerStats
+from agentrl.engine.embedded.request import Request, SchedulerStats
+from agentrl.engine.embedded.scheduler import Scheduler
 from agentrl.engine.embedded.weights import WeightsSource, load_weights
 
 log = logging.getLogger(__name__)

@@ -16,7 +16,7 @@ Example::
     ...              dtype=torch.float32, device=torch.device("cpu"))
     >>> kv.allocate()
     >>> kv.nbytes
-    8192
+    16384
 """
 
 from __future__ import annotations

@@ -19,45 +19,20 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
-from agentrl.engine.base import Completion, EngineError, SamplingParams
+from agentrl.engine.base import Completion, EngineError
+from agentrl.engine.embedded.request import Request, SchedulerStats
+from agentrl.engine.embedded.request import fail as _fail
+from agentrl.engine.embedded.request import resolve as _resolve
 from agentrl.engine.embedded.runner import Runner
 from agentrl.engine.embedded.sampling import SamplingRows, uniforms
 from agentrl.engine.embedded.stops import StopStrings
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(eq=False)
-class Request:
-    """One generate call as the scheduler sees it."""
-
-    rid: str
-    prompt: list[int]
-    sampling: SamplingParams
-    seed: int
-    max_new: int
-    """max_new_tokens, capped so prompt + completion fit max_seq_len."""
-    future: cf.Future = field(default_factory=cf.Future)
-    version: int = 0
-
-
-@dataclass
-class SchedulerStats:
-    steps: int = 0
-    prefills: int = 0
-    prompt_tokens: int = 0
-    generated_tokens: int = 0
-    finished: int = 0
-    busy_s: float = 0.0
-    """Wall time the worker spent in steps (commands, prefill, decode, bookkeeping)."""
-    decode_s: float = 0.0
-    """Wall time from launching a decode step to having its sampled ids on the host."""
 
 
 class Scheduler:
@@ -433,19 +408,3 @@ class Scheduler:
         if not self._allocated:
             self.runner.allocate()
             self._allocated = True
-
-
-def _resolve(fut: cf.Future, value: Any) -> None:
-    try:
-        if not fut.done():
-            fut.set_result(value)
-    except cf.InvalidStateError:  # cancelled by the caller meanwhile
-        pass
-
-
-def _fail(fut: cf.Future, exc: BaseException) -> None:
-    try:
-        if not fut.done():
-            fut.set_exception(exc)
-    except cf.InvalidStateError:
-        pass

@@ -12,7 +12,7 @@ Example::
     >>> m = torch.nn.Linear(2, 2)
     >>> load_weights(m, {"weight": torch.zeros(2, 2)})
     1
-    >>> float(m.weight.abs().sum())
+    >>> float(m.weight.detach().abs().sum())
     0.0
 """
 

@@ -1,0 +1,52 @@
+"""What the scheduler keeps per request, its counters, and safe resolution of result futures."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentrl.engine.base import SamplingParams
+
+
+@dataclass(eq=False)
+class Request:
+    """One generate call as the scheduler sees it."""
+
+    rid: str
+    prompt: list[int]
+    sampling: SamplingParams
+    seed: int
+    max_new: int
+    """max_new_tokens, capped so prompt + completion fit max_seq_len."""
+    future: cf.Future = field(default_factory=cf.Future)
+    version: int = 0
+
+
+@dataclass
+class SchedulerStats:
+    steps: int = 0
+    prefills: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    finished: int = 0
+    busy_s: float = 0.0
+    """Wall time the worker spent in steps (commands, prefill, decode, bookkeeping)."""
+    decode_s: float = 0.0
+    """Wall time from launching a decode step to having its sampled ids on the host."""
+
+
+def resolve(fut: cf.Future, value: Any) -> None:
+    try:
+        if not fut.done():
+            fut.set_result(value)
+    except cf.InvalidStateError:  # cancelled by the caller meanwhile
+        pass
+
+
+def fail(fut: cf.Future, exc: BaseException) -> None:
+    try:
+        if not fut.done():
+            fut.set_exception(exc)
+    except cf.InvalidStateError:
+        pass
