@@ -18,7 +18,9 @@ rollout ``k`` when the loop asks for it, exactly as a plain loop would. With
   waited for it), ``async/resumed_turns``, ``async/interrupt_wait_s``.
 
 Every rollout draws its prompts and seeds from its index (``rollout_seed``), so sync and async
-runs see the same prompts and sampling seeds; only the weights that sample them differ. A
+runs see the same prompts and sampling seeds; only the weights that sample them differ. The
+trainer gets the groups ordered by group id, not by completion time, so the same samples give the
+same update however the requests were scheduled (several engines, retries, concurrency). A
 checkpoint stores the data position *before* the prefetched rollout, so ``--load`` replays it.
 
 Ctrl-C: the first press finishes the current step, saves a checkpoint and ends the run
@@ -209,6 +211,9 @@ class RolloutStream:
                                           max_prompts=int(cfg.over_sampling_factor * cfg.rollout_batch_size),
                                           first_group_id=rollout_id * 1_000_000)
         self._spans[rollout_id] = (start, time.perf_counter())
+        # groups finish in an order that depends on timing (and, on Ray, on which engine served them);
+        # the trainer sees them by group id, so the same samples give the same update
+        result.groups.sort(key=lambda g: g.group_id)
         if callable(getattr(c.engine, "metrics", None)):
             result.metrics |= c.engine.metrics()
         return result

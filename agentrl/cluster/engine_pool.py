@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import logging
 import time
 import uuid
@@ -131,6 +132,7 @@ class EnginePool:
         self._version = max(int(getattr(e, "weight_version", 0)) for e in engines)
         self._weights: Any = None
         self._have_weights = False
+        self._turn = itertools.count()
         self._inflight: dict[str, tuple[_Slot, str]] = {}
         self._aborted: set[str] = set()
         self._changed: asyncio.Condition | None = None
@@ -298,7 +300,7 @@ class EnginePool:
             cond.notify_all()
 
     async def _pick(self, avoid: set[int] = frozenset()) -> _Slot:
-        """The least-loaded engine in rotation (ties: the lowest index), preferring engines not in
+        """The least-loaded engine in rotation (ties taken in turn), preferring engines not in
         ``avoid`` (those a retried request already tried); waits while none is in rotation."""
         cond = self._condition()
         deadline = time.monotonic() + self.wait_timeout
@@ -306,8 +308,9 @@ class EnginePool:
             while True:
                 up = [s for s in self._slots if s.state == "up"]
                 if up:
-                    fresh = [s for s in up if s.index not in avoid]
-                    return min(fresh or up, key=lambda s: s.load)
+                    pool = [s for s in up if s.index not in avoid] or up
+                    turn = next(self._turn) % len(pool)
+                    return min(pool[turn:] + pool[:turn], key=lambda s: s.load)  # ties go round the pool
                 if all(s.state == "failed" for s in self._slots) or self._closed:
                     raise EngineError(f"no engine left: {self.health_status()} (restarts exhausted or pool closed)")
                 left = deadline - time.monotonic()

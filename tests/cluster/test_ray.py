@@ -19,11 +19,13 @@ from agentrl.loop import train  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parents[2]
-ARGS = ["--config", "recipes/quickstart/config.yaml", "--model-path", "tiny-qwen2", "--num-rollout", "3",
-        "--rollout-batch-size", "2", "--n-samples-per-prompt", "4", "--rollout-max-response-len", "24",
-        "--eval-max-prompts", "2", "--engine-max-batch-size", "8", "--lr", "1e-3",
-        "--custom-rm-path", "tests/_resume_reward.py:reward"]
-# engine logprobs depend on which requests share a decode step (~1e-7); so do these two mismatch metrics
+ARGS = ["--config", "recipes/quickstart/config.yaml", "--num-rollout", "3", "--rollout-batch-size", "2",
+        "--n-samples-per-prompt", "4", "--rollout-max-response-len", "24", "--eval-max-prompts", "2",
+        "--engine-max-batch-size", "8"]
+# The recipe's own model (SmolLM2-135M-Instruct). Which requests share a decode step changes the logits in
+# the last bits (~1e-7); a real model's next-token distributions are peaked enough that seeded draws do
+# not notice, while a random tiny model's are so flat that they sometimes do (docs/scaling.md). The two
+# metrics that compare engine and trainer logprobs do move in the last bits.
 LOGPROB_LEVEL = ("train/rollout_train_kl", "train/rollout_train_abs_diff")
 TIMING = ("perf/", "rollout/time", "rollout/tokens_per_s", "time")
 
