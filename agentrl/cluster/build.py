@@ -141,6 +141,12 @@ def _sglang_pool(cfg: RunConfig, placement: Any) -> EnginePool:
 
     from agentrl.cluster.sglang_servers import spawn_server
 
+    if cfg.sglang_url:  # servers someone else runs: routed and health-checked, not restarted by us
+        from agentrl.engine.sglang import SGLangEngine
+
+        return EnginePool([SGLangEngine(url, max_retries=1) for url in cfg.sglang_url], factory=None,
+                          health_interval=cfg.engine_health_interval, health_timeout=cfg.engine_health_timeout)
+
     def start(i: int):
         return spawn_server(cfg.model_path, i, options=placement.engine_options(i), base_port=30000,
                             tp=cfg.rollout_num_gpus_per_engine, extra_args=list(cfg.sglang_args))

@@ -102,8 +102,6 @@ class SGLangServer:
         return getattr(self.client, name)
 
     async def update_weights(self, weights: Any = None, *, version: int | None = None) -> int:
-        if isinstance(weights, DiskWeights):
-            weights = weights.path
         return await self.client.update_weights(weights, version=version)
 
     async def close(self) -> None:
@@ -117,14 +115,13 @@ class SGLangServer:
         ray.kill(self.actor, no_restart=True)
 
 
-class DiskWeights:
-    """An HF folder of one weight version (what SGLang servers load)."""
+class DiskWeights(str):
+    """The path of an HF folder of one weight version (what SGLang servers load; a ``str``, so
+    :meth:`SGLangEngine.update_weights <agentrl.engine.sglang.SGLangEngine.update_weights>` takes it as is)."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-    def __repr__(self) -> str:
-        return f"DiskWeights({self.path!r})"
+    @property
+    def path(self) -> str:
+        return str(self)
 
 
 class DiskWeightsTrainer:
