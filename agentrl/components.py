@@ -53,21 +53,32 @@ def build_components(cfg: RunConfig) -> Components:
     trainer = build_trainer(cfg)
     template = ChatTemplate(trainer.tokenizer, None if cfg.data.apply_chat_template else PLAIN_TEMPLATE)
     engine = build_engine(cfg, trainer)
-    rollout = Rollout(
+    rollout = build_rollout(cfg, engine, template)
+    return Components(engine, trainer, template, rollout, sampler, dataset, eval_tasks, build_eval_config(cfg))
+
+
+def build_rollout(cfg: RunConfig, engine: Any, template: Any, generate_fn: Any = None) -> Rollout:
+    """The rollout with the run's filters and hooks (``generate_fn`` overrides the configured one)."""
+    if generate_fn is None and cfg.custom_generate_function_path:
+        generate_fn = load_generate_fn(cfg.custom_generate_function_path)
+    return Rollout(
         engine, template, cfg.rollout, default_env_id=cfg.env,
         filters=default_filters(dynamic_sampling=cfg.dynamic_sampling, overlong=cfg.overlong,
                                 overlong_penalty_value=cfg.overlong_penalty),
-        generate_fn=load_generate_fn(cfg.custom_generate_function_path) if cfg.custom_generate_function_path else None,
+        generate_fn=generate_fn,
         reward_fn=load_reward_fn(cfg.custom_rm_path) if cfg.custom_rm_path else None,
         seed=cfg.seed,
     )
-    eval_config = EvalConfig(
+
+
+def build_eval_config(cfg: RunConfig) -> EvalConfig:
+    """Held-out evaluation settings: the training budgets, the eval temperature and sample count."""
+    return EvalConfig(
         n_samples=cfg.n_samples_per_eval_prompt, ks=tuple(sorted({1, cfg.n_samples_per_eval_prompt})),
         sampling=cfg.rollout.sampling.replace(temperature=cfg.eval_temperature, seed=cfg.seed),
         max_turns=cfg.rollout.max_turns, max_context_tokens=cfg.rollout.max_context_tokens,
         max_new_tokens_per_turn=cfg.rollout.max_new_tokens_per_turn, concurrency=cfg.rollout.concurrency,
         env_kwargs=cfg.rollout.env_kwargs, seed=cfg.seed + 10_000)
-    return Components(engine, trainer, template, rollout, sampler, dataset, eval_tasks, eval_config)
 
 
 def build_trainer(cfg: RunConfig) -> Any:

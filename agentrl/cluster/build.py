@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentrl.cluster.engine_pool import EnginePool
-from agentrl.components import PLAIN_TEMPLATE, Components, load_eval_tasks, output_dir
+from agentrl.components import (PLAIN_TEMPLATE, Components, build_eval_config, build_rollout, load_eval_tasks,
+                                output_dir)
 from agentrl.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,7 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
     from agentrl.cluster.placement import create_placement, init_ray, plan_placement
     from agentrl.cluster.ray_trainer import RayTrainer
     from agentrl.data import PromptSampler, load_prompts
-    from agentrl.eval import EvalConfig
-    from agentrl.rollout import Rollout, default_filters, load_generate_fn, load_reward_fn
+    from agentrl.rollout import load_generate_fn
 
     started = init_ray(cfg.ray_address)
     resources = ray.cluster_resources()
@@ -90,20 +90,8 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
                         "they run in the driver")
         else:
             generate_fn = env_pool.generate_fn()
-    rollout = Rollout(
-        engine, template, cfg.rollout, default_env_id=cfg.env,
-        filters=default_filters(dynamic_sampling=cfg.dynamic_sampling, overlong=cfg.overlong,
-                                overlong_penalty_value=cfg.overlong_penalty),
-        generate_fn=generate_fn,
-        reward_fn=load_reward_fn(cfg.custom_rm_path) if cfg.custom_rm_path else None,
-        seed=cfg.seed,
-    )
-    eval_config = EvalConfig(
-        n_samples=cfg.n_samples_per_eval_prompt, ks=tuple(sorted({1, cfg.n_samples_per_eval_prompt})),
-        sampling=cfg.rollout.sampling.replace(temperature=cfg.eval_temperature, seed=cfg.seed),
-        max_turns=cfg.rollout.max_turns, max_context_tokens=cfg.rollout.max_context_tokens,
-        max_new_tokens_per_turn=cfg.rollout.max_new_tokens_per_turn, concurrency=cfg.rollout.concurrency,
-        env_kwargs=cfg.rollout.env_kwargs, seed=cfg.seed + 10_000)
+    rollout = build_rollout(cfg, engine, template, generate_fn)
+    eval_config = build_eval_config(cfg)
     log.info("Ray run: trainer %s, %d engine(s) (%s), %d env worker(s), %s", trainer.where(), cfg.num_engines,
              cfg.engine, cfg.num_env_workers, "colocated" if plan.colocate else "disaggregated")
     return RayComponents(engine, trainer, template, rollout, sampler, dataset, load_eval_tasks(cfg), eval_config,

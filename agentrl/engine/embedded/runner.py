@@ -249,7 +249,9 @@ class FastRunner:
                 tok.copy_(saved)
         torch.cuda.current_stream(self.device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
+        # thread_local: a trainer thread working on the GPU while a decode shape is captured (async
+        # training) must not invalidate the capture, nor be refused by it
+        with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
             step()
         return graph
 
