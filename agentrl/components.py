@@ -96,10 +96,14 @@ def build_engine(cfg: RunConfig, trainer: Any) -> Any:
     if cfg.engine == "sglang":
         from agentrl.engine.sglang import SGLangEngine
 
-        if not cfg.sglang_url:
-            raise NotImplementedError("launching SGLang from train.py: start servers with "
-                                      "agentrl.engine.sglang.launch_sglang and pass --sglang-url")
-        return SGLangEngine(cfg.sglang_url)
+        if cfg.sglang_url:
+            return SGLangEngine(cfg.sglang_url)
+        from agentrl.engine.sglang import launch_sglang
+
+        # servers (and a router in front of several) as subprocesses, shut down when the run exits
+        cluster = launch_sglang(cfg.model_path, num_servers=cfg.num_engines, tp=cfg.rollout_num_gpus_per_engine,
+                                extra_args=list(cfg.sglang_args))
+        return cluster.engine()
     from agentrl.engine.embedded import EmbeddedEngine
 
     device = str(trainer.device)
