@@ -94,11 +94,10 @@ def build_trainer(cfg: RunConfig) -> Any:
 
 def build_engine(cfg: RunConfig, trainer: Any) -> Any:
     if cfg.engine == "sglang":
-        from agentrl.engine.sglang import SGLangEngine
+        from agentrl.engine.sglang import SGLangEngine, launch_sglang
 
         if cfg.sglang_url:
             return SGLangEngine(cfg.sglang_url)
-        from agentrl.engine.sglang import launch_sglang
 
         # servers (and a router in front of several) as subprocesses, shut down when the run exits
         cluster = launch_sglang(cfg.model_path, num_servers=cfg.num_engines, tp=cfg.rollout_num_gpus_per_engine,
