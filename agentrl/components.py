@@ -105,7 +105,7 @@ def build_engine(cfg: RunConfig, trainer: Any) -> Any:
         return cluster.engine()
     from agentrl.engine.embedded import EmbeddedEngine
 
-    device = str(trainer.device)
+    device = cfg.engine_device or str(trainer.device)
     return EmbeddedEngine(cfg.model_path, tokenizer=trainer.tokenizer, device=device,
                           max_batch_size=cfg.engine_max_batch_size,
                           max_seq_len=cfg.rollout.max_context_tokens + 8)

@@ -118,6 +118,9 @@ class RunConfig:
     """Seeds data order, environment resets and sampling."""
     device: str | None = None
     """cpu | cuda | cuda:N (default: cuda when available)."""
+    engine_device: str | None = None
+    """Device of the embedded engine without --use-ray (default: the trainer's); e.g. cuda:1 generates on a
+    second GPU while the trainer works on the first (weights are copied across at each sync)."""
     use_ray: bool = False
     """Run engines and trainer as Ray actors in placement groups (see agentrl.cluster, docs/scaling.md)."""
     ray_address: str | None = None
@@ -225,6 +228,7 @@ FLAGS: dict[str, str] = {
     "--sglang-url": "sglang_url",
     "--engine-max-batch-size": "engine_max_batch_size",
     "--device": "device",
+    "--engine-device": "engine_device",
     "--use-ray": "use_ray",
     "--ray-address": "ray_address",
     "--num-engines": "num_engines",
@@ -406,6 +410,12 @@ def validate(cfg: RunConfig) -> list[str]:
         if importlib.util.find_spec("sglang") is None:
             problems.append("--engine sglang without --sglang-url launches SGLang servers, but sglang is not "
                             "installed: pip install 'agentrl[sglang]' or give --sglang-url URL")
+    if cfg.engine_device is not None:
+        if cfg.engine != "embedded" or cfg.use_ray:
+            problems.append("--engine-device places the in-process embedded engine; with --use-ray or --engine sglang "
+                            "the placement decides where engines run")
+        elif cfg.engine_device.split(":")[0] not in ("cpu", "cuda"):
+            problems.append(f"--engine-device must be cpu, cuda or cuda:N; got {cfg.engine_device!r}")
     if cfg.load is not None and not Path(cfg.load).expanduser().exists():
         problems.append(f"--load {cfg.load}: no such checkpoint folder")
     for flag, value in (("--save-interval", cfg.save_interval), ("--eval-interval", cfg.eval_interval)):

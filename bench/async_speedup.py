@@ -106,6 +106,8 @@ def main() -> None:
     p.add_argument("--switch-interval", type=float, default=None,
                    help="sys.setswitchinterval for the run (Python's default 0.005 s): how long the trainer "
                         "thread may hold the GIL while the engine thread waits for it")
+    p.add_argument("--engine-device", default=None,
+                   help="embedded engine's device (e.g. cuda:1: generation on a second GPU); default: the trainer's")
     p.add_argument("--out", default=None, help="folder for async_speedup_<device>.json/.md")
     args = p.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -136,7 +138,8 @@ def main() -> None:
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": device,
             "torch": torch.__version__, "shape": args.shape, "episodes_per_rollout": args.batch * args.samples,
             "workload": workload, "rollouts": args.rollouts, "warmup": args.warmup,
-            "switch_interval": sys.getswitchinterval(),
+            "switch_interval": sys.getswitchinterval(), "engine_device": args.engine_device,
+            "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
             "command": "python " + " ".join(sys.argv)}
     md = markdown(results, meta)
     print(md)
@@ -144,6 +147,8 @@ def main() -> None:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         tag = "h100" if "H100" in device else ("h200" if "H200" in device else "cpu")
+        if args.engine_device and args.engine_device.startswith("cuda"):
+            tag += "_2gpu"
         (out / f"async_speedup_{tag}.json").write_text(json.dumps({"meta": meta, "modes": results}, indent=2))
         (out / f"async_speedup_{tag}.md").write_text(md)
 
@@ -163,6 +168,7 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
         "--rollout-concurrency", str(episodes), "--engine-max-batch-size", str(episodes),
         "--max-tokens-per-gpu", str(args.max_tokens_per_gpu), "--use-tis", "--lr", "1e-6",
         "--output-dir", str(out), *MODES[mode],
+        *(["--engine-device", args.engine_device] if args.engine_device else []),
     ])
     start = time.perf_counter()
     train(cfg)
@@ -202,7 +208,8 @@ def markdown(results: dict, meta: dict) -> str:
     head = (f"# Async speed-up ({meta['device']})\n\n{meta['date']}; torch {meta['torch']}; shape {meta['shape']} "
             f"(random weights); {meta['episodes_per_rollout']} episodes per rollout, {w['turns']} turns each, turn "
             f"lengths Pareto(alpha={w['tail_alpha']}, min {w['min_len']}) capped at {w['max_len']}, "
-            f"{w['obs_len']}-token tool answers; embedded engine + torch trainer in one process; "
+            f"{w['obs_len']}-token tool answers; embedded engine + torch trainer in one process"
+            f"{' (engine on ' + meta['engine_device'] + ')' if meta.get('engine_device') else ' (one device)'}; "
             f"{meta['rollouts']} rollouts per mode, the first {meta['warmup']} left out.\n\n"
             f"`{meta['command']}`\n\n")
     cols = ["mode", "step_s", "speedup", "rollout_s", "train_s", "sync_s", "overlap_s", "staleness_mean",

@@ -198,6 +198,22 @@ def parse_system(spec: str) -> tuple[str, dict]:
     return name, options
 
 
+def warm_engine(engine: EmbeddedEngine, run_once, max_runs: int = 4) -> int:
+    """Repeat full-length runs until one neither captures a CUDA graph nor runs a step eagerly
+    (the engine captures a shape on its third use); returns the extra runs. CPU engines: none."""
+    if not engine.config.cuda_graphs or engine.device.type != "cuda":
+        return 0
+    for extra in range(1, max_runs + 1):
+        before = dataclasses.replace(engine.stats)
+        run_once()
+        after = engine.stats
+        eager = (after.steps - before.steps) - (after.graph_steps - before.graph_steps)
+        if eager == 0 and after.graphs_captured == before.graphs_captured:
+            return extra
+    log.warning("engine still captured graphs or ran eager steps after %d warm-up runs", max_runs + 1)
+    return max_runs
+
+
 def measure(args, model, prompts_all, bw: float, out_path: Path | None, results: list[Result]) -> None:
     """For each batch: warm every system up with a full-length run, then time them round-robin
     ``--repeats`` times and keep each one's best run (fair under a fluctuating machine load)."""
@@ -233,6 +249,8 @@ def measure(args, model, prompts_all, bw: float, out_path: Path | None, results:
         for spec in args.systems:
             try:
                 table[spec].extra["warmup_s"] = round(run(spec, prompts, args.new_tokens), 2)
+                if spec in engines:  # warm until steady state: every decode step replays a captured graph
+                    table[spec].extra["warmup_runs"] = 1 + warm_engine(engines[spec], lambda: run(spec, prompts, args.new_tokens))
             except Exception as exc:  # one failed system does not lose the others
                 table[spec].note = f"failed: {exc!r}"
                 log.error("%s batch %d failed:\n%s", spec, batch, traceback.format_exc())

@@ -69,3 +69,25 @@ def test_train_py_reports_problems_before_loading_anything(tmp_path):
     assert "Loading" not in out.stderr  # nothing was loaded
     helped = subprocess.run([sys.executable, "train.py", "--help"], capture_output=True, text=True, timeout=60)
     assert helped.returncode == 0 and "--n-samples-per-prompt" in helped.stdout and "Episodes per prompt" in helped.stdout
+
+
+def test_engine_device_is_checked():
+    problems = "\n".join(validate(parse_args(["--engine-device", "tpu:0"])))
+    assert "--engine-device must be cpu, cuda or cuda:N; got 'tpu:0'" in problems
+    problems = "\n".join(validate(parse_args(["--engine-device", "cuda:1", "--use-ray"])))
+    assert "--engine-device places the in-process embedded engine" in problems
+    assert "--engine-device" not in "\n".join(validate(parse_args(["--engine-device", "cuda:1"])))
+
+
+def test_engine_device_places_the_embedded_engine(tmp_path):
+    from agentrl.components import build_engine
+    from agentrl.testing import make_tiny_model
+
+    model = make_tiny_model(tmp_path / "m", "qwen2")
+
+    class Trainer:
+        device = "meta"  # never used: --engine-device wins
+        tokenizer = None
+
+    engine = build_engine(parse_args(["--model-path", str(model), "--engine-device", "cpu"]), Trainer())
+    assert engine.device.type == "cpu"

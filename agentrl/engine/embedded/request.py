@@ -34,6 +34,10 @@ class SchedulerStats:
     """Wall time the worker spent in steps (commands, prefill, decode, bookkeeping)."""
     decode_s: float = 0.0
     """Wall time from launching a decode step to having its sampled ids on the host."""
+    graph_steps: int = 0
+    """Decode steps replayed from a captured CUDA graph (the rest ran eagerly)."""
+    graphs_captured: int = 0
+    """CUDA graphs captured so far (one per batch bucket, length bucket and sampling mode)."""
 
 
 def resolve(fut: cf.Future, value: Any) -> None:

@@ -110,6 +110,9 @@ class FastRunner:
         self._out: torch.Tensor | None = None  # [2, b] float64: sampled id, logprob
         self._logits: torch.Tensor | None = None  # [slots, V] float32 (graphs that leave sampling out)
         self._pool = None
+        self.last_step_graphed = False
+        """Whether the last :meth:`launch` replayed a CUDA graph."""
+        self.graphs_captured = 0
         self._weight_ptrs = self._weight_pointers()
         self._prev_ids: torch.Tensor | None = None
         self._ring = 0
@@ -186,7 +189,9 @@ class FastRunner:
             self._uses[key] = uses = self._uses.get(key, 0) + 1
             if uses >= self.capture_after:
                 graph = self._graphs[key] = self._record_graph(self._step_fn(*key), self._tok[:b])
+                self.graphs_captured += 1
                 log.debug("captured decode graph batch=%d length=%d %s (%d graphs)", b, length, mode, len(self._graphs))
+        self.last_step_graphed = graph is not None
         if graph is not None:
             graph.replay()
         else:  # a shape seen only once or twice so far (e.g. while requests trickle in): run it eagerly

@@ -274,6 +274,8 @@ class Scheduler:
         self.length[:n] += 1  # the input token is now in the cache
         self._ahead += 1
         self.stats.steps += 1
+        self.stats.graph_steps += int(getattr(self.runner, "last_step_graphed", False))
+        self.stats.graphs_captured = getattr(self.runner, "graphs_captured", 0)
         return handle, n, t0
 
     def _collect(self, entry: tuple) -> None:
