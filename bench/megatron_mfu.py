@@ -73,6 +73,13 @@ class Result:
     mfu_palm: float = 0.0
     peak_mem_gb: float = 0.0
     params_b: float = 0.0
+    fwd_s: float = 0.0
+    """One extra step, timed by phase (synchronised): forward + log-probs of all micro-batches ..."""
+    bwd_s: float = 0.0
+    """... their backward passes ..."""
+    opt_s: float = 0.0
+    """... and the optimizer step (gradient finalisation, clipping, Adam)."""
+    profile: str = ""
     error: str = ""
 
 
@@ -134,6 +141,15 @@ def run_case(name: str, backend: str, mbs: int, seq_len: int, recompute: str, ar
         res.mfu = res.tflops / args.peak_tflops
         res.mfu_palm = res.tokens_per_s * full / 1e12 / args.peak_tflops
         res.peak_mem_gb = torch.cuda.max_memory_allocated() / 2**30
+        res.fwd_s, res.bwd_s, res.opt_s = phase_times(opt, ids, targets, shape.vocab_size, args.grad_accum)
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                step()
+                torch.cuda.synchronize()
+            res.profile = prof.key_averages().table(sort_by="cuda_time_total", row_limit=25, max_name_column_width=60)
+            print(res.profile, flush=True)
     except torch.OutOfMemoryError:
         res.status, res.peak_mem_gb = "oom", torch.cuda.max_memory_allocated() / 2**30
     except Exception as err:  # a failing case is a result, the others still run
@@ -147,21 +163,46 @@ def run_case(name: str, backend: str, mbs: int, seq_len: int, recompute: str, ar
     return res
 
 
+def phase_times(opt, ids, targets, vocab_size: int, grad_accum: int) -> tuple[float, float, float]:
+    """Seconds of one training step spent in forward + log-probs, backward and the optimizer."""
+    from agentrl.train.megatron.logprobs import vocab_parallel_logprobs
+
+    fwd = bwd = 0.0
+    opt.zero_grad()
+    for _ in range(grad_accum):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        logits = opt.model(ids, None, None)
+        lp, _ = vocab_parallel_logprobs(logits, targets, vocab_size=vocab_size)
+        loss = -lp.mean() / grad_accum
+        torch.cuda.synchronize()
+        t1 = time.perf_counter()
+        loss.backward()
+        torch.cuda.synchronize()
+        fwd, bwd = fwd + t1 - t0, bwd + time.perf_counter() - t1
+        del logits, lp, loss
+    t0 = time.perf_counter()
+    opt.step()
+    torch.cuda.synchronize()
+    return fwd, bwd, time.perf_counter() - t0
+
+
 def to_markdown(results: list[Result], meta: dict) -> str:
     lines = [f"# Megatron backend training MFU ({meta['gpu']})", "",
              f"{meta['date']}, torch {meta['torch']}, megatron-core {meta['megatron_core']}, "
              f"peak {meta['peak_tflops']} TFLOP/s, {meta['steps']} timed steps after {meta['warmup']} warm-up, "
              f"fusions {'on' if meta.get('fusions') else 'off'}.", "",
-             "| shape | spec | micro-batch | seq | grad accum | recompute | tokens/s | TFLOP/s | MFU | MFU (PaLM) | peak GiB |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| shape | spec | micro-batch | seq | grad accum | recompute | tokens/s | TFLOP/s | MFU | MFU (PaLM) | peak GiB "
+             "| fwd / bwd / optimizer s |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
         if r.status != "ok":
             lines.append(f"| {r.shape} | {r.backend} | {r.micro_batch_size} | {r.seq_len} | {r.grad_accum} | "
-                         f"{r.recompute} | {r.status} | | | | {r.peak_mem_gb:.1f} |")
+                         f"{r.recompute} | {r.status} | | | | {r.peak_mem_gb:.1f} | |")
             continue
         lines.append(f"| {r.shape} | {r.backend} | {r.micro_batch_size} | {r.seq_len} | {r.grad_accum} | "
                      f"{r.recompute} | {r.tokens_per_s:,.0f} | {r.tflops:.0f} | {100 * r.mfu:.1f}% | {100 * r.mfu_palm:.1f}% | "
-                     f"{r.peak_mem_gb:.1f} |")
+                     f"{r.peak_mem_gb:.1f} | {r.fwd_s:.3f} / {r.bwd_s:.3f} / {r.opt_s:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -177,6 +218,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--fusions", action="store_true", help="megatron-core's torch.compile'd SwiGLU / bias-dropout-add")
+    ap.add_argument("--profile", action="store_true", help="print (and keep in the JSON) the top kernels of one step")
     ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 peak of the GPU")
     ap.add_argument("--out", default=None, help="results stem (default bench/results/megatron_mfu_<gpu>)")
     args = ap.parse_args()

@@ -39,13 +39,13 @@ def parallel(request, cpu_cuda_shim):
     """A world of one: torch.distributed + megatron-core parallel_state, TP = PP = 1.
 
     Modules marked ``gpu`` get it on CUDA (NCCL). The other modules compare against CPU
-    references with the shim, so on a CUDA machine they are skipped (``test_gpu.py`` holds their
+    references with the shim, so on a CUDA machine they are skipped (``test_megatron_gpu.py`` holds their
     GPU counterparts).
     """
     from agentrl.train.megatron.parallel import destroy_parallel, init_parallel
 
     if torch.cuda.is_available() and request.node.get_closest_marker("gpu") is None:
-        pytest.skip("a CPU-path test (CUDA shim); on GPU machines run tests/megatron/test_gpu.py")
+        pytest.skip("a CPU-path test (CUDA shim); on GPU machines run tests/megatron/test_megatron_gpu.py")
 
     layout = init_parallel(1, 1)
     try:

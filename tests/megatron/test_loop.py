@@ -20,7 +20,7 @@ TOY = ["--config", "recipes/quickstart/config.yaml", "--model-path", "tiny-qwen2
 @pytest.mark.slow
 def test_three_grpo_rollouts_with_the_megatron_trainer(parallel, tmp_path, monkeypatch):
     if torch.cuda.is_available():
-        pytest.skip("the CPU variant; on GPUs see test_gpu.py")
+        pytest.skip("the CPU variant; on GPUs see test_megatron_gpu.py")
     from agentrl.config import parse_args, validate
     from agentrl.loop import train
 
