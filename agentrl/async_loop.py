@@ -328,8 +328,11 @@ def _bind_device(device: Any) -> None:
     import torch
 
     if device is not None and torch.device(device).type == "cuda":
-        torch.cuda.set_device(torch.device(device))
-        torch.cuda.set_stream(torch.cuda.Stream(device=torch.device(device)))
+        device = torch.device(device)
+        if device.index is None:  # plain "cuda": the current device of the process
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+        torch.cuda.set_stream(torch.cuda.Stream(device=device))
 
 
 def _synced(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

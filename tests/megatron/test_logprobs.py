@@ -125,3 +125,34 @@ def test_two_ranks_match_the_dense_result(tmp_path):
         torch.testing.assert_close(p["lp"], want_lp.detach().float(), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(p["ent"], want_ent.detach().float(), atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(p["grad"], want_grad[:, r * 4:(r + 1) * 4], atol=1e-5, rtol=1e-4)
+
+
+def test_compiled_kernels_match_the_eager_ones(monkeypatch):
+    """The fused (``torch.compile``d) chunk functions used on CUDA, compiled here for the CPU."""
+    from agentrl.train.megatron import logprobs as module
+    from agentrl.utils.compile import MaybeCompiled
+
+    g = torch.Generator().manual_seed(3)
+    logits = (torch.randn(2, 9, 37, generator=g) * 2).to(torch.bfloat16).requires_grad_()
+    targets = torch.randint(0, 35, (2, 9), generator=g)
+    w = torch.randn(2, 9, generator=g)
+    results = []
+    for compiled in (False, True):
+        kernels = {}
+
+        def kernel(name, _logits, compiled=compiled, kernels=kernels):
+            fn = {"stats": module._chunk_stats, "grad": module._chunk_grad}[name]
+            if compiled:
+                fn = kernels.setdefault(name, MaybeCompiled(fn, enabled=True))
+                fn.fn = None  # a compiler failure must fail the test, not fall back
+            return fn
+
+        monkeypatch.setattr(module, "_kernel", kernel)
+        lp, ent = vocab_parallel_logprobs(logits, targets, vocab_size=35, temperature=0.9, with_entropy=True)
+        (grad,) = torch.autograd.grad((lp * w).sum() + ent.sum(), logits)
+        results.append((lp, ent, grad))
+    (lp0, ent0, g0), (lp1, ent1, g1) = results
+    torch.testing.assert_close(lp1, lp0, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ent1, ent0, atol=1e-5, rtol=1e-5)
+    assert g1.dtype == torch.bfloat16 and g1[..., 35:].abs().max() == 0
+    torch.testing.assert_close(g1.float(), g0.float(), atol=1e-2, rtol=1e-2)

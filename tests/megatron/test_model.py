@@ -115,3 +115,24 @@ def test_full_recompute_gives_the_same_gradients(parallel):
         model(ids, None, None).logsumexp(-1).mean().backward()
         grads.append(model.decoder.layers[0].mlp.linear_fc1.weight.grad.clone())
     torch.testing.assert_close(grads[0], grads[1], atol=1e-6, rtol=1e-5)
+
+
+def test_fusions_give_the_same_logits_and_gradients(parallel):
+    """``fusions``: megatron-core's compiled SwiGLU / bias-dropout-add and the compiled RMSNorm."""
+    from agentrl.train.megatron.convert import load_hf_weights
+    from agentrl.train.megatron.model import MegatronModelConfig, build_gpt_model
+
+    hf = random_hf_model("qwen3", seed=5)
+    ids = torch.randint(0, 256, (2, 11), generator=torch.Generator().manual_seed(3))
+    outs = []
+    for fusions in (False, True):
+        model = build_gpt_model(hf.config, MegatronModelConfig(dtype="float32", attention="sdpa", fusions=fusions))
+        load_hf_weights(model, ModelShape.from_hf(hf.config), hf.state_dict())
+        model.train()
+        logits = model(ids, None, None)
+        logits.logsumexp(-1).mean().backward()
+        norm = model.decoder.layers[0].input_layernorm
+        outs.append((logits.detach(), norm.weight.grad.clone(), norm._norm.active))
+    torch.testing.assert_close(outs[1][0], outs[0][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs[1][1], outs[0][1], atol=1e-5, rtol=1e-4)
+    assert outs[1][2] and not outs[0][2]  # compiled with fusions (and it did not fall back), eager without

@@ -24,14 +24,13 @@ Example::
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-log = logging.getLogger(__name__)
+from agentrl.utils.compile import MaybeCompiled
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
@@ -119,23 +118,6 @@ def _post_attention(o, x, o_w, o_b, ln2, gu_w: tuple, gu_b: tuple | None, down_w
     gate, up = out[0].chunk(2, dim=-1) if len(out) == 1 else out
     x = x + F.linear(F.silu(gate).mul_(up), down_w, down_b)
     return x, _rms_norm(x, next_norm, eps)
-
-
-class MaybeCompiled:
-    """``torch.compile(fn, dynamic=True)`` that falls back to ``fn`` (once, with a warning) if compiling fails."""
-
-    def __init__(self, fn, enabled: bool) -> None:
-        self.fn = fn
-        self.compiled = torch.compile(fn, dynamic=True) if enabled else None
-
-    def __call__(self, *args):
-        if self.compiled is not None:
-            try:
-                return self.compiled(*args)
-            except Exception:  # noqa: BLE001 - any compiler failure: run eagerly instead
-                log.warning("torch.compile of %s failed; running it eagerly", self.fn.__name__, exc_info=True)
-                self.compiled = None
-        return self.fn(*args)
 
 
 @dataclass

@@ -24,7 +24,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from agentrl.engine.embedded.fast_model import FastLM, MaybeCompiled
+from agentrl.engine.embedded.fast_model import FastLM
+from agentrl.utils.compile import MaybeCompiled
 from agentrl.engine.embedded.kv_cache import KVCache
 from agentrl.engine.embedded.sampling import SamplingRows, sample, sample_greedy, sample_plain
 

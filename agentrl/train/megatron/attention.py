@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from agentrl.train.megatron._compat import require_megatron
+from agentrl.utils.compile import MaybeCompiled
 
 require_megatron()
 
@@ -75,17 +76,22 @@ class RMSNorm(torch.nn.Module):
     def __init__(self, config: TransformerConfig, hidden_size: int, eps: float = 1e-6, **_: Any) -> None:
         super().__init__()
         self.eps = eps
+        # with the other fusions (MegatronModelConfig.fusions): one compiled kernel each way
+        self._norm = MaybeCompiled(_hf_rms_norm, enabled=bool(config.bias_activation_fusion))
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype,
                                                     device=_init_device(config)))
         # megatron-core all-reduces grads of params marked sequence_parallel across TP ranks
         setattr(self.weight, "sequence_parallel", bool(config.sequence_parallel))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normed = F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
-        return self.weight * normed
+        return self._norm(x, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{tuple(self.weight.shape)}, eps={self.eps}"
+
+
+def _hf_rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return weight * F.rms_norm(x.float(), (x.shape[-1],), eps=eps).to(x.dtype)
 
 
 class SDPAttention(MegatronModule):

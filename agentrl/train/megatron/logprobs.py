@@ -25,18 +25,26 @@ Example::
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
 
+from agentrl.utils.compile import MaybeCompiled
+
 _PAD_LOGIT = -1e30  # finite: p * z stays 0 * finite for padded vocabulary rows
-_CHUNK_ELEMENTS = 1 << 26  # rows are processed in chunks of about this many logits (256 MB in fp32)
+_CHUNK_ELEMENTS = 1 << 26  # eager: rows are processed in chunks of about this many logits (256 MB in fp32)
+_COMPILED_CHUNK_ELEMENTS = 1 << 30  # compiled (CUDA): fused kernels keep no float32 copy; 32-bit indexing
 
 
 class _VocabParallelLogprobs(torch.autograd.Function):
-    """Row-chunked: the ``[N, V/tp]`` logits are read in chunks of rows and upcast chunk by chunk,
-    so no full-size float32 copy exists; the backward recomputes the softmax from the saved
-    (bf16) logits and writes the gradient in their dtype."""
+    """Per chunk of rows, one pass computes the local max ``m``, ``sum_v exp(z_v - m)`` and
+    ``sum_v exp(z_v - m) z_v``; ranks combine them after rescaling to the global max (two
+    all-reduces). The backward recomputes the softmax from the saved (bf16) logits and writes the
+    gradient in their dtype. On CUDA both are ``torch.compile``d into fused kernels that read the
+    bf16 logits without a float32 copy; elsewhere (and if compiling fails) they run eagerly on
+    row chunks, so no full-size float32 copy exists either way."""
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, vocab_start: int, vocab_valid: int,
@@ -47,29 +55,24 @@ class _VocabParallelLogprobs(torch.autograd.Function):
         local = targets - vocab_start  # [N]
         inside = (local >= 0) & (local < vp)
         idx = local.clamp(0, vp - 1).unsqueeze(-1)  # [N, 1]
-        chunks = _row_chunks(n, vp)
-        zmax = torch.empty(n, dtype=dtype, device=logits.device)
-        for rows in chunks:
-            zmax[rows] = _scaled(logits[rows], dtype, temperature, vocab_valid).max(dim=-1).values
+        stats_fn = _kernel("stats", logits)
+        # local[0]: max m; local[1]: sum_v exp(z_v - m); local[2]: sum_v exp(z_v - m) z_v (with entropy)
+        local_stats = torch.empty(3, n, dtype=dtype, device=logits.device)
+        for rows in _row_chunks(n, vp, stats_fn):
+            out = stats_fn(logits[rows], dtype, temperature, vocab_valid, with_entropy)
+            for i in range(3):
+                local_stats[i, rows] = out[i]
+        zmax = local_stats[0].clone()
         _all_reduce(zmax, dist.ReduceOp.MAX, group)
-        # stats[0]: sum_v exp(z_v - max); stats[1]: z_target - max (0 on ranks without the target)
-        stats = torch.empty(2, n, dtype=dtype, device=logits.device)
-        for rows in chunks:
-            z = _scaled(logits[rows], dtype, temperature, vocab_valid).sub_(zmax[rows, None])
-            stats[0, rows] = z.exp_().sum(dim=-1)
-        target_z = logits.gather(-1, idx).squeeze(-1).to(dtype) / temperature - zmax
-        stats[1] = torch.where(inside, target_z, torch.zeros_like(target_z))
-        _all_reduce(stats, dist.ReduceOp.SUM, group)
-        log_z = stats[0].log() + zmax  # [N], log sum_v exp z_v
-        logprobs = stats[1] + zmax - log_z
-        entropy = torch.zeros_like(logprobs)
-        if with_entropy:
-            pz = torch.empty_like(log_z)  # sum_v p_v z_v
-            for rows in chunks:
-                z = _scaled(logits[rows], dtype, temperature, vocab_valid)
-                pz[rows] = ((z - log_z[rows, None]).exp_() * z).sum(dim=-1)
-            _all_reduce(pz, dist.ReduceOp.SUM, group)
-            entropy = log_z - pz
+        rescale = (local_stats[0] - zmax).exp_()
+        target_z = logits.gather(-1, idx).squeeze(-1).to(dtype) / temperature
+        # sums[0]: sum_v exp(z_v - max); sums[1]: z_target (0 on ranks without it); sums[2]: sum_v exp(z_v - max) z_v
+        sums = torch.stack((local_stats[1] * rescale, torch.where(inside, target_z, torch.zeros_like(target_z)),
+                            local_stats[2] * rescale))
+        _all_reduce(sums, dist.ReduceOp.SUM, group)
+        log_z = sums[0].log() + zmax  # [N], log sum_v exp z_v
+        logprobs = sums[1] - log_z
+        entropy = log_z - sums[2] / sums[0] if with_entropy else torch.zeros_like(logprobs)  # log Z - sum_v p_v z_v
         ctx.meta = (temperature, vocab_valid, with_entropy and entropy_grad)
         ctx.save_for_backward(logits, idx, inside, log_z, entropy)
         if not (with_entropy and entropy_grad):
@@ -82,36 +85,74 @@ class _VocabParallelLogprobs(torch.autograd.Function):
         temperature, vocab_valid, entropy_grad = ctx.meta
         n, vp = logits.shape
         dtype = log_z.dtype
-        g_lp = grad_logprobs.to(dtype)
+        g_lp = grad_logprobs.to(dtype) * inside  # the target's one-hot term lives on one rank
         g_h = grad_entropy.to(dtype) if entropy_grad and grad_entropy is not None else None
+        grad_fn = _kernel("grad", logits)
+        chunks = _row_chunks(n, vp, grad_fn)
+        if len(chunks) == 1:
+            return (grad_fn(logits, idx, log_z, entropy, grad_logprobs.to(dtype), g_lp, g_h, temperature, vocab_valid),
+                    None, None, None, None, None, None, None)
         grad = torch.empty_like(logits)
-        for rows in _row_chunks(n, vp):
-            z = _scaled(logits[rows], dtype, temperature, vocab_valid)
-            shift = z.sub_(log_z[rows, None])  # log p_v
-            p = shift.exp()
-            g = p * (-g_lp[rows, None])  # d log p(t) / d z_v = 1[v = t] - p_v
-            if g_h is not None:  # d H / d z_v = -p_v (log p_v + H)
-                g.sub_(p * shift.add_(entropy[rows, None]) * g_h[rows, None])
-            g.scatter_add_(-1, idx[rows], (g_lp[rows] * inside[rows]).unsqueeze(-1))
-            if temperature != 1.0:
-                g.div_(temperature)
-            grad[rows] = g.to(grad.dtype)
+        for rows in chunks:
+            grad[rows] = grad_fn(logits[rows], idx[rows], log_z[rows], entropy[rows], grad_logprobs[rows].to(dtype),
+                                 g_lp[rows], None if g_h is None else g_h[rows], temperature, vocab_valid)
         return grad, None, None, None, None, None, None, None
 
 
-def _row_chunks(n: int, vp: int) -> list[slice]:
-    step = max(1, _CHUNK_ELEMENTS // max(vp, 1))
-    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
-
-
 def _scaled(logits: Tensor, dtype: torch.dtype, temperature: float, vocab_valid: int) -> Tensor:
-    """A fresh ``dtype`` copy of a chunk of logits, divided by the temperature, padding masked."""
-    z = logits.to(dtype, copy=True)
+    """The chunk's logits in ``dtype``, divided by the temperature, vocabulary padding masked."""
+    z = logits.to(dtype)
     if temperature != 1.0:
-        z.div_(temperature)
+        z = z / temperature
     if vocab_valid < z.shape[-1]:
-        z[:, max(vocab_valid, 0):] = _PAD_LOGIT
+        cols = torch.arange(z.shape[-1], device=z.device)
+        z = torch.where(cols < vocab_valid, z, torch.full_like(z, _PAD_LOGIT))
     return z
+
+
+def _chunk_stats(logits: Tensor, dtype: torch.dtype, temperature: float, vocab_valid: int, with_pz: bool):
+    """Per row: max ``m``, ``sum_v exp(z_v - m)`` and ``sum_v exp(z_v - m) z_v`` (zeros without ``with_pz``)."""
+    z = _scaled(logits, dtype, temperature, vocab_valid)
+    m = z.amax(dim=-1)
+    e = torch.exp(z - m[:, None])
+    return m, e.sum(dim=-1), (e * z).sum(dim=-1) if with_pz else torch.zeros_like(m)
+
+
+def _chunk_grad(logits: Tensor, idx: Tensor, log_z: Tensor, entropy: Tensor, g_all: Tensor, g_target: Tensor,
+                g_h: Tensor | None, temperature: float, vocab_valid: int) -> Tensor:
+    """d loss / d logits of a chunk, in the logits' dtype:
+    ``(1[v = t] g_target - p_v g_all - p_v (log p_v + H) g_h) / temperature``."""
+    z = _scaled(logits, log_z.dtype, temperature, vocab_valid)
+    shift = z - log_z[:, None]  # log p_v
+    p = torch.exp(shift)
+    g = -p * g_all[:, None]
+    if g_h is not None:  # d H / d z_v = -p_v (log p_v + H)
+        g = g - p * (shift + entropy[:, None]) * g_h[:, None]
+    cols = torch.arange(z.shape[-1], device=z.device)
+    g = g + torch.where(cols[None, :] == idx, g_target[:, None], torch.zeros_like(g))  # idx [n, 1]
+    if temperature != 1.0:
+        g = g / temperature
+    return g.to(logits.dtype)
+
+
+_KERNELS: dict[str, MaybeCompiled] = {}
+
+
+def _kernel(name: str, logits: Tensor) -> Callable:
+    """The fused (compiled) chunk function on CUDA, the eager one elsewhere."""
+    fn = {"stats": _chunk_stats, "grad": _chunk_grad}[name]
+    if not logits.is_cuda:
+        return fn
+    if name not in _KERNELS:
+        _KERNELS[name] = MaybeCompiled(fn, enabled=True)
+    kernel = _KERNELS[name]
+    return kernel if kernel.active else fn
+
+
+def _row_chunks(n: int, vp: int, fn: Callable) -> list[slice]:
+    budget = _COMPILED_CHUNK_ELEMENTS if isinstance(fn, MaybeCompiled) else _CHUNK_ELEMENTS
+    step = max(1, budget // max(vp, 1))
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
 
 
 def vocab_parallel_logprobs(

@@ -56,8 +56,8 @@ class MegatronModelConfig:
     vocab_multiple: int = 1
     """Pad the vocabulary to a multiple of ``vocab_multiple * tensor_parallel_size``."""
     fusions: bool = False
-    """megatron-core's fused SwiGLU and bias-dropout-add (``torch.compile``d on first use, and
-    again for new shapes); off by default: eager kernels, no compile time with varying lengths."""
+    """megatron-core's fused SwiGLU and bias-dropout-add, and a compiled RMSNorm (``torch.compile``d on
+    first use, and again for new shapes); off by default: eager kernels, no compile time with varying lengths."""
 
     def validate(self) -> None:
         if self.dtype not in DTYPES:
