@@ -6,7 +6,9 @@ rollout ``k`` when the loop asks for it, exactly as a plain loop would. With
 ``k`` (on a worker thread, so the event loop keeps serving episodes):
 
 * **bound**: rollout ``r`` may start only once rollout ``r - s - 1`` is trained and its weights
-  synced, so no sample is more than ``s`` weight versions old when it is trained on; a group
+  synced, so no sample is more than ``s`` weight versions old when it is trained on. It starts as
+  soon as that holds, also while rollout ``r - 1`` is still finishing: with long-tailed response
+  lengths the new rollout's episodes fill the engine beside the few long ones left; a group
   whose oldest turn is older anyway (``current_version - min(sample.weight_versions) > s``) is
   dropped and counted (``async/dropped_stale``).
 * **partial rollouts**: each weight sync interrupts the turns in flight (see
@@ -18,7 +20,9 @@ rollout ``k`` when the loop asks for it, exactly as a plain loop would. With
   waited for it), ``async/resumed_turns``, ``async/interrupt_wait_s``.
 
 Every rollout draws its prompts and seeds from its index (``rollout_seed``), so sync and async
-runs see the same prompts and sampling seeds; only the weights that sample them differ. The
+runs see the same prompts and sampling seeds; only the weights that sample them differ (one
+exception: prompts drawn to replace groups that filters dropped come from the shared stream in
+the order the overlapping rollouts ask for them). The
 trainer gets the groups ordered by group id, not by completion time, so the same samples give the
 same update however the requests were scheduled (several engines, retries, concurrency). A
 checkpoint stores the data position *before* the prefetched rollout, so ``--load`` replays it.
@@ -117,6 +121,7 @@ class RolloutStream:
         self._spans: dict[int, tuple[float, float]] = {}
         self._asked: dict[int, float] = {}
         self._producer: asyncio.Task | None = None
+        self._failed = False
         self._progress: asyncio.Condition | None = None
         self._executor: cf.ThreadPoolExecutor | None = None
         self._previous_sigint: Any = None
@@ -205,11 +210,11 @@ class RolloutStream:
 
         cfg, c = self.cfg, self.c
         self._sampler_states[rollout_id] = self._sampler.state_dict()
-        c.rollout.config.sampling.seed = rollout_seed(cfg, rollout_id)
         start = time.perf_counter()
         result = await c.rollout.generate(self._sampler.next_batch, cfg.rollout_batch_size,
                                           max_prompts=int(cfg.over_sampling_factor * cfg.rollout_batch_size),
-                                          first_group_id=rollout_id * 1_000_000)
+                                          first_group_id=rollout_id * 1_000_000,
+                                          sampling_seed=rollout_seed(cfg, rollout_id))
         self._spans[rollout_id] = (start, time.perf_counter())
         # groups finish in an order that depends on timing (and, on Ray, on which engine served them);
         # the trainer sees them by group id, so the same samples give the same update
@@ -219,19 +224,40 @@ class RolloutStream:
         return result
 
     async def _produce(self) -> None:
-        for rollout_id in range(self.start, self.cfg.num_rollout):
-            cond = self._condition()
-            async with cond:  # the staleness bound: rollout r waits for r - s - 1 to be trained
-                await cond.wait_for(lambda: self._finished >= rollout_id - self.max_staleness - 1)
-            future = await self._result_future(rollout_id)
-            try:
-                future.set_result(await self._generate(rollout_id))
-            except asyncio.CancelledError:
-                future.cancel()
-                raise
-            except BaseException as exc:  # the loop sees it when it asks for this rollout
+        """Start each rollout as soon as the staleness bound allows, without waiting for the previous
+        one to finish: a new rollout fills the engine while the previous one finishes its long tail."""
+        running: set[asyncio.Task] = set()
+        try:
+            for rollout_id in range(self.start, self.cfg.num_rollout):
+                cond = self._condition()
+                async with cond:  # the staleness bound: rollout r waits for r - s - 1 to be trained
+                    await cond.wait_for(lambda: self._failed or self._finished >= rollout_id - self.max_staleness - 1)
+                if self._failed:
+                    return
+                future = await self._result_future(rollout_id)
+                task = asyncio.get_running_loop().create_task(self._generate_into(rollout_id, future))
+                running.add(task)
+                task.add_done_callback(running.discard)
+            await asyncio.gather(*list(running))
+        finally:
+            for task in list(running):
+                task.cancel()
+            await asyncio.gather(*list(running), return_exceptions=True)
+
+    async def _generate_into(self, rollout_id: int, future: asyncio.Future) -> None:
+        try:
+            result = await self._generate(rollout_id)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:  # the loop sees it when it asks for this rollout; no new rollouts start
+            if not future.done():
                 future.set_exception(exc)
-                return
+            self._failed = True
+            await self._wake()
+            return
+        if not future.done():
+            future.set_result(result)
 
     def _account(self, rollout_id: int, result: RolloutResult) -> RolloutResult:
         kept, dropped, ages = drop_stale(result.groups, self.version, self.max_staleness)

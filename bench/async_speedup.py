@@ -132,6 +132,8 @@ def main() -> None:
     results = {}
     for mode in modes:
         results[mode] = run_mode(mode, args, model_dir, prompts, context, workload, work)
+        if not results[mode]["generated_tokens"] > 0:  # NaN too: a speed-up of failed episodes means nothing
+            sys.exit(f"{mode}: no tokens were generated (every episode failed; see the log above)")
         print(f"{mode}: {results[mode]['step_s']:.2f} s/step", flush=True)
     device = (torch.cuda.get_device_name() if torch.cuda.is_available()
               else f"{os.cpu_count()}-core {platform.machine()} CPU")

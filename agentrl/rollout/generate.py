@@ -76,13 +76,14 @@ class Rollout:
         self._semaphore: asyncio.Semaphore | None = None
 
     # -- one group ---------------------------------------------------------------------
-    def requests_for(self, row: PromptRow, group_id: int) -> list[EpisodeRequest]:
+    def requests_for(self, row: PromptRow, group_id: int, sampling_seed: int | None = None) -> list[EpisodeRequest]:
+        """The episodes of one group; ``sampling_seed`` (default ``config.sampling.seed``) seeds their sampling."""
         env_id = row.env_id or self.default_env_id
         if env_id is None:
             raise ValueError(f"{row.source}: the row names no environment and no default --env was given")
         options = row.reset_options()
         env_seed = int(options.pop("seed", self.seed * 1_000_003 + row.index))
-        base = self.config.sampling.seed
+        base = self.config.sampling.seed if sampling_seed is None else sampling_seed
         return [
             EpisodeRequest(env_id=env_id, options=options, env_seed=env_seed,
                            sampling_seed=None if base is None else base + 10_007 * group_id + i,
@@ -91,8 +92,9 @@ class Rollout:
             for i in range(self.config.n_samples_per_prompt)
         ]
 
-    async def generate_group(self, row: PromptRow, group_id: int) -> Group:
-        samples = await asyncio.gather(*(self._episode(r) for r in self.requests_for(row, group_id)))
+    async def generate_group(self, row: PromptRow, group_id: int, sampling_seed: int | None = None) -> Group:
+        requests = self.requests_for(row, group_id, sampling_seed)
+        samples = await asyncio.gather(*(self._episode(r) for r in requests))
         return Group(group_id=group_id, samples=list(samples))
 
     async def _episode(self, request: EpisodeRequest) -> Sample:
@@ -122,14 +124,18 @@ class Rollout:
         *,
         max_prompts: int | None = None,
         first_group_id: int = 0,
+        sampling_seed: int | None = None,
     ) -> RolloutResult:
         """Collect ``batch_size`` groups that pass the filters.
 
         ``next_rows(n)`` hands out the next ``n`` prompt rows (e.g. ``PromptSampler.next_batch``).
         ``max_prompts`` caps over-sampling (default ``2 * batch_size`` when a filter can drop
         groups). Fewer than ``batch_size`` groups come back only when that cap is reached.
+        ``sampling_seed`` seeds this batch's episodes (default ``config.sampling.seed``, read now:
+        several batches may be generated at once).
         """
         cap = max_prompts or 2 * batch_size
+        seed = self.config.sampling.seed if sampling_seed is None else sampling_seed
         start = time.perf_counter()
         kept: list[Group] = []
         finished: list[Group] = []
@@ -140,7 +146,7 @@ class Rollout:
         def launch(n: int) -> None:
             nonlocal launched
             for row in next_rows(n):
-                pending.add(asyncio.create_task(self.generate_group(row, first_group_id + launched)))
+                pending.add(asyncio.create_task(self.generate_group(row, first_group_id + launched, seed)))
                 launched += 1
 
         launch(min(batch_size, cap))

@@ -138,6 +138,9 @@ class Scheduler:
     # --- worker ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
+        device = getattr(self.runner, "device", None)
+        if device is not None and device.type == "cuda":  # threads start on device 0; CUDA graphs capture on the current one
+            torch.cuda.set_device(device)
         with torch.inference_mode():
             while True:
                 with self._cv:
