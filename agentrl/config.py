@@ -89,6 +89,8 @@ class RunConfig:
     """--sglang-* flags, passed through to sglang.launch_server without the prefix."""
     engine_max_batch_size: int = 64
     """Embedded engine: sequences decoded together."""
+    engine_admit_wait_steps: int = 0
+    """Embedded engine: decode steps a new request may wait so that several share one prefill (0: at once)."""
     custom_generate_function_path: str | None = None
     """module:function or file.py:function replacing the episode loop (see agentrl.rollout.hooks)."""
     custom_rm_path: str | None = None
@@ -227,6 +229,7 @@ FLAGS: dict[str, str] = {
     "--colocate": "colocate",
     "--sglang-url": "sglang_url",
     "--engine-max-batch-size": "engine_max_batch_size",
+    "--engine-admit-wait-steps": "engine_admit_wait_steps",
     "--device": "device",
     "--engine-device": "engine_device",
     "--use-ray": "use_ray",
@@ -339,6 +342,8 @@ def validate(cfg: RunConfig) -> list[str]:
     for flag, value in need_positive.items():
         if value is None or value < 1:
             problems.append(f"{flag} must be >= 1; got {value}")
+    if cfg.engine_admit_wait_steps < 0:
+        problems.append(f"--engine-admit-wait-steps must be >= 0; got {cfg.engine_admit_wait_steps}")
     if cfg.global_batch_size is not None and cfg.global_batch_size >= 1 and cfg.num_steps_per_rollout >= 1:
         if cfg.episodes_per_rollout != cfg.global_batch_size * cfg.num_steps_per_rollout:
             problems.append(

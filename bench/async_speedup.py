@@ -108,6 +108,8 @@ def main() -> None:
                         "thread may hold the GIL while the engine thread waits for it")
     p.add_argument("--engine-device", default=None,
                    help="embedded engine's device (e.g. cuda:1: generation on a second GPU); default: the trainer's")
+    p.add_argument("--engine-admit-wait-steps", type=int, default=0,
+                   help="decode steps a new turn may wait so that several share one prefill (0: at once)")
     p.add_argument("--out", default=None, help="folder for async_speedup_<device>.json/.md")
     args = p.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -141,6 +143,7 @@ def main() -> None:
             "torch": torch.__version__, "shape": args.shape, "episodes_per_rollout": args.batch * args.samples,
             "workload": workload, "rollouts": args.rollouts, "warmup": args.warmup,
             "switch_interval": sys.getswitchinterval(), "engine_device": args.engine_device,
+            "engine_admit_wait_steps": args.engine_admit_wait_steps,
             "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
             "command": "python " + " ".join(sys.argv)}
     md = markdown(results, meta)
@@ -171,6 +174,7 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
         "--max-tokens-per-gpu", str(args.max_tokens_per_gpu), "--use-tis", "--lr", "1e-6",
         "--output-dir", str(out), *MODES[mode],
         *(["--engine-device", args.engine_device] if args.engine_device else []),
+        "--engine-admit-wait-steps", str(args.engine_admit_wait_steps),
     ])
     start = time.perf_counter()
     train(cfg)

@@ -72,7 +72,8 @@ def test_train_py_reports_problems_before_loading_anything(tmp_path):
 
 
 def test_engine_device_is_checked():
-    problems = "\n".join(validate(parse_args(["--engine-device", "tpu:0"])))
+    problems = "\n".join(validate(parse_args(["--engine-device", "tpu:0", "--engine-admit-wait-steps", "-1"])))
+    assert "--engine-admit-wait-steps must be >= 0; got -1" in problems
     assert "--engine-device must be cpu, cuda or cuda:N; got 'tpu:0'" in problems
     problems = "\n".join(validate(parse_args(["--engine-device", "cuda:1", "--use-ray"])))
     assert "--engine-device places the in-process embedded engine" in problems

@@ -104,6 +104,34 @@ async def test_16_concurrent_requests_equal_sequential(qwen2, backend, overlap):
     assert steps < sum(s.max_new_tokens for s in params) * 2  # the concurrent run shared steps
 
 
+async def test_admission_batching_shares_prefills_and_keeps_results(qwen2):
+    """``admit_wait_steps``: requests arriving one by one while others decode are prefilled
+    together (fewer prefills), with the same greedy tokens as requests admitted at once."""
+    model, tok = qwen2
+    prompts = [tok.encode(PROMPTS[i % len(PROMPTS)] + " " * i) for i in range(9)]
+    params = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
+    results, prefills = [], []
+    for wait in (0, 8):
+        async with EmbeddedEngine(model, tok, max_batch_size=64, max_seq_len=128, admit_wait_steps=wait) as engine:
+            first = asyncio.ensure_future(engine.generate(prompts[0], SamplingParams(temperature=0, max_new_tokens=60,
+                                                                                      ignore_eos=True)))
+            while engine.stats.steps == 0:  # the long request is decoding
+                await asyncio.sleep(0.001)
+            later = []
+            for p in prompts[1:]:  # arrivals spread over decode steps
+                later.append(asyncio.ensure_future(engine.generate(p, params)))
+                steps = engine.stats.steps
+                while engine.stats.steps == steps:
+                    await asyncio.sleep(0.001)
+            outs = await asyncio.gather(first, *later)
+            results.append([c.token_ids for c in outs])
+            prefills.append(engine.stats.prefills)
+    assert results[0] == results[1]
+    assert prefills[0] >= 7 and prefills[1] <= 3, prefills  # (two arrivals may share a step by chance)
+    with pytest.raises(ValueError, match="admit_wait_steps"):
+        EmbeddedEngine(model, tok, admit_wait_steps=-1)
+
+
 @pytest.mark.parametrize("overlap", [False, True])
 async def test_seeded_sampling_is_reproducible_alone_and_in_a_batch(qwen2, overlap):
     model, tok = qwen2

@@ -52,6 +52,11 @@ class EngineConfig:
     prefill_token_budget: int | None = None
     """Prompt tokens prefilled together between two decode steps (a longer single prompt still
     goes alone). Default: 4096 on CPU, 16384 on CUDA."""
+    admit_wait_steps: int = 0
+    """While requests are decoding, a new request may wait up to this many decode steps so that
+    several arrivals share one prefill (each prefill is a separate forward pass and also breaks the
+    step overlap); it is admitted at once when an eighth of the slots' worth of requests (or every
+    free slot's) is waiting, or when nothing is decoding. 0: admit at every step (lowest latency)."""
     kv_memory_fraction: float = 0.4
     """Share of free GPU memory the KV cache may take when ``max_batch_size`` is not given."""
     seed: int | None = None
@@ -66,5 +71,7 @@ class EngineConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1; got {value}")
+        if self.admit_wait_steps < 0:
+            raise ValueError(f"admit_wait_steps must be >= 0; got {self.admit_wait_steps}")
         if not 0 < self.kv_memory_fraction <= 1:
             raise ValueError(f"kv_memory_fraction must be in (0, 1]; got {self.kv_memory_fraction}")

@@ -21,6 +21,8 @@ class Request:
     """max_new_tokens, capped so prompt + completion fit max_seq_len."""
     future: cf.Future = field(default_factory=cf.Future)
     version: int = 0
+    arrival_step: int = 0
+    """The scheduler's decode-step count when the request arrived (admission batching)."""
 
 
 @dataclass

@@ -46,8 +46,10 @@ class Scheduler:
         tokenizer: Any,
         prefill_token_budget: int,
         overlap: bool = False,
+        admit_wait_steps: int = 0,
     ) -> None:
         self.runner = runner
+        self.admit_wait_steps = admit_wait_steps
         self.overlap = overlap and getattr(runner, "supports_pipeline", False)
         self.max_slots = max_slots
         self.prefill_token_budget = prefill_token_budget
@@ -101,6 +103,7 @@ class Scheduler:
             if req.rid in self._by_rid:
                 raise EngineError(f"a request with rid {req.rid!r} is already running; rids must be unique")
             self._by_rid[req.rid] = req
+            req.arrival_step = self.stats.steps
             self._waiting.append(req)
             self._cv.notify()
         return req.future
@@ -167,13 +170,23 @@ class Scheduler:
         if aborts:
             for slot in sorted((s for s in range(self.n) if self.reqs[s].rid in aborts), reverse=True):
                 self._finish(slot, "abort", None)
-        if not held:  # a command waiting for idleness blocks admissions
+        if not held and self._admittable():  # a command waiting for idleness blocks admissions
             self._admit()
         if self.n:
             self._decode()
 
     def _admittable(self) -> bool:
-        return bool(self._waiting) and self.n < self.max_slots
+        """Whether to prefill waiting requests before the next decode step."""
+        if not self._waiting or self.n >= self.max_slots:
+            return False
+        if self.admit_wait_steps <= 0 or self.n == 0:
+            return True
+        enough = min(self.max_slots - self.n, max(1, self.max_slots // 8))
+        with self._cv:
+            if len(self._waiting) >= enough:
+                return True
+            oldest = self._waiting[0].arrival_step if self._waiting else self.stats.steps
+        return self.stats.steps - oldest >= self.admit_wait_steps
 
     def _run_commands(self, commands: list) -> bool:
         held = False
