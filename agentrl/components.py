@@ -85,8 +85,11 @@ def build_trainer(cfg: RunConfig) -> Any:
     total_steps = cfg.num_rollout * cfg.num_steps_per_rollout
     if cfg.trainer == "megatron":
         from agentrl.train.megatron import MegatronTrainer
+        from agentrl.train.megatron.trainer import MegatronTrainerConfig
 
-        return MegatronTrainer(cfg.model_path, cfg.train, device=cfg.device, total_steps=total_steps)
+        megatron = MegatronTrainerConfig(attention=cfg.attention_backend, recompute=cfg.recompute_granularity,
+                                         fusions=cfg.megatron_fusions)
+        return MegatronTrainer(cfg.model_path, cfg.train, megatron, device=cfg.device, total_steps=total_steps)
     from agentrl.train.torch_trainer import TorchTrainer
 
     return TorchTrainer(cfg.model_path, cfg.train, device=cfg.device, total_steps=total_steps)

@@ -79,6 +79,13 @@ class RunConfig:
     """Reward of truncated episodes with --overlong penalty."""
     trainer: str = "torch"
     """torch | megatron."""
+    attention_backend: str = "auto"
+    """--trainer megatron: layer spec, auto (Transformer Engine if installed, else sdpa) | te | sdpa | local."""
+    recompute_granularity: str | None = None
+    """--trainer megatron: activation recompute, none | full | selective (default: full with
+    --gradient-checkpointing, else none)."""
+    megatron_fusions: bool = False
+    """--trainer megatron: compiled SwiGLU, bias-dropout-add and RMSNorm kernels (faster; compiles on first use)."""
     engine: str = "embedded"
     """embedded (in-process) | sglang (servers given by --sglang-url or launched)."""
     colocate: bool = True
@@ -225,6 +232,9 @@ FLAGS: dict[str, str] = {
     "--critic-lr": "train.critic_lr",
     # backends
     "--trainer": "trainer",
+    "--attention-backend": "attention_backend",
+    "--recompute-granularity": "recompute_granularity",
+    "--megatron-fusions": "megatron_fusions",
     "--engine": "engine",
     "--colocate": "colocate",
     "--sglang-url": "sglang_url",
@@ -369,6 +379,9 @@ def validate(cfg: RunConfig) -> list[str]:
         except ValueError as e:
             problems.append(f"{what}: {e}")
     for flag, value, choices in (("--trainer", cfg.trainer, ("torch", "megatron")),
+                                 ("--attention-backend", cfg.attention_backend, ("auto", "te", "sdpa", "local")),
+                                 ("--recompute-granularity", cfg.recompute_granularity or "none",
+                                  ("none", "full", "selective")),
                                  ("--engine", cfg.engine, ("embedded", "sglang")),
                                  ("--overlong", cfg.overlong, ("keep", "mask", "penalty")),
                                  ("--lr-decay-style", cfg.train.lr_decay_style, ("constant", "cosine", "linear"))):

@@ -200,6 +200,8 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
             "overlap_s": mean("async/overlap_s"), "interrupt_wait_s": _per_step(kept, "async/interrupt_wait_s"),
             "resumed_turns": _per_step(kept, "async/resumed_turns"),
             "tis_clipfrac": mean("train/tis_clipfrac"), "rollout_train_kl": mean("train/rollout_train_kl"),
+            "prefills": _per_step(kept, "engine/prefills"), "eager_steps": _per_step(kept, "engine/decode_steps")
+            - _per_step(kept, "engine/graph_steps"), "decode_steps": _per_step(kept, "engine/decode_steps"),
             "reward": mean("rollout/reward_mean")}
 
 
@@ -219,7 +221,8 @@ def markdown(results: dict, meta: dict) -> str:
             f"{meta['rollouts']} rollouts per mode, the first {meta['warmup']} left out.\n\n"
             f"`{meta['command']}`\n\n")
     cols = ["mode", "step_s", "speedup", "rollout_s", "train_s", "sync_s", "overlap_s", "staleness_mean",
-            "resumed_turns", "interrupt_wait_s", "tis_clipfrac", "rollout_train_kl", "generated_tokens"]
+            "resumed_turns", "interrupt_wait_s", "tis_clipfrac", "rollout_train_kl", "generated_tokens",
+            "prefills", "decode_steps", "eager_steps"]
     base = results.get("sync", {}).get("step_s")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for mode, r in results.items():
@@ -228,7 +231,8 @@ def markdown(results: dict, meta: dict) -> str:
     note = ("\nstep_s: wall seconds per step. rollout_s: time the loop waited for the rollout (sync: all of "
             "generation; async: what was not hidden behind the previous step). train_s: logprobs + train. "
             "overlap_s: generation that ran during the previous step. resumed_turns / interrupt_wait_s: turns "
-            "continued after a weight update, and seconds the update waited for turns in flight, per step.\n")
+            "continued after a weight update, and seconds the update waited for turns in flight, per step. "
+            "prefills / decode_steps / eager_steps: the engine's per step (eager: not replayed from a CUDA graph).\n")
     return head + "\n".join(lines) + "\n" + note
 
 

@@ -36,3 +36,24 @@ def test_three_grpo_rollouts_with_the_megatron_trainer(parallel, tmp_path, monke
     assert all(s["train/grad_norm"] > 0 for s in steps)
     assert all(s["train/rollout_train_abs_diff"] < 1e-4 for s in steps), [s["train/rollout_train_abs_diff"] for s in steps]
     assert (out / "ckpt" / "rollout_00003" / "model" / "config.json").exists()
+
+
+def test_megatron_flags_reach_the_trainer(monkeypatch):
+    import agentrl.train.megatron as megatron_pkg
+    from agentrl.components import build_trainer
+    from agentrl.config import parse_args, validate
+
+    seen = {}
+
+    class Recorder:
+        def __init__(self, model, config, megatron, **kw):
+            seen.update(megatron=megatron, kw=kw)
+
+    monkeypatch.setattr(megatron_pkg, "MegatronTrainer", Recorder)
+    cfg = parse_args(["--trainer", "megatron", "--attention-backend", "sdpa", "--recompute-granularity", "selective",
+                      "--megatron-fusions"])
+    build_trainer(cfg)
+    m = seen["megatron"]
+    assert (m.attention, m.recompute, m.fusions) == ("sdpa", "selective", True)
+    problems = "\n".join(validate(parse_args(["--attention-backend", "flash", "--recompute-granularity", "some"])))
+    assert "--attention-backend must be one of" in problems and "--recompute-granularity must be one of" in problems

@@ -170,6 +170,14 @@ class EmbeddedEngine:
         """Counters since start: decode steps, prefills, prompt/generated tokens, busy seconds."""
         return self._scheduler.stats
 
+    def metrics(self) -> dict[str, float]:
+        """``engine/...`` counters since start, for the step metrics (prefills, decode steps, graph replays...)."""
+        st = self._scheduler.stats
+        return {"engine/decode_steps": float(st.steps), "engine/graph_steps": float(st.graph_steps),
+                "engine/graphs_captured": float(st.graphs_captured), "engine/prefills": float(st.prefills),
+                "engine/prompt_tokens": float(st.prompt_tokens), "engine/generated_tokens": float(st.generated_tokens),
+                "engine/busy_s": float(st.busy_s)}
+
     async def start(self) -> None:
         self._scheduler.start()
 

@@ -98,6 +98,8 @@ class MegatronTrainerConfig:
     """none | full | selective; default full when TrainConfig.gradient_checkpointing else none."""
     vocab_multiple: int = 1
     """Pad the vocabulary to a multiple of this times the TP size."""
+    fusions: bool = False
+    """megatron-core's fused SwiGLU / bias-dropout-add and a compiled RMSNorm (see MegatronModelConfig)."""
 
 
 class MegatronTrainer:
@@ -127,7 +129,7 @@ class MegatronTrainer:
         recompute = mcfg.recompute or ("full" if config.gradient_checkpointing else "none")
         self.model_options = MegatronModelConfig(
             dtype=dtype, attention=mcfg.attention, recompute=recompute,
-            sequence_parallel=mcfg.sequence_parallel, vocab_multiple=mcfg.vocab_multiple)
+            sequence_parallel=mcfg.sequence_parallel, vocab_multiple=mcfg.vocab_multiple, fusions=mcfg.fusions)
         self._tokenizer = tokenizer
         self.total_steps = total_steps
         self.steps = 0
