@@ -21,7 +21,8 @@ ARGS = ["--config", "recipes/quickstart/config.yaml", "--model-path", "tiny-qwen
         "--lr", "1e-3", "--eval-prompt-data", "sums", "recipes/quickstart/test.jsonl", "--eval-max-prompts", "3",
         "--eval-interval", "2", "--save-interval", "2", "--lr-decay-style", "cosine", "--engine-max-batch-size", "8",
         "--custom-rm-path", "tests/_resume_reward.py:reward", "--rollout-concurrency", "1"]
-TIMING = ("perf/", "rollout/time", "rollout/tokens_per_s", "rollout/time_")
+TIMING = ("perf/", "rollout/time", "rollout/tokens_per_s", "rollout/time_",
+          "engine/")  # engine counters run since the engine started: a resumed run starts a new one
 
 
 def _metrics(out: Path) -> dict[int, dict]:
