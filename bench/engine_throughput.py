@@ -309,6 +309,14 @@ def measure(args, model, prompts_all, bw: float, out_path: Path | None, results:
 
 
 def write_results(args, model, bw, results: list[Result], out_path: Path) -> None:
+    doc = report(args, model, bw, results)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(doc, indent=1))
+    out_path.with_suffix(".md").write_text(markdown(doc))
+
+
+def report(args, model, bw, results: list[Result]) -> dict:
+    """The run's results with the machine, versions and settings."""
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else (platform.processor() or platform.machine())
     if args.device == "cpu":
         try:
@@ -336,9 +344,7 @@ def write_results(args, model, bw, results: list[Result], out_path: Path) -> Non
         "ratios_cpu_time": ratios(results, "tok_per_cpu_s") if args.device == "cpu" else {},
         "threads": torch.get_num_threads(),
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps(doc, indent=1))
-    out_path.with_suffix(".md").write_text(markdown(doc))
+    return doc
 
 
 def ratios(results: list[Result], key: str = "tok_s") -> dict:
@@ -413,11 +419,7 @@ def main(argv=None) -> None:
     log.info("model %s, %.0fM params, bandwidth %.0f GB/s", args.model, sum(p.numel() for p in model.parameters()) / 1e6, bw)
     results: list[Result] = []
     measure(args, model, prompts, bw, args.out, results)
-    print(markdown({"model": args.model, "dtype": str(next(model.parameters()).dtype), "device": args.device,
-                    "date": datetime.date.today().isoformat(), "torch": torch.__version__, "transformers": "",
-                    "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "sampling": "",
-                    "bandwidth_GBps_measured": round(bw, 1), "results": [asdict(r) for r in results],
-                    "ratios": ratios(results)}))
+    print(markdown(report(args, model, bw, results)))
 
 
 if __name__ == "__main__":
