@@ -16,7 +16,7 @@ rollout ``k`` when the loop asks for it, exactly as a plain loop would. With
   or the sync waits for them (``--no-partial-rollouts``).
 * **metrics** per step: ``async/staleness_mean``, ``async/staleness_max`` (over kept samples, in
   weight versions), ``async/dropped_stale`` (groups), ``async/overlap_s`` (seconds of this
-  rollout's generation that ran during the previous step), ``async/wait_s`` (seconds the trainer
+  rollout's generation that ran before the trainer asked for it, i.e. behind earlier steps), ``async/wait_s`` (seconds the trainer
   waited for it), ``async/resumed_turns``, ``async/interrupt_wait_s``.
 
 Every rollout draws its prompts and seeds from its index (``rollout_seed``), so sync and async

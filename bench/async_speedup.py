@@ -230,7 +230,7 @@ def markdown(results: dict, meta: dict) -> str:
         lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
     note = ("\nstep_s: wall seconds per step. rollout_s: time the loop waited for the rollout (sync: all of "
             "generation; async: what was not hidden behind the previous step). train_s: logprobs + train. "
-            "overlap_s: generation that ran during the previous step. resumed_turns / interrupt_wait_s: turns "
+            "overlap_s: generation that ran before the trainer asked for the rollout (behind earlier steps). resumed_turns / interrupt_wait_s: turns "
             "continued after a weight update, and seconds the update waited for turns in flight, per step. "
             "prefills / decode_steps / eager_steps: the engine's per step (eager: not replayed from a CUDA graph).\n")
     return head + "\n".join(lines) + "\n" + note
