@@ -96,6 +96,9 @@ class RunConfig:
     """--sglang-* flags, passed through to sglang.launch_server without the prefix."""
     engine_max_batch_size: int = 64
     """Embedded engine: sequences decoded together."""
+    engine_prefix_cache: bool | None = None
+    """Embedded engine: reuse the keys/values of a finished turn for the next turn's shared prefix
+    (default: on for CUDA; off on the CPU, where runs then repeat bit for bit)."""
     engine_admit_wait_steps: int = 0
     """Embedded engine: decode steps a new request may wait so that several share one prefill (0: at once)."""
     custom_generate_function_path: str | None = None
@@ -240,6 +243,7 @@ FLAGS: dict[str, str] = {
     "--sglang-url": "sglang_url",
     "--engine-max-batch-size": "engine_max_batch_size",
     "--engine-admit-wait-steps": "engine_admit_wait_steps",
+    "--engine-prefix-cache": "engine_prefix_cache",
     "--device": "device",
     "--engine-device": "engine_device",
     "--use-ray": "use_ray",

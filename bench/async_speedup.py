@@ -110,6 +110,8 @@ def main() -> None:
                    help="embedded engine's device (e.g. cuda:1: generation on a second GPU); default: the trainer's")
     p.add_argument("--engine-admit-wait-steps", type=int, default=0,
                    help="decode steps a new turn may wait so that several share one prefill (0: at once)")
+    p.add_argument("--prefix-cache", choices=["auto", "on", "off"], default="auto",
+                   help="the engine's prefix cache (auto: on for CUDA, off on the CPU)")
     p.add_argument("--out", default=None, help="folder for async_speedup_<device>.json/.md")
     args = p.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
@@ -143,7 +145,7 @@ def main() -> None:
             "torch": torch.__version__, "shape": args.shape, "episodes_per_rollout": args.batch * args.samples,
             "workload": workload, "rollouts": args.rollouts, "warmup": args.warmup,
             "switch_interval": sys.getswitchinterval(), "engine_device": args.engine_device,
-            "engine_admit_wait_steps": args.engine_admit_wait_steps,
+            "engine_admit_wait_steps": args.engine_admit_wait_steps, "prefix_cache": args.prefix_cache,
             "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
             "command": "python " + " ".join(sys.argv)}
     md = markdown(results, meta)
@@ -175,6 +177,7 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
         "--output-dir", str(out), *MODES[mode],
         *(["--engine-device", args.engine_device] if args.engine_device else []),
         "--engine-admit-wait-steps", str(args.engine_admit_wait_steps),
+        *({"on": ["--engine-prefix-cache"], "off": ["--no-engine-prefix-cache"]}.get(args.prefix_cache, [])),
     ])
     start = time.perf_counter()
     train(cfg)
@@ -200,7 +203,9 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
             "overlap_s": mean("async/overlap_s"), "interrupt_wait_s": _per_step(kept, "async/interrupt_wait_s"),
             "resumed_turns": _per_step(kept, "async/resumed_turns"),
             "tis_clipfrac": mean("train/tis_clipfrac"), "rollout_train_kl": mean("train/rollout_train_kl"),
-            "prefills": _per_step(kept, "engine/prefills"), "eager_steps": _per_step(kept, "engine/decode_steps")
+            "prefills": _per_step(kept, "engine/prefills"),
+            "prefill_tokens": _per_step(kept, "engine/prompt_tokens") - _per_step(kept, "engine/cached_prompt_tokens"),
+            "cached_tokens": _per_step(kept, "engine/cached_prompt_tokens"), "eager_steps": _per_step(kept, "engine/decode_steps")
             - _per_step(kept, "engine/graph_steps"), "decode_steps": _per_step(kept, "engine/decode_steps"),
             "reward": mean("rollout/reward_mean")}
 
@@ -222,7 +227,7 @@ def markdown(results: dict, meta: dict) -> str:
             f"`{meta['command']}`\n\n")
     cols = ["mode", "step_s", "speedup", "rollout_s", "train_s", "sync_s", "overlap_s", "staleness_mean",
             "resumed_turns", "interrupt_wait_s", "tis_clipfrac", "rollout_train_kl", "generated_tokens",
-            "prefills", "decode_steps", "eager_steps"]
+            "prefills", "prefill_tokens", "cached_tokens", "decode_steps", "eager_steps"]
     base = results.get("sync", {}).get("step_s")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for mode, r in results.items():
@@ -232,7 +237,8 @@ def markdown(results: dict, meta: dict) -> str:
             "generation; async: what was not hidden behind the previous step). train_s: logprobs + train. "
             "overlap_s: generation that ran before the trainer asked for the rollout (behind earlier steps). resumed_turns / interrupt_wait_s: turns "
             "continued after a weight update, and seconds the update waited for turns in flight, per step. "
-            "prefills / decode_steps / eager_steps: the engine's per step (eager: not replayed from a CUDA graph).\n")
+            "prefills / prefill_tokens / cached_tokens / decode_steps / eager_steps: the engine's per step "
+            "(cached: prompt tokens taken from the prefix cache; eager: not replayed from a CUDA graph).\n")
     return head + "\n".join(lines) + "\n" + note
 
 

@@ -348,6 +348,63 @@ async def test_graph_buffers_and_pipelining_simulated_on_cpu(qwen2, overlap):
         assert torch.allclose(torch.tensor(eager.logprobs), torch.tensor(graphed.logprobs), atol=1e-5)
 
 
+@pytest.mark.parametrize("graphs,slots", [(False, 8), (True, 8), (False, 4)])
+async def test_prefix_cache_continues_turns_with_the_same_results(qwen2, graphs, slots):
+    """Multi-turn episodes: each turn's prompt extends the previous turn's prompt + completion; with
+    the prefix cache only the new tokens are prefilled, and tokens and logprobs stay those of a full
+    prefill (and of transformers' teacher-forced forward). Also through the simulated CUDA-graph path,
+    whose padding rows must not touch parked keys/values. With 8 slots the next turns find their
+    prefixes (swapped out of the way of other arrivals); with 4 slots for 6 episodes, queued requests
+    take every freed slot and parked prefixes are evicted before they are used."""
+    from types import SimpleNamespace
+
+    model, tok = qwen2
+    episodes = [tok.encode(PROMPTS[i % len(PROMPTS)] + " please" * (3 + i)) for i in range(6)]
+    results, cached = [], []
+    for prefix_cache in (False, True):
+        engine = EmbeddedEngine(model, tok, max_batch_size=slots, max_seq_len=256, prefix_cache=prefix_cache)
+        if graphs:
+            runner = engine._scheduler.runner
+            runner.use_graphs = True
+            runner._record_graph = lambda step, tok: SimpleNamespace(replay=step)
+
+        async def episode(prompt, i):
+            turns = []
+            for turn in range(3):
+                sp = SamplingParams(temperature=0 if i % 2 else 0.9, seed=10 * i + turn, max_new_tokens=6 + 2 * turn,
+                                    ignore_eos=True)
+                c = await engine.generate(prompt, sp)
+                turns.append((list(prompt), c))
+                prompt = prompt + c.token_ids + tok.encode(f" tool says {turn}")  # the next turn's context
+            return turns
+
+        async with engine:
+            results.append(await asyncio.gather(*(episode(p, i) for i, p in enumerate(episodes))))
+            cached.append(engine.stats.cached_prompt_tokens)
+    assert cached[0] == 0 and (cached[1] > 0 or slots < len(episodes))
+    for off, on in zip(*results):
+        for (prompt, a), (_, b) in zip(off, on):
+            assert a.token_ids == b.token_ids
+            torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-5, rtol=0)
+    prompt, c = results[1][1][2]  # a greedy third turn, served from the cache
+    want = _teacher_forced_logprobs(model, prompt, c.token_ids, 0)
+    torch.testing.assert_close(torch.tensor(c.logprobs), want, atol=1e-4, rtol=0)
+
+
+async def test_prefix_cache_is_dropped_at_a_weight_update(qwen2):
+    model, tok = qwen2
+    prompt = tok.encode(PROMPTS[0] + " and more" * 8)
+    sp = SamplingParams(temperature=0, max_new_tokens=8, ignore_eos=True)
+    async with EmbeddedEngine(model, tok, max_batch_size=4, max_seq_len=256, prefix_cache=True) as engine:
+        first = await engine.generate(prompt, sp)
+        await engine.generate(prompt + first.token_ids, sp)
+        reused = engine.stats.cached_prompt_tokens
+        assert reused == len(prompt) + len(first.token_ids) - 1  # all but the last token was in the cache
+        await engine.update_weights()
+        await engine.generate(prompt + first.token_ids, sp)
+        assert engine.stats.cached_prompt_tokens == reused  # nothing reused across the update
+
+
 def test_engine_satisfies_the_engine_protocol(qwen2):
     from agentrl.engine import Engine
 

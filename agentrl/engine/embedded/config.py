@@ -52,6 +52,13 @@ class EngineConfig:
     prefill_token_budget: int | None = None
     """Prompt tokens prefilled together between two decode steps (a longer single prompt still
     goes alone). Default: 4096 on CPU, 16384 on CUDA."""
+    prefix_cache: bool | None = None
+    """Keep a finished request's keys/values in a free slot; a later prompt that starts with the same
+    tokens (the next turn of an episode, another sample of the same prompt) copies them instead of
+    prefilling them again. Parked entries are evicted oldest first when slots run out, and dropped at
+    every weight update. Reused keys/values differ from recomputed ones in the last bits, which can flip
+    a seeded draw near a tie: default on for CUDA (where bf16 results already depend on the batch), off
+    on the CPU (runs repeat bit for bit). The HF backend has no slot cache."""
     admit_wait_steps: int = 0
     """While requests are decoding, a new request may wait up to this many decode steps so that
     several arrivals share one prefill (each prefill is a separate forward pass and also breaks the

@@ -100,7 +100,7 @@ class EmbeddedEngine:
         self._scheduler = Scheduler(
             runner, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, eos_ids=self.eos_token_ids,
             tokenizer=tokenizer, prefill_token_budget=cfg.prefill_token_budget, overlap=cfg.overlap,
-            admit_wait_steps=cfg.admit_wait_steps,
+            admit_wait_steps=cfg.admit_wait_steps, prefix_cache=bool(cfg.prefix_cache),
         )
         log.info("embedded engine: %s backend on %s (%s), %d slots x %d tokens", self.backend, self.device,
                  self.dtype, cfg.max_batch_size, cfg.max_seq_len)
@@ -128,6 +128,8 @@ class EmbeddedEngine:
             cfg.overlap = cuda
         if cfg.prefill_token_budget is None:
             cfg.prefill_token_budget = 16384 if cuda else 4096
+        if cfg.prefix_cache is None:  # reused keys/values differ from recomputed ones in the last bits, which
+            cfg.prefix_cache = cuda   # can flip a seeded draw; on the CPU, exact repeatability comes first
         if cfg.max_batch_size is None:
             cfg.max_batch_size = self._default_batch_size(cfg) if cuda else 32
         return cfg
@@ -175,7 +177,8 @@ class EmbeddedEngine:
         st = self._scheduler.stats
         return {"engine/decode_steps": float(st.steps), "engine/graph_steps": float(st.graph_steps),
                 "engine/graphs_captured": float(st.graphs_captured), "engine/prefills": float(st.prefills),
-                "engine/prompt_tokens": float(st.prompt_tokens), "engine/generated_tokens": float(st.generated_tokens),
+                "engine/prompt_tokens": float(st.prompt_tokens), "engine/cached_prompt_tokens": float(st.cached_prompt_tokens),
+                "engine/generated_tokens": float(st.generated_tokens),
                 "engine/busy_s": float(st.busy_s)}
 
     async def start(self) -> None:
@@ -220,6 +223,7 @@ class EmbeddedEngine:
             with torch.no_grad():
                 load_weights(self.model, weights)
                 self._scheduler.runner.refresh_weights()
+            self._scheduler.clear_prefix_cache()  # cached keys/values came from the old weights
             self._scheduler.version = self._scheduler.version + 1 if version is None else int(version)
             return self._scheduler.version
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -239,13 +240,19 @@ class FastLM:
             return torch.mm(self.head_w, h.t()).t().contiguous()
         return F.linear(h, self.head_w, self.head_b)
 
-    def prefill(self, kv, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-        """Whole prompts, packed. tokens/positions/slots [N] (N = sum(lengths)) -> logits [n, V] at each prompt's end."""
+    def prefill(self, kv, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.Tensor, lengths: list[int],
+                prefix: list[tuple[int, int]] | None = None) -> torch.Tensor:
+        """Whole prompts, packed. tokens/positions/slots [N] (N = sum(lengths)) -> logits [n, V] at each prompt's end.
+
+        ``prefix``: per prompt ``(slot, cached)`` when some prompts continue keys/values already in
+        their slot at positions ``[0, cached)``; ``tokens`` then hold only the new tokens."""
         x = F.embedding(tokens, self.embed_w)  # [N, hidden]
         cos, sin = self.cos[positions], self.sin[positions]  # [N, D]
         widx = kv.write_index(slots, positions)
         n, tmax = len(lengths), max(lengths)
         hd = self.n_heads * self.head_dim
+        if prefix is not None:
+            return self.logits(self._prefill_over_cache(kv, x, cos, sin, widx, lengths, prefix))
         pad_idx = None
         if n > 1:
             rows = torch.repeat_interleave(torch.arange(n, device=self.device), torch.tensor(lengths, device=self.device))
@@ -268,6 +275,30 @@ class FastLM:
         h = self._layers(x, cos, sin, attend)
         ends = torch.tensor(lengths, device=self.device).cumsum(0) - 1
         return self.logits(h.index_select(0, ends))  # [n, V]
+
+    def _prefill_over_cache(self, kv, x, cos, sin, widx, lengths: list[int], prefix: list[tuple[int, int]]):
+        """Prefill whose prompts attend to their slot's cached keys/values as well: one attention call
+        per prompt over its slot's positions ``[0, cached + new)``. Returns each prompt's last hidden."""
+        hd = self.n_heads * self.head_dim
+        starts = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+
+        def attend(layer: int, q, new_kv):
+            kv.write(layer, widx, new_kv)
+            outs = []
+            for i, (slot, cached) in enumerate(prefix):
+                t = lengths[i]
+                k, v = kv.block_of(layer, slot, cached + t)  # [Hkv, L, D]
+                qi = q[starts[i]: starts[i] + t].transpose(0, 1)  # [H, T, D]
+                keys = torch.arange(cached + t, device=self.device)
+                mask = keys[None, :] <= (cached + torch.arange(t, device=self.device))[:, None]  # [T, L] causal
+                o = F.scaled_dot_product_attention(qi[None], k[None], v[None], attn_mask=mask, scale=self.scale,
+                                                   enable_gqa=self.group > 1)
+                outs.append(o[0].transpose(0, 1).reshape(t, hd))
+            return torch.cat(outs)
+
+        h = self._layers(x, cos, sin, attend)
+        ends = torch.tensor(starts[1:], device=self.device) - 1
+        return h.index_select(0, ends)
 
     def decode(self, kv, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
         """One token for each of slots ``[0, b)``. tokens/positions [b]; ``length`` >= max(positions) + 1

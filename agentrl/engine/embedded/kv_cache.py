@@ -112,6 +112,24 @@ class KVCache:
         assert self.data is not None
         return self.data[layer, 0, :n_rows, :, :length], self.data[layer, 1, :n_rows, :, :length]
 
+    def block_of(self, layer: int, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one slot, positions ``[0, length)``: 2 x [kv_heads, L, D]."""
+        assert self.data is not None
+        return self.data[layer, 0, slot, :, :length], self.data[layer, 1, slot, :, :length]
+
+    def swap(self, a: int, b: int, length: int) -> None:
+        """Exchange the first ``length`` positions of slots ``a`` and ``b``."""
+        assert self.data is not None
+        held = self.data[:, :, a, :, :length].clone()
+        self.data[:, :, a, :, :length] = self.data[:, :, b, :, :length]
+        self.data[:, :, b, :, :length] = held
+        clean_a, clean_b = int(self._clean[a]), int(self._clean[b])
+
+        def after(own: int, other: int) -> int:  # finite prefix once [0, length) came from `other`
+            return other if other < length else max(own, length)
+
+        self._clean[a], self._clean[b] = after(clean_a, clean_b), after(clean_b, clean_a)
+
     def move(self, src: int, dst: int, length: int) -> None:
         """Copy the first ``length`` positions of slot ``src`` into slot ``dst``."""
         assert self.data is not None

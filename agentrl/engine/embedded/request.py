@@ -36,6 +36,8 @@ class SchedulerStats:
     """Wall time the worker spent in steps (commands, prefill, decode, bookkeeping)."""
     decode_s: float = 0.0
     """Wall time from launching a decode step to having its sampled ids on the host."""
+    cached_prompt_tokens: int = 0
+    """Prompt tokens whose keys/values came from the prefix cache instead of a prefill."""
     graph_steps: int = 0
     """Decode steps replayed from a captured CUDA graph (the rest ran eagerly)."""
     graphs_captured: int = 0

@@ -144,15 +144,24 @@ class FastRunner:
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def prefill(self, slots: list[int], prompts: list[list[int]], rows: SamplingRows) -> torch.Tensor:
-        lengths = [len(p) for p in prompts]
-        self.kv.ensure_clean_slots(slots, lengths)
-        flat = np.fromiter((t for p in prompts for t in p), dtype=np.int64, count=sum(lengths))
-        positions = np.concatenate([np.arange(n, dtype=np.int64) for n in lengths])
+    supports_prefix = True
+    """Prompts may start from keys/values already in their slot (``prefill(..., cached=)``)."""
+
+    def prefill(self, slots: list[int], prompts: list[list[int]], rows: SamplingRows,
+                cached: list[int] | None = None) -> torch.Tensor:
+        """Prefill ``prompts`` into ``slots``; ``cached[i]`` leading tokens of prompt ``i`` already
+        have their keys/values in its slot (reused prefix), so only the rest is computed."""
+        cached = cached or [0] * len(prompts)
+        full = [len(p) for p in prompts]
+        self.kv.ensure_clean_slots(slots, full)
+        lengths = [n - c for n, c in zip(full, cached)]
+        flat = np.fromiter((t for p, c in zip(prompts, cached) for t in p[c:]), dtype=np.int64, count=sum(lengths))
+        positions = np.concatenate([np.arange(c, n, dtype=np.int64) for n, c in zip(full, cached)])
         slot_ids = np.repeat(np.asarray(slots, dtype=np.int64), lengths)
         host = torch.from_numpy(np.stack([flat, positions, slot_ids]))
         dev = host.to(self.device, non_blocking=True)
-        logits = self.lm.prefill(self.kv, dev[0], dev[1], dev[2], lengths)
+        prefix = list(zip(slots, cached)) if any(cached) else None
+        logits = self.lm.prefill(self.kv, dev[0], dev[1], dev[2], lengths, prefix=prefix)
         return _packed(*sample(logits.float(), rows))
 
     def launch(self, tokens: np.ndarray | None, positions: np.ndarray, rows: SamplingRows) -> Any:
@@ -175,7 +184,10 @@ class FastRunner:
         par = self._pin_par[ring][: 4 * b]
         view = par.view(4, b)
         view.zero_()
-        view[1:3, n:] = 1.0  # padding rows: position 0 of a free slot, greedy
+        # padding rows: greedy, at the last position of a free slot (a slot may hold a parked prefix
+        # at positions below max_seq_len - 1, which parking never uses)
+        view[0, n:] = self.max_seq_len - 1
+        view[1:3, n:] = 1.0
         view[0, :n] = torch.from_numpy(positions.astype(np.float64))
         view[1:, :n] = torch.from_numpy(rows.packed())
         self._par[: 4 * b].copy_(par, non_blocking=True)
@@ -263,6 +275,9 @@ class FastRunner:
 
     def move(self, src: int, dst: int, length: int) -> None:
         self.kv.move(src, dst, length)
+
+    def swap(self, a: int, b: int, length: int) -> None:
+        self.kv.swap(a, b, length)
 
     def free(self, slot: int) -> None:
         pass

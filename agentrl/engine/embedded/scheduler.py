@@ -47,9 +47,16 @@ class Scheduler:
         prefill_token_budget: int,
         overlap: bool = False,
         admit_wait_steps: int = 0,
+        prefix_cache: bool = False,
     ) -> None:
         self.runner = runner
         self.admit_wait_steps = admit_wait_steps
+        self.prefix_cache = prefix_cache and getattr(runner, "supports_prefix", False)
+        self.max_seq_len = max_seq_len
+        # finished requests' keys/values kept in free slots (>= n), slot -> the tokens at positions
+        # [0, len); insertion order is the eviction order (oldest first)
+        self._parked: dict[int, np.ndarray] = {}
+        self._failed: set[int] = set()  # completed slots whose request failed (nothing to keep)
         self.overlap = overlap and getattr(runner, "supports_pipeline", False)
         self.max_slots = max_slots
         self.prefill_token_budget = prefill_token_budget
@@ -234,12 +241,16 @@ class Scheduler:
         if not batch:
             return
         slots = list(range(self.n, self.n + len(batch)))
+        cached = self._reuse_prefixes(slots, batch) if self.prefix_cache else None
         for slot, req in zip(slots, batch):
             self._place(slot, req)
         self.n += len(batch)
         try:
             slots_np = np.asarray(slots)
-            sampled = self.runner.prefill(slots, [r.prompt for r in batch], self._rows(slots_np))
+            if cached is not None:
+                sampled = self.runner.prefill(slots, [r.prompt for r in batch], self._rows(slots_np), cached)
+            else:
+                sampled = self.runner.prefill(slots, [r.prompt for r in batch], self._rows(slots_np))
             self.stats.prefills += 1
             self.stats.prompt_tokens += sum(len(r.prompt) for r in batch)
             self._record(sampled.cpu().numpy(), slots_np)
@@ -358,6 +369,7 @@ class Scheduler:
         k = int(self.ngen[slot])
         if isinstance(reason, BaseException):
             _fail(req.future, reason)
+            self._failed.add(slot)
         else:
             completion = Completion(
                 token_ids=self.out_ids[slot, :k].tolist(), logprobs=self.out_lp[slot, :k].tolist(),
@@ -370,8 +382,11 @@ class Scheduler:
         self._zombies.add(slot)
 
     def _compact(self) -> None:
-        """Free finished slots, moving the last running request into each hole (slots stay dense)."""
+        """Free finished slots, moving the last running request into each hole (slots stay dense).
+        With the prefix cache, a finished request's keys/values are first parked in a free slot."""
         for slot in sorted(self._zombies, reverse=True):  # descending: a moved row is never a zombie
+            if self.prefix_cache and slot not in self._failed:
+                self._park(slot)
             self.runner.free(slot)
             last = self.n - 1
             if slot != last:
@@ -386,6 +401,94 @@ class Scheduler:
             self.reqs[last] = None
             self.n = last
         self._zombies.clear()
+        self._failed.clear()
+
+    # --- prefix cache ------------------------------------------------------------------------------
+
+    MIN_PREFIX = 16
+    """Shortest cached prefix worth reusing, in tokens."""
+
+    def _park(self, slot: int) -> None:
+        """Keep the keys/values of the finished request in ``slot`` (running rows are ``[0, n)``) in a
+        free slot, so that a later prompt that starts with the same tokens skips their prefill."""
+        req = self.reqs[slot]
+        k = int(self.ngen[slot])
+        tokens = np.concatenate([np.asarray(req.prompt, dtype=np.int64), self.out_ids[slot, :k]])
+        tokens = tokens[: min(int(self.length[slot]), self.max_seq_len - 1)]  # what the cache holds
+        if len(tokens) < self.MIN_PREFIX:
+            return
+        if slot == self.n - 1:  # the top running row: once freed, it is a free slot already
+            target = slot
+        else:
+            target = next((s for s in range(self.max_slots - 1, self.n - 1, -1) if s not in self._parked), None)
+            if target is None and self._parked:
+                target = next(iter(self._parked))  # evict the oldest
+            if target is None:  # every slot is running: nowhere to keep it
+                return
+            self.runner.move(slot, target, len(tokens))
+        self._parked.pop(target, None)
+        self._parked[target] = tokens
+
+    def _match(self, prompt: list[int]) -> tuple[int | None, int]:
+        """The parked slot sharing the longest prefix with ``prompt`` (at least ``MIN_PREFIX`` tokens,
+        at most all but the prompt's last token), and that length."""
+        if not self._parked or len(prompt) <= self.MIN_PREFIX:
+            return None, 0
+        p = np.asarray(prompt, dtype=np.int64)
+        best, best_len = None, self.MIN_PREFIX - 1
+        for slot, tokens in self._parked.items():
+            m = min(len(tokens), len(p) - 1)
+            if m <= best_len:
+                continue
+            differ = np.flatnonzero(tokens[:m] != p[:m])
+            common = int(differ[0]) if len(differ) else m
+            if common > best_len:
+                best, best_len = slot, common
+        return (best, best_len) if best is not None else (None, 0)
+
+    def _reuse_prefixes(self, slots: list[int], batch: list[Request]) -> list[int]:
+        """Bring the best parked prefix of each new request into its slot; returns the cached lengths.
+
+        A request goes to the lowest free slot, which may hold another request's parked prefix: that
+        one is swapped into the slot the request's own prefix leaves (the usual case for the next
+        turn of an episode), else moved to a free slot, else dropped."""
+        floor = self.n + len(batch)  # slots [n, floor) are about to run
+        cached = []
+        for slot, req in zip(slots, batch):
+            src, length = self._match(req.prompt)
+            if src == slot:
+                del self._parked[slot]
+            elif src is not None:
+                consumed = length >= len(self._parked[src]) - 1  # a continuation: src is free afterwards
+                if consumed and slot in self._parked:
+                    here = self._parked.pop(slot)
+                    del self._parked[src]
+                    self.runner.swap(slot, src, max(len(here), length))
+                    self._parked[src] = here
+                else:
+                    self._evict(slot, floor)
+                    self.runner.move(src, slot, length)
+                    if consumed:
+                        del self._parked[src]
+            else:
+                self._evict(slot, floor)
+            cached.append(length)
+            self.stats.cached_prompt_tokens += length
+        return cached
+
+    def _evict(self, slot: int, floor: int) -> None:
+        """Clear ``slot`` of a parked prefix: move it to a free unparked slot at or above ``floor``, or drop it."""
+        tokens = self._parked.pop(slot, None)
+        if tokens is None:
+            return
+        target = next((s for s in range(self.max_slots - 1, floor - 1, -1) if s not in self._parked and s != slot), None)
+        if target is not None:
+            self.runner.move(slot, target, len(tokens))
+            self._parked[target] = tokens
+
+    def clear_prefix_cache(self) -> None:
+        """Forget parked keys/values (after a weight update they no longer match the model)."""
+        self._parked.clear()
 
     def _fail_running(self, exc: BaseException) -> None:
         err = exc if isinstance(exc, EngineError) else EngineError(f"engine step failed: {exc!r}")
@@ -414,11 +517,13 @@ class Scheduler:
             for _, fut, _ in self._commands:
                 _fail(fut, EngineError("the engine was closed before this call ran"))
             self._commands.clear()
+        self._parked.clear()
         self.runner.release()
         self._allocated = False
 
     def release_memory(self) -> None:
         """Free the KV cache (worker thread, idle); the next admitted request allocates it again."""
+        self._parked.clear()
         self.runner.release()
         self._allocated = False
 
