@@ -56,6 +56,9 @@ class Scheduler:
         # finished requests' keys/values kept in free slots (>= n), slot -> the tokens at positions
         # [0, len); insertion order is the eviction order (oldest first)
         self._parked: dict[int, np.ndarray] = {}
+        # the same tokens as rows of one array (valid up to _plen), so a prompt is matched against all at once
+        self._ptok = np.zeros((max_slots, max_seq_len) if self.prefix_cache else (0, 0), np.int64)
+        self._plen = np.zeros(max_slots, np.int64)
         self._failed: set[int] = set()  # completed slots whose request failed (nothing to keep)
         self.overlap = overlap and getattr(runner, "supports_pipeline", False)
         self.max_slots = max_slots
@@ -427,24 +430,29 @@ class Scheduler:
                 return
             self.runner.move(slot, target, len(tokens))
         self._parked.pop(target, None)
-        self._parked[target] = tokens
+        self._keep(target, tokens)
+
+    def _keep(self, slot: int, tokens: np.ndarray) -> None:
+        self._parked[slot] = tokens
+        self._ptok[slot, : len(tokens)] = tokens
+        self._plen[slot] = len(tokens)
 
     def _match(self, prompt: list[int]) -> tuple[int | None, int]:
         """The parked slot sharing the longest prefix with ``prompt`` (at least ``MIN_PREFIX`` tokens,
         at most all but the prompt's last token), and that length."""
         if not self._parked or len(prompt) <= self.MIN_PREFIX:
             return None, 0
-        p = np.asarray(prompt, dtype=np.int64)
-        best, best_len = None, self.MIN_PREFIX - 1
-        for slot, tokens in self._parked.items():
-            m = min(len(tokens), len(p) - 1)
-            if m <= best_len:
-                continue
-            differ = np.flatnonzero(tokens[:m] != p[:m])
-            common = int(differ[0]) if len(differ) else m
-            if common > best_len:
-                best, best_len = slot, common
-        return (best, best_len) if best is not None else (None, 0)
+        slots = np.fromiter(self._parked, dtype=np.int64, count=len(self._parked))
+        lens = self._plen[slots]
+        m = int(min(len(prompt) - 1, lens.max()))
+        if m < self.MIN_PREFIX:
+            return None, 0
+        same = self._ptok[slots, :m] == np.asarray(prompt[:m], dtype=np.int64)  # [entries, m]
+        common = np.minimum(np.where(same.all(axis=1), m, same.argmin(axis=1)), lens)
+        best = int(common.argmax())  # the first (oldest) of the longest
+        if common[best] < self.MIN_PREFIX:
+            return None, 0
+        return int(slots[best]), int(common[best])
 
     def _reuse_prefixes(self, slots: list[int], batch: list[Request]) -> list[int]:
         """Bring the best parked prefix of each new request into its slot; returns the cached lengths.
@@ -464,7 +472,7 @@ class Scheduler:
                     here = self._parked.pop(slot)
                     del self._parked[src]
                     self.runner.swap(slot, src, max(len(here), length))
-                    self._parked[src] = here
+                    self._keep(src, here)
                 else:
                     self._evict(slot, floor)
                     self.runner.move(src, slot, length)
@@ -484,7 +492,7 @@ class Scheduler:
         target = next((s for s in range(self.max_slots - 1, floor - 1, -1) if s not in self._parked and s != slot), None)
         if target is not None:
             self.runner.move(slot, target, len(tokens))
-            self._parked[target] = tokens
+            self._keep(target, tokens)
 
     def clear_prefix_cache(self) -> None:
         """Forget parked keys/values (after a weight update they no longer match the model)."""
