@@ -232,6 +232,8 @@ def measure(args, model, prompts_all, bw: float, out_path: Path | None, results:
         name, options = parse_system(spec)
         if name == "engine":
             if spec not in engines:
+                # every run sends the same prompts: a prefix cache would skip the timed runs' prefills
+                options = {"prefix_cache": False, **options}
                 engines[spec] = EmbeddedEngine(model, None, max_batch_size=max(args.batches),
                                                max_seq_len=args.prompt_len + args.new_tokens + 8, **options)
             return run_engine(engines[spec], prompts, new_tokens)

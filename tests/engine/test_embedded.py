@@ -391,7 +391,7 @@ async def test_prefix_cache_continues_turns_with_the_same_results(qwen2, graphs,
     torch.testing.assert_close(torch.tensor(c.logprobs), want, atol=1e-4, rtol=0)
 
 
-async def test_prefix_cache_is_dropped_at_a_weight_update(qwen2):
+async def test_prefix_cache_is_dropped_at_a_weight_update_and_a_flush(qwen2):
     model, tok = qwen2
     prompt = tok.encode(PROMPTS[0] + " and more" * 8)
     sp = SamplingParams(temperature=0, max_new_tokens=8, ignore_eos=True)
@@ -401,8 +401,11 @@ async def test_prefix_cache_is_dropped_at_a_weight_update(qwen2):
         reused = engine.stats.cached_prompt_tokens
         assert reused == len(prompt) + len(first.token_ids) - 1  # all but the last token was in the cache
         await engine.update_weights()
-        await engine.generate(prompt + first.token_ids, sp)
+        second = await engine.generate(prompt + first.token_ids, sp)
         assert engine.stats.cached_prompt_tokens == reused  # nothing reused across the update
+        await engine.flush_cache()  # agentrl serve's /flush_cache
+        await engine.generate(prompt + first.token_ids + second.token_ids, sp)
+        assert engine.stats.cached_prompt_tokens == reused
 
 
 def test_engine_satisfies_the_engine_protocol(qwen2):

@@ -172,6 +172,11 @@ class EmbeddedEngine:
         """Counters since start: decode steps, prefills, prompt/generated tokens, busy seconds."""
         return self._scheduler.stats
 
+    async def flush_cache(self) -> None:
+        """Drop the prefix cache (``agentrl serve``'s ``/flush_cache``); running requests are unaffected."""
+        self._scheduler.start()
+        await asyncio.wrap_future(self._scheduler.call(self._scheduler.clear_prefix_cache))
+
     def metrics(self) -> dict[str, float]:
         """``engine/...`` counters since start, for the step metrics (prefills, decode steps, graph replays...)."""
         st = self._scheduler.stats
