@@ -348,12 +348,13 @@ async def test_graph_buffers_and_pipelining_simulated_on_cpu(qwen2, overlap):
         assert torch.allclose(torch.tensor(eager.logprobs), torch.tensor(graphed.logprobs), atol=1e-5)
 
 
-@pytest.mark.parametrize("graphs,slots", [(False, 8), (True, 8), (False, 4)])
-async def test_prefix_cache_continues_turns_with_the_same_results(qwen2, graphs, slots):
+@pytest.mark.parametrize("graphs,slots,overlap", [(False, 8, False), (True, 8, False), (True, 8, True), (False, 4, False)])
+async def test_prefix_cache_continues_turns_with_the_same_results(qwen2, graphs, slots, overlap):
     """Multi-turn episodes: each turn's prompt extends the previous turn's prompt + completion; with
     the prefix cache only the new tokens are prefilled, and tokens and logprobs stay those of a full
     prefill (and of transformers' teacher-forced forward). Also through the simulated CUDA-graph path,
-    whose padding rows must not touch parked keys/values. With 8 slots the next turns find their
+    whose padding rows must not touch parked keys/values, and with overlapped steps (a finished row
+    is computed once more, so its slot holds one more token than its prompt + completion). With 8 slots the next turns find their
     prefixes (swapped out of the way of other arrivals); with 4 slots for 6 episodes, queued requests
     take every freed slot and parked prefixes are evicted before they are used."""
     from types import SimpleNamespace
@@ -362,7 +363,8 @@ async def test_prefix_cache_continues_turns_with_the_same_results(qwen2, graphs,
     episodes = [tok.encode(PROMPTS[i % len(PROMPTS)] + " please" * (3 + i)) for i in range(6)]
     results, cached = [], []
     for prefix_cache in (False, True):
-        engine = EmbeddedEngine(model, tok, max_batch_size=slots, max_seq_len=256, prefix_cache=prefix_cache)
+        engine = EmbeddedEngine(model, tok, max_batch_size=slots, max_seq_len=256, prefix_cache=prefix_cache,
+                                overlap=overlap)
         if graphs:
             runner = engine._scheduler.runner
             runner.use_graphs = True
