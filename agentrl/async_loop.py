@@ -232,17 +232,18 @@ class RolloutStream:
                 cond = self._condition()
                 async with cond:  # the staleness bound: rollout r waits for r - s - 1 to be trained
                     await cond.wait_for(lambda: self._failed or self._finished >= rollout_id - self.max_staleness - 1)
-                if self._failed:
-                    return
+                if self._failed:  # a rollout failed: start no more (those running finish; the loop sees the error)
+                    break
                 future = await self._result_future(rollout_id)
                 task = asyncio.get_running_loop().create_task(self._generate_into(rollout_id, future))
                 running.add(task)
                 task.add_done_callback(running.discard)
             await asyncio.gather(*list(running))
-        finally:
+        except asyncio.CancelledError:  # the run is ending
             for task in list(running):
                 task.cancel()
             await asyncio.gather(*list(running), return_exceptions=True)
+            raise
 
     async def _generate_into(self, rollout_id: int, future: asyncio.Future) -> None:
         try:

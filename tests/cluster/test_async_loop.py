@@ -130,3 +130,38 @@ def test_trainer_thread_binds_plain_cuda_to_the_current_device(monkeypatch):
     calls.clear()
     _bind_device("cpu")
     assert calls == []
+
+
+async def test_a_failed_rollout_reaches_the_loop_and_overlapping_ones_still_finish():
+    """Rollouts overlap; when one fails, the producer starts no more, the ones running finish, and the
+    loop gets the failure itself (not a cancellation) when it asks for that rollout."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from agentrl.async_loop import RolloutStream
+    from agentrl.rollout import RolloutResult
+    from agentrl.testing import FakeEngine
+
+    started, finished = [], []
+
+    async def generate(next_rows, batch_size, *, max_prompts, first_group_id, sampling_seed):
+        rollout = first_group_id // 1_000_000
+        started.append(rollout)
+        await asyncio.sleep(0.05 if rollout == 0 else 0.01)
+        if rollout == 1:
+            raise RuntimeError("rollout 1 broke")
+        finished.append(rollout)
+        return RolloutResult(groups=[], dropped={}, metrics={}, prompts_used=0)
+
+    sampler = SimpleNamespace(state_dict=lambda: {}, next_batch=lambda n: [])
+    engine = FakeEngine(responder=lambda ids, sampling: [1])  # never asked: generate() above is the rollout
+    c = SimpleNamespace(engine=engine, sampler=sampler, rollout=SimpleNamespace(engine=engine, generate=generate))
+    cfg = SimpleNamespace(max_staleness=1, partial_rollouts=True, use_ray=False, colocate=True,
+                          train=SimpleNamespace(use_tis=True), num_rollout=4, rollout_batch_size=1,
+                          over_sampling_factor=1, seed=0)
+    async with RolloutStream(c, cfg, 0) as stream:
+        await stream.next(0)
+        assert started == [0, 1]  # rollout 1 ran beside rollout 0 (the bound allows both)
+        with pytest.raises(RuntimeError, match="rollout 1 broke"):
+            await stream.next(1)
+    assert started == [0, 1] and finished == [0]  # rollout 0 finished after 1 failed; nothing new started
