@@ -1,7 +1,5 @@
 import pytest
 
-from agentrl.chat import ChatTemplate
-from agentrl.models import load_tokenizer
 from agentrl.testing import FakeEngine
 
 from agentrl.eval.runner import EVAL_GROUP_BASE, GROUP_ID_STRIDE
@@ -9,16 +7,6 @@ from agentrl.eval.runner import EVAL_GROUP_BASE, GROUP_ID_STRIDE
 SEED_STRIDE = 10_007
 """Rollout.requests_for gives sample i of group g the sampling seed ``base + 10007 * g + i``; the
 first task's group of row r is ``EVAL_GROUP_BASE + r``."""
-
-
-@pytest.fixture(scope="session")
-def tokenizer():
-    return load_tokenizer("tiny-qwen2")
-
-
-@pytest.fixture(scope="session")
-def template(tokenizer):
-    return ChatTemplate(tokenizer)
 
 
 @pytest.fixture

@@ -1,3 +1,5 @@
+"""Fixtures shared by the test folders: SmolLM2's tokenizer (through the tiny-qwen2 alias) and its chat template."""
+
 import pytest
 
 from agentrl.chat import ChatTemplate
@@ -12,5 +14,3 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def template(tokenizer):
     return ChatTemplate(tokenizer)
-
-
