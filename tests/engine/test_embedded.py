@@ -393,6 +393,42 @@ async def test_prefix_cache_continues_turns_with_the_same_results(qwen2, graphs,
     torch.testing.assert_close(torch.tensor(c.logprobs), want, atol=1e-4, rtol=0)
 
 
+def test_prefill_over_cached_prefixes_matches_a_full_prefill(qwen2):
+    """One prefill of prompts whose slots hold cached prefixes of different lengths (none, short,
+    long) gives the logits and keys/values of prefilling every prompt whole."""
+    from agentrl.engine.embedded.fast_model import FastLM
+    from agentrl.engine.embedded.kv_cache import KVCache
+
+    model, tok = qwen2
+    lm = FastLM(model, max_seq_len=128)
+    prompts = [tok.encode(PROMPTS[i] + " again" * (4 * i + 2)) for i in range(3)]
+    cached = [0, 9, len(prompts[2]) - 3]
+
+    def cache() -> KVCache:
+        kv = KVCache(n_layers=lm.n_layers, n_slots=4, n_kv_heads=lm.n_kv_heads, max_len=128, head_dim=lm.head_dim,
+                     dtype=torch.float32, device=torch.device("cpu"))
+        kv.allocate()
+        kv.data.fill_(float("nan"))  # unwritten positions must never reach a result
+        return kv
+
+    def prefill(kv, slots, parts, starts, prefix=None):
+        tokens = torch.tensor([t for p in parts for t in p])
+        positions = torch.tensor([s + i for p, s in zip(parts, starts) for i in range(len(p))])
+        slot_ids = torch.tensor([slot for slot, p in zip(slots, parts) for _ in p])
+        kv.ensure_clean_slots(slots, [s + len(p) for p, s in zip(parts, starts)])
+        with torch.no_grad():
+            return lm.prefill(kv, tokens, positions, slot_ids, [len(p) for p in parts], prefix=prefix)
+
+    full_kv, kv = cache(), cache()
+    want = prefill(full_kv, [0, 1, 2], prompts, [0, 0, 0])
+    prefill(kv, [1, 2], [prompts[1][:9], prompts[2][: cached[2]]], [0, 0])  # the cached prefixes
+    got = prefill(kv, [0, 1, 2], [p[c:] for p, c in zip(prompts, cached)], cached, prefix=list(zip([0, 1, 2], cached)))
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    for slot, p in enumerate(prompts):
+        torch.testing.assert_close(kv.data[:, :, slot, :, : len(p)], full_kv.data[:, :, slot, :, : len(p)],
+                                   atol=1e-5, rtol=0)
+
+
 async def test_prefix_cache_is_dropped_at_a_weight_update_and_a_flush(qwen2):
     model, tok = qwen2
     prompt = tok.encode(PROMPTS[0] + " and more" * 8)

@@ -27,10 +27,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
+from agentrl.utils.attention import sdpa_grouped
 from agentrl.utils.compile import MaybeCompiled
 
 FAST_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3")
@@ -265,10 +265,8 @@ class FastLM:
                 qb, kb, vb = q[None], k[None], v[None]  # [1, T, heads, D]
             else:
                 qb, kb, vb = (_pad(t, pad_idx, n, tmax) for t in (q, k, v))  # right padding
-            o = F.scaled_dot_product_attention(
-                qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2),
-                is_causal=True, scale=self.scale, enable_gqa=self.group > 1,
-            )  # [n, H, T, D]; right padding + causal: real queries never see padding
+            o = sdpa_grouped(qb.transpose(1, 2), kb.transpose(1, 2), vb.transpose(1, 2), causal=True,
+                             scale=self.scale)  # [n, H, T, D]; right padding + causal: real queries never see padding
             o = o.transpose(1, 2).reshape(-1, hd)
             return o if pad_idx is None else o.index_select(0, pad_idx)
 
@@ -277,28 +275,34 @@ class FastLM:
         return self.logits(h.index_select(0, ends))  # [n, V]
 
     def _prefill_over_cache(self, kv, x, cos, sin, widx, lengths: list[int], prefix: list[tuple[int, int]]):
-        """Prefill whose prompts attend to their slot's cached keys/values as well: one attention call
-        per prompt over its slot's positions ``[0, cached + new)``. Returns each prompt's last hidden."""
+        """Prefill whose prompts attend to their slot's cached keys/values as well: prompt ``i``'s new
+        tokens sit at positions ``[cached_i, cached_i + lengths_i)`` of its slot and see positions up to
+        their own. One masked attention call per layer over every prompt's slot (queries right-padded
+        to the longest new part, keys read up to the longest total). Returns each prompt's last hidden."""
         hd = self.n_heads * self.head_dim
-        starts = np.concatenate([[0], np.cumsum(lengths)]).tolist()
+        n, tq = len(lengths), max(lengths)
+        slots = [s for s, _ in prefix]
+        cached = torch.tensor([c for _, c in prefix], device=self.device)
+        total = max(c + t for (_, c), t in zip(prefix, lengths))
+        kv.ensure_clean_slots(slots, [total] * n)  # keys past a prompt's end are masked, but must be finite
+        slot_idx = torch.tensor(slots, device=self.device)
+        counts = torch.tensor(lengths, device=self.device)
+        rows = torch.repeat_interleave(torch.arange(n, device=self.device), counts)
+        starts = counts.cumsum(0) - counts
+        offset = torch.arange(rows.shape[0], device=self.device) - starts[rows]  # index inside its prompt's new part
+        pad_idx = rows * tq + offset  # packed -> [n * tq] padded layout
+        qpos = cached[:, None] + torch.arange(tq, device=self.device)[None]  # [n, tq] positions (padding rows too)
+        mask = (torch.arange(total, device=self.device)[None, None] <= qpos[:, :, None])[:, None]  # [n, 1, tq, L]
 
         def attend(layer: int, q, new_kv):
             kv.write(layer, widx, new_kv)
-            outs = []
-            for i, (slot, cached) in enumerate(prefix):
-                t = lengths[i]
-                k, v = kv.block_of(layer, slot, cached + t)  # [Hkv, L, D]
-                qi = q[starts[i]: starts[i] + t].transpose(0, 1)  # [H, T, D]
-                keys = torch.arange(cached + t, device=self.device)
-                mask = keys[None, :] <= (cached + torch.arange(t, device=self.device))[:, None]  # [T, L] causal
-                o = F.scaled_dot_product_attention(qi[None], k[None], v[None], attn_mask=mask, scale=self.scale,
-                                                   enable_gqa=self.group > 1)
-                outs.append(o[0].transpose(0, 1).reshape(t, hd))
-            return torch.cat(outs)
+            k, v = kv.blocks_of(layer, slot_idx, total)  # [n, Hkv, L, D]
+            qb = _pad(q, pad_idx, n, tq).transpose(1, 2)  # [n, H, tq, D]
+            o = sdpa_grouped(qb, k, v, mask=mask, scale=self.scale)
+            return o.transpose(1, 2).reshape(n * tq, hd).index_select(0, pad_idx)
 
         h = self._layers(x, cos, sin, attend)
-        ends = torch.tensor(starts[1:], device=self.device) - 1
-        return h.index_select(0, ends)
+        return h.index_select(0, starts + counts - 1)
 
     def decode(self, kv, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
         """One token for each of slots ``[0, b)``. tokens/positions [b]; ``length`` >= max(positions) + 1

@@ -112,10 +112,11 @@ class KVCache:
         assert self.data is not None
         return self.data[layer, 0, :n_rows, :, :length], self.data[layer, 1, :n_rows, :, :length]
 
-    def block_of(self, layer: int, slot: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keys and values of one slot, positions ``[0, length)``: 2 x [kv_heads, L, D]."""
+    def blocks_of(self, layer: int, slots: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of the given slots (a copy), positions ``[0, length)``: 2 x [len(slots), kv_heads, L, D]."""
         assert self.data is not None
-        return self.data[layer, 0, slot, :, :length], self.data[layer, 1, slot, :, :length]
+        both = self.data[layer, :, :, :, :length].index_select(1, slots)  # [2, n, kv_heads, L, D]
+        return both[0], both[1]
 
     def swap(self, a: int, b: int, length: int) -> None:
         """Exchange the first ``length`` positions of slots ``a`` and ``b``."""

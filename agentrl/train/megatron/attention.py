@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from agentrl.train.megatron._compat import require_megatron
+from agentrl.utils.attention import sdpa_grouped
 from agentrl.utils.compile import MaybeCompiled
 
 require_megatron()
@@ -157,7 +158,7 @@ class SDPAttention(MegatronModule):
             if causal:
                 mask = mask & torch.ones(sq, k.shape[2], dtype=torch.bool, device=q.device).tril()
             causal = False
-        out = _sdpa(q, k, v, mask=mask, causal=causal, dropout=dropout, scale=self.scale)
+        out = sdpa_grouped(q, k, v, mask=mask, causal=causal, dropout=dropout, scale=self.scale)
         return out.permute(2, 0, 1, 3).reshape(sq, b, self.num_heads * self.head_dim)
 
     def _packed(self, query, key, value, params, dropout: float) -> torch.Tensor:
@@ -177,27 +178,12 @@ class SDPAttention(MegatronModule):
             q = query[start:end].transpose(0, 1).unsqueeze(0)  # [1, np, len, hn]
             k = key[start:end].transpose(0, 1).unsqueeze(0)
             v = value[start:end].transpose(0, 1).unsqueeze(0)
-            o = _sdpa(q, k, v, mask=None, causal=True, dropout=dropout, scale=self.scale)
+            o = sdpa_grouped(q, k, v, causal=True, dropout=dropout, scale=self.scale)
             outs.append(o[0].transpose(0, 1))  # [len, np, hn]
         out = torch.cat(outs, dim=0)
         if out.shape[0] < t:  # padding after the last sequence: zeros, never read by the loss
             out = torch.cat([out, out.new_zeros(t - out.shape[0], *out.shape[1:])])
         return out.reshape(t, self.num_heads * self.head_dim)
-
-
-def _sdpa(q, k, v, *, mask, causal: bool, dropout: float, scale: float) -> torch.Tensor:
-    """SDPA with grouped KV heads: ``q [b, np, s, d]``, ``k``/``v`` ``[b, ng, s, d]``.
-
-    KV heads are expanded to the query heads explicitly rather than with ``enable_gqa``, so the
-    flash kernel is eligible on every torch version (the copies are ``np/ng`` times the small
-    ``[b, ng, s, d]`` tensors).
-    """
-    if k.shape[1] != q.shape[1]:
-        b, ng, s, d = k.shape
-        rep = q.shape[1] // ng
-        k = k[:, :, None].expand(b, ng, rep, s, d).reshape(b, ng * rep, s, d)
-        v = v[:, :, None].expand(b, ng, rep, s, d).reshape(b, ng * rep, s, d)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=scale)
 
 
 @functools.cache
