@@ -114,3 +114,37 @@ def test_cuda_graph_sampling_equals_eager_sampling():
     for a, b in zip(graphed, eager):
         assert a.token_ids == b.token_ids
         assert torch.allclose(torch.tensor(a.logprobs), torch.tensor(b.logprobs), atol=1e-4)
+
+
+def test_cuda_prefill_runs_no_cudnn_attention_and_matches_transformers():
+    """Prefills (plain and over cached prefixes) use flash / memory-efficient attention, never cuDNN's,
+    which builds a graph per new shape; their last-token logits match the HF forward (bf16)."""
+    from agentrl.engine.embedded.fast_model import FastLM
+    from agentrl.engine.embedded.kv_cache import KVCache
+
+    model = _model("qwen2", torch.bfloat16, num_key_value_heads=2)
+    lm = FastLM(model, max_seq_len=256)
+    kv = KVCache(n_layers=lm.n_layers, n_slots=4, n_kv_heads=lm.n_kv_heads, max_len=256, head_dim=lm.head_dim,
+                 dtype=lm.dtype, device=lm.device)
+    kv.allocate()
+    prompts = [PROMPTS[15] * 3, PROMPTS[9], PROMPTS[12] * 2]
+
+    def prefill(slots, parts, starts, prefix=None):
+        kv.ensure_clean_slots(slots, [s + len(p) for p, s in zip(parts, starts)])  # as the runner does
+        flat = lambda xs: torch.tensor(xs, device="cuda")  # noqa: E731
+        return lm.prefill(kv, flat([t for p in parts for t in p]),
+                          flat([s + i for p, s in zip(parts, starts) for i in range(len(p))]),
+                          flat([slot for slot, p in zip(slots, parts) for _ in p]), [len(p) for p in parts], prefix=prefix)
+
+    with torch.inference_mode(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        plain = prefill([0, 1, 2], prompts, [0, 0, 0])
+        cached = [0, 7, 10]
+        prefill([1, 2], [prompts[1][:7], prompts[2][:10]], [0, 0])
+        over = prefill([0, 1, 2], [p[c:] for p, c in zip(prompts, cached)], cached, prefix=list(zip([0, 1, 2], cached)))
+    names = {e.key for e in prof.key_averages()}
+    assert not [n for n in names if "cudnn_attention" in n], names
+    assert any("flash" in n or "efficient" in n for n in names), names
+    with torch.no_grad():
+        ref = torch.stack([model(torch.tensor([p], device="cuda")).logits[0, -1].float() for p in prompts])
+    for got in (plain, over):
+        torch.testing.assert_close(got.float(), ref, atol=0.1, rtol=0.05)

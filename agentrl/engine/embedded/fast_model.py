@@ -24,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -270,9 +271,21 @@ class FastLM:
             o = o.transpose(1, 2).reshape(-1, hd)
             return o if pad_idx is None else o.index_select(0, pad_idx)
 
-        h = self._layers(x, cos, sin, attend)
+        with self._prefill_kernels():
+            h = self._layers(x, cos, sin, attend)
         ends = torch.tensor(lengths, device=self.device).cumsum(0) - 1
         return self.logits(h.index_select(0, ends))  # [n, V]
+
+    def _prefill_kernels(self):
+        """SDPA kernels for prefills on CUDA: flash or memory-efficient, not cuDNN. cuDNN builds a graph
+        for every new shape (~2 ms of CPU a layer on an H100), and prefills rarely repeat their prompt
+        lengths: a prefill of ~2.5 ms of GPU work took ~50-70 ms. The backend flags are process-wide,
+        so a trainer thread attending at the same moment uses these kernels too."""
+        if self.device.type != "cuda":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
     def _prefill_over_cache(self, kv, x, cos, sin, widx, lengths: list[int], prefix: list[tuple[int, int]]):
         """Prefill whose prompts attend to their slot's cached keys/values as well: prompt ``i``'s new
@@ -301,7 +314,8 @@ class FastLM:
             o = sdpa_grouped(qb, k, v, mask=mask, scale=self.scale)
             return o.transpose(1, 2).reshape(n * tq, hd).index_select(0, pad_idx)
 
-        h = self._layers(x, cos, sin, attend)
+        with self._prefill_kernels():
+            h = self._layers(x, cos, sin, attend)
         return h.index_select(0, starts + counts - 1)
 
     def decode(self, kv, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
