@@ -101,6 +101,10 @@ class RunConfig:
     (default: on for CUDA; off on the CPU, where runs then repeat bit for bit)."""
     engine_admit_wait_steps: int = 0
     """Embedded engine: decode steps a new request may wait so that several share one prefill (0: at once)."""
+    engine_dtype: str | None = None
+    """Embedded engine: float32 | bfloat16 | float16 (default: float32 on the CPU, bfloat16 on CUDA).
+    bfloat16 on a CPU with AVX-512 BF16 or AMX generates ~1.6x faster than float32; rollout logprobs
+    then differ from a float32 trainer's by more (add --use-tis)."""
     custom_generate_function_path: str | None = None
     """module:function or file.py:function replacing the episode loop (see agentrl.rollout.hooks)."""
     custom_rm_path: str | None = None
@@ -244,6 +248,7 @@ FLAGS: dict[str, str] = {
     "--engine-max-batch-size": "engine_max_batch_size",
     "--engine-admit-wait-steps": "engine_admit_wait_steps",
     "--engine-prefix-cache": "engine_prefix_cache",
+    "--engine-dtype": "engine_dtype",
     "--device": "device",
     "--engine-device": "engine_device",
     "--use-ray": "use_ray",
@@ -269,6 +274,9 @@ FLAGS: dict[str, str] = {
     "--wandb-project": "wandb_project",
     "--seed": "seed",
 }
+
+ENGINE_DTYPES = ("float32", "bfloat16", "float16")
+"""Values of ``--engine-dtype``."""
 
 _SECTIONS = {
     "--model-path": "model, data, environment", "--num-rollout": "rollout",
@@ -438,6 +446,11 @@ def validate(cfg: RunConfig) -> list[str]:
                             "the placement decides where engines run")
         elif cfg.engine_device.split(":")[0] not in ("cpu", "cuda"):
             problems.append(f"--engine-device must be cpu, cuda or cuda:N; got {cfg.engine_device!r}")
+    if cfg.engine_dtype is not None:
+        if cfg.engine_dtype not in ENGINE_DTYPES:
+            problems.append(f"--engine-dtype must be one of {', '.join(ENGINE_DTYPES)}; got {cfg.engine_dtype!r}")
+        elif cfg.engine != "embedded":
+            problems.append("--engine-dtype sets the embedded engine's weights; SGLang servers take --sglang-dtype")
     if cfg.load is not None and not Path(cfg.load).expanduser().exists():
         problems.append(f"--load {cfg.load}: no such checkpoint folder")
     for flag, value in (("--save-interval", cfg.save_interval), ("--eval-interval", cfg.eval_interval)):

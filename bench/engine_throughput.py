@@ -74,14 +74,15 @@ class Result:
     extra: dict = field(default_factory=dict)
 
 
-def build_model(name: str, device: str):
+def build_model(name: str, device: str, dtype: torch.dtype | None = None):
+    """The benchmark's model; ``dtype`` None: bf16 on CUDA, float32 on the CPU."""
     if name == "qwen2.5-0.5b-shape":
         from transformers import AutoConfig, AutoModelForCausalLM
 
         cfg = AutoConfig.for_model("qwen2", **QWEN25_05B)
         cfg.architectures = ["Qwen2ForCausalLM"]
         torch.manual_seed(0)
-        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        dtype = dtype or (torch.bfloat16 if device == "cuda" else torch.float32)
         with torch.device(device):
             default = torch.get_default_dtype()
             torch.set_default_dtype(dtype)
@@ -92,7 +93,7 @@ def build_model(name: str, device: str):
         return model.eval(), None
     from agentrl.models import load_model
 
-    return load_model(name, device=device)
+    return load_model(name, device=device, dtype=dtype)
 
 
 def bandwidth_gbps(device: str) -> float:
@@ -394,6 +395,8 @@ def main(argv=None) -> None:
     p.add_argument("--prompt-len", type=int)
     p.add_argument("--new-tokens", type=int)
     p.add_argument("--systems", help="comma separated: engine[:k=v;k=v], hf, hf-static, hf-cb")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="weights and activations of every system (default: bf16 on CUDA, float32 on the CPU)")
     p.add_argument("--threads", type=int, help="torch threads (CPU); default: torch's choice")
     p.add_argument("--repeats", type=int, help="timed runs per system and batch, round-robin; the best counts")
     p.add_argument("--profile", action="store_true", help="profile one engine run per batch (top kernels)")
@@ -413,7 +416,7 @@ def main(argv=None) -> None:
     for noisy in ("transformers", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
-    model, _ = build_model(args.model, args.device)
+    model, _ = build_model(args.model, args.device, getattr(torch, args.dtype) if args.dtype else None)
     vocab = model.get_input_embeddings().weight.shape[0]
     g = torch.Generator().manual_seed(0)
     prompts = torch.randint(100, vocab - 100, (max(args.batches), args.prompt_len), generator=g).tolist()

@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from agentrl.config import FLAGS, ConfigError, build_parser, parse_args, to_dict, validate
 
@@ -78,6 +79,26 @@ def test_engine_device_is_checked():
     problems = "\n".join(validate(parse_args(["--engine-device", "cuda:1", "--use-ray"])))
     assert "--engine-device places the in-process embedded engine" in problems
     assert "--engine-device" not in "\n".join(validate(parse_args(["--engine-device", "cuda:1"])))
+
+
+def test_engine_dtype_is_checked_and_sets_the_embedded_engine(tmp_path):
+    from agentrl.components import build_engine
+    from agentrl.testing import make_tiny_model
+
+    problems = "\n".join(validate(parse_args(["--engine-dtype", "int8"])))
+    assert "--engine-dtype must be one of float32, bfloat16, float16; got 'int8'" in problems
+    problems = "\n".join(validate(parse_args(["--engine-dtype", "bfloat16", "--engine", "sglang",
+                                                "--sglang-url", "http://x:1"])))
+    assert "SGLang servers take --sglang-dtype" in problems
+
+    class Trainer:
+        device = "cpu"
+        tokenizer = None
+
+    model = make_tiny_model(tmp_path / "m", "qwen2")
+    engine = build_engine(parse_args(["--model-path", str(model), "--engine-dtype", "bfloat16"]), Trainer())
+    assert engine.dtype == torch.bfloat16 and engine.backend == "fast"
+    assert build_engine(parse_args(["--model-path", str(model)]), Trainer()).dtype == torch.float32
 
 
 def test_engine_device_places_the_embedded_engine(tmp_path):

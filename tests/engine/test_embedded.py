@@ -393,6 +393,23 @@ async def test_prefix_cache_continues_turns_with_the_same_results(qwen2, graphs,
     torch.testing.assert_close(torch.tensor(c.logprobs), want, atol=1e-4, rtol=0)
 
 
+async def test_bf16_on_the_cpu_samples_with_the_bf16_models_logprobs(tmp_path):
+    """``dtype=bfloat16`` on the CPU (``--engine-dtype bfloat16``): the engine runs in bf16, and the
+    logprobs it returns are those of the bf16 model's teacher-forced forward (to bf16 precision)."""
+    from agentrl.testing import make_tiny_model
+
+    path = make_tiny_model(tmp_path / "m", "qwen2")
+    sp = SamplingParams(temperature=1.0, max_new_tokens=12, ignore_eos=True, seed=3)
+    async with EmbeddedEngine(str(path), device="cpu", dtype="bfloat16", max_batch_size=4, max_seq_len=128) as engine:
+        assert engine.dtype == torch.bfloat16 and engine.backend == "fast"
+        prompts = [engine.tokenizer.encode(p) for p in PROMPTS[:3]]
+        outs = await asyncio.gather(*(engine.generate(p, sp) for p in prompts))
+        for prompt, c in zip(prompts, outs):
+            assert len(c.token_ids) == 12
+            want = _teacher_forced_logprobs(engine.model, prompt, c.token_ids, 1.0)
+            torch.testing.assert_close(torch.tensor(c.logprobs), want, atol=0.05, rtol=0)
+
+
 def test_prefill_over_cached_prefixes_matches_a_full_prefill(qwen2):
     """One prefill of prompts whose slots hold cached prefixes of different lengths (none, short,
     long) gives the logits and keys/values of prefilling every prompt whole."""
