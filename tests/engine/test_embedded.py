@@ -436,14 +436,20 @@ def test_prefill_over_cached_prefixes_matches_a_full_prefill(qwen2):
         with torch.no_grad():
             return lm.prefill(kv, tokens, positions, slot_ids, [len(p) for p in parts], prefix=prefix)
 
-    full_kv, kv = cache(), cache()
+    full_kv = cache()
     want = prefill(full_kv, [0, 1, 2], prompts, [0, 0, 0])
-    prefill(kv, [1, 2], [prompts[1][:9], prompts[2][: cached[2]]], [0, 0])  # the cached prefixes
-    got = prefill(kv, [0, 1, 2], [p[c:] for p, c in zip(prompts, cached)], cached, prefix=list(zip([0, 1, 2], cached)))
-    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
-    for slot, p in enumerate(prompts):
-        torch.testing.assert_close(kv.data[:, :, slot, :, : len(p)], full_kv.data[:, :, slot, :, : len(p)],
-                                   atol=1e-5, rtol=0)
+    longest = max(len(p) for p in prompts)
+    per_prompt = longest * 2 * lm.n_heads * lm.head_dim * 4
+    for bound in (1 << 30, 2 * per_prompt, 1):  # all prompts in one attention call, two calls, one per prompt
+        lm.PREFIX_ATTENTION_BYTES = bound
+        kv = cache()
+        prefill(kv, [1, 2], [prompts[1][:9], prompts[2][: cached[2]]], [0, 0])  # the cached prefixes
+        got = prefill(kv, [0, 1, 2], [p[c:] for p, c in zip(prompts, cached)], cached,
+                      prefix=list(zip([0, 1, 2], cached)))
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+        for slot, p in enumerate(prompts):
+            torch.testing.assert_close(kv.data[:, :, slot, :, : len(p)], full_kv.data[:, :, slot, :, : len(p)],
+                                       atol=1e-5, rtol=0)
 
 
 async def test_prefix_cache_is_dropped_at_a_weight_update_and_a_flush(qwen2):

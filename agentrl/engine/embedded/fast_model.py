@@ -287,36 +287,51 @@ class FastLM:
 
         return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
+    PREFIX_ATTENTION_BYTES = 256 << 20
+    """Bound on the keys/values (read from the cache, expanded to the query heads) that one attention
+    call of a prefill over cached prefixes holds; more prompts than fit go in several calls."""
+
     def _prefill_over_cache(self, kv, x, cos, sin, widx, lengths: list[int], prefix: list[tuple[int, int]]):
         """Prefill whose prompts attend to their slot's cached keys/values as well: prompt ``i``'s new
         tokens sit at positions ``[cached_i, cached_i + lengths_i)`` of its slot and see positions up to
-        their own. One masked attention call per layer over every prompt's slot (queries right-padded
-        to the longest new part, keys read up to the longest total). Returns each prompt's last hidden."""
+        their own. Per layer, one masked attention call per group of prompts (queries right-padded to
+        the group's longest new part, keys read up to its longest total). Returns each prompt's last hidden."""
         hd = self.n_heads * self.head_dim
-        n, tq = len(lengths), max(lengths)
-        slots = [s for s, _ in prefix]
-        cached = torch.tensor([c for _, c in prefix], device=self.device)
-        total = max(c + t for (_, c), t in zip(prefix, lengths))
-        kv.ensure_clean_slots(slots, [total] * n)  # keys past a prompt's end are masked, but must be finite
-        slot_idx = torch.tensor(slots, device=self.device)
-        counts = torch.tensor(lengths, device=self.device)
-        rows = torch.repeat_interleave(torch.arange(n, device=self.device), counts)
-        starts = counts.cumsum(0) - counts
-        offset = torch.arange(rows.shape[0], device=self.device) - starts[rows]  # index inside its prompt's new part
-        pad_idx = rows * tq + offset  # packed -> [n * tq] padded layout
-        qpos = cached[:, None] + torch.arange(tq, device=self.device)[None]  # [n, tq] positions (padding rows too)
-        mask = (torch.arange(total, device=self.device)[None, None] <= qpos[:, :, None])[:, None]  # [n, 1, tq, L]
+        dev = self.device
+        per_position = 2 * self.n_heads * self.head_dim * kv.data.element_size()  # expanded keys + values
+        plans, token, lo = [], 0, 0
+        while lo < len(prefix):  # consecutive prompts, as many as fit the byte bound (at least one)
+            hi, longest = lo + 1, prefix[lo][1] + lengths[lo]
+            while hi < len(prefix):
+                longest_next = max(longest, prefix[hi][1] + lengths[hi])
+                if (hi - lo + 1) * longest_next * per_position > self.PREFIX_ATTENTION_BYTES:
+                    break
+                hi, longest = hi + 1, longest_next
+            slots, cached, counts = [s for s, _ in prefix[lo:hi]], [c for _, c in prefix[lo:hi]], lengths[lo:hi]
+            n, tq = hi - lo, max(counts)
+            kv.ensure_clean_slots(slots, [longest] * n)  # keys past a prompt's end are masked, but must be finite
+            counts_t = torch.tensor(counts, device=dev)
+            rows = torch.repeat_interleave(torch.arange(n, device=dev), counts_t)
+            offset = torch.arange(rows.shape[0], device=dev) - (counts_t.cumsum(0) - counts_t)[rows]
+            qpos = torch.tensor(cached, device=dev)[:, None] + torch.arange(tq, device=dev)[None]  # [n, tq]
+            mask = (torch.arange(longest, device=dev)[None, None] <= qpos[:, :, None])[:, None]  # [n, 1, tq, L]
+            plans.append((token, token + sum(counts), n, tq, longest, torch.tensor(slots, device=dev),
+                          rows * tq + offset, mask))  # pad_idx: packed -> [n * tq] padded layout
+            token, lo = token + sum(counts), hi
 
         def attend(layer: int, q, new_kv):
             kv.write(layer, widx, new_kv)
-            k, v = kv.blocks_of(layer, slot_idx, total)  # [n, Hkv, L, D]
-            qb = _pad(q, pad_idx, n, tq).transpose(1, 2)  # [n, H, tq, D]
-            o = sdpa_grouped(qb, k, v, mask=mask, scale=self.scale)
-            return o.transpose(1, 2).reshape(n * tq, hd).index_select(0, pad_idx)
+            outs = []
+            for a, b, n, tq, longest, slot_idx, pad_idx, mask in plans:
+                k, v = kv.blocks_of(layer, slot_idx, longest)  # [n, Hkv, L, D]
+                qb = _pad(q[a:b], pad_idx, n, tq).transpose(1, 2)  # [n, H, tq, D]
+                o = sdpa_grouped(qb, k, v, mask=mask, scale=self.scale)
+                outs.append(o.transpose(1, 2).reshape(n * tq, hd).index_select(0, pad_idx))
+            return outs[0] if len(outs) == 1 else torch.cat(outs)
 
         with self._prefill_kernels():
             h = self._layers(x, cos, sin, attend)
-        return h.index_select(0, starts + counts - 1)
+        return h.index_select(0, torch.tensor(lengths, device=dev).cumsum(0) - 1)
 
     def decode(self, kv, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
         """One token for each of slots ``[0, b)``. tokens/positions [b]; ``length`` >= max(positions) + 1
