@@ -346,6 +346,8 @@ def report(args, model, bw, results: list[Result]) -> dict:
         "ratios": ratios(results),
         "ratios_cpu_time": ratios(results, "tok_per_cpu_s") if args.device == "cpu" else {},
         "threads": torch.get_num_threads(),
+        "threading_env": {k: v for k, v in sorted(os.environ.items()) if k.startswith(("OMP_", "GOMP_", "KMP_", "MKL_"))},
+        "command": "python " + " ".join(sys.argv),
     }
     return doc
 
@@ -362,13 +364,18 @@ def ratios(results: list[Result], key: str = "tok_s") -> dict:
     return out
 
 
+def _env_note(doc: dict) -> str:
+    env = doc.get("threading_env") or {}
+    return (" Threading environment: " + ", ".join(f"`{k}={v}`" for k, v in env.items()) + ".") if env else ""
+
+
 def markdown(doc: dict) -> str:
     lines = [
         f"# Engine throughput: {doc['model']} ({doc['dtype']}) on {doc['device']}",
         "",
         f"Date {doc['date']}; torch {doc['torch']}, transformers {doc['transformers']}; "
         f"{doc['prompt_len']} prompt + {doc['new_tokens']} new tokens per request; {doc['sampling']}. "
-        f"Measured copy bandwidth {doc['bandwidth_GBps_measured']} GB/s.",
+        f"Measured copy bandwidth {doc['bandwidth_GBps_measured']} GB/s.{_env_note(doc)}",
         "",
         "| system | batch | new tok/s | decode tok/s | roofline tok/s | share of roofline | note |",
         "|---|---:|---:|---:|---:|---:|---|",
