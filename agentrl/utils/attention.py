@@ -11,11 +11,10 @@ def sdpa_grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: tor
     """``scaled_dot_product_attention`` with fewer key/value heads than query heads.
 
     ``q [b, H, s, d]``, ``k``/``v`` ``[b, Hkv, L, d]`` with ``H % Hkv == 0``. The key/value heads are
-    expanded to the query heads explicitly rather than with ``enable_gqa``: the memory-efficient
-    kernel (masks) and, on some versions, the flash kernel refuse ``enable_gqa``, and SDPA then
-    silently falls back to the math kernel, which writes the whole ``[b, H, s, L]`` score matrix
-    (for long prompts, most of a prefill's time). The copies are ``H / Hkv`` times the
-    ``[b, Hkv, L, d]`` tensors.
+    expanded to the query heads explicitly rather than with ``enable_gqa``, which some kernels of
+    some torch versions refuse; SDPA then silently falls back to the math kernel, which writes the
+    whole ``[b, H, s, L]`` score matrix. The copies are ``H / Hkv`` times the ``[b, Hkv, L, d]``
+    tensors.
 
     Example::
 
