@@ -35,6 +35,9 @@ class StepClock:
     """Wraps the scheduler's phases to time them (wall seconds on the worker thread)."""
 
     def __init__(self, scheduler) -> None:
+        from agentrl.engine.embedded.runner import batch_bucket
+
+        self._bucket = batch_bucket
         self.s = scheduler
         self.totals: dict[str, float] = defaultdict(float)
         self.by_batch: dict[int, list[float]] = defaultdict(lambda: [0, 0.0])  # bucket -> [steps, seconds]
@@ -53,9 +56,7 @@ class StepClock:
                 dt = time.perf_counter() - t0
                 self.totals[name] += dt
                 if name == "_decode":
-                    from agentrl.engine.embedded.runner import batch_bucket
-
-                    entry = self.by_batch[batch_bucket(n, self.s.max_slots)]
+                    entry = self.by_batch[self._bucket(n, self.s.max_slots)]
                     entry[0] += 1
                     entry[1] += dt
 
