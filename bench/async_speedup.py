@@ -108,8 +108,9 @@ def main() -> None:
                         "thread may hold the GIL while the engine thread waits for it")
     p.add_argument("--engine-device", default=None,
                    help="embedded engine's device (e.g. cuda:1: generation on a second GPU); default: the trainer's")
-    p.add_argument("--engine-admit-wait-steps", type=int, default=0,
-                   help="decode steps a new turn may wait so that several share one prefill (0: at once)")
+    p.add_argument("--engine-admit-wait-steps", type=int, default=None,
+                   help="decode steps a new turn may wait so that several share one prefill "
+                        "(0: at once; default: the engine's, 8 on CUDA and 0 on the CPU)")
     p.add_argument("--prefix-cache", choices=["auto", "on", "off"], default="auto",
                    help="the engine's prefix cache (auto: on for CUDA, off on the CPU)")
     p.add_argument("--out", default=None, help="folder for async_speedup_<device>.json/.md")
@@ -145,7 +146,8 @@ def main() -> None:
             "torch": torch.__version__, "shape": args.shape, "episodes_per_rollout": args.batch * args.samples,
             "workload": workload, "rollouts": args.rollouts, "warmup": args.warmup,
             "switch_interval": sys.getswitchinterval(), "engine_device": args.engine_device,
-            "engine_admit_wait_steps": args.engine_admit_wait_steps, "prefix_cache": args.prefix_cache,
+            "engine_admit_wait_steps": (args.engine_admit_wait_steps if args.engine_admit_wait_steps is not None
+                                        else 8 if torch.cuda.is_available() else 0), "prefix_cache": args.prefix_cache,
             "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
             "command": "python " + " ".join(sys.argv)}
     md = markdown(results, meta)
@@ -176,7 +178,8 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
         "--max-tokens-per-gpu", str(args.max_tokens_per_gpu), "--use-tis", "--lr", "1e-6",
         "--output-dir", str(out), *MODES[mode],
         *(["--engine-device", args.engine_device] if args.engine_device else []),
-        "--engine-admit-wait-steps", str(args.engine_admit_wait_steps),
+        *(["--engine-admit-wait-steps", str(args.engine_admit_wait_steps)]
+          if args.engine_admit_wait_steps is not None else []),
         *({"on": ["--engine-prefix-cache"], "off": ["--no-engine-prefix-cache"]}.get(args.prefix_cache, [])),
     ])
     start = time.perf_counter()

@@ -175,7 +175,9 @@ def main() -> None:
     p.add_argument("--max-len", type=int, default=768)
     p.add_argument("--tail-alpha", type=float, default=1.2)
     p.add_argument("--prefix-cache", choices=["auto", "on", "off"], default="auto")
-    p.add_argument("--admit-wait-steps", type=int, default=0)
+    p.add_argument("--admit-wait-steps", type=int, default=None,
+                   help="decode steps a new turn may wait so that several share one prefill "
+                        "(0: at once; default: the engine's, 8 on CUDA and 0 on the CPU)")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of the last rollout")
     p.add_argument("--out", default=None, help="folder for engine_multiturn_<device>.json/.md")
     args = p.parse_args()

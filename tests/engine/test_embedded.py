@@ -130,6 +130,7 @@ async def test_admission_batching_shares_prefills_and_keeps_results(qwen2):
     assert prefills[0] >= 7 and prefills[1] <= 3, prefills  # (two arrivals may share a step by chance)
     with pytest.raises(ValueError, match="admit_wait_steps"):
         EmbeddedEngine(model, tok, admit_wait_steps=-1)
+    assert EmbeddedEngine(model, tok).config.admit_wait_steps == 0  # CPU default: admit at once
 
 
 @pytest.mark.parametrize("overlap", [False, True])

@@ -54,6 +54,7 @@ def test_cuda_fast_path_float32_equals_transformers(arch, options):
     sp = SamplingParams(temperature=0, max_new_tokens=20, ignore_eos=True)
     engine = EmbeddedEngine(model, max_batch_size=8, max_seq_len=256, **options)
     assert engine.config.overlap == options.get("overlap", True)
+    assert engine.config.admit_wait_steps == 8  # CUDA default: arrivals may wait to share a prefill
     assert engine.backend == "fast"
     seq, conc = _generate_all(engine, PROMPTS, sp)
     for p, a, b in zip(PROMPTS, seq, conc):

@@ -130,6 +130,8 @@ class EmbeddedEngine:
             cfg.prefill_token_budget = 16384 if cuda else 4096
         if cfg.prefix_cache is None:  # reused keys/values differ from recomputed ones in the last bits, which
             cfg.prefix_cache = cuda   # can flip a seeded draw; on the CPU, exact repeatability comes first
+        if cfg.admit_wait_steps is None:
+            cfg.admit_wait_steps = 8 if cuda else 0
         if cfg.max_batch_size is None:
             cfg.max_batch_size = self._default_batch_size(cfg) if cuda else 32
         return cfg
