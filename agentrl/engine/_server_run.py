@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-seq-len", type=int, default=None,
                    help="Longest prompt + completion of one request, in tokens (default: the model's "
                         "context, capped at 4096 on CPU and 8192 on CUDA).")
+    p.add_argument("--admit-wait-steps", type=int, default=None,
+                   help="Decode steps a request arriving while others decode may wait so that several "
+                        "arrivals share one prefill (0: at once, lowest latency; default: 8 on CUDA, 0 on CPU).")
     p.add_argument("--served-model-name", default=None, help="Name reported by /get_model_info (default: the model path).")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="Logging level.")
     p.add_argument("--engine", default="embedded", choices=["embedded", "fake"],
@@ -113,6 +116,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     engine, tokenizer, model_path = _build_engine(args)
     server_args = {"host": args.host, "port": args.port, "device": args.device, "dtype": args.dtype,
                    "max_batch_size": args.max_batch_size, "max_seq_len": args.max_seq_len,
+                   "admit_wait_steps": getattr(getattr(engine, "config", None), "admit_wait_steps", None),
                    "engine_kind": args.engine}
     from agentrl.engine.server import create_app
 
@@ -147,5 +151,6 @@ def _build_engine(args: argparse.Namespace) -> tuple[Engine, Any, str]:
     path = resolve_model_path(args.model_path)
     tokenizer = load_tokenizer(args.tokenizer_path) if args.tokenizer_path else None
     engine = EmbeddedEngine(path, tokenizer, device=args.device, dtype=args.dtype,
-                            max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len)
+                            max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
+                            admit_wait_steps=args.admit_wait_steps)
     return engine, engine.tokenizer, path

@@ -398,7 +398,7 @@ def test_serve_cli_help_documents_every_flag(capsys):
     assert exc.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--model-path", "--host", "--port", "--device", "--dtype", "--max-batch-size", "--log-level",
-                 "--tokenizer-path"):
+                 "--tokenizer-path", "--admit-wait-steps"):
         assert flag in text
     assert all(a.help for a in build_parser()._actions)
 

@@ -103,3 +103,16 @@ def test_agentrl_serve_cli_with_the_embedded_engine_in_a_subprocess(tmp_path):
         info = httpx.get(cluster.url + "/get_model_info").json()
     assert len(out["output_ids"]) == 6 and out["meta_info"]["finish_reason"]["type"] == "length"
     assert info["architectures"] == ["Qwen2ForCausalLM"] and info["weight_version"] == "0"
+
+
+def test_serve_builds_the_engine_from_its_flags():
+    from agentrl.engine._server_run import _build_engine, build_parser
+
+    args = build_parser().parse_args(["--model-path", "tiny-qwen2", "--device", "cpu", "--max-batch-size", "3",
+                                      "--max-seq-len", "96", "--admit-wait-steps", "5"])
+    engine, tokenizer, path = _build_engine(args)
+    try:
+        assert (engine.config.max_batch_size, engine.config.max_seq_len, engine.config.admit_wait_steps) == (3, 96, 5)
+        assert tokenizer is engine.tokenizer and path == resolve_model_path("tiny-qwen2")
+    finally:
+        asyncio.run(engine.close())
