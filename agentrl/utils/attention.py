@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
+from collections.abc import Iterator
+
 import torch
 import torch.nn.functional as F
 
@@ -28,3 +32,43 @@ def sdpa_grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: tor
         k = k[:, :, None].expand(b, hkv, rep, length, d).reshape(b, hkv * rep, length, d)
         v = v[:, :, None].expand(b, hkv, rep, length, d).reshape(b, hkv * rep, length, d)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=scale)
+
+
+_cudnn_lock = threading.Lock()
+_cudnn_holders = 0
+_cudnn_was_enabled = True
+
+
+@contextlib.contextmanager
+def no_cudnn_attention(device: torch.device | str) -> Iterator[None]:
+    """Keep ``scaled_dot_product_attention`` off cuDNN's kernel on CUDA while the block runs.
+
+    cuDNN's attention, which PyTorch prefers on Hopper GPUs, builds a graph for every new shape,
+    about 2 ms of CPU per call on an H100, while a multi-turn prefill rarely repeats its shape;
+    SDPA then picks the flash or memory-efficient kernel instead. The backend flag is process-wide:
+    every thread attending meanwhile (a trainer beside the engine's worker) runs without cuDNN too,
+    and several threads may hold this at once: the first to enter turns cuDNN off, the last to
+    leave restores the flag as it found it. A no-op off CUDA.
+
+    Example::
+
+        >>> with no_cudnn_attention("cpu"):
+        ...     sdpa_grouped(torch.randn(1, 2, 3, 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4)).shape
+        torch.Size([1, 2, 3, 4])
+    """
+    global _cudnn_holders, _cudnn_was_enabled
+    if torch.device(device).type != "cuda":
+        yield
+        return
+    with _cudnn_lock:
+        if _cudnn_holders == 0:
+            _cudnn_was_enabled = torch.backends.cuda.cudnn_sdp_enabled()
+            torch.backends.cuda.enable_cudnn_sdp(False)
+        _cudnn_holders += 1
+    try:
+        yield
+    finally:
+        with _cudnn_lock:
+            _cudnn_holders -= 1
+            if _cudnn_holders == 0:
+                torch.backends.cuda.enable_cudnn_sdp(_cudnn_was_enabled)

@@ -1,0 +1,61 @@
+"""agentrl.utils.attention: grouped SDPA and the process-wide cuDNN switch shared by engine and trainer."""
+
+import threading
+
+import torch
+import torch.nn.functional as F
+
+from agentrl.utils.attention import no_cudnn_attention, sdpa_grouped
+
+
+def test_sdpa_grouped_equals_attention_over_repeated_heads():
+    q, k, v = torch.randn(2, 6, 5, 8), torch.randn(2, 2, 5, 8), torch.randn(2, 2, 5, 8)
+    mask = torch.rand(2, 1, 5, 5) > 0.3
+    mask[..., 0] = True  # every query sees a key
+    ref = F.scaled_dot_product_attention(q, k.repeat_interleave(3, 1), v.repeat_interleave(3, 1), attn_mask=mask)
+    torch.testing.assert_close(sdpa_grouped(q, k, v, mask=mask), ref)
+
+
+def test_cudnn_switch_is_held_until_the_last_holder_leaves():
+    """The flag is process-wide (set here on a CPU build too): two threads that overlap leave it off
+    while either holds it, and restore it as it was, on or off, once both are done."""
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    try:
+        for start in (True, False):
+            torch.backends.cuda.enable_cudnn_sdp(start)
+            first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+            seen = {}
+
+            def first():
+                with no_cudnn_attention("cuda"):
+                    first_in.set()
+                    second_in.wait(10)
+                first_out.set()
+
+            def second():
+                first_in.wait(10)
+                with no_cudnn_attention(torch.device("cuda", 0)):
+                    second_in.set()
+                    first_out.wait(10)
+                    seen["after_first_left"] = torch.backends.cuda.cudnn_sdp_enabled()
+
+            threads = [threading.Thread(target=first), threading.Thread(target=second)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(20)
+            assert seen == {"after_first_left": False}
+            assert torch.backends.cuda.cudnn_sdp_enabled() is start
+            with no_cudnn_attention("cpu"):  # off CUDA: untouched
+                assert torch.backends.cuda.cudnn_sdp_enabled() is start
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import agentrl.utils.attention as module
+
+    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted >= 2 and result.failed == 0
