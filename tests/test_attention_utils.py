@@ -5,7 +5,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
-from agentrl.utils.attention import no_cudnn_attention, sdpa_grouped
+from agentrl.utils.attention import attention_kernels_as_set, no_cudnn_attention, sdpa_grouped
 
 
 def test_sdpa_grouped_equals_attention_over_repeated_heads():
@@ -49,6 +49,48 @@ def test_cudnn_switch_is_held_until_the_last_holder_leaves():
             with no_cudnn_attention("cpu"):  # off CUDA: untouched
                 assert torch.backends.cuda.cudnn_sdp_enabled() is start
     finally:
+        torch.backends.cuda.enable_cudnn_sdp(was)
+
+
+def test_kernels_as_set_wait_for_holders_and_keep_new_ones_out():
+    """A graph capture (as set) waits for a training pass (off) to end; a second pass arriving
+    meanwhile waits for the capture; each sees the flag it asked for; nested holds do not block."""
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    log, release_pass = [], threading.Event()
+    try:
+        def training_pass():
+            with no_cudnn_attention("cuda"):
+                log.append(("pass", torch.backends.cuda.cudnn_sdp_enabled()))
+                with no_cudnn_attention("cuda"):  # nested: enters at once
+                    release_pass.wait(10)
+
+        def capture():
+            with attention_kernels_as_set("cuda"):
+                log.append(("capture", torch.backends.cuda.cudnn_sdp_enabled()))
+
+        def second_pass():
+            with no_cudnn_attention("cuda"):
+                log.append(("second pass", torch.backends.cuda.cudnn_sdp_enabled()))
+
+        first = threading.Thread(target=training_pass)
+        first.start()
+        while not log:
+            threading.Event().wait(0.01)
+        waiting = threading.Thread(target=capture)
+        waiting.start()
+        threading.Event().wait(0.2)
+        late = threading.Thread(target=second_pass)
+        late.start()
+        threading.Event().wait(0.2)
+        assert log == [("pass", False)]  # the capture and the second pass wait
+        release_pass.set()
+        for t in (first, waiting, late):
+            t.join(20)
+        assert log == [("pass", False), ("capture", True), ("second pass", False)]
+        assert torch.backends.cuda.cudnn_sdp_enabled() is True
+    finally:
+        release_pass.set()
         torch.backends.cuda.enable_cudnn_sdp(was)
 
 

@@ -40,6 +40,7 @@ from agentrl.train.base import TrainConfig
 from agentrl.train.batch import RolloutBatch, left_padded_inputs, micro_batches, optimizer_steps
 from agentrl.train.distributed import (DataParallel, full_state_dicts, full_tensor, full_weights, keyed_by_name,
                                       load_full_state_dicts)
+from agentrl.utils.attention import no_cudnn_attention
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +113,8 @@ class TorchTrainer:
     def _response_logits(self, model: nn.Module, samples: list, width: int, device: torch.device) -> Tensor:
         """``[b, width, V]`` float32 logits predicting the last ``width`` tokens of each row."""
         ids, attn, pos = left_padded_inputs(samples, self.pad_id, device)
-        out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=width + 1, use_cache=False)
+        with no_cudnn_attention(device):  # micro-batch shapes rarely repeat: no cuDNN graph per shape
+            out = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=width + 1, use_cache=False)
         logits = out.logits[:, :-1, :].float()
         t = self.config.rollout_temperature
         return logits / t if t > 0 and t != 1.0 else logits  # no copy of [b, width, V] when t is 1
@@ -205,7 +207,8 @@ class TorchTrainer:
             mask = mb.loss_mask.to(self.device)
             logits = self._response_logits(self.model, mb.samples, mb.width, self.device)
             if not live:  # a padding pass (data parallel): zero gradient, collectives in step
-                (logits.sum() * 0.0).backward()
+                with no_cudnn_attention(self.device):
+                    (logits.sum() * 0.0).backward()
                 continue
             labels = left_padded_inputs(mb.samples, self.pad_id, self.device)[0][:, -mb.width:]
             logprobs, entropy = algo.logprobs_and_entropy(logits, labels)  # one chunked pass for both
@@ -220,7 +223,8 @@ class TorchTrainer:
                 metrics["kl_loss"] += float(kl_loss.detach())
             if cfg.entropy_coef:
                 loss = loss - cfg.entropy_coef * algo.aggregate(entropy, mask, mode, denominator=denom)
-            loss.backward()
+            with no_cudnn_attention(self.device):  # (recomputed forward passes, with checkpointing)
+                loss.backward()
             share = float(mask.sum()) / max(n_tokens, 1.0)  # token share of this micro-batch
             metrics["loss"] += float(loss.detach())
             metrics["entropy"] += float(algo.masked_mean(entropy.detach(), mask)) * share
@@ -252,12 +256,14 @@ class TorchTrainer:
             mb = batch.select(idx)
             values = self.critic(*left_padded_inputs(mb.samples, self.pad_id, self.device), width=mb.width).float()
             if not live:
-                (values.sum() * 0.0).backward()
+                with no_cudnn_attention(self.device):
+                    (values.sum() * 0.0).backward()
                 continue
             loss, _ = algo.value_loss(values, mb.values.to(self.device), mb.returns.to(self.device),
                                       mb.loss_mask.to(self.device), clip=self.config.value_clip,
                                       aggregation=self.config.loss_aggregation, denominator=denom)
-            loss.backward()
+            with no_cudnn_attention(self.device):  # (recomputed forward passes, with checkpointing)
+                loss.backward()
             total += float(loss.detach())
         if self.dp is not None:
             total = float(self.dp.sum(torch.tensor(total, dtype=torch.float64)))
@@ -377,8 +383,9 @@ class ValueModel(nn.Module):
         return cls(backbone, backbone.config.hidden_size).to(device=device, dtype=dtype)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor, position_ids: Tensor, *, width: int) -> Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                               use_cache=False).last_hidden_state
+        with no_cudnn_attention(input_ids.device):
+            hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                                   use_cache=False).last_hidden_state
         return self.head(hidden[:, -(width + 1):-1]).squeeze(-1)  # [b, width]
 
 

@@ -34,21 +34,67 @@ def sdpa_grouped(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, mask: tor
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=causal, scale=scale)
 
 
-_cudnn_lock = threading.Lock()
-_cudnn_holders = 0
-_cudnn_was_enabled = True
+class _CudnnSwitch:
+    """The process-wide cuDNN-attention flag, shared between threads that want it off (prefills,
+    training passes) and threads that need it as the user set it (capturing decode graphs).
+
+    Holders of one kind run together; a holder of the other kind waits until they have all left,
+    and while it waits no new holder of the first kind enters (neither side starves). A thread
+    that already holds the switch enters again without waiting."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._off: bool | None = None  # the kind held now (None: nobody holds it)
+        self._holders = 0
+        self._waiting = {True: 0, False: 0}
+        self._user_flag = True
+        self._last: bool | None = None  # the kind that held it last
+        self._local = threading.local()
+
+    def _must_wait(self, off: bool) -> bool:
+        if self._holders:  # the other kind holds it, or waits for this kind to finish
+            return self._off is not off or self._waiting[not off] > 0
+        return self._waiting[not off] > 0 and self._last is off  # free: the other kind's turn
+
+    @contextlib.contextmanager
+    def hold(self, off: bool) -> Iterator[None]:
+        depth = getattr(self._local, "depth", 0)
+        with self._cv:
+            if depth == 0:
+                self._waiting[off] += 1
+                while self._must_wait(off):
+                    self._cv.wait()
+                self._waiting[off] -= 1
+            if self._holders == 0:
+                self._user_flag = torch.backends.cuda.cudnn_sdp_enabled()
+                self._off = self._last = off
+                if off:
+                    torch.backends.cuda.enable_cudnn_sdp(False)
+            self._holders += 1
+        self._local.depth = depth + 1
+        try:
+            yield
+        finally:
+            self._local.depth = depth
+            with self._cv:
+                self._holders -= 1
+                if self._holders == 0:
+                    torch.backends.cuda.enable_cudnn_sdp(self._user_flag)
+                    self._off = None
+                self._cv.notify_all()
 
 
-@contextlib.contextmanager
-def no_cudnn_attention(device: torch.device | str) -> Iterator[None]:
+_CUDNN = _CudnnSwitch()
+
+
+def no_cudnn_attention(device: torch.device | str) -> contextlib.AbstractContextManager:
     """Keep ``scaled_dot_product_attention`` off cuDNN's kernel on CUDA while the block runs.
 
     cuDNN's attention, which PyTorch prefers on Hopper GPUs, builds a graph for every new shape,
-    about 2 ms of CPU per call on an H100, while a multi-turn prefill rarely repeats its shape;
-    SDPA then picks the flash or memory-efficient kernel instead. The backend flag is process-wide:
-    every thread attending meanwhile (a trainer beside the engine's worker) runs without cuDNN too,
-    and several threads may hold this at once: the first to enter turns cuDNN off, the last to
-    leave restores the flag as it found it. A no-op off CUDA.
+    about 2 ms of CPU per call on an H100, while multi-turn prefills and training micro-batches
+    rarely repeat their shapes; SDPA then picks the flash or memory-efficient kernel instead. The
+    backend flag is process-wide: holders run together, and a thread in
+    :func:`attention_kernels_as_set` waits for them (see ``_CudnnSwitch``). A no-op off CUDA.
 
     Example::
 
@@ -56,19 +102,15 @@ def no_cudnn_attention(device: torch.device | str) -> Iterator[None]:
         ...     sdpa_grouped(torch.randn(1, 2, 3, 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4)).shape
         torch.Size([1, 2, 3, 4])
     """
-    global _cudnn_holders, _cudnn_was_enabled
     if torch.device(device).type != "cuda":
-        yield
-        return
-    with _cudnn_lock:
-        if _cudnn_holders == 0:
-            _cudnn_was_enabled = torch.backends.cuda.cudnn_sdp_enabled()
-            torch.backends.cuda.enable_cudnn_sdp(False)
-        _cudnn_holders += 1
-    try:
-        yield
-    finally:
-        with _cudnn_lock:
-            _cudnn_holders -= 1
-            if _cudnn_holders == 0:
-                torch.backends.cuda.enable_cudnn_sdp(_cudnn_was_enabled)
+        return contextlib.nullcontext()
+    return _CUDNN.hold(off=True)
+
+
+def attention_kernels_as_set(device: torch.device | str) -> contextlib.AbstractContextManager:
+    """Run the block with the SDPA backends as the user set them: wait until no thread holds
+    :func:`no_cudnn_attention`, and keep new holders out meanwhile. For work whose kernel choice
+    lasts (a CUDA graph keeps the kernels it was captured with). A no-op off CUDA."""
+    if torch.device(device).type != "cuda":
+        return contextlib.nullcontext()
+    return _CUDNN.hold(off=False)

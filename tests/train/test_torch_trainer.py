@@ -113,3 +113,22 @@ def test_single_step_without_old_logprobs_equals_recomputed(model_path):
     fresh.advantages = batch.advantages
     with pytest.raises(ValueError, match="need batch.old_logprobs"):
         trainer.train_step(fresh, num_steps=2)
+
+
+@pytest.mark.gpu
+def test_cuda_training_passes_run_no_cudnn_attention():
+    """Micro-batches rarely repeat a shape, and cuDNN's attention builds a graph per shape: the
+    trainer's forward and backward run on SDPA's other kernels, and leave the global flag as found."""
+    trainer = TorchTrainer(tiny_model_path("qwen2"), TrainConfig(max_tokens_per_gpu=64), device="cuda",
+                           dtype=torch.bfloat16)
+    batch = RolloutBatch.from_samples(_samples(seed=3))
+    batch.advantages = algo.get_advantage_estimator("grpo")(batch.rewards, batch.group_ids, batch.loss_mask)
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        batch.old_logprobs = trainer.compute_logprobs(batch)
+        metrics = trainer.train_step(batch)
+    names = {e.key for e in prof.key_averages()}
+    assert not [n for n in names if "cudnn_attention" in n], names
+    assert any("flash" in n or "efficient" in n for n in names), names
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert torch.backends.cuda.cudnn_sdp_enabled() is was

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from agentrl.engine.embedded.fast_model import FastLM
+from agentrl.utils.attention import attention_kernels_as_set
 from agentrl.utils.compile import MaybeCompiled
 from agentrl.engine.embedded.kv_cache import KVCache
 from agentrl.engine.embedded.sampling import SamplingRows, sample, sample_greedy, sample_plain
@@ -253,6 +254,12 @@ class FastRunner:
 
     def _record_graph(self, step, tok: torch.Tensor):
         """Capture ``step`` in a CUDA graph (an object with ``replay()``)."""
+        # The graph keeps the attention kernels it is captured with: warm up and capture with the
+        # backends as set (cuDNN's where PyTorch prefers it), not while a trainer pass holds cuDNN off.
+        with attention_kernels_as_set(self.device):
+            return self._capture(step, tok)
+
+    def _capture(self, step, tok: torch.Tensor):
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         # Warm-up runs compute the very step about to be replayed (same inputs; the tokens they
