@@ -102,6 +102,8 @@ class RunConfig:
     engine_admit_wait_steps: int | None = None
     """Embedded engine: decode steps a new request may wait so that several share one prefill
     (0: at once; default: 8 on CUDA, 0 on the CPU)."""
+    engine_high_priority_stream: bool = False
+    """Embedded engine on CUDA: run on a stream of the highest priority, ahead of a trainer sharing the GPU."""
     engine_dtype: str | None = None
     """Embedded engine: float32 | bfloat16 | float16 (default: float32 on the CPU, bfloat16 on CUDA).
     bfloat16 on a CPU with AVX-512 BF16 or AMX generates ~1.6x faster than float32; rollout logprobs
@@ -250,6 +252,7 @@ FLAGS: dict[str, str] = {
     "--engine-admit-wait-steps": "engine_admit_wait_steps",
     "--engine-prefix-cache": "engine_prefix_cache",
     "--engine-dtype": "engine_dtype",
+    "--engine-high-priority-stream": "engine_high_priority_stream",
     "--device": "device",
     "--engine-device": "engine_device",
     "--use-ray": "use_ray",

@@ -111,6 +111,8 @@ def main() -> None:
     p.add_argument("--engine-admit-wait-steps", type=int, default=None,
                    help="decode steps a new turn may wait so that several share one prefill "
                         "(0: at once; default: the engine's, 8 on CUDA and 0 on the CPU)")
+    p.add_argument("--engine-high-priority-stream", action="store_true",
+                   help="run the embedded engine on a CUDA stream of the highest priority (ahead of the trainer)")
     p.add_argument("--prefix-cache", choices=["auto", "on", "off"], default="auto",
                    help="the engine's prefix cache (auto: on for CUDA, off on the CPU)")
     p.add_argument("--out", default=None, help="folder for async_speedup_<device>.json/.md")
@@ -148,6 +150,7 @@ def main() -> None:
             "switch_interval": sys.getswitchinterval(), "engine_device": args.engine_device,
             "engine_admit_wait_steps": (args.engine_admit_wait_steps if args.engine_admit_wait_steps is not None
                                         else 8 if torch.cuda.is_available() else 0), "prefix_cache": args.prefix_cache,
+            "engine_high_priority_stream": args.engine_high_priority_stream,
             "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
             "command": "python " + " ".join(sys.argv)}
     md = markdown(results, meta)
@@ -181,6 +184,7 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
         *(["--engine-admit-wait-steps", str(args.engine_admit_wait_steps)]
           if args.engine_admit_wait_steps is not None else []),
         *({"on": ["--engine-prefix-cache"], "off": ["--no-engine-prefix-cache"]}.get(args.prefix_cache, [])),
+        *(["--engine-high-priority-stream"] if args.engine_high_priority_stream else []),
     ])
     start = time.perf_counter()
     train(cfg)

@@ -98,7 +98,10 @@ def test_engine_dtype_is_checked_and_sets_the_embedded_engine(tmp_path):
     model = make_tiny_model(tmp_path / "m", "qwen2")
     engine = build_engine(parse_args(["--model-path", str(model), "--engine-dtype", "bfloat16"]), Trainer())
     assert engine.dtype == torch.bfloat16 and engine.backend == "fast"
-    assert build_engine(parse_args(["--model-path", str(model)]), Trainer()).dtype == torch.float32
+    default = build_engine(parse_args(["--model-path", str(model)]), Trainer())
+    assert default.dtype == torch.float32 and not default.config.high_priority_stream
+    assert build_engine(parse_args(["--model-path", str(model), "--engine-high-priority-stream"]),
+                        Trainer()).config.high_priority_stream
 
 
 def test_engine_device_places_the_embedded_engine(tmp_path):

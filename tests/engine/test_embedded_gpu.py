@@ -47,7 +47,7 @@ PROMPTS = [[(7 * i + j) % 2000 + 3 for j in range(5 + 3 * i)] for i in range(16)
 @pytest.mark.parametrize("options", [
     dict(cuda_graphs=True, compile=False), dict(cuda_graphs=False), dict(cuda_graphs=True, compile=True),
     dict(compile=True, decode_attention="efficient"), dict(compile=True, decode_attention="matmul", fuse_weights=False),
-    dict(overlap=False),
+    dict(overlap=False), dict(high_priority_stream=True),
 ])
 def test_cuda_fast_path_float32_equals_transformers(arch, options):
     model = _model(arch)
@@ -149,3 +149,15 @@ def test_cuda_prefill_runs_no_cudnn_attention_and_matches_transformers():
         ref = torch.stack([model(torch.tensor([p], device="cuda")).logits[0, -1].float() for p in prompts])
     for got in (plain, over):
         torch.testing.assert_close(got.float(), ref, atol=0.1, rtol=0.05)
+
+
+def test_cuda_engine_decodes_on_a_high_priority_stream_when_asked():
+    async def priorities(engine):
+        async with engine:
+            await engine.generate(PROMPTS[0], SamplingParams(temperature=0, max_new_tokens=4, ignore_eos=True))
+            return await asyncio.wrap_future(engine._scheduler.call(lambda: torch.cuda.current_stream().priority))
+
+    model = _model("qwen2")
+    high = asyncio.run(priorities(EmbeddedEngine(model, max_batch_size=4, max_seq_len=64, high_priority_stream=True)))
+    default = asyncio.run(priorities(EmbeddedEngine(model, max_batch_size=4, max_seq_len=64)))
+    assert default == 0 and high < 0, (default, high)

@@ -67,6 +67,10 @@ class EngineConfig:
     Default: 8 on CUDA (a decode step is a few ms there; in a multi-turn rollout on an H100 this cut
     engine time by ~15%, bench/results/engine_multiturn_h100_admit*.md), 0 on the CPU, where a step
     takes tens of ms."""
+    high_priority_stream: bool = False
+    """CUDA: decode and prefill on a stream of the highest priority, so that when a trainer shares
+    the GPU (async training on one device) the GPU's scheduler starts the engine's pending thread
+    blocks before the trainer's. Off: the engine runs on the default stream."""
     kv_memory_fraction: float = 0.4
     """Share of free GPU memory the KV cache may take when ``max_batch_size`` is not given."""
     seed: int | None = None

@@ -101,6 +101,7 @@ class EmbeddedEngine:
             runner, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, eos_ids=self.eos_token_ids,
             tokenizer=tokenizer, prefill_token_budget=cfg.prefill_token_budget, overlap=cfg.overlap,
             admit_wait_steps=cfg.admit_wait_steps, prefix_cache=bool(cfg.prefix_cache),
+            high_priority_stream=cfg.high_priority_stream,
         )
         log.info("embedded engine: %s backend on %s (%s), %d slots x %d tokens", self.backend, self.device,
                  self.dtype, cfg.max_batch_size, cfg.max_seq_len)

@@ -48,8 +48,10 @@ class Scheduler:
         overlap: bool = False,
         admit_wait_steps: int = 0,
         prefix_cache: bool = False,
+        high_priority_stream: bool = False,
     ) -> None:
         self.runner = runner
+        self.high_priority_stream = high_priority_stream
         self.admit_wait_steps = admit_wait_steps
         self.prefix_cache = prefix_cache and getattr(runner, "supports_prefix", False)
         self.max_seq_len = max_seq_len
@@ -154,6 +156,10 @@ class Scheduler:
         device = getattr(self.runner, "device", None)
         if device is not None and device.type == "cuda":  # threads start on device 0; CUDA graphs capture on the current one
             torch.cuda.set_device(device)
+            if self.high_priority_stream:
+                torch.cuda.synchronize(device)  # the weights were loaded on the default stream
+                # lower numbers run first; out-of-range values map to the highest priority
+                torch.cuda.set_stream(torch.cuda.Stream(device=device, priority=-100))
         with torch.inference_mode():
             while True:
                 with self._cv:
