@@ -228,6 +228,10 @@ class EmbeddedEngine:
         """
 
         def apply() -> int:
+            if self.config.high_priority_stream and self.device.type == "cuda":
+                # the worker's stream is not ordered after the default stream (or the trainer's) that
+                # wrote the new weights: let their kernels finish first
+                torch.cuda.synchronize(self.device)
             with torch.no_grad():
                 load_weights(self.model, weights)
                 self._scheduler.runner.refresh_weights()
