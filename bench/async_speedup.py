@@ -38,6 +38,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._report import device_tag, save  # noqa: E402
+
 MODES = {"sync": ["--max-staleness", "0"], "async": ["--max-staleness", "1", "--partial-rollouts"],
          "async_drain": ["--max-staleness", "1", "--no-partial-rollouts"]}
 
@@ -156,13 +158,9 @@ def main() -> None:
     md = markdown(results, meta)
     print(md)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        tag = "h100" if "H100" in device else ("h200" if "H200" in device else "cpu")
-        if args.engine_device and args.engine_device.startswith("cuda"):
-            tag += "_2gpu"
-        (out / f"async_speedup_{tag}.json").write_text(json.dumps({"meta": meta, "modes": results}, indent=2))
-        (out / f"async_speedup_{tag}.md").write_text(md)
+        two_gpus = bool(args.engine_device and args.engine_device.startswith("cuda"))
+        save(args.out, f"async_speedup_{device_tag(device)}{'_2gpu' if two_gpus else ''}",
+             {"meta": meta, "modes": results}, md)
 
 
 def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, workload: dict, work: Path) -> dict:

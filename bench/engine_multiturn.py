@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
-import json
 import sys
 import tempfile
 import time
@@ -29,6 +28,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
+
+from bench._report import device_tag, save  # noqa: E402
 
 
 class StepClock:
@@ -153,7 +154,7 @@ def markdown(result: dict, meta: dict) -> str:
     for r in result["rollouts"]:
         lines.append("| " + " | ".join(f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in cols) + " |")
     last = result["rollouts"][-1]
-    lines += ["", f"Decode steps of the last rollout by batch bucket (steps, mean ms):", "",
+    lines += ["", "Decode steps of the last rollout by batch bucket (steps, mean ms):", "",
               "| batch | steps | ms/step |", "|---:|---:|---:|"]
     lines += [f"| {b} | {v['steps']} | {v['ms']:.2f} |" for b, v in last["by_batch"].items()]
     lines.append("\nidle: wall time the worker waited for requests (episodes between turns).")
@@ -191,11 +192,7 @@ def main() -> None:
     md = markdown(result, meta)
     print(md)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        tag = "h100" if "H100" in name else "h200" if "H200" in name else "cpu"
-        (out / f"engine_multiturn_{tag}.json").write_text(json.dumps({"meta": meta, **result}, indent=2))
-        (out / f"engine_multiturn_{tag}.md").write_text(md)
+        save(args.out, f"engine_multiturn_{device_tag(name)}", {"meta": meta, **result}, md)
 
 
 if __name__ == "__main__":

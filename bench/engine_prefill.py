@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import json
 import sys
 import tempfile
 import time
@@ -24,6 +23,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._report import device_tag, save  # noqa: E402
 
 LENGTHS = [[64], [300], [300, 300], [1000], [2000, 500, 100], [64] * 16, [300], [301], [302, 40]]
 
@@ -89,12 +90,7 @@ def main() -> None:
     md = "\n".join(lines) + "\n"
     print(md)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        tag = "h100" if "H100" in name else "h200" if "H200" in name else "cpu"
-        (out / f"engine_prefill_{tag}.json").write_text(json.dumps({"meta": meta, "results": results, "profile": tables},
-                                                                  indent=2))
-        (out / f"engine_prefill_{tag}.md").write_text(md)
+        save(args.out, f"engine_prefill_{device_tag(name)}", {"meta": meta, "results": results, "profile": tables}, md)
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._report import device_tag, save  # noqa: E402
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -80,11 +82,7 @@ def main() -> None:
     md = _markdown(table, meta)
     print(md)
     if args.out:
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        tag = "h100" if "H100" in device else ("h200" if "H200" in device else "cpu")
-        (out / f"train_step_breakdown_{tag}.json").write_text(json.dumps({"meta": meta, "rollouts": table}, indent=2))
-        (out / f"train_step_breakdown_{tag}.md").write_text(md)
+        save(args.out, f"train_step_breakdown_{device_tag(device)}", {"meta": meta, "rollouts": table}, md)
 
 
 def _params(model_dir: Path) -> int:

@@ -1,0 +1,25 @@
+"""What the benchmark scripts share: the device tag in result names, and writing a result pair.
+
+Each script prints a markdown table and, with ``--out DIR``, writes ``DIR/<stem>.json`` (the numbers
+and the run's metadata) beside ``DIR/<stem>.md`` (the table).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def device_tag(device_name: str) -> str:
+    """``h100``, ``h200`` or ``cpu``, from a device name such as ``NVIDIA H100 80GB HBM3``."""
+    return "h100" if "H100" in device_name else "h200" if "H200" in device_name else "cpu"
+
+
+def save(out: str | Path, stem: str, payload: dict, md: str) -> Path:
+    """Write ``<out>/<stem>.json`` and ``<out>/<stem>.md`` (folders made as needed); the .md path."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(payload, indent=2))
+    path = out / f"{stem}.md"
+    path.write_text(md)
+    return path
