@@ -94,6 +94,36 @@ def test_kernels_as_set_wait_for_holders_and_keep_new_ones_out():
         torch.backends.cuda.enable_cudnn_sdp(was)
 
 
+def test_kernels_as_set_without_waiting_report_a_busy_switch():
+    """``wait=False`` (a decode graph capture that would rather run eagerly than stall): False while
+    another thread holds cuDNN off, True once it has left; off CUDA always True."""
+    was = torch.backends.cuda.cudnn_sdp_enabled()
+    torch.backends.cuda.enable_cudnn_sdp(True)
+    held, release = threading.Event(), threading.Event()
+
+    def training_pass():
+        with no_cudnn_attention("cuda"):
+            held.set()
+            release.wait(10)
+
+    worker = threading.Thread(target=training_pass)
+    try:
+        worker.start()
+        held.wait(10)
+        with attention_kernels_as_set("cuda", wait=False) as free:
+            assert free is False and torch.backends.cuda.cudnn_sdp_enabled() is False
+        with attention_kernels_as_set("cpu", wait=False) as free:
+            assert free is True
+        release.set()
+        worker.join(10)
+        with attention_kernels_as_set("cuda", wait=False) as free:
+            assert free is True and torch.backends.cuda.cudnn_sdp_enabled() is True
+        assert torch.backends.cuda.cudnn_sdp_enabled() is True
+    finally:
+        release.set()
+        torch.backends.cuda.enable_cudnn_sdp(was)
+
+
 def test_docstring_examples_run():
     import doctest
 

@@ -57,10 +57,22 @@ class _CudnnSwitch:
         return self._waiting[not off] > 0 and self._last is off  # free: the other kind's turn
 
     @contextlib.contextmanager
-    def hold(self, off: bool) -> Iterator[None]:
+    def hold(self, off: bool, wait: bool = True) -> Iterator[bool]:
+        """Hold the switch for the block; with ``wait=False``, yield False at once (holding
+        nothing) where it would have to wait."""
+        entered = self._enter(off, wait)
+        try:
+            yield entered
+        finally:
+            if entered:
+                self._exit()
+
+    def _enter(self, off: bool, wait: bool) -> bool:
         depth = getattr(self._local, "depth", 0)
         with self._cv:
             if depth == 0:
+                if not wait and self._must_wait(off):
+                    return False
                 self._waiting[off] += 1
                 while self._must_wait(off):
                     self._cv.wait()
@@ -72,16 +84,16 @@ class _CudnnSwitch:
                     torch.backends.cuda.enable_cudnn_sdp(False)
             self._holders += 1
         self._local.depth = depth + 1
-        try:
-            yield
-        finally:
-            self._local.depth = depth
-            with self._cv:
-                self._holders -= 1
-                if self._holders == 0:
-                    torch.backends.cuda.enable_cudnn_sdp(self._user_flag)
-                    self._off = None
-                self._cv.notify_all()
+        return True
+
+    def _exit(self) -> None:
+        self._local.depth -= 1
+        with self._cv:
+            self._holders -= 1
+            if self._holders == 0:
+                torch.backends.cuda.enable_cudnn_sdp(self._user_flag)
+                self._off = None
+            self._cv.notify_all()
 
 
 _CUDNN = _CudnnSwitch()
@@ -107,10 +119,12 @@ def no_cudnn_attention(device: torch.device | str) -> contextlib.AbstractContext
     return _CUDNN.hold(off=True)
 
 
-def attention_kernels_as_set(device: torch.device | str) -> contextlib.AbstractContextManager:
+def attention_kernels_as_set(device: torch.device | str, *, wait: bool = True) -> contextlib.AbstractContextManager:
     """Run the block with the SDPA backends as the user set them: wait until no thread holds
     :func:`no_cudnn_attention`, and keep new holders out meanwhile. For work whose kernel choice
-    lasts (a CUDA graph keeps the kernels it was captured with). A no-op off CUDA."""
+    lasts (a CUDA graph keeps the kernels it was captured with). Yields True; with ``wait=False``
+    it yields False at once, holding nothing, while another thread holds cuDNN off. Off CUDA it
+    holds nothing and yields True."""
     if torch.device(device).type != "cuda":
-        return contextlib.nullcontext()
-    return _CUDNN.hold(off=False)
+        return contextlib.nullcontext(True)
+    return _CUDNN.hold(off=False, wait=wait)

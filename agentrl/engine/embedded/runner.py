@@ -202,9 +202,12 @@ class FastRunner:
         if graph is None:
             self._uses[key] = uses = self._uses.get(key, 0) + 1
             if uses >= self.capture_after:
-                graph = self._graphs[key] = self._record_graph(self._step_fn(*key), self._tok[:b])
-                self.graphs_captured += 1
-                log.debug("captured decode graph batch=%d length=%d %s (%d graphs)", b, length, mode, len(self._graphs))
+                graph = self._record_graph(self._step_fn(*key), self._tok[:b])
+                if graph is not None:
+                    self._graphs[key] = graph
+                    self.graphs_captured += 1
+                    log.debug("captured decode graph batch=%d length=%d %s (%d graphs)", b, length, mode,
+                              len(self._graphs))
         self.last_step_graphed = graph is not None
         if graph is not None:
             graph.replay()
@@ -253,11 +256,12 @@ class FastRunner:
         return step
 
     def _record_graph(self, step, tok: torch.Tensor):
-        """Capture ``step`` in a CUDA graph (an object with ``replay()``)."""
-        # The graph keeps the attention kernels it is captured with: warm up and capture with the
-        # backends as set (cuDNN's where PyTorch prefers it), not while a trainer pass holds cuDNN off.
-        with attention_kernels_as_set(self.device):
-            return self._capture(step, tok)
+        """Capture ``step`` in a CUDA graph (an object with ``replay()``); None, capturing nothing,
+        while a trainer pass holds cuDNN's attention off: the graph would keep the kernels it is
+        captured with (cuDNN's where PyTorch prefers it), so the step runs eagerly and a later use
+        of its shape captures it (waiting for the pass instead would stall every request)."""
+        with attention_kernels_as_set(self.device, wait=False) as free:
+            return self._capture(step, tok) if free else None
 
     def _capture(self, step, tok: torch.Tensor):
         if self._pool is None:
