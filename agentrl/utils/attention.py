@@ -38,9 +38,10 @@ class _CudnnSwitch:
     """The process-wide cuDNN-attention flag, shared between threads that want it off (prefills,
     training passes) and threads that need it as the user set it (capturing decode graphs).
 
-    Holders of one kind run together; a holder of the other kind waits until they have all left,
-    and while it waits no new holder of the first kind enters (neither side starves). A thread
-    that already holds the switch enters again without waiting."""
+    Holders of one kind run together; a holder of the other kind waits until they have all left
+    (or, asked not to wait, goes without), and while it waits no new holder of the first kind
+    enters (neither side starves). A thread that already holds the switch enters again without
+    waiting."""
 
     def __init__(self) -> None:
         self._cv = threading.Condition()
