@@ -150,8 +150,8 @@ def main() -> None:
             "torch": torch.__version__, "shape": args.shape, "episodes_per_rollout": args.batch * args.samples,
             "workload": workload, "rollouts": args.rollouts, "warmup": args.warmup,
             "switch_interval": sys.getswitchinterval(), "engine_device": args.engine_device,
-            "engine_admit_wait_steps": (args.engine_admit_wait_steps if args.engine_admit_wait_steps is not None
-                                        else 8 if torch.cuda.is_available() else 0), "prefix_cache": args.prefix_cache,
+            "engine_admit_wait_steps": args.engine_admit_wait_steps,  # None: the engine's default
+            "prefix_cache": args.prefix_cache,
             "engine_high_priority_stream": args.engine_high_priority_stream,
             "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
             "command": "python " + " ".join(sys.argv)}

@@ -1,11 +1,19 @@
 """agentrl.utils.attention: grouped SDPA and the process-wide cuDNN switch shared by engine and trainer."""
 
 import threading
+import time
 
 import torch
 import torch.nn.functional as F
 
-from agentrl.utils.attention import attention_kernels_as_set, no_cudnn_attention, sdpa_grouped
+from agentrl.utils.attention import _CUDNN, attention_kernels_as_set, no_cudnn_attention, sdpa_grouped
+
+
+def _until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.005)
 
 
 def test_sdpa_grouped_equals_attention_over_repeated_heads():
@@ -75,15 +83,14 @@ def test_kernels_as_set_wait_for_holders_and_keep_new_ones_out():
 
         first = threading.Thread(target=training_pass)
         first.start()
-        while not log:
-            threading.Event().wait(0.01)
+        _until(lambda: log)
         waiting = threading.Thread(target=capture)
         waiting.start()
-        threading.Event().wait(0.2)
+        _until(lambda: _CUDNN._waiting[False] == 1)  # the capture waits for the pass
         late = threading.Thread(target=second_pass)
         late.start()
-        threading.Event().wait(0.2)
-        assert log == [("pass", False)]  # the capture and the second pass wait
+        _until(lambda: _CUDNN._waiting[True] == 1)  # the second pass waits for the capture
+        assert log == [("pass", False)]
         release_pass.set()
         for t in (first, waiting, late):
             t.join(20)

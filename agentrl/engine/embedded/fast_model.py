@@ -249,10 +249,10 @@ class FastLM:
         x = F.embedding(tokens, self.embed_w)  # [N, hidden]
         cos, sin = self.cos[positions], self.sin[positions]  # [N, D]
         widx = kv.write_index(slots, positions)
-        n, tmax = len(lengths), max(lengths)
-        hd = self.n_heads * self.head_dim
         if prefix is not None:
             return self.logits(self._prefill_over_cache(kv, x, cos, sin, widx, lengths, prefix))
+        n, tmax = len(lengths), max(lengths)
+        hd = self.n_heads * self.head_dim
         pad_idx = None
         if n > 1:
             rows = torch.repeat_interleave(torch.arange(n, device=self.device), torch.tensor(lengths, device=self.device))

@@ -256,10 +256,8 @@ class Scheduler:
         self.n += len(batch)
         try:
             slots_np = np.asarray(slots)
-            if cached is not None:
-                sampled = self.runner.prefill(slots, [r.prompt for r in batch], self._rows(slots_np), cached)
-            else:
-                sampled = self.runner.prefill(slots, [r.prompt for r in batch], self._rows(slots_np))
+            reuse = () if cached is None else (cached,)  # runners without a prefix cache take no `cached`
+            sampled = self.runner.prefill(slots, [r.prompt for r in batch], self._rows(slots_np), *reuse)
             self.stats.prefills += 1
             self.stats.prompt_tokens += sum(len(r.prompt) for r in batch)
             self._record(sampled.cpu().numpy(), slots_np)
