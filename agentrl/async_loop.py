@@ -128,8 +128,13 @@ class RolloutStream:
         self._released = False
         self._release_for_training = bool(cfg.use_ray and cfg.colocate and not self.asynchronous)
         self.engine: InterruptibleEngine | None = None
+        if self.asynchronous and cfg.trainer_sms and not cfg.use_ray:  # a clear error now, not in the worker
+            from agentrl.utils.sm_share import confined_stream
+
+            confined_stream(getattr(c.trainer, "device", "cpu"), cfg.trainer_sms)
         if self.asynchronous:
-            self.engine = InterruptibleEngine(c.rollout.engine, resume=cfg.partial_rollouts)
+            self.engine = InterruptibleEngine(c.rollout.engine, resume=cfg.partial_rollouts,
+                                              in_flight=cfg.in_flight_weight_updates)
             c.rollout.engine = self.engine
             c.sampler = _CheckpointSampler(self)
             if not cfg.train.use_tis:
@@ -275,6 +280,7 @@ class RolloutStream:
              "async/wait_s": max(0.0, end - asked)}
         stats = self.engine.stats
         m |= {"async/resumed_turns": float(stats.resumed), "async/resumed_tokens": float(stats.resumed_tokens),
+              "async/carried_turns": float(stats.carried),
               "async/interrupt_wait_s": stats.wait_s}
         result.metrics |= m
         return result
@@ -311,8 +317,9 @@ class RolloutStream:
     def _worker(self) -> cf.ThreadPoolExecutor:
         if self._executor is None:
             device = getattr(self.c.trainer, "device", None)
+            sms = self.cfg.trainer_sms if self.asynchronous and not self.cfg.use_ray else None
             self._executor = cf.ThreadPoolExecutor(1, thread_name_prefix="agentrl-train",
-                                                   initializer=_bind_device, initargs=(device,))
+                                                   initializer=_bind_device, initargs=(device, sms))
         return self._executor
 
     def checkpoint_sampler_state(self) -> dict:
@@ -346,11 +353,13 @@ class _CheckpointSampler:
         return getattr(self._stream._sampler, name)
 
 
-def _bind_device(device: Any) -> None:
+def _bind_device(device: Any, sms: int | None = None) -> None:
     """The trainer's thread: its device (threads start on CUDA device 0) and a stream of its own.
 
     The engine decodes on the default stream and copies each step's tokens to the host; were
-    training kernels queued on that stream too, every decode step would wait for them.
+    training kernels queued on that stream too, every decode step would wait for them. With
+    ``sms`` (``--trainer-sms``) the stream's kernels run on that many SMs only
+    (:func:`~agentrl.utils.sm_share.confined_stream`), leaving the rest to the engine's decode steps.
     """
     import torch
 
@@ -359,7 +368,13 @@ def _bind_device(device: Any) -> None:
         if device.index is None:  # plain "cuda": the current device of the process
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
-        torch.cuda.set_stream(torch.cuda.Stream(device=device))
+        if sms:
+            from agentrl.utils.sm_share import confined_stream
+
+            torch.cuda.set_stream(confined_stream(device, sms))
+            log.info("trainer kernels confined to %d SMs of %s", sms, device)
+        else:
+            torch.cuda.set_stream(torch.cuda.Stream(device=device))
 
 
 def _synced(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -166,6 +166,13 @@ class RunConfig:
     """With --max-staleness > 0: at a weight update, abort in-flight generations and continue them under the new
     weights, keeping their tokens and rollout logprobs (--use-tis corrects the stale part); off: the update waits
     until they finish."""
+    in_flight_weight_updates: bool = False
+    """With --max-staleness > 0 and the embedded engine: a weight update neither aborts nor waits for the turns in
+    flight; the engine loads the weights between two decode steps and they go on, keeping their old-weight keys
+    and values (nothing is prefilled again; --use-tis corrects the stale tokens)."""
+    trainer_sms: int | None = None
+    """With --max-staleness > 0 and the embedded engine on the trainer's GPU: run the trainer's kernels on this many
+    SMs (a CUDA green context) so the engine's decode steps, which overlap training, keep the rest (default: all)."""
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -209,6 +216,8 @@ FLAGS: dict[str, str] = {
     "--custom-rm-path": "custom_rm_path",
     "--max-staleness": "max_staleness",
     "--partial-rollouts": "partial_rollouts",
+    "--trainer-sms": "trainer_sms",
+    "--in-flight-weight-updates": "in_flight_weight_updates",
     # algorithm
     "--advantage-estimator": "advantage_estimator",
     "--normalize-advantage-std": "normalize_advantage_std",
@@ -476,6 +485,22 @@ def _cluster_problems(cfg: RunConfig) -> list[str]:
                              ("--num-env-workers", cfg.num_env_workers, 0)):
         if value is None or value < low:
             problems.append(f"{flag} must be >= {low}; got {value}")
+    if cfg.in_flight_weight_updates:
+        if cfg.max_staleness is not None and cfg.max_staleness < 1:
+            problems.append("--in-flight-weight-updates changes how a weight update meets the turns that overlap "
+                            "it: it needs --max-staleness >= 1")
+        elif cfg.engine == "sglang":
+            problems.append("--in-flight-weight-updates needs an engine that loads weights between decode steps "
+                            "(the embedded engine); SGLang servers finish or abort their requests first")
+    if cfg.trainer_sms is not None:
+        if cfg.trainer_sms < 1:
+            problems.append(f"--trainer-sms must be >= 1; got {cfg.trainer_sms}")
+        elif cfg.max_staleness is not None and cfg.max_staleness < 1:
+            problems.append("--trainer-sms shares the GPU between training and the generation that overlaps it: "
+                            "it needs --max-staleness >= 1")
+        elif cfg.use_ray:
+            problems.append("--trainer-sms confines an in-process trainer's kernels; with --use-ray the trainer "
+                            "runs in its own actor: leave it out")
     if cfg.engine_health_interval < 0 or cfg.engine_health_timeout <= 0:
         problems.append(f"--engine-health-interval must be >= 0 and --engine-health-timeout > 0; got "
                         f"{cfg.engine_health_interval} and {cfg.engine_health_timeout}")

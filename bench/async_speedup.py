@@ -7,8 +7,9 @@ torch trainer, one process, one GPU), on a workload with long-tailed response le
   distribution (shape ``--tail-alpha``, minimum ``--min-len``, capped at ``--max-len``) and forced
   with ``ignore_eos``; between turns a simulated tool answer of ``--obs-len`` tokens (mask 0);
 * modes: ``sync`` (``--max-staleness 0``), ``async`` (``--max-staleness 1`` with partial rollouts:
-  turns in flight at a weight update are aborted and continued under the new weights) and
-  ``async_drain`` (``--max-staleness 1 --no-partial-rollouts``: the update waits for them).
+  turns in flight at a weight update are aborted and continued under the new weights),
+  ``async_drain`` (``--max-staleness 1 --no-partial-rollouts``: the update waits for them) and
+  ``async_inflight`` (``--max-staleness 1 --in-flight-weight-updates``: they go on through it).
   Every mode uses ``--use-tis`` so they do the same training work.
 
 Step time is the wall time between consecutive steps, over the steps after ``--warmup``. Prompts and sampling seeds are the same in every mode.
@@ -41,7 +42,8 @@ sys.path.insert(0, str(ROOT))
 from bench._report import device_tag, save  # noqa: E402
 
 MODES = {"sync": ["--max-staleness", "0"], "async": ["--max-staleness", "1", "--partial-rollouts"],
-         "async_drain": ["--max-staleness", "1", "--no-partial-rollouts"]}
+         "async_drain": ["--max-staleness", "1", "--no-partial-rollouts"],
+         "async_inflight": ["--max-staleness", "1", "--in-flight-weight-updates"]}
 
 
 # --- the workload: a custom generate function (--custom-generate-function-path) -------------------
@@ -115,6 +117,9 @@ def main() -> None:
                         "(0: at once; default: the engine's, 8 on CUDA and 0 on the CPU)")
     p.add_argument("--engine-high-priority-stream", action="store_true",
                    help="run the embedded engine on a CUDA stream of the highest priority (ahead of the trainer)")
+    p.add_argument("--trainer-sms", type=int, default=None,
+                   help="async modes: run the trainer's kernels on this many SMs (a CUDA green context), the "
+                        "rest left to the engine's decode steps (default: all SMs)")
     p.add_argument("--prefix-cache", choices=["auto", "on", "off"], default="auto",
                    help="the engine's prefix cache (auto: on for CUDA, off on the CPU)")
     p.add_argument("--out", default=None, help="folder for async_speedup_<device>.json/.md")
@@ -153,6 +158,7 @@ def main() -> None:
             "engine_admit_wait_steps": args.engine_admit_wait_steps,  # None: the engine's default
             "prefix_cache": args.prefix_cache,
             "engine_high_priority_stream": args.engine_high_priority_stream,
+            "trainer_sms": args.trainer_sms,  # async modes only; None: all SMs
             "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
             "command": "python " + " ".join(sys.argv)}
     md = markdown(results, meta)
@@ -183,6 +189,7 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
           if args.engine_admit_wait_steps is not None else []),
         *({"on": ["--engine-prefix-cache"], "off": ["--no-engine-prefix-cache"]}.get(args.prefix_cache, [])),
         *(["--engine-high-priority-stream"] if args.engine_high_priority_stream else []),
+        *(["--trainer-sms", str(args.trainer_sms)] if args.trainer_sms and mode != "sync" else []),
     ])
     start = time.perf_counter()
     train(cfg)
@@ -207,6 +214,7 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
             "staleness_mean": mean("async/staleness_mean"), "staleness_max": mean("async/staleness_max"),
             "overlap_s": mean("async/overlap_s"), "interrupt_wait_s": _per_step(kept, "async/interrupt_wait_s"),
             "resumed_turns": _per_step(kept, "async/resumed_turns"),
+            "carried_turns": _per_step(kept, "async/carried_turns"),
             "tis_clipfrac": mean("train/tis_clipfrac"), "rollout_train_kl": mean("train/rollout_train_kl"),
             "prefills": _per_step(kept, "engine/prefills"),
             "prefill_tokens": _per_step(kept, "engine/prompt_tokens") - _per_step(kept, "engine/cached_prompt_tokens"),
@@ -231,7 +239,7 @@ def markdown(results: dict, meta: dict) -> str:
             f"{meta['rollouts']} rollouts per mode, the first {meta['warmup']} left out.\n\n"
             f"`{meta['command']}`\n\n")
     cols = ["mode", "step_s", "speedup", "rollout_s", "train_s", "sync_s", "overlap_s", "staleness_mean",
-            "resumed_turns", "interrupt_wait_s", "tis_clipfrac", "rollout_train_kl", "generated_tokens",
+            "resumed_turns", "carried_turns", "interrupt_wait_s", "tis_clipfrac", "rollout_train_kl", "generated_tokens",
             "prefills", "prefill_tokens", "cached_tokens", "decode_steps", "eager_steps"]
     base = results.get("sync", {}).get("step_s")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -242,6 +250,7 @@ def markdown(results: dict, meta: dict) -> str:
             "generation; async: what was not hidden behind the previous step). train_s: logprobs + train. "
             "overlap_s: generation that ran before the trainer asked for the rollout (behind earlier steps). resumed_turns / interrupt_wait_s: turns "
             "continued after a weight update, and seconds the update waited for turns in flight, per step. "
+            "carried_turns: turns that went on through an in-flight weight update, per step. "
             "prefills / prefill_tokens / cached_tokens / decode_steps / eager_steps: the engine's per step "
             "(cached: prompt tokens taken from the prefix cache; eager: not replayed from a CUDA graph).\n")
     return head + "\n".join(lines) + "\n" + note

@@ -13,6 +13,13 @@ mid-turn. :class:`InterruptibleEngine` wraps the rollout's engine and, around ea
   weight version it used, so staleness is counted from its oldest token.
 * ``resume=False``: hold new turns and wait until the turns in flight finish before the update
   runs (no turn mixes weights; the update waits for the slowest turn).
+* ``in_flight=True`` (``--in-flight-weight-updates``): neither abort nor wait. The engine loads
+  the new weights between two decode steps and the turns in flight go on, keeping the keys and
+  values their earlier tokens got under the old weights (as PipelineRL does). Nothing is
+  prefilled again, which a resumed turn must do for its whole context; the tokens after the
+  update come from the new weights over an old-weight cache, and their rollout logprobs are
+  what was sampled, so ``--use-tis`` corrects them as it corrects any stale token. Needs an
+  engine that updates between decode steps (the embedded engine, in process or as a Ray actor).
 
 Why resume rather than discard: with long-tailed response lengths, the turns in flight at an
 update are mostly the long ones; throwing them away wastes the most tokens, and waiting for them
@@ -59,6 +66,8 @@ class InterruptStats:
     """Turns continued under newer weights after an abort."""
     resumed_tokens: int = 0
     """Old-weight tokens kept in continued turns."""
+    carried: int = 0
+    """Turns in flight that went on through a weight update (``in_flight``), counted per update."""
     wait_s: float = 0.0
     """Seconds weight updates waited for turns in flight to return (abort) or finish (drain)."""
 
@@ -67,9 +76,10 @@ class InterruptibleEngine:
     """An :class:`~agentrl.engine.base.Engine` whose turns in flight can be paused around a
     weight update (see the module doc). Other calls go to the wrapped engine unchanged."""
 
-    def __init__(self, engine: Engine, *, resume: bool = True) -> None:
+    def __init__(self, engine: Engine, *, resume: bool = True, in_flight: bool = False) -> None:
         self.engine = engine
         self.resume = resume
+        self.in_flight = in_flight
         self.stats = InterruptStats()
         self._inflight: set[str] = set()
         """rids of the pieces now at the engine."""
@@ -115,7 +125,14 @@ class InterruptibleEngine:
     @contextlib.asynccontextmanager
     async def interrupted(self) -> AsyncIterator[None]:
         """Hold new turns; abort (``resume``) or wait for (drain) the turns in flight; run the
-        body (the weight update); then let every held or aborted turn go on."""
+        body (the weight update); then let every held or aborted turn go on. With ``in_flight``
+        only run the body: the turns go on through it."""
+        if self.in_flight:
+            if self._inflight:
+                self.stats.interrupts += 1
+                self.stats.carried += len(self._inflight)
+            yield
+            return
         gate = self._gate()
         gate.clear()
         start = time.perf_counter()

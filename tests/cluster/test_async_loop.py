@@ -62,6 +62,17 @@ def test_async_run_overlaps_bounds_staleness_and_checkpoints_the_data_position(t
     assert state["next_rollout"] == 2 and state["weight_version"] == 2
 
 
+def test_async_run_with_in_flight_weight_updates_counts_carried_turns(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    train(parse_args([*TOY, "--num-rollout", "3", "--max-staleness", "1", "--use-tis", "--in-flight-weight-updates",
+                      "--output-dir", str(out)]))
+    steps = [r for r in _rows(out) if "perf/step_time" in r]
+    assert [r["perf/weight_version"] for r in steps] == [1, 2, 3]
+    assert all(r["async/resumed_turns"] == 0 and r["async/staleness_max"] <= 1 for r in steps)
+    assert all("async/carried_turns" in r and r["rollout/groups_kept"] == 2 for r in steps)
+
+
 def test_ctrl_c_in_process_finishes_the_step_and_saves(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "run"
@@ -132,6 +143,29 @@ def test_trainer_thread_binds_plain_cuda_to_the_current_device(monkeypatch):
     assert calls == []
 
 
+def test_trainer_thread_runs_on_a_confined_stream_with_trainer_sms(monkeypatch):
+    import torch
+
+    from agentrl.async_loop import _bind_device
+    from agentrl.utils import sm_share
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: calls.append(("device", d)))
+    monkeypatch.setattr(sm_share, "confined_stream", lambda device, sms: ("confined", device, sms))
+    monkeypatch.setattr(torch.cuda, "set_stream", lambda s: calls.append(s))
+    _bind_device("cuda:1", 88)
+    assert calls == [("device", torch.device("cuda", 1)), ("confined", torch.device("cuda", 1), 88)]
+
+
+def test_trainer_sms_with_a_cpu_trainer_fails_before_any_rollout(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    with pytest.raises(ValueError, match="needs a CUDA device; got cpu"):
+        train(parse_args([*TOY, "--num-rollout", "2", "--max-staleness", "1", "--trainer-sms", "8",
+                          "--output-dir", str(out)]))
+    assert not (out / "metrics.jsonl").exists() or "perf/step_time" not in (out / "metrics.jsonl").read_text()
+
+
 async def test_a_failed_rollout_reaches_the_loop_and_overlapping_ones_still_finish():
     """Rollouts overlap; when one fails, the producer starts no more, the ones running finish, and the
     loop gets the failure itself (not a cancellation) when it asks for that rollout."""
@@ -156,7 +190,7 @@ async def test_a_failed_rollout_reaches_the_loop_and_overlapping_ones_still_fini
     sampler = SimpleNamespace(state_dict=lambda: {}, next_batch=lambda n: [])
     engine = FakeEngine(responder=lambda ids, sampling: [1])  # never asked: generate() above is the rollout
     c = SimpleNamespace(engine=engine, sampler=sampler, rollout=SimpleNamespace(engine=engine, generate=generate))
-    cfg = SimpleNamespace(max_staleness=1, partial_rollouts=True, use_ray=False, colocate=True,
+    cfg = SimpleNamespace(max_staleness=1, partial_rollouts=True, use_ray=False, colocate=True, trainer_sms=None, in_flight_weight_updates=False,
                           train=SimpleNamespace(use_tis=True), num_rollout=4, rollout_batch_size=1,
                           over_sampling_factor=1, seed=0)
     async with RolloutStream(c, cfg, 0) as stream:

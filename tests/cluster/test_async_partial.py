@@ -98,3 +98,40 @@ async def test_embedded_engine_turn_resumes_with_its_prefix_intact():
     assert len(c.token_ids) == 300 and c.weight_version == 0
     assert c.token_ids[:kept] == straight.token_ids[:kept]  # the aborted piece is what sampling gave
     assert c.logprobs[:kept] == pytest.approx(straight.logprobs[:kept], abs=1e-5)
+
+
+async def test_in_flight_updates_neither_abort_nor_wait():
+    base = Ticking()
+    engine = InterruptibleEngine(base, resume=True, in_flight=True)
+    turn = asyncio.ensure_future(engine.generate([1, 2, 3], SamplingParams(max_new_tokens=30), rid="t"))
+    await asyncio.sleep(0.1)
+    assert await engine.update_weights(None) == 1
+    assert not turn.done()  # the update did not wait for the turn
+    c = await turn
+    old = c.token_ids.count(100)
+    assert 0 < old < 30 and c.token_ids == [100] * old + [101] * (30 - old)  # one request, weights changed under it
+    assert len(base.requests) == 1 and c.weight_version == 0
+    assert (engine.stats.carried, engine.stats.resumed, engine.stats.interrupts) == (1, 0, 1)
+
+
+async def test_embedded_engine_turn_goes_on_through_an_in_flight_update():
+    """The same weights loaded mid-turn: the turn is one request and samples exactly what it would
+    have without the update (nothing prefilled again)."""
+    from agentrl.engine.embedded import EmbeddedEngine
+
+    async with EmbeddedEngine("tiny-qwen2", max_batch_size=4, max_seq_len=512) as base:
+        sampling = SamplingParams(max_new_tokens=300, ignore_eos=True, seed=11)
+        straight = await base.generate([1, 2, 3], sampling)
+        engine = InterruptibleEngine(base, in_flight=True)
+        before, prefills = base.stats.generated_tokens, base.stats.prefills
+        turn = asyncio.ensure_future(engine.generate([1, 2, 3], sampling, rid="r"))
+        while base.stats.generated_tokens < before + 20:
+            await asyncio.sleep(0.01)
+        weights = {k: v.clone() for k, v in base.model.state_dict().items()}
+        assert await engine.update_weights(weights) == 1
+        assert base.stats.generated_tokens < before + 300  # loaded while the turn was running
+        c = await turn
+    assert engine.stats.carried == 1 and engine.stats.resumed == 0
+    assert base.stats.prefills == prefills + 1
+    assert c.token_ids == straight.token_ids and c.weight_version == 0
+    assert c.logprobs == pytest.approx(straight.logprobs, abs=1e-5)

@@ -41,3 +41,23 @@ def test_flags_parse_and_validate(monkeypatch):
     assert "--num-engines 2 needs --use-ray" in problems
     assert "--max-staleness must be >= 0" in problems
     assert "did you mean 'nccl'" in problems
+
+
+def test_trainer_sms_needs_overlap_and_an_in_process_trainer(monkeypatch):
+    monkeypatch.chdir(placement.__file__.rsplit("/agentrl/", 1)[0])
+    assert parse_args([*BASE, "--max-staleness", "1", "--trainer-sms", "88"]).trainer_sms == 88
+    assert validate(parse_args([*BASE, "--max-staleness", "1", "--trainer-sms", "88"])) == []
+    assert validate(parse_args([*BASE, "--trainer-sms", "0", "--max-staleness", "1"])) == ["--trainer-sms must be >= 1; got 0"]
+    assert "needs --max-staleness >= 1" in "\n".join(validate(parse_args([*BASE, "--trainer-sms", "88"])))
+    ray = validate(parse_args([*BASE, "--trainer-sms", "88", "--max-staleness", "1", "--use-ray"]))
+    assert any("with --use-ray the trainer runs in its own actor" in p for p in ray)
+
+
+def test_in_flight_weight_updates_need_overlap_and_the_embedded_engine(monkeypatch):
+    monkeypatch.chdir(placement.__file__.rsplit("/agentrl/", 1)[0])
+    cfg = parse_args([*BASE, "--max-staleness", "1", "--in-flight-weight-updates"])
+    assert cfg.in_flight_weight_updates and validate(cfg) == []
+    assert "needs --max-staleness >= 1" in "\n".join(validate(parse_args([*BASE, "--in-flight-weight-updates"])))
+    sglang = validate(parse_args([*BASE, "--max-staleness", "1", "--in-flight-weight-updates", "--engine", "sglang",
+                                  "--sglang-url", "http://localhost:30000"]))
+    assert any("loads weights between decode steps" in p for p in sglang)
