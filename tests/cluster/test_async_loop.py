@@ -4,6 +4,7 @@ Ctrl-C finishes the step, saves a checkpoint and stops."""
 
 import doctest
 import json
+import math
 import os
 import signal
 import subprocess
@@ -71,6 +72,23 @@ def test_async_run_with_in_flight_weight_updates_counts_carried_turns(tmp_path, 
     assert [r["perf/weight_version"] for r in steps] == [1, 2, 3]
     assert all(r["async/resumed_turns"] == 0 and r["async/staleness_max"] <= 1 for r in steps)
     assert all("async/carried_turns" in r and r["rollout/groups_kept"] == 2 for r in steps)
+
+
+@pytest.mark.gpu
+def test_async_run_on_cuda_with_a_confined_trainer_and_in_flight_updates(tmp_path, monkeypatch):
+    """The trainer thread on a green-context stream of half the SMs (autograd, optimizer and the
+    weight sync included), the engine decoding beside it with in-flight weight updates."""
+    from agentrl.utils.sm_share import sm_count
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    train(parse_args([*TOY, "--device", "cuda", "--num-rollout", "3", "--max-staleness", "1", "--use-tis",
+                      "--trainer-sms", str(sm_count("cuda") // 2), "--in-flight-weight-updates",
+                      "--output-dir", str(out)]))
+    steps = [r for r in _rows(out) if "perf/step_time" in r]
+    assert [r["perf/weight_version"] for r in steps] == [1, 2, 3]
+    assert all(r["async/resumed_turns"] == 0 and r["async/staleness_max"] <= 1 for r in steps)
+    assert all(math.isfinite(r["train/loss"]) for r in steps)
 
 
 def test_ctrl_c_in_process_finishes_the_step_and_saves(tmp_path, monkeypatch):

@@ -114,12 +114,17 @@ async def test_in_flight_updates_neither_abort_nor_wait():
     assert (engine.stats.carried, engine.stats.resumed, engine.stats.interrupts) == (1, 0, 1)
 
 
-async def test_embedded_engine_turn_goes_on_through_an_in_flight_update():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_embedded_engine_turn_goes_on_through_an_in_flight_update(device):
     """The same weights loaded mid-turn: the turn is one request and samples exactly what it would
-    have without the update (nothing prefilled again)."""
+    have without the update (nothing prefilled again; on CUDA the decode graphs stay valid)."""
+    asyncio.run(_turn_through_an_in_flight_update(device))
+
+
+async def _turn_through_an_in_flight_update(device):
     from agentrl.engine.embedded import EmbeddedEngine
 
-    async with EmbeddedEngine("tiny-qwen2", max_batch_size=4, max_seq_len=512) as base:
+    async with EmbeddedEngine("tiny-qwen2", device=device, max_batch_size=4, max_seq_len=512) as base:
         sampling = SamplingParams(max_new_tokens=300, ignore_eos=True, seed=11)
         straight = await base.generate([1, 2, 3], sampling)
         engine = InterruptibleEngine(base, in_flight=True)
