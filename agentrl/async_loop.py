@@ -12,12 +12,15 @@ rollout ``k`` when the loop asks for it, exactly as a plain loop would. With
   whose oldest turn is older anyway (``current_version - min(sample.weight_versions) > s``) is
   dropped and counted (``async/dropped_stale``).
 * **partial rollouts**: each weight sync interrupts the turns in flight (see
-  :mod:`agentrl.rollout.async_partial`): they continue under the new weights (``--partial-rollouts``)
-  or the sync waits for them (``--no-partial-rollouts``).
+  :mod:`agentrl.rollout.async_partial`): they continue under the new weights (``--partial-rollouts``),
+  the sync waits for them (``--no-partial-rollouts``), or they go on through it
+  (``--in-flight-weight-updates``).
+* **one GPU**: ``--trainer-sms N`` runs the trainer thread's kernels on N SMs so the engine's
+  decode steps keep the rest (:mod:`agentrl.utils.sm_share`).
 * **metrics** per step: ``async/staleness_mean``, ``async/staleness_max`` (over kept samples, in
   weight versions), ``async/dropped_stale`` (groups), ``async/overlap_s`` (seconds of this
   rollout's generation that ran before the trainer asked for it, i.e. behind earlier steps), ``async/wait_s`` (seconds the trainer
-  waited for it), ``async/resumed_turns``, ``async/interrupt_wait_s``.
+  waited for it), ``async/resumed_turns``, ``async/carried_turns``, ``async/interrupt_wait_s``.
 
 Every rollout draws its prompts and seeds from its index (``rollout_seed``), so sync and async
 runs see the same prompts and sampling seeds; only the weights that sample them differ (one
@@ -131,7 +134,12 @@ class RolloutStream:
         if self.asynchronous and cfg.trainer_sms and not cfg.use_ray:  # a clear error now, not in the worker
             from agentrl.utils.sm_share import confined_stream
 
-            confined_stream(getattr(c.trainer, "device", "cpu"), cfg.trainer_sms)
+            trainer_device = getattr(c.trainer, "device", "cpu")
+            confined_stream(trainer_device, cfg.trainer_sms)
+            engine_device = getattr(c.engine, "device", None)
+            if engine_device is not None and _same_gpu(engine_device, trainer_device) is False:
+                log.warning("--trainer-sms %d: the engine is on %s and the trainer on %s; confining the trainer "
+                            "only helps when they share a GPU", cfg.trainer_sms, engine_device, trainer_device)
         if self.asynchronous:
             self.engine = InterruptibleEngine(c.rollout.engine, resume=cfg.partial_rollouts,
                                               in_flight=cfg.in_flight_weight_updates)
@@ -375,6 +383,18 @@ def _bind_device(device: Any, sms: int | None = None) -> None:
             log.info("trainer kernels confined to %d SMs of %s", sms, device)
         else:
             torch.cuda.set_stream(torch.cuda.Stream(device=device))
+
+
+def _same_gpu(a: Any, b: Any) -> bool | None:
+    """Whether two CUDA devices are the same GPU (a plain ``cuda`` is the current device); None
+    unless both are CUDA devices."""
+    import torch
+
+    a, b = torch.device(a), torch.device(b)
+    if a.type != "cuda" or b.type != "cuda":
+        return None
+    current = torch.cuda.current_device() if a.index is None or b.index is None else 0
+    return (current if a.index is None else a.index) == (current if b.index is None else b.index)
 
 
 def _synced(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

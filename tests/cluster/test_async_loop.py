@@ -217,3 +217,10 @@ async def test_a_failed_rollout_reaches_the_loop_and_overlapping_ones_still_fini
         with pytest.raises(RuntimeError, match="rollout 1 broke"):
             await stream.next(1)
     assert started == [0, 1] and finished == [0]  # rollout 0 finished after 1 failed; nothing new started
+
+
+def test_same_gpu():
+    from agentrl.async_loop import _same_gpu
+
+    assert _same_gpu("cuda:0", "cuda:0") is True and _same_gpu("cuda:1", "cuda:0") is False
+    assert _same_gpu("cpu", "cuda:0") is None and _same_gpu("cpu", "cpu") is None
