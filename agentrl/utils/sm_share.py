@@ -31,7 +31,7 @@ def sm_count(device: torch.device | str) -> int:
 def confined_stream(device: torch.device | str, num_sms: int) -> torch.cuda.Stream:
     """A CUDA stream whose kernels run on ``num_sms`` SMs of ``device`` (a CUDA green context;
     the driver rounds the count up to its SM granularity). One context per (device, count) is
-    created and kept for the life of the process.
+    created and kept for the life of the process; all of the device's SMs give a plain stream.
 
     Raises ``ValueError`` for a non-CUDA device or a count outside ``1 .. SMs of the device``,
     and ``RuntimeError`` where PyTorch or the driver has no green contexts (PyTorch built with
