@@ -501,6 +501,9 @@ def _cluster_problems(cfg: RunConfig) -> list[str]:
         elif cfg.use_ray:
             problems.append("--trainer-sms confines an in-process trainer's kernels; with --use-ray the trainer "
                             "runs in its own actor: leave it out")
+        elif (cfg.device or ("cuda" if _cuda_available() else "cpu")).split(":")[0] != "cuda":
+            problems.append("--trainer-sms confines the trainer's kernels to part of its CUDA GPU; the trainer "
+                            f"runs on {cfg.device or 'the CPU'} here")
     if cfg.engine_health_interval < 0 or cfg.engine_health_timeout <= 0:
         problems.append(f"--engine-health-interval must be >= 0 and --engine-health-timeout > 0; got "
                         f"{cfg.engine_health_interval} and {cfg.engine_health_timeout}")
@@ -518,6 +521,12 @@ def _cluster_problems(cfg: RunConfig) -> list[str]:
     elif importlib.util.find_spec("ray") is None:
         problems.append("--use-ray needs Ray: pip install 'agentrl[ray]'")
     return problems
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

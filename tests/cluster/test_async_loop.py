@@ -176,12 +176,22 @@ def test_trainer_thread_runs_on_a_confined_stream_with_trainer_sms(monkeypatch):
 
 
 def test_trainer_sms_with_a_cpu_trainer_fails_before_any_rollout(tmp_path, monkeypatch):
+    """Caught by the config check; and the stream itself refuses a CPU trainer when asked directly."""
+    from types import SimpleNamespace
+
+    from agentrl.async_loop import RolloutStream
+    from agentrl.config import ConfigError
+
     monkeypatch.chdir(ROOT)
     out = tmp_path / "run"
-    with pytest.raises(ValueError, match="needs a CUDA device; got cpu"):
-        train(parse_args([*TOY, "--num-rollout", "2", "--max-staleness", "1", "--trainer-sms", "8",
+    with pytest.raises(ConfigError, match="--trainer-sms confines the trainer's kernels"):
+        train(parse_args([*TOY, "--num-rollout", "2", "--max-staleness", "1", "--trainer-sms", "8", "--device", "cpu",
                           "--output-dir", str(out)]))
-    assert not (out / "metrics.jsonl").exists() or "perf/step_time" not in (out / "metrics.jsonl").read_text()
+    assert not (out / "metrics.jsonl").exists()
+    cfg = parse_args([*TOY, "--max-staleness", "1", "--trainer-sms", "8", "--device", "cpu"])
+    c = SimpleNamespace(engine=SimpleNamespace(weight_version=0), trainer=SimpleNamespace(device="cpu"), sampler=None)
+    with pytest.raises(ValueError, match="needs a CUDA device; got cpu"):
+        RolloutStream(c, cfg, 0)
 
 
 async def test_a_failed_rollout_reaches_the_loop_and_overlapping_ones_still_finish():

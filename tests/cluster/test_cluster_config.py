@@ -46,7 +46,11 @@ def test_flags_parse_and_validate(monkeypatch):
 def test_trainer_sms_needs_overlap_and_an_in_process_trainer(monkeypatch):
     monkeypatch.chdir(placement.__file__.rsplit("/agentrl/", 1)[0])
     assert parse_args([*BASE, "--max-staleness", "1", "--trainer-sms", "88"]).trainer_sms == 88
-    assert validate(parse_args([*BASE, "--max-staleness", "1", "--trainer-sms", "88"])) == []
+    assert validate(parse_args([*BASE, "--max-staleness", "1", "--trainer-sms", "88", "--device", "cuda:0"])) == []
+    on_cpu = validate(parse_args([*BASE, "--max-staleness", "1", "--trainer-sms", "88", "--device", "cpu"]))
+    assert on_cpu == ["--trainer-sms confines the trainer's kernels to part of its CUDA GPU; the trainer runs on cpu here"]
+    monkeypatch.setattr("agentrl.config._cuda_available", lambda: False)
+    assert "runs on the CPU here" in "\n".join(validate(parse_args([*BASE, "--max-staleness", "1", "--trainer-sms", "8"])))
     assert validate(parse_args([*BASE, "--trainer-sms", "0", "--max-staleness", "1"])) == ["--trainer-sms must be >= 1; got 0"]
     assert "needs --max-staleness >= 1" in "\n".join(validate(parse_args([*BASE, "--trainer-sms", "88"])))
     ray = validate(parse_args([*BASE, "--trainer-sms", "88", "--max-staleness", "1", "--use-ray"]))
