@@ -230,3 +230,17 @@ def test_sglang_compatible_servers_as_actors_restart_and_load_weights_from_disk(
     before, after, outs, again, same_url = asyncio.run(main())
     assert after[0] == after[1] != before
     assert outs == [after[0]] * 4 and again == after[0] and same_url
+
+
+def test_async_on_ray_with_in_flight_weight_updates(local_ray, tmp_path, monkeypatch):
+    """The flag on engine actors: every group trained on exactly once, none resumed, none older than
+    the bound. (On two CPUs training outlasts generation, so no turn is in flight at an update here;
+    tests/cluster/test_async_partial.py carries one through an update on the engine itself.)"""
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    train(parse_args([*ARGS, "--output-dir", str(out), "--use-ray", "--num-engines", "2", "--max-staleness", "1",
+                      "--use-tis", "--in-flight-weight-updates"]))
+    steps = [r for step, r in sorted(_rows(out).items()) if "perf/step_time" in r]
+    assert [r["perf/weight_version"] for r in steps] == [1, 2, 3]
+    assert all(r["rollout/groups_kept"] == 2 and r["async/dropped_stale"] == 0 for r in steps)
+    assert all(r["async/resumed_turns"] == 0 and r["async/staleness_max"] <= 1 for r in steps)
