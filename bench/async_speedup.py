@@ -220,7 +220,9 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
             "prefill_tokens": _per_step(kept, "engine/prompt_tokens") - _per_step(kept, "engine/cached_prompt_tokens"),
             "cached_tokens": _per_step(kept, "engine/cached_prompt_tokens"), "eager_steps": _per_step(kept, "engine/decode_steps")
             - _per_step(kept, "engine/graph_steps"), "decode_steps": _per_step(kept, "engine/decode_steps"),
-            "reward": mean("rollout/reward_mean")}
+            "reward": mean("rollout/reward_mean"),
+            **{f"engine_{k}": _per_step(kept, f"engine/{k}")
+               for k in ("busy_s", "prefill_s", "decode_s", "launch_s", "eager_s", "capture_s")}}
 
 
 def _per_step(rows: list[dict], key: str) -> float:
@@ -253,6 +255,12 @@ def markdown(results: dict, meta: dict) -> str:
             "carried_turns: turns that went on through an in-flight weight update, per step. "
             "prefills / prefill_tokens / cached_tokens / decode_steps / eager_steps: the engine's per step "
             "(cached: prompt tokens taken from the prefix cache; eager: not replayed from a CUDA graph).\n")
+    engine = ["busy_s", "prefill_s", "decode_s", "launch_s", "eager_s", "capture_s"]
+    lines += ["", "The engine's seconds per step (its worker thread): busy in all; prefills; decode steps, launch to "
+              "tokens on the host; of that, launching; launching steps that ran eagerly; capturing CUDA graphs.", "",
+              "| mode | " + " | ".join(engine) + " |", "|" + "---|" * (len(engine) + 1)]
+    for mode, r in results.items():
+        lines.append(f"| {mode} | " + " | ".join(_fmt(r.get(f"engine_{k}", float("nan"))) for k in engine) + " |")
     return head + "\n".join(lines) + "\n" + note
 
 

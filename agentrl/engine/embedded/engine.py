@@ -187,7 +187,9 @@ class EmbeddedEngine:
                 "engine/graphs_captured": float(st.graphs_captured), "engine/prefills": float(st.prefills),
                 "engine/prompt_tokens": float(st.prompt_tokens), "engine/cached_prompt_tokens": float(st.cached_prompt_tokens),
                 "engine/generated_tokens": float(st.generated_tokens),
-                "engine/busy_s": float(st.busy_s)}
+                "engine/busy_s": float(st.busy_s), "engine/prefill_s": float(st.prefill_s),
+                "engine/decode_s": float(st.decode_s), "engine/launch_s": float(st.launch_s),
+                "engine/eager_s": float(st.eager_s), "engine/capture_s": float(st.capture_s)}
 
     async def start(self) -> None:
         self._scheduler.start()

@@ -36,6 +36,14 @@ class SchedulerStats:
     """Wall time the worker spent in steps (commands, prefill, decode, bookkeeping)."""
     decode_s: float = 0.0
     """Wall time from launching a decode step to having its sampled ids on the host."""
+    prefill_s: float = 0.0
+    """Wall time of prefills, up to their sampled ids on the host."""
+    launch_s: float = 0.0
+    """Host time spent launching decode steps (the CPU side of ``decode_s``)."""
+    eager_s: float = 0.0
+    """The part of ``launch_s`` spent on steps that ran eagerly (not replayed from a CUDA graph)."""
+    capture_s: float = 0.0
+    """Host time spent capturing CUDA graphs (warm-up runs included)."""
     cached_prompt_tokens: int = 0
     """Prompt tokens whose keys/values came from the prefix cache instead of a prefill."""
     graph_steps: int = 0

@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import time
 from typing import Any, Protocol
 
 import numpy as np
@@ -114,6 +115,8 @@ class FastRunner:
         self._pool = None
         self.last_step_graphed = False
         """Whether the last :meth:`launch` replayed a CUDA graph."""
+        self.capture_s = 0.0
+        """Host seconds spent capturing decode graphs."""
         self.graphs_captured = 0
         self._weight_ptrs = self._weight_pointers()
         self._prev_ids: torch.Tensor | None = None
@@ -261,7 +264,13 @@ class FastRunner:
         captured with (cuDNN's where PyTorch prefers it), so the step runs eagerly and a later use
         of its shape captures it (waiting for the pass instead would stall every request)."""
         with attention_kernels_as_set(self.device, wait=False) as free:
-            return self._capture(step, tok) if free else None
+            if not free:
+                return None
+            t0 = time.perf_counter()
+            try:
+                return self._capture(step, tok)
+            finally:
+                self.capture_s += time.perf_counter() - t0
 
     def _capture(self, step, tok: torch.Tensor):
         if self._pool is None:

@@ -257,10 +257,13 @@ class Scheduler:
         try:
             slots_np = np.asarray(slots)
             reuse = () if cached is None else (cached,)  # runners without a prefix cache take no `cached`
+            t0 = time.perf_counter()
             sampled = self.runner.prefill(slots, [r.prompt for r in batch], self._rows(slots_np), *reuse)
+            host = sampled.cpu().numpy()
+            self.stats.prefill_s += time.perf_counter() - t0
             self.stats.prefills += 1
             self.stats.prompt_tokens += sum(len(r.prompt) for r in batch)
-            self._record(sampled.cpu().numpy(), slots_np)
+            self._record(host, slots_np)
         except Exception as exc:  # fail this prefill's requests; running ones carry on
             log.exception("prefill of %d request(s) failed", len(batch))
             err = EngineError(f"prefill failed: {exc!r}")
@@ -304,12 +307,19 @@ class Scheduler:
             temperature=self.temperature[:n], top_p=self.top_p[:n], top_k=self.top_k[:n],
             u=uniforms(self.seed[:n], self.ngen[:n] + self._ahead),
         )
+        t1 = time.perf_counter()
         handle = self.runner.launch(tokens, self.length[:n].copy(), rows)
+        launch = time.perf_counter() - t1
         self.length[:n] += 1  # the input token is now in the cache
         self._ahead += 1
         self.stats.steps += 1
-        self.stats.graph_steps += int(getattr(self.runner, "last_step_graphed", False))
+        graphed = bool(getattr(self.runner, "last_step_graphed", False))
+        self.stats.graph_steps += int(graphed)
         self.stats.graphs_captured = getattr(self.runner, "graphs_captured", 0)
+        self.stats.capture_s = getattr(self.runner, "capture_s", 0.0)
+        self.stats.launch_s += launch
+        if not graphed:
+            self.stats.eager_s += launch
         return handle, n, t0
 
     def _collect(self, entry: tuple) -> None:
