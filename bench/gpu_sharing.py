@@ -1,8 +1,8 @@
 """One GPU, two workloads: how long a decode step takes while a trainer's kernels run beside it.
 
-The decode step is a CUDA graph of small kernels shaped like a 0.5B model's (24 layers of
-``[batch, hidden] @ [hidden, hidden]`` GEMMs and element-wise work; default batch 256, hidden
-896); the trainer is a thread issuing large bf16 GEMMs without pause (``--gemm`` square). Each
+The decode step is a CUDA graph of small kernels shaped like a 0.5B model's (24 layers of four
+``[batch, hidden] @ [hidden, hidden]`` GEMMs with a SiLU and a residual add each; default batch
+256, hidden 896); the trainer is a thread issuing large bf16 GEMMs without pause (``--gemm`` square). Each
 configuration times ``--steps`` replays of the step, each waited for, as the engine waits for its
 tokens, and counts the trainer's GEMMs meanwhile:
 
