@@ -183,13 +183,14 @@ class EmbeddedEngine:
     def metrics(self) -> dict[str, float]:
         """``engine/...`` counters since start, for the step metrics (prefills, decode steps, graph replays...)."""
         st = self._scheduler.stats
-        return {"engine/decode_steps": float(st.steps), "engine/graph_steps": float(st.graph_steps),
-                "engine/graphs_captured": float(st.graphs_captured), "engine/prefills": float(st.prefills),
-                "engine/prompt_tokens": float(st.prompt_tokens), "engine/cached_prompt_tokens": float(st.cached_prompt_tokens),
-                "engine/generated_tokens": float(st.generated_tokens),
-                "engine/busy_s": float(st.busy_s), "engine/prefill_s": float(st.prefill_s),
-                "engine/decode_s": float(st.decode_s), "engine/launch_s": float(st.launch_s),
-                "engine/eager_s": float(st.eager_s), "engine/capture_s": float(st.capture_s)}
+        m = {"engine/decode_steps": float(st.steps), "engine/graph_steps": float(st.graph_steps),
+             "engine/graphs_captured": float(st.graphs_captured), "engine/prefills": float(st.prefills),
+             "engine/prompt_tokens": float(st.prompt_tokens), "engine/cached_prompt_tokens": float(st.cached_prompt_tokens),
+             "engine/generated_tokens": float(st.generated_tokens), "engine/prefill_s": float(st.prefill_s),
+             "engine/decode_s": float(st.decode_s), "engine/launch_s": float(st.launch_s),
+             "engine/eager_s": float(st.eager_s), "engine/capture_s": float(st.capture_s)}
+        m["engine/busy_s"] = self._scheduler.busy_now()  # read last: it bounds the seconds above
+        return m
 
     async def start(self) -> None:
         self._scheduler.start()

@@ -33,9 +33,10 @@ class SchedulerStats:
     generated_tokens: int = 0
     finished: int = 0
     busy_s: float = 0.0
-    """Wall time the worker spent in steps (commands, prefill, decode, bookkeeping)."""
+    """Wall time the worker was not waiting for work (commands, prefill, decode, bookkeeping)."""
     decode_s: float = 0.0
-    """Wall time from launching a decode step to having its sampled ids on the host."""
+    """Wall time during which a decode step was in flight (launched, its sampled ids not yet on the host);
+    overlapping steps count once, so ``prefill_s + decode_s <= busy_s``."""
     prefill_s: float = 0.0
     """Wall time of prefills, up to their sampled ids on the host."""
     launch_s: float = 0.0

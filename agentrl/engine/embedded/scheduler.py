@@ -93,6 +93,8 @@ class Scheduler:
         self._stop = False
         self._allocated = False
         self._inflight: tuple | None = None  # a launched decode step whose tokens are not read yet
+        self._decode_until = 0.0  # when the last collected decode step's tokens reached the host
+        self._step_t0: float | None = None  # when the step now running began
         self._ahead = 0  # launched, unread decode steps (0 or 1)
         self._zombies: set[int] = set()  # finished rows that an in-flight step still computes
         self._thread: threading.Thread | None = None
@@ -150,6 +152,13 @@ class Scheduler:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
+    def busy_now(self) -> float:
+        """``stats.busy_s`` plus the step now running, so it bounds the other seconds read before it
+        from another thread (a step adds its prefill and decode time before its busy time)."""
+        t0 = self._step_t0
+        busy = self.stats.busy_s
+        return busy + (time.perf_counter() - t0 if t0 is not None else 0.0)
+
     # --- worker ------------------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -161,22 +170,26 @@ class Scheduler:
                 # lower numbers run first; out-of-range values map to the highest priority
                 torch.cuda.set_stream(torch.cuda.Stream(device=device, priority=-100))
         with torch.inference_mode():
+            mark = None  # when the last step ended; steps that follow without a wait count from it
             while True:
                 with self._cv:
                     while not (self._stop or self._waiting or self._commands or self._abort or self.n):
+                        mark = None
                         self._cv.wait()
                     if self._stop:
                         break
                     commands = list(self._commands)
                     self._commands.clear()
                     aborts, self._abort = self._abort, set()
-                t0 = time.perf_counter()
+                t0 = self._step_t0 = time.perf_counter() if mark is None else mark
                 try:
                     self._step(commands, aborts)
                 except Exception as exc:  # a failed step fails its requests, not the engine
                     log.exception("engine step failed")
                     self._fail_running(exc)
-                self.stats.busy_s += time.perf_counter() - t0
+                mark = time.perf_counter()
+                self.stats.busy_s += mark - t0
+                self._step_t0 = None  # after busy_s: a reader never misses the step (see busy_now)
             self._drain()
 
     def _step(self, commands: list, aborts: set[str]) -> None:
@@ -326,7 +339,9 @@ class Scheduler:
         handle, n, t0 = entry
         host = self.runner.collect(handle)  # [2, n]; the one sync per step
         self._ahead -= 1
-        self.stats.decode_s += time.perf_counter() - t0
+        now = time.perf_counter()  # steps overlap under `overlap`: count the time any is in flight once
+        self.stats.decode_s += now - max(t0, self._decode_until)
+        self._decode_until = now
         live = np.arange(n)
         if self._zombies:
             live = np.array([s for s in range(n) if s not in self._zombies], dtype=np.int64)
