@@ -8,7 +8,10 @@ Each scenario runs in a fresh process:
 * ``main``: the main thread prefills and decodes;
 * ``worker``: the main thread prefills with all threads, then a worker thread decodes;
 * ``worker-alone``: the main thread prefills with one thread (no OpenMP pool of its own), then a
-  worker thread decodes with all threads.
+  worker thread decodes with all threads;
+* ``worker-released``: as ``worker``, but the main thread gives its OpenMP workers back
+  (:func:`agentrl.utils.openmp.release_thread_pool`, as ``EmbeddedEngine.generate`` does on the CPU)
+  before the worker thread decodes.
 
 For each: ms per decode step of ``--batch`` requests, best and mean of ``--rounds`` rounds of 20 steps.
 OpenMP settings (``OMP_WAIT_POLICY``, ``GOMP_SPINCOUNT``) are read from the environment when torch
@@ -32,7 +35,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCENARIOS = ("main", "worker", "worker-alone")
+SCENARIOS = ("main", "worker", "worker-alone", "worker-released")
 
 
 def run_scenario(scenario: str, model: str, dtype: str, batch: int, threads: int, rounds: int) -> list[float]:
@@ -71,6 +74,10 @@ def run_scenario(scenario: str, model: str, dtype: str, batch: int, threads: int
                     state["tok"], state["step"] = out[0].astype(np.int64), s + 1
                 times.append(1e3 * (time.perf_counter() - t0) / 20)
 
+    if scenario == "worker-released":
+        from agentrl.utils.openmp import release_thread_pool
+
+        release_thread_pool()
     if scenario == "main":
         decode()
     else:

@@ -49,23 +49,24 @@ def _teacher_forced_logprobs(model, prompt: list[int], completion: list[int], te
     return torch.log_softmax(logits, -1).gather(1, torch.tensor(completion)[:, None]).squeeze(1)
 
 
-@pytest.mark.parametrize("backend", ["fast", "hf"])
-async def test_greedy_equals_transformers_generate(tiny, backend):
+@pytest.mark.parametrize("backend,pack", [("fast", True), ("fast", False), ("hf", None)])
+async def test_greedy_equals_transformers_generate(tiny, backend, pack):
     model, tok = tiny
-    async with EmbeddedEngine(model, tok, max_batch_size=4, max_seq_len=128, backend=backend) as engine:
+    async with EmbeddedEngine(model, tok, max_batch_size=4, max_seq_len=128, backend=backend, pack_weights=pack) as engine:
         assert engine.backend == backend
+        assert engine.config.pack_weights is (pack is not False)  # packed by default on the CPU
         for text in PROMPTS[:3]:
             prompt = tok.encode(text)
             c = await engine.generate(prompt, SamplingParams(temperature=0, max_new_tokens=24))
             assert c.token_ids == _hf_greedy(model, prompt, 24)
 
 
-@pytest.mark.parametrize("backend", ["fast", "hf"])
+@pytest.mark.parametrize("backend,pack", [("fast", True), ("fast", False), ("hf", None)])
 @pytest.mark.parametrize("temperature", [0.0, 0.7, 1.3])
-async def test_logprobs_equal_teacher_forced_log_softmax(qwen2, backend, temperature):
+async def test_logprobs_equal_teacher_forced_log_softmax(qwen2, backend, pack, temperature):
     model, tok = qwen2
     prompt = tok.encode(PROMPTS[0])
-    async with EmbeddedEngine(model, tok, max_batch_size=2, max_seq_len=128, backend=backend) as engine:
+    async with EmbeddedEngine(model, tok, max_batch_size=2, max_seq_len=128, backend=backend, pack_weights=pack) as engine:
         c = await engine.generate(prompt, SamplingParams(temperature=temperature, max_new_tokens=20, seed=3, ignore_eos=True))
     assert len(c.token_ids) == len(c.logprobs) == 20
     ref = _teacher_forced_logprobs(model, prompt, c.token_ids, temperature)
@@ -199,6 +200,7 @@ async def test_update_weights_changes_outputs_and_bumps_version(tmp_path):
     original = {k: v.clone() for k, v in model.state_dict().items()}
     prompt = tok.encode(PROMPTS[2])
     async with EmbeddedEngine(model, tok, max_batch_size=2, max_seq_len=128) as engine:
+        assert engine.config.pack_weights  # so every update below must repack the weights
         before = await engine.generate(prompt, GREEDY)
         assert engine.weight_version == 0 and before.weight_version == 0
         assert await engine.update_weights(other.state_dict()) == 1
@@ -409,6 +411,59 @@ async def test_bf16_on_the_cpu_samples_with_the_bf16_models_logprobs(tmp_path):
             assert len(c.token_ids) == 12
             want = _teacher_forced_logprobs(engine.model, prompt, c.token_ids, 1.0)
             torch.testing.assert_close(torch.tensor(c.logprobs), want, atol=0.05, rtol=0)
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2", "tiny-qwen3"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_packed_weights_give_the_unpacked_logits(name, dtype):
+    """oneDNN-packed projections and head (biases and q/k norms included) give the logits of the plain
+    forward, for a prefill and for decode steps of several batch sizes, and follow a weight change."""
+    from agentrl.engine.embedded.fast_model import FastLM
+    from agentrl.engine.embedded.kv_cache import KVCache
+
+    model, tok = load_model(name, device="cpu")
+    model = model.to(dtype)
+    plain, packed = FastLM(model, max_seq_len=64), FastLM(model, max_seq_len=64, pack=8)
+    assert packed.layers[0].o_w.is_mkldnn and packed.head_packed is not None
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+
+    def run(lm):
+        kv = KVCache(n_layers=lm.n_layers, n_slots=8, n_kv_heads=lm.n_kv_heads, max_len=64, head_dim=lm.head_dim,
+                     dtype=dtype, device=torch.device("cpu"))
+        kv.allocate()
+        kv.ensure_clean(8, 64)
+        prompts = [tok.encode(p) for p in PROMPTS[:8]]
+        with torch.no_grad():
+            out = [lm.prefill(kv, torch.tensor([t for p in prompts for t in p]),
+                              torch.tensor([i for p in prompts for i in range(len(p))]),
+                              torch.tensor([s for s, p in enumerate(prompts) for _ in p]), [len(p) for p in prompts])]
+            for b in (1, 3, 8):
+                pos = torch.tensor([len(p) for p in prompts[:b]])
+                out.append(lm.decode(kv, torch.arange(5, 5 + b), pos, int(pos.max()) + 1))
+        return out
+
+    for got, want in zip(run(packed), run(plain)):
+        torch.testing.assert_close(got.float(), want.float(), atol=tol, rtol=0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(1.5)
+    before = run(packed)
+    packed.refresh()
+    plain.refresh()
+    for stale, got, want in zip(before, run(packed), run(plain)):
+        torch.testing.assert_close(got.float(), want.float(), atol=tol * 10, rtol=0)
+        assert not torch.allclose(stale.float(), want.float(), atol=tol * 10)
+
+
+async def test_packed_weights_refuse_what_they_cannot_serve(qwen2):
+    model, tok = qwen2
+    with pytest.raises(ValueError, match="compile"):
+        EmbeddedEngine(model, tok, max_batch_size=2, max_seq_len=64, pack_weights=True, compile=True)
+    half = load_model("tiny-qwen2", device="cpu", with_tokenizer=False).to(torch.float16)
+    with pytest.raises(ValueError, match="float16"):
+        EmbeddedEngine(half, tok, max_batch_size=2, max_seq_len=64, pack_weights=True)
+    engine = EmbeddedEngine(half, tok, max_batch_size=2, max_seq_len=64)
+    assert engine.config.pack_weights is False  # the default falls back to the plain weights
 
 
 def test_prefill_over_cached_prefixes_matches_a_full_prefill(qwen2):

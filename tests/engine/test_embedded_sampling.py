@@ -82,6 +82,19 @@ def test_greedy_rows_mixed_with_sampled_rows():
     assert alone.item() == ids[3].item()
 
 
+@pytest.mark.parametrize("temperatures", [[1.0] * 6, [1.0, 0.0, 1.0, 0.0, 1.0, 1.0], [1.0, 0.7, 0.0, 1.3, 1.0, 1.0]])
+def test_sampling_skips_no_work_that_changes_results(temperatures):
+    """The host-side shortcuts of ``sample`` (no division when every temperature is 1, no argmax without
+    greedy rows) give exactly what the full computation, as a CUDA graph runs it, gives."""
+    from agentrl.engine.embedded.sampling import sample_plain
+
+    logits = torch.randn(6, 4096, generator=torch.Generator().manual_seed(0)) * 4
+    rows = SamplingRows.from_lists(temperature=temperatures, top_p=[1.0] * 6, top_k=[-1] * 6, seed=range(6), step=[3] * 6)
+    ids, lps = sample(logits, rows)
+    ref_ids, ref_lps = sample_plain(logits, torch.from_numpy(rows.packed().astype(np.float32)))
+    assert torch.equal(ids, ref_ids) and torch.equal(lps, ref_lps)
+
+
 def test_buckets():
     assert [batch_bucket(n, 256) for n in (1, 2, 3, 5, 9, 33, 64, 129, 300)] == [1, 2, 4, 8, 16, 48, 64, 160, 256]
     assert [length_bucket(n, 4096) for n in (1, 128, 129, 384, 385, 1000, 3000, 5000)] == [128, 128, 256, 384, 512, 1024, 3072, 4096]

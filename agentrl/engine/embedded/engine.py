@@ -31,12 +31,13 @@ import torch
 
 from agentrl.engine.base import Completion, SamplingParams
 from agentrl.engine.embedded.config import EngineConfig, InvalidRequest
-from agentrl.engine.embedded.fast_model import fast_path_unsupported
+from agentrl.engine.embedded.fast_model import fast_path_unsupported, packing_unsupported
 from agentrl.engine.embedded.kv_cache import KVCache
 from agentrl.engine.embedded.runner import FastRunner, HFRunner
 from agentrl.engine.embedded.request import Request, SchedulerStats
 from agentrl.engine.embedded.scheduler import Scheduler
 from agentrl.engine.embedded.weights import WeightsSource, load_weights
+from agentrl.utils.openmp import release_thread_pool
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ class EmbeddedEngine:
             runner = FastRunner(
                 model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, cuda_graphs=cfg.cuda_graphs,
                 compile=cfg.compile, fuse=cfg.fuse_weights, attention=cfg.decode_attention,
+                pack=cfg.max_batch_size if cfg.pack_weights else 0,
             )
         else:
             runner = HFRunner(model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len)
@@ -125,8 +127,17 @@ class EmbeddedEngine:
             cfg.compile = bool(cuda and cfg.cuda_graphs)
         if cfg.fuse_weights is None:
             cfg.fuse_weights = cuda
+        if cfg.pack_weights is None:
+            cfg.pack_weights = not cfg.compile and packing_unsupported(self.device, self.dtype) is None
+        elif cfg.pack_weights:
+            why = packing_unsupported(self.device, self.dtype) or ("packed weights run eagerly; set compile off"
+                                                                   if cfg.compile else None)
+            if why:
+                raise ValueError(f"pack_weights: {why}")
         if cfg.overlap is None:
             cfg.overlap = cuda
+        if cfg.decode_attention is None:
+            cfg.decode_attention = "sdpa" if cuda else "matmul"
         if cfg.prefill_token_budget is None:
             cfg.prefill_token_budget = 16384 if cuda else 4096
         if cfg.prefix_cache is None:  # reused keys/values differ from recomputed ones in the last bits, which
@@ -214,6 +225,8 @@ class EmbeddedEngine:
         if req.max_new == 0:
             return Completion([], [], "length", self.weight_version, len(req.prompt))
         self._scheduler.start()
+        if self.device.type == "cpu":  # this thread's idle OpenMP workers would slow the engine's (utils/openmp.py)
+            release_thread_pool()
         fut = self._scheduler.submit(req)
         try:
             return await asyncio.wrap_future(fut)

@@ -88,8 +88,9 @@ class FastRunner:
         compile: bool,
         fuse: bool,
         attention: str = "sdpa",
+        pack: int = 0,
     ) -> None:
-        self.lm = FastLM(model, max_seq_len=max_seq_len, fuse=fuse, compile=compile, attention=attention)
+        self.lm = FastLM(model, max_seq_len=max_seq_len, fuse=fuse, compile=compile, attention=attention, pack=pack)
         self.device = self.lm.device
         self.vocab_size = self.lm.vocab_size
         self.max_slots = max_slots

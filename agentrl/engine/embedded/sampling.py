@@ -100,8 +100,10 @@ def sample(logits: torch.Tensor, rows: SamplingRows) -> tuple[torch.Tensor, torc
         return sample_greedy(logits)
     filtered = rows.filtered
     params = torch.from_numpy(rows.packed().astype(np.float32)).to(device)
-    if not filtered.any():
-        return sample_plain(logits, params)
+    if not filtered.any():  # the host knows which work the batch needs (sample_plain in a graph cannot)
+        greedy = rows.temperature <= 0
+        return sample_plain(logits, params, scaled=bool((rows.temperature[~greedy] != 1.0).any()),
+                            any_greedy=bool(greedy.any()))
     temp, greedy, u = params[0], params[1] > 0, params[2]
     z = logits / temp[:, None]
     lse = torch.logsumexp(z, -1, keepdim=True)
@@ -121,16 +123,19 @@ def sample_greedy(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, logits.gather(1, ids[:, None]).squeeze(1) - _logsumexp(logits).squeeze(1)
 
 
-def sample_plain(logits: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_plain(logits: torch.Tensor, params: torch.Tensor, *, scaled: bool = True,
+                 any_greedy: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """Temperature sampling without top-k/top-p; ``params`` [3, n] from :meth:`SamplingRows.packed`.
 
     No host sync, so it runs inside a CUDA graph. Vocabularies that split into blocks are handled
     block-wise (per-block max and sum of exponentials, then the block holding the target, then
     the token inside it), so the whole [n, V] row is read a few times and never prefix-summed.
+    ``scaled=False`` (every effective temperature is 1) skips the division and ``any_greedy=False``
+    the argmax; both give the same results with two fewer passes over the logits.
     """
     logits = logits.float()
     temp, greedy, u = params[0], params[1] > 0, params[2]
-    z = logits / temp[:, None]  # [n, V]
+    z = logits / temp[:, None] if scaled else logits  # [n, V]
     n, vocab = z.shape
     block = _block_size(vocab)
     if block is None:
@@ -149,7 +154,8 @@ def sample_plain(logits: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tens
         inner = torch.exp(zb.gather(1, j[:, :, None].expand(n, 1, block)).squeeze(1) - lse).cumsum(-1)  # [n, B]
         k = torch.searchsorted(inner, rest, right=True).clamp_(max=block - 1)
         ids = (j * block + k).squeeze(1)
-    ids = torch.where(greedy, logits.argmax(-1), ids)
+    if any_greedy:
+        ids = torch.where(greedy, logits.argmax(-1), ids)
     return ids, z.gather(1, ids[:, None]).squeeze(1) - lse.squeeze(1)
 
 

@@ -31,6 +31,7 @@ from agentrl.engine.embedded.request import resolve as _resolve
 from agentrl.engine.embedded.runner import Runner
 from agentrl.engine.embedded.sampling import SamplingRows, uniforms
 from agentrl.engine.embedded.stops import StopStrings
+from agentrl.utils.openmp import release_thread_pool
 
 log = logging.getLogger(__name__)
 
@@ -169,12 +170,15 @@ class Scheduler:
                 torch.cuda.synchronize(device)  # the weights were loaded on the default stream
                 # lower numbers run first; out-of-range values map to the highest priority
                 torch.cuda.set_stream(torch.cuda.Stream(device=device, priority=-100))
+        cpu = device is None or device.type == "cpu"
         with torch.inference_mode():
             mark = None  # when the last step ended; steps that follow without a wait count from it
             while True:
                 with self._cv:
                     while not (self._stop or self._waiting or self._commands or self._abort or self.n):
                         mark = None
+                        if cpu:  # idle OpenMP workers of this thread would slow the other threads' (a trainer's)
+                            release_thread_pool()
                         self._cv.wait()
                     if self._stop:
                         break
