@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import ctypes
+import importlib
 import logging
 import threading
 from typing import Any
@@ -48,7 +49,7 @@ def _pause_functions() -> list[Any]:
     global _PAUSE
     with _LOCK:
         if _PAUSE is None:
-            import torch  # noqa: F401  (its OpenMP runtime must be loaded before looking for it)
+            importlib.import_module("torch")  # its OpenMP runtime must be loaded before looking for it
 
             found = []
             for path in _loaded_libgomp():
