@@ -48,11 +48,10 @@ class EngineConfig:
     Costs memory equal to the weights; the logits agree with the unpacked ones to float rounding,
     not bit for bit. Default: on for the CPU (float32, bfloat16) when PyTorch has oneDNN and
     ``compile`` is off."""
-    decode_attention: Literal["sdpa", "efficient", "matmul"] | None = None
+    decode_attention: Literal["sdpa", "efficient", "matmul"] = "sdpa"
     """Decode attention of the fast path: ``scaled_dot_product_attention`` with a length mask
     (``sdpa``: PyTorch picks the kernel; ``efficient``: the memory-efficient kernel), or explicit
-    matmul + softmax (``matmul``). Default: ``sdpa`` on CUDA; ``matmul`` on the CPU, where the
-    SDPA kernel took ~1.8x as long for decode-shaped queries (a few query heads per key head)."""
+    matmul + softmax (``matmul``)."""
     overlap: bool | None = None
     """Launch decode step t+1 before reading step t's tokens (they stay on the device), so the GPU
     works while the host does bookkeeping; a request that finishes at step t is computed once more
@@ -87,7 +86,7 @@ class EngineConfig:
     def validate(self) -> None:
         if self.backend not in ("auto", "fast", "hf"):
             raise ValueError(f"backend must be 'auto', 'fast' or 'hf'; got {self.backend!r}")
-        if self.decode_attention not in (None, "sdpa", "efficient", "matmul"):
+        if self.decode_attention not in ("sdpa", "efficient", "matmul"):
             raise ValueError(f"decode_attention must be 'sdpa', 'efficient' or 'matmul'; got {self.decode_attention!r}")
         for name in ("max_batch_size", "max_seq_len", "prefill_token_budget"):
             value = getattr(self, name)

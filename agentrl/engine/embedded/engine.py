@@ -136,8 +136,6 @@ class EmbeddedEngine:
                 raise ValueError(f"pack_weights: {why}")
         if cfg.overlap is None:
             cfg.overlap = cuda
-        if cfg.decode_attention is None:
-            cfg.decode_attention = "sdpa" if cuda else "matmul"
         if cfg.prefill_token_budget is None:
             cfg.prefill_token_budget = 16384 if cuda else 4096
         if cfg.prefix_cache is None:  # reused keys/values differ from recomputed ones in the last bits, which
