@@ -111,7 +111,8 @@ def build_engine(cfg: RunConfig, trainer: Any) -> Any:
     device = cfg.engine_device or str(trainer.device)
     return EmbeddedEngine(cfg.model_path, tokenizer=trainer.tokenizer, device=device,
                           max_batch_size=cfg.engine_max_batch_size, admit_wait_steps=cfg.engine_admit_wait_steps,
-                          prefix_cache=cfg.engine_prefix_cache, dtype=cfg.engine_dtype,
+                          prefix_cache=cfg.engine_prefix_cache, pack_weights=cfg.engine_pack_weights,
+                          dtype=cfg.engine_dtype,
                           high_priority_stream=cfg.engine_high_priority_stream,
                           max_seq_len=cfg.rollout.max_context_tokens + 8)
 

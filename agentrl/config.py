@@ -99,6 +99,9 @@ class RunConfig:
     engine_prefix_cache: bool | None = None
     """Embedded engine: reuse the keys/values of a finished turn for the next turn's shared prefix
     (default: on for CUDA; off on the CPU, where runs then repeat bit for bit)."""
+    engine_pack_weights: bool | None = None
+    """Embedded engine on the CPU: keep a oneDNN-packed copy of the weights (faster matmuls, one more
+    copy of the weights in memory; default: on)."""
     engine_admit_wait_steps: int | None = None
     """Embedded engine: decode steps a new request may wait so that several share one prefill
     (0: at once; default: 8 on CUDA, 0 on the CPU)."""
@@ -260,6 +263,7 @@ FLAGS: dict[str, str] = {
     "--engine-max-batch-size": "engine_max_batch_size",
     "--engine-admit-wait-steps": "engine_admit_wait_steps",
     "--engine-prefix-cache": "engine_prefix_cache",
+    "--engine-pack-weights": "engine_pack_weights",
     "--engine-dtype": "engine_dtype",
     "--engine-high-priority-stream": "engine_high_priority_stream",
     "--device": "device",

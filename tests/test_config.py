@@ -102,6 +102,9 @@ def test_engine_dtype_is_checked_and_sets_the_embedded_engine(tmp_path):
     assert default.dtype == torch.float32 and not default.config.high_priority_stream
     assert build_engine(parse_args(["--model-path", str(model), "--engine-high-priority-stream"]),
                         Trainer()).config.high_priority_stream
+    assert default.config.pack_weights  # the CPU default
+    assert not build_engine(parse_args(["--model-path", str(model), "--no-engine-pack-weights"]),
+                            Trainer()).config.pack_weights
 
 
 def test_engine_device_places_the_embedded_engine(tmp_path):

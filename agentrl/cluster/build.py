@@ -109,7 +109,7 @@ def build_engine_pool(cfg: RunConfig, placement: Any) -> EnginePool:
 
     kwargs = {"engine_kwargs": {"max_batch_size": cfg.engine_max_batch_size,
                                 "max_seq_len": cfg.rollout.max_context_tokens + 8, "dtype": cfg.engine_dtype,
-                                "prefix_cache": cfg.engine_prefix_cache,
+                                "prefix_cache": cfg.engine_prefix_cache, "pack_weights": cfg.engine_pack_weights,
                                 "admit_wait_steps": cfg.engine_admit_wait_steps,
                                 "high_priority_stream": cfg.engine_high_priority_stream},
               "hang_timeout": max(cfg.engine_health_timeout, 60.0)}  # device: the actor's own GPU, else its CPUs

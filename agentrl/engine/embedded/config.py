@@ -44,7 +44,8 @@ class EngineConfig:
     pack_weights: bool | None = None
     """CPU, fast path: keep every projection matrix and the LM head also as a copy in oneDNN's
     blocked layout, packed once (and again at each ``update_weights``) instead of at every matmul.
-    Decode steps of SmolLM2-135M at batch 32 ran ~1.5x faster in float32 (bench/engine_throughput.py).
+    A float32 decode step of SmolLM2-135M at batch 32 took 100 ms instead of 155 on two cores
+    (bench/results/engine_throughput_cpu_variants.md).
     Costs memory equal to the weights; the logits agree with the unpacked ones to float rounding,
     not bit for bit. Default: on for the CPU (float32, bfloat16) when PyTorch has oneDNN and
     ``compile`` is off."""

@@ -124,7 +124,7 @@ def _pre_attention(h, qkv_w: tuple, qkv_b: tuple | None, q_norm, k_norm, cos, si
     """Normed hidden [N, hidden] -> q [N, H, D] and the new keys/values kv [N, 2, Hkv, D] (RoPE applied)."""
     n = h.shape[0]
     out = _linears(h, qkv_w, qkv_b)
-    if len(out) == 1 and q_norm is None:  # fused q/k/v matrix: one RoPE call for the q and k heads side by side
+    if len(out) == 1 and q_norm is None and h.device.type == "cpu":  # one RoPE call for q and k (fewer small ops)
         qk, v = out[0].split([(n_heads + n_kv_heads) * head_dim, n_kv_heads * head_dim], dim=-1)
         q, k = _rope(qk.reshape(n, n_heads + n_kv_heads, head_dim), cos, sin).split([n_heads, n_kv_heads], dim=1)
         return q, torch.stack((k, v.reshape(n, n_kv_heads, head_dim)), dim=1)
