@@ -89,6 +89,8 @@ class EmbeddedEngine:
         self.vocab_size = model.get_input_embeddings().weight.shape[0]
         self.eos_token_ids = _eos_ids(model, tokenizer)
         self.backend = self._choose_backend()
+        if self.backend != "fast":  # the HF forward runs the model's own modules: nothing is packed
+            self.config.pack_weights = False
         self._rng = random.Random(self.config.seed)
         cfg = self.config
         if self.backend == "fast":
