@@ -129,13 +129,8 @@ class EmbeddedEngine:
             cfg.compile = bool(cuda and cfg.cuda_graphs)
         if cfg.fuse_weights is None:
             cfg.fuse_weights = cuda
-        if cfg.pack_weights is None:
+        if cfg.pack_weights is None:  # an explicit True is checked by FastLM, which refuses what it cannot pack
             cfg.pack_weights = not cfg.compile and packing_unsupported(self.device, self.dtype) is None
-        elif cfg.pack_weights:
-            why = packing_unsupported(self.device, self.dtype) or ("packed weights run eagerly; set compile off"
-                                                                   if cfg.compile else None)
-            if why:
-                raise ValueError(f"pack_weights: {why}")
         if cfg.overlap is None:
             cfg.overlap = cuda
         if cfg.prefill_token_budget is None:

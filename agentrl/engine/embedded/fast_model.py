@@ -200,11 +200,10 @@ class FastLM:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         if pack:
-            if compile:
-                raise ValueError("packed weights run eagerly; turn compile off to pack them")
-            why = packing_unsupported(self.device, self.dtype)
+            why = packing_unsupported(self.device, self.dtype) or (
+                "packed weights run eagerly (torch.compile cannot read their storage); turn compile off" if compile else None)
             if why:
-                raise ValueError(why)
+                raise ValueError(f"pack_weights: {why}")
         self.vocab_size = model.lm_head.weight.shape[0]
         self.positions = torch.arange(max_seq_len, device=self.device)
         self._build_rope_table()
