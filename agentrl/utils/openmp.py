@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import importlib
 import logging
+import os
 import threading
 from typing import Any
 
@@ -43,6 +44,17 @@ def _loaded_libgomp() -> list[str]:
     except OSError:
         return []
     return sorted(p for p in paths if p.startswith("/"))
+
+
+def torch_libgomp() -> str | None:
+    """Path of the GNU libgomp PyTorch runs its CPU operators on (the copy it bundles, or the
+    system's), or None when PyTorch uses another OpenMP runtime or none is found."""
+    torch = importlib.import_module("torch")
+    paths = _loaded_libgomp()
+    inside = [p for p in paths if p.startswith(os.path.dirname(torch.__file__) + os.sep)]
+    if inside:
+        return inside[0]
+    return paths[0] if len(paths) == 1 else None
 
 
 def _pause_functions() -> list[Any]:

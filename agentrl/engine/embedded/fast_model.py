@@ -30,6 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from agentrl.engine.embedded import cpu_attention
 from agentrl.utils.attention import no_cudnn_attention, sdpa_grouped
 from agentrl.utils.compile import MaybeCompiled
 
@@ -173,7 +174,8 @@ class FastLM:
 
     ``fuse``: keep fused q/k/v and gate/up weight copies. ``compile``: ``torch.compile`` the two
     per-layer blocks around attention (one compilation serves every layer). ``attention``: decode
-    attention kernel, ``sdpa`` (PyTorch picks), ``efficient`` (memory-efficient SDPA) or ``matmul``.
+    attention kernel, ``sdpa`` (PyTorch picks), ``efficient`` (memory-efficient SDPA), ``matmul``
+    or ``cpu`` (:mod:`~agentrl.engine.embedded.cpu_attention`, float32 on the CPU).
     ``pack``: on the CPU, keep every projection and the LM head as a copy packed for oneDNN
     (:func:`pack_linear_weight`, fused q/k/v and gate/up), laid out for ``pack`` rows per matmul;
     0 leaves the weights as they are.
@@ -204,6 +206,8 @@ class FastLM:
                 "packed weights run eagerly (torch.compile cannot read their storage); turn compile off" if compile else None)
             if why:
                 raise ValueError(f"pack_weights: {why}")
+        if attention == "cpu" and (self.device.type != "cpu" or self.dtype != torch.float32):
+            raise ValueError(f"attention='cpu' takes float32 on the CPU, not {self.dtype} on {self.device}")
         self.vocab_size = model.lm_head.weight.shape[0]
         self.positions = torch.arange(max_seq_len, device=self.device)
         self._build_rope_table()
@@ -382,16 +386,22 @@ class FastLM:
         x = F.embedding(tokens, self.embed_w)  # [b, hidden]
         cos, sin = self.cos[positions], self.sin[positions]
         widx = kv.write_index(self.positions[:b], positions)
-        visible = self.positions[:length][None] <= positions[:, None]  # [b, L]
-        mask = torch.zeros(b, 1, 1, length, device=self.device, dtype=self.dtype if self.attention != "matmul" else torch.float32)
-        mask.masked_fill_(~visible[:, None, None, :], float("-inf"))  # built once, shared by all layers
+        if self.attention == "cpu":  # the kernel reads each row's own positions (no mask); padding rows of
+            # a batch bucket sit past the length block, and clamping keeps their reads inside it
+            positions = positions.clamp(0, length - 1)
+        else:
+            visible = self.positions[:length][None] <= positions[:, None]  # [b, L]
+            mask = torch.zeros(b, 1, 1, length, device=self.device, dtype=self.dtype if self.attention != "matmul" else torch.float32)
+            mask.masked_fill_(~visible[:, None, None, :], float("-inf"))  # built once, shared by all layers
         hd = self.n_heads * self.head_dim
 
         def attend(layer: int, q, new_kv):
             kv.write(layer, widx, new_kv)
             kc, vc = kv.block(layer, b, length)  # [b, Hkv, L, D]
             qg = q.reshape(b, self.n_kv_heads, self.group, self.head_dim)  # query heads that share a kv head
-            if self.attention == "matmul":
+            if self.attention == "cpu":
+                o = cpu_attention.decode_attention(qg, kc, vc, positions, self.scale, check_positions=False)
+            elif self.attention == "matmul":
                 s = torch.matmul(qg, kc.transpose(-1, -2)).float() * self.scale + mask
                 o = torch.matmul(torch.softmax(s, -1).to(q.dtype), vc)
             elif self.attention == "efficient":
