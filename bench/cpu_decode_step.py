@@ -32,14 +32,18 @@ sys.path.insert(0, str(ROOT))
 from bench._report import save  # noqa: E402
 
 
-def _median_ms(fn, rounds: int, inner: int) -> float:
-    times = []
+def _interleaved(variants: dict, rounds: int, inner: int = 3) -> dict[str, float]:
+    """Median ms per call of each variant; every round times each variant once (``inner`` calls)."""
+    for fn in variants.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(inner):
-            fn()
-        times.append((time.perf_counter() - t) / inner * 1e3)
-    return statistics.median(times)
+        for name, fn in variants.items():
+            t = time.perf_counter()
+            for _ in range(inner):
+                fn()
+            times[name].append((time.perf_counter() - t) / inner * 1e3)
+    return {name: round(statistics.median(ts), 2) for name, ts in times.items()}
 
 
 def attention_part(batch: int, lengths: list[int], rounds: int) -> list[dict]:
@@ -64,15 +68,8 @@ def attention_part(batch: int, lengths: list[int], rounds: int) -> list[dict]:
             "cpu kernel": over_layers(lambda k, v: cpu_attention.decode_attention(q, k, v, pos, dim**-0.5)),
             "read k+v once": over_layers(lambda k, v: (k.sum(), v.sum())),
         }
-        for fn in variants.values():
-            fn()
-        times = {name: [] for name in variants}
-        for _ in range(rounds):
-            for name, fn in variants.items():
-                times[name].append(_median_ms(fn, 1, 3))
-        for name, ts in times.items():
-            rows.append({"part": "attention, 30 layers", "variant": name, "batch": batch, "length": length,
-                         "ms": round(statistics.median(ts), 2)})
+        for name, ms in _interleaved(variants, rounds).items():
+            rows.append({"part": "attention, 30 layers", "variant": name, "batch": batch, "length": length, "ms": ms})
     return rows
 
 
@@ -103,14 +100,9 @@ def step_part(batch: int, length: int, rounds: int) -> list[dict]:
             "LM head (packed)": lambda: lms["cpu"].logits(h),
             "sampling": lambda: sample(logits, rows_s),
         }
-        for fn in variants.values():
-            fn()
-        times = {name: [] for name in variants}
-        for _ in range(rounds):
-            for name, fn in variants.items():
-                times[name].append(_median_ms(fn, 1, 3))
-    return [{"part": "SmolLM2-135M step", "variant": name, "batch": batch, "length": length,
-             "ms": round(statistics.median(ts), 2)} for name, ts in times.items()]
+        times = _interleaved(variants, rounds)
+    return [{"part": "SmolLM2-135M step", "variant": name, "batch": batch, "length": length, "ms": ms}
+            for name, ms in times.items()]
 
 
 def main() -> None:
