@@ -168,7 +168,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, position
 
 
 class _Unavailable(Exception):
-    pass
+    """Why the kernel cannot be built or trusted here (becomes :func:`unavailable`'s answer)."""
 
 
 def _load() -> Any:
