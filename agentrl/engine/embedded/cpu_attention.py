@@ -133,6 +133,13 @@ def unavailable() -> str | None:
         return _STATE["reason"]
 
 
+def unsupported(device: torch.device, dtype: torch.dtype) -> str | None:
+    """Why the kernel cannot serve a model on ``device`` in ``dtype``, or None when it can."""
+    if device.type != "cpu" or dtype != torch.float32:
+        return f"the CPU kernel takes float32 on the CPU, not {dtype} on {device}"
+    return unavailable()
+
+
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                      scale: float, *, check_positions: bool = True) -> torch.Tensor:
     """Attention of one query per row over its cached keys/values.

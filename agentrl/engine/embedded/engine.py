@@ -132,14 +132,8 @@ class EmbeddedEngine:
             cfg.fuse_weights = cuda
         if cfg.pack_weights is None:  # an explicit True is checked by FastLM, which refuses what it cannot pack
             cfg.pack_weights = not cfg.compile and packing_unsupported(self.device, self.dtype) is None
-        if cfg.decode_attention is None:
-            cpu_kernel = self.device.type == "cpu" and self.dtype == torch.float32 and cpu_attention.unavailable() is None
-            cfg.decode_attention = "cpu" if cpu_kernel else "sdpa"
-        elif cfg.decode_attention == "cpu":
-            why = (f"the CPU kernel takes float32 on the CPU, not {self.dtype} on {self.device}"
-                   if self.device.type != "cpu" or self.dtype != torch.float32 else cpu_attention.unavailable())
-            if why:
-                raise ValueError(f"decode_attention='cpu': {why}")
+        if cfg.decode_attention is None:  # an explicit 'cpu' is checked by FastLM, like pack_weights
+            cfg.decode_attention = "cpu" if cpu_attention.unsupported(self.device, self.dtype) is None else "sdpa"
         if cfg.overlap is None:
             cfg.overlap = cuda
         if cfg.prefill_token_budget is None:

@@ -206,8 +206,9 @@ class FastLM:
                 "packed weights run eagerly (torch.compile cannot read their storage); turn compile off" if compile else None)
             if why:
                 raise ValueError(f"pack_weights: {why}")
-        if attention == "cpu" and (self.device.type != "cpu" or self.dtype != torch.float32):
-            raise ValueError(f"attention='cpu' takes float32 on the CPU, not {self.dtype} on {self.device}")
+        why = cpu_attention.unsupported(self.device, self.dtype) if attention == "cpu" else None
+        if why:
+            raise ValueError(f"decode_attention='cpu': {why}")
         self.vocab_size = model.lm_head.weight.shape[0]
         self.positions = torch.arange(max_seq_len, device=self.device)
         self._build_rope_table()
