@@ -66,6 +66,24 @@ def test_cuda_fast_path_float32_equals_transformers(arch, options):
         assert torch.allclose(lp.cpu(), torch.tensor(a.logprobs), atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
+@pytest.mark.parametrize("options", [dict(), dict(compile=False), dict(cuda_graphs=False)])
+def test_cuda_triton_decode_float32_equals_transformers(arch, options):
+    """The default decode attention on CUDA (the Triton kernel, head size 32 here)."""
+    model = _model(arch, hidden_size=128, **({"head_dim": 32} if arch == "qwen3" else {}))
+    sp = SamplingParams(temperature=0, max_new_tokens=20, ignore_eos=True)
+    engine = EmbeddedEngine(model, max_batch_size=8, max_seq_len=256, **options)
+    assert engine.config.decode_attention == "triton"
+    seq, conc = _generate_all(engine, PROMPTS, sp)
+    for p, a, b in zip(PROMPTS, seq, conc):
+        ref = model.generate(torch.tensor([p], device="cuda"), max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
+        assert a.token_ids == b.token_ids == ref[0, len(p):].tolist()
+        with torch.no_grad():
+            logits = model(torch.tensor([p + a.token_ids], device="cuda")).logits[0, len(p) - 1 : -1].float()
+        lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(a.token_ids, device="cuda")[:, None]).squeeze(1)
+        assert torch.allclose(lp.cpu(), torch.tensor(a.logprobs), atol=1e-4)
+
+
 def test_cuda_bf16_logprobs_close_to_teacher_forcing():
     model = _model("qwen2", torch.bfloat16, hidden_size=256, intermediate_size=512, num_attention_heads=4)
     sp = SamplingParams(temperature=1.0, max_new_tokens=32, ignore_eos=True, seed=0)

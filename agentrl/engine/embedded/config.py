@@ -49,12 +49,15 @@ class EngineConfig:
     Costs memory equal to the weights; the logits agree with the unpacked ones to float rounding,
     not bit for bit. Default: on for the CPU (float32, bfloat16) when PyTorch has oneDNN and
     ``compile`` is off."""
-    decode_attention: Literal["sdpa", "efficient", "matmul", "cpu"] | None = None
+    decode_attention: Literal["sdpa", "efficient", "matmul", "cpu", "triton"] | None = None
     """Decode attention of the fast path: ``scaled_dot_product_attention`` with a length mask
     (``sdpa``: PyTorch picks the kernel; ``efficient``: the memory-efficient kernel), explicit
     matmul + softmax (``matmul``), or ``cpu``: a float32 CPU kernel in C that reads each row's keys
     and values once (:mod:`agentrl.engine.embedded.cpu_attention`, built on first use with the
-    system C compiler). Default: ``cpu`` for float32 on the CPU when the kernel builds, else ``sdpa``."""
+    system C compiler), or ``triton``: one Triton kernel per layer on CUDA that applies RoPE, writes the
+    new keys/values and attends over each row's own positions (:mod:`agentrl.engine.embedded.gpu_attention`).
+    Default: ``cpu`` for float32 on the CPU when the kernel builds, ``triton`` on CUDA when Triton
+    compiles it and the head size is a power of two of at least 32, else ``sdpa``."""
     overlap: bool | None = None
     """Launch decode step t+1 before reading step t's tokens (they stay on the device), so the GPU
     works while the host does bookkeeping; a request that finishes at step t is computed once more
@@ -89,8 +92,8 @@ class EngineConfig:
     def validate(self) -> None:
         if self.backend not in ("auto", "fast", "hf"):
             raise ValueError(f"backend must be 'auto', 'fast' or 'hf'; got {self.backend!r}")
-        if self.decode_attention not in (None, "sdpa", "efficient", "matmul", "cpu"):
-            raise ValueError("decode_attention must be 'sdpa', 'efficient', 'matmul' or 'cpu'; "
+        if self.decode_attention not in (None, "sdpa", "efficient", "matmul", "cpu", "triton"):
+            raise ValueError("decode_attention must be 'sdpa', 'efficient', 'matmul', 'cpu' or 'triton'; "
                              f"got {self.decode_attention!r}")
         for name in ("max_batch_size", "max_seq_len", "prefill_token_budget"):
             value = getattr(self, name)

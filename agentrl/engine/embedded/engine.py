@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from agentrl.engine.base import Completion, SamplingParams
-from agentrl.engine.embedded import cpu_attention
+from agentrl.engine.embedded import cpu_attention, gpu_attention
 from agentrl.engine.embedded.config import EngineConfig, InvalidRequest
 from agentrl.engine.embedded.fast_model import fast_path_unsupported, packing_unsupported
 from agentrl.engine.embedded.kv_cache import KVCache
@@ -132,8 +132,8 @@ class EmbeddedEngine:
             cfg.fuse_weights = cuda
         if cfg.pack_weights is None:  # an explicit True is checked by FastLM, which refuses what it cannot pack
             cfg.pack_weights = not cfg.compile and packing_unsupported(self.device, self.dtype) is None
-        if cfg.decode_attention is None:  # an explicit 'cpu' is checked by FastLM, like pack_weights
-            cfg.decode_attention = "cpu" if cpu_attention.unsupported(self.device, self.dtype) is None else "sdpa"
+        if cfg.decode_attention is None:  # an explicit choice is checked by FastLM, like pack_weights
+            cfg.decode_attention = self._default_decode_attention()
         if cfg.overlap is None:
             cfg.overlap = cuda
         if cfg.prefill_token_budget is None:
@@ -160,6 +160,17 @@ class EmbeddedEngine:
                 "lower max_seq_len or raise kv_memory_fraction"
             )
         return min(256, slots)
+
+    def _default_decode_attention(self) -> str:
+        """The fast path's decode attention: a kernel of ours where it runs here, else SDPA."""
+        if self.device.type == "cpu":
+            return "cpu" if cpu_attention.unsupported(self.device, self.dtype) is None else "sdpa"
+        cfg = self.model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        why = gpu_attention.unsupported(self.device, self.dtype, head_dim)
+        if why is not None:
+            log.info("decode attention: SDPA (%s)", why)
+        return "sdpa" if why else "triton"
 
     def _choose_backend(self) -> str:
         want = self.config.backend

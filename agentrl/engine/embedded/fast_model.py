@@ -30,7 +30,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from agentrl.engine.embedded import cpu_attention
+from agentrl.engine.embedded import cpu_attention, gpu_attention
 from agentrl.utils.attention import no_cudnn_attention, sdpa_grouped
 from agentrl.utils.compile import MaybeCompiled
 
@@ -120,24 +120,34 @@ def _linears(h: torch.Tensor, weights: tuple, biases: tuple | None) -> list[torc
     return [_linear(h, w, biases[i] if biases else None) for i, w in enumerate(weights)]
 
 
-def _pre_attention(h, qkv_w: tuple, qkv_b: tuple | None, q_norm, k_norm, cos, sin,
-                   n_heads: int, n_kv_heads: int, head_dim: int, eps: float):
-    """Normed hidden [N, hidden] -> q [N, H, D] and the new keys/values kv [N, 2, Hkv, D] (RoPE applied)."""
+def _qkv(h, qkv_w: tuple, qkv_b: tuple | None, q_norm, k_norm, n_heads: int, n_kv_heads: int, head_dim: int,
+         eps: float):
+    """Normed hidden [N, hidden] -> q [N, H, D], k and v [N, Hkv, D] before RoPE (views of one
+    matmul's output where the weights are fused; Qwen3's per-head RMSNorm applied)."""
     n = h.shape[0]
     out = _linears(h, qkv_w, qkv_b)
-    if len(out) == 1 and q_norm is None and h.device.type == "cpu":  # one RoPE call for q and k (fewer small ops)
-        qk, v = out[0].split([(n_heads + n_kv_heads) * head_dim, n_kv_heads * head_dim], dim=-1)
-        q, k = _rope(qk.reshape(n, n_heads + n_kv_heads, head_dim), cos, sin).split([n_heads, n_kv_heads], dim=1)
-        return q, torch.stack((k, v.reshape(n, n_kv_heads, head_dim)), dim=1)
     if len(out) == 1:
         q, k, v = out[0].split([n_heads * head_dim, n_kv_heads * head_dim, n_kv_heads * head_dim], dim=-1)
     else:
         q, k, v = out
-    q = q.reshape(n, n_heads, head_dim)
-    k = k.reshape(n, n_kv_heads, head_dim)
-    v = v.reshape(n, n_kv_heads, head_dim)
+    q = q.view(n, n_heads, head_dim)
+    k = k.view(n, n_kv_heads, head_dim)
+    v = v.view(n, n_kv_heads, head_dim)
     if q_norm is not None:  # Qwen3: RMSNorm over each head before RoPE
         q, k = _rms_norm(q, q_norm, eps), _rms_norm(k, k_norm, eps)
+    return q, k, v
+
+
+def _pre_attention(h, qkv_w: tuple, qkv_b: tuple | None, q_norm, k_norm, cos, sin,
+                   n_heads: int, n_kv_heads: int, head_dim: int, eps: float):
+    """Normed hidden [N, hidden] -> q [N, H, D] and the new keys/values kv [N, 2, Hkv, D] (RoPE applied)."""
+    n = h.shape[0]
+    if len(qkv_w) == 1 and q_norm is None and h.device.type == "cpu":  # one RoPE call for q and k (fewer small ops)
+        out = _linear(h, qkv_w[0], qkv_b[0] if qkv_b else None)
+        qk, v = out.split([(n_heads + n_kv_heads) * head_dim, n_kv_heads * head_dim], dim=-1)
+        q, k = _rope(qk.reshape(n, n_heads + n_kv_heads, head_dim), cos, sin).split([n_heads, n_kv_heads], dim=1)
+        return q, torch.stack((k, v.reshape(n, n_kv_heads, head_dim)), dim=1)
+    q, k, v = _qkv(h, qkv_w, qkv_b, q_norm, k_norm, n_heads, n_kv_heads, head_dim, eps)
     return _rope(q, cos, sin), torch.stack((_rope(k, cos, sin), v), dim=1)
 
 
@@ -206,13 +216,19 @@ class FastLM:
                 "packed weights run eagerly (torch.compile cannot read their storage); turn compile off" if compile else None)
             if why:
                 raise ValueError(f"pack_weights: {why}")
-        why = cpu_attention.unsupported(self.device, self.dtype) if attention == "cpu" else None
+        if attention == "cpu":
+            why = cpu_attention.unsupported(self.device, self.dtype)
+        elif attention == "triton":
+            why = gpu_attention.unsupported(self.device, self.dtype, self.head_dim)
+        else:
+            why = None
         if why:
-            raise ValueError(f"decode_attention='cpu': {why}")
+            raise ValueError(f"decode_attention={attention!r}: {why}")
         self.vocab_size = model.lm_head.weight.shape[0]
         self.positions = torch.arange(max_seq_len, device=self.device)
         self._build_rope_table()
         self.pre = MaybeCompiled(_pre_attention, compile)
+        self.qkv = MaybeCompiled(_qkv, compile and hasattr(attn0, "q_norm"))  # else a matmul and views
         self.post = MaybeCompiled(_post_attention, compile)
         self.layers: list[_Layer] = []
         self.refresh()
@@ -273,12 +289,18 @@ class FastLM:
     # --- the forward ---------------------------------------------------------------------------
 
     def _layers(self, x: torch.Tensor, cos, sin, attend) -> torch.Tensor:
-        """All decoder layers; ``attend(layer, q, kv) -> [N, H*D]``. Returns the final-normed hidden."""
+        """All decoder layers; ``attend(layer, q, kv) -> [N, H*D]``, with RoPE applied to ``q`` and to
+        the new keys in ``kv`` [N, 2, Hkv, D] (``cos`` None: ``q`` and ``kv = (k, v)`` come before
+        RoPE, which ``attend`` applies). Returns the final-normed hidden."""
         h = _rms_norm(x, self.layers[0].ln1, self.eps)
         last = len(self.layers) - 1
         for i, e in enumerate(self.layers):
-            q, kv = self.pre(h, e.qkv_w, e.qkv_b, e.q_norm, e.k_norm, cos, sin,
-                             self.n_heads, self.n_kv_heads, self.head_dim, self.eps)
+            if cos is None:
+                q, *kv = self.qkv(h, e.qkv_w, e.qkv_b, e.q_norm, e.k_norm, self.n_heads, self.n_kv_heads,
+                                  self.head_dim, self.eps)
+            else:
+                q, kv = self.pre(h, e.qkv_w, e.qkv_b, e.q_norm, e.k_norm, cos, sin,
+                                 self.n_heads, self.n_kv_heads, self.head_dim, self.eps)
             o = attend(i, q, kv)
             next_norm = self.layers[i + 1].ln1 if i < last else self.norm_w
             x, h = self.post(o, x, e.o_w, e.o_b, e.ln2, e.gu_w, e.gu_b, e.down_w, e.down_b, next_norm, self.eps)
@@ -385,6 +407,14 @@ class FastLM:
         -> logits [b, V]. Traceable into a CUDA graph (no host syncs)."""
         b = tokens.shape[0]
         x = F.embedding(tokens, self.embed_w)  # [b, hidden]
+        hd = self.n_heads * self.head_dim
+        if self.attention == "triton":  # RoPE, the cache write and attention in one kernel per layer
+            def attend_fused(layer: int, q, new_kv):
+                k_cache, v_cache = kv.caches(layer)
+                return gpu_attention.decode_attention(q, *new_kv, k_cache, v_cache, positions, self.cos, self.sin,
+                                                      length, self.scale).view(b, hd)
+
+            return self.logits(self._layers(x, None, None, attend_fused))
         cos, sin = self.cos[positions], self.sin[positions]
         widx = kv.write_index(self.positions[:b], positions)
         if self.attention == "cpu":  # the kernel reads each row's own positions (no mask); padding rows of
@@ -394,7 +424,6 @@ class FastLM:
             visible = self.positions[:length][None] <= positions[:, None]  # [b, L]
             mask = torch.zeros(b, 1, 1, length, device=self.device, dtype=self.dtype if self.attention != "matmul" else torch.float32)
             mask.masked_fill_(~visible[:, None, None, :], float("-inf"))  # built once, shared by all layers
-        hd = self.n_heads * self.head_dim
 
         def attend(layer: int, q, new_kv):
             kv.write(layer, widx, new_kv)

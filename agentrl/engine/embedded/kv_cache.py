@@ -107,6 +107,11 @@ class KVCache:
         d = self.head_dim
         self.data[layer].view(-1, d).index_copy_(0, index, kv.reshape(-1, d))
 
+    def caches(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Keys and values of one layer, every slot and position: 2 x [slots, kv_heads, max_len, D]."""
+        assert self.data is not None
+        return self.data[layer, 0], self.data[layer, 1]
+
     def block(self, layer: int, n_rows: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Keys and values of slots ``[0, n_rows)``, positions ``[0, length)``: 2 x [n, kv_heads, L, D]."""
         assert self.data is not None

@@ -260,18 +260,22 @@ class FastRunner:
         return step
 
     def _record_graph(self, step, tok: torch.Tensor):
-        """Capture ``step`` in a CUDA graph (an object with ``replay()``); None, capturing nothing,
-        while a trainer pass holds cuDNN's attention off: the graph would keep the kernels it is
-        captured with (cuDNN's where PyTorch prefers it), so the step runs eagerly and a later use
-        of its shape captures it (waiting for the pass instead would stall every request)."""
+        """Capture ``step`` in a CUDA graph (an object with ``replay()``). With SDPA in the step: None,
+        capturing nothing, while a trainer pass holds cuDNN's attention off: the graph would keep the
+        kernels it is captured with (cuDNN's where PyTorch prefers it), so the step runs eagerly and a
+        later use of its shape captures it (waiting for the pass instead would stall every request).
+        The Triton decode kernel reads no such flag."""
+        if self.attention not in ("sdpa", "efficient"):  # no SDPA in the step: no flag to wait for
+            return self._timed_capture(step, tok)
         with attention_kernels_as_set(self.device, wait=False) as free:
-            if not free:
-                return None
-            t0 = time.perf_counter()
-            try:
-                return self._capture(step, tok)
-            finally:
-                self.capture_s += time.perf_counter() - t0
+            return self._timed_capture(step, tok) if free else None
+
+    def _timed_capture(self, step, tok: torch.Tensor):
+        t0 = time.perf_counter()
+        try:
+            return self._capture(step, tok)
+        finally:
+            self.capture_s += time.perf_counter() - t0
 
     def _capture(self, step, tok: torch.Tensor):
         if self._pool is None:
