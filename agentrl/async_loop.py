@@ -61,7 +61,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agentrl.rollout import RolloutResult
+from agentrl.engine.base import request_priority
+from agentrl.rollout import RolloutProgress, RolloutResult
 from agentrl.rollout.async_partial import InterruptibleEngine
 from agentrl.sync import sync_weights
 from agentrl.types import Group
@@ -122,6 +123,10 @@ class RolloutStream:
         self._finished = start - 1
         self._results: dict[int, asyncio.Future] = {}
         self._spans: dict[int, tuple[float, float]] = {}
+        self._launched = start - 1
+        """The last rollout the producer started."""
+        self._unfinished: dict[int, RolloutProgress] = {}
+        """Unfinished episodes of the rollouts being generated (when to start the next one)."""
         self._asked: dict[int, float] = {}
         self._producer: asyncio.Task | None = None
         self._failed = False
@@ -224,10 +229,15 @@ class RolloutStream:
         cfg, c = self.cfg, self.c
         self._sampler_states[rollout_id] = self._sampler.state_dict()
         start = time.perf_counter()
-        result = await c.rollout.generate(self._sampler.next_batch, cfg.rollout_batch_size,
-                                          max_prompts=int(cfg.over_sampling_factor * cfg.rollout_batch_size),
-                                          first_group_id=rollout_id * 1_000_000,
-                                          sampling_seed=rollout_seed(cfg, rollout_id))
+        # the embedded engine admits an older rollout's turns first: the rollout the trainer needs next
+        # finishes as if alone, and a newer one takes the slots its long tail leaves free
+        with request_priority(rollout_id):
+            result = await c.rollout.generate(self._sampler.next_batch, cfg.rollout_batch_size,
+                                              max_prompts=int(cfg.over_sampling_factor * cfg.rollout_batch_size),
+                                              first_group_id=rollout_id * 1_000_000,
+                                              sampling_seed=rollout_seed(cfg, rollout_id),
+                                              progress=self._unfinished.setdefault(rollout_id, RolloutProgress()))
+        self._unfinished.pop(rollout_id - 2, None)
         self._spans[rollout_id] = (start, time.perf_counter())
         # groups finish in an order that depends on timing (and, on Ray, on which engine served them);
         # the trainer sees them by group id, so the same samples give the same update
@@ -237,18 +247,24 @@ class RolloutStream:
         return result
 
     async def _produce(self) -> None:
-        """Start each rollout as soon as the staleness bound allows, without waiting for the previous
-        one to finish: a new rollout fills the engine while the previous one finishes its long tail."""
+        """Start each rollout as soon as the staleness bound allows and the previous one is down to its
+        long tail (``--next-rollout-at``), without waiting for it to finish: the new rollout fills the
+        engine while the previous one finishes."""
         running: set[asyncio.Task] = set()
         try:
             for rollout_id in range(self.start, self.cfg.num_rollout):
                 cond = self._condition()
                 async with cond:  # the staleness bound: rollout r waits for r - s - 1 to be trained
                     await cond.wait_for(lambda: self._failed or self._finished >= rollout_id - self.max_staleness - 1)
+                previous = self._unfinished.get(rollout_id - 1)
+                if previous is not None and self.cfg.next_rollout_at < 1:  # and for r - 1's long tail
+                    await previous.wait_until(int(self.cfg.next_rollout_at * self.cfg.episodes_per_rollout))
+                self._unfinished.setdefault(rollout_id, RolloutProgress())  # before its task runs: r + 1 waits on it
                 if self._failed:  # a rollout failed: start no more (those running finish; the loop sees the error)
                     break
                 future = await self._result_future(rollout_id)
                 task = asyncio.get_running_loop().create_task(self._generate_into(rollout_id, future))
+                self._launched = rollout_id
                 running.add(task)
                 task.add_done_callback(running.discard)
             await asyncio.gather(*list(running))
@@ -298,10 +314,24 @@ class RolloutStream:
     def _ensure_producer(self) -> None:
         if self._producer is None:
             self._producer = asyncio.get_running_loop().create_task(self._produce())
+            self._producer.add_done_callback(self._producer_ended)
+
+    def _producer_ended(self, task: asyncio.Task) -> None:
+        """A producer that dies of an error fails every rollout still awaited (the loop would wait forever)."""
+        if task.cancelled() or task.exception() is None:
+            return
+        for rollout_id, future in self._results.items():
+            if rollout_id > self._launched and not future.done():  # those launched finish on their own
+                future.set_exception(task.exception())
+        self._failed = True
 
     async def _result_future(self, rollout_id: int) -> asyncio.Future:
         if rollout_id not in self._results:
-            self._results[rollout_id] = asyncio.get_running_loop().create_future()
+            future = self._results[rollout_id] = asyncio.get_running_loop().create_future()
+            producer = self._producer
+            if (rollout_id > self._launched and producer is not None and producer.done() and not producer.cancelled()
+                    and producer.exception()):
+                future.set_exception(producer.exception())
         return self._results[rollout_id]
 
     def _condition(self) -> asyncio.Condition:

@@ -173,6 +173,11 @@ class RunConfig:
     """With --max-staleness > 0 and the embedded engine: a weight update neither aborts nor waits for the turns in
     flight; the engine loads the weights between two decode steps and they go on, keeping their old-weight keys
     and values (nothing is prefilled again; --use-tis corrects the stale tokens)."""
+    next_rollout_at: float = 1.0
+    """With --max-staleness > 0: start a rollout once at most this fraction of the previous rollout's episodes are
+    unfinished (its long tail, which leaves the engine half idle), or when it ends; 1 starts it as soon as the
+    staleness bound allows. Lower values keep two rollouts from sharing the engine for their whole length and
+    finishing together, which leaves the engine idle while the trainer trains on the first of them."""
     trainer_sms: int | None = None
     """With --max-staleness > 0 and the embedded engine on the trainer's GPU: run the trainer's kernels on this many
     SMs (a CUDA green context) so the engine's decode steps, which overlap training, keep the rest (default: all)."""
@@ -221,6 +226,7 @@ FLAGS: dict[str, str] = {
     "--partial-rollouts": "partial_rollouts",
     "--trainer-sms": "trainer_sms",
     "--in-flight-weight-updates": "in_flight_weight_updates",
+    "--next-rollout-at": "next_rollout_at",
     # algorithm
     "--advantage-estimator": "advantage_estimator",
     "--normalize-advantage-std": "normalize_advantage_std",
@@ -496,6 +502,8 @@ def _cluster_problems(cfg: RunConfig) -> list[str]:
         elif cfg.engine == "sglang":
             problems.append("--in-flight-weight-updates needs an engine that loads weights between decode steps "
                             "(the embedded engine); SGLang servers finish or abort their requests first")
+    if not 0.0 <= cfg.next_rollout_at <= 1.0:
+        problems.append(f"--next-rollout-at is a fraction of a rollout's episodes, in [0, 1]; got {cfg.next_rollout_at}")
     if cfg.trainer_sms is not None:
         if cfg.trainer_sms < 1:
             problems.append(f"--trainer-sms must be >= 1; got {cfg.trainer_sms}")

@@ -117,6 +117,9 @@ def main() -> None:
                         "(0: at once; default: the engine's, 8 on CUDA and 0 on the CPU)")
     p.add_argument("--engine-high-priority-stream", action="store_true",
                    help="run the embedded engine on a CUDA stream of the highest priority (ahead of the trainer)")
+    p.add_argument("--next-rollout-at", default=None,
+                   help="async modes: --next-rollout-at for the run (default: the loop's); a comma-separated list "
+                        "runs each async mode once per value (modes named e.g. async@0.25)")
     p.add_argument("--trainer-sms", type=int, default=None,
                    help="async modes: run the trainer's kernels on this many SMs (a CUDA green context), the "
                         "rest left to the engine's decode steps (default: all SMs)")
@@ -143,12 +146,16 @@ def main() -> None:
     context = args.prompt_len + args.turns * (args.max_len + args.obs_len)
     workload = {"vocab": vocab, "prompt_len": args.prompt_len, "turns": args.turns, "obs_len": args.obs_len,
                 "min_len": args.min_len, "max_len": args.max_len, "tail_alpha": args.tail_alpha}
+    fractions = [float(f) for f in args.next_rollout_at.split(",")] if args.next_rollout_at else [None]
+    runs = [(m, None) for m in modes if m == "sync"] + [
+        (m, f) for m in modes if m != "sync" for f in fractions]
     results = {}
-    for mode in modes:
-        results[mode] = run_mode(mode, args, model_dir, prompts, context, workload, work)
-        if not results[mode]["generated_tokens"] > 0:  # NaN too: a speed-up of failed episodes means nothing
-            sys.exit(f"{mode}: no tokens were generated (every episode failed; see the log above)")
-        print(f"{mode}: {results[mode]['step_s']:.2f} s/step", flush=True)
+    for mode, fraction in runs:
+        name = mode if fraction is None or len(fractions) == 1 else f"{mode}@{fraction:g}"
+        results[name] = run_mode(mode, args, model_dir, prompts, context, workload, work, fraction, name)
+        if not results[name]["generated_tokens"] > 0:  # NaN too: a speed-up of failed episodes means nothing
+            sys.exit(f"{name}: no tokens were generated (every episode failed; see the log above)")
+        print(f"{name}: {results[name]['step_s']:.2f} s/step", flush=True)
     device = (torch.cuda.get_device_name() if torch.cuda.is_available()
               else f"{os.cpu_count()}-core {platform.machine()} CPU")
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "device": device,
@@ -159,6 +166,7 @@ def main() -> None:
             "prefix_cache": args.prefix_cache,
             "engine_high_priority_stream": args.engine_high_priority_stream,
             "trainer_sms": args.trainer_sms,  # async modes only; None: all SMs
+            "next_rollout_at": args.next_rollout_at,  # async modes only; None: the loop's default
             "gpus": torch.cuda.device_count() if torch.cuda.is_available() else 0,
             "command": "python " + " ".join(sys.argv)}
     md = markdown(results, meta)
@@ -169,11 +177,12 @@ def main() -> None:
              {"meta": meta, "modes": results}, md)
 
 
-def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, workload: dict, work: Path) -> dict:
+def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, workload: dict, work: Path,
+             next_rollout_at: float | None = None, name: str | None = None) -> dict:
     from agentrl.config import parse_args
     from agentrl.loop import train
 
-    out = work / mode
+    out = work / (name or mode)
     episodes = args.batch * args.samples
     cfg = parse_args([
         "--model-path", str(model_dir), "--env", "agentrl/Echo-v0", "--prompt-data", str(prompts),
@@ -190,6 +199,7 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
         *({"on": ["--engine-prefix-cache"], "off": ["--no-engine-prefix-cache"]}.get(args.prefix_cache, [])),
         *(["--engine-high-priority-stream"] if args.engine_high_priority_stream else []),
         *(["--trainer-sms", str(args.trainer_sms)] if args.trainer_sms and mode != "sync" else []),
+        *(["--next-rollout-at", str(next_rollout_at)] if next_rollout_at is not None and mode != "sync" else []),
     ])
     start = time.perf_counter()
     train(cfg)

@@ -1,5 +1,5 @@
 """Inference engines behind one protocol: embedded (in-process HF model), SGLang client, fakes."""
 
-from agentrl.engine.base import Completion, Engine, EngineError, SamplingParams
+from agentrl.engine.base import Completion, Engine, EngineError, SamplingParams, request_priority
 
-__all__ = ["Completion", "Engine", "EngineError", "SamplingParams"]
+__all__ = ["Completion", "Engine", "EngineError", "SamplingParams", "request_priority"]

@@ -15,7 +15,10 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -117,6 +120,37 @@ class Completion:
                 f"token_ids and logprobs must have equal lengths; got {len(self.token_ids)} "
                 f"and {len(self.logprobs)}"
             )
+
+
+_PRIORITY: contextvars.ContextVar[int] = contextvars.ContextVar("agentrl_request_priority", default=0)
+
+
+@contextlib.contextmanager
+def request_priority(value: int) -> Iterator[None]:
+    """Requests sent from this block, and from the tasks it starts, carry ``value``: an engine
+    that queues requests for free slots takes lower values first (then the older request).
+
+    The async loop runs each rollout under its index, so the rollout it will train on next
+    finishes first while a newer one fills the slots the older one's long tail leaves free.
+
+    Example::
+
+        >>> with request_priority(3):
+        ...     current_request_priority()
+        3
+        >>> current_request_priority()
+        0
+    """
+    token = _PRIORITY.set(int(value))
+    try:
+        yield
+    finally:
+        _PRIORITY.reset(token)
+
+
+def current_request_priority() -> int:
+    """The priority of requests sent now (0 outside :func:`request_priority`)."""
+    return _PRIORITY.get()
 
 
 class EngineError(RuntimeError):

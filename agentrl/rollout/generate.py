@@ -52,6 +52,43 @@ class RolloutResult:
         return [s for g in self.groups for s in g.samples]
 
 
+class RolloutProgress:
+    """Episodes of one :meth:`Rollout.generate` call not yet finished, for a caller that waits on
+    them (the async loop starts the next rollout once the current one is down to its long tail)."""
+
+    def __init__(self) -> None:
+        self.unfinished = 0
+        self.launched = False
+        """Episodes were counted in (before that, 0 unfinished means 'not started')."""
+        self.done = False
+        """The generate call returned (cancelled episodes no longer count)."""
+        self._changed: asyncio.Condition | None = None
+
+    async def wait_until(self, at_most: int) -> None:
+        """Return once the call has launched its episodes and at most ``at_most`` are unfinished,
+        or once it has returned."""
+        if self._changed is None:
+            self._changed = asyncio.Condition()
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.done or (self.launched and self.unfinished <= at_most))
+
+    def _add(self, n: int) -> None:
+        self.unfinished += n
+        self.launched = True
+        if n < 0 and self._changed is not None:
+            asyncio.get_running_loop().create_task(self._notify())
+
+    def _finish(self) -> None:
+        self.done = True
+        if self._changed is not None:
+            asyncio.get_running_loop().create_task(self._notify())
+
+    async def _notify(self) -> None:
+        assert self._changed is not None
+        async with self._changed:
+            self._changed.notify_all()
+
+
 class Rollout:
     def __init__(
         self,
@@ -92,12 +129,20 @@ class Rollout:
             for i in range(self.config.n_samples_per_prompt)
         ]
 
-    async def generate_group(self, row: PromptRow, group_id: int, sampling_seed: int | None = None) -> Group:
+    async def generate_group(self, row: PromptRow, group_id: int, sampling_seed: int | None = None,
+                             progress: RolloutProgress | None = None) -> Group:
         requests = self.requests_for(row, group_id, sampling_seed)
-        samples = await asyncio.gather(*(self._episode(r) for r in requests))
+        samples = await asyncio.gather(*(self._episode(r, progress) for r in requests))
         return Group(group_id=group_id, samples=list(samples))
 
-    async def _episode(self, request: EpisodeRequest) -> Sample:
+    async def _episode(self, request: EpisodeRequest, progress: RolloutProgress | None = None) -> Sample:
+        try:
+            return await self._run_episode(request)
+        finally:
+            if progress is not None:  # counted in when its group was launched
+                progress._add(-1)
+
+    async def _run_episode(self, request: EpisodeRequest) -> Sample:
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.config.concurrency)
         async with self._semaphore:
@@ -125,6 +170,7 @@ class Rollout:
         max_prompts: int | None = None,
         first_group_id: int = 0,
         sampling_seed: int | None = None,
+        progress: RolloutProgress | None = None,
     ) -> RolloutResult:
         """Collect ``batch_size`` groups that pass the filters.
 
@@ -132,7 +178,7 @@ class Rollout:
         ``max_prompts`` caps over-sampling (default ``2 * batch_size`` when a filter can drop
         groups). Fewer than ``batch_size`` groups come back only when that cap is reached.
         ``sampling_seed`` seeds this batch's episodes (default ``config.sampling.seed``, read now:
-        several batches may be generated at once).
+        several batches may be generated at once). ``progress`` counts the unfinished episodes.
         """
         cap = max_prompts or 2 * batch_size
         seed = self.config.sampling.seed if sampling_seed is None else sampling_seed
@@ -145,8 +191,11 @@ class Rollout:
 
         def launch(n: int) -> None:
             nonlocal launched
-            for row in next_rows(n):
-                pending.add(asyncio.create_task(self.generate_group(row, first_group_id + launched, seed)))
+            rows = next_rows(n)
+            if progress is not None:
+                progress._add(len(rows) * self.config.n_samples_per_prompt)
+            for row in rows:
+                pending.add(asyncio.create_task(self.generate_group(row, first_group_id + launched, seed, progress)))
                 launched += 1
 
         launch(min(batch_size, cap))
@@ -173,6 +222,8 @@ class Rollout:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
                 dropped["cancelled_surplus"] += len(pending)
+            if progress is not None:
+                progress._finish()
         if len(kept) < batch_size:
             log.warning("rollout: only %d of %d groups passed the filters after %d prompts (drops: %s)",
                         len(kept), batch_size, launched, dict(dropped))

@@ -206,7 +206,7 @@ async def test_a_failed_rollout_reaches_the_loop_and_overlapping_ones_still_fini
 
     started, finished = [], []
 
-    async def generate(next_rows, batch_size, *, max_prompts, first_group_id, sampling_seed):
+    async def generate(next_rows, batch_size, *, max_prompts, first_group_id, sampling_seed, progress=None):
         rollout = first_group_id // 1_000_000
         started.append(rollout)
         await asyncio.sleep(0.05 if rollout == 0 else 0.01)
@@ -218,15 +218,82 @@ async def test_a_failed_rollout_reaches_the_loop_and_overlapping_ones_still_fini
     sampler = SimpleNamespace(state_dict=lambda: {}, next_batch=lambda n: [])
     engine = FakeEngine(responder=lambda ids, sampling: [1])  # never asked: generate() above is the rollout
     c = SimpleNamespace(engine=engine, sampler=sampler, rollout=SimpleNamespace(engine=engine, generate=generate))
-    cfg = SimpleNamespace(max_staleness=1, partial_rollouts=True, use_ray=False, colocate=True, trainer_sms=None, in_flight_weight_updates=False,
-                          train=SimpleNamespace(use_tis=True), num_rollout=4, rollout_batch_size=1,
-                          over_sampling_factor=1, seed=0)
+    cfg = _stream_cfg()
     async with RolloutStream(c, cfg, 0) as stream:
         await stream.next(0)
         assert started == [0, 1]  # rollout 1 ran beside rollout 0 (the bound allows both)
         with pytest.raises(RuntimeError, match="rollout 1 broke"):
             await stream.next(1)
     assert started == [0, 1] and finished == [0]  # rollout 0 finished after 1 failed; nothing new started
+
+
+def _stream_cfg(**overrides):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{
+        "max_staleness": 1, "partial_rollouts": True, "use_ray": False, "colocate": True, "trainer_sms": None,
+        "in_flight_weight_updates": False, "train": SimpleNamespace(use_tis=True), "num_rollout": 4,
+        "rollout_batch_size": 1, "over_sampling_factor": 1, "seed": 0, "next_rollout_at": 1.0,
+        "episodes_per_rollout": 4, **overrides})
+
+
+def _counting_rollout(events: list):
+    """A fake ``Rollout.generate``: four episodes, one every 10 ms, counted down in ``progress``."""
+    import asyncio
+
+    from agentrl.rollout import RolloutResult
+
+    async def generate(next_rows, batch_size, *, max_prompts, first_group_id, sampling_seed, progress=None):
+        rollout = first_group_id // 1_000_000
+        events.append(("start", rollout))
+        progress._add(4)
+        try:
+            for left in (3, 2, 1, 0):
+                await asyncio.sleep(0.01)
+                progress._add(-1)
+                events.append((rollout, left))
+        finally:
+            progress._finish()
+        return RolloutResult(groups=[], dropped={}, metrics={}, prompts_used=0)
+
+    return generate
+
+
+@pytest.mark.parametrize("fraction,starts_after", [(1.0, None), (0.5, (0, 2)), (0.0, (0, 0))])
+async def test_the_next_rollout_starts_once_the_previous_is_down_to_its_tail(fraction, starts_after):
+    from types import SimpleNamespace
+
+    from agentrl.async_loop import RolloutStream
+    from agentrl.testing import FakeEngine
+
+    events: list = []
+    engine = FakeEngine(responder=lambda ids, sampling: [1])
+    c = SimpleNamespace(engine=engine, sampler=SimpleNamespace(state_dict=lambda: {}, next_batch=lambda n: []),
+                        rollout=SimpleNamespace(engine=engine, generate=_counting_rollout(events)))
+    async with RolloutStream(c, _stream_cfg(next_rollout_at=fraction, num_rollout=2), 0) as stream:
+        await stream.next(0)
+        await stream.next(1)
+    start = events.index(("start", 1))
+    if starts_after is None:  # at once: beside rollout 0 from its start
+        assert start == 1
+    else:  # right after rollout 0 was down to 4 * fraction unfinished episodes
+        assert events[start - 1] == starts_after
+
+
+async def test_a_producer_that_fails_reaches_the_loop_instead_of_hanging():
+    import asyncio
+    from types import SimpleNamespace
+
+    from agentrl.async_loop import RolloutStream
+    from agentrl.testing import FakeEngine
+
+    engine = FakeEngine(responder=lambda ids, sampling: [1])
+    c = SimpleNamespace(engine=engine, sampler=SimpleNamespace(state_dict=lambda: {}, next_batch=lambda n: []),
+                        rollout=SimpleNamespace(engine=engine, generate=_counting_rollout([])))
+    async with RolloutStream(c, _stream_cfg(next_rollout_at="half"), 0) as stream:  # breaks the producer at rollout 1
+        await stream.next(0)
+        with pytest.raises(TypeError):
+            await asyncio.wait_for(stream.next(1), 5)
 
 
 def test_same_gpu():

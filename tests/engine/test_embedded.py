@@ -181,6 +181,29 @@ async def test_abort_all_and_queued_requests(qwen2):
     assert len(results[0].token_ids) > 0 and results[1].token_ids == results[2].token_ids == []
 
 
+async def test_waiting_requests_are_admitted_by_priority_then_arrival(qwen2):
+    """With one slot busy, queued requests start lowest priority first (the async loop's older
+    rollout), then in arrival order; without priorities the queue stays first come, first served."""
+    from agentrl.engine import request_priority
+
+    model, tok = qwen2
+    prompt = tok.encode(PROMPTS[0])
+    order: list[str] = []
+    async with EmbeddedEngine(model, tok, max_batch_size=1, max_seq_len=4096) as engine:
+        async def one(name: str, priority: int, n: int):
+            with request_priority(priority):
+                await engine.generate(prompt, SamplingParams(max_new_tokens=n, ignore_eos=True))
+            order.append(name)
+
+        first = asyncio.ensure_future(one("running", 9, 40))
+        while engine.stats.generated_tokens < 2:  # it holds the one slot
+            await asyncio.sleep(0.01)
+        queued = [asyncio.ensure_future(one(name, priority, 3))
+                  for name, priority in [("b5", 5), ("a1", 1), ("c5", 5), ("d0", 0), ("e1", 1)]]
+        await asyncio.gather(first, *queued)
+    assert order == ["running", "d0", "a1", "e1", "b5", "c5"]
+
+
 async def test_cancelled_generate_frees_its_slot(qwen2):
     model, tok = qwen2
     prompt = tok.encode(PROMPTS[0])

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from agentrl.engine.base import Completion, SamplingParams
+from agentrl.engine.base import Completion, SamplingParams, current_request_priority
 from agentrl.engine.embedded import cpu_attention, gpu_attention
 from agentrl.engine.embedded.config import EngineConfig, InvalidRequest
 from agentrl.engine.embedded.fast_model import fast_path_unsupported, packing_unsupported
@@ -317,7 +317,7 @@ class EmbeddedEngine:
         seed = sampling.seed if sampling.seed is not None else self._rng.getrandbits(63)
         return Request(
             rid=rid or uuid.uuid4().hex, prompt=prompt, sampling=sampling, seed=int(seed) & (2**64 - 1),
-            max_new=min(sampling.max_new_tokens, limit - len(prompt)),
+            max_new=min(sampling.max_new_tokens, limit - len(prompt)), priority=current_request_priority(),
         )
 
 

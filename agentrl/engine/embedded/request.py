@@ -23,6 +23,9 @@ class Request:
     version: int = 0
     arrival_step: int = 0
     """The scheduler's decode-step count when the request arrived (admission batching)."""
+    priority: int = 0
+    """Waiting requests are admitted lowest priority first, then in arrival order
+    (:func:`agentrl.engine.base.request_priority`)."""
 
 
 @dataclass

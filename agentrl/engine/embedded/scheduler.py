@@ -119,9 +119,21 @@ class Scheduler:
                 raise EngineError(f"a request with rid {req.rid!r} is already running; rids must be unique")
             self._by_rid[req.rid] = req
             req.arrival_step = self.stats.steps
-            self._waiting.append(req)
+            self._enqueue(req)
             self._cv.notify()
         return req.future
+
+    def _enqueue(self, req: Request) -> None:
+        """Queue ``req`` behind every waiting request of its priority or a lower one (the queue stays
+        sorted by priority, then arrival)."""
+        waiting = self._waiting
+        if not waiting or waiting[-1].priority <= req.priority:  # the common case: one priority
+            waiting.append(req)
+            return
+        at = len(waiting)
+        while at and waiting[at - 1].priority > req.priority:
+            at -= 1
+        waiting.insert(at, req)
 
     def call(self, fn: Callable[[], Any], *, needs_idle: bool = False) -> cf.Future:
         """Run ``fn`` on the worker between steps (after running requests finish if ``needs_idle``)."""
@@ -218,7 +230,7 @@ class Scheduler:
         with self._cv:
             if len(self._waiting) >= enough:
                 return True
-            oldest = self._waiting[0].arrival_step if self._waiting else self.stats.steps
+            oldest = min((r.arrival_step for r in self._waiting), default=self.stats.steps)
         return self.stats.steps - oldest >= self.admit_wait_steps
 
     def _run_commands(self, commands: list) -> bool:
