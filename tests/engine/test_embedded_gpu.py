@@ -43,6 +43,20 @@ def _generate_all(engine, prompts, sp):
 PROMPTS = [[(7 * i + j) % 2000 + 3 for j in range(5 + 3 * i)] for i in range(16)]
 
 
+def _assert_greedy_equals_transformers(model, engine):
+    """16 prompts, one after another and all at once: the same 20 greedy tokens as ``generate()``,
+    and logprobs equal to a teacher-forced forward pass within 1e-4."""
+    sp = SamplingParams(temperature=0, max_new_tokens=20, ignore_eos=True)
+    seq, conc = _generate_all(engine, PROMPTS, sp)
+    for p, a, b in zip(PROMPTS, seq, conc):
+        ref = model.generate(torch.tensor([p], device="cuda"), max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
+        assert a.token_ids == b.token_ids == ref[0, len(p):].tolist()
+        with torch.no_grad():
+            logits = model(torch.tensor([p + a.token_ids], device="cuda")).logits[0, len(p) - 1 : -1].float()
+        lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(a.token_ids, device="cuda")[:, None]).squeeze(1)
+        assert torch.allclose(lp.cpu(), torch.tensor(a.logprobs), atol=1e-4)
+
+
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
 @pytest.mark.parametrize("options", [
     dict(cuda_graphs=True, compile=False), dict(cuda_graphs=False), dict(cuda_graphs=True, compile=True),
@@ -51,19 +65,11 @@ PROMPTS = [[(7 * i + j) % 2000 + 3 for j in range(5 + 3 * i)] for i in range(16)
 ])
 def test_cuda_fast_path_float32_equals_transformers(arch, options):
     model = _model(arch)
-    sp = SamplingParams(temperature=0, max_new_tokens=20, ignore_eos=True)
     engine = EmbeddedEngine(model, max_batch_size=8, max_seq_len=256, **options)
     assert engine.config.overlap == options.get("overlap", True)
     assert engine.config.admit_wait_steps == 8  # CUDA default: arrivals may wait to share a prefill
     assert engine.backend == "fast"
-    seq, conc = _generate_all(engine, PROMPTS, sp)
-    for p, a, b in zip(PROMPTS, seq, conc):
-        ref = model.generate(torch.tensor([p], device="cuda"), max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
-        assert a.token_ids == b.token_ids == ref[0, len(p):].tolist()
-        with torch.no_grad():
-            logits = model(torch.tensor([p + a.token_ids], device="cuda")).logits[0, len(p) - 1 : -1].float()
-        lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(a.token_ids, device="cuda")[:, None]).squeeze(1)
-        assert torch.allclose(lp.cpu(), torch.tensor(a.logprobs), atol=1e-4)
+    _assert_greedy_equals_transformers(model, engine)
 
 
 @pytest.mark.parametrize("arch", ["qwen2", "llama", "qwen3"])
@@ -71,17 +77,9 @@ def test_cuda_fast_path_float32_equals_transformers(arch, options):
 def test_cuda_triton_decode_float32_equals_transformers(arch, options):
     """The default decode attention on CUDA (the Triton kernel, head size 32 here)."""
     model = _model(arch, hidden_size=128, **({"head_dim": 32} if arch == "qwen3" else {}))
-    sp = SamplingParams(temperature=0, max_new_tokens=20, ignore_eos=True)
     engine = EmbeddedEngine(model, max_batch_size=8, max_seq_len=256, **options)
     assert engine.config.decode_attention == "triton"
-    seq, conc = _generate_all(engine, PROMPTS, sp)
-    for p, a, b in zip(PROMPTS, seq, conc):
-        ref = model.generate(torch.tensor([p], device="cuda"), max_new_tokens=20, min_new_tokens=20, do_sample=False, pad_token_id=0)
-        assert a.token_ids == b.token_ids == ref[0, len(p):].tolist()
-        with torch.no_grad():
-            logits = model(torch.tensor([p + a.token_ids], device="cuda")).logits[0, len(p) - 1 : -1].float()
-        lp = torch.log_softmax(logits, -1).gather(1, torch.tensor(a.token_ids, device="cuda")[:, None]).squeeze(1)
-        assert torch.allclose(lp.cpu(), torch.tensor(a.logprobs), atol=1e-4)
+    _assert_greedy_equals_transformers(model, engine)
 
 
 def test_cuda_bf16_logprobs_close_to_teacher_forcing():

@@ -26,7 +26,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Any
 
 import torch
 
