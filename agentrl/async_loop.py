@@ -229,8 +229,8 @@ class RolloutStream:
         cfg, c = self.cfg, self.c
         self._sampler_states[rollout_id] = self._sampler.state_dict()
         start = time.perf_counter()
-        # the embedded engine admits an older rollout's turns first: the rollout the trainer needs next
-        # finishes as if alone, and a newer one takes the slots its long tail leaves free
+        # the embedded engine admits an older rollout's turns first: they are not queued behind a newer
+        # rollout's, which takes the slots the older one's long tail leaves free
         with request_priority(rollout_id):
             result = await c.rollout.generate(self._sampler.next_batch, cfg.rollout_batch_size,
                                               max_prompts=int(cfg.over_sampling_factor * cfg.rollout_batch_size),

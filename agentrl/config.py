@@ -177,7 +177,8 @@ class RunConfig:
     """With --max-staleness > 0: start a rollout once at most this fraction of the previous rollout's episodes are
     unfinished (its long tail, which leaves the engine half idle), or when it ends; 1 starts it as soon as the
     staleness bound allows. Lower values keep two rollouts from sharing the engine for their whole length and
-    finishing together, which leaves the engine idle while the trainer trains on the first of them."""
+    finishing together (the engine then idles while the trainer trains on the first), at the cost of smaller
+    decode batches; on the long-tailed benchmark of docs/scaling.md 1 was fastest."""
     trainer_sms: int | None = None
     """With --max-staleness > 0 and the embedded engine on the trainer's GPU: run the trainer's kernels on this many
     SMs (a CUDA green context) so the engine's decode steps, which overlap training, keep the rest (default: all)."""

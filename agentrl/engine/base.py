@@ -130,8 +130,8 @@ def request_priority(value: int) -> Iterator[None]:
     """Requests sent from this block, and from the tasks it starts, carry ``value``: an engine
     that queues requests for free slots takes lower values first (then the older request).
 
-    The async loop runs each rollout under its index, so the rollout it will train on next
-    finishes first while a newer one fills the slots the older one's long tail leaves free.
+    The async loop runs each rollout under its index, so the turns of the rollout it will train
+    on next are not queued behind a newer rollout's. Engines without priorities ignore it.
 
     Example::
 
