@@ -8,10 +8,11 @@ with a message for the client when the body is malformed; :func:`output_dict` bu
 
 Covered: ``text`` or ``input_ids`` (single or batch), ``sampling_params`` (one dict or one per
 prompt, ``n`` parallel samples), ``rid`` (string, list, or generated), ``return_logprob``,
-``return_text_in_logprobs``, ``stream``. Not covered (a clear 400, never silently wrong): prompt
+``return_text_in_logprobs``, ``stream``, ``priority`` (an integer; higher values are admitted first,
+as in SGLang's default priority scheduling; streamed requests ignore it). Not covered (a clear 400, never silently wrong): prompt
 logprobs (``logprob_start_len >= 0``), top logprobs, multimodal inputs, embeddings, LoRA,
-sessions, hidden states. Fields of ``GenerateReqInput`` that only tune scheduling or logging
-(``priority``, ``log_metrics``, ``routed_dp_rank``...) are accepted and ignored.
+sessions, hidden states. Fields of ``GenerateReqInput`` that only tune routing or logging
+(``log_metrics``, ``routed_dp_rank``...) are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ DEFAULT_MAX_NEW_TOKENS = 128
 
 SUPPORTED_FIELDS = frozenset({
     "rid", "text", "input_ids", "sampling_params", "return_logprob", "return_text_in_logprobs",
-    "stream", "logprob_start_len", "top_logprobs_num", "token_ids_logprob",
+    "stream", "logprob_start_len", "top_logprobs_num", "token_ids_logprob", "priority",
 })
 UNSUPPORTED_FIELDS = frozenset({
     "input_embeds", "image_data", "video_data", "audio_data", "lora_path", "lora_id",
@@ -44,7 +45,7 @@ IGNORED_FIELDS = frozenset({
     "return_flat_raw_top_logprobs_b64", "log_metrics", "routed_experts_start_len", "modalities",
     "bootstrap_host", "bootstrap_port", "bootstrap_room", "bootstrap_pair_key", "decode_tp_size",
     "routed_dp_rank", "data_parallel_rank", "disagg_prefill_dp_rank", "kv_router_hint",
-    "routing_key", "conversation_id", "http_worker_ipc", "background", "priority", "extra_key",
+    "routing_key", "conversation_id", "http_worker_ipc", "background", "extra_key",
     "no_logs", "custom_labels", "return_prompt_token_ids", "external_trace_header",
     "received_time", "need_wait_for_mm_inputs", "num_items_assigned", "encoder_urls",
     "max_dynamic_patch", "min_dynamic_patch", "image_max_dynamic_patch",
@@ -70,6 +71,8 @@ class GenerateItem:
     return_text_in_logprobs: bool = False
     skip_special_tokens: bool = True
     no_stop_trim: bool = False
+    priority: int = 0
+    """SGLang's: higher values first (the engine's :func:`~agentrl.engine.base.request_priority` is its negative)."""
 
 
 @dataclass
@@ -113,6 +116,9 @@ def parse_generate_request(
     return_logprob = _per_prompt_bool(body, "return_logprob", batch)
     text_in_logprobs = bool(body.get("return_text_in_logprobs") or False)
     rids = _rids(body.get("rid"), batch * n, batch)
+    priority = body.get("priority")
+    if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
+        raise RequestError(f"'priority' must be an integer; got {_short(priority)}")
 
     items: list[GenerateItem] = []
     for p, (ids, raw) in enumerate(zip(prompts, params)):
@@ -123,7 +129,7 @@ def parse_generate_request(
                 rid=rids[p * n + k], input_ids=list(ids), sampling=sampling.replace(),
                 return_logprob=return_logprob[p], return_text_in_logprobs=text_in_logprobs,
                 skip_special_tokens=options["skip_special_tokens"],
-                no_stop_trim=options["no_stop_trim"],
+                no_stop_trim=options["no_stop_trim"], priority=priority or 0,
             ))
     stream = body.get("stream", False)
     if not isinstance(stream, bool):

@@ -131,7 +131,8 @@ def request_priority(value: int) -> Iterator[None]:
     that queues requests for free slots takes lower values first (then the older request).
 
     The async loop runs each rollout under its index, so the turns of the rollout it will train
-    on next are not queued behind a newer rollout's. Engines without priorities ignore it.
+    on next are not queued behind a newer rollout's. The SGLang client sends it as SGLang's
+    ``priority`` (negated: SGLang admits higher values first); engines without priorities ignore it.
 
     Example::
 

@@ -8,7 +8,8 @@ SGLang's (``GenerateReqInput`` in ``sglang/srt/managers/io_struct.py``, ``http_s
 =================================  ======================================================
 ``POST /generate``                 ``text`` or ``input_ids`` (single or batch),
                                    ``sampling_params``, ``return_logprob``, ``rid``,
-                                   ``stream`` -> ``{"text", "output_ids", "meta_info"}``
+                                   ``stream``, ``priority`` (higher first)
+                                   -> ``{"text", "output_ids", "meta_info"}``
 ``GET /health``                    200 when the engine says it is healthy, else 503
 ``GET /health_generate``           200 when a one-token generation succeeds, else 503
 ``GET /get_model_info``            ``model_path``, ``tokenizer_path``, ``is_generation``,
@@ -58,7 +59,7 @@ from agentrl.engine._server_protocol import (
     parse_generate_request,
 )
 from agentrl.engine._server_run import BackgroundServer, build_parser, serve_main
-from agentrl.engine.base import Completion, Engine, SamplingParams
+from agentrl.engine.base import Completion, Engine, SamplingParams, request_priority
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,8 @@ def create_app(
 async def _run_one(state: _ServerState, item: GenerateItem) -> tuple[Completion, float]:
     start = time.monotonic()
     try:
-        completion = await state.engine.generate(item.input_ids, item.sampling, rid=item.rid)
+        with request_priority(-item.priority):  # SGLang admits higher values first, the engine lower ones
+            completion = await state.engine.generate(item.input_ids, item.sampling, rid=item.rid)
     finally:
         state.inflight.pop(item.rid, None)
     return completion, time.monotonic() - start

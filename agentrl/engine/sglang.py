@@ -40,7 +40,7 @@ from typing import Any, Literal
 import httpx
 
 from agentrl.engine._sglang_launch import SGLangCluster, launch_sglang
-from agentrl.engine.base import Completion, EngineError, SamplingParams
+from agentrl.engine.base import Completion, EngineError, SamplingParams, current_request_priority
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,9 @@ class SGLangEngine:
         rid = rid or uuid.uuid4().hex
         payload: dict[str, Any] = {"input_ids": list(input_ids), "sampling_params": sampling.to_sglang(),
                                    "return_logprob": True}
+        priority = current_request_priority()
+        if priority:  # agentrl's lower-first as SGLang's higher-first (used with --enable-priority-scheduling)
+            payload["priority"] = -priority
         self._inflight[rid] = ("", rid)
         try:
             attempt_rids = (rid if k == 0 else f"{rid}.retry{k}" for k in itertools.count())

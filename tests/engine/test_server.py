@@ -216,6 +216,8 @@ MALFORMED = [
     ({"input_ids": [1], "image_data": "http://x/cat.png"}, "image_data"),
     ({"input_ids": [1], "return_logprob": True, "logprob_start_len": 0}, "prompt logprobs"),
     ({"input_ids": [1], "top_logprobs_num": 5}, "top logprobs"),
+    ({"input_ids": [1], "priority": "high"}, "'priority' must be an integer"),
+    ({"input_ids": [1], "priority": True}, "'priority' must be an integer"),
 ]
 
 

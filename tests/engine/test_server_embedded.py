@@ -89,6 +89,35 @@ async def test_sglang_client_and_weight_update_from_disk(embedded, tmp_path):
         assert (await client.generate([1, 2, 3], greedy)).token_ids == before.token_ids
 
 
+async def test_sglang_priority_reaches_the_embedded_engine_through_serve():
+    """SGLang's ``priority`` (higher first) from the client's request_priority (lower first) to the
+    engine's admission order, with one slot busy."""
+    from agentrl.engine import request_priority
+    from agentrl.engine.embedded import EmbeddedEngine
+
+    path = resolve_model_path("tiny-qwen2")
+    engine = EmbeddedEngine(path, max_batch_size=1, max_seq_len=256)
+    order: list[str] = []
+    with BackgroundServer(create_app(engine, engine.tokenizer, model_path=path)) as server:
+        async with SGLangEngine(server.url) as client:
+            async def one(name: str, priority: int, n: int):
+                with request_priority(priority):
+                    await client.generate([1, 2, 3], SamplingParams(max_new_tokens=n, ignore_eos=True))
+                order.append(name)
+
+            first = asyncio.ensure_future(one("running", 0, 240))
+            while engine.stats.generated_tokens < 2:
+                await asyncio.sleep(0.01)
+            queued = []
+            for name, priority in [("p5", 5), ("p1", 1), ("p3", 3)]:
+                queued.append(asyncio.ensure_future(one(name, priority, 2)))
+                while len(engine._scheduler._waiting) < len(queued):  # arrived, in this order
+                    await asyncio.sleep(0.005)
+            await asyncio.gather(first, *queued)
+    await engine.close()
+    assert order == ["running", "p1", "p3", "p5"]
+
+
 @pytest.mark.slow
 def test_agentrl_serve_cli_with_the_embedded_engine_in_a_subprocess(tmp_path):
     with socket.socket() as s:
