@@ -87,6 +87,9 @@ def test_bad_input_is_refused():
         ga.decode_attention(q, k, v, caches[0], caches[1], pos, cos.t().contiguous().t(), sin, 64, 0.2)
     with pytest.raises(ValueError, match="length must be"):
         ga.decode_attention(q, k, v, caches[0], caches[1], pos, cos, sin, 65, 0.2)
+    if CUDA:
+        with pytest.raises(ValueError, match="every tensor must be on"):
+            ga.decode_attention(q, k, v, caches[0], caches[1], pos.cpu(), cos, sin, 64, 0.2)
 
 
 def test_unsupported_says_why(monkeypatch):
@@ -158,6 +161,23 @@ def test_bf16_kernel_in_a_cuda_graph(splits):
     torch.cuda.synchronize()
     torch.testing.assert_close(out.float(), want.float(), atol=2e-2, rtol=2e-2)
     torch.testing.assert_close(caches.float(), want_caches.float(), atol=1e-2, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.multigpu
+@pytest.mark.skipif(not CUDA or torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+def test_kernel_on_a_second_gpu_while_the_first_is_current():
+    """An engine on cuda:1 (async training with --engine-device cuda:1): Triton launches on the
+    current device, so the kernel makes the tensors' device current."""
+    torch.cuda.set_device(0)
+    q, k, v, caches, cos, sin = (t.to("cuda:1") for t in _problem(3, 14, 2, 64, 700, torch.bfloat16))
+    positions = torch.tensor([10, 650, 699], device="cuda:1")
+    want_caches = caches.clone()
+    want = ga.reference(q, k, v, want_caches[0], want_caches[1], positions, cos, sin, 660, 0.125)
+    for splits in (1, 2):
+        got = ga.decode_attention(q, k, v, *caches.clone(), positions, cos, sin, 660, 0.125, splits=splits)
+        torch.testing.assert_close(got.float(), want.float(), atol=2e-2, rtol=2e-2)
+    assert ga._self_check(torch.device("cuda:1"), torch.bfloat16) is None
 
 
 @pytest.mark.gpu

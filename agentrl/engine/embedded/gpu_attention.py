@@ -23,6 +23,7 @@ without a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -165,6 +166,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
     if k_cache.shape[1] != kv_heads or k_cache.shape[3] != d or v_cache.shape != k_cache.shape or k_cache.shape[0] < b:
         raise ValueError(f"caches must be [slots >= {b}, {kv_heads}, max_len, {d}]; got {tuple(k_cache.shape)} "
                          f"and {tuple(v_cache.shape)}")
+    elsewhere = [t.device for t in (k, v, k_cache, v_cache, positions, cos, sin) if t.device != q.device]
+    if elsewhere:
+        raise ValueError(f"every tensor must be on q's device {q.device}; found {elsewhere[0]}")
     if any(t.stride(-1) != 1 for t in (q, k, v, k_cache, v_cache, cos, sin)):
         raise ValueError("the last dimension of q, k, v, the caches and the RoPE tables must be contiguous")
     if not 0 < length <= k_cache.shape[2]:
@@ -176,6 +180,21 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
     block_g = max(16, triton.next_power_of_2(group))
     part = (torch.empty(b, kv_heads, splits, block_g, d + 2, dtype=torch.float32, device=q.device)
             if splits > 1 else out)  # unused when splits == 1
+    with _on(q.device):
+        _launch(q, k, v, k_cache, v_cache, positions, cos, sin, length, scale, out, part, splits, group, block_g)
+    return out
+
+
+def _on(device: torch.device):
+    """Triton launches on the current CUDA device: make it the tensors' (an engine on ``cuda:1``)."""
+    if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
+        return torch.cuda.device(device)
+    return contextlib.nullcontext()
+
+
+def _launch(q, k, v, k_cache, v_cache, positions, cos, sin, length, scale, out, part, splits, group, block_g):
+    b, _, d = q.shape
+    kv_heads = k.shape[1]
     _decode[(b, kv_heads, splits)](
         q, k, v, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         k_cache, v_cache, *k_cache.stride()[:3], *v_cache.stride()[:3],
@@ -186,7 +205,6 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
     if splits > 1:
         _merge[(b, kv_heads)](part, out, out.stride(0), out.stride(1), G=group, D=d, BLOCK_G=block_g,
                               SPLITS=splits, num_warps=4)
-    return out
 
 
 if triton is not None:  # the kernels (module level: Triton resolves the helpers they call by name)
