@@ -22,9 +22,11 @@ Step time is the wall time between consecutive steps, over the steps after ``--w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import gc
 import json
+import logging
 import os
 import platform
 import random
@@ -202,7 +204,8 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
         *(["--next-rollout-at", str(next_rollout_at)] if next_rollout_at is not None and mode != "sync" else []),
     ])
     start = time.perf_counter()
-    train(cfg)
+    with _engine_log() as engine_lines:
+        train(cfg)
     total = time.perf_counter() - start
     gc.collect()
     if torch.cuda.is_available():
@@ -219,6 +222,7 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
         return statistics.fmean(values) if values else float("nan")
 
     return {"step_s": statistics.fmean(measured), "step_s_each": measured, "total_s": total,
+            "engine": engine_lines,  # how the engine was built (decode attention, or why not the kernel)
             "rollout_s": mean("perf/rollout_time"), "train_s": mean("perf/train_time") + mean("perf/logprobs_time"),
             "sync_s": mean("perf/sync_time"), "generated_tokens": mean("rollout/generated_tokens"),
             "staleness_mean": mean("async/staleness_mean"), "staleness_max": mean("async/staleness_max"),
@@ -233,6 +237,28 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
             "reward": mean("rollout/reward_mean"),
             **{f"engine_{k}": _per_step(kept, f"engine/{k}")
                for k in ("busy_s", "prefill_s", "decode_s", "launch_s", "eager_s", "capture_s")}}
+
+
+@contextlib.contextmanager
+def _engine_log():
+    """The embedded engine's INFO lines about how it was built, and its warnings, during the block."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(record.getMessage())
+
+    loggers = [logging.getLogger(n) for n in ("agentrl.engine.embedded.engine", "agentrl.engine.embedded.gpu_attention")]
+    handler, levels = Keep(logging.INFO), [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.addHandler(handler)
+        lg.setLevel(min(lg.getEffectiveLevel(), logging.INFO))
+    try:
+        yield lines
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.removeHandler(handler)
+            lg.setLevel(level)
 
 
 def _per_step(rows: list[dict], key: str) -> float:
@@ -271,6 +297,9 @@ def markdown(results: dict, meta: dict) -> str:
               "| mode | " + " | ".join(engine) + " |", "|" + "---|" * (len(engine) + 1)]
     for mode, r in results.items():
         lines.append(f"| {mode} | " + " | ".join(_fmt(r.get(f"engine_{k}", float("nan"))) for k in engine) + " |")
+    built = list(dict.fromkeys(line for r in results.values() for line in r.get("engine", [])))
+    if built:
+        lines += ["", "The engine as built (its log): " + "; ".join(built)]
     return head + "\n".join(lines) + "\n" + note
 
 

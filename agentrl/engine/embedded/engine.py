@@ -108,8 +108,9 @@ class EmbeddedEngine:
             admit_wait_steps=cfg.admit_wait_steps, prefix_cache=bool(cfg.prefix_cache),
             high_priority_stream=cfg.high_priority_stream,
         )
-        log.info("embedded engine: %s backend on %s (%s), %d slots x %d tokens", self.backend, self.device,
-                 self.dtype, cfg.max_batch_size, cfg.max_seq_len)
+        log.info("embedded engine: %s backend on %s (%s), %d slots x %d tokens%s", self.backend, self.device,
+                 self.dtype, cfg.max_batch_size, cfg.max_seq_len,
+                 f", decode attention {cfg.decode_attention}" if self.backend == "fast" else "")
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs: Any) -> "EmbeddedEngine":
