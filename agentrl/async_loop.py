@@ -318,20 +318,26 @@ class RolloutStream:
 
     def _producer_ended(self, task: asyncio.Task) -> None:
         """A producer that dies of an error fails every rollout still awaited (the loop would wait forever)."""
-        if task.cancelled() or task.exception() is None:
+        error = self._producer_error()
+        if error is None:
             return
         for rollout_id, future in self._results.items():
             if rollout_id > self._launched and not future.done():  # those launched finish on their own
-                future.set_exception(task.exception())
+                future.set_exception(error)
         self._failed = True
+
+    def _producer_error(self) -> BaseException | None:
+        producer = self._producer
+        if producer is None or not producer.done() or producer.cancelled():
+            return None
+        return producer.exception()
 
     async def _result_future(self, rollout_id: int) -> asyncio.Future:
         if rollout_id not in self._results:
             future = self._results[rollout_id] = asyncio.get_running_loop().create_future()
-            producer = self._producer
-            if (rollout_id > self._launched and producer is not None and producer.done() and not producer.cancelled()
-                    and producer.exception()):
-                future.set_exception(producer.exception())
+            error = self._producer_error()
+            if error is not None and rollout_id > self._launched:
+                future.set_exception(error)
         return self._results[rollout_id]
 
     def _condition(self) -> asyncio.Condition:

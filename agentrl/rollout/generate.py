@@ -62,31 +62,38 @@ class RolloutProgress:
         """Episodes were counted in (before that, 0 unfinished means 'not started')."""
         self.done = False
         """The generate call returned (cancelled episodes no longer count)."""
-        self._changed: asyncio.Condition | None = None
+        self._waiters: list[tuple[int, asyncio.Future]] = []
 
     async def wait_until(self, at_most: int) -> None:
         """Return once the call has launched its episodes and at most ``at_most`` are unfinished,
         or once it has returned."""
-        if self._changed is None:
-            self._changed = asyncio.Condition()
-        async with self._changed:
-            await self._changed.wait_for(lambda: self.done or (self.launched and self.unfinished <= at_most))
+        if not self._reached(at_most):
+            future = asyncio.get_running_loop().create_future()
+            self._waiters.append((at_most, future))
+            await future
+
+    def _reached(self, at_most: int) -> bool:
+        return self.done or (self.launched and self.unfinished <= at_most)
 
     def _add(self, n: int) -> None:
         self.unfinished += n
         self.launched = True
-        if n < 0 and self._changed is not None:
-            asyncio.get_running_loop().create_task(self._notify())
+        self._wake()
 
     def _finish(self) -> None:
         self.done = True
-        if self._changed is not None:
-            asyncio.get_running_loop().create_task(self._notify())
+        self._wake()
 
-    async def _notify(self) -> None:
-        assert self._changed is not None
-        async with self._changed:
-            self._changed.notify_all()
+    def _wake(self) -> None:
+        waiting = []
+        for at_most, future in self._waiters:
+            if future.done():
+                continue
+            if self._reached(at_most):
+                future.set_result(None)
+            else:
+                waiting.append((at_most, future))
+        self._waiters = waiting
 
 
 class Rollout:

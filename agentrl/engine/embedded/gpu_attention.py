@@ -181,7 +181,16 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
     part = (torch.empty(b, kv_heads, splits, block_g, d + 2, dtype=torch.float32, device=q.device)
             if splits > 1 else out)  # unused when splits == 1
     with _on(q.device):
-        _launch(q, k, v, k_cache, v_cache, positions, cos, sin, length, scale, out, part, splits, group, block_g)
+        _decode[(b, kv_heads, splits)](
+            q, k, v, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+            k_cache, v_cache, *k_cache.stride()[:3], *v_cache.stride()[:3],
+            cos, sin, cos.stride(0), positions, out, out.stride(0), out.stride(1), part, length, float(scale),
+            G=group, HALF=d // 2, BLOCK_G=block_g, BLOCK_N=BLOCK_N, SPLITS=splits,
+            IEEE=q.dtype == torch.float32, num_warps=4,
+        )
+        if splits > 1:
+            _merge[(b, kv_heads)](part, out, out.stride(0), out.stride(1), G=group, D=d, BLOCK_G=block_g,
+                                  SPLITS=splits, num_warps=4)
     return out
 
 
@@ -190,21 +199,6 @@ def _on(device: torch.device):
     if device.type == "cuda" and device.index is not None and device.index != torch.cuda.current_device():
         return torch.cuda.device(device)
     return contextlib.nullcontext()
-
-
-def _launch(q, k, v, k_cache, v_cache, positions, cos, sin, length, scale, out, part, splits, group, block_g):
-    b, _, d = q.shape
-    kv_heads = k.shape[1]
-    _decode[(b, kv_heads, splits)](
-        q, k, v, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
-        k_cache, v_cache, *k_cache.stride()[:3], *v_cache.stride()[:3],
-        cos, sin, cos.stride(0), positions, out, out.stride(0), out.stride(1), part, length, float(scale),
-        G=group, HALF=d // 2, BLOCK_G=block_g, BLOCK_N=BLOCK_N, SPLITS=splits,
-        IEEE=q.dtype == torch.float32, num_warps=4,
-    )
-    if splits > 1:
-        _merge[(b, kv_heads)](part, out, out.stride(0), out.stride(1), G=group, D=d, BLOCK_G=block_g,
-                              SPLITS=splits, num_warps=4)
 
 
 if triton is not None:  # the kernels (module level: Triton resolves the helpers they call by name)
