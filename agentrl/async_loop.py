@@ -300,6 +300,7 @@ class RolloutStream:
         m = {"async/staleness_mean": statistics.fmean(ages) if ages else 0.0,
              "async/staleness_max": float(max(ages, default=0)),
              "async/dropped_stale": float(dropped),
+             "async/generate_s": max(0.0, end - start),
              "async/overlap_s": max(0.0, min(end, asked) - start),
              "async/wait_s": max(0.0, end - asked)}
         stats = self.engine.stats

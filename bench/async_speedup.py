@@ -221,7 +221,10 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
         values = [r[key] for r in kept if key in r]
         return statistics.fmean(values) if values else float("nan")
 
-    return {"step_s": statistics.fmean(measured), "step_s_each": measured, "total_s": total,
+    first = stamps[0] - steps[0].get("perf/step_time", 0.0) if stamps else 0.0
+    timeline = [{"end_s": round(r["time"] - first, 3), **{k: round(r[k], 3) for k in TIMELINE if k in r}}
+                for r in steps]  # per step, from the first step's start: how rollouts and training interleave
+    return {"step_s": statistics.fmean(measured), "step_s_each": measured, "total_s": total, "timeline": timeline,
             "engine": engine_lines,  # how the engine was built (decode attention, or why not the kernel)
             "rollout_s": mean("perf/rollout_time"), "train_s": mean("perf/train_time") + mean("perf/logprobs_time"),
             "sync_s": mean("perf/sync_time"), "generated_tokens": mean("rollout/generated_tokens"),
@@ -237,6 +240,10 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
             "reward": mean("rollout/reward_mean"),
             **{f"engine_{k}": _per_step(kept, f"engine/{k}")
                for k in ("busy_s", "prefill_s", "decode_s", "launch_s", "eager_s", "capture_s")}}
+
+
+TIMELINE = ("perf/step_time", "perf/rollout_time", "perf/logprobs_time", "perf/train_time", "perf/sync_time",
+            "async/generate_s", "async/overlap_s", "async/wait_s", "engine/busy_s")
 
 
 @contextlib.contextmanager
