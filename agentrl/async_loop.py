@@ -247,9 +247,9 @@ class RolloutStream:
         return result
 
     async def _produce(self) -> None:
-        """Start each rollout as soon as the staleness bound allows and the previous one is down to its
-        long tail (``--next-rollout-at``), without waiting for it to finish: the new rollout fills the
-        engine while the previous one finishes."""
+        """Start each rollout as soon as the staleness bound allows and the previous one is down to a
+        fraction of its episodes (``--next-rollout-at``; 0: finished, 1: no wait, the new rollout fills
+        the engine beside the previous one's long tail)."""
         running: set[asyncio.Task] = set()
         try:
             for rollout_id in range(self.start, self.cfg.num_rollout):
@@ -257,7 +257,7 @@ class RolloutStream:
                 async with cond:  # the staleness bound: rollout r waits for r - s - 1 to be trained
                     await cond.wait_for(lambda: self._failed or self._finished >= rollout_id - self.max_staleness - 1)
                 previous = self._unfinished.get(rollout_id - 1)
-                if previous is not None and self.cfg.next_rollout_at < 1:  # and for r - 1's long tail
+                if previous is not None and self.cfg.next_rollout_at < 1:  # and for r - 1 to finish (or reach its tail)
                     await previous.wait_until(int(self.cfg.next_rollout_at * self.cfg.episodes_per_rollout))
                 self._unfinished.setdefault(rollout_id, RolloutProgress())  # before its task runs: r + 1 waits on it
                 if self._failed:  # a rollout failed: start no more (those running finish; the loop sees the error)

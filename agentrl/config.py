@@ -173,12 +173,14 @@ class RunConfig:
     """With --max-staleness > 0 and the embedded engine: a weight update neither aborts nor waits for the turns in
     flight; the engine loads the weights between two decode steps and they go on, keeping their old-weight keys
     and values (nothing is prefilled again; --use-tis corrects the stale tokens)."""
-    next_rollout_at: float = 1.0
+    next_rollout_at: float = 0.0
     """With --max-staleness > 0: start a rollout once at most this fraction of the previous rollout's episodes are
-    unfinished (its long tail, which leaves the engine half idle), or when it ends; 1 starts it as soon as the
-    staleness bound allows. Lower values keep two rollouts from sharing the engine for their whole length and
-    finishing together (the engine then idles while the trainer trains on the first), at the cost of smaller
-    decode batches; on the long-tailed benchmark of docs/scaling.md 1 was fastest."""
+    unfinished, and as the staleness bound allows. 0 (default): once the previous rollout's last episode is done,
+    so rollouts generate one after another, each beside the training step before it. 1: as soon as the bound
+    allows, so a rollout's episodes fill the slots the previous one's long tail leaves free; the two then tend to
+    finish together and the engine idles while the first is trained (steps alternate long and short). On the
+    long-tailed benchmark of docs/scaling.md 0 was as fast or faster with the engine on its own H100 and within
+    noise of 1 on one H100."""
     trainer_sms: int | None = None
     """With --max-staleness > 0 and the embedded engine on the trainer's GPU: run the trainer's kernels on this many
     SMs (a CUDA green context) so the engine's decode steps, which overlap training, keep the rest (default: all)."""

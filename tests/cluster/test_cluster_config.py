@@ -69,7 +69,7 @@ def test_in_flight_weight_updates_need_overlap_and_the_embedded_engine(monkeypat
 
 def test_next_rollout_at_is_a_fraction(monkeypatch):
     monkeypatch.chdir(placement.__file__.rsplit("/agentrl/", 1)[0])
-    assert parse_args(BASE).next_rollout_at == 1.0  # at once, as the staleness bound allows
+    assert parse_args(BASE).next_rollout_at == 0.0  # once the previous rollout has finished
     cfg = parse_args([*BASE, "--max-staleness", "1", "--next-rollout-at", "0.25"])
     assert cfg.next_rollout_at == 0.25 and validate(cfg) == []
     assert validate(parse_args([*BASE, "--next-rollout-at", "1.5"])) == [
