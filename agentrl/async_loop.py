@@ -6,11 +6,13 @@ rollout ``k`` when the loop asks for it, exactly as a plain loop would. With
 ``k`` (on a worker thread, so the event loop keeps serving episodes):
 
 * **bound**: rollout ``r`` may start only once rollout ``r - s - 1`` is trained and its weights
-  synced, so no sample is more than ``s`` weight versions old when it is trained on. It starts as
-  soon as that holds, also while rollout ``r - 1`` is still finishing: with long-tailed response
-  lengths the new rollout's episodes fill the engine beside the few long ones left; a group
+  synced, so no sample is more than ``s`` weight versions old when it is trained on; a group
   whose oldest turn is older anyway (``current_version - min(sample.weight_versions) > s``) is
   dropped and counted (``async/dropped_stale``).
+* **next rollout**: ``--next-rollout-at F`` also waits until at most a fraction ``F`` of rollout
+  ``r - 1``'s episodes are unfinished: 0 (default) once it has finished, so rollouts generate one
+  after another; 1 at once, so the new rollout's episodes fill the engine beside the previous
+  one's long tail (requests carry their rollout index as priority: the older rollout's turns go first).
 * **partial rollouts**: each weight sync interrupts the turns in flight (see
   :mod:`agentrl.rollout.async_partial`): they continue under the new weights (``--partial-rollouts``),
   the sync waits for them (``--no-partial-rollouts``), or they go on through it
@@ -18,7 +20,8 @@ rollout ``k`` when the loop asks for it, exactly as a plain loop would. With
 * **one GPU**: ``--trainer-sms N`` runs the trainer thread's kernels on N SMs so the engine's
   decode steps keep the rest (:mod:`agentrl.utils.sm_share`).
 * **metrics** per step: ``async/staleness_mean``, ``async/staleness_max`` (over kept samples, in
-  weight versions), ``async/dropped_stale`` (groups), ``async/overlap_s`` (seconds of this
+  weight versions), ``async/dropped_stale`` (groups), ``async/generate_s`` (the rollout's wall time, start to last
+  episode), ``async/overlap_s`` (seconds of this
   rollout's generation that ran before the trainer asked for it, i.e. behind earlier steps), ``async/wait_s`` (seconds the trainer
   waited for it), ``async/resumed_turns``, ``async/carried_turns``, ``async/interrupt_wait_s``.
 
