@@ -23,5 +23,22 @@ def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
         return 2
     from agentrl.loop import train
 
-    train(cfg)
+    try:
+        train(cfg)
+    except _input_errors() as e:  # found while loading what the flags name: say what, not where in agentrl
+        logging.getLogger(__name__).debug("run setup failed", exc_info=True)
+        print(f"{prog}: {e}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """Errors about the run's inputs (data rows, model folder, environment id, hook path, held-out tasks):
+    their message names the input and the fix, so the command prints it alone."""
+    from agentrl.data.prompts import DataError
+    from agentrl.env.registry import EnvNotFoundError
+    from agentrl.eval.tasks import TaskError
+    from agentrl.models import ModelNotFoundError
+    from agentrl.utils.imports import HookLoadError
+
+    return DataError, EnvNotFoundError, TaskError, ModelNotFoundError, HookLoadError

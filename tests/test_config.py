@@ -72,6 +72,15 @@ def test_train_py_reports_problems_before_loading_anything(tmp_path):
     assert helped.returncode == 0 and "--n-samples-per-prompt" in helped.stdout and "Episodes per prompt" in helped.stdout
 
 
+def test_train_py_reports_a_bad_data_row_in_one_line(tmp_path):
+    data = tmp_path / "prompts.jsonl"
+    data.write_text('{"prompt": "1+1?", "label": "2"}\nnot json\n')
+    out = subprocess.run([sys.executable, "train.py", "--prompt-data", str(data), "--env", "agentrl/Echo-v0",
+                          "--output-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert f"train.py: {data}:2: invalid JSON" in out.stderr and "--skip-bad-rows" in out.stderr
+
+
 def test_engine_device_is_checked():
     problems = "\n".join(validate(parse_args(["--engine-device", "tpu:0", "--engine-admit-wait-steps", "-1"])))
     assert "--engine-admit-wait-steps must be >= 0; got -1" in problems
