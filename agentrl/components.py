@@ -118,6 +118,9 @@ def build_engine(cfg: RunConfig, trainer: Any) -> Any:
 
 
 def load_eval_tasks(cfg: RunConfig) -> list[EvalTask]:
+    """The held-out sets of ``--eval-prompt-data`` (none with ``--eval-interval 0``)."""
+    if cfg.eval_interval == 0:
+        return []
     tasks = []
     for name, path in zip(cfg.eval_prompt_data[::2], cfg.eval_prompt_data[1::2]):
         ds = load_prompts(path, cfg.data)

@@ -118,7 +118,8 @@ class RunConfig:
     eval_prompt_data: list[str] = field(default_factory=list)
     """Held-out sets as NAME PATH pairs (each row may name its env)."""
     eval_interval: int | None = None
-    """Evaluate every this many rollouts (and before the first and after the last)."""
+    """Evaluate every this many rollouts (and before the first and after the last); 0: never (the held-out sets
+    are not even loaded)."""
     n_samples_per_eval_prompt: int = 1
     """Episodes per held-out prompt."""
     eval_temperature: float = 0.0
@@ -479,9 +480,9 @@ def validate(cfg: RunConfig) -> list[str]:
             problems.append("--engine-dtype sets the embedded engine's weights; SGLang servers take --sglang-dtype")
     if cfg.load is not None and not Path(cfg.load).expanduser().exists():
         problems.append(f"--load {cfg.load}: no such checkpoint folder")
-    for flag, value in (("--save-interval", cfg.save_interval), ("--eval-interval", cfg.eval_interval)):
-        if value is not None and value < 1:
-            problems.append(f"{flag} must be >= 1; got {value}")
+    for flag, value, low in (("--save-interval", cfg.save_interval, 1), ("--eval-interval", cfg.eval_interval, 0)):
+        if value is not None and value < low:
+            problems.append(f"{flag} must be >= {low}; got {value}")
     if cfg.save_interval and not cfg.save:
         problems.append("--save-interval needs --save DIR")
     problems += _cluster_problems(cfg)
