@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import logging
 import socket
+import sys
 import threading
 import time
 from typing import Any
@@ -34,12 +35,7 @@ class BackgroundServer:
         import uvicorn
 
         self.host = host
-        # proto=IPPROTO_TCP matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
-        # and without it every answer waits ~40 ms for a delayed ACK (Nagle).
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        self._sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._sock.bind((host, port))
+        self._sock = listening_socket(host, port)
         self.port = self._sock.getsockname()[1]
         self._server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, lifespan="off"))
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]},
@@ -73,6 +69,29 @@ class BackgroundServer:
         self.stop()
 
 
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to ``host:port`` for uvicorn to serve on (``port=0``: a free one).
+
+    ``proto=IPPROTO_TCP`` matters: asyncio sets TCP_NODELAY only on sockets that say they are TCP,
+    and without it every answer waits ~40 ms for a delayed ACK (Nagle)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _port(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0-65535)")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="agentrl serve",
@@ -83,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tokenizer-path", default=None,
                    help="Tokenizer folder or alias; default: the model's own tokenizer.")
     p.add_argument("--host", default="127.0.0.1", help="Address to bind (0.0.0.0 for all interfaces).")
-    p.add_argument("--port", type=int, default=30000, help="Port to listen on (SGLang's default is 30000).")
+    p.add_argument("--port", type=_port, default=30000, help="Port to listen on (SGLang's default is 30000).")
     p.add_argument("--device", default=None, help="Device of the embedded engine: cpu, cuda, cuda:1 (default: cuda if available).")
     p.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"],
                    help="Weights dtype (default: float32 on CPU, bfloat16 on CUDA).")
@@ -113,7 +132,19 @@ def serve_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.engine == "embedded" and not args.model_path:
         build_parser().error("--model-path is required (a model folder, hub id or alias such as tiny-qwen2)")
-    engine, tokenizer, model_path = _build_engine(args)
+    from agentrl.models import ModelNotFoundError
+
+    try:  # the port first: a port in use is found before the model is loaded
+        sock = listening_socket(args.host, args.port)
+    except OSError as exc:
+        print(f"agentrl serve: cannot listen on {args.host}:{args.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    try:
+        engine, tokenizer, model_path = _build_engine(args)
+    except (ModelNotFoundError, ValueError) as exc:  # the model or an engine setting: what the flags asked for
+        sock.close()
+        print(f"agentrl serve: {exc}", file=sys.stderr)
+        return 2
     server_args = {"host": args.host, "port": args.port, "device": args.device, "dtype": args.dtype,
                    "max_batch_size": args.max_batch_size, "max_seq_len": args.max_seq_len,
                    "admit_wait_steps": getattr(getattr(engine, "config", None), "admit_wait_steps", None),
@@ -122,9 +153,14 @@ def serve_main(argv: list[str] | None = None) -> int:
 
     app = create_app(engine, tokenizer, model_path=model_path, served_model_name=args.served_model_name,
                      tokenizer_path=args.tokenizer_path, server_args=server_args)
-    log.info("agentrl serve: %s on http://%s:%d", model_path, args.host, args.port)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, lifespan="off",
-                timeout_graceful_shutdown=10)
+    log.info("agentrl serve: %s on http://%s:%d", model_path, args.host, sock.getsockname()[1])
+    server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, lifespan="off", timeout_graceful_shutdown=10))
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on
+        pass
+    finally:
+        sock.close()
     close = getattr(engine, "close", None)
     if close is not None:
         result = close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -409,6 +410,21 @@ def test_serve_cli_requires_a_model_for_the_embedded_engine(capsys):
     with pytest.raises(SystemExit) as exc:
         serve_main(["--port", "0"])
     assert exc.value.code == 2 and "--model-path" in capsys.readouterr().err
+
+
+def test_serve_cli_reports_bad_ports_and_models_in_one_line(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        serve_main(["--engine", "fake", "--port", "99999"])
+    assert exc.value.code == 2 and "99999 is not a TCP port" in capsys.readouterr().err
+    with socket.socket() as taken:  # a port in use is reported before any model is loaded
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert serve_main(["--model-path", str(tmp_path / "absent"), "--port", str(port)]) == 2
+        assert f"cannot listen on 127.0.0.1:{port}" in capsys.readouterr().err
+    assert serve_main(["--model-path", str(tmp_path / "absent"), "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "agentrl serve: model" in err and "not found" in err and "Traceback" not in err
 
 
 def test_sampling_params_round_trip_to_the_engine(served):
