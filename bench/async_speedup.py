@@ -98,7 +98,7 @@ def main() -> None:
     p.add_argument("--shape", default="qwen2.5-0.5b", help="a key of agentrl.testing.tiny.BENCH_SHAPES, or 'tiny'")
     p.add_argument("--tokenizer", default=None, help="tokenizer folder (default: SmolLM2's, via its alias)")
     p.add_argument("--modes", default="sync,async,async_drain", help=f"comma-separated, of {', '.join(MODES)}")
-    p.add_argument("--rollouts", type=int, default=8, help="rollouts per mode")
+    p.add_argument("--rollouts", type=int, default=10, help="rollouts per mode (the first --warmup are not timed)")
     p.add_argument("--warmup", type=int, default=2, help="first steps of each mode left out of the timing")
     p.add_argument("--batch", type=int, default=32, help="prompts per rollout")
     p.add_argument("--samples", type=int, default=8, help="episodes per prompt")
