@@ -112,17 +112,17 @@ async def test_admission_batching_shares_prefills_and_keeps_results(qwen2):
     prompts = [tok.encode(PROMPTS[i % len(PROMPTS)] + " " * i) for i in range(9)]
     params = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
     results, prefills = [], []
-    for wait in (0, 8):
-        async with EmbeddedEngine(model, tok, max_batch_size=64, max_seq_len=128, admit_wait_steps=wait) as engine:
-            first = asyncio.ensure_future(engine.generate(prompts[0], SamplingParams(temperature=0, max_new_tokens=60,
+    for wait in (0, 64):  # 64: the arrivals' window, however many steps a busy machine lets pass between them
+        async with EmbeddedEngine(model, tok, max_batch_size=64, max_seq_len=512, admit_wait_steps=wait) as engine:
+            first = asyncio.ensure_future(engine.generate(prompts[0], SamplingParams(temperature=0, max_new_tokens=400,
                                                                                       ignore_eos=True)))
-            while engine.stats.steps == 0:  # the long request is decoding
+            while engine.stats.steps == 0:  # the long request is decoding (until well after the last arrival)
                 await asyncio.sleep(0.001)
             later = []
-            for p in prompts[1:]:  # arrivals spread over decode steps
+            for p in prompts[1:]:  # arrivals spread over decode steps, at least two apart
                 later.append(asyncio.ensure_future(engine.generate(p, params)))
                 steps = engine.stats.steps
-                while engine.stats.steps == steps:
+                while engine.stats.steps < steps + 2:
                     await asyncio.sleep(0.001)
             outs = await asyncio.gather(first, *later)
             results.append([c.token_ids for c in outs])
