@@ -108,7 +108,12 @@ def train_steps(cfg: RunConfig, n: int) -> int:
 
 async def run_eval(c: Components) -> dict[str, float]:
     results = await evaluate(c.engine, c.template, c.eval_tasks, c.eval_config)
-    return {f"eval/{name}/{k}": v for name, r in results.items() for k, v in r["metrics"].items()}
+    for name, r in results.items():
+        if r["engine_failures"]:  # left out of the metrics, which then cover fewer prompts
+            log.warning("eval %s: %d prompt(s) not scored, the engine failed them (first: %s)", name,
+                        len(r["engine_failures"]), r["engine_failures"][0][1])
+    return {f"eval/{name}/{k}": v for name, r in results.items() for k, v in r["metrics"].items()} | {
+        f"eval/{name}/engine_failures": float(len(r["engine_failures"])) for name, r in results.items()}
 
 
 def save(c: Components, cfg: RunConfig, next_rollout: int) -> None:

@@ -230,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.format_table(summary))
     print(f"\nwrote {args.out}/summary.json, {args.out}/episodes.jsonl, {args.out}/report.md")
+    if summary.get("engine_failures"):
+        counts = ", ".join(f"{task}: {n}" for task, n in summary["engine_failures"].items())
+        print(f"\nagentrl eval: the engine failed some prompts ({counts}); they are not scored above. "
+              f"First error: {summary['engine_error']}\nRerun the same command to evaluate them.", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -270,7 +275,11 @@ def run(args: EvalArgs, *, engine: Any = None, template: Any = None, command: st
                                extra={"settings": settings, "command": command,
                                       "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                       "seconds_this_run": round(time.time() - start, 1),
-                                      "success_threshold": config.success_threshold})
+                                      "success_threshold": config.success_threshold,
+                                      "engine_failures": {name: len(r["engine_failures"])
+                                                          for name, r in results.items() if r["engine_failures"]},
+                                      "engine_error": next((r["engine_failures"][0][1] for r in results.values()
+                                                            if r["engine_failures"]), None)})
     report.write_summary(args.out, summary)
     report.write_report(args.out, summary, {name: r["samples"] for name, r in results.items()},
                         examples=args.examples, plots=args.plots, command=command)
@@ -311,6 +320,13 @@ async def build_engine_and_template(args: EvalArgs, *, need_engine: bool = True,
         from agentrl.engine.sglang import SGLangEngine
 
         engine = SGLangEngine(args.engine_url)
+        healthy = await engine.health_status()
+        if not any(healthy.values()):
+            await _close(engine)
+            raise EvalArgsError(f"no server answers /health_generate at {', '.join(healthy)}: is it running? "
+                                "(agentrl serve --model-path MODEL, or SGLang's launch_server)")
+        if not all(healthy.values()):
+            log.warning("not answering /health_generate: %s", ", ".join(u for u, ok in healthy.items() if not ok))
         if tokenizer_name is None:
             info = await engine.get_model_info()
             tokenizer_name = info.get("tokenizer_path") or info.get("model_path")

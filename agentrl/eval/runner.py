@@ -33,7 +33,7 @@ from typing import Any
 from agentrl.data.prompts import PromptRow
 from agentrl.engine.base import Engine, SamplingParams
 from agentrl.eval.metrics import group_metrics
-from agentrl.rollout import Rollout, RolloutConfig
+from agentrl.rollout import Rollout, RolloutConfig, engine_failed
 from agentrl.types import Group, Sample
 
 
@@ -108,16 +108,19 @@ async def evaluate(
     on_group: GroupCallback | None = None,
     done: dict[str, dict[int, list[Sample]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Run every task; return ``{task: {"metrics": {...}, "samples": [...]}}``.
+    """Run every task; return ``{task: {"metrics": {...}, "samples": [...], "engine_failures": [...]}}``.
 
     The prompts of all tasks share one pool of ``config.concurrency`` episodes in flight (so an
     engine batches across tasks). ``done[task][row_index]`` holds samples of prompts finished in
-    an earlier run: they are counted, not re-run.
+    an earlier run: they are counted, not re-run. A prompt with an episode the engine failed
+    (:func:`~agentrl.rollout.engine_failed`) is neither scored nor passed to ``on_group``: its
+    ``(row index, error)`` goes to ``engine_failures``, and a later run evaluates it again.
     """
     done = done or {}
     # at most `concurrency` episodes in flight: groups of n_samples are admitted a whole group at a time
     admit = asyncio.Semaphore(max(1, config.concurrency // config.n_samples))
     finished: dict[str, dict[int, list[Sample]]] = {t.name: dict(done.get(t.name, {})) for t in tasks}
+    failures: dict[str, list[tuple[int, str]]] = {t.name: [] for t in tasks}
 
     async def one(task: EvalTask, rollout: Rollout, row: PromptRow, first_group_id: int) -> None:
         async with admit:
@@ -125,6 +128,10 @@ async def evaluate(
             # index: unique across the tasks running together, and independent of which other
             # rows are evaluated, so a resumed or a longer run gives the same episodes
             group = await rollout.generate_group(row, group_id=first_group_id + row.index)
+        failed = [s for s in group.samples if engine_failed(s)]
+        if failed:
+            failures[task.name].append((row.index, failed[0].error or ""))
+            return
         finished[task.name][row.index] = group.samples
         if on_group is not None:
             on_group(task, row, group)
@@ -142,7 +149,8 @@ async def evaluate(
     for task in tasks:
         groups = [sorted(finished[task.name][row.index], key=lambda s: s.sample_index)
                   for row in task.rows if row.index in finished[task.name]]
-        results[task.name] = {"metrics": task_metrics(groups, config), "samples": [s for g in groups for s in g]}
+        results[task.name] = {"metrics": task_metrics(groups, config), "samples": [s for g in groups for s in g],
+                              "engine_failures": sorted(failures[task.name])}
     return results
 
 

@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrl.engine.base import Engine, SamplingParams
+from agentrl.engine.base import Engine, EngineError, SamplingParams
 from agentrl.env import TextEnv, make
 from agentrl.types import Sample
 
@@ -77,6 +77,13 @@ class EpisodeRequest:
     sample_index: int = 0
     label: Any = None
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def engine_failed(sample: Sample) -> bool:
+    """Whether the engine, not the model or its environment, failed this episode (an
+    :class:`~agentrl.engine.base.EngineError`: a dead or unreachable server, a closed engine).
+    Such an episode says nothing about the model: evaluation runs it again, it is not scored."""
+    return sample.status == "failed" and (sample.error or "").startswith(f"{EngineError.__name__}: ")
 
 
 class _Partial:

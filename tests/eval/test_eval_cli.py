@@ -176,3 +176,56 @@ def test_per_task_budgets_and_one_pool_across_tasks(tmp_path, scripted, template
 
     groups = {(e["task"], e["row"]): e["group_id"] for e in read_episodes(tmp_path)}
     assert groups[("short", 2)] == EVAL_GROUP_BASE + 2 and groups[("long", 2)] == EVAL_GROUP_BASE + GROUP_ID_STRIDE + 2
+
+
+def test_prompts_the_engine_failed_are_not_scored_and_a_rerun_evaluates_them(tmp_path, scripted, template):
+    from agentrl.engine.base import EngineError
+
+    def dies_on_rows_1_and_2(row, sample, prompt):
+        if row in (1, 2) and sample == 1:
+            raise EngineError("POST /generate failed after 9 attempts")
+        return echo_reply(row, sample, prompt)
+
+    summary = run(echo_args(tmp_path), engine=scripted(dies_on_rows_1_and_2), template=template)
+    assert summary["engine_failures"] == {"echo": 2} and "failed after 9 attempts" in summary["engine_error"]
+    assert summary["tasks"]["echo"]["prompts"] == 2  # rows 0 and 3 only: no engine failure counted as a 0
+    assert sorted({e["row"] for e in read_episodes(tmp_path)}) == [0, 3]  # nothing stored for rows 1 and 2
+    again = scripted(echo_reply)
+    summary = run(echo_args(tmp_path), engine=again, template=template)
+    assert sorted(again.served) == [(r, i) for r in (1, 2) for i in range(3)]  # only what failed, once more
+    assert not summary["engine_failures"]
+    assert summary["tasks"] == run(echo_args(tmp_path / "clean"), engine=scripted(echo_reply),
+                                   template=template)["tasks"]
+
+
+def test_an_engine_url_that_does_not_answer_is_refused_before_any_episode(tmp_path, capsys):
+    import socket
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code = main(["--engine-url", f"http://127.0.0.1:{port}", "--tokenizer", "tiny-qwen2", "--task", "echo=Echo-v0",
+                 "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"no server answers /health_generate at http://127.0.0.1:{port}" in err
+    assert not (tmp_path / "out" / "episodes.jsonl").exists() or not (tmp_path / "out" / "episodes.jsonl").read_text()
+
+
+def test_the_command_exits_1_and_says_so_when_the_engine_failed_prompts(tmp_path, scripted, template, monkeypatch,
+                                                                       capsys):
+    from agentrl.engine.base import EngineError
+
+    def dies_on_row_0(row, sample, prompt):
+        if row == 0:
+            raise EngineError("the engine is closed")
+        return echo_reply(row, sample, prompt)
+
+    async def built(*args, **kwargs):
+        return scripted(dies_on_row_0), template
+
+    monkeypatch.setattr("agentrl.eval.cli.build_engine_and_template", built)
+    code = main(["--model-path", "scripted", "--task", "echo=Echo-v0", "--limit", "2", "--max-turns", "1",
+                 "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 1 and "the engine failed some prompts (echo: 1)" in err and "the engine is closed" in err
+    assert "Rerun the same command" in err
