@@ -23,6 +23,7 @@ from agentrl.checkpoint import find_checkpoint, read_state, save_checkpoint
 from agentrl.cluster.build import build_ray_components
 from agentrl.components import Components, build_components, compute_advantages, output_dir, seed_everything
 from agentrl.config import ConfigError, RunConfig, to_dict, validate
+from agentrl.engine.base import EngineError
 from agentrl.eval import evaluate
 from agentrl.obs import MetricsLogger, Timer, plot_run
 from agentrl.sync import sync_weights
@@ -40,6 +41,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
 async def _train(cfg: RunConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
+    if cfg.engine == "sglang" and cfg.sglang_url and not cfg.use_ray:  # before loading anything
+        await _require_servers(cfg.sglang_url)
     out = output_dir(cfg)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     c = build_ray_components(cfg) if cfg.use_ray else build_components(cfg)
@@ -56,6 +59,9 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
         for rollout_id in bar:
             with timer("rollout"):
                 result = await rollouts.next(rollout_id)
+            if not result.groups and result.metrics.get("rollout/engine_failed") == 1.0:
+                raise EngineError(f"rollout {rollout_id}: the engine failed every episode (first: "
+                                  f"{result.engine_error}); stopping (--load a checkpoint to go on)")
             step = dict(result.metrics)
             if result.groups:
                 batch = RolloutBatch.from_samples(result.samples)
@@ -104,6 +110,16 @@ def train_steps(cfg: RunConfig, n: int) -> int:
     while n % steps:
         steps -= 1
     return steps
+
+
+async def _require_servers(urls: list[str]) -> None:
+    from agentrl.engine.sglang import SGLangEngine
+
+    engine = SGLangEngine(urls)
+    try:
+        await engine.require_health()
+    finally:
+        await engine.aclose()
 
 
 async def run_eval(c: Components) -> dict[str, float]:

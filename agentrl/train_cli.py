@@ -6,6 +6,7 @@ import logging
 import sys
 
 from agentrl.config import ConfigError, parse_args, validate
+from agentrl.engine.base import EngineError
 
 
 def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
@@ -29,6 +30,10 @@ def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
         logging.getLogger(__name__).debug("run setup failed", exc_info=True)
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
+    except EngineError as e:  # servers that do not answer, or an engine that failed a whole rollout
+        logging.getLogger(__name__).debug("engine failure", exc_info=True)
+        print(f"{prog}: engine error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

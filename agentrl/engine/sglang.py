@@ -186,6 +186,15 @@ class SGLangEngine:
         """True when at least one server answers ``/health_generate`` with 200 (it can generate)."""
         return any((await self.health_status()).values())
 
+    async def require_health(self) -> None:
+        """Raise :class:`EngineError` when no server answers ``/health_generate`` (log those that do not)."""
+        healthy = await self.health_status()
+        if not any(healthy.values()):
+            raise EngineError(f"no server answers /health_generate at {', '.join(healthy)}: is it running? "
+                              "(agentrl serve --model-path MODEL, or SGLang's launch_server)")
+        if not all(healthy.values()):
+            log.warning("not answering /health_generate: %s", ", ".join(u for u, ok in healthy.items() if not ok))
+
     # --- more of SGLang's API ----------------------------------------------------------------
 
     async def health_status(self) -> dict[str, bool]:

@@ -317,16 +317,15 @@ async def build_engine_and_template(args: EvalArgs, *, need_engine: bool = True,
     engine = None
     tokenizer_name = args.tokenizer or args.model_path
     if args.engine_url and need_engine:
+        from agentrl.engine.base import EngineError
         from agentrl.engine.sglang import SGLangEngine
 
         engine = SGLangEngine(args.engine_url)
-        healthy = await engine.health_status()
-        if not any(healthy.values()):
+        try:
+            await engine.require_health()
+        except EngineError as exc:
             await _close(engine)
-            raise EvalArgsError(f"no server answers /health_generate at {', '.join(healthy)}: is it running? "
-                                "(agentrl serve --model-path MODEL, or SGLang's launch_server)")
-        if not all(healthy.values()):
-            log.warning("not answering /health_generate: %s", ", ".join(u for u, ok in healthy.items() if not ok))
+            raise EvalArgsError(str(exc)) from None
         if tokenizer_name is None:
             info = await engine.get_model_info()
             tokenizer_name = info.get("tokenizer_path") or info.get("model_path")

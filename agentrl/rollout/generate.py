@@ -26,7 +26,7 @@ from typing import Any
 
 from agentrl.data.prompts import PromptRow
 from agentrl.engine.base import Engine
-from agentrl.rollout.episode import EpisodeRequest, RewardFn, RolloutConfig, run_episode
+from agentrl.rollout.episode import EpisodeRequest, RewardFn, RolloutConfig, engine_failed, run_episode
 from agentrl.rollout.filters import GroupFilter, drop_failed
 from agentrl.types import Group, Sample
 
@@ -46,6 +46,8 @@ class RolloutResult:
     metrics: dict[str, float] = field(default_factory=dict)
     """``rollout/...`` metrics over every finished episode (kept or not)."""
     prompts_used: int = 0
+    engine_error: str | None = None
+    """The first error of an episode the engine failed (:func:`~agentrl.rollout.engine_failed`), if any."""
 
     @property
     def samples(self) -> list[Sample]:
@@ -235,7 +237,9 @@ class Rollout:
             log.warning("rollout: only %d of %d groups passed the filters after %d prompts (drops: %s)",
                         len(kept), batch_size, launched, dict(dropped))
         metrics = rollout_metrics(finished, kept, dropped, time.perf_counter() - start)
-        return RolloutResult(groups=kept, dropped=dict(dropped), metrics=metrics, prompts_used=launched)
+        engine_error = next((s.error for g in finished for s in g.samples if engine_failed(s)), None)
+        return RolloutResult(groups=kept, dropped=dict(dropped), metrics=metrics, prompts_used=launched,
+                             engine_error=engine_error)
 
     def _filter(self, group: Group) -> tuple[Group | None, str]:
         for f in self.filters:
@@ -256,6 +260,7 @@ def rollout_metrics(finished: list[Group], kept: list[Group], dropped: Counter, 
     statuses = Counter(s.status for s in samples)
     for status in ("ok", "truncated", "aborted", "failed"):
         m[f"rollout/status_{status}"] = statuses.get(status, 0) / len(samples)
+    m["rollout/engine_failed"] = sum(map(engine_failed, samples)) / len(samples)  # of the failed: the engine's
     rewards = [s.reward for s in samples if s.trainable]
     if rewards:
         m["rollout/reward_mean"] = statistics.fmean(rewards)
