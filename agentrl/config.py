@@ -456,6 +456,10 @@ def validate(cfg: RunConfig) -> list[str]:
                        ("--custom-rm-path", cfg.custom_rm_path)):
         if spec is not None and ":" not in spec:
             problems.append(f"{flag} {spec!r} must look like 'module:function' or 'file.py:function'")
+        elif spec is not None:
+            module = spec.rpartition(":")[0]
+            if (module.endswith(".py") or "/" in module) and not Path(module).expanduser().exists():
+                problems.append(f"{flag} {spec!r}: no such file {module}")
     if cfg.trainer == "megatron":
         import importlib.util
 

@@ -53,8 +53,12 @@ def test_all_problems_reported_together(tmp_path):
     cfg = parse_args(["--env", "Eko-v0", "--rollout-batch-size", "3", "--n-samples-per-prompt", "3",
                       "--global-batch-size", "4", "--kl-loss-type", "k4", "--use-kl-loss", "--overlong", "drop",
                       "--model-path", str(tmp_path / "missing-model"), "--prompt-data", str(tmp_path / "no.jsonl"),
-                      "--eval-prompt-data", "only-a-name", "--save-interval", "2"])
+                      "--eval-prompt-data", "only-a-name", "--save-interval", "2",
+                      "--custom-rm-path", str(tmp_path / "rm.py") + ":reward", "--custom-generate-function-path",
+                      "agentrl.rollout:run_episode"])
     problems = validate(cfg)
+    assert f"--custom-rm-path '{tmp_path / 'rm.py'}:reward': no such file {tmp_path / 'rm.py'}" in problems
+    assert not [p for p in problems if "--custom-generate-function-path" in p]  # a module: imported when used
     text = "\n".join(problems)
     for needle in ["must equal --global-batch-size", "set --global-batch-size 9", "unknown KL estimator 'k4'",
                    "--overlong must be one of", "--kl-loss-coef is 0", "--prompt-data", "no such file",
