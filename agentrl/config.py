@@ -574,7 +574,10 @@ def _apply_file(cfg: RunConfig, path: str) -> list[str]:
     file = Path(path).expanduser()
     if not file.exists():
         return [f"--config {path}: no such file"]
-    data = yaml.safe_load(file.read_text()) or {}
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as e:  # its message names the line and column
+        return [f"--config {path}: not valid YAML: " + " ".join(str(e).split())]
     if not isinstance(data, dict):
         return [f"--config {path}: expected a mapping of flag names to values"]
     problems = []

@@ -37,6 +37,13 @@ def test_derived_values_and_overrides(tmp_path):
     assert back["rollout-batch-size"] == 6 and back["lr"] == 3e-5
 
 
+def test_a_config_file_that_is_not_yaml_is_one_problem(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lr: [1,\n")
+    with pytest.raises(ConfigError, match=r"--config .*bad.yaml: not valid YAML: .*line 2, column 1"):
+        parse_args(["--config", str(bad)])
+
+
 def test_unknown_config_key_is_named(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("rollout-bach-size: 2\n")
