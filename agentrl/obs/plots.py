@@ -1,4 +1,4 @@
-"""PNG plots of a run's metrics: reward, response length, KL, entropy, eval curves."""
+"""PNG plots of a run's metrics: reward, response length, KL, entropy, time per step, eval curves."""
 
 from __future__ import annotations
 
@@ -15,10 +15,18 @@ PANELS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("KL", ("train/kl_loss", "train/ppo_kl", "train/rollout_train_kl")),
     ("entropy", ("train/entropy",)),
 )
+TIMING: dict[str, str] = {
+    "perf/step_time": "step",
+    "perf/rollout_time": "waiting for the rollout",
+    "perf/train_time": "training",
+    "async/generate_s": "the rollout's generation (async)",
+}
+"""Keys of ``timing.png``, with their labels."""
 
 
 def plot_run(metrics: MetricsLogger, out_dir: str | Path) -> list[Path]:
-    """Write ``training.png`` (four panels) and ``eval.png`` (every ``eval/*`` success curve)."""
+    """Write ``training.png`` (four panels), ``timing.png`` (seconds per step: the step, the wait for its
+    rollout, training, and in async runs the rollout's generation) and ``eval.png`` (every ``eval/*`` curve)."""
     try:
         import matplotlib
     except ImportError:
@@ -27,6 +35,7 @@ def plot_run(metrics: MetricsLogger, out_dir: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -49,6 +58,24 @@ def plot_run(metrics: MetricsLogger, out_dir: str | Path) -> list[Path]:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     written.append(path)
+
+    timing = [k for k in TIMING if metrics.series(k)[0]]
+    if timing:  # where each step's seconds went; async runs add the rollouts' own generation time
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key in timing:
+            x, y = metrics.series(key)
+            ax.plot(x, y, marker="o", markersize=3, label=TIMING[key])
+        ax.set_xlabel("rollout")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_ylabel("seconds")
+        ax.set_title("time per step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out_dir / "timing.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
 
     eval_keys = sorted({k for row in metrics.history for k in row if k.startswith("eval/") and k.endswith("/reward_mean")})
     if eval_keys:

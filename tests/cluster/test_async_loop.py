@@ -58,6 +58,7 @@ def test_async_run_overlaps_bounds_staleness_and_checkpoints_the_data_position(t
     assert all(r["async/dropped_stale"] == 0 and r["rollout/groups_kept"] == 2 for r in steps)
     assert steps[1]["async/overlap_s"] > 0 and "train/tis_weight_mean" in steps[1]
     assert all(s["async/generate_s"] >= s["async/overlap_s"] for s in steps)
+    assert (out / "timing.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # step, wait, train, generation
     # when rollout 2 was saved the producer had drawn rollout 3's prompts: the checkpoint must not count them
     state = json.loads((out / "ckpt" / "rollout_00002" / "state.json").read_text())
     assert (state["sampler"]["epoch"], state["sampler"]["offset"]) == (0, 2 * 2)
