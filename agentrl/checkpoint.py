@@ -36,7 +36,7 @@ def save_checkpoint(root: str | Path, rollout_id: int, trainer: Any, state: dict
 
 def find_checkpoint(path: str | Path) -> Path:
     """``path`` itself if it is a checkpoint, else the one ``path/latest`` names."""
-    path = Path(path)
+    path = Path(path).expanduser()
     if (path / "state.json").exists():
         return path
     latest = path / "latest"

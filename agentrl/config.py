@@ -482,8 +482,14 @@ def validate(cfg: RunConfig) -> list[str]:
             problems.append(f"--engine-dtype must be one of {', '.join(ENGINE_DTYPES)}; got {cfg.engine_dtype!r}")
         elif cfg.engine != "embedded":
             problems.append("--engine-dtype sets the embedded engine's weights; SGLang servers take --sglang-dtype")
-    if cfg.load is not None and not Path(cfg.load).expanduser().exists():
-        problems.append(f"--load {cfg.load}: no such checkpoint folder")
+    if cfg.load is not None:
+        from agentrl.checkpoint import find_checkpoint
+
+        try:
+            find_checkpoint(cfg.load)
+        except FileNotFoundError as e:
+            problems.append(f"--load {cfg.load}: no such checkpoint folder" if not Path(cfg.load).expanduser().exists()
+                            else f"--load: {e}")
     for flag, value, low in (("--save-interval", cfg.save_interval, 1), ("--eval-interval", cfg.eval_interval, 0)):
         if value is not None and value < low:
             problems.append(f"{flag} must be >= {low}; got {value}")

@@ -44,6 +44,12 @@ def test_a_config_file_that_is_not_yaml_is_one_problem(tmp_path):
         parse_args(["--config", str(bad)])
 
 
+def test_load_must_name_a_checkpoint(tmp_path):
+    problems = validate(parse_args(["--load", str(tmp_path)]))
+    assert f"--load: {tmp_path} holds no checkpoint (no state.json and no 'latest' file)" in problems
+    assert f"--load {tmp_path / 'x'}: no such checkpoint folder" in validate(parse_args(["--load", str(tmp_path / "x")]))
+
+
 def test_unknown_config_key_is_named(tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("rollout-bach-size: 2\n")
