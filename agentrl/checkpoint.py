@@ -20,7 +20,7 @@ from typing import Any
 
 
 def save_checkpoint(root: str | Path, rollout_id: int, trainer: Any, state: dict[str, Any]) -> Path:
-    root = Path(root)
+    root = Path(root).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"rollout_{rollout_id:05d}"
     tmp = root / f".tmp_rollout_{rollout_id:05d}"

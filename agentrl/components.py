@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from agentrl import algo
-from agentrl.config import RunConfig
+from agentrl.config import ConfigError, RunConfig
 from agentrl.data import PromptDataset, PromptSampler, load_prompts
 from agentrl.eval import EvalConfig, EvalTask
 from agentrl.rollout import Rollout, default_filters, load_generate_fn, load_reward_fn
@@ -143,9 +143,18 @@ def compute_advantages(batch: RolloutBatch, cfg: RunConfig) -> None:
 
 
 def output_dir(cfg: RunConfig) -> Path:
-    path = Path(cfg.output_dir)
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Create ``--output-dir`` (and the ``--save`` folder) now, before anything loads: a path that cannot be
+    created is a :class:`~agentrl.config.ConfigError`, not a failure after the first rollouts."""
+    problems = []
+    for flag, folder in (("--output-dir", cfg.output_dir), ("--save", cfg.save)):
+        if folder:
+            try:
+                Path(folder).expanduser().mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                problems.append(f"{flag} {folder}: cannot create it ({e.strerror or e})")
+    if problems:
+        raise ConfigError(problems)
+    return Path(cfg.output_dir).expanduser()
 
 
 def seed_everything(seed: int) -> None:

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
-    """Errors about the run's inputs (data rows, model folder, environment id, hook path, held-out tasks):
+    """Errors about the run's inputs (folders, data rows, model folder, environment id, hook path, held-out tasks):
     their message names the input and the fix, so the command prints it alone."""
     from agentrl.data.prompts import DataError
     from agentrl.env.registry import EnvNotFoundError
@@ -46,4 +46,4 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from agentrl.models import ModelNotFoundError
     from agentrl.utils.imports import HookLoadError
 
-    return DataError, EnvNotFoundError, TaskError, ModelNotFoundError, HookLoadError
+    return ConfigError, DataError, EnvNotFoundError, TaskError, ModelNotFoundError, HookLoadError

@@ -145,3 +145,18 @@ def test_engine_device_places_the_embedded_engine(tmp_path):
 
     engine = build_engine(parse_args(["--model-path", str(model), "--engine-device", "cpu"]), Trainer())
     assert engine.device.type == "cpu"
+
+
+def test_output_folders_that_cannot_be_created_stop_the_run_before_it_loads_anything(tmp_path, capsys, monkeypatch):
+    from pathlib import Path
+
+    from agentrl.train_cli import main
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = main(["--config", "recipes/quickstart/config.yaml", "--model-path", "tiny-qwen2",
+                 "--output-dir", str(tmp_path / "run"), "--save", str(blocker / "ckpt")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--save {blocker / 'ckpt'}: cannot create it (Not a directory)" in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists() and "Loading" not in err
