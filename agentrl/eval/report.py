@@ -220,6 +220,10 @@ def write_report(out_dir: str | Path, summary: dict[str, Any], samples: dict[str
         lines.append(f"- command: `{command}`")
     if summary.get("finished"):
         lines.append(f"- finished: {summary['finished']}")
+    if summary.get("engine_failures"):
+        counts = ", ".join(f"{task}: {n}" for task, n in summary["engine_failures"].items())
+        lines += ["", f"**Incomplete:** the engine failed some prompts ({counts}); the table leaves them out. "
+                      f"First error: `{summary.get('engine_error')}`. Rerun the same command to evaluate them."]
     lines += ["", format_table(summary, markdown=True), ""]
     lines += ["avg@n: mean reward; pass@k: unbiased estimate that at least one of k episodes succeeds "
               "(Chen et al. 2021); pass^k: that all k succeed; maj@k: the majority answer of k episodes "

@@ -190,6 +190,7 @@ def test_prompts_the_engine_failed_are_not_scored_and_a_rerun_evaluates_them(tmp
     assert summary["engine_failures"] == {"echo": 2} and "failed after 9 attempts" in summary["engine_error"]
     assert summary["tasks"]["echo"]["prompts"] == 2  # rows 0 and 3 only: no engine failure counted as a 0
     assert sorted({e["row"] for e in read_episodes(tmp_path)}) == [0, 3]  # nothing stored for rows 1 and 2
+    assert "**Incomplete:** the engine failed some prompts (echo: 2)" in (tmp_path / "report.md").read_text()
     again = scripted(echo_reply)
     summary = run(echo_args(tmp_path), engine=again, template=template)
     assert sorted(again.served) == [(r, i) for r in (1, 2) for i in range(3)]  # only what failed, once more
