@@ -35,7 +35,6 @@ def plot_run(metrics: MetricsLogger, out_dir: str | Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import matplotlib.ticker
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -59,38 +58,31 @@ def plot_run(metrics: MetricsLogger, out_dir: str | Path) -> list[Path]:
     plt.close(fig)
     written.append(path)
 
-    timing = [k for k in TIMING if metrics.series(k)[0]]
+    timing = {label: metrics.series(key) for key, label in TIMING.items() if metrics.series(key)[0]}
     if timing:  # where each step's seconds went; async runs add the rollouts' own generation time
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for key in timing:
-            x, y = metrics.series(key)
-            ax.plot(x, y, marker="o", markersize=3, label=TIMING[key])
-        ax.set_xlabel("rollout")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_ylabel("seconds")
-        ax.set_title("time per step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / "timing.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
-
+        written.append(_line_chart(out_dir / "timing.png", timing, "time per step", "seconds"))
     eval_keys = sorted({k for row in metrics.history for k in row if k.startswith("eval/") and k.endswith("/reward_mean")})
     if eval_keys:
-        fig, ax = plt.subplots(figsize=(7, 4))
-        for key in eval_keys:
-            x, y = metrics.series(key)
-            ax.plot(x, y, marker="o", label=key)
-        ax.set_xlabel("rollout")
-        ax.set_ylabel("held-out mean reward")
-        ax.set_title("evaluation")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        path = out_dir / "eval.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        written.append(path)
+        written.append(_line_chart(out_dir / "eval.png", {k: metrics.series(k) for k in eval_keys}, "evaluation",
+                                   "held-out mean reward"))
     return written
+
+
+def _line_chart(path: Path, series: dict[str, tuple[list[int], list[float]]], title: str, ylabel: str) -> Path:
+    """One panel, a line per ``label: (rollouts, values)``, against the rollout index."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for label, (x, y) in series.items():
+        ax.plot(x, y, marker="o", markersize=3, label=label)
+    ax.set_xlabel("rollout")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
