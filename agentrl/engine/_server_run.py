@@ -158,7 +158,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     try:
         server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on
-        pass
+        log.info("agentrl serve: stopped (Ctrl-C)")
     finally:
         sock.close()
     close = getattr(engine, "close", None)
