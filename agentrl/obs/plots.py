@@ -58,7 +58,7 @@ def plot_run(metrics: MetricsLogger, out_dir: str | Path) -> list[Path]:
     plt.close(fig)
     written.append(path)
 
-    timing = {label: metrics.series(key) for key, label in TIMING.items() if metrics.series(key)[0]}
+    timing = {label: series for key, label in TIMING.items() if (series := metrics.series(key))[0]}
     if timing:  # where each step's seconds went; async runs add the rollouts' own generation time
         written.append(_line_chart(out_dir / "timing.png", timing, "time per step", "seconds"))
     eval_keys = sorted({k for row in metrics.history for k in row if k.startswith("eval/") and k.endswith("/reward_mean")})

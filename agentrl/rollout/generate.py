@@ -56,7 +56,7 @@ class RolloutResult:
 
 class RolloutProgress:
     """Episodes of one :meth:`Rollout.generate` call not yet finished, for a caller that waits on
-    them (the async loop starts the next rollout once the current one is down to its long tail)."""
+    them (the async loop starts the next rollout once the current one is down to ``--next-rollout-at``)."""
 
     def __init__(self) -> None:
         self.unfinished = 0
