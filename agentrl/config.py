@@ -482,14 +482,15 @@ def validate(cfg: RunConfig) -> list[str]:
             problems.append(f"--engine-dtype must be one of {', '.join(ENGINE_DTYPES)}; got {cfg.engine_dtype!r}")
         elif cfg.engine != "embedded":
             problems.append("--engine-dtype sets the embedded engine's weights; SGLang servers take --sglang-dtype")
-    if cfg.load is not None:
+    if cfg.load is not None and not Path(cfg.load).expanduser().exists():
+        problems.append(f"--load {cfg.load}: no such checkpoint folder")
+    elif cfg.load is not None:
         from agentrl.checkpoint import find_checkpoint
 
         try:
             find_checkpoint(cfg.load)
-        except FileNotFoundError as e:
-            problems.append(f"--load {cfg.load}: no such checkpoint folder" if not Path(cfg.load).expanduser().exists()
-                            else f"--load: {e}")
+        except FileNotFoundError as e:  # a folder, but neither a checkpoint nor one with a 'latest'
+            problems.append(f"--load: {e}")
     for flag, value, low in (("--save-interval", cfg.save_interval, 1), ("--eval-interval", cfg.eval_interval, 0)):
         if value is not None and value < low:
             problems.append(f"{flag} must be >= {low}; got {value}")

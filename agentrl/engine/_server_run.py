@@ -145,7 +145,8 @@ def serve_main(argv: list[str] | None = None) -> int:
         sock.close()
         print(f"agentrl serve: {exc}", file=sys.stderr)
         return 2
-    server_args = {"host": args.host, "port": args.port, "device": args.device, "dtype": args.dtype,
+    port = sock.getsockname()[1]  # --port 0: the free one the system picked
+    server_args = {"host": args.host, "port": port, "device": args.device, "dtype": args.dtype,
                    "max_batch_size": args.max_batch_size, "max_seq_len": args.max_seq_len,
                    "admit_wait_steps": getattr(getattr(engine, "config", None), "admit_wait_steps", None),
                    "engine_kind": args.engine}
@@ -153,7 +154,7 @@ def serve_main(argv: list[str] | None = None) -> int:
 
     app = create_app(engine, tokenizer, model_path=model_path, served_model_name=args.served_model_name,
                      tokenizer_path=args.tokenizer_path, server_args=server_args)
-    log.info("agentrl serve: %s on http://%s:%d", model_path, args.host, sock.getsockname()[1])
+    log.info("agentrl serve: %s on http://%s:%d", model_path, args.host, port)
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, lifespan="off", timeout_graceful_shutdown=10))
     try:
         server.run(sockets=[sock])
