@@ -1,7 +1,8 @@
 """The RL math: advantages, policy and value losses, KL, entropy, importance correction, aggregation.
 
-Pure tensor functions with no I/O and no distributed code; the torch and the Megatron trainer
-call them unchanged. A training step, in short::
+Pure tensor functions with no I/O and no distributed code. The torch and the Megatron trainer
+both train on :func:`rl_objective` (``objective.py``), which adds up the terms below. A training
+step, in short::
 
     import torch
     from agentrl import algo
@@ -12,6 +13,10 @@ call them unchanged. A training step, in short::
     loss, metrics = algo.get_policy_loss("ppo")(logprobs, old_logprobs, adv, loss_mask, config=cfg)
     kl = algo.kl_penalty(logprobs, ref_logprobs, "low_var_kl")                      # [N, T]
     loss = loss + 0.001 * algo.aggregate(kl, loss_mask, cfg.aggregation)
+    # the same, in one call (what the trainers do, per micro-batch):
+    objective = algo.ObjectiveConfig(policy=cfg, use_kl_loss=True, kl_loss_coef=0.001)
+    loss, metrics = algo.rl_objective(logprobs, adv, loss_mask, config=objective,
+                                      old_logprobs=old_logprobs, ref_logprobs=ref_logprobs)
 
 Runnable::
 
@@ -44,6 +49,13 @@ from agentrl.algo.aggregate import (
 from agentrl.algo.entropy import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 from agentrl.algo.kl import KL_ESTIMATORS, kl_penalty
 from agentrl.algo.losses import PolicyLossConfig, PolicyLossFn, gspo_loss, ppo_clip_loss, value_loss
+from agentrl.algo.objective import (
+    ObjectiveConfig,
+    mean_over_steps,
+    merge_metric_parts,
+    rl_objective,
+    value_objective,
+)
 from agentrl.algo.returns import compute_gae, discounted_returns, masked_whiten, place_rewards_at_turn_ends
 from agentrl.algo.registry import (
     ADVANTAGE_ESTIMATORS,
@@ -60,6 +72,7 @@ __all__ = [
     "AdvantageConfig",
     "CRITIC_ESTIMATORS",
     "KL_ESTIMATORS",
+    "ObjectiveConfig",
     "POLICY_LOSSES",
     "PolicyLossConfig",
     "PolicyLossFn",
@@ -80,12 +93,16 @@ __all__ = [
     "logprobs_from_logits",
     "masked_mean",
     "masked_whiten",
+    "mean_over_steps",
+    "merge_metric_parts",
     "place_rewards_at_turn_ends",
     "ppo_clip_loss",
     "reinforce_plus_plus",
     "reinforce_plus_plus_baseline",
+    "rl_objective",
     "rloo",
     "rollout_mismatch_metrics",
     "tis_weights",
     "value_loss",
+    "value_objective",
 ]

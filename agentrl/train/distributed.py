@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from agentrl.algo import aggregation_denominator
+from agentrl.algo import aggregation_denominator, merge_metric_parts
 from agentrl.train.batch import RolloutBatch, micro_batches
 
 log = logging.getLogger(__name__)
@@ -319,28 +319,6 @@ def pad_micro_batches(batches: list[list[int]], count: int, lengths: Sequence[in
     return [(b, True) for b in out] + [([filler], False)] * (count - len(out))
 
 
-def merge_metrics(parts: Sequence[dict[str, float]]) -> dict[str, float]:
-    """Combine per-rank metrics: ``*_max`` the largest, ``*_min`` the smallest, the rest summed.
-
-    Example::
-
-        >>> merge_metrics([{"loss": 0.5, "ratio_max": 1.2}, {"loss": 0.25, "ratio_max": 1.1}])
-        {'loss': 0.75, 'ratio_max': 1.2}
-    """
-    out: dict[str, float] = {}
-    for part in parts:
-        for k, v in part.items():
-            if k not in out:
-                out[k] = v
-            elif k.endswith("_max"):
-                out[k] = max(out[k], v)
-            elif k.endswith("_min"):
-                out[k] = min(out[k], v)
-            else:
-                out[k] += v
-    return out
-
-
 class DataParallel:
     """The trainer's side of data parallelism over the default process group."""
 
@@ -406,7 +384,7 @@ class DataParallel:
         (each rank's values are already its share of the full-batch value)."""
         gathered: list[dict[str, float] | None] = [None] * self.world_size
         dist.all_gather_object(gathered, dict(metrics))
-        return merge_metrics([g or {} for g in gathered])
+        return merge_metric_parts([g or {} for g in gathered])
 
     def export_hf(self, model: nn.Module, weights: Iterator[tuple[str, Tensor]], tokenizer: Any,
                   path, *, lora: bool = False) -> None:

@@ -3,7 +3,8 @@
 It implements :class:`~agentrl.train.base.Trainer` with AdamW, gradient clipping, warm-up and
 decay, micro-batches by token budget accumulated into optimiser steps, optional gradient
 checkpointing, LoRA (peft), a frozen reference model (or the LoRA base) for the KL loss, and a
-value model for ``gae``. Losses come from :mod:`agentrl.algo`, unchanged.
+value model for ``gae``. The loss of each micro-batch is :func:`agentrl.algo.rl_objective` (the
+Megatron backend calls the same function).
 
 With ``data_parallel=True`` (under ``torchrun``, after
 :func:`agentrl.train.distributed.init_distributed`) the models are sharded with FSDP2 over all
@@ -26,7 +27,6 @@ import logging
 import math
 import os
 import random
-from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,8 +60,7 @@ class TorchTrainer:
         from agentrl.models import load_model, load_tokenizer
 
         self.config = config = config or TrainConfig()
-        algo.check_aggregation(config.loss_aggregation)
-        algo.get_policy_loss(config.policy_loss)
+        self.objective = algo.ObjectiveConfig.from_train_config(config)  # validates the loss settings
         self.dp = DataParallel() if data_parallel else None  # FSDP2 over all ranks (see agentrl.train.distributed)
         self.device = torch.device(device or (self.dp.device if self.dp else
                                               "cuda" if torch.cuda.is_available() else "cpu"))
@@ -103,10 +102,6 @@ class TorchTrainer:
                 self.critic = self.dp.shard(self.critic, self.dtype)
             self.critic_optimizer = torch.optim.AdamW(self.critic.parameters(), lr=config.critic_lr,
                                                       betas=(config.adam_beta1, config.adam_beta2))
-        self.loss_config = algo.PolicyLossConfig(
-            eps_clip=config.eps_clip, eps_clip_high=config.eps_clip_high, eps_clip_c=config.eps_clip_c,
-            aggregation=config.loss_aggregation, max_length_norm=config.max_length_norm, use_tis=config.use_tis,
-            tis_cap=config.tis_cap)
         self.steps = 0
 
     # -- forward passes ----------------------------------------------------------------
@@ -188,23 +183,21 @@ class TorchTrainer:
         if self.config.use_kl_loss and batch.ref_logprobs is None:
             raise ValueError("use_kl_loss is on but batch.ref_logprobs is not set")
         steps = [self._optimizer_step(batch.select(idx)) for idx in optimizer_steps(len(batch), num_steps)]
-        return {k: _combine(k, [m[k] for m in steps]) for k in steps[0]}
+        return algo.mean_over_steps(steps)
 
     def _optimizer_step(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.config
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        mode = cfg.loss_aggregation
         plan = self._micro_batches(batch)
-        denom = algo.aggregation_denominator(batch.loss_mask, mode)
-        metrics: dict[str, float] = defaultdict(float)
+        denom = algo.aggregation_denominator(batch.loss_mask, cfg.loss_aggregation)
         n_tokens = float(batch.loss_mask.sum())
         if self.dp is not None:  # counted over this rank's rows, summed over ranks
-            denom, n_tokens = self.dp.global_counts(batch, plan, mode)
+            denom, n_tokens = self.dp.global_counts(batch, plan, cfg.loss_aggregation)
+        parts: list[dict[str, float]] = []
         for idx, live in plan:
             mb = batch.select(idx)
             dev = lambda t: None if t is None else t.to(self.device)  # noqa: E731
-            mask = mb.loss_mask.to(self.device)
             logits = self._response_logits(self.model, mb.samples, mb.width, self.device)
             if not live:  # a padding pass (data parallel): zero gradient, collectives in step
                 with no_cudnn_attention(self.device):
@@ -212,29 +205,14 @@ class TorchTrainer:
                 continue
             labels = left_padded_inputs(mb.samples, self.pad_id, self.device)[0][:, -mb.width:]
             logprobs, entropy = algo.logprobs_and_entropy(logits, labels)  # one chunked pass for both
-            old = logprobs.detach() if mb.old_logprobs is None else dev(mb.old_logprobs)
-            loss, m = algo.get_policy_loss(cfg.policy_loss)(
-                logprobs, old, dev(mb.advantages), mask, config=self.loss_config,
-                rollout_logprobs=dev(mb.rollout_logprobs), denominator=denom)
-            if cfg.use_kl_loss:
-                kl = algo.kl_penalty(logprobs, dev(mb.ref_logprobs), cfg.kl_loss_type)
-                kl_loss = algo.aggregate(kl, mask, mode, denominator=denom)
-                loss = loss + cfg.kl_loss_coef * kl_loss
-                metrics["kl_loss"] += float(kl_loss.detach())
-            if cfg.entropy_coef:
-                loss = loss - cfg.entropy_coef * algo.aggregate(entropy, mask, mode, denominator=denom)
+            loss, m = algo.rl_objective(
+                logprobs, dev(mb.advantages), dev(mb.loss_mask), config=self.objective,
+                old_logprobs=dev(mb.old_logprobs), rollout_logprobs=dev(mb.rollout_logprobs),
+                ref_logprobs=dev(mb.ref_logprobs), entropy=entropy, denominator=denom, num_tokens=n_tokens)
             with no_cudnn_attention(self.device):  # (recomputed forward passes, with checkpointing)
                 loss.backward()
-            share = float(mask.sum()) / max(n_tokens, 1.0)  # token share of this micro-batch
-            metrics["loss"] += float(loss.detach())
-            metrics["entropy"] += float(algo.masked_mean(entropy.detach(), mask)) * share
-            for k, v in m.items():
-                if k.endswith(("_max", "_min")):
-                    metrics[k] = _combine(k, [float(v)] + ([metrics[k]] if k in metrics else []))
-                elif k == "pg_loss":  # divided by the global denominator already: the parts add up
-                    metrics[k] += float(v)
-                else:
-                    metrics[k] += float(v) * share
+            parts.append({k: float(v) for k, v in m.items()})
+        metrics = algo.merge_metric_parts(parts)
         if self.dp is not None:
             metrics = self.dp.reduce_metrics(metrics)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -259,12 +237,11 @@ class TorchTrainer:
                 with no_cudnn_attention(self.device):
                     (values.sum() * 0.0).backward()
                 continue
-            loss, _ = algo.value_loss(values, mb.values.to(self.device), mb.returns.to(self.device),
-                                      mb.loss_mask.to(self.device), clip=self.config.value_clip,
-                                      aggregation=self.config.loss_aggregation, denominator=denom)
+            loss, m = algo.value_objective(values, mb.values.to(self.device), mb.returns.to(self.device),
+                                           mb.loss_mask.to(self.device), config=self.objective, denominator=denom)
             with no_cudnn_attention(self.device):  # (recomputed forward passes, with checkpointing)
                 loss.backward()
-            total += float(loss.detach())
+            total += float(m["value_loss"])
         if self.dp is not None:
             total = float(self.dp.sum(torch.tensor(total, dtype=torch.float64)))
         torch.nn.utils.clip_grad_norm_(self.critic.parameters(), self.config.clip_grad or float("inf"))
@@ -387,15 +364,6 @@ class ValueModel(nn.Module):
             hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                                    use_cache=False).last_hidden_state
         return self.head(hidden[:, -(width + 1):-1]).squeeze(-1)  # [b, width]
-
-
-def _combine(key: str, values: list[float]) -> float:
-    """Merge a metric over optimiser steps: extremes stay extremes, the rest is averaged."""
-    if key.endswith("_max"):
-        return max(values)
-    if key.endswith("_min"):
-        return min(values)
-    return sum(values) / len(values)
 
 
 def _apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:

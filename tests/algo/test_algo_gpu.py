@@ -1,4 +1,5 @@
-"""The algorithms on a CUDA device: same numbers as on the CPU, and chunked logits memory."""
+"""The algorithms (the RL objective included) on a CUDA device: same numbers as on the CPU, and chunked
+logits memory."""
 
 import time
 
@@ -26,6 +27,7 @@ def test_losses_match_the_cpu():
     logits = torch.randn(b, t, v, generator=gen)
     labels = torch.randint(0, v, (b, t), generator=gen)
     values = torch.randn(b, t, generator=gen)
+    entropy = 3 * torch.rand(b, t, generator=gen)
     cfg = PolicyLossConfig(eps_clip_high=0.28, eps_clip_c=3.0, use_tis=True, aggregation="seq_mean_token_mean")
 
     def run(device):
@@ -43,6 +45,14 @@ def test_losses_match_the_cpu():
             out[name] = loss.detach().cpu()
             out[name + "_grad"] = x.grad.cpu()
             out.update({f"{name}_{k}": m.cpu() for k, m in metrics.items()})
+        objective = algo.ObjectiveConfig(policy=cfg, use_kl_loss=True, kl_loss_coef=0.1, entropy_coef=0.01)
+        x, h = (y.detach().to(device).clone().requires_grad_() for y in (lp, entropy))
+        loss, parts = algo.rl_objective(x, adv, d(mask), config=objective, old_logprobs=d(old),
+                                        rollout_logprobs=d(rollout), ref_logprobs=d(old), entropy=h,
+                                        denominator=denom, num_tokens=float(mask.sum()))
+        loss.backward()
+        out.update(objective=loss.detach().cpu(), objective_grad=x.grad.cpu(), objective_entropy_grad=h.grad.cpu())
+        out.update({f"objective_{k}": m.cpu() for k, m in parts.items()})
         z = logits.detach().to(device).clone().requires_grad_()
         (algo.entropy_from_logits(z).sum() + algo.logprobs_from_logits(z, d(labels)).sum()).backward()
         out["logits_grad"] = z.grad.cpu()

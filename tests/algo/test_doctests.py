@@ -13,6 +13,7 @@ MODULES = [
     "agentrl.algo.entropy",
     "agentrl.algo.kl",
     "agentrl.algo.losses",
+    "agentrl.algo.objective",
     "agentrl.algo.registry",
     "agentrl.algo.returns",
     "agentrl.algo.tis",

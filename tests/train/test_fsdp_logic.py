@@ -23,7 +23,6 @@ from agentrl.train.distributed import (
     decoder_layers,
     init_distributed,
     keyed_by_name,
-    merge_metrics,
     pad_micro_batches,
     split_by_tokens,
 )
@@ -65,12 +64,6 @@ def test_pad_micro_batches_reaches_the_count_within_the_budget(lengths, extra, b
     assert len(live) == min(count, len(lengths))
 
 
-def test_merge_metrics_sums_shares_and_keeps_extremes():
-    merged = merge_metrics([{"loss": 0.5, "ratio_max": 1.5, "ratio_min": 0.9},
-                            {"loss": -0.25, "ratio_max": 1.1, "ratio_min": 0.7, "value_loss": 2.0}, {}])
-    assert merged == {"loss": 0.25, "ratio_max": 1.5, "ratio_min": 0.7, "value_loss": 2.0}
-
-
 def test_data_parallel_needs_a_process_group():
     if torch.distributed.is_initialized():
         pytest.skip("a process group is already initialised in this process")
@@ -99,14 +92,15 @@ def test_decoder_layers_of_plain_and_lora_models(model_path):
     assert layers[0] is trainer.model.get_base_model().model.layers[0]
 
 
-def test_one_step_does_not_depend_on_the_micro_batch_split(model_path):
+@pytest.mark.parametrize("mode, max_length", [("seq_mean_token_mean", None), ("seq_mean_token_sum_norm", 64.0)])
+def test_one_step_does_not_depend_on_the_micro_batch_split(model_path, mode, max_length):
     """What splitting over ranks relies on: the same update and metrics for any micro-batching
-    (``seq_mean_token_mean``: a per-episode denominator; token_mean runs in test_fsdp.py)."""
-    mode = "seq_mean_token_mean"
+    (sequence modes: a per-episode denominator, and for Dr. GRPO's a constant length shared by
+    the policy, KL and entropy terms; token_mean runs in test_fsdp.py)."""
     results = []
     for budget in (16, 100_000):
         cfg = TrainConfig(lr=1e-2, adam_eps=1e-3, max_tokens_per_gpu=budget, loss_aggregation=mode,
-                          use_kl_loss=True, kl_loss_coef=0.1, entropy_coef=0.01)
+                          max_length_norm=max_length, use_kl_loss=True, kl_loss_coef=0.1, entropy_coef=0.01)
         trainer = TorchTrainer(model_path, cfg, tokenizer=_Tok(), device="cpu")
         batch = RolloutBatch.from_samples(_samples(0))
         assert (len(micro_batches(batch.samples, budget)) > 1) == (budget < 1000)

@@ -12,13 +12,13 @@ already divided by the global denominator of the optimiser step.
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from agentrl.algo.objective import merge_metric_parts
 from agentrl.train.megatron._compat import require_megatron
 from agentrl.train.megatron.parallel import ParallelLayout
 
@@ -58,17 +58,9 @@ def _loss_func(loss_of: LossOf, mb, idx, inputs, output):
 
 
 def combine_metrics(per_mb: Sequence[dict[str, float]], layout: ParallelLayout | None) -> dict[str, float]:
-    """Sum micro-batch metrics (max / min for ``*_max`` / ``*_min``) over micro-batches and
+    """Add up micro-batch metric parts (max / min for ``*_max`` / ``*_min``) over micro-batches and
     data-parallel ranks; with pipelining, the last stage's result is sent to every stage."""
-    local: dict[str, float] = {}
-    for m in per_mb:
-        for k, v in m.items():
-            if k.endswith("_max"):
-                local[k] = max(local.get(k, -math.inf), v)
-            elif k.endswith("_min"):
-                local[k] = min(local.get(k, math.inf), v)
-            else:
-                local[k] = local.get(k, 0.0) + v
+    local = merge_metric_parts(per_mb)
     if layout is None:
         return local
     if layout.data_parallel > 1:

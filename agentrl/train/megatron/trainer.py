@@ -1,7 +1,7 @@
 """The Megatron-core trainer: :class:`~agentrl.train.base.Trainer` on a megatron-core ``GPTModel``.
 
-Same batches (:class:`~agentrl.train.batch.RolloutBatch`), same losses (:mod:`agentrl.algo`,
-unchanged), same ``train/`` metrics as the torch backend; the model is built from the HF config
+Same batches (:class:`~agentrl.train.batch.RolloutBatch`), same objective
+(:func:`agentrl.algo.rl_objective`), same ``train/`` metrics as the torch backend; the model is built from the HF config
 (``model.py``), loaded and exported through ``convert.py``, and run under megatron-core's
 ``parallel_state`` with tensor, pipeline and data parallelism:
 
@@ -114,8 +114,7 @@ class MegatronTrainer:
 
         self.config = config = config or TrainConfig()
         self.mconfig = mcfg = megatron or MegatronTrainerConfig()
-        algo.check_aggregation(config.loss_aggregation)
-        algo.get_policy_loss(config.policy_loss)
+        self.objective = algo.ObjectiveConfig.from_train_config(config)  # validates the loss settings
         if config.lora_rank > 0:
             raise ValueError("the Megatron backend does not support LoRA; use --trainer torch for lora_rank > 0")
         _check_device(device)
@@ -157,9 +156,6 @@ class MegatronTrainer:
             self.critic_optimizer = opt_cls(critic, config, lr=config.critic_lr,
                                             distributed=mcfg.distributed_optimizer)
             self.critic = self.critic_optimizer.model
-        self.loss_config = algo.PolicyLossConfig(
-            eps_clip=config.eps_clip, eps_clip_high=config.eps_clip_high, eps_clip_c=config.eps_clip_c,
-            aggregation=config.loss_aggregation, use_tis=config.use_tis, tis_cap=config.tis_cap)
         log.info("Megatron trainer: %s, TP=%d PP=%d DP=%d, %s, attention=%s, optimizer=%s",
                  self.shape.family, self.layout.tensor_parallel, self.layout.pipeline_parallel,
                  self.layout.data_parallel, dtype, mcfg.attention, kind)
@@ -280,42 +276,24 @@ class MegatronTrainer:
         if self.critic is not None and (batch.values is None or batch.returns is None):
             raise ValueError("use_critic is on but batch.values / batch.returns are not set")
         steps = [self._optimizer_step(batch.select(idx)) for idx in optimizer_steps(len(batch), num_steps)]
-        return {k: _over_steps(k, [m[k] for m in steps]) for k in steps[0]}
+        return algo.mean_over_steps(steps)
 
     def _optimizer_step(self, batch: RolloutBatch) -> dict[str, float]:
         cfg = self.config
-        mode = cfg.loss_aggregation
-        denom = algo.aggregation_denominator(batch.loss_mask, mode).to(self.device)
+        denom = algo.aggregation_denominator(batch.loss_mask, cfg.loss_aggregation).to(self.device)
         n_tokens = float(batch.loss_mask.sum())
-        loss_fn = algo.get_policy_loss(cfg.policy_loss)
 
         def loss_of(mb: RolloutBatch, idx: list[int], inputs: ModelInputs, logits: Tensor):
             dev = lambda t: None if t is None else t.to(self.device)  # noqa: E731
-            mask = dev(mb.loss_mask)
             lp, ent = vocab_parallel_logprobs(
                 logits, inputs.targets, vocab_size=self.shape.vocab_size, temperature=self._temperature,
                 with_entropy=True, entropy_grad=bool(cfg.entropy_coef))
-            logprobs, entropy = gather_response(lp, inputs), gather_response(ent, inputs)
-            old = logprobs.detach() if mb.old_logprobs is None else dev(mb.old_logprobs)
-            loss, m = loss_fn(logprobs, old, dev(mb.advantages), mask, config=self.loss_config,
-                              rollout_logprobs=dev(mb.rollout_logprobs), denominator=denom)
-            metrics: dict[str, float] = {}
-            if cfg.use_kl_loss:
-                kl = algo.kl_penalty(logprobs, dev(mb.ref_logprobs), cfg.kl_loss_type)
-                kl_loss = algo.aggregate(kl, mask, mode, denominator=denom)
-                loss = loss + cfg.kl_loss_coef * kl_loss
-                metrics["kl_loss"] = float(kl_loss.detach())
-            if cfg.entropy_coef:
-                loss = loss - cfg.entropy_coef * algo.aggregate(entropy, mask, mode, denominator=denom)
-            share = float(mask.sum()) / max(n_tokens, 1.0)  # token share of this micro-batch
-            metrics["loss"] = float(loss.detach())
-            metrics["entropy"] = float(algo.masked_mean(entropy.detach(), mask)) * share
-            for k, v in m.items():
-                if k.endswith(("_max", "_min")) or k == "pg_loss":  # pg_loss: parts of the global sum
-                    metrics[k] = float(v)
-                else:
-                    metrics[k] = float(v) * share
-            return loss, metrics
+            loss, m = algo.rl_objective(
+                gather_response(lp, inputs), dev(mb.advantages), dev(mb.loss_mask), config=self.objective,
+                old_logprobs=dev(mb.old_logprobs), rollout_logprobs=dev(mb.rollout_logprobs),
+                ref_logprobs=dev(mb.ref_logprobs), entropy=gather_response(ent, inputs), denominator=denom,
+                num_tokens=n_tokens)
+            return loss, {k: float(v) for k, v in m.items()}  # parts: combine_metrics adds them up
 
         self.model.train()
         self.optimizer.zero_grad()
@@ -330,14 +308,11 @@ class MegatronTrainer:
         return {f"train/{k}": v for k, v in metrics.items()}
 
     def _critic_step(self, batch: RolloutBatch, denom: Tensor) -> dict[str, float]:
-        cfg = self.config
-
         def loss_of(mb: RolloutBatch, idx: list[int], inputs: ModelInputs, output: Tensor):
-            values = _value_of(inputs, output)
-            loss, _ = algo.value_loss(values, mb.values.to(self.device), mb.returns.to(self.device),
-                                      mb.loss_mask.to(self.device), clip=cfg.value_clip,
-                                      aggregation=cfg.loss_aggregation, denominator=denom)
-            return loss, {"value_loss": float(loss.detach())}
+            loss, m = algo.value_objective(_value_of(inputs, output), mb.values.to(self.device),
+                                           mb.returns.to(self.device), mb.loss_mask.to(self.device),
+                                           config=self.objective, denominator=denom)
+            return loss, {k: float(v) for k, v in m.items()}
 
         self.critic.train()
         self.critic_optimizer.zero_grad()
@@ -422,15 +397,6 @@ def broadcast_batch(batch: RolloutBatch | None, src: int = 0) -> RolloutBatch:
 # -- helpers ---------------------------------------------------------------------------------------
 def _value_of(inputs: ModelInputs, output: Tensor) -> Tensor:
     return gather_response(output[..., 0].float(), inputs)  # [rows, L, 1] -> [b, R]
-
-
-def _over_steps(key: str, values: list[float]) -> float:
-    """Merge a metric over optimiser steps: extremes stay extremes, the rest is averaged."""
-    if key.endswith("_max"):
-        return max(values)
-    if key.endswith("_min"):
-        return min(values)
-    return sum(values) / len(values)
 
 
 def _local_folder(path: str) -> str:
