@@ -64,7 +64,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from agentrl.engine.base import request_priority
+from agentrl.engine.base import Closable, OnDevice, ReleasesMemory, ReportsMetrics, request_priority
 from agentrl.rollout import RolloutProgress, RolloutResult
 from agentrl.rollout.async_partial import InterruptibleEngine
 from agentrl.sync import sync_weights
@@ -144,7 +144,7 @@ class RolloutStream:
 
             trainer_device = getattr(c.trainer, "device", "cpu")
             confined_stream(trainer_device, cfg.trainer_sms)
-            engine_device = getattr(c.engine, "device", None)
+            engine_device = c.engine.device if isinstance(c.engine, OnDevice) else None
             if engine_device is not None and _same_gpu(engine_device, trainer_device) is False:
                 log.warning("--trainer-sms %d: the engine is on %s and the trainer on %s; confining the trainer "
                             "only helps when they share a GPU", cfg.trainer_sms, engine_device, trainer_device)
@@ -176,7 +176,8 @@ class RolloutStream:
         """Run a trainer call: inline when synchronous and local; on a worker thread otherwise
         (async: the event loop keeps serving episodes; Ray: the call waits on a remote actor)."""
         if self._release_for_training and not self._released:
-            await _maybe(self.c.engine, "release_memory")
+            if isinstance(self.c.engine, ReleasesMemory):
+                await self.c.engine.release_memory()
             self._released = True
         if not (self.asynchronous or self.cfg.use_ray):
             return fn(*args, **kwargs)
@@ -186,7 +187,8 @@ class RolloutStream:
     async def sync_weights(self, staging_dir: str | Path) -> int:
         """Push the trainer's weights to the engine (interrupting turns in flight when async)."""
         if self._released:
-            await _maybe(self.c.engine, "resume_memory")
+            if isinstance(self.c.engine, ReleasesMemory):
+                await self.c.engine.resume_memory()
             self._released = False
         if self.engine is None:
             version = await sync_weights(self.c.engine, self.c.trainer, staging_dir=staging_dir)
@@ -221,8 +223,8 @@ class RolloutStream:
         close = getattr(self.c, "close", None)  # Ray actors and placement group (agentrl.cluster.build)
         if close is not None:
             await close()
-        else:  # free the engine's KV cache and worker thread (a later run in this process needs the memory)
-            await _maybe(self.c.engine, "close")
+        elif isinstance(self.c.engine, Closable):
+            await self.c.engine.close()  # its KV cache and worker thread: a later run in this process needs the memory
 
     # --- producer ------------------------------------------------------------------------------
 
@@ -245,7 +247,7 @@ class RolloutStream:
         # groups finish in an order that depends on timing (and, on Ray, on which engine served them);
         # the trainer sees them by group id, so the same samples give the same update
         result.groups.sort(key=lambda g: g.group_id)
-        if callable(getattr(c.engine, "metrics", None)):
+        if isinstance(c.engine, ReportsMetrics):
             result.metrics |= c.engine.metrics()
         return result
 
@@ -447,8 +449,3 @@ def _synced(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         torch.cuda.current_stream().synchronize()
     return result
 
-
-async def _maybe(engine: Any, method: str) -> None:
-    fn = getattr(engine, method, None)
-    if callable(fn):
-        await fn()

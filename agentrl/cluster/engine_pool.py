@@ -45,9 +45,9 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-from agentrl.engine.base import Completion, Engine, EngineError, SamplingParams
+from agentrl.engine.base import Closable, Completion, Engine, EngineError, ReleasesMemory, SamplingParams
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,17 @@ EngineFactory = Callable[[int], "Engine | Awaitable[Engine]"]
 REQUEST_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError)
 """Errors that are the request's fault (the embedded engine's ``InvalidRequest`` is a
 ``ValueError``): raised to the caller, not retried."""
+
+
+@runtime_checkable
+class CollectiveWeights(Protocol):
+    """Weights that reach several engines in one collective (a broadcast group that must be formed
+    with all of them: :class:`~agentrl.cluster.weight_broadcast.BroadcastWeights`), not one
+    ``update_weights`` call per engine."""
+
+    async def push_to(self, engines: list[Any], version: int) -> None:
+        """Load the weights on ``engines`` as weight version ``version``."""
+        ...
 
 
 @dataclass
@@ -129,7 +140,7 @@ class EnginePool:
         self.max_attempts, self.max_restarts = max_attempts, max_restarts
         self.restart_backoff, self.wait_timeout = restart_backoff, wait_timeout
         self.stats = PoolStats()
-        self._version = max(int(getattr(e, "weight_version", 0)) for e in engines)
+        self._version = max(int(e.weight_version) for e in engines)
         self._weights: Any = None
         self._have_weights = False
         self._turn = itertools.count()
@@ -202,7 +213,7 @@ class EnginePool:
         new = self._version + 1 if version is None else int(version)
         self._weights, self._version, self._have_weights = weights, new, True
         up = [s for s in self._slots if s.state == "up"]
-        if callable(getattr(weights, "push_to", None)):  # a collective (weight_broadcast): all engines at once
+        if isinstance(weights, CollectiveWeights):  # all engines at once
             try:
                 await weights.push_to([s.engine for s in up], new)
             except Exception as exc:
@@ -267,11 +278,12 @@ class EnginePool:
                     pass
 
     async def release_memory(self) -> None:
-        """Free every engine's KV cache (colocated training); engines without it are skipped."""
-        await self._each("release_memory")
+        """Free every engine's KV cache (colocated training); engines that cannot
+        (not :class:`~agentrl.engine.base.ReleasesMemory`) are skipped."""
+        await asyncio.gather(*(e.release_memory() for e in self._memory_releasers()))
 
     async def resume_memory(self) -> None:
-        await self._each("resume_memory")
+        await asyncio.gather(*(e.resume_memory() for e in self._memory_releasers()))
 
     async def close(self) -> None:
         """Stop health checks and restarts; close the members that can be closed."""
@@ -385,9 +397,9 @@ class EnginePool:
 
     async def _push(self, engine: Any) -> None:
         """Bring ``engine`` to the pool's weights (again if an update arrived meanwhile)."""
-        while self._have_weights and getattr(engine, "weight_version", None) != self._version:
+        while self._have_weights and engine.weight_version != self._version:
             version = self._version
-            if callable(getattr(self._weights, "push_to", None)):
+            if isinstance(self._weights, CollectiveWeights):
                 await self._weights.push_to([engine], version)
             else:
                 await engine.update_weights(self._weights, version=version)
@@ -431,10 +443,8 @@ class EnginePool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _each(self, method: str) -> None:
-        calls = [getattr(s.engine, method)() for s in self._slots
-                 if s.state == "up" and callable(getattr(s.engine, method, None))]
-        await asyncio.gather(*calls)
+    def _memory_releasers(self) -> list[ReleasesMemory]:
+        return [s.engine for s in self._slots if s.state == "up" and isinstance(s.engine, ReleasesMemory)]
 
 
 async def _quiet(coro: Awaitable[Any]) -> None:
@@ -445,11 +455,6 @@ async def _quiet(coro: Awaitable[Any]) -> None:
 
 
 async def _close(engine: Any) -> None:
-    for name in ("close", "aclose"):
-        fn = getattr(engine, name, None)
-        if callable(fn):
-            result = fn()
-            if inspect.isawaitable(result):
-                await result
-            return
+    if isinstance(engine, Closable):
+        await engine.close()
 

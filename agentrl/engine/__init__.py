@@ -1,5 +1,17 @@
 """Inference engines behind one protocol: embedded (in-process HF model), SGLang client, fakes."""
 
-from agentrl.engine.base import Completion, Engine, EngineError, SamplingParams, request_priority
+from agentrl.engine.base import (
+    Closable,
+    Completion,
+    Engine,
+    EngineError,
+    LoadsWeightsFromDisk,
+    OnDevice,
+    ReleasesMemory,
+    ReportsMetrics,
+    SamplingParams,
+    request_priority,
+)
 
-__all__ = ["Completion", "Engine", "EngineError", "SamplingParams", "request_priority"]
+__all__ = ["Closable", "Completion", "Engine", "EngineError", "LoadsWeightsFromDisk", "OnDevice", "ReleasesMemory",
+           "ReportsMetrics", "SamplingParams", "request_priority"]

@@ -3,6 +3,17 @@
 Every backend (the embedded engine, the SGLang client, the scripted fake in
 ``agentrl.testing``) implements :class:`Engine`. The rollout only ever talks to this protocol.
 
+What only some engines can do is a small protocol of its own, checked with ``isinstance``
+(they are ``runtime_checkable``: an engine has the capability when it has the methods):
+
+* :class:`Closable`: resources to free when the run ends (a worker thread and KV cache, an HTTP
+  client, an actor);
+* :class:`ReleasesMemory`: frees its KV cache while a colocated trainer trains (``--colocate``);
+* :class:`ReportsMetrics`: ``engine/...`` counters for the step metrics;
+* :class:`LoadsWeightsFromDisk`: runs in other processes (SGLang servers, ``agentrl serve``) and
+  reads new weights from a Hugging Face folder (:func:`agentrl.sync.sync_weights` writes one);
+* :class:`OnDevice`: runs in this process on one torch device.
+
 Example::
 
     >>> import asyncio
@@ -182,3 +193,52 @@ class Engine(Protocol):
 
     @property
     def weight_version(self) -> int: ...
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """An engine that holds resources to free when the run ends."""
+
+    async def close(self) -> None:
+        """Free them (running requests finish with 'abort'); the engine serves no more requests."""
+        ...
+
+
+@runtime_checkable
+class ReleasesMemory(Protocol):
+    """An engine that can give its KV cache back while a trainer on the same GPU trains."""
+
+    async def release_memory(self) -> None:
+        """Free the KV cache (waits for running requests; new ones wait for :meth:`resume_memory`
+        or allocate it again)."""
+        ...
+
+    async def resume_memory(self) -> None:
+        """Allocate the KV cache again."""
+        ...
+
+
+@runtime_checkable
+class ReportsMetrics(Protocol):
+    """An engine with counters for the step metrics."""
+
+    def metrics(self) -> dict[str, float]:
+        """``engine/...`` numbers (counters since the engine started)."""
+        ...
+
+
+@runtime_checkable
+class LoadsWeightsFromDisk(Protocol):
+    """An engine in other processes: new weights reach it as a Hugging Face folder it reads."""
+
+    async def update_weights_from_disk(self, path: str, *, version: int | None = None) -> int:
+        """Load the model folder at ``path`` (readable by the engine's processes); return the new version."""
+        ...
+
+
+@runtime_checkable
+class OnDevice(Protocol):
+    """An engine in this process, on one torch device."""
+
+    device: Any
+    """The ``torch.device`` its model runs on."""

@@ -168,6 +168,10 @@ class SGLangEngine:
         self._weight_version = new
         return new
 
+    async def update_weights_from_disk(self, path: str | os.PathLike, *, version: int | None = None) -> int:
+        """:meth:`update_weights` from the HF folder at ``path`` (``LoadsWeightsFromDisk``)."""
+        return await self.update_weights(path, version=version)
+
     async def abort(self, rid: str | None = None) -> None:
         """Abort one request (by the ``rid`` given to :meth:`generate`) or, with None, every
         request on every server. Best effort: unreachable servers are logged, not raised."""
@@ -258,6 +262,10 @@ class SGLangEngine:
         await self._broadcast("/update_weights_from_distributed", payload, what="update weights from distributed")
         self._weight_version = new
         return new
+
+    async def close(self) -> None:
+        """Close the HTTP client (the servers keep running); as :meth:`aclose` (``Closable``)."""
+        await self.aclose()
 
     async def aclose(self) -> None:
         if self._client is not None and self._client_loop is asyncio.get_running_loop():

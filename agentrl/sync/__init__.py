@@ -1,8 +1,10 @@
 """Weights from the trainer to the engine.
 
-* in-process engines (the embedded engine) take the trainer's HF-named tensors directly;
-* HTTP engines (SGLang servers, ``agentrl serve``) load an HF folder the trainer writes
-  (``/update_weights_from_disk``); the folder of the previous version is removed.
+* engines in this process (the embedded engine, an engine pool, Ray engine proxies) take the
+  trainer's weights as :meth:`~agentrl.engine.base.Engine.update_weights` accepts them;
+* engines in other processes (:class:`~agentrl.engine.base.LoadsWeightsFromDisk`: SGLang servers,
+  ``agentrl serve``) load an HF folder the trainer writes (``/update_weights_from_disk``); the
+  folder of the previous version is removed.
 """
 
 from __future__ import annotations
@@ -11,14 +13,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from agentrl.engine.base import LoadsWeightsFromDisk
+
 
 async def sync_weights(engine: Any, trainer: Any, *, staging_dir: str | Path | None = None,
                        version: int | None = None) -> int:
     """Push the trainer's current weights to ``engine``; return the engine's new weight version
     (``version`` when given, else the engine's previous version + 1)."""
-    from agentrl.engine.sglang import SGLangEngine
-
-    if not isinstance(engine, SGLangEngine):  # in-process engines take the tensors themselves
+    if not isinstance(engine, LoadsWeightsFromDisk):  # in-process engines take the tensors themselves
         return await engine.update_weights(trainer.weights(), version=version)
     if staging_dir is None:
         raise ValueError("an out-of-process engine loads weights from disk: give staging_dir")
@@ -26,7 +28,7 @@ async def sync_weights(engine: Any, trainer: Any, *, staging_dir: str | Path | N
     version = engine.weight_version + 1 if version is None else version
     target = staging / f"weights_v{version}"
     trainer.export_hf(target)
-    new_version = await engine.update_weights(str(target), version=version)
+    new_version = await engine.update_weights_from_disk(str(target), version=version)
     for old in staging.glob("weights_v*"):
         if old != target:
             shutil.rmtree(old, ignore_errors=True)
