@@ -107,8 +107,9 @@ class RolloutStream:
     """The loop's source of rollouts and its way of training and syncing around them.
 
     Args:
-        c: the run's components (``c.rollout``'s engine is wrapped for partial rollouts and
-            ``c.sampler`` for checkpoints in async mode).
+        c: the run's components; in async mode ``c.interruptible`` is the rollout's engine, which
+            weight syncs interrupt (the builders make it: ``agentrl.components.build_interruptible``),
+            and ``c.sampler`` is wrapped for checkpoints while the stream is open.
         cfg: the run config (``max_staleness``, ``partial_rollouts``, ``use_ray``, ``colocate``...).
         start: the first rollout index of this run (after ``--load``).
     """
@@ -149,9 +150,11 @@ class RolloutStream:
                 log.warning("--trainer-sms %d: the engine is on %s and the trainer on %s; confining the trainer "
                             "only helps when they share a GPU", cfg.trainer_sms, engine_device, trainer_device)
         if self.asynchronous:
-            self.engine = InterruptibleEngine(c.rollout.engine, resume=cfg.partial_rollouts,
-                                              in_flight=cfg.in_flight_weight_updates)
-            c.rollout.engine = self.engine
+            if c.interruptible is None or c.rollout.engine is not c.interruptible:
+                raise ValueError(f"--max-staleness {self.max_staleness}: weight syncs interrupt the rollout's turns, "
+                                 "so the rollout must run on components.interruptible, an InterruptibleEngine "
+                                 "(agentrl.components.build_interruptible)")
+            self.engine = c.interruptible
             c.sampler = _CheckpointSampler(self)
             if not cfg.train.use_tis:
                 log.warning("--max-staleness %d without --use-tis: samples from older weights are trained on "
@@ -216,7 +219,6 @@ class RolloutStream:
             self._producer.cancel()
             await asyncio.gather(self._producer, return_exceptions=True)
         if self.asynchronous:
-            self.c.rollout.engine = self.engine.engine
             self.c.sampler = self._sampler
         if self._executor is not None:
             self._executor.shutdown(wait=True)

@@ -18,6 +18,7 @@ from agentrl.config import ConfigError, RunConfig
 from agentrl.data import PromptDataset, PromptSampler, load_prompts
 from agentrl.eval import EvalConfig, EvalTask
 from agentrl.rollout import Rollout, default_filters, load_generate_fn, load_reward_fn
+from agentrl.rollout.async_partial import InterruptibleEngine
 from agentrl.train.batch import RolloutBatch
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,9 @@ class Components:
     dataset: PromptDataset
     eval_tasks: list[EvalTask]
     eval_config: EvalConfig
+    interruptible: InterruptibleEngine | None = None
+    """The rollout's engine when rollouts overlap training (``--max-staleness`` > 0): ``engine``
+    wrapped so that weight syncs interrupt the turns in flight (``agentrl.async_loop``)."""
 
 
 def build_components(cfg: RunConfig) -> Components:
@@ -53,8 +57,19 @@ def build_components(cfg: RunConfig) -> Components:
     trainer = build_trainer(cfg)
     template = ChatTemplate(trainer.tokenizer, None if cfg.data.apply_chat_template else PLAIN_TEMPLATE)
     engine = build_engine(cfg, trainer)
-    rollout = build_rollout(cfg, engine, template)
-    return Components(engine, trainer, template, rollout, sampler, dataset, eval_tasks, build_eval_config(cfg))
+    interruptible = build_interruptible(cfg, engine)
+    rollout = build_rollout(cfg, interruptible or engine, template)
+    return Components(engine, trainer, template, rollout, sampler, dataset, eval_tasks, build_eval_config(cfg),
+                      interruptible)
+
+
+def build_interruptible(cfg: RunConfig, engine: Any) -> InterruptibleEngine | None:
+    """The engine of async runs' rollouts (``--max-staleness`` > 0), None otherwise: turns in
+    flight at a weight sync resume (``--partial-rollouts``), finish first, or go on through it
+    (``--in-flight-weight-updates``); see ``agentrl.rollout.async_partial``."""
+    if cfg.max_staleness <= 0:
+        return None
+    return InterruptibleEngine(engine, resume=cfg.partial_rollouts, in_flight=cfg.in_flight_weight_updates)
 
 
 def build_rollout(cfg: RunConfig, engine: Any, template: Any, generate_fn: Any = None) -> Rollout:

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentrl.cluster.engine_pool import EnginePool
-from agentrl.components import (PLAIN_TEMPLATE, Components, build_eval_config, build_rollout, load_eval_tasks,
-                                output_dir)
+from agentrl.components import (PLAIN_TEMPLATE, Components, build_eval_config, build_interruptible, build_rollout,
+                                load_eval_tasks, output_dir)
 from agentrl.config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -90,12 +90,13 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
                         "they run in the driver")
         else:
             generate_fn = env_pool.generate_fn()
-    rollout = build_rollout(cfg, engine, template, generate_fn)
+    interruptible = build_interruptible(cfg, engine)
+    rollout = build_rollout(cfg, interruptible or engine, template, generate_fn)
     eval_config = build_eval_config(cfg)
     log.info("Ray run: trainer %s, %d engine(s) (%s), %d env worker(s), %s", trainer.where(), cfg.num_engines,
              cfg.engine, cfg.num_env_workers, "colocated" if plan.colocate else "disaggregated")
     return RayComponents(engine, trainer, template, rollout, sampler, dataset, load_eval_tasks(cfg), eval_config,
-                         placement=placement, env_pool=env_pool, started_ray=started)
+                         interruptible, placement=placement, env_pool=env_pool, started_ray=started)
 
 
 def build_engine_pool(cfg: RunConfig, placement: Any) -> EnginePool:

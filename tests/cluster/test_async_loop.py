@@ -200,7 +200,6 @@ async def test_a_failed_rollout_reaches_the_loop_and_overlapping_ones_still_fini
     """Rollouts overlap; when one fails, the producer starts no more, the ones running finish, and the
     loop gets the failure itself (not a cancellation) when it asks for that rollout."""
     import asyncio
-    from types import SimpleNamespace
 
     from agentrl.async_loop import RolloutStream
     from agentrl.rollout import RolloutResult
@@ -217,9 +216,8 @@ async def test_a_failed_rollout_reaches_the_loop_and_overlapping_ones_still_fini
         finished.append(rollout)
         return RolloutResult(groups=[], dropped={}, metrics={}, prompts_used=0)
 
-    sampler = SimpleNamespace(state_dict=lambda: {}, next_batch=lambda n: [])
     engine = FakeEngine(responder=lambda ids, sampling: [1])  # never asked: generate() above is the rollout
-    c = SimpleNamespace(engine=engine, sampler=sampler, rollout=SimpleNamespace(engine=engine, generate=generate))
+    c = _components(engine, generate)
     cfg = _stream_cfg()
     async with RolloutStream(c, cfg, 0) as stream:
         await stream.next(0)
@@ -227,6 +225,18 @@ async def test_a_failed_rollout_reaches_the_loop_and_overlapping_ones_still_fini
         with pytest.raises(RuntimeError, match="rollout 1 broke"):
             await stream.next(1)
     assert started == [0, 1] and finished == [0]  # rollout 0 finished after 1 failed; nothing new started
+
+
+def _components(engine, generate):
+    """What the builders hand the stream of an async run: the rollout on an InterruptibleEngine."""
+    from types import SimpleNamespace
+
+    from agentrl.rollout.async_partial import InterruptibleEngine
+
+    interruptible = InterruptibleEngine(engine)
+    return SimpleNamespace(engine=engine, interruptible=interruptible,
+                           sampler=SimpleNamespace(state_dict=lambda: {}, next_batch=lambda n: []),
+                           rollout=SimpleNamespace(engine=interruptible, generate=generate))
 
 
 def _stream_cfg(**overrides):
@@ -263,15 +273,11 @@ def _counting_rollout(events: list):
 
 @pytest.mark.parametrize("fraction,starts_after", [(1.0, None), (0.5, (0, 2)), (0.0, (0, 0))])
 async def test_the_next_rollout_starts_once_the_previous_is_down_to_its_tail(fraction, starts_after):
-    from types import SimpleNamespace
-
     from agentrl.async_loop import RolloutStream
     from agentrl.testing import FakeEngine
 
     events: list = []
-    engine = FakeEngine(responder=lambda ids, sampling: [1])
-    c = SimpleNamespace(engine=engine, sampler=SimpleNamespace(state_dict=lambda: {}, next_batch=lambda n: []),
-                        rollout=SimpleNamespace(engine=engine, generate=_counting_rollout(events)))
+    c = _components(FakeEngine(responder=lambda ids, sampling: [1]), _counting_rollout(events))
     async with RolloutStream(c, _stream_cfg(next_rollout_at=fraction, num_rollout=2), 0) as stream:
         await stream.next(0)
         await stream.next(1)
@@ -284,18 +290,43 @@ async def test_the_next_rollout_starts_once_the_previous_is_down_to_its_tail(fra
 
 async def test_a_producer_that_fails_reaches_the_loop_instead_of_hanging():
     import asyncio
+
+    from agentrl.async_loop import RolloutStream
+    from agentrl.testing import FakeEngine
+
+    c = _components(FakeEngine(responder=lambda ids, sampling: [1]), _counting_rollout([]))
+    async with RolloutStream(c, _stream_cfg(next_rollout_at="half"), 0) as stream:  # breaks the producer at rollout 1
+        await stream.next(0)
+        with pytest.raises(TypeError):
+            await asyncio.wait_for(stream.next(1), 5)
+
+
+def test_an_async_stream_needs_the_interruptible_engine_from_the_builders():
     from types import SimpleNamespace
 
     from agentrl.async_loop import RolloutStream
     from agentrl.testing import FakeEngine
 
     engine = FakeEngine(responder=lambda ids, sampling: [1])
-    c = SimpleNamespace(engine=engine, sampler=SimpleNamespace(state_dict=lambda: {}, next_batch=lambda n: []),
-                        rollout=SimpleNamespace(engine=engine, generate=_counting_rollout([])))
-    async with RolloutStream(c, _stream_cfg(next_rollout_at="half"), 0) as stream:  # breaks the producer at rollout 1
-        await stream.next(0)
-        with pytest.raises(TypeError):
-            await asyncio.wait_for(stream.next(1), 5)
+    c = _components(engine, _counting_rollout([]))
+    c.rollout.engine = engine  # the rollout bypasses the wrapper: weight syncs could not interrupt it
+    with pytest.raises(ValueError, match="components.interruptible"):
+        RolloutStream(c, _stream_cfg(), 0)
+    c.interruptible = None
+    with pytest.raises(ValueError, match="InterruptibleEngine"):
+        RolloutStream(c, _stream_cfg(), 0)
+    sync = SimpleNamespace(engine=engine, interruptible=None, sampler=None, rollout=SimpleNamespace(engine=engine))
+    assert RolloutStream(sync, _stream_cfg(max_staleness=0), 0).engine is None  # synchronous: no wrapper
+
+
+def test_the_builders_wrap_the_rollout_engine_only_for_async_runs():
+    from agentrl.components import build_interruptible
+    from agentrl.testing import FakeEngine
+
+    engine = FakeEngine(responder=lambda ids, sampling: [1])
+    assert build_interruptible(_stream_cfg(max_staleness=0), engine) is None
+    wrapped = build_interruptible(_stream_cfg(partial_rollouts=False, in_flight_weight_updates=True), engine)
+    assert wrapped.engine is engine and (wrapped.resume, wrapped.in_flight) == (False, True)
 
 
 def test_same_gpu():
