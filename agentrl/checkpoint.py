@@ -34,6 +34,17 @@ def save_checkpoint(root: str | Path, rollout_id: int, trainer: Any, state: dict
     return final
 
 
+def delete_checkpoints(root: str | Path) -> int:
+    """Delete the checkpoints in ``root`` (``rollout_*`` folders, unfinished ones, ``latest``); other files
+    stay. Returns how many checkpoints were deleted."""
+    root = Path(root).expanduser()
+    folders = [p for p in (*root.glob("rollout_[0-9]*"), *root.glob(".tmp_rollout_[0-9]*")) if p.is_dir()]
+    for folder in folders:
+        shutil.rmtree(folder)
+    (root / "latest").unlink(missing_ok=True)
+    return len(folders)
+
+
 def find_checkpoint(path: str | Path) -> Path:
     """``path`` itself if it is a checkpoint, else the one ``path/latest`` names."""
     path = Path(path).expanduser()

@@ -17,6 +17,7 @@ from agentrl import algo
 from agentrl.config import ConfigError, RunConfig
 from agentrl.data import PromptDataset, PromptSampler, load_prompts
 from agentrl.eval import EvalConfig, EvalTask
+from agentrl.eval.runner import HELDOUT_SEED_OFFSET
 from agentrl.rollout import Rollout, default_filters, load_generate_fn, load_reward_fn
 from agentrl.rollout.async_partial import InterruptibleEngine
 from agentrl.train.batch import RolloutBatch
@@ -54,6 +55,7 @@ def build_components(cfg: RunConfig) -> Components:
     log.info("loaded %d prompts from %s (%d skipped)", len(dataset), cfg.prompt_data, len(dataset.skipped))
     sampler = PromptSampler(dataset.rows, seed=cfg.seed)
     eval_tasks = load_eval_tasks(cfg)
+    check_envs(cfg, [*dataset.rows, *(row for task in eval_tasks for row in task.rows)])
     trainer = build_trainer(cfg)
     template = ChatTemplate(trainer.tokenizer, None if cfg.data.apply_chat_template else PLAIN_TEMPLATE)
     engine = build_engine(cfg, trainer)
@@ -70,6 +72,26 @@ def build_interruptible(cfg: RunConfig, engine: Any) -> InterruptibleEngine | No
     if cfg.max_staleness <= 0:
         return None
     return InterruptibleEngine(engine, resume=cfg.partial_rollouts, in_flight=cfg.in_flight_weight_updates)
+
+
+def check_envs(cfg: RunConfig, rows: list[Any]) -> None:
+    """Make (and close) each environment the rows use, once, before anything else loads: an environment that
+    cannot be created at all (a missing optional dependency, bad --env-kwargs) is a configuration problem, not
+    a failure of every episode."""
+    from agentrl.env.registry import make
+    from agentrl.utils.extras import MissingExtra
+
+    problems = []
+    for env_id in sorted({row.env_id or cfg.env for row in rows} - {None}):
+        try:
+            make(env_id, **cfg.rollout.env_kwargs).close()
+        except MissingExtra:
+            raise
+        except Exception as e:  # noqa: BLE001 -- whatever it is, no episode of this environment can run
+            problems.append(f"environment {env_id} cannot be created with --env-kwargs "
+                            f"{cfg.rollout.env_kwargs}: {type(e).__name__}: {e}")
+    if problems:
+        raise ConfigError(problems)
 
 
 def build_rollout(cfg: RunConfig, engine: Any, template: Any, generate_fn: Any = None) -> Rollout:
@@ -93,7 +115,7 @@ def build_eval_config(cfg: RunConfig) -> EvalConfig:
         sampling=cfg.rollout.sampling.replace(temperature=cfg.eval_temperature, seed=cfg.seed),
         max_turns=cfg.rollout.max_turns, max_context_tokens=cfg.rollout.max_context_tokens,
         max_new_tokens_per_turn=cfg.rollout.max_new_tokens_per_turn, concurrency=cfg.rollout.concurrency,
-        env_kwargs=cfg.rollout.env_kwargs, seed=cfg.seed + 10_000)
+        env_kwargs=cfg.rollout.env_kwargs, seed=cfg.seed + HELDOUT_SEED_OFFSET)
 
 
 def build_trainer(cfg: RunConfig) -> Any:
@@ -157,6 +179,10 @@ def compute_advantages(batch: RolloutBatch, cfg: RunConfig) -> None:
         batch.advantages = estimator(batch.rewards, batch.group_ids, batch.loss_mask, config=config)
 
 
+RUN_FILES = ("metrics.jsonl", "summary.json", "config.json", "training.png", "timing.png", "eval.png")
+"""What a run writes into ``--output-dir`` besides the ``tensorboard/`` and ``weights/`` folders."""
+
+
 def output_dir(cfg: RunConfig) -> Path:
     """Create ``--output-dir`` (and the ``--save`` folder) now, before anything loads: a path that cannot be
     created is a :class:`~agentrl.config.ConfigError`, not a failure after the first rollouts."""
@@ -170,6 +196,29 @@ def output_dir(cfg: RunConfig) -> Path:
     if problems:
         raise ConfigError(problems)
     return Path(cfg.output_dir).expanduser()
+
+
+def clear_earlier_run(cfg: RunConfig) -> None:
+    """``--overwrite`` (without ``--load``): delete what an earlier run wrote to ``--output-dir`` and its checkpoints
+    in ``--save``, and nothing else in those folders."""
+    if not cfg.overwrite or cfg.load:
+        return
+    import shutil
+
+    from agentrl.checkpoint import delete_checkpoints
+
+    out = Path(cfg.output_dir).expanduser()
+    removed = [name for name in RUN_FILES if (out / name).is_file()]
+    for name in removed:
+        (out / name).unlink()
+    for folder in ("tensorboard", "weights"):
+        if (out / folder).is_dir():
+            shutil.rmtree(out / folder)
+            removed.append(folder + "/")
+    checkpoints = delete_checkpoints(cfg.save) if cfg.save and Path(cfg.save).expanduser().is_dir() else 0
+    if removed or checkpoints:
+        log.info("--overwrite: deleted the earlier run in %s (%s) and %d checkpoint(s)", out,
+                 ", ".join(removed) or "no files", checkpoints)
 
 
 def seed_everything(seed: int) -> None:

@@ -134,6 +134,9 @@ class RunConfig:
     """Resume from a checkpoint folder (or the latest one inside a --save folder)."""
     output_dir: str = "runs/latest"
     """Metrics (JSONL, TensorBoard), plots and the run summary go here."""
+    overwrite: bool = False
+    """Replace the earlier run in --output-dir (metrics, TensorBoard logs, plots, summary) and the checkpoints in
+    --save. Without it a run is never written over: a folder that holds one is refused (--load resumes it)."""
     use_wandb: bool = False
     """Also log to Weights & Biases."""
     wandb_project: str = "agentrl"
@@ -297,6 +300,7 @@ FLAGS: dict[str, str] = {
     "--save-interval": "save_interval",
     "--load": "load",
     "--output-dir": "output_dir",
+    "--overwrite": "overwrite",
     "--use-wandb": "use_wandb",
     "--wandb-project": "wandb_project",
     "--seed": "seed",
@@ -496,7 +500,23 @@ def validate(cfg: RunConfig) -> list[str]:
             problems.append(f"{flag} must be >= {low}; got {value}")
     if cfg.save_interval and not cfg.save:
         problems.append("--save-interval needs --save DIR")
+    problems += _earlier_run_problems(cfg)
     problems += _cluster_problems(cfg)
+    return problems
+
+
+def _earlier_run_problems(cfg: RunConfig) -> list[str]:
+    """A run is never written over: --output-dir or --save holding one needs --overwrite or --load."""
+    if cfg.overwrite or cfg.load is not None:
+        return []
+    problems = []
+    metrics = Path(cfg.output_dir).expanduser() / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        problems.append(f"--output-dir {cfg.output_dir} holds an earlier run ({metrics.name}): pass --overwrite to "
+                        "replace it, --load CHECKPOINT to resume it, or choose another --output-dir")
+    if cfg.save and (Path(cfg.save).expanduser() / "latest").is_file():
+        problems.append(f"--save {cfg.save} holds an earlier run's checkpoints: pass --overwrite to delete them, "
+                        f"--load {cfg.save} to resume that run, or choose another --save")
     return problems
 
 
@@ -575,6 +595,17 @@ def _hint(value: Any, choices: Any) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
+def from_mapping(data: dict[str, Any], source: str) -> RunConfig:
+    """A config from ``{flag-name: value}`` (what :func:`to_dict` writes, e.g. a checkpoint's ``state.json``);
+    raises :class:`ConfigError` naming ``source`` for keys or values that do not fit."""
+    cfg = RunConfig()
+    problems = _apply_mapping(cfg, data, source)
+    finalize(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
 def _apply_file(cfg: RunConfig, path: str) -> list[str]:
     import yaml
 
@@ -587,6 +618,10 @@ def _apply_file(cfg: RunConfig, path: str) -> list[str]:
         return [f"--config {path}: not valid YAML: " + " ".join(str(e).split())]
     if not isinstance(data, dict):
         return [f"--config {path}: expected a mapping of flag names to values"]
+    return _apply_mapping(cfg, data, f"--config {path}")
+
+
+def _apply_mapping(cfg: RunConfig, data: dict[str, Any], source: str) -> list[str]:
     problems = []
     for key, value in data.items():
         flag = "--" + str(key).replace("_", "-")
@@ -594,12 +629,12 @@ def _apply_file(cfg: RunConfig, path: str) -> list[str]:
             cfg.data.on_bad_row = "skip" if value else "error"
             continue
         if flag not in FLAGS:
-            problems.append(f"--config {path}: unknown key {key!r}{_hint(flag, FLAGS)}")
+            problems.append(f"{source}: unknown key {key!r}{_hint(flag, FLAGS)}")
             continue
         try:
             _set(cfg, FLAGS[flag], _coerce(cfg, FLAGS[flag], value))
         except (TypeError, ValueError) as e:
-            problems.append(f"--config {path}: {key}: {e}")
+            problems.append(f"{source}: {key}: {e}")
     return problems
 
 

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from agentrl.async_loop import RolloutStream
 from agentrl.checkpoint import find_checkpoint, read_state, save_checkpoint
 from agentrl.cluster.build import build_ray_components
-from agentrl.components import Components, build_components, compute_advantages, output_dir, seed_everything
+from agentrl.components import (Components, build_components, clear_earlier_run, compute_advantages, output_dir,
+                                seed_everything)
 from agentrl.config import ConfigError, RunConfig, to_dict, validate
 from agentrl.engine.base import EngineError
 from agentrl.eval import evaluate
@@ -43,6 +44,7 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     if cfg.engine == "sglang" and cfg.sglang_url and not cfg.use_ray:  # before loading anything
         await _require_servers(cfg.sglang_url)
+    clear_earlier_run(cfg)  # --overwrite
     out = output_dir(cfg)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     c = build_ray_components(cfg) if cfg.use_ray else build_components(cfg)

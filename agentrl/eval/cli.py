@@ -33,14 +33,17 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentrl.config import ConfigError
 from agentrl.data.prompts import DataError
 from agentrl.engine.base import SamplingParams
 from agentrl.eval import report
-from agentrl.eval.runner import EvalConfig, EvalTask, evaluate
+from agentrl.eval.from_training import heldout_tasks, resolve, task_settings
+from agentrl.eval.runner import HELDOUT_SEED_OFFSET, EvalConfig, EvalTask, evaluate
 from agentrl.eval.store import RunStore, SettingsChanged
 from agentrl.eval.tasks import (TaskError, TaskSpec, build_task, check_unique, data_fingerprint, load_task_file,
                                 parse_task_arg)
 from agentrl.models import ModelNotFoundError
+from agentrl.utils.extras import MissingExtra
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,13 @@ class EvalArgs:
     """Settings of ``agentrl eval``; each field's doc is its ``--help`` text."""
 
     model_path: str | None = None
-    """Model to load in the embedded engine: HF folder, hub id or alias (smollm2-135m-instruct, tiny-qwen2...)."""
+    """Model to load in the embedded engine: HF folder, hub id or alias (smollm2-135m-instruct, tiny-qwen2...), or a
+    training checkpoint (CKPT, CKPT/model, or a --save folder for its latest); a checkpoint given without --task or
+    --config is evaluated as its training run evaluated it."""
+    config: str | None = None
+    """Evaluate as a training run did: a recipe .yaml, a run's config.json or a checkpoint folder, whose held-out sets
+    become the tasks, with its environment and env kwargs (prompt template, grading), data keys, chat-template
+    choice, budgets, eval temperature, samples per prompt, prompt limit and seeds; flags given here override it."""
     engine_url: list[str] = field(default_factory=list)
     """SGLang-compatible server or router URLs to use instead of an embedded engine."""
     tokenizer: str | None = None
@@ -106,6 +115,8 @@ class EvalArgs:
     """Embedded engine device: cpu | cuda | cuda:N (default: cuda when available)."""
     engine_max_batch_size: int | None = None
     """Embedded engine: sequences decoded together (default: the engine's choice)."""
+    explicit: frozenset[str] = field(default=frozenset(), repr=False, metadata={"cli": False})
+    """Names of the settings given on the command line (they win over --config)."""
 
     @property
     def ks(self) -> tuple[int, ...]:
@@ -117,12 +128,13 @@ class EvalArgs:
         return SamplingParams(temperature=temperature, top_p=self.top_p, top_k=self.top_k, stop=list(self.stop),
                               seed=self.seed)
 
-    def validate(self) -> list[str]:
+    def validate(self, has_training_config: bool = False) -> list[str]:
         problems = []
         if not self.model_path and not self.engine_url:
             problems.append("give --model-path (embedded engine) or --engine-url (a running server)")
-        if not self.task and not self.tasks:
-            problems.append("give at least one --task NAME=ENV_ID[:DATA_FILE] or --tasks FILE.yaml")
+        if not self.task and not self.tasks and not has_training_config:
+            problems.append("give at least one --task NAME=ENV_ID[:DATA_FILE], --tasks FILE.yaml, or --config "
+                            "RECIPE.yaml (its held-out sets)")
         try:
             ks = self.ks
             if not ks or min(ks) < 1:
@@ -185,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     hints = typing.get_type_hints(EvalArgs)
     defaults = EvalArgs()
     for f in dataclasses.fields(EvalArgs):
+        if not f.metadata.get("cli", True):
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         help_text = docs.get(f.name, "").replace("%", "%%")
@@ -203,8 +217,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str]) -> EvalArgs:
-    ns = vars(build_parser().parse_args(argv))
-    return EvalArgs(**ns)
+    parser = build_parser()
+    ns = vars(parser.parse_args(argv))
+    given = {dest for dest, value in vars(_given_only(parser).parse_args(argv)).items()}
+    return EvalArgs(**ns, explicit=frozenset(given))
+
+
+def _given_only(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``parser`` with no defaults: parsing with it yields only the options on the command line."""
+    bare = argparse.ArgumentParser(add_help=False, argument_default=argparse.SUPPRESS)
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            kwargs = {"dest": action.dest, "default": argparse.SUPPRESS}
+            if isinstance(action, argparse.BooleanOptionalAction):
+                bare.add_argument(*action.option_strings, action=argparse.BooleanOptionalAction, **kwargs)
+            elif isinstance(action, argparse._ExtendAction):
+                bare.add_argument(*action.option_strings, action="extend", nargs="+", **kwargs)
+            else:
+                bare.add_argument(*action.option_strings, **kwargs)
+    return bare
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         summary = run(args, command="agentrl eval " + shlex.join(argv))
-    except (EvalArgsError, TaskError, SettingsChanged, DataError, ModelNotFoundError) as e:
+    except (EvalArgsError, TaskError, SettingsChanged, DataError, ModelNotFoundError, MissingExtra, ConfigError) as e:
         print(f"agentrl eval: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -252,24 +283,36 @@ def run(args: EvalArgs, *, engine: Any = None, template: Any = None, command: st
     caller already holds). Raises :class:`EvalArgsError`, :class:`~agentrl.eval.tasks.TaskError` or
     :class:`~agentrl.eval.store.SettingsChanged` for settings that cannot run.
     """
-    problems = args.validate()
+    args, training = resolve(args)
+    problems = args.validate(training is not None)
     if problems and engine is not None:  # an injected engine stands in for --model-path / --engine-url
         problems = [p for p in problems if not p.startswith("give --model-path")]
     if problems:
         raise EvalArgsError("invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems))
-    specs = load_specs(args)
-    tasks = [build_task(s, args.limit) for s in specs]
-    store = RunStore(args.out)
-    settings = args.settings(specs, tasks)
-    store.prepare(settings, overwrite=args.overwrite)
     config = args.eval_config()
+    if training is not None and not (args.task or args.tasks):  # the run's held-out sets, read as it read them
+        tasks = heldout_tasks(training, args.limit)
+        settings = args.settings([], tasks) | {"config": args.config or args.model_path,
+                                               "tasks": task_settings(training, tasks)}
+    else:
+        specs = load_specs(args)
+        tasks = [build_task(s, args.limit) for s in specs]
+        settings = args.settings(specs, tasks)
+    if training is not None:  # environments and seeds as in the run's own evaluation
+        config = dataclasses.replace(config, env_kwargs=dict(training.rollout.env_kwargs),
+                                     seed=args.seed + HELDOUT_SEED_OFFSET)
+        settings |= {"env_kwargs": config.env_kwargs, "env_seed": config.seed,
+                     "apply_chat_template": training.data.apply_chat_template}
+    plain = training is not None and not training.data.apply_chat_template and not args.chat_template
+    store = RunStore(args.out)
+    store.prepare(settings, overwrite=args.overwrite)
     done = store.load_done(args.n_samples)
     todo = sum(1 for t in tasks for r in t.rows if r.index not in done.get(t.name, {}))
     total = sum(len(t.rows) for t in tasks)
     if total - todo:
         log.info("resuming %s: %d of %d prompts already done", args.out, total - todo, total)
     start = time.time()
-    results = asyncio.run(_evaluate(args, tasks, config, store, done, todo, engine, template))
+    results = asyncio.run(_evaluate(args, tasks, config, store, done, todo, engine, template, plain))
     summary = report.summarize({name: r["metrics"] for name, r in results.items()}, ks=config.ks,
                                n_samples=config.n_samples,
                                extra={"settings": settings, "command": command,
@@ -287,12 +330,12 @@ def run(args: EvalArgs, *, engine: Any = None, template: Any = None, command: st
 
 
 async def _evaluate(args: EvalArgs, tasks: list[EvalTask], config: EvalConfig, store: RunStore,
-                    done: dict, todo: int, engine: Any, template: Any) -> dict[str, dict[str, Any]]:
+                    done: dict, todo: int, engine: Any, template: Any, plain: bool = False) -> dict[str, dict[str, Any]]:
     own_engine = engine is None and todo > 0
     if todo > 0 and (engine is None or template is None):
         longest = max([config.max_context_tokens, *(t.max_context_tokens or 0 for t in tasks)])
-        built_engine, built_template = await build_engine_and_template(args, need_engine=engine is None,
-                                                                       max_seq_len=longest + 8)
+        built_engine, built_template = await build_engine_and_template(
+            args, need_engine=engine is None, max_seq_len=longest + 8, plain=plain)
         engine = engine or built_engine
         template = template or built_template
     progress = _Progress(todo)
@@ -309,8 +352,9 @@ async def _evaluate(args: EvalArgs, tasks: list[EvalTask], config: EvalConfig, s
 
 
 async def build_engine_and_template(args: EvalArgs, *, need_engine: bool = True,
-                                    max_seq_len: int | None = None) -> tuple[Any, Any]:
-    """The engine ``--model-path`` / ``--engine-url`` names, and the chat template of its tokenizer."""
+                                    max_seq_len: int | None = None, plain: bool = False) -> tuple[Any, Any]:
+    """The engine ``--model-path`` / ``--engine-url`` names, and the chat template of its tokenizer (``plain``: a
+    training config's ``--no-apply-chat-template``, message contents one after another)."""
     from agentrl.chat import ChatTemplate
     from agentrl.models import load_tokenizer
 
@@ -339,6 +383,10 @@ async def build_engine_and_template(args: EvalArgs, *, need_engine: bool = True,
         engine = EmbeddedEngine(args.model_path, tokenizer=tokenizer, device=args.device,
                                 max_batch_size=args.engine_max_batch_size,
                                 max_seq_len=max_seq_len or args.max_context_len + 8)
+    if plain:
+        from agentrl.components import PLAIN_TEMPLATE
+
+        return engine, ChatTemplate(tokenizer, PLAIN_TEMPLATE)
     return engine, ChatTemplate(tokenizer, args.chat_template)
 
 

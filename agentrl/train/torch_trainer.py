@@ -41,6 +41,7 @@ from agentrl.train.batch import RolloutBatch, left_padded_inputs, micro_batches,
 from agentrl.train.distributed import (DataParallel, full_state_dicts, full_tensor, full_weights, keyed_by_name,
                                       load_full_state_dicts)
 from agentrl.utils.attention import no_cudnn_attention
+from agentrl.utils.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -367,10 +368,8 @@ class ValueModel(nn.Module):
 
 
 def _apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as e:
-        raise ImportError("lora_rank > 0 needs peft: pip install peft") from e
+    peft = require("peft", extra="lora", what="--lora-rank")
+    LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear",
                       lora_dropout=0.0, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)

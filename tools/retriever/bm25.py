@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from tools.retriever.corpus import Corpus
+from agentrl.utils.extras import require
 from tools.retriever.index import Retriever
 
 log = logging.getLogger(__name__)
@@ -35,10 +36,7 @@ STOPWORDS = "en"
 
 
 def _bm25s() -> Any:
-    try:
-        import bm25s
-    except ImportError as e:
-        raise ImportError("BM25 retrieval needs bm25s: pip install bm25s (or agentrl[search])") from e
+    bm25s = require("bm25s", extra="search", what="BM25 retrieval")
     # bm25s pins its logger to DEBUG on import; let it follow the application's logging level
     logging.getLogger("bm25s").setLevel(logging.NOTSET)
     return bm25s

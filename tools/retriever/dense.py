@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from agentrl.utils.extras import require
 from tools.retriever.corpus import Corpus
 from tools.retriever.index import Retriever
 
@@ -90,11 +91,8 @@ class Encoder:
     """A sentence-transformers model that embeds queries and passages (normalised, float32)."""
 
     def __init__(self, spec: ModelSpec, device: str | None = None, batch_size: int = 64):
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as e:
-            raise ImportError("dense retrieval needs sentence-transformers: pip install sentence-transformers "
-                              "(or agentrl[search])") from e
+        SentenceTransformer = require("sentence_transformers", extra="search", what="dense retrieval",
+                                      package="sentence-transformers").SentenceTransformer
         self.spec = spec
         self.device = device or _default_device()
         self.batch_size = batch_size
@@ -203,10 +201,7 @@ def import_faiss_index(
     (``Flat`` and ``HNSW*,Flat`` can; quantised ones cannot). Vectors are read ``rows_per_read``
     at a time into a float16 ``embeddings.npy``; returns the cache folder.
     """
-    try:
-        import faiss
-    except ImportError as e:
-        raise ImportError("importing a FAISS index needs faiss: pip install faiss-cpu") from e
+    faiss = require("faiss", extra="search", what="importing a FAISS index", package="faiss-cpu")
     from tools.retriever.index import index_cache
 
     where = index_cache(corpus, "dense", index_dir=index_dir, model=model)
