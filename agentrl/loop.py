@@ -16,8 +16,6 @@ import json
 import logging
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from agentrl.async_loop import RolloutStream
 from agentrl.checkpoint import find_checkpoint, read_state, save_checkpoint
 from agentrl.cluster.build import build_ray_components
@@ -26,7 +24,7 @@ from agentrl.components import (Components, build_components, clear_earlier_run,
 from agentrl.config import ConfigError, RunConfig, to_dict, validate
 from agentrl.engine.base import EngineError
 from agentrl.eval import evaluate
-from agentrl.obs import MetricsLogger, Timer, plot_run
+from agentrl.obs import MetricsLogger, Timer, plot_run, progress
 from agentrl.sync import sync_weights
 from agentrl.train.batch import RolloutBatch
 
@@ -56,7 +54,7 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
     timer = Timer()
     if c.eval_tasks and start == 0:
         metrics.log(await run_eval(c), step=0)
-    bar = tqdm(range(start, cfg.num_rollout), desc="rollouts", initial=start, total=cfg.num_rollout)
+    bar = progress(cfg.num_rollout, "rollouts", unit="rollout", iterable=range(start, cfg.num_rollout), initial=start)
     async with RolloutStream(c, cfg, start) as rollouts:  # async: rollout k+1 is generated during step k
         for rollout_id in bar:
             with timer("rollout"):
@@ -125,7 +123,9 @@ async def _require_servers(urls: list[str]) -> None:
 
 
 async def run_eval(c: Components) -> dict[str, float]:
-    results = await evaluate(c.engine, c.template, c.eval_tasks, c.eval_config)
+    with progress(sum(len(t.rows) for t in c.eval_tasks), "held-out eval", unit="prompt", leave=False) as bar:
+        results = await evaluate(c.engine, c.template, c.eval_tasks, c.eval_config,
+                                 on_group=lambda task, row, group: bar.update())
     for name, r in results.items():
         if r["engine_failures"]:  # left out of the metrics, which then cover fewer prompts
             log.warning("eval %s: %d prompt(s) not scored, the engine failed them (first: %s)", name,

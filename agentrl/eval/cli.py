@@ -43,6 +43,7 @@ from agentrl.eval.store import RunStore, SettingsChanged
 from agentrl.eval.tasks import (TaskError, TaskSpec, build_task, check_unique, data_fingerprint, load_task_file,
                                 parse_task_arg)
 from agentrl.models import ModelNotFoundError
+from agentrl.obs.progress import progress
 from agentrl.utils.extras import MissingExtra
 
 log = logging.getLogger(__name__)
@@ -338,15 +339,16 @@ async def _evaluate(args: EvalArgs, tasks: list[EvalTask], config: EvalConfig, s
             args, need_engine=engine is None, max_seq_len=longest + 8, plain=plain)
         engine = engine or built_engine
         template = template or built_template
-    progress = _Progress(todo)
+    bar = _Progress(todo)
 
     def on_group(task: EvalTask, row: Any, group: Any) -> None:
         store.append_group(task.name, row.index, group)
-        progress.update(task.name, group)
+        bar.update(task.name, group)
 
     try:
         return await evaluate(engine, template, tasks, config, on_group=on_group, done=done)
     finally:
+        bar.close()
         if own_engine:
             await _close(engine)
 
@@ -401,20 +403,20 @@ async def _close(engine: Any) -> None:
 
 
 class _Progress:
-    """Logs finished prompts with a running mean reward and a time estimate."""
+    """A bar over the prompts still to run, with each task's mean reward so far."""
 
     def __init__(self, total: int):
-        self.total, self.count, self.start = total, 0, time.perf_counter()
+        self.bar = progress(total, "eval", unit="prompt")
         self.rewards: dict[str, list[float]] = {}
 
     def update(self, task: str, group: Any) -> None:
-        self.count += 1
         rewards = self.rewards.setdefault(task, [])
         rewards += [s.reward for s in group.samples]
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / self.count * (self.total - self.count)
-        log.info("%d/%d prompts done (%s: mean reward so far %.3f); %.0fs elapsed, ~%.0fs left",
-                 self.count, self.total, task, sum(rewards) / len(rewards), elapsed, eta)
+        self.bar.set_postfix({name: f"{sum(r) / len(r):.3f}" for name, r in self.rewards.items()}, refresh=False)
+        self.bar.update()
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _scalar_type(hint: Any) -> type:

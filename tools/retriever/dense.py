@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agentrl.obs.progress import progress
 from agentrl.utils.extras import require
 from tools.retriever.corpus import Corpus
 from tools.retriever.index import Retriever
@@ -143,15 +143,12 @@ class DenseRetriever(Retriever):
               **_: Any) -> DenseRetriever:
         encoder = Encoder(resolve_model(model), device, batch_size)
         out = np.empty((len(corpus), encoder.dim), dtype=np.float16)
-        start, done, last_log = time.perf_counter(), 0, 0.0
-        for batch in corpus.iter_batches(batch_size * 16):
-            out[done: done + len(batch)] = encoder.encode([d.contents for d in batch], query=False)
-            done += len(batch)
-            if time.perf_counter() - last_log > 30:
-                last_log = time.perf_counter()
-                rate = done / max(last_log - start, 1e-9)
-                log.info("embedded %d/%d documents (%.0f/s, %.0f s left)", done, len(corpus), rate,
-                         (len(corpus) - done) / max(rate, 1e-9))
+        done = 0
+        with progress(len(corpus), f"embedding {corpus.path.name} ({encoder.spec.name})", unit="doc") as bar:
+            for batch in corpus.iter_batches(batch_size * 16):
+                out[done: done + len(batch)] = encoder.encode([d.contents for d in batch], query=False)
+                done += len(batch)
+                bar.update(len(batch))
         return cls(corpus, encoder, out)
 
     @classmethod
