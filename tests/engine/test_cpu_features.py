@@ -96,11 +96,13 @@ _AVX2_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="oneDNN's AVX2 limit is for x86-64")
-def test_an_avx2_only_cpu_falls_back_in_a_subprocess():
+def test_an_avx2_only_cpu_falls_back_in_a_subprocess(tmp_path):
     """What crashed on an AVX2-only EPYC (``mkldnn_reorder_linear_weight: bf16 path needs...``), run
     here with oneDNN and ATen held to AVX2: bf16 generates unpacked, an explicit pack is refused in
-    one line, float32 keeps its fast path."""
+    one line, float32 keeps its fast path. (A private inductor cache: kernels that torch.compile
+    cached for this CPU's full instruction set must not meet the AVX2 ones.)"""
     env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+           "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
            "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
     done = subprocess.run([sys.executable, "-c", _AVX2_SCRIPT], env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
