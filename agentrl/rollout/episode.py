@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentrl.engine.base import Engine, EngineError, SamplingParams
-from agentrl.env import TextEnv, make
+from agentrl.env import TextEnv, as_text_env, make
 from agentrl.types import Sample
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,8 @@ async def run_episode(
     reward_fn: RewardFn | None = None,
 ) -> Sample:
     """Run one episode and return it as a validated :class:`Sample` (never raises for
-    environment, tool or engine failures: they come back as ``status="failed"``)."""
+    environment, tool or engine failures: they come back as ``status="failed"``). ``env``: a
+    TextEnv, or gymnasium wrappers around one (made from ``request.env_id`` when None)."""
     partial = _Partial()
     start = time.perf_counter()
     own_env = env is None
@@ -117,6 +118,8 @@ async def run_episode(
     try:
         if env is None:
             env = make(request.env_id, max_turns=config.max_turns, **config.env_kwargs)
+        else:
+            env = as_text_env(env)  # a gymnasium.Wrapper's sync step runs in a worker thread
         coro = _loop(engine, template, env, request, config, partial)
         status = await (asyncio.wait_for(coro, config.episode_timeout) if config.episode_timeout else coro)
     except asyncio.TimeoutError:

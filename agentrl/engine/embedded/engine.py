@@ -38,6 +38,7 @@ from agentrl.engine.embedded.runner import FastRunner, HFRunner
 from agentrl.engine.embedded.request import Request, SchedulerStats
 from agentrl.engine.embedded.scheduler import Scheduler
 from agentrl.engine.embedded.weights import WeightsSource, load_weights
+from agentrl.utils import cpu_features
 from agentrl.utils.openmp import release_thread_pool
 
 log = logging.getLogger(__name__)
@@ -87,6 +88,8 @@ class EmbeddedEngine:
         param = next(model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.config = self._resolve(config)
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            _warn_slow_bf16()
         self.vocab_size = model.get_input_embeddings().weight.shape[0]
         self.eos_token_ids = _eos_ids(model, tokenizer)
         self.backend = self._choose_backend()
@@ -320,6 +323,14 @@ class EmbeddedEngine:
             rid=rid or uuid.uuid4().hex, prompt=prompt, sampling=sampling, seed=int(seed) & (2**64 - 1),
             max_new=min(sampling.max_new_tokens, limit - len(prompt)), priority=current_request_priority(),
         )
+
+
+def _warn_slow_bf16() -> None:
+    """bf16 runs on any CPU, but without oneDNN's bf16 kernels every matmul is emulated."""
+    why = cpu_features.bf16_packing_unsupported()
+    if why:
+        log.warning("bfloat16 on this CPU: weights are not packed and matmuls are emulated, slower than in float32 "
+                    "(%s); pass dtype float32 (--engine-dtype float32, agentrl serve --dtype float32)", why)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from agentrl.engine.embedded import cpu_attention, gpu_attention
+from agentrl.utils import cpu_features
 from agentrl.utils.attention import no_cudnn_attention, sdpa_grouped
 from agentrl.utils.compile import MaybeCompiled
 
@@ -97,6 +98,8 @@ def packing_unsupported(device: torch.device, dtype: torch.dtype) -> str | None:
         return f"weight packing covers float32 and bfloat16, not {dtype}"
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_reorder_linear_weight"):
         return "this PyTorch build has no oneDNN (mkldnn) linear"
+    if dtype == torch.bfloat16:  # x86 with AVX2 alone has no oneDNN bf16 kernels
+        return cpu_features.bf16_packing_unsupported()
     return None
 
 
