@@ -58,6 +58,7 @@ def build_components(cfg: RunConfig) -> Components:
     check_envs(cfg, [*dataset.rows, *(row for task in eval_tasks for row in task.rows)])
     trainer = build_trainer(cfg)
     template = ChatTemplate(trainer.tokenizer, None if cfg.data.apply_chat_template else PLAIN_TEMPLATE)
+    check_template(cfg, template)
     engine = build_engine(cfg, trainer)
     interruptible = build_interruptible(cfg, engine)
     rollout = build_rollout(cfg, interruptible or engine, template)
@@ -72,6 +73,18 @@ def build_interruptible(cfg: RunConfig, engine: Any) -> InterruptibleEngine | No
     if cfg.max_staleness <= 0:
         return None
     return InterruptibleEngine(engine, resume=cfg.partial_rollouts, in_flight=cfg.in_flight_weight_updates)
+
+
+def check_template(cfg: RunConfig, template: Any) -> None:
+    """A chat template that cannot keep tokens exact would fail every episode: refuse it before the first rollout."""
+    from agentrl.chat import check_incremental
+    from agentrl.chat.incremental import TemplateNotIncrementalError
+
+    try:
+        check_incremental(template)
+    except TemplateNotIncrementalError as e:
+        if not template.allow_non_incremental:
+            raise ConfigError([f"the chat template of --model-path {cfg.model_path}: {e}"]) from None
 
 
 def check_envs(cfg: RunConfig, rows: list[Any]) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agentrl.chat import ChatTemplate, TemplateNotIncrementalError, check_incremental
-from chat_support import SEARCH_TOOL
+from chat_support import SEARCH_TOOL, TEMPLATES
 
 # Mistral-style: tool declarations are written just before the LAST user message.
 TOOLS_BEFORE_LAST_USER = """
@@ -176,3 +176,24 @@ def test_a_template_that_renders_no_probe_is_refused_and_says_what_to_do(smol_to
         TokenConversation(tmpl, [{"role": "user", "content": "hi"}])
     trusted = ChatTemplate(smol_tok, ONE_QUESTION_ONLY, allow_non_incremental=True)
     assert TokenConversation(trusted, [{"role": "user", "content": "hi"}]).prompt_ids
+
+
+def test_training_refuses_a_template_that_cannot_keep_tokens_exact_before_the_first_rollout(
+        mistral_tok, tmp_path, capsys, monkeypatch):
+    """Without the start-up check every episode of such a run would come back failed and the run would train
+    on nothing."""
+    import copy
+    from pathlib import Path
+
+    from agentrl.testing.tiny import make_tiny_model
+    from agentrl.train_cli import main
+
+    tok = copy.deepcopy(mistral_tok)
+    tok.chat_template = (TEMPLATES / "mistral_tools.jinja").read_text()
+    model = make_tiny_model(tmp_path / "model", tokenizer=tok)
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    code = main(["--config", "recipes/quickstart/config.yaml", "--model-path", str(model), "--num-rollout", "1",
+                 "--eval-interval", "0", "--output-dir", str(tmp_path / "run"), "--save", str(tmp_path / "ckpt")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"the chat template of --model-path {model}" in err and "allow_non_incremental" in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
