@@ -88,23 +88,42 @@ def check_template(cfg: RunConfig, template: Any) -> None:
 
 
 def check_envs(cfg: RunConfig, rows: list[Any]) -> None:
-    """Make (and close) each environment the rows use, once, before anything else loads: an environment that
-    cannot be created at all (a missing optional dependency, bad --env-kwargs) is a configuration problem, not
-    a failure of every episode."""
-    from agentrl.env.registry import make
+    """Start one episode of each environment the rows use (made and reset on the first row that uses it) before
+    the model loads: an environment that cannot be created (a missing optional dependency, bad --env-kwargs) or
+    cannot read the rows (a missing prompt or label key) is a configuration problem, not a failure of every
+    episode."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from agentrl.utils.extras import MissingExtra
 
+    first: dict[str, Any] = {}
+    for row in rows:
+        first.setdefault(row.env_id or cfg.env, row)
     problems = []
-    for env_id in sorted({row.env_id or cfg.env for row in rows} - {None}):
+    for env_id, row in sorted((k, v) for k, v in first.items() if k):
         try:
-            make(env_id, **cfg.rollout.env_kwargs).close()
+            with ThreadPoolExecutor(1) as pool:  # a sync reset runs outside the caller's event loop
+                pool.submit(_start_episode, env_id, row, cfg.rollout.env_kwargs).result()
         except MissingExtra:
             raise
         except Exception as e:  # noqa: BLE001 -- whatever it is, no episode of this environment can run
-            problems.append(f"environment {env_id} cannot be created with --env-kwargs "
-                            f"{cfg.rollout.env_kwargs}: {type(e).__name__}: {e}")
+            kwargs = f" with --env-kwargs {cfg.rollout.env_kwargs}" if cfg.rollout.env_kwargs else ""
+            problems.append(f"environment {env_id}{kwargs} cannot start an episode of {row.source or 'its rows'}: "
+                            f"{type(e).__name__}: {e}")
     if problems:
         raise ConfigError(problems)
+
+
+def _start_episode(env_id: str, row: Any, env_kwargs: dict[str, Any]) -> None:
+    from agentrl.env.registry import make
+
+    env = make(env_id, **env_kwargs)
+    try:
+        options = row.reset_options()
+        options.pop("seed", None)
+        env.reset(seed=0, options=options)
+    finally:
+        env.close()
 
 
 def build_rollout(cfg: RunConfig, engine: Any, template: Any, generate_fn: Any = None) -> Rollout:

@@ -27,6 +27,7 @@ from agentrl.eval import evaluate
 from agentrl.obs import MetricsLogger, Timer, plot_run, progress
 from agentrl.sync import sync_weights
 from agentrl.train.batch import RolloutBatch
+from agentrl.utils.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,7 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     problems = validate(cfg)
     if problems:
         raise ConfigError(problems)
+    release_freed_memory()
     return asyncio.run(_train(cfg))
 
 

@@ -177,6 +177,9 @@ class MathEnv(TextEnv):
             label = options.get("answer", options.get("label"))
             if label is None:
                 raise ValueError(f"reset options with a question need 'answer' (or 'label'); got keys {sorted(options)}")
+        elif "label" in options or "answer" in options:
+            raise ValueError(f"the row has a label but no question ('prompt' or 'question'; name its key with "
+                             f"--input-key); it has keys {sorted(options)[:20]}")
         else:
             n = len(self.samples)
             index = int(options["index"]) if "index" in options else int(self.np_random.integers(0, n))

@@ -42,9 +42,10 @@ class DataError(ValueError):
 @dataclass
 class DataConfig:
     input_key: str = "prompt"
-    """Row key holding the prompt: a string or a list of chat messages."""
+    """Row key holding the prompt: a string or a list of chat messages (a row without it leaves the task to the
+    environment's reset, e.g. a game that deals its own)."""
     label_key: str | None = "label"
-    """Row key holding the reference answer (None: rows have no label)."""
+    """Row key holding the reference answer, for environments that grade against one (a row without it has none)."""
     metadata_key: str | None = "metadata"
     """Row key holding a dict of extra fields passed along with the sample."""
     env_key: str | None = "env"
@@ -63,7 +64,8 @@ class DataConfig:
 class PromptRow:
     index: int
     """Position among the good rows of the source (a stable id for resuming)."""
-    prompt: str | list[dict[str, Any]]
+    prompt: str | list[dict[str, Any]] | None
+    """None: the row has no prompt; the environment's reset makes the task."""
     label: Any = None
     env_id: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -75,8 +77,9 @@ class PromptRow:
 
     def reset_options(self) -> dict[str, Any]:
         """What the environment's ``reset(options=...)`` receives: the raw row fields, then the
-        normalised ``prompt``/``label``/``metadata``, then the row's own env options."""
-        return {**self.raw, "prompt": self.prompt, "label": self.label, "metadata": self.metadata, **self.options}
+        normalised ``prompt``/``label`` (those the row has) and ``metadata``, then the row's own env options."""
+        given = {k: v for k, v in (("prompt", self.prompt), ("label", self.label)) if v is not None}
+        return {**self.raw, **given, "metadata": self.metadata, **self.options}
 
 
 @dataclass
@@ -126,21 +129,17 @@ def _to_row(raw: Any, index: int, location: str, c: DataConfig) -> PromptRow:
         raise DataError(raw.message)
     if not isinstance(raw, dict):
         raise DataError(f"{location}: a row must be a JSON object; got {type(raw).__name__}")
-    if c.input_key not in raw:
-        raise DataError(f"{location}: missing input key {c.input_key!r}; the row has keys {sorted(raw)[:20]} (set --input-key)")
-    prompt = raw[c.input_key]
-    if isinstance(prompt, list):
+    prompt = raw.get(c.input_key)
+    if prompt is None:
+        pass  # the environment makes the task (if it needs a prompt, its reset says so at start-up)
+    elif isinstance(prompt, list):
         for i, m in enumerate(prompt):
             why = message_problem(m)
             if why:
                 raise DataError(f"{location}: {c.input_key}[{i}]: {why}")
     elif not isinstance(prompt, str) or not prompt.strip():
         raise DataError(f"{location}: {c.input_key!r} must be a non-empty string or a list of chat messages; got {prompt!r:.80}")
-    label = None
-    if c.label_key:
-        if c.label_key not in raw:
-            raise DataError(f"{location}: missing label key {c.label_key!r}; the row has keys {sorted(raw)[:20]} (set --label-key, or --label-key '' for none)")
-        label = raw[c.label_key]
+    label = raw.get(c.label_key) if c.label_key else None
     metadata = _optional_dict(raw, c.metadata_key, location)
     options = _optional_dict(raw, c.options_key, location)
     env_id = raw.get(c.env_key) if c.env_key else None

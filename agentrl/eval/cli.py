@@ -45,6 +45,7 @@ from agentrl.eval.tasks import (TaskError, TaskSpec, build_task, check_unique, d
 from agentrl.models import ModelNotFoundError
 from agentrl.obs.progress import progress
 from agentrl.utils.extras import MissingExtra
+from agentrl.utils.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -307,6 +308,7 @@ def run(args: EvalArgs, *, engine: Any = None, template: Any = None, command: st
     plain = training is not None and not training.data.apply_chat_template and not args.chat_template
     store = RunStore(args.out)
     store.prepare(settings, overwrite=args.overwrite)
+    release_freed_memory()
     done = store.load_done(args.n_samples)
     todo = sum(1 for t in tasks for r in t.rows if r.index not in done.get(t.name, {}))
     total = sum(len(t.rows) for t in tasks)
