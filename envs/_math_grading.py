@@ -209,7 +209,11 @@ def answers_match(pred: str, gold: str) -> tuple[bool, str]:
         return True, "string"
     from envs import _scoring
 
-    finished, result = _scoring.call("envs._math_grading:symbolic_equal", pred, gold, timeout=SYMBOLIC_TIMEOUT_S)
+    try:
+        finished, result = _scoring.call("envs._math_grading:symbolic_equal", pred, gold, timeout=SYMBOLIC_TIMEOUT_S)
+    except (_scoring.ScoringError, OSError) as e:  # no worker could run the check: graded wrong, the run goes on
+        log.warning("symbolic check of %r failed: %s", pred[:80], e)
+        return False, "error"
     return tuple(result) if finished else (False, "timeout")  # type: ignore[return-value]
 
 

@@ -12,6 +12,7 @@ process, and a check that overruns its time is answered "timed out" and its proc
 and returns ``(finished, value)``. It blocks its thread until the answer comes: from async code
 call it through ``asyncio.to_thread``. A worker runs as the same user as its parent: this bounds
 time, it is not a sandbox (a scorer that ``eval``s its input can still do what the user can).
+POSIX only (``select`` on pipes). A process forked from one that has workers starts its own.
 
 Example::
 
@@ -94,21 +95,27 @@ class _Pool:
         worker = self._idle.get()
         kind, value = "timeout", None
         try:
-            if worker is None or worker.proc.poll() is not None:
+            if worker is not None and worker.proc.poll() is not None:  # it died while idle
+                self._discard(worker)
+                worker = None
+            if worker is None:
                 worker = _Worker()
                 with self._lock:
                     self._all.add(worker)
             kind, value = worker.run(request, timeout)
         finally:
             if kind == "timeout" and worker is not None:
-                worker.kill()
-                with self._lock:
-                    self._all.discard(worker)
+                self._discard(worker)
                 worker = None
             self._idle.put(worker)
         if kind == "error":
             raise ScoringError(value)
         return kind == "ok", value
+
+    def _discard(self, worker: _Worker) -> None:
+        worker.kill()
+        with self._lock:
+            self._all.discard(worker)
 
     def close(self) -> None:
         with self._lock:
@@ -116,9 +123,14 @@ class _Pool:
         for w in workers:
             w.kill()
 
+    def forget(self) -> None:
+        """In a forked child: the workers are the parent's; start afresh without touching them."""
+        self.__init__(MAX_WORKERS)  # type: ignore[misc]
+
 
 _POOL = _Pool(MAX_WORKERS)
 atexit.register(_POOL.close)
+os.register_at_fork(after_in_child=_POOL.forget)
 
 
 def call(function: str, *args: Any, timeout: float) -> tuple[bool, Any]:

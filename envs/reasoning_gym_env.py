@@ -169,6 +169,9 @@ class ReasoningGymEnv(TextEnv):
         except ScoringError as e:  # a scorer crash on odd text scores 0; the run goes on
             info["error"] = f"score_answer raised {str(e)[:200]}"
             return 0.0
+        except OSError as e:  # no worker process could be started
+            info["error"] = f"score_answer could not run: {e}"
+            return 0.0
         if not finished:
             info["error"] = f"score_answer took longer than {self.score_timeout:g} s; scored 0"
             return 0.0
