@@ -53,9 +53,6 @@ import concurrent.futures
 import dataclasses
 import json
 import logging
-import os
-import stat
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -72,6 +69,8 @@ from agentrl.engine._server_protocol import (
     parse_generate_request,
 )
 from agentrl.engine._server_run import BackgroundServer, build_parser, serve_main
+from agentrl.engine import _server_weights
+from agentrl.engine._server_weights import WEIGHT_LOAD_TIMEOUT_S
 from agentrl.engine.base import Completion, Engine, SamplingParams, request_priority
 from agentrl.utils import safe_json
 
@@ -82,8 +81,6 @@ __all__ = ["BackgroundServer", "build_parser", "create_app", "serve_main"]
 _DISCONNECT_POLL_S = 0.5
 MAX_REQUEST_BYTES = 64 * 2**20
 """Default largest request body, in bytes (413 beyond)."""
-WEIGHT_LOAD_TIMEOUT_S = 600.0
-"""Default seconds ``/update_weights_from_disk`` may spend reading the weight files."""
 PARSE_TIMEOUT_S = 60.0
 """Seconds decoding and tokenizing one request may take in its worker thread (400 beyond)."""
 _INLINE_BYTES = 16 * 2**10  # smaller bodies are decoded and tokenized on the event loop (well under 1 ms)
@@ -246,7 +243,7 @@ def create_app(
         body = await _json_body(request, state)
         if isinstance(body, JSONResponse):
             return body
-        return await _update_weights_from_disk(state, body)
+        return await _server_weights.update_weights_from_disk(state, body)
 
     @app.post("/update_weight_version")
     async def update_weight_version(request: Request) -> Response:
@@ -432,90 +429,6 @@ async def _health_generate(state: _ServerState) -> bool:
         log.warning("health_generate failed: %s: %s", type(exc).__name__, exc)
         await state.engine.abort(rid)
         return False
-
-
-async def _update_weights_from_disk(state: _ServerState, body: dict[str, Any]) -> Response:
-    def fail(message: str) -> JSONResponse:
-        return JSONResponse({"success": False, "message": message, "num_paused_requests": 0}, status_code=400)
-
-    model_path, label = body.get("model_path"), body.get("weight_version")
-    if not isinstance(model_path, str) or not model_path:
-        return fail(f"'model_path' must be the path of a Hugging Face model folder; got {model_path!r}")
-    if label is not None and not isinstance(label, (str, int)):
-        return fail(f"'weight_version' must be a string; got {label!r}")
-    version = int(label) if isinstance(label, int) or (isinstance(label, str) and label.isdigit()) else None
-    if state.weight_read is not None and not state.weight_read.done():
-        return fail("an earlier weight load is still reading its files (stuck on the file system?); try again later")
-    path = Path(model_path).expanduser()
-    state.weight_read = _in_daemon_thread(read_weight_files, path)
-    try:  # the engine gets tensors in memory: its worker never waits on a file
-        weights = await asyncio.wait_for(asyncio.wrap_future(state.weight_read), state.weight_load_timeout)
-    except asyncio.TimeoutError:
-        log.error("reading weights from %s took longer than %g s", model_path, state.weight_load_timeout)
-        return fail(f"reading the weight files of {model_path!r} took longer than {state.weight_load_timeout:g} s")
-    except (OSError, ValueError) as exc:
-        return fail(f"Failed to update weights from {model_path!r}: {exc}")
-    if body.get("abort_all_requests", False):
-        await state.abort(None)
-    try:
-        new_version = await state.engine.update_weights(weights, version=version)
-    except Exception as exc:
-        log.exception("update_weights_from_disk(%s) failed", model_path)
-        return fail(f"Failed to update weights from {model_path!r}: {type(exc).__name__}: {exc}")
-    if label is not None:
-        state.version_labels[new_version] = str(label)
-    flush = getattr(state.engine, "flush_cache", None)
-    if body.get("flush_cache", True) and flush is not None:
-        result = flush()
-        if asyncio.iscoroutine(result):
-            await result
-    message = "Succeeded to update model weights."
-    if label is not None:
-        message += f" Weight version updated to {label}."
-    log.info("weights loaded from %s (weight_version %s)", model_path, state.label(new_version))
-    return JSONResponse({"success": True, "message": message, "num_paused_requests": 0})
-
-
-def _in_daemon_thread(fn: Any, *args: Any) -> concurrent.futures.Future:
-    """``fn(*args)`` in a new daemon thread: unlike an executor's threads, one that never returns
-    does not hold up the process's exit."""
-    future: concurrent.futures.Future = concurrent.futures.Future()
-
-    def run() -> None:
-        future.set_running_or_notify_cancel()
-        try:
-            future.set_result(fn(*args))
-        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
-            future.set_exception(exc)
-
-    threading.Thread(target=run, daemon=True, name="agentrl-serve-weights").start()
-    return future
-
-
-def read_weight_files(path: Path) -> dict[str, Any]:
-    """Every tensor of the ``*.safetensors`` (else ``pytorch_model*.bin``) files of a model folder
-    (or of one weight file), read into CPU memory. Files that are not regular files (a FIFO, a
-    device) are refused before they are opened: opening one could block for ever."""
-    import torch
-
-    if not path.exists():
-        raise ValueError(f"model_path {str(path)!r} does not exist on the server")
-    files = [path] if path.is_file() or not path.is_dir() else (
-        sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin")))
-    if not files:
-        raise ValueError(f"{path} holds no *.safetensors or pytorch_model*.bin weight files")
-    for f in files:
-        if not stat.S_ISREG(os.stat(f).st_mode):
-            raise ValueError(f"{f} is not a regular file")
-    weights: dict[str, Any] = {}
-    for f in files:
-        if f.suffix == ".safetensors":
-            from safetensors.torch import load
-
-            weights.update(load(f.read_bytes()))
-        else:
-            weights.update(torch.load(f, map_location="cpu", weights_only=True))
-    return weights
 
 
 def _not_supported(path: str):

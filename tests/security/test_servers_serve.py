@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agentrl.engine import server as server_module
+from agentrl.engine import _server_weights as server_weights
 from agentrl.engine._server_protocol import RequestError, parse_generate_request
 from agentrl.engine.server import BackgroundServer, create_app
 from agentrl.testing import FakeEngine
@@ -177,7 +177,7 @@ def test_a_weight_read_that_hangs_times_out_and_other_requests_go_on(tokenizer, 
         gate.wait(60)
         return {}
 
-    monkeypatch.setattr(server_module, "read_weight_files", hanging_read)
+    monkeypatch.setattr(server_weights, "read_weight_files", hanging_read)
     engine = FakeEngine(responder=echo)
     app = create_app(engine, tokenizer, model_path="m", weight_load_timeout=1.0)
     with BackgroundServer(app) as s:
