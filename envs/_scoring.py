@@ -25,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
 import importlib
 import logging
 import os
@@ -52,10 +53,10 @@ class ScoringError(RuntimeError):
 class _Worker:
     """One child process speaking length-prefixed pickles over its stdin/stdout."""
 
-    def __init__(self) -> None:
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self.proc = subprocess.Popen([sys.executable, "-m", "envs._scoring"], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, bufsize=0, env=env)
+    def __init__(self, spawner: concurrent.futures.Executor) -> None:
+        # started from the pool's one long-lived thread: the child asks to be killed when the
+        # thread that started it ends (PR_SET_PDEATHSIG), and the callers' threads come and go
+        self.proc = spawner.submit(_start).result()
 
     def run(self, request: bytes, timeout: float) -> tuple[str, Any]:
         """("ok", result), ("error", message), or ("timeout", None) after killing the process."""
@@ -82,8 +83,15 @@ class _Worker:
             stream.close()
 
 
+def _start() -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    return subprocess.Popen([sys.executable, "-m", "envs._scoring"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, bufsize=0, env=env)
+
+
 class _Pool:
     def __init__(self, size: int) -> None:
+        self._spawner = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="agentrl-scoring")
         self._idle: queue.LifoQueue[_Worker | None] = queue.LifoQueue()
         for _ in range(size):
             self._idle.put(None)  # a free slot: its worker starts when the slot is first used
@@ -99,7 +107,7 @@ class _Pool:
                 self._discard(worker)
                 worker = None
             if worker is None:
-                worker = _Worker()
+                worker = _Worker(self._spawner)
                 with self._lock:
                     self._all.add(worker)
             kind, value = worker.run(request, timeout)
@@ -176,6 +184,7 @@ def _read(fd: int, n: int, deadline: float) -> bytes | None:
 
 def _serve() -> None:
     """The worker's loop: read a call, import its module, say "started", answer."""
+    _die_with_parent()
     requests, replies = sys.stdin.buffer, os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # what the scorers print goes to stderr, not into the replies
     logging.disable(logging.WARNING)  # scorers' warnings about junk answers (math-verify: "Timeout during parsing")
@@ -199,6 +208,24 @@ def _serve() -> None:
             send(("ok", fn(*args)))
         except Exception as e:  # noqa: BLE001 - reported to the parent
             send(("error", f"{type(e).__name__}: {e}"))
+
+
+def _die_with_parent() -> None:
+    """Linux: be killed when the parent dies, even in the middle of a computation (without it, a
+    worker busy with a power tower would outlive a crashed trainer). Elsewhere the worker exits
+    when it next reads its closed stdin. (The kernel sends the signal when the parent's thread
+    that started this process ends: the pool starts workers from one thread that lives as long
+    as the process.)"""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() == 1:  # the parent died before the call above
+        os._exit(0)
 
 
 if __name__ == "__main__":
