@@ -21,9 +21,12 @@ Three public functions, shared by :mod:`envs.math` and by evaluation (majority v
   3. where ``math-verify`` is not installed, a small sympy check (``simplify(a - b) == 0`` on
      plain expressions of a restricted alphabet) stands in.
 
-``math-verify`` bounds its parsing time with ``signal.alarm``, which only works in the main
-thread; off the main thread the timeout is disabled (answers are capped at
-``MAX_ANSWER_CHARS`` characters instead, so parsing stays cheap).
+Answers are untrusted: extraction is linear in the response length, answers longer than
+``MAX_ANSWER_CHARS`` are graded wrong unparsed, and the symbolic checks (2, 3) run in a worker
+process (:mod:`envs._scoring`) under ``SYMBOLIC_TIMEOUT_S``: sympy can spend forever, holding the
+GIL, on a short answer such as ``\\boxed{9^{9^{9^{9}}}}``. An answer that runs out of time is
+graded wrong with ``method="timeout"``. ``grade`` blocks its thread meanwhile; environments call
+it through ``asyncio.to_thread``.
 
 Example::
 
@@ -47,6 +50,8 @@ log = logging.getLogger(__name__)
 
 MAX_ANSWER_CHARS = 1000
 """Longer extracted answers are graded wrong without parsing (keeps grading fast on junk)."""
+SYMBOLIC_TIMEOUT_S = 5.0
+"""Seconds one symbolic comparison may take (in a worker process, killed past it)."""
 
 ANSWER_FORMATS = ("boxed", "answer_tag", "####", "last_number")
 
@@ -82,12 +87,22 @@ def extract_answer_with_format(text: str, *, fallback_last_number: bool = False)
         if line.strip():
             return _clean(line), "####"
     if fallback_last_number:
-        last = None
-        for last in _NUMBER.finditer(text):
-            pass
+        last = _last_number(text)
         if last is not None:
-            return _clean(last.group(0)), "last_number"
+            return _clean(last), "last_number"
     return None, None
+
+
+def _last_number(text: str) -> str | None:
+    """The last number in ``text``, read from a window before its last digit (numbers longer than
+    the window are graded too long either way), so the cost does not grow with the text."""
+    end = max(text.rfind(d) for d in "0123456789") + 1
+    if end == 0:
+        return None
+    last = None
+    for last in _NUMBER.finditer(text, max(0, end - 2 * MAX_ANSWER_CHARS), end):
+        pass
+    return last.group(0) if last is not None else None
 
 
 def parse_label(label: str) -> str:
@@ -125,16 +140,15 @@ def last_boxed(text: str) -> str | None:
 
 
 def _balanced(text: str, open_at: int) -> str | None:
-    depth = 0
-    for j in range(open_at, len(text)):
-        c = text[j]
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1 : j]
-    return None
+    """What is between the ``{`` at ``open_at`` and its matching ``}`` (None: unbalanced), found
+    with one vectorised pass over the rest of the text."""
+    import numpy as np
+
+    rest = text[open_at:]
+    codes = np.frombuffer(rest.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    level = np.cumsum((codes == ord("{")).astype(np.int32) - (codes == ord("}")))
+    closed = np.flatnonzero(level == 0)
+    return rest[1 : int(closed[0])] if len(closed) else None
 
 
 def last_tag(text: str, tag: str) -> str | None:
@@ -193,6 +207,21 @@ def answers_match(pred: str, gold: str) -> tuple[bool, str]:
         return p_num == g_num, "numeric"
     if _squash(pred) == _squash(gold):
         return True, "string"
+    from envs import _scoring
+
+    try:
+        finished, result = _scoring.call("envs._math_grading:symbolic_equal", pred, gold, timeout=SYMBOLIC_TIMEOUT_S)
+    except (_scoring.ScoringError, OSError) as e:  # no worker could run the check: graded wrong, the run goes on
+        log.warning("symbolic check of %r failed: %s", pred[:80], e)
+        return False, "error"
+    return tuple(result) if finished else (False, "timeout")  # type: ignore[return-value]
+
+
+def symbolic_equal(pred: str, gold: str) -> tuple[bool, str]:
+    """``(match, method)`` by ``math-verify``, or the sympy fallback where it is not installed.
+
+    Runs in this process with no limit on time: :func:`answers_match` calls it in a worker.
+    """
     try:
         import math_verify  # noqa: F401
     except ImportError:
@@ -207,7 +236,9 @@ def _squash(s: str) -> str:
 def _math_verify_equal(pred: str, gold: str) -> bool:
     from math_verify import parse, verify
 
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    # math-verify's own limits (signal.alarm: main thread only) end slow Python early in a worker;
+    # work that holds the GIL is ended by killing the worker (see answers_match)
+    timeout = 2 if threading.current_thread() is threading.main_thread() else None
     try:
         g = parse("\\boxed{" + gold + "}", parsing_timeout=timeout)
         p = parse("\\boxed{" + pred + "}", parsing_timeout=timeout)

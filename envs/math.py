@@ -2,7 +2,8 @@
 
 The degenerate environment: one question, one answer, done. ``reset`` opens the episode with an
 optional system message and a user message (the question in ``prompt_template``); ``step``
-grades the assistant's reply and terminates.
+grades the assistant's reply and terminates (``astep`` grades in a worker thread, so a slow
+symbolic check never holds up the event loop).
 
 Reward: 1.0 when the extracted final answer is equivalent to the label, else ``format_reward``
 when an answer was given in one of the accepted formats (default 0.0), else 0.0. Extraction
@@ -27,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -196,6 +198,10 @@ class MathEnv(TextEnv):
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages.append({"role": "user", "content": self.prompt_template.replace("{question}", str(question))})
         return messages
+
+    async def astep(self, action: str):
+        """:meth:`step` in a worker thread: a symbolic check may take seconds (see :mod:`envs._math_grading`)."""
+        return await asyncio.to_thread(self.step, action)
 
     def step(self, action: str):
         if self.label is None:

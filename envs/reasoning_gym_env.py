@@ -12,7 +12,11 @@ evaluation with the same ``seed`` never draw from the same generator stream. (Ta
 problem space can still repeat a question across seeds; deduplicate by question if that matters.)
 
 Answer extraction: the last ``<answer>...</answer>``, else the last ``\\boxed{}``, else the last
-non-empty line of the reply.
+non-empty line of the reply (linear in the reply's length). Scoring runs the task's scorer in a
+worker process (:mod:`envs._scoring`) under ``score_timeout`` seconds, and ``astep`` runs in a
+thread: some scorers hand the answer to ``sympy.parse_expr``, which can run without end on a short
+answer (a power tower) and evaluates Python in it. The worker bounds the time, not what such a
+scorer can do: it runs as the same user, unsandboxed.
 
 Options of ``reset``: ``{"index": i}`` picks item ``i`` of the dataset; ``{"entry": {...}}``
 scores against a given entry (a dict with ``question``, ``answer`` and ``metadata`` as
@@ -30,7 +34,9 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import difflib
+import functools
 import json
 from typing import Any
 
@@ -48,6 +54,7 @@ DEFAULT_INSTRUCTION = (
     "for example <answer>42</answer>."
 )
 MAX_ANSWER_CHARS = 10_000
+SCORE_TIMEOUT_S = 10.0
 
 
 def task_names() -> list[str]:
@@ -79,6 +86,7 @@ class ReasoningGymEnv(TextEnv):
         config: extra task configuration (difficulty knobs), passed to the task's config class.
         instruction: appended to the question in the user message.
         system_prompt: an optional system message.
+        score_timeout: seconds the task's scorer may take on one answer (longer: scored 0).
     """
 
     def __init__(
@@ -91,6 +99,7 @@ class ReasoningGymEnv(TextEnv):
         config: dict[str, Any] | None = None,
         instruction: str = DEFAULT_INSTRUCTION,
         system_prompt: str | None = None,
+        score_timeout: float = SCORE_TIMEOUT_S,
     ):
         super().__init__()
         if split not in ("train", "eval"):
@@ -100,6 +109,8 @@ class ReasoningGymEnv(TextEnv):
         self.task, self.size, self.split = task, int(size), split
         self.dataset_seed = int(seed) + (EVAL_SEED_OFFSET if split == "eval" else 0)
         self.instruction, self.system_prompt = instruction, system_prompt
+        self.config_json = json.dumps(config or {}, sort_keys=True)
+        self.score_timeout = float(score_timeout)
         self.dataset = _create_dataset(task, size=self.size, seed=self.dataset_seed, config=config or {})
         self.entry: dict[str, Any] | None = None
         self.index: int | None = None
@@ -125,6 +136,10 @@ class ReasoningGymEnv(TextEnv):
         info = {"task": self.task, "index": self.index, "dataset_seed": self.dataset_seed, "split": self.split}
         return messages, info
 
+    async def astep(self, action: str):
+        """:meth:`step` in a worker thread: the scorer may take up to ``score_timeout`` seconds."""
+        return await asyncio.to_thread(self.step, action)
+
     def step(self, action: str):
         if self.entry is None:
             raise RuntimeError("call reset() before step()")
@@ -137,15 +152,39 @@ class ReasoningGymEnv(TextEnv):
         if answer is not None and len(answer) > MAX_ANSWER_CHARS:
             info["error"] = f"answer longer than {MAX_ANSWER_CHARS} characters; not scored"
         elif answer is not None:
-            try:
-                score = float(self.dataset.score_answer(answer, self.entry))
-            except Exception as e:  # a scorer crash on odd text scores 0; the run goes on
-                info["error"] = f"score_answer raised {type(e).__name__}: {str(e)[:200]}"
-            if score != score or score in (float("inf"), float("-inf")):
-                score = 0.0
+            score = self._score(answer, info)
         info["extracted"] = answer if answer is None or len(answer) <= 200 else answer[:200] + "..."
         info["score"] = score
         return [], score, True, False, info
+
+    def _score(self, answer: str, info: dict[str, Any]) -> float:
+        """The task's score of ``answer`` (0 when the scorer fails or overruns; ``info["error"]`` says so)."""
+        from envs._scoring import ScoringError, call
+
+        try:
+            finished, score = call("envs.reasoning_gym_env:score_in_worker", self.task, self.size, self.dataset_seed,
+                                   self.config_json, self.entry, answer, timeout=self.score_timeout)
+        except ScoringError as e:  # a scorer crash on odd text scores 0; the run goes on
+            info["error"] = f"score_answer raised {str(e)[:200]}"
+            return 0.0
+        except OSError as e:  # no worker process could be started
+            info["error"] = f"score_answer could not run: {e}"
+            return 0.0
+        if not finished:
+            info["error"] = f"score_answer took longer than {self.score_timeout:g} s; scored 0"
+            return 0.0
+        score = float(score)
+        return score if score == score and score not in (float("inf"), float("-inf")) else 0.0
+
+
+def score_in_worker(task: str, size: int, seed: int, config_json: str, entry: dict[str, Any], answer: str) -> float:
+    """``score_answer`` of the task's dataset, run in a scoring worker (datasets are kept per worker)."""
+    return float(_worker_dataset(task, size, seed, config_json).score_answer(answer, entry))
+
+
+@functools.lru_cache(maxsize=16)
+def _worker_dataset(task: str, size: int, seed: int, config_json: str):
+    return _create_dataset(task, size=size, seed=seed, config=json.loads(config_json))
 
 
 def _reasoning_gym() -> Any:

@@ -3,7 +3,9 @@
 Each row becomes a :class:`PromptRow`: the prompt (text or chat messages, from ``input_key``),
 the label (``label_key``), metadata (``metadata_key``), and optionally a per-row environment id
 (``env_key``) with reset options (``options_key``). A malformed row fails with its file and line
-number, or, with ``on_bad_row="skip"``, is skipped and counted.
+number, or, with ``on_bad_row="skip"``, is skipped and counted. Bytes that are not UTF-8 and JSON
+nested deeper than ``MAX_JSON_DEPTH`` levels are malformed rows like any other (the depth is
+measured before decoding: see :mod:`agentrl.utils.safe_json`).
 
 Sources (``--prompt-data``):
   * ``data.jsonl`` / ``data.json`` / ``data.parquet`` / a folder of parquet files;
@@ -31,8 +33,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from agentrl.env.spaces import message_problem
+from agentrl.utils import safe_json
 
 log = logging.getLogger(__name__)
+
+MAX_JSON_DEPTH = 100
+"""Deepest JSON nesting of a row (chat prompts with tool calls are a few levels deep)."""
 
 
 class DataError(ValueError):
@@ -155,9 +161,10 @@ def _optional_dict(raw: dict, key: str | None, location: str) -> dict:
     value = raw[key]
     if isinstance(value, str):  # parquet/HF columns often hold JSON strings
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
+            value = safe_json.loads(value, max_depth=MAX_JSON_DEPTH)
+        except ValueError as e:
+            if isinstance(e, safe_json.JSONLimitError):
+                raise DataError(f"{location}: {key!r}: {e}") from None
     if not isinstance(value, dict):
         raise DataError(f"{location}: {key!r} must be an object; got {type(value).__name__}")
     return value
@@ -192,22 +199,41 @@ def _read_records(source: str) -> Iterator[tuple[str, Any]]:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:  # decoded line by line, so a bad byte is one bad row with its line number
+        for lineno, raw in enumerate(f, 1):
+            location = f"{path}:{lineno}"
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                record = _BadJson(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})")
-            yield f"{path}:{lineno}", record
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield location, _BadJson(f"{location}: not UTF-8 ({e.reason}: byte 0x{raw[e.start]:02x} at column "
+                                         f"{e.start + 1})")
+                continue
+            if line.strip():
+                yield location, _parse_line(line, location)
+
+
+def _parse_line(line: str, location: str) -> Any:
+    try:
+        return safe_json.loads(line, max_depth=MAX_JSON_DEPTH)
+    except json.JSONDecodeError as e:
+        return _BadJson(f"{location}: invalid JSON ({e.msg} at column {e.colno})")
+    except ValueError as e:  # nested too deep, or a number Python will not convert
+        return _BadJson(f"{location}: invalid JSON ({e})")
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        data = safe_json.loads(text, max_depth=MAX_JSON_DEPTH)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except ValueError as e:
+        raise DataError(f"{path}: invalid JSON ({e})") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))
     if not isinstance(data, list):

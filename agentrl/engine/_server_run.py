@@ -121,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "loads no model: for testing clients, launchers and restarts.")
     p.add_argument("--fake-latency", type=float, default=0.0,
                    help="With --engine fake: seconds each request takes.")
+    p.add_argument("--max-request-bytes", type=int, default=64 * 2**20,
+                   help="Largest request body accepted, in bytes (larger: 413 before it is read).")
+    p.add_argument("--weight-load-timeout", type=float, default=600.0,
+                   help="Seconds /update_weights_from_disk may spend reading the weight files (longer: 400).")
     return p
 
 
@@ -132,6 +136,9 @@ def serve_main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.engine == "embedded" and not args.model_path:
         build_parser().error("--model-path is required (a model folder, hub id or alias such as tiny-qwen2)")
+    if args.max_request_bytes < 1 or not args.weight_load_timeout > 0:
+        build_parser().error(f"--max-request-bytes must be >= 1 and --weight-load-timeout > 0; got "
+                             f"{args.max_request_bytes}, {args.weight_load_timeout}")
     from agentrl.models import ModelNotFoundError
 
     try:  # the port first: a port in use is found before the model is loaded
@@ -149,11 +156,13 @@ def serve_main(argv: list[str] | None = None) -> int:
     server_args = {"host": args.host, "port": port, "device": args.device, "dtype": args.dtype,
                    "max_batch_size": args.max_batch_size, "max_seq_len": args.max_seq_len,
                    "admit_wait_steps": getattr(getattr(engine, "config", None), "admit_wait_steps", None),
-                   "engine_kind": args.engine}
+                   "engine_kind": args.engine, "max_request_bytes": args.max_request_bytes,
+                   "weight_load_timeout": args.weight_load_timeout}
     from agentrl.engine.server import create_app
 
     app = create_app(engine, tokenizer, model_path=model_path, served_model_name=args.served_model_name,
-                     tokenizer_path=args.tokenizer_path, server_args=server_args)
+                     tokenizer_path=args.tokenizer_path, server_args=server_args,
+                     max_request_bytes=args.max_request_bytes, weight_load_timeout=args.weight_load_timeout)
     log.info("agentrl serve: %s on http://%s:%d", model_path, args.host, port)
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, lifespan="off", timeout_graceful_shutdown=10))
     try:

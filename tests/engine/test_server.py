@@ -320,10 +320,15 @@ def test_health_endpoints(served):
 
 
 def test_update_weights_from_disk_bumps_and_labels_the_version(served, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
     engine, client = served
+    save_file({"w": torch.arange(3.0)}, str(tmp_path / "model.safetensors"))
     r = client.post("/update_weights_from_disk", json={"model_path": str(tmp_path)})
     assert r.status_code == 200 and r.json()["success"] is True and "num_paused_requests" in r.json()
-    assert engine.loaded == [str(tmp_path)]
+    (loaded,) = engine.loaded  # the tensors, read from disk by the server: the engine opens no file
+    assert list(loaded) == ["w"] and loaded["w"].tolist() == [0.0, 1.0, 2.0]
     assert client.post("/generate", json={"input_ids": [1]}).json()["meta_info"]["weight_version"] == "1"
     r = client.post("/update_weights_from_disk", json={"model_path": str(tmp_path), "weight_version": "7"})
     assert r.json()["success"] and "7" in r.json()["message"]

@@ -10,6 +10,11 @@ documents themselves: ``{"result": [[{"id", "contents"}, ...], ...]}``. A missin
 means the server's ``--topk``. A malformed request gets a 400 whose ``message`` says what was
 expected; the server keeps serving. ``GET /health`` describes the index.
 
+One client cannot starve the others: a request carries at most ``max_queries`` queries of at
+most ``max_query_chars`` characters each (400 beyond), its body at most ``max_request_bytes``
+(413 beyond, refused before it is read), and a big request is searched ``max_batch`` queries at
+a time, taking turns with the other requests (see :mod:`tools.retriever.batching`).
+
 Example (in-process)::
 
     >>> import httpx
@@ -37,10 +42,10 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agentrl.utils import safe_json
 from tools.retriever.batching import QueryBatcher
 from tools.retriever.corpus import CorpusError
 from tools.retriever.index import METHODS, Retriever, load_retriever
@@ -48,6 +53,12 @@ from tools.retriever.index import METHODS, Retriever, load_retriever
 log = logging.getLogger(__name__)
 
 EXPECTED = '{"queries": ["..."], "topk": 3, "return_scores": true}'
+MAX_QUERIES = 10_000
+"""Default most queries in one request."""
+MAX_QUERY_CHARS = 10_000
+"""Default longest query, in characters."""
+MAX_REQUEST_BYTES = 16 * 2**20
+"""Default largest request body, in bytes."""
 
 
 class RetrieveRequest(BaseModel):
@@ -59,32 +70,44 @@ class RetrieveRequest(BaseModel):
     return_scores: bool = False
 
 
-def create_app(retriever: Retriever, *, default_topk: int = 3, max_topk: int = 1000, max_batch: int = 512) -> FastAPI:
+def create_app(retriever: Retriever, *, default_topk: int = 3, max_topk: int = 1000, max_batch: int = 512,
+               max_queries: int = MAX_QUERIES, max_query_chars: int = MAX_QUERY_CHARS,
+               max_request_bytes: int = MAX_REQUEST_BYTES) -> FastAPI:
     """A FastAPI app serving ``retriever`` (see the module docstring for the protocol).
 
-    Concurrent requests are searched together, up to ``max_batch`` queries per search (see
-    :mod:`tools.retriever.batching`).
+    Concurrent requests are searched together, up to ``max_batch`` queries per search, and a
+    request with more queries than that takes turns with the others (see
+    :mod:`tools.retriever.batching`). ``max_queries``, ``max_query_chars`` and
+    ``max_request_bytes`` bound one request.
     """
     app = FastAPI(title="agentrl retriever", description="Search-R1 retrieval protocol")
     batcher = QueryBatcher(retriever, max_batch=max_batch)
 
-    def bad_request(message: str) -> JSONResponse:
-        return JSONResponse(status_code=400, content={"error": "bad request", "message": message, "expected": EXPECTED})
-
-    @app.exception_handler(RequestValidationError)
-    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            problems.append(f"{where}: {err.get('msg')}")
-        return bad_request("; ".join(problems))
+    def bad_request(message: str, status: int = 400) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"error": "bad request", "message": message,
+                                                         "expected": EXPECTED})
 
     @app.post("/retrieve")
-    async def retrieve(req: RetrieveRequest) -> Any:
+    async def retrieve(request: Request) -> Any:
+        try:
+            body, _ = await safe_json.read_request_json(request, max_bytes=max_request_bytes)
+        except safe_json.BodyTooLargeError as e:
+            return bad_request(str(e), status=413)
+        except ValueError as e:
+            return bad_request(f"the body is not JSON: {e}")
+        try:
+            req = RetrieveRequest.model_validate(body)
+        except ValidationError as e:
+            return bad_request(_problems(e))
         topk = req.topk or default_topk
         if not 1 <= topk <= max_topk:
             return bad_request(f"topk must be between 1 and {max_topk} (0 or absent: the default {default_topk}); "
                                f"got {req.topk}")
+        if len(req.queries) > max_queries:
+            return bad_request(f"{len(req.queries):,} queries in one request; at most {max_queries:,} (split them)")
+        long = next((i for i, q in enumerate(req.queries) if len(q) > max_query_chars), None)
+        if long is not None:
+            return bad_request(f"queries.{long} has {len(req.queries[long]):,} characters; at most {max_query_chars:,}")
         start = time.perf_counter()
         try:
             hits = await batcher.search(req.queries, topk)
@@ -101,6 +124,15 @@ def create_app(retriever: Retriever, *, default_topk: int = 3, max_topk: int = 1
         return {"status": "ok", "default_topk": default_topk, "searches": batcher.searches, **retriever.describe()}
 
     return app
+
+
+def _problems(error: ValidationError) -> str:
+    """Pydantic's complaints as ``field: message; ...``."""
+    problems = []
+    for err in error.errors()[:10]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        problems.append(f"{where}: {err.get('msg')}")
+    return "; ".join(problems)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -129,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, default=3, help="documents per query when a request gives no topk")
     p.add_argument("--max-batch", type=int, default=512,
                    help="most queries searched together when requests arrive at once (concurrent requests are batched)")
+    p.add_argument("--max-queries", type=int, default=MAX_QUERIES,
+                   help="most queries in one request (more: 400); a request above --max-batch takes turns with others")
     p.add_argument("--build-only", action="store_true", help="build (or check) the cached index, then exit")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="logging level")
     return p
@@ -138,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``agentrl retriever``; returns the exit code."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for flag, value in (("--topk", args.topk), ("--max-batch", args.max_batch)):
+    for flag, value in (("--topk", args.topk), ("--max-batch", args.max_batch), ("--max-queries", args.max_queries)):
         if value < 1:
             print(f"agentrl retriever: {flag} must be >= 1; got {value}", file=sys.stderr)
             return 2
@@ -166,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import uvicorn
 
-    app = create_app(retriever, default_topk=args.topk, max_batch=args.max_batch)
+    app = create_app(retriever, default_topk=args.topk, max_batch=args.max_batch, max_queries=args.max_queries)
     log.info("serving POST http://%s:%d/retrieve", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0
