@@ -28,14 +28,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from agentrl.engine.base import Completion, SamplingParams
+from agentrl.engine.base import GREEDY_BELOW, Completion, SamplingParams
 
 DEFAULT_MAX_NEW_TOKENS = 128
 """SGLang's default ``max_new_tokens`` when a request does not set it."""
 MAX_ITEMS = 65_536
 """Most completions (prompts x ``n``) one request may ask for."""
-GREEDY_BELOW = 1e-6
-"""Temperatures below this mean greedy sampling (SGLang's ``_SAMPLING_EPS``)."""
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 1.1754943508222875e-38
 

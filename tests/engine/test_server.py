@@ -201,7 +201,7 @@ MALFORMED = [
     ({"text": 5}, "'text' must be"),
     ({"text": ""}, "empty after tokenization"),
     ({"input_ids": [1], "sampling_params": {"temprature": 0.5}}, "temprature"),
-    ({"input_ids": [1], "sampling_params": {"temperature": -1}}, "temperature must be >= 0"),
+    ({"input_ids": [1], "sampling_params": {"temperature": -1}}, "temperature must be a finite number >= 0"),
     ({"input_ids": [1], "sampling_params": {"temperature": "hot"}}, "finite number"),
     ({"input_ids": [1], "sampling_params": {"top_p": 0}}, "top_p"),
     ({"input_ids": [1], "sampling_params": {"max_new_tokens": 2.5}}, "integer"),

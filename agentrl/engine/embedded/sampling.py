@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from agentrl.engine.base import GREEDY_BELOW
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -65,8 +67,9 @@ class SamplingRows:
 
     @classmethod
     def from_lists(cls, *, temperature, top_p, top_k, seed, step) -> "SamplingRows":
+        temperature = np.asarray(temperature, dtype=np.float64)
         return cls(
-            temperature=np.asarray(temperature, dtype=np.float64),
+            temperature=np.where(temperature < GREEDY_BELOW, 0.0, temperature),  # SGLang: greedy
             top_p=np.asarray(top_p, dtype=np.float64),
             top_k=np.asarray(top_k, dtype=np.int64),
             u=uniforms(np.asarray(seed, dtype=np.uint64), np.asarray(step, dtype=np.int64)),
