@@ -36,11 +36,11 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import math
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -49,11 +49,20 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from tools._sandbox_io import HARD_OUTPUT_BYTES, fit, kill_group, read_capped, read_report, write_files
+from tools._sandbox_cgroup import RunCgroup
+from tools._sandbox_cgroup import create as create_cgroup
+from tools._sandbox_io import HARD_OUTPUT_BYTES, Capture, fit, kill_group, read_report, remove_tree, write_files
 
 logger = logging.getLogger(__name__)
 
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_child.py")
+UID_BASE = 1_000_000_000
+"""As root, the code of a run runs as host uid ``UID_BASE + pid`` (the pid of its first process):
+unused, unique among the runs alive at once, owning nothing on the host."""
+_ISOLATION_LAYERS = ("user_namespace", "net_namespace", "mount_namespace", "pid_namespace", "landlock", "seccomp",
+                     "setup")  # whose failures the model's text explains
+_SANDBOX_OVERHEAD_MB = 64  # the cgroup's memory for the sandbox's own two processes
+_SANDBOX_TASKS = 3  # tasks of the sandbox's own in the cgroup (outer, supervisor, map helper)
 
 
 @dataclass(frozen=True)
@@ -126,7 +135,7 @@ class SandboxResult:
             notes.append(f"[sandbox warning: hidden_paths are visible ({self.layer_errors.get('hidden_paths')})]")
         missing = [k for k, v in self.protection().items() if v != "kernel"]
         if missing:
-            why = "; ".join(f"{k}: {v}" for k, v in sorted(self.layer_errors.items()))
+            why = "; ".join(f"{k}: {v}" for k, v in sorted(self.layer_errors.items()) if k in _ISOLATION_LAYERS)
             notes.append(f"[sandbox warning: no kernel-level isolation of {', '.join(missing)}"
                          + (f" ({why})" if why else "") + "]")
         if not body.strip() and self.ok:
@@ -148,47 +157,66 @@ class PythonSandbox:
     """
 
     timeout: float = 5.0
-    """Wall-clock limit in seconds; the whole process group is killed when it passes."""
+    """Wall-clock limit in seconds; every process of the run is killed when it passes, and
+    :meth:`run` returns within about ``timeout + 1`` s whatever the code does."""
     memory_mb: int = 512
-    """Address-space limit (RLIMIT_AS) in MiB; allocations beyond it raise MemoryError."""
+    """Address-space limit (RLIMIT_AS) in MiB; allocations beyond it raise MemoryError. With a
+    cgroup, the run's memory (page cache and scratch files included) is capped at
+    ``memory_mb + scratch_mb`` plus 64 MiB for the sandbox's own processes."""
     max_output_chars: int = 4000
     """Characters of stdout+stderr kept in the text (head and tail); the rest is elided."""
     cpu_seconds: int | None = None
     """CPU-time limit (RLIMIT_CPU); ``None`` means ``ceil(timeout) + 1``."""
     max_processes: int = 16
-    """RLIMIT_NPROC, applied only inside an unprivileged user namespace (root ignores it and
-    outside a user namespace it would count every process of the user); seccomp and the audit
-    hook deny process creation anyway."""
+    """Threads (and processes) the program may have at once, its main thread included
+    (RLIMIT_NPROC on the program's own uid, and ``pids.max`` with a cgroup)."""
     max_file_mb: int = 16
     """Largest file the program may write (RLIMIT_FSIZE), in MiB."""
     max_open_files: int = 64
     """RLIMIT_NOFILE."""
+    scratch_mb: int = 64
+    """Size of the private tmpfs that holds ``/work`` and ``/tmp`` (needs the mount namespace)."""
+    max_files: int = 4096
+    """Files and directories the program may create in its scratch space (tmpfs inodes)."""
+    user_namespace: bool = True
+    """Enter a new user namespace (as root too) before the other namespaces. As root the code
+    then runs as an unused host uid (``UID_BASE + pid``) that owns nothing on the host; without a
+    user namespace root switches to that uid with ``setuid``, and an unprivileged user gets no
+    namespaces at all."""
     network_namespace: bool = True
     """Run in a new network namespace (no interfaces but a down loopback)."""
     mount_namespace: bool = True
-    """Run in a new mount namespace where everything but the working directory is read-only."""
+    """Run in a new mount namespace, in a new root that holds only what Python needs
+    (read-only) and a private ``/work`` and ``/tmp`` on a size-limited tmpfs."""
     pid_namespace: bool = True
-    """Run as pid 1 of a new pid namespace (with its own /proc)."""
+    """Run under a pid-1 supervisor in a new pid namespace (with its own /proc): when it dies,
+    the kernel kills every process of the run."""
     landlock: bool = True
-    """Confine writes/exec to the working directory and deny TCP with Landlock."""
+    """Confine reads to what Python needs, writes to the working directory, and deny TCP with
+    Landlock."""
     seccomp: bool = True
-    """Deny fork/exec, sockets, mount/namespace/ptrace syscalls with a seccomp filter."""
+    """Allow only the system calls a Python program needs (an allowlist seccomp filter)."""
+    cgroup: bool = True
+    """Put each run in its own cgroup where one can be created (memory and task limits)."""
     audit_hook: bool = True
     """Install a Python audit hook giving readable refusals (not a security boundary alone)."""
     hidden_paths: tuple[str, ...] = ()
-    """Directories replaced by an empty read-only tmpfs (needs the mount namespace), e.g. a
-    dataset with reference answers, or the repository."""
+    """Directories the code must never see, e.g. a dataset with reference answers. The new root
+    shows none of the host's data anyway; these are covered with an empty read-only tmpfs
+    wherever they would be visible (inside site-packages with ``site_packages=True``, say)."""
     require_network_isolation: bool = False
     """Refuse to run code when neither a network namespace nor seccomp could be had."""
     site_packages: bool = False
-    """Let the code import installed packages (drops ``-S``); the stdlib is always available."""
+    """Let the code import installed packages (drops ``-S``; their directories become visible);
+    the stdlib is always available."""
     echo_last_expression: bool = True
     """Print the repr of a final bare expression, as a notebook cell does."""
     python_executable: str = field(default_factory=lambda: sys.executable)
     """Interpreter used for the child."""
 
     def __post_init__(self) -> None:
-        for name in ("timeout", "memory_mb", "max_output_chars", "max_file_mb", "max_open_files"):
+        for name in ("timeout", "memory_mb", "max_output_chars", "max_file_mb", "max_open_files", "max_processes",
+                     "scratch_mb", "max_files"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"PythonSandbox.{name} must be > 0, got {getattr(self, name)!r}")
         missing = [p for p in self.hidden_paths if not os.path.isdir(p)]
@@ -202,23 +230,31 @@ class PythonSandbox:
         """The RLIMIT_CPU value used."""
         return self.cpu_seconds if self.cpu_seconds is not None else math.ceil(self.timeout) + 1
 
-    def _config(self, workdir: str, report_fd: int) -> dict[str, Any]:
+    def _config(self, workdir: str, report_fd: int, cgroup_procs: list[str]) -> dict[str, Any]:
         mib = 1 << 20
         rlimits = {"AS": self.memory_mb * mib, "CPU": self.cpu_limit, "FSIZE": self.max_file_mb * mib,
                    "NOFILE": self.max_open_files, "CORE": 0}
-        if os.geteuid() != 0:
-            rlimits["NPROC_IN_USERNS"] = self.max_processes
-        return {"workdir": workdir, "report_fd": report_fd, "rlimits": rlimits,
-                "net_namespace": self.network_namespace, "mount_namespace": self.mount_namespace,
-                "pid_namespace": self.pid_namespace, "landlock": self.landlock, "seccomp": self.seccomp,
-                "audit_hook": self.audit_hook, "echo_last_expression": self.echo_last_expression,
+        return {"workdir": workdir, "report_fd": report_fd, "rlimits": rlimits, "max_processes": self.max_processes,
+                "user_namespace": self.user_namespace, "net_namespace": self.network_namespace,
+                "mount_namespace": self.mount_namespace, "pid_namespace": self.pid_namespace,
+                "landlock": self.landlock, "seccomp": self.seccomp, "audit_hook": self.audit_hook,
+                "echo_last_expression": self.echo_last_expression, "site_packages": self.site_packages,
                 "hidden_paths": [os.path.realpath(p) for p in self.hidden_paths],
-                "require_network_isolation": self.require_network_isolation}
+                "require_network_isolation": self.require_network_isolation, "uid_base": UID_BASE,
+                "scratch_bytes": self.scratch_mb * mib, "max_files": self.max_files, "cgroup_procs": cgroup_procs}
+
+    def _make_cgroup(self) -> tuple[RunCgroup | None, str]:
+        if not self.cgroup:
+            return None, ""
+        memory = (self.memory_mb + self.scratch_mb + _SANDBOX_OVERHEAD_MB) << 20
+        return create_cgroup(memory, self.max_processes + _SANDBOX_TASKS)
 
     async def arun(self, code: str, files: Mapping[str, str | bytes] | None = None) -> SandboxResult:
         """Run ``code``; ``files`` (relative name -> content) are written to the working directory first."""
         start = time.monotonic()
+        deadline = start + self.timeout
         workdir = os.path.realpath(tempfile.mkdtemp(prefix="agentrl-sandbox-"))
+        cgroup, cgroup_error = self._make_cgroup()
         proc = None
         read_fd, write_fd = os.pipe()
         try:
@@ -226,42 +262,51 @@ class PythonSandbox:
             args = ["-I", "-B", "-X", "utf8"] + ([] if self.site_packages else ["-S"])
             env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
                    "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+            procs = cgroup.procs_files if cgroup else []
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    self.python_executable, *args, _CHILD, json.dumps(self._config(workdir, write_fd)),
+                    self.python_executable, *args, _CHILD, json.dumps(self._config(workdir, write_fd, procs)),
                     stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE, cwd=workdir, env=env, start_new_session=True,
                     pass_fds=(write_fd,))
             finally:
                 os.close(write_fd)
-            return await self._supervise(proc, code, read_fd, start)
+            result = await self._supervise(proc, code, read_fd, start, deadline, cgroup)
+            return _with_cgroup_layer(result, cgroup, cgroup_error)
         finally:
             if proc is not None and proc.returncode is None:
                 kill_group(proc.pid)
+                if cgroup is not None:
+                    cgroup.kill()
                 try:
-                    await asyncio.wait_for(proc.wait(), 2.0)
+                    await asyncio.wait_for(proc.wait(), 1.0)
                 except (asyncio.TimeoutError, asyncio.CancelledError):
                     logger.warning("sandbox process %d did not exit after SIGKILL", proc.pid)
             os.close(read_fd)
-            shutil.rmtree(workdir, ignore_errors=True)
+            await _clean_up(workdir, cgroup, max(deadline, time.monotonic()) + 0.5)
 
-    async def _supervise(self, proc: asyncio.subprocess.Process, code: str, read_fd: int,
-                         start: float) -> SandboxResult:
+    async def _supervise(self, proc: asyncio.subprocess.Process, code: str, read_fd: int, start: float,
+                         deadline: float, cgroup: RunCgroup | None) -> SandboxResult:
         stopped: list[str] = []
+
+        def kill_all() -> None:
+            kill_group(proc.pid)
+            if cgroup is not None:
+                cgroup.kill()
 
         def overflow() -> None:
             if not stopped:
                 stopped.append("output")
-            kill_group(proc.pid)
+            kill_all()
 
         keep = self.max_output_chars * 4 + 64  # bytes per stream kept at head and at tail
-        out_task = asyncio.create_task(read_capped(proc.stdout, keep, overflow))
-        err_task = asyncio.create_task(read_capped(proc.stderr, keep, overflow))
+        out, err = Capture(keep, overflow), Capture(keep, overflow)
+        readers = [asyncio.create_task(out.read(proc.stdout)), asyncio.create_task(err.read(proc.stderr))]
 
         async def feed_and_wait() -> None:
             assert proc.stdin is not None
             try:
-                proc.stdin.write(code.encode("utf-8", "surrogateescape"))
+                proc.stdin.write(code.encode("utf-8", "surrogatepass"))
                 await proc.stdin.drain()
                 proc.stdin.close()
             except (BrokenPipeError, ConnectionResetError):
@@ -270,20 +315,19 @@ class PythonSandbox:
 
         try:
             try:
-                await asyncio.wait_for(feed_and_wait(), self.timeout)
+                await asyncio.wait_for(feed_and_wait(), max(deadline - time.monotonic(), 0.0))
             except asyncio.TimeoutError:
                 if not stopped:
                     stopped.append("timeout")
-                kill_group(proc.pid)
+                kill_all()
                 await proc.wait()
-            kill_group(proc.pid)  # nothing of the run may outlive it
-            try:
-                (out, out_cut), (err, err_cut) = await asyncio.wait_for(asyncio.gather(out_task, err_task), 2.0)
-            except asyncio.TimeoutError:
-                (out, out_cut), (err, err_cut) = (b"", False), (b"[output lost]", False)
+            kill_all()  # nothing of the run may outlive it
+            # the pipes close when the last process holding them is gone (at once, unless the kernel
+            # is still tearing the run down); what arrived until then is kept either way
+            await asyncio.wait(readers, timeout=max(deadline + 0.5 - time.monotonic(), 0.2))
         finally:
-            out_task.cancel()
-            err_task.cancel()
+            for task in readers:
+                task.cancel()
         report = read_report(read_fd)
         exit_info = report.get("exit", {})
         exit_code: int | None = exit_info.get("code", proc.returncode)
@@ -295,11 +339,13 @@ class PythonSandbox:
             # reported time can fall well short of the limit.
             cpu_hit = sig == signal.SIGXCPU or (
                 sig == signal.SIGKILL and cpu is not None and cpu >= 0.5 * self.cpu_limit - 0.05)
-            stopped.append("cpu" if cpu_hit else "killed")
+            oom = cgroup is not None and cgroup.oom_killed()
+            stopped.append("memory" if oom else "cpu" if cpu_hit else "killed")
         if stopped:
             exit_code = None
-        stdout, stderr, cut = fit(out.decode("utf-8", "replace"), err.decode("utf-8", "replace"),
-                                   self.max_output_chars)
+        (out_bytes, out_cut), (err_bytes, err_cut) = out.result(), err.result()
+        stdout, stderr, cut = fit(out_bytes.decode("utf-8", "replace"), err_bytes.decode("utf-8", "replace"),
+                                  self.max_output_chars)
         return SandboxResult(
             stdout=stdout, stderr=stderr, exit_code=exit_code, stopped=stopped[0] if stopped else None,
             seconds=time.monotonic() - start, cpu_seconds=cpu, truncated=cut or out_cut or err_cut,
@@ -325,6 +371,34 @@ class PythonSandbox:
         python.__name__ = python.__qualname__ = name
         python.__doc__ = _TOOL_DOC.format(timeout=self.timeout, memory=self.memory_mb)
         return python
+
+
+def _with_cgroup_layer(result: SandboxResult, cgroup: RunCgroup | None, why_not: str) -> SandboxResult:
+    joined = cgroup is not None and result.layers.get("cgroup", True) is not False
+    layers = {**result.layers, "cgroup": cgroup.version if joined and cgroup else False}
+    errors = dict(result.layer_errors)
+    if cgroup is None and why_not:
+        errors["cgroup"] = why_not
+    return dataclasses.replace(result, layers=layers, layer_errors=errors)
+
+
+def _remove_run_files(workdir: str, cgroup: RunCgroup | None) -> None:
+    remove_tree(workdir)
+    for _ in range(200):  # a cgroup can be removed once its last process has exited
+        if cgroup is None or cgroup.remove():
+            return
+        time.sleep(0.01)
+    logger.warning("sandbox cgroup %s could not be removed", cgroup.dirs)
+
+
+async def _clean_up(workdir: str, cgroup: RunCgroup | None, wait_until: float) -> None:
+    """Remove the run's directory and cgroup on a worker thread (a program may leave thousands of
+    files); wait for it until ``wait_until`` at most, then let it finish in the background."""
+    job = asyncio.ensure_future(asyncio.to_thread(_remove_run_files, workdir, cgroup))
+    try:
+        await asyncio.wait_for(asyncio.shield(job), max(wait_until - time.monotonic(), 0.05))
+    except (asyncio.TimeoutError, asyncio.CancelledError):
+        logger.info("sandbox clean-up of %s continues in the background", workdir)
 
 
 _TOOL_DOC = """Run a Python program in a sandbox and return what it printed.
