@@ -196,10 +196,27 @@ def main() -> None:
     if pid == 0:
         os.close(alive_w)
         _supervisor(run, code, files_fd, alive_r, host_mnt_ns)
+    _stop_on_sigterm(pid, signal.SIGTERM)
     os.close(alive_r)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _, status = os.waitpid(pid, 0)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _stop_on_sigterm(child: int, child_signal: int) -> None:
+    """On SIGTERM (the parent's "time is up"), signal ``child`` and reap it before exiting: once
+    the outer process is gone, nothing of the run is left, not even a zombie. (The supervisor,
+    pid 1 of its namespace, exits only after the kernel has reaped every other process in it.)"""
+
+    def stop(*_: object) -> None:
+        try:
+            os.kill(child, child_signal)
+            os.waitpid(child, 0)
+        except OSError:
+            pass
+        os._exit(128 + signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _setup_failed(run: Run, exc: BaseException) -> None:
@@ -238,6 +255,7 @@ def _supervisor(run: Run, code: str, files_fd: int, outer_alive: int, host_mnt_n
     pid = os.fork()
     if pid == 0:
         _runner(run, code, me)
+    _stop_on_sigterm(pid, signal.SIGKILL)
     _, status, usage = os.wait4(pid, 0)
     sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
     run.report({"exit": {"code": os.waitstatus_to_exitcode(status), "signal": sig,
@@ -286,6 +304,7 @@ def _runner(run: Run, code: str, supervisor: int) -> None:
         _setup_failed(run, e)
     run.report({"layers": run.layers, "errors": run.errors})
     os.close(run.cfg["report_fd"])
+    sys.argv = [""]  # as for code read from stdin (the config stays private)
     os.environ["HOME"] = run.workdir
     os.environ["TMPDIR"] = "/tmp" if run.mount_view else run.workdir
     cfg = run.cfg
@@ -323,8 +342,8 @@ def _confine(run: Run) -> None:
     lx.clear_capabilities()
     layers["uid"] = run.host_uid
     layers["capabilities_dropped"] = lx.effective_capabilities() == 0
-    limits = dict(cfg["rlimits"])  # (counting the uid's tasks reads /proc: before Landlock)
-    limits["NPROC"] = cfg["max_processes"] + (0 if run.root or run.userns else _tasks_of(run.host_uid))
+    limits = dict(cfg["rlimits"])
+    limits["NPROC"] = cfg["max_processes"] + _other_tasks(run)
     if run.host_uid == 0:
         errors["max_processes"] = "not enforced: RLIMIT_NPROC does not apply to root"  # only the cgroup's
     lx.prctl(lx.PR_SET_NO_NEW_PRIVS, 1)
@@ -342,6 +361,18 @@ def _confine(run: Run) -> None:
         except OSError as e:
             layers["seccomp"] = False
             errors["seccomp"] = str(e)
+
+
+def _other_tasks(run: Run) -> int:
+    """Tasks that RLIMIT_NPROC counts with the code's own but are not the code's.
+
+    In a user namespace it counts the tasks of the uid in that namespace: the supervisor (and,
+    for an unprivileged user, the outer process, which entered the namespace itself). As root
+    without one the code's uid is fresh. Otherwise every process of the user counts, so the
+    limit is set above what runs now (read from /proc: call it before Landlock)."""
+    if run.userns:
+        return 1 if run.root else 2
+    return 0 if run.root else _tasks_of(run.host_uid) - 1
 
 
 def _tasks_of(uid: int) -> int:

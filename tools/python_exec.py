@@ -61,6 +61,7 @@ UID_BASE = 1_000_000_000
 unused, unique among the runs alive at once, owning nothing on the host."""
 _ISOLATION_LAYERS = ("user_namespace", "net_namespace", "mount_namespace", "pid_namespace", "landlock", "seccomp",
                      "setup")  # whose failures the model's text explains
+_GRACE_SECONDS = 0.5  # for the sandbox to reap the run after the deadline, before SIGKILL
 _SANDBOX_OVERHEAD_MB = 64  # the cgroup's memory for the sandbox's own two processes
 _SANDBOX_TASKS = 3  # tasks of the sandbox's own in the cgroup (outer, supervisor, map helper)
 
@@ -274,14 +275,11 @@ class PythonSandbox:
             result = await self._supervise(proc, code, read_fd, start, deadline, cgroup)
             return _with_cgroup_layer(result, cgroup, cgroup_error)
         finally:
-            if proc is not None and proc.returncode is None:
-                kill_group(proc.pid)
-                if cgroup is not None:
-                    cgroup.kill()
+            if proc is not None and proc.returncode is None:  # cancelled, or an error of ours
                 try:
-                    await asyncio.wait_for(proc.wait(), 1.0)
-                except (asyncio.TimeoutError, asyncio.CancelledError):
-                    logger.warning("sandbox process %d did not exit after SIGKILL", proc.pid)
+                    await _stop(proc, cgroup)
+                except asyncio.CancelledError:
+                    _kill_all(proc, cgroup)
             os.close(read_fd)
             await _clean_up(workdir, cgroup, max(deadline, time.monotonic()) + 0.5)
 
@@ -289,15 +287,10 @@ class PythonSandbox:
                          deadline: float, cgroup: RunCgroup | None) -> SandboxResult:
         stopped: list[str] = []
 
-        def kill_all() -> None:
-            kill_group(proc.pid)
-            if cgroup is not None:
-                cgroup.kill()
-
         def overflow() -> None:
             if not stopped:
                 stopped.append("output")
-            kill_all()
+            _terminate(proc.pid)
 
         keep = self.max_output_chars * 4 + 64  # bytes per stream kept at head and at tail
         out, err = Capture(keep, overflow), Capture(keep, overflow)
@@ -319,9 +312,8 @@ class PythonSandbox:
             except asyncio.TimeoutError:
                 if not stopped:
                     stopped.append("timeout")
-                kill_all()
-                await proc.wait()
-            kill_all()  # nothing of the run may outlive it
+                await _stop(proc, cgroup)
+            _kill_all(proc, cgroup)  # nothing of the run may outlive it
             # the pipes close when the last process holding them is gone (at once, unless the kernel
             # is still tearing the run down); what arrived until then is kept either way
             await asyncio.wait(readers, timeout=max(deadline + 0.5 - time.monotonic(), 0.2))
@@ -371,6 +363,33 @@ class PythonSandbox:
         python.__name__ = python.__qualname__ = name
         python.__doc__ = _TOOL_DOC.format(timeout=self.timeout, memory=self.memory_mb)
         return python
+
+
+def _terminate(pid: int) -> None:
+    """Ask the sandbox's outer process to stop the run: it kills the code and reaps every
+    process of the run before it exits (see ``_sandbox_child._stop_on_sigterm``)."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_all(proc: asyncio.subprocess.Process, cgroup: RunCgroup | None) -> None:
+    kill_group(proc.pid)
+    if cgroup is not None:
+        cgroup.kill()
+
+
+async def _stop(proc: asyncio.subprocess.Process, cgroup: RunCgroup | None) -> None:
+    """Stop the run at once: reaped by its own supervisor when it can be (so nothing is left when
+    this returns), killed outright after half a second when not."""
+    _terminate(proc.pid)
+    try:
+        await asyncio.wait_for(proc.wait(), _GRACE_SECONDS)
+    except asyncio.TimeoutError:
+        logger.warning("sandbox process %d did not stop in %g s; killing it", proc.pid, _GRACE_SECONDS)
+    _kill_all(proc, cgroup)
+    await proc.wait()
 
 
 def _with_cgroup_layer(result: SandboxResult, cgroup: RunCgroup | None, why_not: str) -> SandboxResult:

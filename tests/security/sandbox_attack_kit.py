@@ -1,0 +1,99 @@
+"""Shared pieces of the sandbox attack tests (``test_sandbox_*.py`` beside this file).
+
+What the kernel grants is probed here independently of the sandbox (``Kernel``), so a test can
+demand the strongest guarantee this machine allows instead of trusting the layers the sandbox
+says it obtained. The tests run as root and as an unprivileged user (for example
+``setpriv --reuid=65534 --regid=65534 --clear-groups``); each expectation names the layer that
+must stop the attack for the identity the suite runs as.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from tools import _sandbox_linux as lx
+from tools.python_exec import PythonSandbox
+
+MODES = ("default", "no_user_namespace")
+"""``default``: every layer; ``no_user_namespace``: as root, the uid is dropped with setuid; as a
+user, no namespace at all (what a container that forbids user namespaces gives)."""
+
+
+def _userns_allowed() -> bool:
+    pid = os.fork()
+    if pid == 0:
+        try:
+            lx.unshare(lx.CLONE_NEWUSER)
+            os._exit(0)
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """What this machine allows the identity running the tests."""
+
+    root: bool
+    userns: bool
+    landlock: int
+    seccomp: bool
+
+    @classmethod
+    def probe(cls) -> Kernel:
+        return cls(root=os.geteuid() == 0, userns=_userns_allowed(), landlock=lx.landlock_abi(),
+                   seccomp=platform.machine() in ("x86_64", "aarch64"))
+
+    def namespaces(self, mode: str) -> bool:
+        """Whether a sandbox in ``mode`` must get its namespaces (and so the new root)."""
+        return self.root or (self.userns and mode == "default")
+
+
+def sandbox(mode: str, **kw) -> PythonSandbox:
+    return PythonSandbox(**({"user_namespace": False} if mode == "no_user_namespace" else {}), **kw)
+
+
+def check_layers(kernel: Kernel, mode: str, layers: dict) -> None:
+    """The sandbox obtained every layer this kernel grants in ``mode``."""
+    ns = kernel.namespaces(mode)
+    for name in ("net_namespace", "mount_namespace", "pid_namespace", "scratch_quota"):
+        assert bool(layers.get(name)) is ns, (name, layers)
+    assert bool(layers.get("landlock")) is bool(kernel.landlock), layers
+    assert bool(layers.get("seccomp")) is kernel.seccomp, layers
+    assert layers.get("capabilities_dropped") is True, layers
+    if kernel.root:
+        assert layers.get("uid", 0) >= 1_000_000_000, layers  # an unused, unprivileged host uid
+
+
+def new_tag() -> str:
+    """A short unique name (15 characters fit in a task's comm)."""
+    return "atk" + uuid.uuid4().hex[:10]
+
+
+NAME_ME = """
+import ctypes as _ct
+_ct.CDLL(None).prctl(15, {tag!r}.encode(), 0, 0, 0)  # PR_SET_NAME, how the test finds what is left
+"""
+
+
+def tasks_named(tag: str) -> list[str]:
+    """Host tasks (``pid/tid state``) whose name is ``tag``: what a program left running."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() == tag:
+                    state = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+                    found.append(f"{pid}/{tid} {state}")
+        except OSError:
+            continue
+    return found
+
+
+def live_tasks_named(tag: str) -> list[str]:
+    """:func:`tasks_named` without zombies (a dead task waiting for its parent to reap it)."""
+    return [t for t in tasks_named(tag) if not t.endswith(" Z")]
