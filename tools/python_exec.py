@@ -139,6 +139,12 @@ class SandboxResult:
             why = "; ".join(f"{k}: {v}" for k, v in sorted(self.layer_errors.items()) if k in _ISOLATION_LAYERS)
             notes.append(f"[sandbox warning: no kernel-level isolation of {', '.join(missing)}"
                          + (f" ({why})" if why else "") + "]")
+        else:  # Landlock and seccomp hold, but without the namespaces: no private /tmp, /proc, quota
+            absent = [k for k in ("net_namespace", "mount_namespace", "pid_namespace") if self.layers.get(k) is False]
+            if absent:
+                why = self.layer_errors.get(absent[0], "")
+                notes.append(f"[sandbox warning: no {', '.join(k.split('_')[0] for k in absent)} namespace"
+                             + (f" ({why})" if why else "") + "]")
         if not body.strip() and self.ok:
             body = "(no output; use print() to show values)"
         return (body.rstrip("\n") + "\n" + "\n".join(notes)).strip("\n")

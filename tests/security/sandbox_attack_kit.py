@@ -97,3 +97,25 @@ def tasks_named(tag: str) -> list[str]:
 def live_tasks_named(tag: str) -> list[str]:
     """:func:`tasks_named` without zombies (a dead task waiting for its parent to reap it)."""
     return [t for t in tasks_named(tag) if not t.endswith(" Z")]
+
+
+def forbid_user_namespaces() -> None:
+    """Make this process (and what it starts) unable to create user namespaces, as a container
+    runtime's default seccomp profile does: ``unshare``/``clone`` with CLONE_NEWUSER fail with
+    EPERM (``clone3`` answers ENOSYS so libc falls back to ``clone``). Irreversible."""
+    import ctypes
+
+    from tools import _sandbox_seccomp as sc
+
+    nr = sc.NR[platform.machine()]
+    ld, jeq, jset, ret, arg0 = 0x20, 0x15, 0x45, 0x06, 16
+    prog = [(ld, 0, 0, 0), (jeq, 0, 2, nr["unshare"]), (ld, 0, 0, arg0), (jset, 5, 6, lx.CLONE_NEWUSER),
+            (jeq, 0, 2, nr["clone"]), (ld, 0, 0, arg0), (jset, 2, 3, lx.CLONE_NEWUSER),
+            (jeq, 0, 2, nr["clone3"]), (ret, 0, 0, sc.RET_ERRNO | 38), (ret, 0, 0, sc.RET_ERRNO | 1),
+            (ret, 0, 0, sc.RET_ALLOW)]
+    filt = (sc._SockFilter * len(prog))(*[sc._SockFilter(*ins) for ins in prog])
+    fprog = sc._SockFprog(len(prog), ctypes.cast(filt, ctypes.POINTER(sc._SockFilter)))
+    lx.prctl(lx.PR_SET_NO_NEW_PRIVS, 1)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(ctypes.c_int(22), ctypes.c_ulong(2), ctypes.byref(fprog), ctypes.c_ulong(0), ctypes.c_ulong(0)):
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_SECCOMP)")

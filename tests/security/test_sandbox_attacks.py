@@ -432,3 +432,44 @@ def test_the_working_directory_is_private(mode):
     code's own: other users cannot even list it."""
     r = sandbox(mode).run("import os\nprint(oct(os.stat('.').st_mode & 0o777))", files={"a.txt": "x"})
     assert r.stdout == "0o700\n", r.to_text()
+
+
+# ----------------------------------------------------------------------------- containers
+
+IN_A_CONTAINER = """
+import json, sys
+sys.path[:0] = {paths!r}
+from sandbox_attack_kit import Kernel, forbid_user_namespaces
+forbid_user_namespaces()
+from tools.python_exec import PythonSandbox
+r = PythonSandbox().run(open(sys.argv[1]).read())
+print(json.dumps({{"kernel": Kernel.probe().__dict__, "stdout": r.stdout, "layers": r.layers, "text": r.to_text()}}))
+"""
+
+
+def test_without_user_namespaces_the_sandbox_degrades_and_says_so(tmp_path, private_file):
+    """Where a container forbids user namespaces: as root the code still runs as an unused uid
+    in all the namespaces; as a user it gets none, and Landlock and seccomp carry the load."""
+    import subprocess
+    import sys
+
+    attack = tmp_path / "attack.py"
+    attack.write_text(READ.format(paths=["/etc/shadow", private_file, str(SAMPLES)]) + IO_URING.format(path="/x"))
+    attack.chmod(0o644)
+    tmp_path.chmod(0o755)
+    here = str(Path(__file__).parent)
+    code = IN_A_CONTAINER.format(paths=[here, str(Path(__file__).parents[2])])
+    out = subprocess.run([sys.executable, "-c", code, str(attack)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    kernel, layers = Kernel(**result["kernel"]), result["layers"]
+    assert kernel.userns is False and layers["user_namespace"] is False
+    assert result["stdout"].count("refused") == 3 and "READ" not in result["stdout"], result["text"]
+    assert "io_uring_setup: EPERM" in result["stdout"]
+    if kernel.root:
+        assert layers["mount_namespace"] and layers["pid_namespace"] and layers["uid"] >= 1_000_000_000
+        assert "sandbox warning" not in result["text"]
+    else:
+        assert not layers["mount_namespace"] and layers["landlock"] and layers["seccomp"]
+        assert result["text"].endswith("[sandbox warning: no net, mount, pid namespace (needs root or an unprivileged "
+                                       "user namespace)]"), result["text"]
