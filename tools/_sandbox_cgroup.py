@@ -111,17 +111,6 @@ class RunCgroup:
             except OSError:
                 pass
 
-    def oom_killed(self) -> bool:
-        """Whether the kernel killed a process of the run for exceeding the memory limit."""
-        name, path = ("memory.events", self.dirs.get("unified")) if self.version == "v2" else (
-            "memory.oom_control", self.dirs.get("memory"))
-        try:
-            with open(os.path.join(path or "", name)) as f:
-                counts = dict(line.split() for line in f if len(line.split()) == 2)
-        except OSError:
-            return False
-        return int(counts.get("oom_kill", 0)) > 0
-
     def remove(self) -> bool:
         """Kill what is left and remove the directories; False while a process still exits."""
         self.kill()

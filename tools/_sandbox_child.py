@@ -56,12 +56,15 @@ _NET_EVENTS = {"socket.connect", "socket.bind", "socket.getaddrinfo", "socket.ge
                "socket.gethostbyaddr", "socket.sendto", "socket.sendmsg"}
 _NAMESPACES = {"net_namespace": lx.CLONE_NEWNET, "mount_namespace": lx.CLONE_NEWNS,
                "pid_namespace": lx.CLONE_NEWPID}
+LINUX = sys.platform.startswith("linux")  # elsewhere only the rlimits and the audit hook apply
 
 
 class Run:
     """What the three processes share: the config, the ids, the layers obtained so far."""
 
     def __init__(self, cfg: dict) -> None:
+        if not LINUX:
+            cfg.update(dict.fromkeys(("user_namespace", *_NAMESPACES, "landlock", "seccomp", "cgroup_procs"), False))
         self.cfg = cfg
         self.layers: dict = {"audit_hook": cfg["audit_hook"]}
         self.errors: dict = {}
@@ -73,7 +76,7 @@ class Run:
         self.workdir = cfg["workdir"]
         self.mount_view = False
         self.layout = view.Plan(visible=[])
-        self.last_cap = lx.last_capability()
+        self.last_cap = lx.last_capability() if LINUX else -1
 
     @property
     def ids(self) -> tuple[int, int]:
@@ -183,12 +186,13 @@ def main() -> None:
         for dirpath, dirnames, filenames in os.walk(run.workdir):
             for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
                 os.lchown(name, run.host_uid, run.host_gid)
-    host_mnt_ns = os.stat("/proc/self/ns/mnt").st_ino
+    host_mnt_ns = os.stat("/proc/self/ns/mnt").st_ino if LINUX else 0
     try:
         _enter_namespaces(run)
         # after unshare: a bind's source must be in the new mount namespace; before setuid: the
         # descriptors reach paths that the code's uid may not (the interpreter under /root, say)
-        run.layout = view.plan(run.cfg["site_packages"], run.cfg["hidden_paths"])
+        run.layout = (view.plan(run.cfg["site_packages"], run.cfg["hidden_paths"]) if LINUX
+                      else view.Plan(view.visible_paths()))
     except (OSError, RuntimeError) as e:
         _setup_failed(run, e)
     alive_r, alive_w = os.pipe()
@@ -232,7 +236,8 @@ def _setup_failed(run: Run, exc: BaseException) -> None:
 def _die_with_parent(parent: int | None, alive_fd: int | None = None) -> None:
     """Die with the parent process; exit now if it already died. Across a pid namespace the
     parent's pid is not visible, so an inherited pipe (EOF once the parent is gone) tells."""
-    lx.prctl(lx.PR_SET_PDEATHSIG, signal.SIGKILL)
+    if LINUX:
+        lx.prctl(lx.PR_SET_PDEATHSIG, signal.SIGKILL)
     if alive_fd is not None:
         if select.select([alive_fd], [], [], 0)[0]:
             os._exit(SETUP_FAILED)
@@ -333,20 +338,21 @@ def _runner(run: Run, code: str, supervisor: int) -> None:
 def _confine(run: Run) -> None:
     """Unprivileged uid, no capabilities, no_new_privs, Landlock, rlimits, seccomp (in this order)."""
     cfg, layers, errors = run.cfg, run.layers, run.errors
-    if run.root or run.userns:
+    if LINUX and (run.root or run.userns):
         lx.drop_bounding_set(run.last_cap)
     if run.root and not run.userns and run.host_uid != 0:
         os.setgroups([])
         os.setresgid(run.host_gid, run.host_gid, run.host_gid)
         os.setresuid(run.host_uid, run.host_uid, run.host_uid)
-    lx.clear_capabilities()
     layers["uid"] = run.host_uid
-    layers["capabilities_dropped"] = lx.effective_capabilities() == 0
     limits = dict(cfg["rlimits"])
-    limits["NPROC"] = cfg["max_processes"] + _other_tasks(run)
-    if run.host_uid == 0:
-        errors["max_processes"] = "not enforced: RLIMIT_NPROC does not apply to root"  # only the cgroup's
-    lx.prctl(lx.PR_SET_NO_NEW_PRIVS, 1)
+    if LINUX:
+        lx.clear_capabilities()
+        layers["capabilities_dropped"] = lx.effective_capabilities() == 0
+        limits["NPROC"] = cfg["max_processes"] + _other_tasks(run)
+        lx.prctl(lx.PR_SET_NO_NEW_PRIVS, 1)
+    if run.host_uid == 0 and not layers.get("cgroup"):  # the cgroup's pids.max caps the tasks, if any
+        errors["max_processes"] = "not enforced: RLIMIT_NPROC does not apply to root, and there is no cgroup"
     if cfg["landlock"]:
         try:
             layers["landlock"] = lx.landlock_confine(view.landlock_rules(run.layout.visible, run.workdir, run.mount_view))

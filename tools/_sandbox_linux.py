@@ -112,8 +112,9 @@ def write_id_maps(pid: int | str, uid_map: str, gid_map: str, deny_setgroups: bo
 
 # ----------------------------------------------------------------------------- mounts
 
-_ST_FLAGS = {os.ST_NOSUID: MS_NOSUID, os.ST_NODEV: MS_NODEV, os.ST_NOEXEC: MS_NOEXEC,
-             os.ST_NOATIME: MS_NOATIME, os.ST_NODIRATIME: MS_NODIRATIME, os.ST_RELATIME: MS_RELATIME}
+_ST_FLAGS = {getattr(os, f"ST_{name.upper()}", 0): flag for name, flag in (  # (Linux only, as all of this)
+    ("nosuid", MS_NOSUID), ("nodev", MS_NODEV), ("noexec", MS_NOEXEC), ("noatime", MS_NOATIME),
+    ("nodiratime", MS_NODIRATIME), ("relatime", MS_RELATIME))}
 _OPT_FLAGS = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
               "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME, "strictatime": MS_STRICTATIME}
 

@@ -1,29 +1,35 @@
-"""A Python code-execution tool that runs untrusted code in an isolated child process.
+"""A Python code-execution tool that runs untrusted code in a jail that holds as root.
 
 Each run gets a fresh interpreter (``python -I -S -B``: no site-packages, no user site, no
-environment variables read) in a private temporary directory with a minimal environment, a
-wall-clock timeout and CPU / address-space / file-size / open-file rlimits, and its output is
-truncated. On Linux the child then adds, layer by layer, whatever the kernel allows
-(``tools/_sandbox_child.py``):
+environment variables read) with a minimal environment, a wall-clock timeout, CPU /
+address-space / file-size / open-file / task rlimits, and its output is truncated. On Linux the
+child then adds, layer by layer, whatever the kernel allows (``tools/_sandbox_child.py``):
 
 ============================  =================================================================
 layer                         stops
 ============================  =================================================================
+user namespace + uid          the host's permissions apply to an unused uid: as root too, the
+                              code owns nothing on the host and its task cap (RLIMIT_NPROC) holds
 network namespace             any network use (only a down loopback exists)
-mount namespace (read-only)   writes anywhere but the working directory; a private ``/proc``
-pid namespace                 seeing or signalling host processes; stragglers die with pid 1
-Landlock                      writes/exec outside the working directory, TCP bind/connect,
-                              signals / abstract unix sockets to processes outside
+mount namespace (new root)    seeing the host: only the interpreter, shared libraries and a
+                              private ``/work``, ``/tmp`` (tmpfs with a byte and file quota),
+                              ``/dev`` (null, zero, random, urandom) and ``/proc``; read-only
+pid namespace                 seeing or signalling host processes; outliving the run (its pid-1
+                              supervisor dies with the sandbox, and the kernel kills the rest)
+Landlock                      reading and writing outside the same view, exec, TCP, signals /
+                              abstract unix sockets to processes outside
 capabilities dropped          undoing any of the above (remounting, new namespaces)
-seccomp                       fork/exec (threads still work), ``socket()``, mount/namespace/ptrace
-audit hook (Python level)     the same three things, with readable error messages
+seccomp (allowlist)           every system call a Python program does not need: fork/exec
+                              (threads still work), sockets, io_uring, memfd, setsid, ...
+cgroup (where writable)       memory beyond the limit, page cache and tmpfs included; tasks
+audit hook (Python level)     the same things, with readable error messages
 ============================  =================================================================
 
-Which layers were obtained is reported in :attr:`SandboxResult.layers`; when the kernel gives
-no network, filesystem or process isolation, :meth:`SandboxResult.to_text` says so in the text
-the model sees. Not covered: total memory of several processes (no cgroup is used), CPU time
-on other cores, side channels, kernel exploits, reading files the interpreter can read (the
-filesystem stays readable). See ``docs/tools.md``.
+Which layers were obtained is reported in :attr:`SandboxResult.layers`; when a layer is missing,
+:meth:`SandboxResult.to_text` says so in the text the model sees. At the deadline every process
+of the run is killed and reaped and its files removed (off the event loop) before :meth:`run`
+returns, within about a second of the deadline. Not covered: CPU time on other cores, side
+channels, kernel exploits. See ``docs/tools.md`` for what holds in which setting, as measured.
 
 Example::
 
@@ -63,7 +69,7 @@ _ISOLATION_LAYERS = ("user_namespace", "net_namespace", "mount_namespace", "pid_
                      "setup")  # whose failures the model's text explains
 _GRACE_SECONDS = 0.5  # for the sandbox to reap the run after the deadline, before SIGKILL
 _SANDBOX_OVERHEAD_MB = 64  # the cgroup's memory for the sandbox's own two processes
-_SANDBOX_TASKS = 3  # tasks of the sandbox's own in the cgroup (outer, supervisor, map helper)
+_SANDBOX_TASKS = 2  # tasks of the sandbox's own in the cgroup (outer and supervisor, or outer and map helper)
 
 
 @dataclass(frozen=True)
@@ -337,8 +343,7 @@ class PythonSandbox:
             # reported time can fall well short of the limit.
             cpu_hit = sig == signal.SIGXCPU or (
                 sig == signal.SIGKILL and cpu is not None and cpu >= 0.5 * self.cpu_limit - 0.05)
-            oom = cgroup is not None and cgroup.oom_killed()
-            stopped.append("memory" if oom else "cpu" if cpu_hit else "killed")
+            stopped.append("cpu" if cpu_hit else "killed")
         if stopped:
             exit_code = None
         (out_bytes, out_cut), (err_bytes, err_cut) = out.result(), err.result()

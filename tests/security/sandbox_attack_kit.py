@@ -21,6 +21,9 @@ from tools.python_exec import PythonSandbox
 MODES = ("default", "no_user_namespace")
 """``default``: every layer; ``no_user_namespace``: as root, the uid is dropped with setuid; as a
 user, no namespace at all (what a container that forbids user namespaces gives)."""
+RESOURCE_MODES = (*MODES, "no_cgroup")
+"""For the resource limits: also without the run's cgroup (what a machine without a writable
+cgroup gives; an unprivileged user never has one here)."""
 
 
 def _userns_allowed() -> bool:
@@ -50,11 +53,12 @@ class Kernel:
 
     def namespaces(self, mode: str) -> bool:
         """Whether a sandbox in ``mode`` must get its namespaces (and so the new root)."""
-        return self.root or (self.userns and mode == "default")
+        return self.root or (self.userns and mode != "no_user_namespace")
 
 
 def sandbox(mode: str, **kw) -> PythonSandbox:
-    return PythonSandbox(**({"user_namespace": False} if mode == "no_user_namespace" else {}), **kw)
+    switched_off = {"no_user_namespace": {"user_namespace": False}, "no_cgroup": {"cgroup": False}}
+    return PythonSandbox(**switched_off.get(mode, {}), **kw)
 
 
 def check_layers(kernel: Kernel, mode: str, layers: dict) -> None:

@@ -16,9 +16,10 @@ import time
 from pathlib import Path
 
 import pytest
-from sandbox_attack_kit import MODES, NAME_ME, Kernel, check_layers, live_tasks_named, new_tag, sandbox
+from sandbox_attack_kit import MODES, NAME_ME, RESOURCE_MODES, Kernel, check_layers, live_tasks_named, new_tag, sandbox
 
 from envs.tool_use import SAMPLES, ToolUseEnv
+from tools.python_exec import PythonSandbox
 
 
 @pytest.fixture(scope="module")
@@ -258,6 +259,7 @@ stop.set()
 """
 
 
+@pytest.mark.parametrize("mode", RESOURCE_MODES)
 def test_threads_and_processes_are_capped(mode, kernel):
     """Before: no cap applied as root (3,000 threads in 1 s)."""
     # a large address space, so the thread stacks do not hit RLIMIT_AS before the cap
@@ -265,6 +267,18 @@ def test_threads_and_processes_are_capped(mode, kernel):
     started = int(r.stdout.split("threads:")[1])
     assert "refused: can't start new thread" in r.stdout, r.to_text()
     assert started < 16  # the main thread counts too
+
+
+def test_tasks_are_capped_when_the_code_must_stay_root():
+    """Without the mount namespace, root keeps uid 0 when the interpreter's files are not
+    readable by other users (a pyenv under /root, say); RLIMIT_NPROC does not bind root, but the
+    run's cgroup does, and without one the result says the cap is missing."""
+    r = PythonSandbox(mount_namespace=False, max_processes=16, memory_mb=4096).run(THREADS.format(tag=new_tag()))
+    started = int(r.stdout.split("threads:")[1])
+    if r.layers["uid"] != 0 or r.layers["cgroup"]:
+        assert started < 16, r.to_text()
+    else:
+        assert started > 16 and "RLIMIT_NPROC does not apply to root" in r.layer_errors["max_processes"]
 
 
 MEMORY = """
@@ -292,6 +306,7 @@ for path in ["/dev/shm/hog", "/tmp/hog", "hog"]:
 """
 
 
+@pytest.mark.parametrize("mode", RESOURCE_MODES)
 def test_memory_outside_the_address_space_limit_is_bounded(mode, kernel):
     """Before: 640 MB in a memfd at a 128 MB limit. Now memfd_create is refused, /dev/shm is not
     there or not writable, and files land in the scratch tmpfs, whose size is the bound."""
@@ -329,6 +344,7 @@ except OSError as e:
 """
 
 
+@pytest.mark.parametrize("mode", RESOURCE_MODES)
 def test_scratch_space_has_a_quota(mode, kernel):
     """Before: no disk or inode quota."""
     r = sandbox(mode, scratch_mb=8, max_files=500, max_file_mb=64, timeout=30).run(FILES)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from sandbox_attack_kit import MODES, NAME_ME, live_tasks_named, new_tag, sandbox, tasks_named
+from sandbox_attack_kit import MODES, NAME_ME, RESOURCE_MODES, live_tasks_named, new_tag, sandbox, tasks_named
 
 from tools._sandbox_cgroup import PREFIX
 
@@ -80,6 +80,7 @@ def locks_on(keys: list[str]) -> list[str]:
         return [line for line in f if any(f" {k} " in line for k in keys)]
 
 
+@pytest.mark.parametrize("mode", RESOURCE_MODES)
 def test_a_run_killed_at_its_deadline_leaves_nothing(mode, run_root):
     tag = new_tag()
     start = time.monotonic()
