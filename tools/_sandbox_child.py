@@ -24,10 +24,7 @@ Each layer that cannot be had is recorded in the report (with the reason) and sk
 
 from __future__ import annotations
 
-import ast
 import json
-import linecache
-import traceback
 import os
 import resource
 import select
@@ -35,25 +32,15 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import _sandbox_code as code_runner  # noqa: E402
 import _sandbox_linux as lx  # noqa: E402
 import _sandbox_seccomp as seccomp  # noqa: E402
 import _sandbox_view as view  # noqa: E402
 
 del sys.path[0]
 
-AF_UNIX = 1  # socket.AF_UNIX on Linux, without importing socket here
 SETUP_FAILED = 125
 INSIDE_ID = 1000  # the code's uid and gid inside its user namespace
-_WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-_PATH_EVENTS = {  # audit event -> indices of path arguments that must lie inside a writable root
-    "os.remove": (0,), "os.rmdir": (0,), "os.mkdir": (0,), "os.rename": (0, 1), "os.link": (0, 1),
-    "os.symlink": (1,), "os.chmod": (0,), "os.chown": (0,), "os.truncate": (0,), "os.utime": (0,),
-    "os.chflags": (0,), "os.lchflags": (0,), "os.setxattr": (0,), "os.removexattr": (0,),
-}
-_PROCESS_EVENTS = {"os.fork", "os.forkpty", "os.system", "os.exec", "os.posix_spawn", "os.spawn",
-                   "subprocess.Popen", "os.startfile", "pty.spawn"}
-_NET_EVENTS = {"socket.connect", "socket.bind", "socket.getaddrinfo", "socket.gethostbyname",
-               "socket.gethostbyaddr", "socket.sendto", "socket.sendmsg"}
 _NAMESPACES = {"net_namespace": lx.CLONE_NEWNET, "mount_namespace": lx.CLONE_NEWNS,
                "pid_namespace": lx.CLONE_NEWPID}
 LINUX = sys.platform.startswith("linux")  # elsewhere only the rlimits and the audit hook apply
@@ -105,7 +92,7 @@ def _join_cgroups(run: Run) -> None:
 
 
 def _user_namespace_as_root(host_uid: int, host_gid: int) -> None:
-    """Enter a new user namespace whose root is ``host_uid`` (an unprivileged uid of the host).
+    """Enter a new user namespace in which :data:`INSIDE_ID` is ``host_uid`` (unprivileged).
 
     Only a process outside the namespace with CAP_SETUID there may map another uid, so a short-
     lived helper forked before ``unshare`` writes the maps."""
@@ -176,19 +163,13 @@ def main() -> None:
     os.close(devnull)
     _join_cgroups(run)
     files_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
-    if run.root and not run.cfg["mount_namespace"]:
-        unreadable = [p for p in view.python_paths() if not view.world_readable(p)]
-        if unreadable:  # another uid could not import anything without the new root's bind mounts
-            run.host_uid = run.host_gid = 0
-            run.errors["uid"] = (f"the code runs as root (without capabilities): the interpreter's files "
-                                 f"{unreadable[:2]} are not readable by other users, and the mount namespace is off")
-    if run.host_uid != 0 and run.root:  # the code runs as host_uid: the directory must be its own
-        for dirpath, dirnames, filenames in os.walk(run.workdir):
-            for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
-                os.lchown(name, run.host_uid, run.host_gid)
+    if run.root:
+        _hand_over_the_directory(run, new_root=run.cfg["mount_namespace"])
     host_mnt_ns = os.stat("/proc/self/ns/mnt").st_ino if LINUX else 0
     try:
         _enter_namespaces(run)
+        if run.root and run.host_uid and not run.userns and not run.got & lx.CLONE_NEWNS:
+            _hand_over_the_directory(run, new_root=False)  # the mount namespace was refused
         # after unshare: a bind's source must be in the new mount namespace; before setuid: the
         # descriptors reach paths that the code's uid may not (the interpreter under /root, say)
         run.layout = (view.plan(run.cfg["site_packages"], run.cfg["hidden_paths"]) if LINUX
@@ -205,6 +186,22 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _, status = os.waitpid(pid, 0)
     os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+
+
+def _hand_over_the_directory(run: Run, new_root: bool) -> None:
+    """As root: give the run's host directory to the code's uid, or keep uid 0 for the code when
+    that uid could not even import (the interpreter unreadable to others, and no ``new_root`` to
+    show it). Call it before entering a user namespace (and again if the mount namespace failed)."""
+    if not new_root:
+        unreadable = [p for p in view.python_paths() if not view.world_readable(p)]
+        if unreadable:
+            run.host_uid = run.host_gid = 0
+            run.errors["uid"] = (f"the code runs as root (without capabilities): the interpreter's files "
+                                 f"{unreadable[:2]} are not readable by other users, and there is no mount "
+                                 f"namespace to show them")
+    for dirpath, dirnames, filenames in os.walk(run.workdir):
+        for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
+            os.lchown(name, run.host_uid, run.host_gid)
 
 
 def _stop_on_sigterm(child: int, child_signal: int) -> None:
@@ -320,9 +317,9 @@ def _runner(run: Run, code: str, supervisor: int) -> None:
         kernel_ok = run.layers.get("seccomp") and run.layers.get("landlock")
         writable = [run.workdir, "/tmp"] if run.mount_view else [run.workdir]
         readable = None if run.mount_view else [*run.layout.visible, run.workdir, *(f"/dev/{d}" for d in view.DEVICES)]
-        _install_audit_hook(writable, readable, cfg["hidden_paths"], block_ctypes=not kernel_ok)
+        code_runner.install_audit_hook(writable, readable, cfg["hidden_paths"], block_ctypes=not kernel_ok)
     try:
-        rc = _run_user_code(code, cfg["echo_last_expression"])
+        rc = code_runner.run_user_code(code, cfg["echo_last_expression"])
     except SystemExit as e:
         rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         if not isinstance(e.code, int) and e.code is not None:
@@ -355,7 +352,8 @@ def _confine(run: Run) -> None:
         errors["max_processes"] = "not enforced: RLIMIT_NPROC does not apply to root, and there is no cgroup"
     if cfg["landlock"]:
         try:
-            layers["landlock"] = lx.landlock_confine(view.landlock_rules(run.layout.visible, run.workdir, run.mount_view))
+            rules = view.landlock_rules(run.layout.visible, run.workdir, run.mount_view)
+            layers["landlock"] = lx.landlock_confine(rules)
         except OSError as e:
             layers["landlock"] = 0
             errors["landlock"] = str(e)
@@ -401,112 +399,6 @@ def _set_rlimits(limits: dict) -> None:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # oversized writes raise OSError(EFBIG) instead
     for name, value in limits.items():  # soft == hard: RLIMIT_CPU then ends in SIGKILL
         resource.setrlimit(getattr(resource, f"RLIMIT_{name}"), (value, value))
-
-
-def _install_audit_hook(writable: list[str], readable: list[str] | None, hidden: list[str],
-                        block_ctypes: bool) -> None:
-    """Friendly Python-level refusals (the kernel layers are the real barrier where present)."""
-    realpath, fsdecode = os.path.realpath, os.fsdecode
-    prefixes = [p.rstrip("/") + "/" for p in writable]
-    read_prefixes = None if readable is None else [p.rstrip("/") + "/" for p in readable]
-    hidden_prefixes = [realpath(p).rstrip("/") + "/" for p in hidden]
-
-    def under(p: str, roots: list[str]) -> bool:
-        return any(p == r[:-1] or p.startswith(r) for r in roots)
-
-    def may_write(path: object) -> bool:
-        if isinstance(path, int) or path is None:
-            return True
-        p = realpath(fsdecode(path))  # type: ignore[arg-type]
-        return under(p, prefixes) or p == "/dev/null"
-
-    def may_read(path: object) -> bool:
-        if isinstance(path, int) or path is None:
-            return True
-        p = realpath(fsdecode(path))  # type: ignore[arg-type]
-        if under(p, hidden_prefixes):
-            return False
-        return read_prefixes is None or under(p, read_prefixes)
-
-    own_pid = os.getpid()
-
-    def hook(event: str, args: tuple) -> None:
-        if event == "open":
-            flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
-            mode = args[1] if len(args) > 1 and isinstance(args[1], str) else "r"
-            writing = flags & _WRITE_FLAGS or any(c in mode for c in "wax+")
-            if writing and not may_write(args[0]):
-                raise PermissionError(f"sandbox: writing outside the working directory is not allowed: "
-                                      f"{fsdecode(args[0])!r}")
-            if not writing and not may_read(args[0]):
-                raise PermissionError(f"sandbox: reading {fsdecode(args[0])!r} is not allowed")
-        elif event in _PATH_EVENTS:
-            for i in _PATH_EVENTS[event]:
-                if i < len(args) and not may_write(args[i]):
-                    raise PermissionError(f"sandbox: {event} outside the working directory is not "
-                                          f"allowed: {fsdecode(args[i])!r}")
-        elif event in ("os.listdir", "os.scandir") and args and not may_read(args[0]):
-            raise PermissionError(f"sandbox: reading {fsdecode(args[0])!r} is not allowed")
-        elif event in _PROCESS_EVENTS:
-            raise PermissionError(f"sandbox: creating processes is not allowed ({event})")
-        elif event in _NET_EVENTS or (event == "socket.__new__" and args[1] != AF_UNIX):
-            raise PermissionError(f"sandbox: network access is not allowed ({event})")
-        elif event in ("os.kill", "os.killpg") and args[0] not in (0, own_pid):
-            raise PermissionError(f"sandbox: signalling other processes is not allowed ({event})")
-        elif event == "import" and block_ctypes and args[0] in ("ctypes", "_ctypes"):
-            raise ImportError("sandbox: ctypes is not available")
-
-    sys.addaudithook(hook)
-
-
-def _run_user_code(code: str, echo_last: bool) -> int:
-
-    name = "<code>"
-    linecache.cache[name] = (len(code), None, code.splitlines(True), name)
-    try:
-        tree = ast.parse(code, name)
-    except (SyntaxError, ValueError) as e:  # ValueError: null bytes; UnicodeEncodeError: lone surrogates
-
-        sys.stderr.write("".join(traceback.format_exception_only(type(e), e)))
-        return 1
-    last = None
-    if echo_last and tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
-    namespace = {"__name__": "__main__", "__builtins__": __builtins__}
-    try:
-        exec(compile(tree, name, "exec"), namespace)
-        if last is not None:
-            value = eval(compile(last, name, "eval"), namespace)
-            if value is not None:
-                print(repr(value))
-    except SystemExit:
-        raise
-    except BaseException as e:  # noqa: BLE001 - report everything the code raised
-        _print_user_traceback(e)
-        return 1
-    return 0
-
-
-def _print_user_traceback(exc: BaseException) -> None:
-    """Print the traceback without this launcher's own frames (the audit hook, the exec call)."""
-
-    this = os.path.abspath(__file__)
-    te = traceback.TracebackException(type(exc), exc, exc.__traceback__)
-    for e in _chain(te):
-        e.stack = traceback.StackSummary.from_list([f for f in e.stack if f.filename != this])
-    try:
-        sys.stdout.flush()
-    except OSError:
-        pass
-    sys.stderr.write("".join(te.format()))
-
-
-def _chain(te):  # the exception and its causes/contexts
-    seen = []
-    while te is not None and te not in seen:
-        seen.append(te)
-        te = te.__cause__ or te.__context__
-    return seen
 
 
 if __name__ == "__main__":

@@ -103,18 +103,23 @@ def live_tasks_named(tag: str) -> list[str]:
     return [t for t in tasks_named(tag) if not t.endswith(" Z")]
 
 
-def forbid_user_namespaces() -> None:
-    """Make this process (and what it starts) unable to create user namespaces, as a container
-    runtime's default seccomp profile does: ``unshare``/``clone`` with CLONE_NEWUSER fail with
-    EPERM (``clone3`` answers ENOSYS so libc falls back to ``clone``). Irreversible."""
+NO_USER_NAMESPACES = lx.CLONE_NEWUSER
+NO_NAMESPACES = lx.CLONE_NEWUSER | lx.CLONE_NEWNS | lx.CLONE_NEWPID | lx.CLONE_NEWNET | lx.CLONE_NEWIPC | lx.CLONE_NEWUTS
+
+
+def forbid_namespaces(flags: int) -> None:
+    """Make this process (and what it starts) unable to create the namespaces in ``flags``, as a
+    container runtime's seccomp profile does (user namespaces; all of them without
+    CAP_SYS_ADMIN): ``unshare``/``clone`` with one of them fail with EPERM (``clone3`` answers
+    ENOSYS so libc falls back to ``clone``). Irreversible."""
     import ctypes
 
     from tools import _sandbox_seccomp as sc
 
     nr = sc.NR[platform.machine()]
     ld, jeq, jset, ret, arg0 = 0x20, 0x15, 0x45, 0x06, 16
-    prog = [(ld, 0, 0, 0), (jeq, 0, 2, nr["unshare"]), (ld, 0, 0, arg0), (jset, 5, 6, lx.CLONE_NEWUSER),
-            (jeq, 0, 2, nr["clone"]), (ld, 0, 0, arg0), (jset, 2, 3, lx.CLONE_NEWUSER),
+    prog = [(ld, 0, 0, 0), (jeq, 0, 2, nr["unshare"]), (ld, 0, 0, arg0), (jset, 5, 6, flags),
+            (jeq, 0, 2, nr["clone"]), (ld, 0, 0, arg0), (jset, 2, 3, flags),
             (jeq, 0, 2, nr["clone3"]), (ret, 0, 0, sc.RET_ERRNO | 38), (ret, 0, 0, sc.RET_ERRNO | 1),
             (ret, 0, 0, sc.RET_ALLOW)]
     filt = (sc._SockFilter * len(prog))(*[sc._SockFilter(*ins) for ins in prog])
