@@ -80,7 +80,9 @@ def test_a_timed_out_tool_call_leaves_nothing_for_the_next_episode(mode):
     tag = new_tag()
     lock = ("import fcntl\ntry:\n    f = open('/tmp/episode.lock', 'a')\nexcept OSError:  # no writable /tmp without "
             "a mount namespace\n    f = open('episode.lock', 'a')\n")
-    hold = NAME_ME.format(tag=tag) + lock + (
+    escape = ("import ctypes, os\nctypes.CDLL(None).prctl(1, 0, 0, 0, 0)\ntry:\n    os.setsid()\n"
+              "except OSError:\n    pass\n")  # as in the issue: leave the session, clear the death signal
+    hold = NAME_ME.format(tag=tag) + lock + escape + (
         "fcntl.flock(f, fcntl.LOCK_EX)\nprint('locked', flush=True)\nimport time\nwhile True:\n    time.sleep(0.05)")
     probe = lock + "fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nprint('free')"
     env = ToolUseEnv(tools=["python"], tool_timeout=1.5, python_sandbox=sandbox(mode, timeout=1.5))
