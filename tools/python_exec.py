@@ -50,6 +50,7 @@ import os
 import signal
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -67,7 +68,11 @@ UID_BASE = 1_000_000_000
 unused, unique among the runs alive at once, owning nothing on the host."""
 _ISOLATION_LAYERS = ("user_namespace", "net_namespace", "mount_namespace", "pid_namespace", "landlock", "seccomp",
                      "setup")  # whose failures the model's text explains
-_GRACE_SECONDS = 0.5  # for the sandbox to reap the run after the deadline, before SIGKILL
+# After the deadline: up to 0.4 s for the sandbox to reap the run (then SIGKILL), output until
+# 0.6 s, clean-up until 0.9 s (then it goes on in the background): run() is back within t + 1 s.
+_GRACE_SECONDS = 0.4
+_OUTPUT_UNTIL = 0.6
+_CLEANUP_UNTIL = 0.9
 _SANDBOX_OVERHEAD_MB = 64  # the cgroup's memory for the sandbox's own two processes
 _SANDBOX_TASKS = 2  # tasks of the sandbox's own in the cgroup (outer and supervisor, or outer and map helper)
 
@@ -293,7 +298,7 @@ class PythonSandbox:
                 except asyncio.CancelledError:
                     _kill_all(proc, cgroup)
             os.close(read_fd)
-            await _clean_up(workdir, cgroup, max(deadline, time.monotonic()) + 0.5)
+            await _clean_up(workdir, cgroup, deadline + _CLEANUP_UNTIL)
 
     async def _supervise(self, proc: asyncio.subprocess.Process, code: str, read_fd: int, start: float,
                          deadline: float, cgroup: RunCgroup | None) -> SandboxResult:
@@ -328,7 +333,7 @@ class PythonSandbox:
             _kill_all(proc, cgroup)  # nothing of the run may outlive it
             # the pipes close when the last process holding them is gone (at once, unless the kernel
             # is still tearing the run down); what arrived until then is kept either way
-            await asyncio.wait(readers, timeout=max(deadline + 0.5 - time.monotonic(), 0.2))
+            await asyncio.wait(readers, timeout=max(deadline + _OUTPUT_UNTIL - time.monotonic(), 0.1))
         finally:
             for task in readers:
                 task.cancel()
@@ -422,11 +427,24 @@ def _remove_run_files(workdir: str, cgroup: RunCgroup | None) -> None:
 
 
 async def _clean_up(workdir: str, cgroup: RunCgroup | None, wait_until: float) -> None:
-    """Remove the run's directory and cgroup on a worker thread (a program may leave thousands of
-    files); wait for it until ``wait_until`` at most, then let it finish in the background."""
-    job = asyncio.ensure_future(asyncio.to_thread(_remove_run_files, workdir, cgroup))
+    """Remove the run's directory and cgroup on a thread of its own (a program may leave thousands
+    of files); wait for it until ``wait_until`` at most, then let it finish in the background. Not
+    the event loop's executor: ``asyncio.run`` would wait for that one before returning."""
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+
+    def work() -> None:
+        try:
+            _remove_run_files(workdir, cgroup)
+        finally:
+            try:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+            except RuntimeError:
+                pass  # the loop is closed: nobody waits any more
+
+    threading.Thread(target=work, name="sandbox-cleanup", daemon=True).start()
     try:
-        await asyncio.wait_for(asyncio.shield(job), max(wait_until - time.monotonic(), 0.05))
+        await asyncio.wait_for(asyncio.shield(done), max(wait_until - time.monotonic(), 0.05))
     except (asyncio.TimeoutError, asyncio.CancelledError):
         logger.info("sandbox clean-up of %s continues in the background", workdir)
 
