@@ -64,10 +64,8 @@ while True:
 
 def test_setsid_and_death_signal_escape_does_not_outlive_the_run(mode):
     """Before: ``run(timeout=2)`` returned after 12 s and the process lived on."""
-    tag = new_tag()
-    start = time.monotonic()
+    tag = new_tag()  # (how soon run() returns is test_sandbox_deadline.py's, a slow test)
     r = sandbox(mode, timeout=2.0).run(ESCAPE.format(tag=tag))
-    assert time.monotonic() - start < 3.0
     assert r.stopped == "timeout" and "armed" in r.stdout, r.to_text()
     assert live_tasks_named(tag) == []
     time.sleep(0.5)
@@ -88,9 +86,7 @@ def test_a_timed_out_tool_call_leaves_nothing_for_the_next_episode(mode):
     env = ToolUseEnv(tools=["python"], tool_timeout=1.5, python_sandbox=sandbox(mode, timeout=1.5))
     try:
         env.reset(options={"question": "q", "answer": "1"})
-        start = time.monotonic()
         obs, *_ = env.step(_call("python", code=hold))
-        assert time.monotonic() - start < 3.0
         text = obs[0]["content"]  # the sandbox's deadline or the executor's (it cancels the run) comes first
         assert "time limit" in text or "timed out" in text, obs
         assert live_tasks_named(tag) == []

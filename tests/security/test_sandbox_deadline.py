@@ -83,12 +83,9 @@ def locks_on(keys: list[str]) -> list[str]:
 @pytest.mark.parametrize("mode", RESOURCE_MODES)
 def test_a_run_killed_at_its_deadline_leaves_nothing(mode, run_root):
     tag = new_tag()
-    start = time.monotonic()
     r = sandbox(mode, timeout=1.5).run(LEAVE_EVERYTHING.format(tag=tag))
-    elapsed = time.monotonic() - start
     assert r.stopped == "timeout" and "locks:" in r.stdout, r.to_text()
     locks = r.stdout.split("locks:")[1].split()
-    assert elapsed < 2.5
     assert live_tasks_named(tag) == []
     assert list(run_root.iterdir()) == []
     assert locks_on(locks) == []
@@ -122,7 +119,7 @@ BEHAVIOURS = {
 }
 
 
-@pytest.mark.slow
+@pytest.mark.slow  # a timing test: run it on a machine that is not overloaded
 @pytest.mark.parametrize("behaviour", sorted(BEHAVIOURS))
 def test_run_returns_within_a_second_of_its_deadline(behaviour, mode, run_root):
     tag = new_tag()
