@@ -96,7 +96,9 @@ class SandboxResult:
     truncated: bool = False
     """True when output was cut to ``max_output_chars``."""
     layers: dict[str, Any] = field(default_factory=dict)
-    """Isolation layers obtained, e.g. ``{"net_namespace": True, "landlock": 7, "seccomp": True}``."""
+    """Isolation layers obtained, e.g. ``{"user_namespace": True, "mount_namespace": True,
+    "landlock": 7, "seccomp": True, "scratch_quota": True, "uid": 1000012345, "cgroup": "v1"}``
+    (``uid``: the host uid the code ran as)."""
     layer_errors: dict[str, str] = field(default_factory=dict)
     """Why a requested layer could not be had."""
     limits: dict[str, float] = field(default_factory=dict)
