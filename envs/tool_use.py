@@ -70,6 +70,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import difflib
 import functools
 import inspect
@@ -311,6 +312,8 @@ def _resolve_tool(tool: str | Callable[..., Any], python_sandbox: Any, tool_time
         from tools.python_exec import PythonSandbox
 
         sandbox = python_sandbox or PythonSandbox(timeout=min(5.0, tool_timeout), memory_mb=512)
+        if isinstance(sandbox, PythonSandbox):  # the answer keys stay hidden, even with site_packages=True
+            sandbox = dataclasses.replace(sandbox, hidden_paths=(*sandbox.hidden_paths, str(SAMPLES.parent)))
         return sandbox.as_tool("python")
     close = difflib.get_close_matches(str(tool), BUILTIN_TOOLS, n=1)
     raise ValueError(f"unknown tool {tool!r}; expected one of {list(BUILTIN_TOOLS)} or a typed function"
