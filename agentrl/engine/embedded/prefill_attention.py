@@ -34,16 +34,8 @@ import logging
 import numpy as np
 import torch
 
-from agentrl.engine.embedded.gpu_attention import interpreted
-
-try:
-    import triton
-    import triton.language as tl
-except Exception as _exc:  # ImportError, or a broken install
-    triton = tl = None
-    _IMPORT_ERROR: Exception | None = _exc
-else:
-    _IMPORT_ERROR = None
+from agentrl.engine.embedded import gpu_attention
+from agentrl.engine.embedded.gpu_attention import interpreted, tl, triton, unavailable
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +65,6 @@ def tile_table(q_lens: np.ndarray, block_t: int) -> np.ndarray:
     seq = np.repeat(np.arange(len(q_lens), dtype=np.int64), counts)
     first = np.arange(len(seq), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
     return np.stack([seq, first * block_t], axis=1)
-
-
-def unavailable() -> str | None:
-    if _IMPORT_ERROR is not None:
-        return f"Triton is not importable ({_IMPORT_ERROR!r})"
-    return None
 
 
 def unsupported(device: torch.device, dtype: torch.dtype, head_dim: int) -> str | None:
@@ -161,7 +147,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq
         out = torch.empty(t, heads, d, dtype=q.dtype, device=q.device)
     if tiles.shape[0] == 0:
         return out
-    with _on(q.device):
+    with gpu_attention._on(q.device):
         _varlen[(tiles.shape[0], kv_heads)](
             q, q.stride(0), q.stride(1), k_cache, v_cache, *k_cache.stride()[:3], *v_cache.stride()[:3],
             out, out.stride(0), out.stride(1), tiles, seqs, float(scale) * 1.4426950408889634,
@@ -169,12 +155,6 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, seq
             IEEE=q.dtype == torch.float32, num_warps=8,
         )
     return out
-
-
-def _on(device: torch.device):
-    from agentrl.engine.embedded.gpu_attention import _on as on
-
-    return on(device)
 
 
 if triton is not None:

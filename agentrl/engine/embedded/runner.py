@@ -292,17 +292,21 @@ class FastRunner:
         def step() -> None:
             logits = mixed_step.forward(self.lm, self.kv, tok, pos, slot, sel, seqs, tiles, kernel=self.varlen_kernel,
                                         seqs_host=self._mixed_seqs)  # [S, V]
-            if mode == "logits":
-                logits_out[:s].copy_(logits)
-                return
-            if mode == "greedy":
-                ids, lps = self._greedy(logits)
-            else:
-                ids, lps = self._plain(logits, par.float())
-            out[0].copy_(ids)
-            out[1].copy_(lps)
+            self._sample_into(logits, mode, par, out, logits_out)
 
         return step
+
+    def _sample_into(self, logits: torch.Tensor, mode: str, par: torch.Tensor, out: torch.Tensor,
+                     logits_out: torch.Tensor) -> torch.Tensor | None:
+        """A step's sampling (CUDA-graph safe): ids and logprobs into ``out`` [2, b] and the ids returned,
+        or for ``mode == "logits"`` (top-k/top-p rows, sampled outside) the logits into ``logits_out``."""
+        if mode == "logits":
+            logits_out[: logits.shape[0]].copy_(logits)
+            return None
+        ids, lps = self._greedy(logits) if mode == "greedy" else self._plain(logits, par.float())
+        out[0].copy_(ids)
+        out[1].copy_(lps)
+        return ids
 
     def _record_mixed(self, step, tok: torch.Tensor):
         """Capture a mixed step (its attention reads no cuDNN flag: nothing to wait for)."""
@@ -385,16 +389,9 @@ class FastRunner:
 
         def step() -> None:
             logits = self.lm.decode(self.kv, tok, par[0].long(), length)  # [b, V], model dtype
-            if mode == "logits":
-                logits_out[:b].copy_(logits)
-                return
-            if mode == "greedy":
-                ids, lps = self._greedy(logits)
-            else:
-                ids, lps = self._plain(logits, par[1:].float())
-            out[0].copy_(ids)
-            out[1].copy_(lps)
-            tok.copy_(ids)  # the next step's input tokens stay on the device
+            ids = self._sample_into(logits, mode, par[1:], out, logits_out)
+            if ids is not None:
+                tok.copy_(ids)  # the next step's input tokens stay on the device
 
         return step
 
