@@ -155,6 +155,7 @@ async def run(args) -> dict:
                    "prefill_share": t["_admit"] / wall,
                    "prefill_extra_s": t["_admit"] - clock.mixed_decodes * step_ms / 1e3,
                    "mixed_decode_steps": clock.mixed_decodes,
+                   "admit_ms": [round(1e3 * x, 2) for x in clock.durations["_admit"]],
                    "by_batch": {b: {"steps": n, "ms": 1e3 * s / n} for b, (n, s) in sorted(clock.by_batch.items())}}
             rows.append(row)
             print(f"rollout {r}: {wall:.2f} s, decode {row['decode_s']:.2f} s over {steps} steps "

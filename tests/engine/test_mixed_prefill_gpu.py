@@ -115,6 +115,7 @@ def test_cuda_bf16_mixed_steps_sample_with_the_models_logprobs_and_release_memor
     assert torch.cat(diffs).mean() < 0.05
 
     sp = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
+    engine = EmbeddedEngine(model, max_batch_size=16, max_seq_len=512, prefill_token_budget=64)  # (the last one is closed)
 
     async def at_once():  # one admission for all (bf16 results depend on the batch)
         with engine._scheduler._cv:

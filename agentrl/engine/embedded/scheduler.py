@@ -132,6 +132,8 @@ class Scheduler:
                 raise EngineError(f"a request with rid {req.rid!r} is already running; rids must be unique")
             self._by_rid[req.rid] = req
             req.arrival_step = self.stats.steps
+            if req.tokens is None:
+                req.tokens = np.asarray(req.prompt, dtype=np.int64)
             self._enqueue(req)
             self._cv.notify()
         return req.future
@@ -359,8 +361,8 @@ class Scheduler:
             self.stats.prompt_tokens += len(req.prompt)
             start, src, shared = 0, slot, 0
             if self.prefix_cache:
-                parked, length = self._match(req.prompt)
-                lead, shared = self._shared(heads, plans, req.prompt)
+                parked, length = self._match(req.tokens)
+                lead, shared = self._shared(heads, plans, req.tokens)
                 if shared > length:
                     self._evict(slot, slot + 1)
                     start, src = shared, plans[lead][1]
@@ -380,8 +382,8 @@ class Scheduler:
         done = [p for p in plans if p[3] == len(p[0].prompt)]
         slots = np.concatenate([np.arange(n), [p[1] for p in done]]).astype(np.int64)
         try:
-            parts = [Part(slot, np.asarray(req.prompt[start:stop], dtype=np.int64), start, src, shared,
-                          stop == len(req.prompt)) for req, slot, start, stop, src, shared in plans]
+            parts = [Part(slot, req.tokens[start:stop], start, src, shared, stop == len(req.prompt))
+                     for req, slot, start, stop, src, shared in plans]
             t0 = time.perf_counter()
             host = self.runner.mixed(self.last[:n], self.length[:n], parts, self._rows(slots))
             for src, slot, length in follows:
@@ -412,23 +414,22 @@ class Scheduler:
     def _lead(self, heads: dict[bytes, list[int]], index: int, req: Request) -> None:
         """Let later requests of the step share the prompt of plan ``index``."""
         if len(req.prompt) > self.MIN_PREFIX:
-            heads.setdefault(np.asarray(req.prompt[: self.MIN_PREFIX], dtype=np.int64).tobytes(), []).append(index)
+            heads.setdefault(req.tokens[: self.MIN_PREFIX].tobytes(), []).append(index)
 
-    def _shared(self, heads: dict[bytes, list[int]], plans: list, prompt: list[int]) -> tuple[int, int]:
+    def _shared(self, heads: dict[bytes, list[int]], plans: list, prompt: np.ndarray) -> tuple[int, int]:
         """The plan of this step whose prompt shares the longest prefix with ``prompt`` (at least
         ``MIN_PREFIX`` tokens, at most all but its last token and what that plan computes by the end
         of the step), and that length; (-1, 0) when none does."""
         if len(prompt) <= self.MIN_PREFIX or not heads:
             return -1, 0
-        candidates = heads.get(np.asarray(prompt[: self.MIN_PREFIX], dtype=np.int64).tobytes())
+        candidates = heads.get(prompt[: self.MIN_PREFIX].tobytes())
         if not candidates:
             return -1, 0
-        mine = np.asarray(prompt, dtype=np.int64)
         best, best_len = -1, 0
         for i in candidates:
-            other, stop = plans[i][0].prompt, plans[i][3]
+            other, stop = plans[i][0].tokens, plans[i][3]
             m = min(len(prompt) - 1, stop, len(other))
-            same = mine[:m] == np.asarray(other[:m], dtype=np.int64)
+            same = prompt[:m] == other[:m]
             common = m if same.all() else int(same.argmin())
             if common > best_len:
                 best, best_len = i, common
@@ -624,7 +625,7 @@ class Scheduler:
         free slot, so that a later prompt that starts with the same tokens skips their prefill."""
         req = self.reqs[slot]
         k = int(self.ngen[slot])
-        tokens = np.concatenate([np.asarray(req.prompt, dtype=np.int64), self.out_ids[slot, :k]])
+        tokens = np.concatenate([req.tokens, self.out_ids[slot, :k]])
         tokens = tokens[: min(int(self.length[slot]), self.max_seq_len - 1)]  # what the cache holds
         if len(tokens) < self.MIN_PREFIX:
             return
@@ -646,17 +647,24 @@ class Scheduler:
         self._ptok[slot, : len(tokens)] = tokens
         self._plen[slot] = len(tokens)
 
-    def _match(self, prompt: list[int]) -> tuple[int | None, int]:
+    def _match(self, prompt: np.ndarray) -> tuple[int | None, int]:
         """The parked slot sharing the longest prefix with ``prompt`` (at least ``MIN_PREFIX`` tokens,
         at most all but the prompt's last token), and that length."""
         if not self._parked or len(prompt) <= self.MIN_PREFIX:
             return None, 0
         slots = np.fromiter(self._parked, dtype=np.int64, count=len(self._parked))
+        # entries that share the first MIN_PREFIX tokens (a cheap [entries, 16] test; hundreds of parked
+        # entries times their whole length would cost about a millisecond per prompt)
+        prompt = np.asarray(prompt, dtype=np.int64)
+        head = prompt[: self.MIN_PREFIX]
+        slots = slots[(self._ptok[slots, : self.MIN_PREFIX] == head).all(axis=1) & (self._plen[slots] >= self.MIN_PREFIX)]
+        if not len(slots):
+            return None, 0
         lens = self._plen[slots]
         m = int(min(len(prompt) - 1, lens.max()))
         if m < self.MIN_PREFIX:
             return None, 0
-        same = self._ptok[slots, :m] == np.asarray(prompt[:m], dtype=np.int64)  # [entries, m]
+        same = self._ptok[slots, :m] == prompt[:m]  # [candidates, m]
         common = np.minimum(np.where(same.all(axis=1), m, same.argmin(axis=1)), lens)
         best = int(common.argmax())  # the first (oldest) of the longest
         if common[best] < self.MIN_PREFIX:
@@ -666,7 +674,7 @@ class Scheduler:
     def _reuse_prefixes(self, slots: list[int], batch: list[Request]) -> list[int]:
         """Bring the best parked prefix of each new request into its slot; returns the cached lengths."""
         floor = self.n + len(batch)  # slots [n, floor) are about to run
-        return [self._reuse(slot, req, *self._match(req.prompt), floor) for slot, req in zip(slots, batch)]
+        return [self._reuse(slot, req, *self._match(req.tokens), floor) for slot, req in zip(slots, batch)]
 
     def _reuse(self, slot: int, req: Request, src: int | None, length: int, floor: int) -> int:
         """Bring the parked prefix ``src`` (``length`` tokens, from :meth:`_match`) of ``req`` into its
