@@ -115,7 +115,7 @@ def test_kv_cache_write_block_move_and_lazy_zeroing():
     assert torch.equal(kv.data[1, 0, 2, :, 2], k[0])
     kv.ensure_clean(3, 8)
     assert not torch.isnan(kv.data[:, :, :3, :, :8]).any()
-    assert kv.nbytes == 2 * 2 * 3 * 2 * 8 * 4 * 4
+    assert kv.nbytes == 2 * 2 * (3 + 1) * 2 * 8 * 4 * 4  # one more slot: the scratch slot of padding tokens
 
 
 def test_stop_string_search_only_in_generated_tail():

@@ -63,8 +63,15 @@ class EngineConfig:
     works while the host does bookkeeping; a request that finishes at step t is computed once more
     and that token dropped. Default: on for CUDA (fast path), off on CPU, where it gains nothing."""
     prefill_token_budget: int | None = None
-    """Prompt tokens prefilled together between two decode steps (a longer single prompt still
-    goes alone). Default: 4096 on CPU, 16384 on CUDA."""
+    """Prompt tokens prefilled in one engine step. With ``mixed_prefill`` a longer prompt is cut into
+    chunks over several steps; without, it goes alone. Default: 4096 on CPU, 8192 on CUDA."""
+    mixed_prefill: bool | None = None
+    """Prefill inside the decode step: one forward pass over the running requests' next tokens and
+    the new prompt tokens of waiting ones (up to ``prefill_token_budget``, long prompts in chunks),
+    with a variable-length attention kernel over the slot cache; with the prefix cache, the samples
+    of one prompt admitted together compute it once. Default: on for CUDA where the Triton kernel
+    runs (:mod:`agentrl.engine.embedded.prefill_attention`), off on the CPU (prefills stay a forward
+    pass of their own, whose results are bit-exact from run to run)."""
     prefix_cache: bool | None = None
     """Keep a finished request's keys/values in a free slot; a later prompt that starts with the same
     tokens (the next turn of an episode, another sample of the same prompt) copies them instead of

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from agentrl.engine.base import Completion, SamplingParams, current_request_priority
-from agentrl.engine.embedded import cpu_attention, gpu_attention
+from agentrl.engine.embedded import cpu_attention, gpu_attention, prefill_attention
 from agentrl.engine.embedded.config import EngineConfig, InvalidRequest
 from agentrl.engine.embedded.fast_model import fast_path_unsupported, packing_unsupported
 from agentrl.engine.embedded.kv_cache import KVCache
@@ -101,7 +101,7 @@ class EmbeddedEngine:
             runner = FastRunner(
                 model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, cuda_graphs=cfg.cuda_graphs,
                 compile=cfg.compile, fuse=cfg.fuse_weights, attention=cfg.decode_attention,
-                pack=cfg.max_batch_size if cfg.pack_weights else 0,
+                pack=cfg.max_batch_size if cfg.pack_weights else 0, mixed=bool(cfg.mixed_prefill),
             )
         else:
             runner = HFRunner(model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len)
@@ -109,7 +109,7 @@ class EmbeddedEngine:
             runner, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, eos_ids=self.eos_token_ids,
             tokenizer=tokenizer, prefill_token_budget=cfg.prefill_token_budget, overlap=cfg.overlap,
             admit_wait_steps=cfg.admit_wait_steps, prefix_cache=bool(cfg.prefix_cache),
-            high_priority_stream=cfg.high_priority_stream,
+            high_priority_stream=cfg.high_priority_stream, mixed=bool(cfg.mixed_prefill),
         )
         log.info("embedded engine: %s backend on %s (%s), %d slots x %d tokens%s", self.backend, self.device,
                  self.dtype, cfg.max_batch_size, cfg.max_seq_len,
@@ -141,7 +141,9 @@ class EmbeddedEngine:
         if cfg.overlap is None:
             cfg.overlap = cuda
         if cfg.prefill_token_budget is None:
-            cfg.prefill_token_budget = 16384 if cuda else 4096
+            cfg.prefill_token_budget = 8192 if cuda else 4096
+        if cfg.mixed_prefill is None:
+            cfg.mixed_prefill = cuda and prefill_attention.unsupported(self.device, self.dtype, self._head_dim()) is None
         if cfg.prefix_cache is None:  # reused keys/values differ from recomputed ones in the last bits, which
             cfg.prefix_cache = cuda   # can flip a seeded draw; on the CPU, exact repeatability comes first
         if cfg.admit_wait_steps is None:
@@ -156,7 +158,7 @@ class EmbeddedEngine:
         head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         per_token = KVCache.bytes_per_token(c.num_hidden_layers, heads, head_dim, self.dtype)
         free, _ = torch.cuda.mem_get_info(self.device)
-        slots = int(cfg.kv_memory_fraction * free // (per_token * cfg.max_seq_len))
+        slots = int(cfg.kv_memory_fraction * free // (per_token * cfg.max_seq_len)) - 1  # and the scratch slot
         if slots < 1:
             raise ValueError(
                 f"a KV cache of one {cfg.max_seq_len}-token slot needs {per_token * cfg.max_seq_len / 2**30:.1f} GiB, "
@@ -169,12 +171,14 @@ class EmbeddedEngine:
         """The fast path's decode attention: a kernel of ours where it runs here, else SDPA."""
         if self.device.type == "cpu":
             return "cpu" if cpu_attention.unsupported(self.device, self.dtype) is None else "sdpa"
-        cfg = self.model.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        why = gpu_attention.unsupported(self.device, self.dtype, head_dim)
+        why = gpu_attention.unsupported(self.device, self.dtype, self._head_dim())
         if why is not None:
             log.info("decode attention: SDPA (%s)", why)
         return "sdpa" if why else "triton"
+
+    def _head_dim(self) -> int:
+        cfg = self.model.config
+        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
     def _choose_backend(self) -> str:
         want = self.config.backend
