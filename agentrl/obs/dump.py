@@ -37,10 +37,10 @@ back as they are; fields this version does not know stay in :attr:`DumpedEpisode
 Example::
 
     >>> import tempfile, pathlib
-    >>> from agentrl.types import Sample
+    >>> from agentrl.types import Sample, _json_default
     >>> s = Sample(prompt_ids=[1], response_ids=[2, 3], loss_mask=[1, 0], rollout_logprobs=[-0.5, 0.0])
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "rollout_000000.jsonl.gz"
-    >>> write_dump(path, {"kind": "rollout", "step": 1}, [DumpedEpisode(s, {"kept": True})], {1: "a", 2: "b", 3: "c"})
+    >>> _ = write_dump(path, {"kind": "rollout", "step": 1}, [DumpedEpisode(s, {"kept": True})], {1: "a", 2: "b", 3: "c"})
     >>> d = read_dump(path)
     >>> d.episodes[0].sample == s, d.episodes[0].extras, d.token_text[2]
     (True, {'kept': True}, 'b')
@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrl.types import Sample
+from agentrl.types import Sample, _json_default
 
 log = logging.getLogger(__name__)
 
@@ -155,15 +155,7 @@ def _preview(messages: list[dict[str, Any]], n: int = 160) -> str:
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, ensure_ascii=False, default=_json_default)
-
-
-def _json_default(obj: Any) -> Any:
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+    return json.dumps(obj, ensure_ascii=False, default=_json_default)  # as Sample.to_json
 
 
 # -- reading ----------------------------------------------------------------------------------

@@ -21,11 +21,11 @@ files stay in memory), so a big run opens as fast as a small one.
 
 Example::
 
-    >>> import tempfile
-    >>> Sources([tempfile.mkdtemp()])
-    Traceback (most recent call last):
-    ...
-    agentrl.view.data.ViewError: ... holds neither a training run ... nor an evaluation ...
+    >>> sources = Sources(["runs/quickstart"])                               # doctest: +SKIP
+    >>> [r["step"] for r in sources.get("api/sources.json")["sources"][0]["rollouts"]][:3]  # doctest: +SKIP
+    [1, 2, 3]
+    >>> sources.get("api/0/rollout_000000/5.json")["record"]["loss_mask"][:4]  # doctest: +SKIP
+    [1, 1, 1, 1]
 """
 
 from __future__ import annotations
@@ -74,7 +74,7 @@ class Source:
 class Sources:
     """The folders given to ``agentrl view``, answering the page's paths (see the module doc)."""
 
-    def __init__(self, dirs: Sequence[str | Path], *, cache_files: int = 8) -> None:
+    def __init__(self, dirs: Sequence[str | Path], *, cache_files: int = 4) -> None:
         self.sources = [_source(i, Path(d).expanduser()) for i, d in enumerate(dirs)]
         names = [s.name for s in self.sources]
         for s in self.sources:  # two folders with one name (runs/a/out, runs/b/out): show their parents too

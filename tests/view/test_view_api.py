@@ -57,14 +57,19 @@ def test_search_and_unknown_paths(recorded_run):
 
 def test_an_evaluation_folder(tmp_path):
     store = RunStore(tmp_path / "eval")
-    store.prepare({"model_path": "no-such-model-here", "n_samples": 1})
+    store.prepare({"model_path": "tiny-qwen2", "n_samples": 1})
     s = Sample(prompt_ids=[1], response_ids=[2], loss_mask=[1], rollout_logprobs=[-0.5], reward=1.0, group_id=3)
     store.append_group("sums", 3, Group(3, [s]))
     sources = Sources([tmp_path / "eval"])
     assert sources.get("api/sources.json")["sources"][0]["evals"] == [{"name": "episodes", "step": None}]
     assert sources.get("api/0/episodes/index.json")["index"][0]["task"] == "sums"
     ep = sources.get("api/0/episodes/0.json")
-    assert ep["record"]["reward"] == 1.0 and ep["token_text"] == {}  # no tokenizer here: the page shows ids
+    assert ep["record"]["reward"] == 1.0
+    # episodes.jsonl holds ids only: their texts come from the tokenizer named in run.json
+    from agentrl.models import load_tokenizer
+
+    tok = load_tokenizer("tiny-qwen2")
+    assert ep["token_text"] == {"1": tok.decode([1]), "2": tok.decode([2])}
 
 
 def test_folders_with_nothing_to_view_are_refused(tmp_path, capsys):

@@ -248,7 +248,7 @@ function passes(e, found) {
   if (S.rmax !== "" && !(e.reward <= +S.rmax)) return false;
   if (S.trunc && e.status !== "truncated") return false;
   if (S.toolerr && !(e.tool_errors > 0)) return false;
-  if (found && !(found[e.dump] || []).includes(e.i)) return false;
+  if (found && !found.get(e.dump)?.has(e.i)) return false;
   return true;
 }
 
@@ -265,7 +265,8 @@ async function renderEpisodes(src, seq) {
   dumpSel.replaceChildren(...dumps.map((d) => h("option", { value: d }, dumpLabel(src, d))));
   dumpSel.value = S.dump;
   const [entries, found] = await Promise.all([loadEntries(src, S.dump),
-    S.q ? api(`api/${src.id}/search.json?q=${encodeURIComponent(S.q)}`).then((r) => r.matches) : null]);
+    S.q ? api(`api/${src.id}/search.json?q=${encodeURIComponent(S.q)}`)
+      .then((r) => new Map(Object.entries(r.matches).map(([d, is]) => [d, new Set(is)]))) : null]);
   if (seq !== renderSeq) return;
   const envSel = $("#f-env");
   const envs = [...new Set(entries.map((e) => e.task || e.env_id))].sort();
