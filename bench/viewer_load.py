@@ -70,7 +70,7 @@ def make_run(folder: Path, rollouts: int, episodes: int, prompt_tokens: int, res
                 error="RuntimeError: tool server unreachable" if failed else None,
                 group_id=r * 1_000_000 + k // 8, sample_index=k % 8, env_id="agentrl/ToolUse-v0", label="42",
                 messages=[{"role": "user", "content": "What is 6 x 7? Use the calculator."}]
-                + [m for t in range(turns) for m in ({"role": "assistant", "content": "<tool_call>{\"name\": \"calc\"}</tool_call>"},
+                + [m for _ in range(turns) for m in ({"role": "assistant", "content": '<tool_call>{"name": "calc"}</tool_call>'},
                                                      {"role": "tool", "content": "42"})],
                 num_turns=turns, weight_versions=[r] * turns,
                 metrics={"tool_calls": 3.0, "tool_errors": float(failed), "time_total": rng.random()})

@@ -27,7 +27,8 @@ def recorded_run(tmp_path_factory) -> Path:
     os.chdir(ROOT)
     try:
         cfg = parse_args(["--config", "recipes/quickstart/config.yaml", *TOY, "--output-dir", str(out),
-                          "--save", str(out / "ckpt"), "--save-debug-rollout-data", "--custom-rm-path", "tests/view/_flaky_reward.py:reward"])
+                          "--save", str(out / "ckpt"), "--save-debug-rollout-data",
+                          "--custom-rm-path", "tests/view/_flaky_reward.py:reward"])
         train(cfg)
     finally:
         os.chdir(cwd)

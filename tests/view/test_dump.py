@@ -21,7 +21,8 @@ def _sample(group_id=0, index=0, n=3, status="ok", reward=1.0, metadata=None, **
     return Sample(prompt_ids=[1, 2], response_ids=list(range(10, 10 + n)), loss_mask=[1] * (n - 1) + [0],
                   rollout_logprobs=[-0.1 * (j + 1) for j in range(n - 1)] + [0.0], reward=reward, status=status,
                   group_id=group_id, sample_index=index, env_id="agentrl/Echo-v0",
-                  messages=[{"role": "user", "content": "say \u00e9t\u00e9 \U0001f600"}, {"role": "assistant", "content": "ok"}],
+                  messages=[{"role": "user", "content": "say \u00e9t\u00e9 \U0001f600"},
+                            {"role": "assistant", "content": "ok"}],
                   metadata=metadata or {"nested": {"a": [1, 2.5, None]}}, **kw)
 
 
@@ -47,7 +48,8 @@ def test_round_trip_is_exact(tmp_path):
 def test_header_is_the_first_line_and_indexes_every_episode(tmp_path):
     s = _sample(status="failed", error="RuntimeError: boom", reward=0.0)
     path = write_dump(tmp_path / "r.jsonl.gz", {"kind": "rollout", "step": 3},
-                      [DumpedEpisode(s, {"kept": False}), DumpedEpisode(_sample(index=1), {"kept": True, "advantages": [2.0, 4.0, 9.0]})])
+                      [DumpedEpisode(s, {"kept": False}),
+                       DumpedEpisode(_sample(index=1), {"kept": True, "advantages": [2.0, 4.0, 9.0]})])
     with gzip.open(path, "rt") as f:
         first = json.loads(f.readline())
     assert first == read_header(path)
