@@ -212,7 +212,7 @@ def compute_advantages(batch: RolloutBatch, cfg: RunConfig) -> None:
 
 
 RUN_FILES = ("metrics.jsonl", "summary.json", "config.json", "training.png", "timing.png", "eval.png")
-"""What a run writes into ``--output-dir`` besides the ``tensorboard/`` and ``weights/`` folders."""
+"""What a run writes into ``--output-dir`` besides the ``tensorboard/``, ``weights/`` and ``rollout_data/`` folders."""
 
 
 def output_dir(cfg: RunConfig) -> Path:
@@ -243,7 +243,7 @@ def clear_earlier_run(cfg: RunConfig) -> None:
     removed = [name for name in RUN_FILES if (out / name).is_file()]
     for name in removed:
         (out / name).unlink()
-    for folder in ("tensorboard", "weights"):
+    for folder in ("tensorboard", "weights", "rollout_data"):
         if (out / folder).is_dir():
             shutil.rmtree(out / folder)
             removed.append(folder + "/")

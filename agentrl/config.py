@@ -137,6 +137,13 @@ class RunConfig:
     overwrite: bool = False
     """Replace the earlier run in --output-dir (metrics, TensorBoard logs, plots, summary) and the checkpoints in
     --save. Without it a run is never written over: a folder that holds one is refused (--load resumes it)."""
+    save_debug_rollout_data: bool = False
+    """Write every rollout's episodes (messages, token ids, loss mask, engine and trainer logprobs, advantages,
+    rewards, statuses, errors) and the evaluations' episodes to --output-dir/rollout_data/, one compressed file per
+    rollout; open them with `agentrl view RUN_DIR` (docs/viewer.md)."""
+    dump_max_samples_per_rollout: int | None = None
+    """With --save-debug-rollout-data: at most this many episodes of each rollout, the first in group order (whole
+    groups when a multiple of --n-samples-per-prompt; default: all)."""
     use_wandb: bool = False
     """Also log to Weights & Biases."""
     wandb_project: str = "agentrl"
@@ -301,6 +308,8 @@ FLAGS: dict[str, str] = {
     "--load": "load",
     "--output-dir": "output_dir",
     "--overwrite": "overwrite",
+    "--save-debug-rollout-data": "save_debug_rollout_data",
+    "--dump-max-samples-per-rollout": "dump_max_samples_per_rollout",
     "--use-wandb": "use_wandb",
     "--wandb-project": "wandb_project",
     "--seed": "seed",
@@ -495,7 +504,8 @@ def validate(cfg: RunConfig) -> list[str]:
             find_checkpoint(cfg.load)
         except FileNotFoundError as e:  # a folder, but neither a checkpoint nor one with a 'latest'
             problems.append(f"--load: {e}")
-    for flag, value, low in (("--save-interval", cfg.save_interval, 1), ("--eval-interval", cfg.eval_interval, 0)):
+    for flag, value, low in (("--save-interval", cfg.save_interval, 1), ("--eval-interval", cfg.eval_interval, 0),
+                             ("--dump-max-samples-per-rollout", cfg.dump_max_samples_per_rollout, 1)):
         if value is not None and value < low:
             problems.append(f"{flag} must be >= {low}; got {value}")
     if cfg.save_interval and not cfg.save:

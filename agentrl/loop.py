@@ -25,6 +25,7 @@ from agentrl.config import ConfigError, RunConfig, to_dict, validate
 from agentrl.engine.base import EngineError
 from agentrl.eval import evaluate
 from agentrl.obs import MetricsLogger, Timer, plot_run, progress
+from agentrl.obs.dumper import RolloutDumper
 from agentrl.sync import sync_weights
 from agentrl.train.batch import RolloutBatch
 from agentrl.utils.memory import release_freed_memory
@@ -54,8 +55,10 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
     metrics = MetricsLogger(out, wandb_project=cfg.wandb_project if cfg.use_wandb else None,
                             run_config=to_dict(cfg), resume=start > 0)
     timer = Timer()
+    dumps = RolloutDumper(out, c.template.tokenizer, cfg.dump_max_samples_per_rollout) \
+        if cfg.save_debug_rollout_data else None
     if c.eval_tasks and start == 0:
-        metrics.log(await run_eval(c), step=0)
+        metrics.log(await run_eval(c, dumps, step=0), step=0)
     bar = progress(cfg.num_rollout, "rollouts", unit="rollout", iterable=range(start, cfg.num_rollout), initial=start)
     async with RolloutStream(c, cfg, start) as rollouts:  # async: rollout k+1 is generated during step k
         for rollout_id in bar:
@@ -65,8 +68,8 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
                 raise EngineError(f"rollout {rollout_id}: the engine failed every episode (first: "
                                   f"{result.engine_error}); stopping (--load a checkpoint to go on)")
             step = dict(result.metrics)
-            if result.groups:
-                batch = RolloutBatch.from_samples(result.samples)
+            batch = RolloutBatch.from_samples(result.samples) if result.groups else None
+            if batch is not None:
                 steps = train_steps(cfg, len(batch))
                 with timer("logprobs"):
                     await rollouts.run(prepare_batch, c, cfg, batch, steps)
@@ -74,9 +77,12 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
                     step |= await rollouts.run(c.trainer.train_step, batch, num_steps=steps)
                 with timer("sync"):
                     step["perf/weight_version"] = await rollouts.sync_weights(out / "weights")
+            if dumps is not None:  # every episode, with the advantages and logprobs the step used
+                with timer("dump"):
+                    await asyncio.to_thread(dumps.write_rollout, rollout_id, result, batch)
             step |= timer.pop()
             if cfg.eval_interval and (rollout_id + 1) % cfg.eval_interval == 0 or rollout_id + 1 == cfg.num_rollout:
-                step |= await run_eval(c) if c.eval_tasks else {}
+                step |= await run_eval(c, dumps, step=rollout_id + 1) if c.eval_tasks else {}
             metrics.log(step, step=rollout_id + 1)
             bar.set_postfix(reward=f"{step.get('rollout/reward_mean', float('nan')):.3f}",
                             step_s=f"{step['perf/step_time']:.1f}")
@@ -124,10 +130,12 @@ async def _require_servers(urls: list[str]) -> None:
         await engine.aclose()
 
 
-async def run_eval(c: Components) -> dict[str, float]:
+async def run_eval(c: Components, dumps: RolloutDumper | None = None, step: int = 0) -> dict[str, float]:
     with progress(sum(len(t.rows) for t in c.eval_tasks), "held-out eval", unit="prompt", leave=False) as bar:
         results = await evaluate(c.engine, c.template, c.eval_tasks, c.eval_config,
                                  on_group=lambda task, row, group: bar.update())
+    if dumps is not None:
+        dumps.write_eval(step, results)
     for name, r in results.items():
         if r["engine_failures"]:  # left out of the metrics, which then cover fewer prompts
             log.warning("eval %s: %d prompt(s) not scored, the engine failed them (first: %s)", name,

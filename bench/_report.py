@@ -15,6 +15,21 @@ def device_tag(device_name: str) -> str:
     return "h100" if "H100" in device_name else "h200" if "H200" in device_name else "cpu"
 
 
+def commit() -> str:
+    """The checked-out commit (short), with ``+changes`` when the tree differs from it."""
+    import subprocess
+
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True,
+                               text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return head + ("+changes" if dirty else "")
+
+
 def save(out: str | Path, stem: str, payload: dict, md: str) -> Path:
     """Write ``<out>/<stem>.json`` and ``<out>/<stem>.md`` (folders made as needed); the .md path."""
     out = Path(out)

@@ -175,7 +175,9 @@ class TorchTrainer:
 
         With ``batch.old_logprobs`` unset and one step, the policy before the update is the
         policy of this forward pass: its detached logprobs serve as the old ones (ratio 1),
-        which saves the separate no-grad pass (see ``needs_old_logprobs``).
+        which saves the separate no-grad pass (see ``needs_old_logprobs``). A one-step call in one
+        process then sets ``batch.old_logprobs`` to them and ``batch.extra["entropy"]`` to the
+        pass's entropy per token, for rollout dumps (``--save-debug-rollout-data``).
         """
         if batch.advantages is None:
             raise ValueError("train_step needs batch.advantages set")
@@ -183,10 +185,19 @@ class TorchTrainer:
             raise ValueError("several optimiser steps per batch need batch.old_logprobs (compute_logprobs) set")
         if self.config.use_kl_loss and batch.ref_logprobs is None:
             raise ValueError("use_kl_loss is on but batch.ref_logprobs is not set")
-        steps = [self._optimizer_step(batch.select(idx)) for idx in optimizer_steps(len(batch), num_steps)]
+        # one step over every row in order: the step's rows and columns are the batch's
+        seen = (torch.zeros_like(batch.loss_mask), torch.zeros_like(batch.loss_mask)) \
+            if num_steps == 1 and self.dp is None else None
+        steps = [self._optimizer_step(batch.select(idx), seen) for idx in optimizer_steps(len(batch), num_steps)]
+        if seen is not None:
+            if batch.old_logprobs is None:
+                batch.old_logprobs = seen[0]
+            batch.extra["entropy"] = seen[1]
         return algo.mean_over_steps(steps)
 
-    def _optimizer_step(self, batch: RolloutBatch) -> dict[str, float]:
+    def _optimizer_step(self, batch: RolloutBatch, seen: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+        """One optimiser step; ``seen`` (two ``[N, R]`` tensors), when given, gets the logprobs and
+        entropy of the forward pass."""
         cfg = self.config
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -212,6 +223,10 @@ class TorchTrainer:
                 ref_logprobs=dev(mb.ref_logprobs), entropy=entropy, denominator=denom, num_tokens=n_tokens)
             with no_cudnn_attention(self.device):  # (recomputed forward passes, with checkpointing)
                 loss.backward()
+            if seen is not None:
+                rows, cols = torch.as_tensor(idx), slice(batch.width - mb.width, None)
+                seen[0][rows, cols] = logprobs.detach().float().cpu() * mb.loss_mask
+                seen[1][rows, cols] = entropy.detach().float().cpu() * mb.loss_mask
             parts.append({k: float(v) for k, v in m.items()})
         metrics = algo.merge_metric_parts(parts)
         if self.dp is not None:
