@@ -16,7 +16,8 @@ the answers per second of ``MAX_WORKERS`` threads grading at once.
 Usage::
 
     python bench/scoring_latency.py                                   # this tree only
-    python bench/scoring_latency.py --baseline /path/to/old/checkout --out bench/results
+    git archive dad751f | tar -x -C /tmp/base                         # the tree before the jail
+    python bench/scoring_latency.py --baseline /tmp/base --baseline-commit dad751f --out bench/results
 """
 
 from __future__ import annotations

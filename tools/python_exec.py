@@ -25,6 +25,9 @@ cgroup (where writable)       memory beyond the limit, page cache and tmpfs incl
 audit hook (Python level)     the same things, with readable error messages
 ============================  =================================================================
 
+:meth:`PythonSandbox.serve` keeps one such jail running and answers many requests with it, each
+in a confined fork of its own (graders of model output, see ``envs/_scoring.py``).
+
 Which layers were obtained is reported in :attr:`SandboxResult.layers`; when a layer is missing,
 :meth:`SandboxResult.to_text` says so in the text the model sees. At the deadline every process
 of the run is killed and reaped and its files removed (off the event loop) before :meth:`run`
