@@ -163,8 +163,8 @@ def main() -> None:
     results["after: jailed server, fork per answer"] = _run_tree(ROOT, args.answers)
     when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
     machine = (f"{os.cpu_count()} CPU cores ({platform.machine()}, {platform.processor() or 'cpu'}, Linux "
-               f"{platform.release()}, 1-minute load average {load:.2f} before the run); Python {platform.python_version()}; "
-               f"{'root' if os.geteuid() == 0 else 'uid ' + str(os.geteuid())}")
+               f"{platform.release()}, 1-minute load average {load:.2f} before the run); "
+               f"Python {platform.python_version()}; {'root' if os.geteuid() == 0 else 'uid ' + str(os.geteuid())}")
     commits = ", ".join(f"{label}: commit {r['commit']}" for label, r in results.items())
     command = "python bench/scoring_latency.py" + (f" --baseline {args.baseline}" if args.baseline else "") + (
         f" --baseline-commit {args.baseline_commit}" if args.baseline_commit else "") + (

@@ -165,8 +165,8 @@ class ReasoningGymEnv(TextEnv):
 
         try:
             dataset = (self.task, self.size, self.dataset_seed, self.config_json)
-            out = run("envs.reasoning_gym_env:score_in_worker", *dataset, self.entry, answer, timeout=self.score_timeout,
-                      preload=(("envs.reasoning_gym_env:warm_up", *dataset),))
+            out = run("envs.reasoning_gym_env:score_in_worker", *dataset, self.entry, answer,
+                      timeout=self.score_timeout, preload=(("envs.reasoning_gym_env:warm_up", *dataset),))
         except OSError as e:  # no scoring jail could be started
             info["error"] = f"score_answer could not run: {e}"
             return 0.0
