@@ -22,11 +22,13 @@ Three public functions, shared by :mod:`envs.math` and by evaluation (majority v
      plain expressions of a restricted alphabet) stands in.
 
 Answers are untrusted: extraction is linear in the response length, answers longer than
-``MAX_ANSWER_CHARS`` are graded wrong unparsed, and the symbolic checks (2, 3) run in a worker
-process (:mod:`envs._scoring`) under ``SYMBOLIC_TIMEOUT_S``: sympy can spend forever, holding the
-GIL, on a short answer such as ``\\boxed{9^{9^{9^{9}}}}``. An answer that runs out of time is
-graded wrong with ``method="timeout"``. ``grade`` blocks its thread meanwhile; environments call
-it through ``asyncio.to_thread``.
+``MAX_ANSWER_CHARS`` are graded wrong unparsed, and the symbolic checks (2, 3) run in the scoring
+jail (:mod:`envs._scoring`) under ``SYMBOLIC_TIMEOUT_S``: sympy can spend forever, holding the
+GIL, on a short answer such as ``\\boxed{9^{9^{9^{9}}}}``, and a check that parses with sympy
+must not run on the host. An answer that runs out of time is graded wrong with
+``method="timeout"`` (``"killed"``: its CPU or memory limit; ``"refused"``: it tried something
+the jail refused), and ``info["error"]`` says why. ``grade`` blocks its thread meanwhile;
+environments call it through ``asyncio.to_thread``.
 
 Example::
 
@@ -200,33 +202,60 @@ def as_number(answer: str) -> Fraction | None:
 
 def answers_match(pred: str, gold: str) -> tuple[bool, str]:
     """Is ``pred`` equivalent to ``gold``? Returns ``(match, method)`` (which check decided)."""
+    return _match(pred, gold)[:2]  # type: ignore[return-value]
+
+
+def _match(pred: str, gold: str) -> tuple[bool, str, str | None]:
+    """:func:`answers_match` with why a symbolic check failed, when it did: ``method`` is then
+    ``error``, ``timeout``, ``killed`` (its CPU or memory limit) or ``refused`` (the answer
+    tried something the scoring jail refused, or its evaluation ran out of memory)."""
     if len(pred) > MAX_ANSWER_CHARS or not pred.strip():
-        return False, "too_long" if pred.strip() else "empty"
+        return False, "too_long" if pred.strip() else "empty", None
     p_num, g_num = as_number(pred), as_number(gold)
     if p_num is not None and g_num is not None:
-        return p_num == g_num, "numeric"
+        return p_num == g_num, "numeric", None
     if _squash(pred) == _squash(gold):
-        return True, "string"
+        return True, "string", None
     from envs import _scoring
 
     try:
-        finished, result = _scoring.call("envs._math_grading:symbolic_equal", pred, gold, timeout=SYMBOLIC_TIMEOUT_S)
-    except (_scoring.ScoringError, OSError) as e:  # no worker could run the check: graded wrong, the run goes on
-        log.warning("symbolic check of %r failed: %s", pred[:80], e)
-        return False, "error"
-    return tuple(result) if finished else (False, "timeout")  # type: ignore[return-value]
+        out = _scoring.run("envs._math_grading:symbolic_equal", pred, gold, timeout=SYMBOLIC_TIMEOUT_S,
+                           preload=("envs._math_grading:warm_up",))
+    except OSError as e:  # no scoring jail could run the check: graded wrong, the run goes on
+        log.warning("symbolic check of %r could not run: %s", pred[:80], e)
+        return False, "error", f"the symbolic check could not run: {e}"
+    if out.incidents:
+        return False, "refused", f"stopped while checked: {'; '.join(out.incidents[:3])[:300]}"
+    if out.error is not None:
+        log.warning("symbolic check of %r failed: %s", pred[:80], out.error[:200])
+        return False, "error", f"the symbolic check raised {out.error[:200]}"
+    if not out.finished:
+        return False, out.stopped or "timeout", f"the symbolic check was stopped ({out.stopped})"
+    match, method = out.value
+    return bool(match), str(method), None
 
 
 def symbolic_equal(pred: str, gold: str) -> tuple[bool, str]:
     """``(match, method)`` by ``math-verify``, or the sympy fallback where it is not installed.
 
-    Runs in this process with no limit on time: :func:`answers_match` calls it in a worker.
+    Runs in this process with no limit on time: :func:`answers_match` calls it in the scoring jail.
     """
     try:
         import math_verify  # noqa: F401
     except ImportError:
         return _sympy_equal(pred, gold), "sympy"
     return _math_verify_equal(pred, gold), "math_verify"
+
+
+def warm_up() -> None:
+    """One symbolic check of each common kind: the scoring jail runs it once (trusted input), so
+    each answer's fork starts with math-verify's LaTeX parser and sympy's caches built."""
+    for pred, gold in _WARM_UP:
+        symbolic_equal(pred, gold)
+
+
+_WARM_UP = (("(x+1)^2", "x^2+2x+1"), ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"), ("\\{1, 2\\}", "\\{2, 1\\}"),
+            ("[0, \\infty)", "[0,\\infty)"), ("2\\pi", "6.28"))
 
 
 def _squash(s: str) -> str:
@@ -280,9 +309,11 @@ def grade(response: str, label: str, *, fallback_last_number: bool = False) -> t
     gold = parse_label(label)
     extracted, fmt = extract_answer_with_format(response, fallback_last_number=fallback_last_number)
     if extracted is None:
-        correct, method = False, "no_answer"
+        correct, method, error = False, "no_answer", None
     else:
-        correct, method = answers_match(extracted, gold)
+        correct, method, error = _match(extracted, gold)
     shown = extracted if extracted is None or len(extracted) <= 200 else extracted[:200] + "..."
     info = {"extracted": shown, "answer_format": fmt, "gold": gold, "correct": correct, "method": method}
+    if error is not None:
+        info["error"] = error
     return correct, info

@@ -212,7 +212,7 @@ class MathEnv(TextEnv):
         correct, info = grade(action, self.label, fallback_last_number=self.fallback_last_number)
         if correct:
             reward = 1.0
-        elif info["answer_format"] not in (None, "last_number"):
+        elif info["answer_format"] not in (None, "last_number") and info["method"] != "refused":
             reward = self.format_reward
         else:
             reward = 0.0

@@ -13,10 +13,11 @@ problem space can still repeat a question across seeds; deduplicate by question 
 
 Answer extraction: the last ``<answer>...</answer>``, else the last ``\\boxed{}``, else the last
 non-empty line of the reply (linear in the reply's length). Scoring runs the task's scorer in a
-worker process (:mod:`envs._scoring`) under ``score_timeout`` seconds, and ``astep`` runs in a
-thread: some scorers hand the answer to ``sympy.parse_expr``, which can run without end on a short
-answer (a power tower) and evaluates Python in it. The worker bounds the time, not what such a
-scorer can do: it runs as the same user, unsandboxed.
+jail (:mod:`envs._scoring`) under ``score_timeout`` seconds, and ``astep`` runs in a thread: some
+scorers hand the answer to ``sympy.parse_expr`` or ``eval``, which evaluate Python in it and can
+run without end on a short answer (a power tower). In the jail such an answer reaches nothing of
+the host; when it tried something the jail refused (a process, a file, a socket) or its
+evaluation ran out of memory, it scores 0 and ``info["error"]`` says what happened.
 
 Options of ``reset``: ``{"index": i}`` picks item ``i`` of the dataset; ``{"entry": {...}}``
 scores against a given entry (a dict with ``question``, ``answer`` and ``metadata`` as
@@ -158,28 +159,53 @@ class ReasoningGymEnv(TextEnv):
         return [], score, True, False, info
 
     def _score(self, answer: str, info: dict[str, Any]) -> float:
-        """The task's score of ``answer`` (0 when the scorer fails or overruns; ``info["error"]`` says so)."""
-        from envs._scoring import ScoringError, call
+        """The task's score of ``answer`` (0 when the scorer fails, overruns or the answer tried
+        something the jail refused; ``info["error"]`` says so)."""
+        from envs._scoring import run
 
         try:
-            finished, score = call("envs.reasoning_gym_env:score_in_worker", self.task, self.size, self.dataset_seed,
-                                   self.config_json, self.entry, answer, timeout=self.score_timeout)
-        except ScoringError as e:  # a scorer crash on odd text scores 0; the run goes on
-            info["error"] = f"score_answer raised {str(e)[:200]}"
-            return 0.0
-        except OSError as e:  # no worker process could be started
+            dataset = (self.task, self.size, self.dataset_seed, self.config_json)
+            out = run("envs.reasoning_gym_env:score_in_worker", *dataset, self.entry, answer,
+                      timeout=self.score_timeout, preload=(("envs.reasoning_gym_env:warm_up", *dataset),))
+        except OSError as e:  # no scoring jail could be started
             info["error"] = f"score_answer could not run: {e}"
             return 0.0
-        if not finished:
+        if out.incidents:  # whatever the scorer made of it
+            info["error"] = f"the answer was stopped while scored ({'; '.join(out.incidents[:3])[:300]}); scored 0"
+        elif out.error is not None:  # a scorer crash on odd text scores 0; the run goes on
+            info["error"] = f"score_answer raised {out.error[:200]}"
+        elif out.stopped == "timeout":
             info["error"] = f"score_answer took longer than {self.score_timeout:g} s; scored 0"
+        elif out.stopped is not None:
+            info["error"] = f"score_answer was stopped ({out.stopped}); scored 0"
+        if not out.finished or out.incidents:
             return 0.0
-        score = float(score)
+        try:
+            score = float(out.value)
+        except (TypeError, ValueError):
+            info["error"] = f"score_answer returned {str(out.value)[:100]!r}, not a number; scored 0"
+            return 0.0
         return score if score == score and score not in (float("inf"), float("-inf")) else 0.0
 
 
 def score_in_worker(task: str, size: int, seed: int, config_json: str, entry: dict[str, Any], answer: str) -> float:
-    """``score_answer`` of the task's dataset, run in a scoring worker (datasets are kept per worker)."""
+    """``score_answer`` of the task's dataset, run in the scoring jail (in a fork of its server,
+    which :func:`warm_up` has prepared)."""
     return float(_worker_dataset(task, size, seed, config_json).score_answer(answer, entry))
+
+
+def warm_up(task: str, size: int, seed: int, config_json: str) -> None:
+    """Make the dataset and score two of its own items, right and wrong: run once by the
+    scoring jail's server (trusted input only), so that what the scorer imports lazily and
+    builds on first use (sympy's simplification, say) is there in every answer's fork."""
+    dataset = _worker_dataset(task, size, seed, config_json)
+    for index in range(min(2, size)):
+        entry = dataset[index]
+        for answer in (str(entry["answer"]), "0"):
+            try:
+                dataset.score_answer(answer, entry)
+            except Exception:  # noqa: BLE001 - a scorer that raises on "0" still warmed up
+                pass
 
 
 @functools.lru_cache(maxsize=16)

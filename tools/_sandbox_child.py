@@ -19,6 +19,11 @@ outlive:
   layers it got, installs the audit hook and runs the code (the value of a final expression is
   printed).
 
+In serve mode (``CONFIG["serve"]``) the code comes in the config, stdin and stdout stay the
+request and reply pipes, and the runner, confined as above but for seccomp, runs the code as
+trusted setup and then answers each request in a fork that adds seccomp, the audit hook and a
+Landlock layer without write access before it reads the request (``tools/_sandbox_serve.py``).
+
 Each layer that cannot be had is recorded in the report (with the reason) and skipped.
 """
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import resource
 import select
 import signal
@@ -35,6 +41,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import _sandbox_code as code_runner  # noqa: E402
 import _sandbox_linux as lx  # noqa: E402
 import _sandbox_seccomp as seccomp  # noqa: E402
+import _sandbox_serve as serve_mode  # noqa: E402
 import _sandbox_view as view  # noqa: E402
 
 del sys.path[0]
@@ -157,10 +164,13 @@ def _enter_namespaces(run: Run) -> None:
 
 def main() -> None:
     run = Run(json.loads(sys.argv[1]))
-    code = sys.stdin.buffer.read().decode("utf-8", "surrogatepass")
-    devnull = os.open("/dev/null", os.O_RDONLY)
-    os.dup2(devnull, 0)
-    os.close(devnull)
+    if run.cfg.get("serve"):  # stdin stays the request pipe
+        code = run.cfg["code"]
+    else:
+        code = sys.stdin.buffer.read().decode("utf-8", "surrogatepass")
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
     _join_cgroups(run)
     files_fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY)
     if run.root:
@@ -172,8 +182,9 @@ def main() -> None:
             _hand_over_the_directory(run, new_root=False)  # the mount namespace was refused
         # after unshare: a bind's source must be in the new mount namespace; before setuid: the
         # descriptors reach paths that the code's uid may not (the interpreter under /root, say)
-        run.layout = (view.plan(run.cfg["site_packages"], run.cfg["hidden_paths"]) if LINUX
-                      else view.Plan(view.visible_paths()))
+        readable = run.cfg.get("readable_paths", [])
+        run.layout = (view.plan(run.cfg["site_packages"], run.cfg["hidden_paths"], readable) if LINUX
+                      else view.Plan(view.visible_paths(readable)))
     except (OSError, RuntimeError) as e:
         _setup_failed(run, e)
     alive_r, alive_w = os.pipe()
@@ -193,7 +204,8 @@ def _hand_over_the_directory(run: Run, new_root: bool) -> None:
     that uid could not even import (the interpreter unreadable to others, and no ``new_root`` to
     show it). Call it before entering a user namespace (and again if the mount namespace failed)."""
     if not new_root:
-        unreadable = [p for p in view.python_paths() if not view.world_readable(p)]
+        shown = [*view.python_paths(), *run.cfg.get("readable_paths", [])]
+        unreadable = [p for p in shown if not view.world_readable(p)]
         if unreadable:
             run.host_uid = run.host_gid = 0
             run.errors["uid"] = (f"the code runs as root (without capabilities): the interpreter's files "
@@ -284,12 +296,10 @@ def _build_view(run: Run, files_fd: int, host_mnt_ns: int) -> None:
         run.workdir, run.mount_view = layout.workdir, True
     else:
         run.errors["scratch_quota"] = "needs the mount namespace"
-        if cfg["hidden_paths"]:
-            exposed = view.hidden_outside(cfg["hidden_paths"], layout.visible)
-            run.layers["hidden_paths"] = bool(cfg["landlock"]) and not exposed
+        if cfg["hidden_paths"]:  # Landlock's read rules leave them out (see view.read_rules)
+            run.layers["hidden_paths"] = bool(cfg["landlock"])
             if not run.layers["hidden_paths"]:
-                run.errors["hidden_paths"] = ("needs the mount namespace or Landlock" if not cfg["landlock"] else
-                                              f"inside readable directories: {exposed}")
+                run.errors["hidden_paths"] = "needs the mount namespace or Landlock"
     os.close(files_fd)
     for _, _, fd, _ in layout.binds:
         os.close(fd)
@@ -299,9 +309,12 @@ def _build_view(run: Run, files_fd: int, host_mnt_ns: int) -> None:
 
 
 def _runner(run: Run, code: str, supervisor: int) -> None:
+    serving = bool(run.cfg.get("serve"))
     try:
         _die_with_parent(supervisor)
-        _confine(run)
+        _confine(run, with_seccomp=not serving)
+        if serving:
+            _check_serving(run)
     except (OSError, RuntimeError) as e:
         _setup_failed(run, e)
     run.report({"layers": run.layers, "errors": run.errors})
@@ -313,6 +326,8 @@ def _runner(run: Run, code: str, supervisor: int) -> None:
     if cfg.get("require_network_isolation") and not (run.layers.get("net_namespace") or run.layers.get("seccomp")):
         print("sandbox: network isolation is required but unavailable; code not run", file=sys.stderr)
         os._exit(3)
+    if serving:
+        os._exit(serve_mode.serve(code, _request_confinement(run), cfg["max_reply_bytes"]))
     if cfg["audit_hook"]:
         kernel_ok = run.layers.get("seccomp") and run.layers.get("landlock")
         writable = [run.workdir, "/tmp"] if run.mount_view else [run.workdir]
@@ -332,7 +347,7 @@ def _runner(run: Run, code: str, supervisor: int) -> None:
     os._exit(rc & 0xFF if isinstance(rc, int) else 1)
 
 
-def _confine(run: Run) -> None:
+def _confine(run: Run, with_seccomp: bool = True) -> None:
     """Unprivileged uid, no capabilities, no_new_privs, Landlock, rlimits, seccomp (in this order)."""
     cfg, layers, errors = run.cfg, run.layers, run.errors
     if LINUX and (run.root or run.userns):
@@ -352,19 +367,72 @@ def _confine(run: Run) -> None:
         errors["max_processes"] = "not enforced: RLIMIT_NPROC does not apply to root, and there is no cgroup"
     if cfg["landlock"]:
         try:
-            rules = view.landlock_rules(run.layout.visible, run.workdir, run.mount_view)
+            rules = view.landlock_rules(run.layout.visible, run.workdir, run.mount_view, cfg["hidden_paths"],
+                                        cfg.get("readable_paths", []))
             layers["landlock"] = lx.landlock_confine(rules)
         except OSError as e:
             layers["landlock"] = 0
             errors["landlock"] = str(e)
+            if cfg["hidden_paths"] and not run.mount_view:
+                layers["hidden_paths"] = False
+                errors["hidden_paths"] = "needs the mount namespace or Landlock"
     _set_rlimits(limits)
-    if cfg["seccomp"]:
+    if cfg["seccomp"] and with_seccomp:
         try:
             seccomp.install()
             layers["seccomp"] = True
         except OSError as e:
             layers["seccomp"] = False
             errors["seccomp"] = str(e)
+
+
+def _check_serving(run: Run) -> None:
+    """Serve mode: make the runner's memory unreachable to its forks (``/proc/<pid>/mem`` of a
+    non-dumpable process needs CAP_SYS_PTRACE), and find out, in a throw-away fork, whether the
+    seccomp filter can be installed (each request's fork installs it)."""
+    if not LINUX:
+        return
+    lx.prctl(lx.PR_SET_DUMPABLE, 0)
+    if not run.cfg["seccomp"]:
+        return
+    pid = os.fork()
+    if pid == 0:
+        try:
+            seccomp.install()
+            os._exit(0)
+        except BaseException:  # noqa: BLE001
+            os._exit(1)
+    ok = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) == 0
+    run.layers["seccomp"] = ok
+    if not ok:
+        try:
+            seccomp.program(platform.machine(), os.getpid())
+            run.errors["seccomp"] = "prctl(PR_SET_SECCOMP) failed"
+        except OSError as e:
+            run.errors["seccomp"] = str(e)
+
+
+def _request_confinement(run: Run):
+    """What each request's fork does before it reads its request (see ``tools/_sandbox_serve.py``):
+    a Landlock layer that allows no writing at all, the seccomp filter, then the audit hook,
+    whose refusals go to ``refused``."""
+    cfg, layers = run.cfg, run.layers
+    rules = [rule for rule in view.landlock_rules(run.layout.visible, run.workdir, run.mount_view,
+                                                  cfg["hidden_paths"], cfg.get("readable_paths", []))
+             if rule[1] != lx.WRITE]
+    readable = None if run.mount_view else [*run.layout.visible, *(f"/dev/{d}" for d in view.DEVICES)]
+    kernel_ok = layers.get("seccomp") and layers.get("landlock")
+
+    def confine(refused: list[str]) -> None:
+        if layers.get("landlock"):
+            lx.landlock_confine(rules)
+        if layers.get("seccomp"):
+            seccomp.install()
+        if cfg["audit_hook"]:
+            code_runner.install_audit_hook([], readable, cfg["hidden_paths"], block_ctypes=not kernel_ok,
+                                           on_refusal=refused.append)
+
+    return confine
 
 
 def _other_tasks(run: Run) -> int:

@@ -11,6 +11,7 @@ import linecache
 import os
 import sys
 import traceback
+from collections.abc import Callable
 
 AF_UNIX = 1  # socket.AF_UNIX on Linux, without importing socket here
 _WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -26,8 +27,11 @@ _NET_EVENTS = {"socket.connect", "socket.bind", "socket.getaddrinfo", "socket.ge
 
 
 def install_audit_hook(writable: list[str], readable: list[str] | None, hidden: list[str],
-                       block_ctypes: bool) -> None:
-    """Friendly Python-level refusals (the kernel layers are the real barrier where present)."""
+                       block_ctypes: bool, on_refusal: Callable[[str], None] | None = None) -> None:
+    """Friendly Python-level refusals (the kernel layers are the real barrier where present).
+
+    ``on_refusal`` is called with each refusal's message before it is raised (the program may
+    catch the exception; the caller still learns what was tried)."""
     realpath, fsdecode = os.path.realpath, os.fsdecode
     prefixes = [p.rstrip("/") + "/" for p in writable]
     read_prefixes = None if readable is None else [p.rstrip("/") + "/" for p in readable]
@@ -53,6 +57,14 @@ def install_audit_hook(writable: list[str], readable: list[str] | None, hidden: 
     own_pid = os.getpid()
 
     def hook(event: str, args: tuple) -> None:
+        try:
+            check(event, args)
+        except (PermissionError, ImportError) as e:
+            if on_refusal is not None:
+                on_refusal(str(e))
+            raise
+
+    def check(event: str, args: tuple) -> None:
         if event == "open":
             flags = args[2] if len(args) > 2 and isinstance(args[2], int) else 0
             mode = args[1] if len(args) > 1 and isinstance(args[1], str) else "r"

@@ -113,9 +113,13 @@ def remove_tree(path: str) -> None:
     """Delete a run's host directory even where the program removed permissions (blocking: call
     it off the event loop, it may hold many files)."""
 
+    if not os.path.lexists(path):  # removed already: never touch what holds it (the host's /tmp)
+        return
+
     def retry(func: Callable[..., Any], failed: str, _exc: Any) -> None:
         try:
-            os.chmod(os.path.dirname(failed), 0o700)
+            if failed != path:  # (the tree's own parent is not ours to change)
+                os.chmod(os.path.dirname(failed), 0o700)
             if os.path.isdir(failed) and not os.path.islink(failed):
                 os.chmod(failed, 0o700)
                 shutil.rmtree(failed, ignore_errors=True)

@@ -48,6 +48,7 @@ MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
 
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_CAPBSET_DROP = 24
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
@@ -151,9 +152,11 @@ def mount_points() -> list[tuple[str, int]]:
     return points
 
 
-def remount_read_only(point: str, flags: int) -> None:
-    """Make one mount read-only (per mount, not the filesystem), keeping its locked ``flags``."""
-    mount(None, point, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV | flags)
+def remount_read_only(point: str, flags: int, devices: bool = False) -> None:
+    """Make one mount read-only (per mount, not the filesystem), keeping its locked ``flags``;
+    ``nodev`` too unless it is the bind mount of a device node that must stay usable (a device
+    on a read-only mount can still be written: only its inode is read-only)."""
+    mount(None, point, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | (0 if devices else MS_NODEV) | flags)
 
 
 # ----------------------------------------------------------------------------- landlock
@@ -172,9 +175,11 @@ _FILE_RIGHTS = _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | _FS_TRUNCATE | _FS
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
 _SCOPE_ABSTRACT_UNIX, _SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 
-READ, WRITE, DEVICE = "read", "write", "device"
+READ, WRITE, DEVICE, LIST = "read", "write", "device", "list"
 """Rule kinds for :func:`landlock_confine`: read a tree; read, write, create and delete in a
-tree; read and write one device file."""
+tree; read and write one device file; list the directories of a tree (names only, no file
+contents: a rule for a directory that holds hidden paths, whose other entries get rules of their
+own)."""
 
 
 class _PathBeneath(ctypes.Structure):
@@ -195,13 +200,13 @@ def landlock_rights(abi: int) -> dict[str, int]:
     read = _FS_READ_FILE | _FS_READ_DIR
     write = handled & ~(_FS_EXECUTE | _FS_MAKE_DEVICES | _FS_IOCTL_DEV)
     device = (_FS_READ_FILE | _FS_WRITE_FILE | _FS_TRUNCATE) & handled
-    return {"handled": handled, READ: read, WRITE: write, DEVICE: device}
+    return {"handled": handled, READ: read, WRITE: write, DEVICE: device, LIST: _FS_READ_DIR}
 
 
 def landlock_confine(rules: list[tuple[str, str]]) -> int:
     """Confine this process (and its future children) with Landlock; returns the ABI used.
 
-    ``rules`` are (path, kind) with kind :data:`READ`, :data:`WRITE` or :data:`DEVICE`; paths
+    ``rules`` are (path, kind) with kind :data:`READ`, :data:`WRITE`, :data:`DEVICE` or :data:`LIST`; paths
     that do not exist are skipped. Everything not granted is denied: reading, writing, creating,
     deleting and executing. Network (ABI >= 4): TCP bind and connect denied. Scopes (ABI >= 6):
     no signals to and no abstract unix sockets of processes outside the sandbox. Requires

@@ -17,12 +17,14 @@ With a mount namespace, :func:`build_root` makes a new root on a size- and inode
     bind mounts of the host's, read-only
 
 Every ``site-packages`` / ``dist-packages`` directory under them is covered by an empty
-read-only tmpfs unless it is on ``sys.path`` (``site_packages=True``), and so is every
-``hidden_paths`` directory that would be visible. Nothing else of the host is there: not the
-repository, not the datasets, not home directories, not ``/etc/shadow``.
+read-only tmpfs unless it is on ``sys.path`` (``site_packages=True``) or shown on purpose
+(``readable_paths``), and so is every ``hidden_paths`` directory that would be visible. Nothing
+else of the host is there: not the repository (unless a part of it is in ``readable_paths``),
+not the datasets, not home directories, not ``/etc/shadow``.
 
 Without a mount namespace the same path lists become Landlock rules (:func:`landlock_rules`):
-reads limited to the paths above plus the working directory, writes to the working directory.
+reads limited to the paths above plus the working directory, writes to the working directory;
+a readable directory that holds a hidden path is split into rules for its other entries.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import os
 import stat
 import sys
+from collections.abc import Sequence
 
 import _sandbox_linux as lx
 
@@ -37,6 +40,7 @@ WORKDIRS = ("/work", "/sandbox", "/sandbox-work")
 """The working directory in the new root: the first of these that holds none of the host paths
 shown (the host's ``/work`` may hold the interpreter's virtual environment)."""
 DEVICES = ("null", "zero", "random", "urandom")
+_DEVICE_POINTS = {f"/dev/{d}" for d in DEVICES}
 SYSTEM_PATHS = ("/usr/lib", "/usr/lib64", "/usr/lib32", "/lib", "/lib64", "/lib32", "/usr/share/zoneinfo",
                 "/etc/ld.so.cache", "/etc/localtime")
 _SITE_DIRS = ("site-packages", "dist-packages")
@@ -52,16 +56,19 @@ def python_paths() -> list[str]:
     return paths
 
 
-def visible_paths() -> list[str]:
-    """Host paths the sandbox may read (existing ones only), shortest real path first."""
-    paths = [p for p in (*python_paths(), *SYSTEM_PATHS) if os.path.exists(p)]
+def visible_paths(readable: Sequence[str] = ()) -> list[str]:
+    """Host paths the sandbox may read (existing ones only), shortest real path first:
+    what Python needs, the system's libraries and the ``readable`` paths asked for."""
+    paths = [p for p in (*python_paths(), *SYSTEM_PATHS, *readable) if os.path.exists(p)]
     return sorted(set(paths), key=lambda p: (len(os.path.realpath(p)), p))
 
 
-def site_dirs(visible: list[str], site_packages: bool) -> list[str]:
+def site_dirs(visible: list[str], site_packages: bool, readable: Sequence[str] = ()) -> list[str]:
     """``site-packages`` / ``dist-packages`` directories in ``visible`` (or one level down, in a
-    ``python*`` directory) that must stay hidden."""
+    ``python*`` directory) that must stay hidden: all but those on ``sys.path`` (with
+    ``site_packages``) and those shown on purpose (``readable``)."""
     keep = {os.path.realpath(p) for p in sys.path if p} if site_packages else set()
+    keep |= {os.path.realpath(p) for p in readable}
     found = []
     for base in visible:
         if not os.path.isdir(base):
@@ -118,10 +125,10 @@ def _resolve(path: str, bound: list[str], links: list[tuple[str, str]], depth: i
     return cur
 
 
-def plan(site_packages: bool, hidden: list[str]) -> Plan:
+def plan(site_packages: bool, hidden: list[str], readable: Sequence[str] = ()) -> Plan:
     """What the sandbox will see; opens an ``O_PATH`` descriptor on each path to bind, so the
     binds work after the process has switched to a uid that may not reach them by name."""
-    result = Plan(visible=visible_paths())
+    result = Plan(visible=visible_paths(readable))
     bound: list[str] = []
     for path in result.visible:
         real = _resolve(path, bound, result.symlinks)
@@ -130,7 +137,7 @@ def plan(site_packages: bool, hidden: list[str]) -> Plan:
         fd = os.open(real, os.O_PATH | os.O_CLOEXEC)
         result.binds.append((real, os.path.isdir(real), fd, lx.locked_flags(real)))
         bound.append(real)
-    cover = [*hidden, *site_dirs(result.visible, site_packages)]
+    cover = [*hidden, *site_dirs(result.visible, site_packages, readable)]
     real_cover = {os.path.realpath(p) for p in cover if os.path.isdir(p)}
     result.hidden = sorted(p for p in real_cover if _inside(p, bound))
     shown = bound + [path for path, _ in result.symlinks]
@@ -235,19 +242,41 @@ def enter_root(root: str, layout: Plan) -> list[str]:
         if point in (layout.workdir, "/tmp"):
             continue
         try:
-            lx.remount_read_only(point, flags | locked.get(point, 0))
+            lx.remount_read_only(point, flags | locked.get(point, 0), devices=point in _DEVICE_POINTS)
         except OSError:
             failed.append(point)
     os.chdir(layout.workdir)
     return failed
 
 
-def landlock_rules(visible: list[str], workdir: str, mount_view: bool) -> list[tuple[str, str]]:
-    """Landlock rules for the same view: inside the new root, or on the host without one."""
+def landlock_rules(visible: list[str], workdir: str, mount_view: bool, hidden: Sequence[str] = (),
+                   readable: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """Landlock rules for the same view: inside the new root, or on the host without one. There
+    a visible directory holding a ``hidden`` path is split around it (see :func:`read_rules`),
+    and the directory holding each ``readable`` path may be listed (names only), as Python's
+    import system lists a ``sys.path`` directory before it imports a package from it."""
     devices = [(f"/dev/{d}", lx.DEVICE) for d in DEVICES]
     if mount_view:
         return [("/", lx.READ), (workdir, lx.WRITE), ("/tmp", lx.WRITE), *devices]
-    return [*((p, lx.READ) for p in visible), (workdir, lx.WRITE), *devices]
+    real_hidden = [os.path.realpath(h) for h in hidden]
+    reads = [rule for p in visible for rule in read_rules(os.path.realpath(p), real_hidden)]
+    lists = [(os.path.dirname(os.path.realpath(p)), lx.LIST) for p in readable]
+    return [*reads, *lists, (workdir, lx.WRITE), *devices]
+
+
+def read_rules(path: str, hidden: list[str], depth: int = 0) -> list[tuple[str, str]]:
+    """Rules to read the tree at ``path`` except the ``hidden`` trees inside it: the whole tree
+    when none is inside; else listing only for ``path`` itself (names, not contents) and the
+    same, one level down, for each entry but the hidden ones (Landlock can only allow)."""
+    inside = [h for h in hidden if h != path and _inside(h, [path])]
+    if any(path == h for h in hidden):
+        return []
+    if not inside or depth > 8 or not os.path.isdir(path) or os.path.islink(path):
+        return [(path, lx.READ)]
+    rules = [(path, lx.LIST)]
+    for name in sorted(_listdir(path)):
+        rules += read_rules(os.path.join(path, name), inside, depth + 1)
+    return rules
 
 
 def world_readable(path: str) -> bool:
@@ -264,6 +293,7 @@ def world_readable(path: str) -> bool:
 
 
 def hidden_outside(hidden: list[str], visible: list[str]) -> list[str]:
-    """The ``hidden`` paths that Landlock read rules for ``visible`` would expose."""
+    """The ``hidden`` paths inside the ``visible`` ones (Landlock then reads them with
+    :func:`read_rules`, which leaves their names listable but their contents closed)."""
     real = [os.path.realpath(p) for p in visible]
     return [h for h in hidden if _inside(os.path.realpath(h), real)]

@@ -25,6 +25,9 @@ cgroup (where writable)       memory beyond the limit, page cache and tmpfs incl
 audit hook (Python level)     the same things, with readable error messages
 ============================  =================================================================
 
+:meth:`PythonSandbox.serve` keeps one such jail running and answers many requests with it, each
+in a confined fork of its own (graders of model output, see ``envs/_scoring.py``).
+
 Which layers were obtained is reported in :attr:`SandboxResult.layers`; when a layer is missing,
 :meth:`SandboxResult.to_text` says so in the text the model sees. At the deadline every process
 of the run is killed and reaped and its files removed (off the event loop) before :meth:`run`
@@ -54,11 +57,14 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tools._sandbox_cgroup import RunCgroup
 from tools._sandbox_cgroup import create as create_cgroup
 from tools._sandbox_io import HARD_OUTPUT_BYTES, Capture, fit, kill_group, read_report, remove_tree, write_files
+
+if TYPE_CHECKING:
+    from tools._sandbox_server import SandboxServer
 
 logger = logging.getLogger(__name__)
 
@@ -223,7 +229,11 @@ class PythonSandbox:
     hidden_paths: tuple[str, ...] = ()
     """Directories the code must never see, e.g. a dataset with reference answers. The new root
     shows none of the host's data anyway; these are covered with an empty read-only tmpfs
-    wherever they would be visible (inside site-packages with ``site_packages=True``, say)."""
+    wherever they would be visible (inside site-packages with ``site_packages=True``, say;
+    without a mount namespace Landlock leaves them out of the readable directories)."""
+    readable_paths: tuple[str, ...] = ()
+    """Host directories (or files) shown read-only besides what Python needs, e.g. the source
+    directory of a package the code imports (``hidden_paths`` inside them stay hidden)."""
     require_network_isolation: bool = False
     """Refuse to run code when neither a network namespace nor seccomp could be had."""
     site_packages: bool = False
@@ -242,6 +252,9 @@ class PythonSandbox:
         missing = [p for p in self.hidden_paths if not os.path.isdir(p)]
         if missing:
             raise ValueError(f"PythonSandbox.hidden_paths must be existing directories, got {missing!r}")
+        missing = [p for p in self.readable_paths if not os.path.exists(p)]
+        if missing:
+            raise ValueError(f"PythonSandbox.readable_paths must exist, got {missing!r}")
         if self.cpu_seconds is not None and self.cpu_seconds < 1:
             raise ValueError(f"PythonSandbox.cpu_seconds must be >= 1 or None, got {self.cpu_seconds!r}")
 
@@ -260,6 +273,7 @@ class PythonSandbox:
                 "landlock": self.landlock, "seccomp": self.seccomp, "audit_hook": self.audit_hook,
                 "echo_last_expression": self.echo_last_expression, "site_packages": self.site_packages,
                 "hidden_paths": [os.path.realpath(p) for p in self.hidden_paths],
+                "readable_paths": [os.path.realpath(p) for p in self.readable_paths],
                 "require_network_isolation": self.require_network_isolation, "uid_base": UID_BASE,
                 "scratch_bytes": self.scratch_mb * mib, "max_files": self.max_files, "cgroup_procs": cgroup_procs}
 
@@ -268,6 +282,39 @@ class PythonSandbox:
             return None, ""
         memory = (self.memory_mb + self.scratch_mb + _SANDBOX_OVERHEAD_MB) << 20
         return create_cgroup(memory, self.max_processes + _SANDBOX_TASKS)
+
+    def _command(self, config: dict[str, Any]) -> tuple[list[str], dict[str, str]]:
+        """The child's command line and environment for ``config`` (see :meth:`_config`)."""
+        args = ["-I", "-B", "-X", "utf8"] + ([] if self.site_packages else ["-S"])
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": config["workdir"], "TMPDIR": config["workdir"],
+               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        return [self.python_executable, *args, _CHILD, json.dumps(config)], env
+
+    def serve(self, setup: str, *, start_timeout: float = 300.0, max_reply_bytes: int = 1 << 20) -> SandboxServer:
+        """Start one jailed interpreter that answers requests, each in a fork of its own.
+
+        ``setup`` is trusted code run once in the jail (imports: the slow part); it defines
+        ``handle(request: bytes, refused: list[str]) -> bytes``, called in a fresh fork per
+        request after seccomp, a Landlock layer without write access and the audit hook are in
+        place (``refused`` lists what the audit hook refused), and optionally
+        ``prepare(request: bytes)``, called in the server before the fork (trusted work, such as
+        imports the request names, kept for later requests). The jail is this sandbox's (same
+        view, uid, namespaces, limits); ``timeout`` and ``cpu_seconds`` apply per request
+        (:meth:`SandboxServer.call`), not to the server. Blocking; call it off the event loop.
+
+        Example::
+
+            >>> server = PythonSandbox(memory_mb=256).serve(
+            ...     "def handle(request, refused):\\n    return str(eval(request)).encode()")
+            >>> server.call(b"6 * 7", timeout=5.0).reply
+            b'42'
+            >>> server.call(b"__import__('os').system('id')", timeout=5.0).status
+            'error'
+            >>> server.close()
+        """
+        from tools._sandbox_server import SandboxServer
+
+        return SandboxServer(self, setup, start_timeout=start_timeout, max_reply_bytes=max_reply_bytes)
 
     async def arun(self, code: str, files: Mapping[str, str | bytes] | None = None) -> SandboxResult:
         """Run ``code``; ``files`` (relative name -> content) are written to the working directory first."""
@@ -279,14 +326,10 @@ class PythonSandbox:
         read_fd, write_fd = os.pipe()
         try:
             write_files(workdir, files or {})
-            args = ["-I", "-B", "-X", "utf8"] + ([] if self.site_packages else ["-S"])
-            env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir, "TMPDIR": workdir,
-                   "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-            procs = cgroup.procs_files if cgroup else []
+            argv, env = self._command(self._config(workdir, write_fd, cgroup.procs_files if cgroup else []))
             try:
                 proc = await asyncio.create_subprocess_exec(
-                    self.python_executable, *args, _CHILD, json.dumps(self._config(workdir, write_fd, procs)),
-                    stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+                    *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.PIPE, cwd=workdir, env=env, start_new_session=True,
                     pass_fds=(write_fd,))
             finally:
