@@ -43,20 +43,20 @@ def train(cfg: RunConfig) -> dict[str, Any]:
 
 async def _train(cfg: RunConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
-    if cfg.engine == "sglang" and cfg.sglang_url and not cfg.use_ray:  # before loading anything
-        await _require_servers(cfg.sglang_url)
+    if cfg.engine.kind == "sglang" and cfg.engine.sglang_url and not cfg.cluster.use_ray:  # before loading anything
+        await _require_servers(cfg.engine.sglang_url)
     clear_earlier_run(cfg)  # --overwrite
     out = output_dir(cfg)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    c = build_ray_components(cfg) if cfg.use_ray else build_components(cfg)
-    start, version = resume(c, cfg) if cfg.load else (0, 0)
+    c = build_ray_components(cfg) if cfg.cluster.use_ray else build_components(cfg)
+    start, version = resume(c, cfg) if cfg.checkpoint.load else (0, 0)
     if start:
         await sync_weights(c.engine, c.trainer, staging_dir=out / "weights", version=version)
-    metrics = MetricsLogger(out, wandb_project=cfg.wandb_project if cfg.use_wandb else None,
+    metrics = MetricsLogger(out, wandb_project=cfg.output.wandb_project if cfg.output.use_wandb else None,
                             run_config=to_dict(cfg), resume=start > 0)
     timer = Timer()
-    dumps = RolloutDumper(out, c.template.tokenizer, cfg.dump_max_samples_per_rollout) \
-        if cfg.save_debug_rollout_data else None
+    dumps = RolloutDumper(out, c.template.tokenizer, cfg.output.dump_max_samples_per_rollout) \
+        if cfg.output.save_debug_rollout_data else None
     if c.eval_tasks and start == 0:
         metrics.log(await run_eval(c, dumps, step=0), step=0)
     bar = progress(cfg.num_rollout, "rollouts", unit="rollout", iterable=range(start, cfg.num_rollout), initial=start)
@@ -81,12 +81,12 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
                 with timer("dump"):
                     await asyncio.to_thread(dumps.write_rollout, rollout_id, result, batch)
             step |= timer.pop()
-            if cfg.eval_interval and (rollout_id + 1) % cfg.eval_interval == 0 or rollout_id + 1 == cfg.num_rollout:
+            if cfg.eval.eval_interval and (rollout_id + 1) % cfg.eval.eval_interval == 0 or rollout_id + 1 == cfg.num_rollout:
                 step |= await run_eval(c, dumps, step=rollout_id + 1) if c.eval_tasks else {}
             metrics.log(step, step=rollout_id + 1)
             bar.set_postfix(reward=f"{step.get('rollout/reward_mean', float('nan')):.3f}",
                             step_s=f"{step['perf/step_time']:.1f}")
-            if cfg.save and (cfg.save_interval and (rollout_id + 1) % cfg.save_interval == 0
+            if cfg.checkpoint.save and (cfg.checkpoint.save_interval and (rollout_id + 1) % cfg.checkpoint.save_interval == 0
                              or rollout_id + 1 == cfg.num_rollout or rollouts.stopping):
                 save(c, cfg, rollout_id + 1)
             if rollouts.stopping:  # Ctrl-C: checkpoint saved, stop here
@@ -145,7 +145,7 @@ async def run_eval(c: Components, dumps: RolloutDumper | None = None, step: int 
 
 
 def save(c: Components, cfg: RunConfig, next_rollout: int) -> None:
-    path = save_checkpoint(cfg.save, next_rollout, c.trainer, {
+    path = save_checkpoint(cfg.checkpoint.save, next_rollout, c.trainer, {
         "next_rollout": next_rollout, "sampler": c.sampler.state_dict(),
         "weight_version": c.engine.weight_version, "config": to_dict(cfg)})
     log.info("saved checkpoint %s", path)
@@ -153,7 +153,7 @@ def save(c: Components, cfg: RunConfig, next_rollout: int) -> None:
 
 def resume(c: Components, cfg: RunConfig) -> tuple[int, int]:
     """Restore trainer, data position and engine weights from ``--load``; return the next rollout."""
-    ckpt = find_checkpoint(cfg.load)
+    ckpt = find_checkpoint(cfg.checkpoint.load)
     state = read_state(ckpt)
     c.trainer.load(ckpt)
     c.sampler.load_state_dict(state["sampler"])

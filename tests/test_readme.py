@@ -121,7 +121,7 @@ def test_readme_commands_in_order(clone):
     summary = json.loads((clone / "runs/eval_after/summary.json").read_text())
     assert f"{summary['tasks']['sums']['success']:.3f}" == trained.group(2)  # scored as training scored it
     assert re.search(r"^sums +3x1 ", out, flags=re.M)
-    run(clone, command("agentrl eval --config recipes/quickstart/config.yaml"), "--limit", "3")
+    run(clone, command("agentrl eval --config recipes/quickstart/config.yaml"), "--eval-max-prompts", "3")
     before = json.loads((clone / "runs/eval_before/summary.json").read_text())
     assert f"{before['tasks']['sums']['success']:.3f}" == trained.group(1)
     out = run(clone, command("agentrl eval compare"))

@@ -30,9 +30,10 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from agentrl.env.spaces import message_problem
+from agentrl.utils.flags import Flag
 from agentrl.utils import safe_json
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,16 @@ class DataError(ValueError):
 
 @dataclass
 class DataConfig:
+    """Data: how prompt rows are read."""
+
+    FLAGS: ClassVar[dict[str, Any]] = {
+        "--input-key": "input_key", "--label-key": "label_key", "--metadata-key": "metadata_key",
+        "--env-key": "env_key", "--env-options-key": "options_key", "--apply-chat-template": "apply_chat_template",
+        "--skip-bad-rows": Flag("--skip-bad-rows", "on_bad_row", const="skip",
+                                help="skip malformed prompt rows (counted and logged) instead of failing"),
+        "--prompt-data-limit": "limit",
+    }
+
     input_key: str = "prompt"
     """Row key holding the prompt: a string or a list of chat messages (a row without it leaves the task to the
     environment's reset, e.g. a game that deals its own)."""
@@ -63,7 +74,7 @@ class DataConfig:
     on_bad_row: Literal["error", "skip"] = "error"
     """``error``: stop at the first malformed row; ``skip``: skip it, count it, log it."""
     limit: int | None = None
-    """Use only the first ``limit`` good rows."""
+    """Use only the first this many good rows of --prompt-data."""
 
 
 @dataclass

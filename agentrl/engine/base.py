@@ -50,11 +50,11 @@ class SamplingParams:
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest set of tokens with this much probability."""
     top_k: int = -1
-    """-1 (or 0) disables top-k."""
+    """Top-k sampling: keep the k most likely tokens (-1 or 0: off)."""
     max_new_tokens: int = 256
     """Tokens to generate at most."""
     stop: list[str] = field(default_factory=list)
-    """Stop strings; the matched string is kept in the output (as SGLang does by default)."""
+    """Stop strings. The matched string is kept in the output (as SGLang does by default)."""
     stop_token_ids: list[int] = field(default_factory=list)
     """Token ids that end generation (kept in the output)."""
     ignore_eos: bool = False

@@ -12,7 +12,7 @@ training. Flags given on the command line override any of them.
 Example::
 
     >>> from agentrl.eval.cli import parse_args
-    >>> args, cfg = resolve(parse_args(["--config", "recipes/quickstart/config.yaml", "--limit", "5"]))
+    >>> args, cfg = resolve(parse_args(["--config", "recipes/quickstart/config.yaml", "--eval-max-prompts", "5"]))
     >>> args.max_response_len, args.limit, args.model_path, cfg.rollout.env_kwargs["fallback_last_number"]
     (32, 5, 'smollm2-135m-instruct', True)
 """
@@ -34,9 +34,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FROM_TRAINING: dict[str, Any] = {
-    "n_samples": lambda c: c.n_samples_per_eval_prompt,
-    "k": lambda c: ",".join(str(k) for k in sorted({1, c.n_samples_per_eval_prompt})),
-    "temperature": lambda c: c.eval_temperature,
+    "n_samples": lambda c: c.eval.n_samples_per_eval_prompt,
+    "k": lambda c: ",".join(str(k) for k in sorted({1, c.eval.n_samples_per_eval_prompt})),
+    "temperature": lambda c: c.eval.eval_temperature,
     "top_p": lambda c: c.rollout.sampling.top_p,
     "top_k": lambda c: c.rollout.sampling.top_k,
     "stop": lambda c: list(c.rollout.sampling.stop),
@@ -44,7 +44,7 @@ FROM_TRAINING: dict[str, Any] = {
     "max_context_len": lambda c: c.rollout.max_context_tokens,
     "max_turns": lambda c: c.rollout.max_turns,
     "seed": lambda c: c.seed,
-    "limit": lambda c: c.eval_max_prompts,
+    "limit": lambda c: c.eval.eval_max_prompts,
 }
 """``agentrl eval`` setting -> its value in a training config (as the run's own evaluation used it)."""
 
@@ -92,7 +92,7 @@ def resolve(args: EvalArgs) -> tuple[EvalArgs, RunConfig | None]:
     changes = {name: get(cfg) for name, get in FROM_TRAINING.items() if name not in args.explicit}
     if args.model_path is None and not args.engine_url:
         changes["model_path"] = cfg.model_path
-    if not (args.task or args.tasks) and not cfg.eval_prompt_data:
+    if not (args.task or args.tasks) and not cfg.eval.eval_prompt_data:
         raise ConfigError([f"--config {source}: the training config names no held-out sets (eval-prompt-data); "
                            "give --task NAME=ENV_ID[:DATA_FILE]"])
     return dataclasses.replace(args, **changes), cfg
@@ -102,14 +102,15 @@ def heldout_tasks(cfg: RunConfig, limit: int | None) -> list[Any]:
     """The training config's held-out sets, read exactly as its training run read them."""
     from agentrl.components import load_eval_tasks
 
-    return load_eval_tasks(dataclasses.replace(cfg, eval_interval=None, eval_max_prompts=limit))
+    return load_eval_tasks(dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, eval_interval=None,
+                                                                               eval_max_prompts=limit)))
 
 
 def task_settings(cfg: RunConfig, tasks: list[Any]) -> list[dict[str, Any]]:
     """What identifies the held-out sets in ``run.json`` (a changed data file is a changed run)."""
     from agentrl.eval.tasks import TaskSpec, data_fingerprint
 
-    paths = dict(zip(cfg.eval_prompt_data[::2], cfg.eval_prompt_data[1::2]))
+    paths = dict(cfg.eval.sets)
     out = []
     for task in tasks:
         spec = TaskSpec(name=task.name, env=cfg.env or "", data=paths[task.name])

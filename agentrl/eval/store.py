@@ -77,13 +77,13 @@ class RunStore:
                 raise SettingsChanged(
                     f"{self.dir} holds an evaluation made with other settings:\n"
                     + "\n".join(f"  {c}" for c in changes)
-                    + "\nRerun with the same settings to resume it, pick another --out, or pass --overwrite "
+                    + "\nRerun with the same settings to resume it, pick another --output-dir, or pass --overwrite "
                     "to delete it and start over."
                 )
             return
         if has_episodes:
             raise SettingsChanged(f"{self.episodes_path} exists but {self.run_path} does not, so its settings are "
-                                  "unknown; pick another --out or pass --overwrite")
+                                  "unknown; pick another --output-dir or pass --overwrite")
         record = {"settings": settings, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _atomic_write(self.run_path, json.dumps(record, indent=2) + "\n")
 

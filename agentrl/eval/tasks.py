@@ -97,7 +97,7 @@ class TaskSpec:
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Constructor arguments of the environment."""
     limit: int | None = None
-    """Use at most this many prompts (None: the run's ``--limit``, else all)."""
+    """Use at most this many prompts (None: the run's ``--eval-max-prompts``, else all)."""
     offset: int = 0
     """Skip this many prompts first (for ``seeds``: the first seed)."""
     input_key: str = "prompt"
@@ -107,9 +107,9 @@ class TaskSpec:
     max_turns: int | None = None
     """This task's turn budget (None: the run's ``--max-turns``)."""
     max_response_len: int | None = None
-    """This task's tokens per assistant turn (None: the run's ``--max-response-len``)."""
+    """This task's tokens per assistant turn (None: the run's ``--rollout-max-response-len``)."""
     max_context_len: int | None = None
-    """This task's tokens per episode (None: the run's ``--max-context-len``)."""
+    """This task's tokens per episode (None: the run's ``--rollout-max-context-len``)."""
 
     def validate(self) -> None:
         if not _NAME.fullmatch(self.name):

@@ -32,34 +32,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentrl.engine.base import Engine, EngineError, SamplingParams
+from agentrl.rollout.config import RolloutConfig
 from agentrl.env import TextEnv, as_text_env, make
 from agentrl.types import Sample
 
 log = logging.getLogger(__name__)
 
 RewardFn = Callable[[Sample], "float | dict[str, float] | Awaitable[float | dict[str, float]]"]
-
-
-@dataclass
-class RolloutConfig:
-    """Budgets and sampling of episodes. Field docs become ``--help`` text."""
-
-    n_samples_per_prompt: int = 4
-    """Episodes per prompt (a group); group-relative advantages compare them."""
-    max_turns: int | None = None
-    """Assistant turns per episode (None: the environment's registered limit)."""
-    max_context_tokens: int = 4096
-    """Prompt + response tokens per episode; reaching it truncates the episode."""
-    max_new_tokens_per_turn: int = 1024
-    """Generated tokens per assistant turn."""
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    """Temperature, top-p, top-k, stop strings, seed... (max_new_tokens is set per turn)."""
-    concurrency: int = 64
-    """Episodes in flight at once, across all groups."""
-    episode_timeout: float | None = 600.0
-    """Seconds before an episode is stopped and recorded as failed (None: no limit)."""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Constructor arguments for every environment made."""
 
 
 @dataclass

@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
 def _eval(tmp_path, monkeypatch, *argv):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "eval"
-    assert main([*argv, "--out", str(out), "--no-plots"]) == 0
+    assert main([*argv, "--output-dir", str(out), "--no-plots"]) == 0
     return json.loads((out / "summary.json").read_text()), out
 
 
@@ -57,15 +57,15 @@ def test_a_checkpoint_is_scored_as_its_training_run_scored_it(trained, tmp_path,
 def test_recipe_config_with_the_checkpoint_model_scores_the_same(trained, tmp_path, monkeypatch):
     run, training_eval = trained
     summary, _ = _eval(tmp_path, monkeypatch, "--config", "recipes/quickstart/config.yaml",
-                       "--model-path", str(run / "ckpt" / "rollout_00002" / "model"), "--limit", "3",
-                       "--max-response-len", "8")  # the toy run's, not the recipe's 32
+                       "--model-path", str(run / "ckpt" / "rollout_00002" / "model"), "--eval-max-prompts", "3",
+                       "--rollout-max-response-len", "8")  # the toy run's, not the recipe's 32
     assert summary["tasks"]["sums"]["generated_tokens_mean"] == training_eval["generated_tokens_mean"]
     assert summary["tasks"]["sums"]["reward_mean"] == training_eval["reward_mean"]
 
 
 def test_flags_override_the_training_config(tmp_path):
-    args, cfg = resolve(parse_args(["--config", "recipes/quickstart/config.yaml", "--max-response-len", "7",
-                                    "--n-samples", "2", "--temperature", "0.5"]))
+    args, cfg = resolve(parse_args(["--config", "recipes/quickstart/config.yaml", "--rollout-max-response-len", "7",
+                                    "--n-samples-per-eval-prompt", "2", "--eval-temperature", "0.5"]))
     assert (args.max_response_len, args.n_samples, args.temperature) == (7, 2, 0.5)
     assert args.max_context_len == cfg.rollout.max_context_tokens == 128  # not given: the recipe's
     assert args.k == "1"  # the recipe evaluates one sample per prompt: pass@1
@@ -86,5 +86,5 @@ def test_checkpoint_of(tmp_path):
 def test_a_config_without_held_out_sets_says_what_to_give(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("env: agentrl/Echo-v0\nprompt-data: x.jsonl\n")
-    assert main(["--config", str(recipe), "--out", str(tmp_path / "e")]) == 2
+    assert main(["--config", str(recipe), "--output-dir", str(tmp_path / "e")]) == 2
     assert "names no held-out sets" in capsys.readouterr().err

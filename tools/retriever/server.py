@@ -34,21 +34,22 @@ From the shell::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from agentrl.utils import safe_json
+from agentrl.utils.flags import FlagTable
 from tools.retriever.batching import QueryBatcher
 from tools.retriever.corpus import CorpusError
-from tools.retriever.index import METHODS, Retriever, load_retriever
+from tools.retriever.index import Retriever, load_retriever
 
 log = logging.getLogger(__name__)
 
@@ -135,53 +136,81 @@ def _problems(error: ValidationError) -> str:
     return "; ".join(problems)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="agentrl retriever",
-        description="Serve a JSONL corpus of {\"id\", \"contents\"} rows over HTTP with Search-R1's retrieval "
-        'protocol: POST /retrieve {"queries": [...], "topk": 3, "return_scores": true}. The index is built on '
-        "first use and cached on disk, so restarts are fast.",
-    )
-    p.add_argument("--corpus", required=True, help="JSONL corpus file, one {\"id\", \"contents\"} object a line")
-    p.add_argument("--method", default="bm25", choices=METHODS,
-                   help="bm25: lexical (bm25s); dense: sentence-transformers embeddings, exact inner product")
-    p.add_argument("--model", default="minilm",
-                   help="dense only: embedding model, an alias (minilm: offline all-MiniLM-L6-v2; e5: "
-                   "intfloat/e5-base-v2 with query:/passage: prefixes), a folder or a hub id")
-    p.add_argument("--index-dir", default=None,
-                   help="where the index is cached (default: <corpus>.index/ beside the corpus)")
-    p.add_argument("--rebuild", action="store_true", help="rebuild the index even when a cached one matches")
-    p.add_argument("--device", default=None, help="dense only: cpu, cuda, cuda:1... (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=64, help="dense only: documents per encoding batch")
-    p.add_argument("--faiss-index", default=None, metavar="FILE",
-                   help="dense only: take the document vectors from this FAISS index of the corpus (e.g. Search-R1's "
-                   "e5_Flat.index for wiki-18, with --model e5) instead of encoding the corpus; needs faiss-cpu")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (Search-R1's default is 8000)")
-    p.add_argument("--topk", type=int, default=3, help="documents per query when a request gives no topk")
-    p.add_argument("--max-batch", type=int, default=512,
-                   help="most queries searched together when requests arrive at once (concurrent requests are batched)")
-    p.add_argument("--max-queries", type=int, default=MAX_QUERIES,
-                   help="most queries in one request (more: 400); a request above --max-batch takes turns with others")
-    p.add_argument("--build-only", action="store_true", help="build (or check) the cached index, then exit")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="logging level")
-    return p
+@dataclass
+class RetrieverArgs:
+    """Settings of ``agentrl retriever``; each field's doc is its ``--help`` text."""
+
+    FLAGS: ClassVar[dict[str, Any]] = {name: name[2:].replace("-", "_") for name in (
+        "--corpus", "--method", "--model", "--index-dir", "--rebuild", "--device", "--batch-size", "--faiss-index",
+        "--host", "--port", "--topk", "--max-batch", "--max-queries", "--build-only", "--log-level")}
+
+    corpus: str | None = None
+    """JSONL corpus file, one {"id", "contents"} object a line (required)."""
+    method: Literal["bm25", "dense"] = "bm25"
+    """bm25: lexical (bm25s); dense: sentence-transformers embeddings, exact inner product."""
+    model: str = "minilm"
+    """dense only: embedding model, an alias (minilm: offline all-MiniLM-L6-v2; e5: intfloat/e5-base-v2 with
+    query:/passage: prefixes), a folder or a hub id."""
+    index_dir: str | None = None
+    """Where the index is cached (default: <corpus>.index/ beside the corpus)."""
+    rebuild: bool = False
+    """Rebuild the index even when a cached one matches."""
+    device: str | None = None
+    """dense only: the encoder's device, cpu, cuda, cuda:1... (default: cuda when available)."""
+    batch_size: int = 64
+    """dense only: documents per encoding batch."""
+    faiss_index: str | None = None
+    """dense only: take the document vectors from this FAISS index of the corpus (e.g. Search-R1's e5_Flat.index for
+    wiki-18, with --model e5) instead of encoding the corpus; needs faiss-cpu."""
+    host: str = "127.0.0.1"
+    """Address to bind (0.0.0.0 for all interfaces)."""
+    port: int = 8000
+    """Port to listen on (Search-R1's default is 8000)."""
+    topk: int = 3
+    """Documents per query when a request gives no topk."""
+    max_batch: int = 512
+    """Most queries searched together when requests arrive at once (concurrent requests are batched)."""
+    max_queries: int = MAX_QUERIES
+    """Most queries in one request (more: 400); a request above --max-batch takes turns with others."""
+    build_only: bool = False
+    """Build (or check) the cached index, then exit."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Logging level."""
+
+    def problems(self) -> list[str]:
+        out = [] if self.corpus else ["--corpus is required (a JSONL file of {\"id\", \"contents\"} rows)"]
+        out += [f"{flag} must be >= 1; got {value}" for flag, value in (
+            ("--topk", self.topk), ("--max-batch", self.max_batch), ("--max-queries", self.max_queries),
+            ("--batch-size", self.batch_size)) if value < 1]
+        if self.faiss_index and self.method != "dense":
+            out.append("--faiss-index needs --method dense")
+        if not 0 <= self.port <= 65535:
+            out.append(f"--port {self.port} is not a TCP port (0-65535)")
+        return out
+
+
+TABLE = FlagTable(RetrieverArgs)
+DESCRIPTION = ("Serve a JSONL corpus of {\"id\", \"contents\"} rows over HTTP with Search-R1's retrieval protocol: "
+               'POST /retrieve {"queries": [...], "topk": 3, "return_scores": true}. The index is built on first use '
+               "and cached on disk, so restarts are fast.")
+
+
+def build_parser():
+    return TABLE.parser("agentrl retriever", DESCRIPTION, config_file=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``agentrl retriever``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args, _, problems = TABLE.parse(list(sys.argv[1:] if argv is None else argv), prog="agentrl retriever",
+                                    description=DESCRIPTION)
+    problems += args.problems()
+    if problems:
+        print("agentrl retriever: invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for flag, value in (("--topk", args.topk), ("--max-batch", args.max_batch), ("--max-queries", args.max_queries)):
-        if value < 1:
-            print(f"agentrl retriever: {flag} must be >= 1; got {value}", file=sys.stderr)
-            return 2
     options: dict[str, Any] = {}
     if args.method == "dense":
         options = {"model": args.model, "device": args.device, "batch_size": args.batch_size}
-    if args.faiss_index and args.method != "dense":
-        print("agentrl retriever: --faiss-index needs --method dense", file=sys.stderr)
-        return 2
     start = time.perf_counter()
     try:
         if args.faiss_index:

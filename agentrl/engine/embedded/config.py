@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from agentrl.engine.base import EngineError
 
@@ -20,7 +20,12 @@ class InvalidRequest(EngineError, ValueError):
 
 @dataclass
 class EngineConfig:
-    """How the embedded engine runs. ``None`` fields are chosen from the device at start-up."""
+    """Embedded engine: how it runs (none: chosen from the device at start-up)."""
+
+    FLAGS: ClassVar[dict[str, str]] = {f"--engine-{name.replace('_', '-')}": name for name in (
+        "max_batch_size", "max_seq_len", "backend", "cuda_graphs", "compile", "fuse_weights", "pack_weights",
+        "decode_attention", "overlap", "prefill_token_budget", "mixed_prefill", "prefix_cache", "admit_wait_steps",
+        "high_priority_stream", "kv_memory_fraction", "seed")}
 
     max_batch_size: int | None = None
     """Requests decoded together (KV-cache slots). Default: 32 on CPU; on CUDA 256, or fewer when
@@ -95,6 +100,16 @@ class EngineConfig:
     """Share of free GPU memory the KV cache may take when ``max_batch_size`` is not given."""
     seed: int | None = None
     """Seeds the seeds of requests that do not set one (``None``: fresh entropy)."""
+
+    def problems(self) -> list[str]:
+        """:meth:`validate`'s complaint with the flag's name, or nothing."""
+        try:
+            self.validate()
+        except ValueError as e:
+            name, _, rest = str(e).partition(" ")
+            flag = f"--engine-{name.replace('_', '-')}"
+            return [f"{flag} {rest}" if flag in self.FLAGS else str(e)]
+        return []
 
     def validate(self) -> None:
         if self.backend not in ("auto", "fast", "hf"):

@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from torch import Tensor
 
 from agentrl import algo
 from agentrl.train.base import TrainConfig
+from agentrl.train.megatron.config import MegatronTrainerConfig
 from agentrl.train.batch import RolloutBatch, micro_batches, optimizer_steps
 from agentrl.train.megatron._compat import require_megatron
 
@@ -73,34 +73,6 @@ from agentrl.train.megatron.schedule import (  # noqa: E402
 from agentrl.train.megatron.shape import ModelShape  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class MegatronTrainerConfig:
-    """Megatron-specific settings (the optimisation and loss settings are in ``TrainConfig``)."""
-
-    tensor_parallel: int = 1
-    """Tensor-parallel size (must divide the attention and KV heads)."""
-    pipeline_parallel: int = 1
-    """Pipeline-parallel size (must divide the layers). Data parallel = world / (TP x PP)."""
-    attention: str = "auto"
-    """Layer spec: auto | te | sdpa | local (see agentrl.train.megatron.attention)."""
-    sequence_parallel: bool = False
-    """Megatron sequence parallelism (with TP > 1)."""
-    pack_sequences: bool = True
-    """Pack micro-batches back to back (thd) instead of padding each sample to the longest."""
-    optimizer: str = "auto"
-    """megatron (megatron-core DDP + optimizer) | torch (AdamW, one process) | auto (megatron on CUDA)."""
-    distributed_optimizer: bool = True
-    """Shard optimizer state over data-parallel ranks (megatron optimizer)."""
-    dtype: str | None = None
-    """float32 | bfloat16 | float16; default bfloat16 on CUDA, float32 on CPU."""
-    recompute: str | None = None
-    """none | full | selective; default full when TrainConfig.gradient_checkpointing else none."""
-    vocab_multiple: int = 1
-    """Pad the vocabulary to a multiple of this times the TP size."""
-    fusions: bool = False
-    """megatron-core's fused SwiGLU / bias-dropout-add and a compiled RMSNorm (see MegatronModelConfig)."""
-
 
 class MegatronTrainer:
     """Implements the ``Trainer`` protocol with megatron-core (see the module docstring)."""
