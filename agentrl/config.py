@@ -2,7 +2,7 @@
 
 :class:`RunConfig` holds the loop's own settings and, as fields, the settings class of every
 subsystem (``data``, ``rollout``, ``filters``, ``hooks``, ``algo``, ``train``, ``megatron``,
-``engine``, ``cluster``, ``asynchrony``, ``eval``, ``checkpoint``, ``output``). Each class names its
+``engine``, ``cluster``, ``group``, ``asynchrony``, ``eval``, ``checkpoint``, ``output``). Each class names its
 flags (``FLAGS``), documents each field (the docstring under it is the flag's ``--help``) and checks
 its own fields (``problems()``); :func:`validate` adds only the checks that span subsystems. Flags use
 slime's names where the concept is the same (``--rollout-batch-size``, ``--n-samples-per-prompt``,
@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 
 from agentrl.algo.config import AlgoConfig
 from agentrl.checkpoint import CheckpointConfig
-from agentrl.cluster.config import ClusterConfig
+from agentrl.cluster.config import ClusterConfig, TrainerGroupConfig
 from agentrl.data.prompts import DataConfig
 from agentrl.engine.config import ENGINE_DTYPES, EngineSettings
 from agentrl.eval.config import EvalSchedule
@@ -98,6 +98,7 @@ class RunConfig:
     megatron: MegatronTrainerConfig = field(default_factory=MegatronTrainerConfig)
     engine: EngineSettings = field(default_factory=EngineSettings)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    group: TrainerGroupConfig = field(default_factory=TrainerGroupConfig)
     asynchrony: AsyncConfig = field(default_factory=AsyncConfig)
     eval: EvalSchedule = field(default_factory=EvalSchedule)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -158,6 +159,8 @@ def finalize(cfg: RunConfig) -> None:
     cfg.train.rollout_temperature = cfg.rollout.sampling.temperature
     cfg.train.seed = cfg.seed
     cfg.train.max_length_norm = float(cfg.rollout.max_context_tokens)
+    if cfg.group.world_size > 1:  # a trainer group is a set of Ray actors
+        cfg.cluster.use_ray = True
 
 
 def validate(cfg: RunConfig) -> list[str]:
@@ -165,8 +168,9 @@ def validate(cfg: RunConfig) -> list[str]:
     ones that span subsystems."""
     problems = [p for f in dataclasses.fields(cfg) if hasattr(getattr(cfg, f.name), "problems")
                 for p in getattr(cfg, f.name).problems()]
-    problems += _loop_problems(cfg) + _objective_problems(cfg) + _input_problems(cfg) + _backend_problems(cfg)
-    problems += _earlier_run_problems(cfg)
+    problems += _loop_problems(cfg) + _objective_problems(cfg) + _backend_problems(cfg) + _layout_problems(cfg)
+    if not cfg.group.dry_run:  # --dry-run reads only the model's config: no prompts, no output folder
+        problems += _input_problems(cfg) + _earlier_run_problems(cfg)
     return problems
 
 
@@ -232,10 +236,6 @@ def _backend_problems(cfg: RunConfig) -> list[str]:
     problems = []
     if cfg.trainer == "megatron" and importlib.util.find_spec("megatron") is None:
         problems.append("--trainer megatron needs megatron-core: pip install 'agentrl[megatron]'")
-    ranks = cfg.megatron.tensor_parallel * cfg.megatron.pipeline_parallel
-    if ranks > 1:
-        problems.append(f"--tensor-model-parallel-size {cfg.megatron.tensor_parallel} x --pipeline-model-parallel-size "
-                        f"{cfg.megatron.pipeline_parallel} needs {ranks} trainer ranks; train.py trains on one")
     if cfg.engine.kind == "sglang" and not cfg.engine.sglang_url and importlib.util.find_spec("sglang") is None:
         problems.append("--engine sglang without --sglang-url launches SGLang servers, but sglang is not "
                         "installed: pip install 'agentrl[sglang]' or give --sglang-url URL")
@@ -255,6 +255,21 @@ def _backend_problems(cfg: RunConfig) -> list[str]:
     if cfg.cluster.ray_weight_sync != "object_store" and cfg.engine.kind == "sglang":
         problems.append("--ray-weight-sync nccl/gloo broadcasts to embedded-engine actors; SGLang servers load "
                         "weights from disk: leave --ray-weight-sync object_store with --engine sglang")
+    return problems
+
+
+def _layout_problems(cfg: RunConfig) -> list[str]:
+    """The trainer's ranks against the model (its config.json only) and the batch: agentrl.train.layout."""
+    import importlib.util
+
+    from agentrl.train.layout import TrainerLayout, layout_problems, model_config, model_dims
+
+    layout = TrainerLayout.of(cfg)
+    if layout.world == 1 and layout.model_parallel == 1:
+        return []
+    problems = layout_problems(layout, model_dims(model_config(cfg.model_path)), cfg.global_batch_size)
+    if layout.world > 1 and importlib.util.find_spec("ray") is None:
+        problems.append(f"{layout.world} trainer ranks run as Ray actors: pip install 'agentrl[ray]'")
     return problems
 
 

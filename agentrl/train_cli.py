@@ -22,6 +22,11 @@ def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
+    if cfg.group.dry_run:  # the layout and its memory per GPU; nothing loads
+        from agentrl.train.estimate import dry_run_report
+
+        print(dry_run_report(cfg))
+        return 0
     from agentrl.loop import train
 
     try:
