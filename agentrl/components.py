@@ -150,13 +150,14 @@ def build_rollout(cfg: RunConfig, engine: Any, template: Any, generate_fn: Any =
 
 
 def build_eval_config(cfg: RunConfig) -> EvalConfig:
-    """Held-out evaluation settings: the training budgets, the eval temperature and sample count."""
+    """Held-out evaluation settings: the training budgets and episode timeout, the eval temperature and sample count."""
     return EvalConfig(
         n_samples=cfg.eval.n_samples_per_eval_prompt, ks=tuple(sorted({1, cfg.eval.n_samples_per_eval_prompt})),
         sampling=cfg.rollout.sampling.replace(temperature=cfg.eval.eval_temperature, seed=cfg.seed),
         max_turns=cfg.rollout.max_turns, max_context_tokens=cfg.rollout.max_context_tokens,
         max_new_tokens_per_turn=cfg.rollout.max_new_tokens_per_turn, concurrency=cfg.rollout.concurrency,
-        env_kwargs=cfg.rollout.env_kwargs, seed=cfg.seed + HELDOUT_SEED_OFFSET)
+        episode_timeout=cfg.rollout.episode_timeout, env_kwargs=cfg.rollout.env_kwargs,
+        seed=cfg.seed + HELDOUT_SEED_OFFSET)
 
 
 def build_trainer(cfg: RunConfig) -> Any:
