@@ -28,8 +28,8 @@ class EngineConfig:
         "high_priority_stream", "kv_memory_fraction", "seed")}
 
     max_batch_size: int | None = None
-    """Requests decoded together (KV-cache slots). Default: 32 on CPU; on CUDA 256, or fewer when
-    the cache would not fit in ``kv_memory_fraction`` of the free GPU memory."""
+    """Requests decoded together (KV-cache slots). Default: 64 in training; elsewhere 32 on CPU, and on CUDA 256, or
+    fewer when the cache would not fit in ``kv_memory_fraction`` of the free GPU memory."""
     max_seq_len: int | None = None
     """Longest prompt + completion of one request, in tokens. Default: the model's
     ``max_position_embeddings`` capped at 4096 (CPU) or 8192 (CUDA)."""
