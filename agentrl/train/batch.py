@@ -14,7 +14,7 @@ Example::
     ...      Sample(prompt_ids=[1, 2], response_ids=[7], loss_mask=[1], rollout_logprobs=[-3.0], group_id=1)]
     >>> b = RolloutBatch.from_samples(s)
     >>> b.loss_mask.tolist(), b.rollout_logprobs.tolist()
-    ([[1, 1], [0, 1]], [[-1.0, -2.0], [0.0, -3.0]])
+    ([[1.0, 1.0], [0.0, 1.0]], [[-1.0, -2.0], [0.0, -3.0]])
 """
 
 from __future__ import annotations
