@@ -21,6 +21,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -56,7 +57,7 @@ def _cited_paths() -> set[str]:
     return {path for _, commit, path in _citations() if commit is None}
 
 
-def _check_fields(where: str, fields: dict[str, str]) -> list[str]:
+def _check_fields(where: str, fields: dict[str, Any]) -> list[str]:
     problems = [f"{where}: no {name}" for name in FIELDS if not str(fields.get(name) or "").strip()]
     if fields.get("commit") and not COMMIT.search(str(fields["commit"])):
         problems.append(f"{where}: commit {fields['commit']!r} names no commit hash")
@@ -75,11 +76,11 @@ def _md_fields(path: Path) -> dict[str, str]:
     return fields
 
 
-def _json_fields(path: Path) -> dict[str, str]:
+def _json_fields(path: Path) -> dict[str, Any]:
     data = json.loads(path.read_text())
     if not isinstance(data, dict):
         return {}
-    meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+    meta = data["meta"] if isinstance(data.get("meta"), dict) else {}
     return {name: data.get(name, meta.get(name)) for name in FIELDS}
 
 
@@ -130,6 +131,11 @@ def test_docs_cite_existing_results_by_exact_path():
     assert not problems, "\n".join(problems)
 
 
+def _git_has(name: str) -> bool:
+    """Whether this clone holds the git object ``name`` (``<commit>:<path>``, ``<commit>^{commit}``)."""
+    return subprocess.run(["git", "cat-file", "-e", name], cwd=ROOT, capture_output=True, check=False).returncode == 0
+
+
 def test_results_that_left_the_tree_are_at_the_commit_named():
     removed = sorted({(commit, path) for _, commit, path in _citations() if commit})
     if not removed:
@@ -138,12 +144,9 @@ def test_results_that_left_the_tree_are_at_the_commit_named():
         pytest.skip("needs a git checkout")
     missing, unknown = [], []
     for commit, path in removed:
-        has_commit = subprocess.run(["git", "cat-file", "-e", f"{commit}^{{commit}}"], cwd=ROOT,
-                                    capture_output=True).returncode == 0
-        if not has_commit:
+        if not _git_has(f"{commit}^{{commit}}"):
             unknown.append(commit)
-        elif subprocess.run(["git", "cat-file", "-e", f"{commit}:{path}"], cwd=ROOT,
-                            capture_output=True).returncode != 0:
+        elif not _git_has(f"{commit}:{path}"):
             missing.append(f"{commit}:{path}")
     assert not missing, f"cited with `git show` but not at that commit: {missing}"
     if unknown:
