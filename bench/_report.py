@@ -6,7 +6,7 @@ and the run's metadata) beside ``DIR/<stem>.md`` (the table).
 A result kept in ``bench/results/`` is one that README.md or a ``docs/*.md`` file cites by its exact
 path (``bench/results/<stem>.md`` or ``.json``; a run's folder file by file), and it names its
 provenance: the ``.md`` starts with its title, then the lines ``- commit: ...``, ``- machine: ...``,
-``- date: ...`` (``YYYY-MM-DD`` first) and ``- command: ...``; the ``.json`` holds the keys
+``- date: ...`` (a ``YYYY-MM-DD`` day) and ``- command: ...``; the ``.json`` holds the keys
 ``commit``, ``machine``, ``date`` and ``command`` at its top level or in its ``meta`` object; a run's
 folder holds them in its ``summary.json``. Where a run did not record its commit, ``commit`` says
 ``not recorded (added in <hash>)``. Reruns, sweeps and superseded results leave the tree: the doc that
