@@ -54,7 +54,8 @@ def build_components(cfg: RunConfig) -> Components:
     log.info("loaded %d prompts from %s (%d skipped)", len(dataset), cfg.prompt_data, len(dataset.skipped))
     sampler = PromptSampler(dataset.rows, seed=cfg.seed)
     eval_tasks = load_eval_tasks(cfg)
-    check_envs(cfg, [*dataset.rows, *(row for task in eval_tasks for row in task.rows)])
+    if not cfg.hooks.custom_generate_function_path:  # a custom episode loop may make no environment at all
+        check_envs(cfg, [*dataset.rows, *(row for task in eval_tasks for row in task.rows)])
     trainer = build_trainer(cfg)
     template = build_template(cfg, trainer.tokenizer)
     engine = build_engine(cfg, trainer)

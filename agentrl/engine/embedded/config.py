@@ -90,7 +90,7 @@ class EngineConfig:
     step overlap); it is admitted at once when an eighth of the slots' worth of requests (or every
     free slot's) is waiting, or when nothing is decoding. 0: admit at every step (lowest latency).
     Default: 8 on CUDA (a decode step is a few ms there; in a multi-turn rollout on an H100 this cut
-    engine time by ~15%, bench/results/engine_multiturn_h100_admit*.md), 0 on the CPU, where a step
+    engine time by ~15%, bench/results/engine_multiturn_h100_admit0.md and _admit8.md), 0 on the CPU, where a step
     takes tens of ms."""
     high_priority_stream: bool = False
     """CUDA: decode and prefill on a stream of the highest priority, so that when a trainer shares
