@@ -129,12 +129,3 @@ def test_kernels_as_set_without_waiting_report_a_busy_switch():
     finally:
         release.set()
         torch.backends.cuda.enable_cudnn_sdp(was)
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    import agentrl.utils.attention as module
-
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 2 and result.failed == 0
