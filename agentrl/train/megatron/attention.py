@@ -82,7 +82,7 @@ class RMSNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype,
                                                     device=_init_device(config)))
         # megatron-core all-reduces grads of params marked sequence_parallel across TP ranks
-        setattr(self.weight, "sequence_parallel", bool(config.sequence_parallel))
+        setattr(self.weight, "sequence_parallel", bool(config.sequence_parallel))  # noqa: B010 (an attribute torch.nn.Parameter does not declare)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._norm(x, self.weight, self.eps)
@@ -227,7 +227,7 @@ def _varlen(query, key, value, cu_seqlens, max_len: int, scale: float) -> torch.
     try:
         return varlen_attn(query, key, value, cu, cu, max_len, max_len, **kw)
     except (RuntimeError, TypeError, NotImplementedError) as err:  # unsupported head dim, dtype...
-        warnings.warn(f"varlen attention unavailable ({err}); using one SDPA call per sequence")
+        warnings.warn(f"varlen attention unavailable ({err}); using one SDPA call per sequence", stacklevel=2)
         return None
 
 
