@@ -95,7 +95,7 @@ class FlagTable:
         if config_file:
             p.add_argument("--config", metavar="FILE.yaml",
                            help="a YAML file of flag values (keys: flag names); flags given here override it")
-        groups: dict[str, Any] = {}
+        groups: dict[str | None, Any] = {}
         defaults = self.root()
         for flag in self.flags:
             heading = (sections or {}).get(flag.path.rpartition(".")[0]) or self._section(flag.path)
@@ -356,11 +356,12 @@ def field_docs(cls: type) -> dict[str, str]:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
         return {}
-    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+    node = ast.parse(source).body[0]
+    body = node.body if isinstance(node, ast.ClassDef) else []
     docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) \
-                and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant) \
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) \
                 and isinstance(nxt.value.value, str):
             docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs
