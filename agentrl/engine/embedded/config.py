@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from agentrl.engine.base import EngineError
 
 Backend = Literal["auto", "fast", "hf"]
+DecodeAttention = Literal["sdpa", "efficient", "matmul", "cpu", "triton"]
 
 
 class InvalidRequest(EngineError, ValueError):
@@ -54,7 +55,7 @@ class EngineConfig:
     Costs memory equal to the weights; the logits agree with the unpacked ones to float rounding,
     not bit for bit. Default: on for the CPU (float32, bfloat16) when PyTorch has oneDNN and
     ``compile`` is off."""
-    decode_attention: Literal["sdpa", "efficient", "matmul", "cpu", "triton"] | None = None
+    decode_attention: DecodeAttention | None = None
     """Decode attention of the fast path: ``scaled_dot_product_attention`` with a length mask
     (``sdpa``: PyTorch picks the kernel; ``efficient``: the memory-efficient kernel), explicit
     matmul + softmax (``matmul``), or ``cpu``: a float32 CPU kernel in C that reads each row's keys

@@ -225,7 +225,8 @@ def _varlen(query, key, value, cu_seqlens, max_len: int, scale: float) -> torch.
             key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
     cu = cu_seqlens.to(device=query.device, dtype=torch.int32)
     try:
-        return varlen_attn(query, key, value, cu, cu, max_len, max_len, **kw)
+        out = varlen_attn(query, key, value, cu, cu, max_len, max_len, **kw)
+        return out[0] if isinstance(out, tuple) else out  # (output, logsumexp) when asked for the latter
     except (RuntimeError, TypeError, NotImplementedError) as err:  # unsupported head dim, dtype...
         warnings.warn(f"varlen attention unavailable ({err}); using one SDPA call per sequence", stacklevel=2)
         return None
