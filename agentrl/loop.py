@@ -145,6 +145,7 @@ async def run_eval(c: Components, dumps: RolloutDumper | None = None, step: int 
 
 
 def save(c: Components, cfg: RunConfig, next_rollout: int) -> None:
+    assert cfg.checkpoint.save is not None  # called only with --save
     path = save_checkpoint(cfg.checkpoint.save, next_rollout, c.trainer, {
         "next_rollout": next_rollout, "sampler": c.sampler.state_dict(),
         "weight_version": c.engine.weight_version, "config": to_dict(cfg)})
@@ -153,6 +154,7 @@ def save(c: Components, cfg: RunConfig, next_rollout: int) -> None:
 
 def resume(c: Components, cfg: RunConfig) -> tuple[int, int]:
     """Restore trainer, data position and engine weights from ``--load``; return the next rollout."""
+    assert cfg.checkpoint.load is not None  # called only with --load
     ckpt = find_checkpoint(cfg.checkpoint.load)
     state = read_state(ckpt)
     c.trainer.load(ckpt)

@@ -58,3 +58,10 @@ def test_a_run_that_failed_before_its_first_rollout_does_not_block_the_retry(tmp
     (out / "config.json").write_text("{}")  # what a run that failed while loading leaves
     (out / "metrics.jsonl").write_text("")
     assert validate(parse_args([*TOY, "--output-dir", str(out), "--save", str(out / "ckpt")])) == []
+
+
+def test_held_out_evaluations_use_the_runs_episode_timeout():
+    from agentrl.components import build_eval_config
+
+    assert build_eval_config(parse_args([*TOY, "--episode-timeout", "none"])).episode_timeout is None
+    assert build_eval_config(parse_args([*TOY, "--episode-timeout", "30"])).episode_timeout == 30.0

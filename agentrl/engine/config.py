@@ -8,6 +8,9 @@ from typing import ClassVar, Literal
 from agentrl.engine.embedded.config import EngineConfig
 
 ENGINE_DTYPES = ("float32", "bfloat16", "float16")
+TRAINING_BATCH_SIZE = 64
+"""A training run's embedded engine decodes this many sequences together unless --engine-max-batch-size says
+otherwise (a rollout's episodes and a held-out set's prompts fill it; serve and eval take the engine's own default)."""
 
 
 @dataclass
@@ -36,7 +39,7 @@ class EngineSettings:
     servers."""
     sglang_args: list[str] = field(default_factory=list, metadata={"derived": True})
     """--sglang-* flags, passed through to sglang.launch_server without the prefix."""
-    embedded: EngineConfig = field(default_factory=EngineConfig)
+    embedded: EngineConfig = field(default_factory=lambda: EngineConfig(max_batch_size=TRAINING_BATCH_SIZE))
 
     def problems(self) -> list[str]:
         out = self.embedded.problems()

@@ -45,6 +45,7 @@ FROM_TRAINING: dict[str, Any] = {
     "max_turns": lambda c: c.rollout.max_turns,
     "seed": lambda c: c.seed,
     "limit": lambda c: c.eval.eval_max_prompts,
+    "episode_timeout": lambda c: c.rollout.episode_timeout,
 }
 """``agentrl eval`` setting -> its value in a training config (as the run's own evaluation used it)."""
 

@@ -68,6 +68,7 @@ def test_flags_override_the_training_config(tmp_path):
                                     "--n-samples-per-eval-prompt", "2", "--eval-temperature", "0.5"]))
     assert (args.max_response_len, args.n_samples, args.temperature) == (7, 2, 0.5)
     assert args.max_context_len == cfg.rollout.max_context_tokens == 128  # not given: the recipe's
+    assert args.episode_timeout == cfg.rollout.episode_timeout  # as training's own evaluations (--episode-timeout)
     assert args.k == "1"  # the recipe evaluates one sample per prompt: pass@1
 
 

@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from agentrl.engine.base import EngineError
 
 Backend = Literal["auto", "fast", "hf"]
+DecodeAttention = Literal["sdpa", "efficient", "matmul", "cpu", "triton"]
 
 
 class InvalidRequest(EngineError, ValueError):
@@ -28,8 +29,8 @@ class EngineConfig:
         "high_priority_stream", "kv_memory_fraction", "seed")}
 
     max_batch_size: int | None = None
-    """Requests decoded together (KV-cache slots). Default: 32 on CPU; on CUDA 256, or fewer when
-    the cache would not fit in ``kv_memory_fraction`` of the free GPU memory."""
+    """Requests decoded together (KV-cache slots). Default: 64 in training; elsewhere 32 on CPU, and on CUDA 256, or
+    fewer when the cache would not fit in ``kv_memory_fraction`` of the free GPU memory."""
     max_seq_len: int | None = None
     """Longest prompt + completion of one request, in tokens. Default: the model's
     ``max_position_embeddings`` capped at 4096 (CPU) or 8192 (CUDA)."""
@@ -54,7 +55,7 @@ class EngineConfig:
     Costs memory equal to the weights; the logits agree with the unpacked ones to float rounding,
     not bit for bit. Default: on for the CPU (float32, bfloat16) when PyTorch has oneDNN and
     ``compile`` is off."""
-    decode_attention: Literal["sdpa", "efficient", "matmul", "cpu", "triton"] | None = None
+    decode_attention: DecodeAttention | None = None
     """Decode attention of the fast path: ``scaled_dot_product_attention`` with a length mask
     (``sdpa``: PyTorch picks the kernel; ``efficient``: the memory-efficient kernel), explicit
     matmul + softmax (``matmul``), or ``cpu``: a float32 CPU kernel in C that reads each row's keys
@@ -90,7 +91,7 @@ class EngineConfig:
     step overlap); it is admitted at once when an eighth of the slots' worth of requests (or every
     free slot's) is waiting, or when nothing is decoding. 0: admit at every step (lowest latency).
     Default: 8 on CUDA (a decode step is a few ms there; in a multi-turn rollout on an H100 this cut
-    engine time by ~15%, bench/results/engine_multiturn_h100_admit*.md), 0 on the CPU, where a step
+    engine time by ~15%, bench/results/engine_multiturn_h100_admit0.md and _admit8.md), 0 on the CPU, where a step
     takes tens of ms."""
     high_priority_stream: bool = False
     """CUDA: decode and prefill on a stream of the highest priority, so that when a trainer shares
