@@ -166,12 +166,17 @@ def finalize(cfg: RunConfig) -> None:
 def validate(cfg: RunConfig) -> list[str]:
     """Every problem found before loading anything, each with how to fix it: each subsystem's own, then the
     ones that span subsystems."""
-    problems = [p for f in dataclasses.fields(cfg) if hasattr(getattr(cfg, f.name), "problems")
-                for p in getattr(cfg, f.name).problems()]
+    # --dry-run reads only the model's config: the files of prompts, evaluation and outputs are not checked
+    owners = DRY_RUN_CHECKS if cfg.group.dry_run else [f.name for f in dataclasses.fields(cfg)]
+    problems = [p for name in owners if hasattr(getattr(cfg, name), "problems") for p in getattr(cfg, name).problems()]
     problems += _loop_problems(cfg) + _objective_problems(cfg) + _backend_problems(cfg) + _layout_problems(cfg)
-    if not cfg.group.dry_run:  # --dry-run reads only the model's config: no prompts, no output folder
+    if not cfg.group.dry_run:
         problems += _input_problems(cfg) + _earlier_run_problems(cfg)
     return problems
+
+
+DRY_RUN_CHECKS = ["algo", "train", "megatron", "cluster", "group"]
+"""The subsystems whose own checks ``--dry-run`` runs (the ones the layout and the memory estimate read)."""
 
 
 def _loop_problems(cfg: RunConfig) -> list[str]:
