@@ -59,19 +59,30 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
 
     from agentrl.cluster.placement import create_placement, init_ray, plan_placement
     from agentrl.cluster.ray_trainer import RayTrainer
+    from agentrl.cluster.trainer_group import TrainerGroup, check_cluster
     from agentrl.data import PromptSampler, load_prompts
     from agentrl.rollout import load_generate_fn
 
     started = init_ray(cfg.cluster.ray_address)
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0 and cfg.device != "cpu"
-    actors = 1 + cfg.cluster.num_engines
+    ranks = cfg.group.world_size
+    problems = check_cluster(ranks, resources, use_gpu)
+    if problems:
+        if started:
+            ray.shutdown()
+        raise ConfigError(problems)
+    actors = ranks + cfg.cluster.num_engines
     cpus = cpus_per_actor(resources.get("CPU", 1.0), actors + cfg.cluster.num_env_workers)
-    plan = plan_placement(cfg.cluster.num_engines, cfg.cluster.rollout_num_gpus_per_engine, colocate=cfg.engine.colocate, use_gpu=use_gpu,
-                          cpus_per_actor=cpus)
+    plan = plan_placement(cfg.cluster.num_engines, cfg.cluster.rollout_num_gpus_per_engine, colocate=cfg.engine.colocate,
+                          use_gpu=use_gpu, cpus_per_actor=cpus, trainer_ranks=ranks)
     placement = create_placement(plan)
-    # the RayTrainer, or the DiskWeightsTrainer around it: both serve the trainer's calls
-    trainer: Any = RayTrainer.spawn(cfg, options=placement.trainer_options(), weight_sync=cfg.cluster.ray_weight_sync)
+    # the RayTrainer (one rank) or the TrainerGroup, or the DiskWeightsTrainer around either: all serve the calls
+    trainer: Any
+    if ranks > 1:
+        trainer = TrainerGroup.spawn(cfg, options=[placement.trainer_options(r) for r in range(ranks)])
+    else:
+        trainer = RayTrainer.spawn(cfg, options=placement.trainer_options(), weight_sync=cfg.cluster.ray_weight_sync)
     if cfg.engine.kind == "sglang":
         from agentrl.cluster.sglang_servers import DiskWeightsTrainer
 

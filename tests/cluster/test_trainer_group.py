@@ -1,0 +1,130 @@
+"""The trainer as a group of rank actors on a local 2-CPU Ray cluster (gloo): a quickstart-shaped run
+(tiny model, three rollouts) with the Megatron trainer at TP 2, PP 2, DP 2 and TP 2 + SP on two ranks,
+and with the torch trainer under FSDP2 on two ranks, gives the one-rank run's metrics; TP 2 x DP 2 on
+four ranks, once; a killed rank fails the run with one line naming it.
+
+Float32 on the CPU. Tolerance: 1e-5 relative (and 1e-6 absolute for values near zero) on every
+metric of ``train/``, ``rollout/`` and ``eval/``; what differs between layouts is the order of the
+sums in the collectives. The engine samples with the weights pushed after each step, so equal
+rollout metrics over three rollouts also mean the pushed (gathered) weights equal one rank's.
+
+megatron-core needs the test CUDA shim (``tests/megatron/megatron_cpu_shim.py``) in every rank actor:
+Ray's ``worker_process_setup_hook`` installs it in each worker process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray")
+
+from agentrl.config import parse_args  # noqa: E402
+from agentrl.loop import train  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[2]
+SHIM = ROOT / "tests" / "megatron"
+TOY = ["--config", "recipes/quickstart/config.yaml", "--model-path", "tiny-qwen2", "--num-rollout", "3",
+       "--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--num-steps-per-rollout", "1",
+       "--global-batch-size", "4", "--rollout-max-response-len", "8", "--eval-max-prompts", "2", "--eval-interval", "3",
+       "--max-tokens-per-gpu", "2048", "--lr", "1e-2", "--engine-max-batch-size", "8", "--no-gradient-checkpointing",
+       "--no-dynamic-sampling", "--entropy-coef", "0.1", "--use-ray"]
+SKIP = ("perf/", "time", "rollout/time", "rollout/tokens_per_s", "engine/")
+RTOL, ATOL = 1e-5, 1e-6
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    pytest.importorskip("megatron.core")
+    path = os.pathsep.join([str(SHIM), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False,
+             runtime_env={"worker_process_setup_hook": "megatron_cpu_shim.install", "env_vars": {"PYTHONPATH": path}})
+    yield
+    ray.shutdown()
+
+
+def _run(tmp_path: Path, name: str, *flags: str) -> dict[int, dict]:
+    out = tmp_path / name
+    train(parse_args([*TOY, "--output-dir", str(out), "--save", str(out / "ckpt"), *flags]))
+    return {r["step"]: r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines())}
+
+
+def _same(a: dict[int, dict], b: dict[int, dict]) -> None:
+    assert sorted(a) == sorted(b) == [0, 1, 2, 3]
+    for step in a:
+        for key in sorted(a[step].keys() | b[step].keys()):
+            if key.startswith(SKIP):
+                continue
+            x, y = a[step].get(key), b[step].get(key)
+            if isinstance(x, float) and isinstance(y, float) and math.isfinite(x):
+                assert y == pytest.approx(x, rel=RTOL, abs=ATOL), (step, key, x, y)
+            else:
+                assert x == y, (step, key)
+    assert all(a[s]["train/grad_norm"] > 0 for s in (1, 2, 3))
+
+
+@pytest.fixture(scope="module")
+def one_rank_megatron(local_ray, tmp_path_factory):
+    os.chdir(ROOT)
+    return _run(tmp_path_factory.mktemp("one"), "megatron-1", "--trainer", "megatron")
+
+
+LAYOUTS = {
+    "tp2": ["--tensor-model-parallel-size", "2"],
+    "pp2": ["--pipeline-model-parallel-size", "2"],
+    "dp2": [],
+    "tp2-sp": ["--tensor-model-parallel-size", "2", "--sequence-parallel"],
+}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_megatron_on_two_rank_actors_matches_one_rank(one_rank_megatron, tmp_path, layout):
+    os.chdir(ROOT)
+    two = _run(tmp_path, layout, "--trainer", "megatron", "--actor-num-gpus-per-node", "2", *LAYOUTS[layout])
+    _same(one_rank_megatron, two)
+
+
+def test_megatron_tp2_dp2_on_four_rank_actors_matches_one_rank(one_rank_megatron, tmp_path):
+    os.chdir(ROOT)
+    four = _run(tmp_path, "tp2dp2", "--trainer", "megatron", "--actor-num-gpus-per-node", "4",
+                "--tensor-model-parallel-size", "2")
+    _same(one_rank_megatron, four)
+
+
+def test_torch_trainer_fsdp2_on_two_rank_actors_matches_one_rank(local_ray, tmp_path):
+    os.chdir(ROOT)
+    one = _run(tmp_path, "torch-1", "--trainer", "torch")
+    two = _run(tmp_path, "torch-2", "--trainer", "torch", "--actor-num-gpus-per-node", "2")
+    _same(one, two)
+
+
+def test_a_killed_rank_fails_the_run_with_one_line_naming_it(local_ray, tmp_path, capsys, monkeypatch):
+    from agentrl import train_cli
+    from agentrl.cluster.trainer_group import TrainerGroup
+
+    os.chdir(ROOT)
+    original, steps = TrainerGroup._get, []
+
+    def kill_rank_1_in_the_second_step(self, refs, what):
+        if what == "train_step":
+            steps.append(1)
+            if len(steps) == 2:  # the step's calls are on their way to every rank
+                ray.kill(self.actors[1], no_restart=True)
+        return original(self, refs, what)
+
+    monkeypatch.setattr(TrainerGroup, "_get", kill_rank_1_in_the_second_step)
+    rc = train_cli.main([*TOY, "--trainer", "torch", "--actor-num-gpus-per-node", "2", "--save", str(tmp_path / "ck"), "--output-dir",
+                         str(tmp_path / "killed")], prog="train.py")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1
+    assert err[-1].startswith("train.py: trainer rank 1 of 2 died during train_step"), err[-3:]
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q", "-x"]))
