@@ -133,6 +133,22 @@ class TrainerRankActor:
             return send_weights(self.group, self.trainer.weights())
         return sum(1 for _ in self.trainer.weights())
 
+    # --- SGLang's in-memory path to servers (agentrl.cluster.weight_broadcast.push_to_servers): rank 0 sends ---
+    def join_update_group(self, address: str, port: int, world_size: int, group_name: str, backend: str) -> None:
+        from agentrl.cluster.weight_broadcast import init_update_group
+
+        self.update_group = init_update_group(address, port, 0, world_size, group_name, backend)
+
+    def push_to_servers(self, urls: list[str], group_name: str, bucket_bytes: int, version: int) -> dict | None:
+        from agentrl.cluster.weight_broadcast import push_to_servers
+
+        if self.rank == 0:
+            return push_to_servers(self.trainer.weights(), urls, self.update_group, group_name=group_name,
+                                   bucket_bytes=bucket_bytes, weight_version=str(version))
+        for _ in self.trainer.weights():  # the gathers are collective; only rank 0 holds the full tensors
+            pass
+        return None
+
     def where(self) -> dict[str, Any]:
         return {"rank": self.rank, "host": socket.gethostname(), "pid": os.getpid(),
                 "device": str(getattr(self.trainer, "device", None))}
@@ -247,6 +263,38 @@ class TrainerGroup:
 
             return BroadcastWeights(self, self.weight_sync)
         return self.actor.state_dict.remote()
+
+    def connect_servers(self, urls: list[str], *, group_name: str = "weight_update_group",
+                        backend: str = "gloo") -> None:
+        """Form SGLang's weight-update group: rank 0 of the trainer and the servers at ``urls`` (one rank each,
+        ``rank_offset`` 1, 2, ...) through their ``/init_weights_update_group``."""
+        import concurrent.futures as cf
+
+        import httpx
+
+        address, port = self._get([self.actors[0].rendezvous.remote()], "the weight update group")[0]
+        world = len(urls) + 1
+        join = self.actors[0].join_update_group.remote(address, port, world, group_name, backend)
+        body = {"master_address": address, "master_port": port, "world_size": world, "group_name": group_name,
+                "backend": backend}
+        with cf.ThreadPoolExecutor(len(urls)) as pool:
+            answers = [pool.submit(httpx.post, f"{u.rstrip('/')}/init_weights_update_group",
+                                   json={**body, "rank_offset": i + 1}, timeout=600) for i, u in enumerate(urls)]
+            self._get([join], "the weight update group")
+            for url, answer in zip(urls, answers):
+                reply = answer.result()
+                if reply.status_code != 200 or not reply.json().get("success", False):
+                    raise RuntimeError(f"{url}/init_weights_update_group failed: {reply.text[:300]}")
+        self.servers = list(urls)
+        self.group_name = group_name
+
+    def update_servers(self, version: int, *, bucket_bytes: int = 512 * 1024**2) -> dict[str, float]:
+        """Push the weights to the connected servers (:meth:`connect_servers`) bucket by bucket through
+        ``/update_weights_from_distributed``; ``perf/`` metrics of the sync (seconds, GB/s)."""
+        refs = [a.push_to_servers.remote(self.servers, self.group_name, bucket_bytes, version) for a in self.actors]
+        stats = self._get(refs, "the weight sync")[0]
+        return {"perf/weight_sync_s": stats["seconds"], "perf/weight_sync_gb_per_s":
+                stats["bytes"] / 1e9 / max(stats["seconds"], 1e-9), "perf/weight_sync_buckets": stats["buckets"]}
 
     def save(self, path: Any) -> None:
         self._call("save", str(path))
