@@ -79,10 +79,16 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
     placement = create_placement(plan)
     # the RayTrainer (one rank) or the TrainerGroup, or the DiskWeightsTrainer around either: all serve the calls
     trainer: Any
-    if ranks > 1:
-        trainer = TrainerGroup.spawn(cfg, options=[placement.trainer_options(r) for r in range(ranks)])
-    else:
-        trainer = RayTrainer.spawn(cfg, options=placement.trainer_options(), weight_sync=cfg.cluster.ray_weight_sync)
+    try:
+        if ranks > 1:
+            trainer = TrainerGroup.spawn(cfg, options=[placement.trainer_options(r) for r in range(ranks)])
+        else:
+            trainer = RayTrainer.spawn(cfg, options=placement.trainer_options(), weight_sync=cfg.cluster.ray_weight_sync)
+    except BaseException:  # a trainer that failed to start: its actors go with the placement group
+        placement.remove()
+        if started:
+            ray.shutdown()
+        raise
     if cfg.engine.kind == "sglang":
         from agentrl.cluster.sglang_servers import DiskWeightsTrainer
 

@@ -205,8 +205,12 @@ class TrainerGroup:
         remote = ray.remote(max_restarts=0)(TrainerRankActor)
         actors = [remote.options(**((options or [{}] * world)[r])).remote(r, world, num_threads) for r in range(world)]
         group = cls(actors, load_tokenizer(cfg.model_path), weight_sync=cfg.cluster.ray_weight_sync)
-        address, port = group._get([actors[0].rendezvous.remote()], "start")[0]
-        where = group._get([a.start.remote(cfg, address, port) for a in actors], "start")
+        try:
+            address, port = group._get([actors[0].rendezvous.remote()], "start")[0]
+            where = group._get([a.start.remote(cfg, address, port) for a in actors], "start")
+        except BaseException:  # the ranks that started wait in a collective for the one that did not
+            group.close()
+            raise
         log.info("trainer group: %d ranks at %s:%d: %s", world, address, port, where)
         return group
 

@@ -35,6 +35,7 @@ TOY = ["--config", "recipes/quickstart/config.yaml", "--model-path", "tiny-qwen2
        "--global-batch-size", "4", "--rollout-max-response-len", "8", "--eval-max-prompts", "2", "--eval-interval", "3",
        "--max-tokens-per-gpu", "2048", "--lr", "1e-2", "--engine-max-batch-size", "8", "--no-gradient-checkpointing",
        "--no-dynamic-sampling", "--entropy-coef", "0.1", "--use-ray"]
+MEGATRON = ["--trainer", "megatron", "--megatron-optimizer", "megatron"]  # one optimiser for every layout
 SKIP = ("perf/", "time", "rollout/time", "rollout/tokens_per_s", "engine/")
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -72,7 +73,7 @@ def _same(a: dict[int, dict], b: dict[int, dict]) -> None:
 @pytest.fixture(scope="module")
 def one_rank_megatron(local_ray, tmp_path_factory):
     os.chdir(ROOT)
-    return _run(tmp_path_factory.mktemp("one"), "megatron-1", "--trainer", "megatron")
+    return _run(tmp_path_factory.mktemp("one"), "megatron-1", *MEGATRON)
 
 
 LAYOUTS = {
@@ -86,13 +87,13 @@ LAYOUTS = {
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
 def test_megatron_on_two_rank_actors_matches_one_rank(one_rank_megatron, tmp_path, layout):
     os.chdir(ROOT)
-    two = _run(tmp_path, layout, "--trainer", "megatron", "--actor-num-gpus-per-node", "2", *LAYOUTS[layout])
+    two = _run(tmp_path, layout, *MEGATRON, "--actor-num-gpus-per-node", "2", *LAYOUTS[layout])
     _same(one_rank_megatron, two)
 
 
 def test_megatron_tp2_dp2_on_four_rank_actors_matches_one_rank(one_rank_megatron, tmp_path):
     os.chdir(ROOT)
-    four = _run(tmp_path, "tp2dp2", "--trainer", "megatron", "--actor-num-gpus-per-node", "4",
+    four = _run(tmp_path, "tp2dp2", *MEGATRON, "--actor-num-gpus-per-node", "4",
                 "--tensor-model-parallel-size", "2")
     _same(one_rank_megatron, four)
 

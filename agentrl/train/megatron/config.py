@@ -33,7 +33,8 @@ class MegatronTrainerConfig:
     pack_sequences: bool = True
     """Pack micro-batches back to back (thd) instead of padding each sample to the longest."""
     optimizer: Literal["auto", "megatron", "torch"] = "auto"
-    """megatron (megatron-core DDP + optimizer) | torch (AdamW, one process) | auto (megatron on CUDA)."""
+    """megatron (megatron-core DDP + optimizer) | torch (AdamW, one replica, no pipelining) | auto (megatron on CUDA
+    or with data / pipeline parallelism, else torch)."""
     distributed_optimizer: bool = True
     """Shard optimizer state over data-parallel ranks (megatron optimizer)."""
     dtype: Literal["float32", "bfloat16", "float16"] | None = None

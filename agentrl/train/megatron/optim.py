@@ -25,11 +25,13 @@ from agentrl.train.base import TrainConfig
 OPTIMIZERS = ("auto", "megatron", "torch")
 
 
-def resolve_optimizer(kind: str) -> str:
+def resolve_optimizer(kind: str, replicas: int = 1) -> str:
+    """``auto``: megatron-core's optimizer on CUDA or with data / pipeline parallelism (``replicas`` = DP x PP > 1,
+    which the torch fallback cannot run), else torch's AdamW."""
     if kind not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {kind!r}")
     if kind == "auto":
-        return "megatron" if torch.cuda.is_available() else "torch"
+        return "megatron" if torch.cuda.is_available() or replicas > 1 else "torch"
     return kind
 
 

@@ -108,7 +108,7 @@ class MegatronTrainer:
 
         policy = self._build(build_gpt_model)
         load_hf_weights(policy, self.shape, self.model_path)
-        kind = resolve_optimizer(mcfg.optimizer)
+        kind = resolve_optimizer(mcfg.optimizer, self.layout.data_parallel * self.layout.pipeline_parallel)
         opt_cls = MegatronOptimizer if kind == "megatron" else TorchOptimizer
         self.optimizer = opt_cls(policy, config, lr=config.lr * self._lr_factor(0),
                                  distributed=mcfg.distributed_optimizer)
