@@ -104,14 +104,26 @@ class TrainerRankActor:
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         result = getattr(self.trainer, method)(*args, **kwargs)
+        if method == "train_step" and self.last_sync:  # the sync before this step, in the step's metrics
+            result = {**result, **self.last_sync}
         return result if self.rank == 0 else None  # the same on every rank: one copy travels back
+
+    last_sync: dict[str, float] = {}  # noqa: RUF012 - replaced, never mutated
+
+    def _timed(self, stats: dict[str, float]) -> None:
+        self.last_sync = {"perf/weight_sync_s": stats["seconds"],
+                          "perf/weight_sync_gb_per_s": stats["bytes"] / 1e9 / max(stats["seconds"], 1e-9)}
 
     def state_dict(self) -> dict[str, Any] | None:
         """Rank 0: the HF-named weights as CPU tensors; the other ranks take part in the gathers only."""
-        out = {}
+        import time
+
+        start, size, out = time.perf_counter(), 0, {}
         for name, t in self.trainer.weights():
             if self.rank == 0:
                 out[name] = t.detach().to("cpu").contiguous()
+                size += t.numel() * t.element_size()
+        self._timed({"seconds": time.perf_counter() - start, "bytes": float(size)})
         return out if self.rank == 0 else None
 
     # --- weight broadcast to engine actors (agentrl.cluster.weight_broadcast): rank 0 sends ---
@@ -127,11 +139,23 @@ class TrainerRankActor:
         return meta if self.rank == 0 else None
 
     def send_broadcast(self) -> int:
+        import time
+
         from agentrl.cluster.weight_broadcast import send_weights
 
-        if self.rank == 0:
-            return send_weights(self.group, self.trainer.weights())
-        return sum(1 for _ in self.trainer.weights())
+        if self.rank != 0:
+            return sum(1 for _ in self.trainer.weights())
+        start, size = time.perf_counter(), 0
+
+        def counted():
+            nonlocal size
+            for name, t in self.trainer.weights():
+                size += t.numel() * t.element_size()
+                yield name, t
+
+        n = send_weights(self.group, counted())
+        self._timed({"seconds": time.perf_counter() - start, "bytes": float(size)})
+        return n
 
     # --- SGLang's in-memory path to servers (agentrl.cluster.weight_broadcast.push_to_servers): rank 0 sends ---
     def join_update_group(self, address: str, port: int, world_size: int, group_name: str, backend: str) -> None:
@@ -143,8 +167,10 @@ class TrainerRankActor:
         from agentrl.cluster.weight_broadcast import push_to_servers
 
         if self.rank == 0:
-            return push_to_servers(self.trainer.weights(), urls, self.update_group, group_name=group_name,
-                                   bucket_bytes=bucket_bytes, weight_version=str(version))
+            stats = push_to_servers(self.trainer.weights(), urls, self.update_group, group_name=group_name,
+                                    bucket_bytes=bucket_bytes, weight_version=str(version))
+            self._timed(stats)
+            return stats
         for _ in self.trainer.weights():  # the gathers are collective; only rank 0 holds the full tensors
             pass
         return None
@@ -202,8 +228,8 @@ class TrainerGroup:
         from agentrl.models import load_tokenizer
 
         world = cfg.group.world_size
-        remote = ray.remote(max_restarts=0)(TrainerRankActor)
-        actors = [remote.options(**((options or [{}] * world)[r])).remote(r, world, num_threads) for r in range(world)]
+        remote: Any = ray.remote(max_restarts=0)(TrainerRankActor)
+        actors: list[Any] = [remote.options(**((options or [{}] * world)[r])).remote(r, world, num_threads) for r in range(world)]
         group = cls(actors, load_tokenizer(cfg.model_path), weight_sync=cfg.cluster.ray_weight_sync)
         try:
             address, port = group._get([actors[0].rendezvous.remote()], "start")[0]

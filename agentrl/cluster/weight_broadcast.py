@@ -162,8 +162,8 @@ def init_update_group(address: str, port: int, rank: int, world_size: int, group
     store = PrefixStore(group_name, store)
     options = "backend_options" if "backend_options" in inspect.signature(_new_process_group_helper).parameters \
         else "pg_options"
-    pg, _ = _new_process_group_helper(world_size, rank, [], Backend(backend), store, group_name=group_name,
-                                      timeout=timeout, **{options: None})
+    pg, _ = _new_process_group_helper(world_size, rank, [], Backend(backend), store,
+                                      group_name=group_name, timeout=timeout, **{options: None})  # type: ignore[arg-type]
     _world.pg_group_ranks[pg] = {i: i for i in range(world_size)}
     return pg
 

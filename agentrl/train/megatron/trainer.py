@@ -354,6 +354,7 @@ class MegatronTrainer:
         if same:
             self.optimizer.load(path, tag)
         else:
+            assert saved is not None  # not same
             _check_reshard(saved, here, path, critic=self.critic is not None)
             log.info("resuming a checkpoint of layout %s on layout %s", saved, here)
             load_hf_optimizer_state(self.policy, self.shape, self.optimizer, path)
