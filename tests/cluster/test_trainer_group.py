@@ -121,6 +121,83 @@ def test_a_checkpoint_saved_at_tp2_resumes_at_tp1_and_at_dp2(local_ray, tmp_path
         _same({s: whole[s] for s in (3, 4)}, resumed, steps=[3, 4])
 
 
+@pytest.mark.parametrize("sync", ["object_store", "gloo"])
+def test_engine_weights_after_a_sync_equal_the_groups_gathered_weights(local_ray, sync):
+    """TP 2 x PP 1 trainer group -> one embedded-engine actor, through the object store and through the gloo
+    broadcast group: every tensor of the engine's model equals the group's gathered one exactly."""
+    import asyncio
+
+    import torch
+
+    from agentrl.cluster.build import build_engine_pool
+    from agentrl.cluster.placement import create_placement, plan_placement
+    from agentrl.cluster.trainer_group import TrainerGroup
+
+    cfg = parse_args(["--model-path", "tiny-qwen2", "--prompt-data", "x", "--use-ray", *MEGATRON, "--lr", "0.5",
+                      "--actor-num-gpus-per-node", "2", "--tensor-model-parallel-size", "2", "--ray-weight-sync", sync,
+                      "--engine-max-batch-size", "4", "--rollout-max-context-len", "128"])
+    placement = create_placement(plan_placement(1, colocate=False, use_gpu=False, cpus_per_actor=0.5, trainer_ranks=2))
+    group = TrainerGroup.spawn(cfg, options=[placement.trainer_options(r) for r in range(2)])
+
+    def engine_state(actor_self):
+        return {k: v.detach().clone() for k, v in actor_self.engine.model.state_dict().items()}
+
+    async def main():
+        pool = build_engine_pool(cfg, placement)
+        seen = []
+        for version in (1, 2):
+            group.train_step(_batch(group.tokenizer))
+            assert await pool.update_weights(group.weights(), version=version) == version
+            engine = await pool.engines[0].actor.__ray_call__.remote(engine_state)
+            gathered = await group.actor.state_dict.remote()
+            seen.append((await pool.engines[0].actor.weight_version.remote(), engine, gathered))
+        await pool.close()
+        return seen
+
+    try:
+        seen = asyncio.run(main())
+        group.where()  # the other rank's share of the last gather
+    finally:
+        group.close()
+        placement.remove()
+    assert [version for version, _, _ in seen] == [1, 2]
+    for _, engine, gathered in seen:  # after each sync
+        assert set(gathered) <= set(engine)
+        for name, t in gathered.items():
+            assert torch.equal(engine[name], t), name
+    first, second = seen[0][2], seen[1][2]
+    assert any(not torch.equal(first[n], second[n]) for n in first)  # the second step moved the weights
+
+
+def test_more_ranks_than_gpus_is_one_line_and_exit_2_before_loading(local_ray, tmp_path, capsys, monkeypatch):
+    from agentrl import train_cli
+    from agentrl.cluster import trainer_group
+
+    os.chdir(ROOT)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"GPU": 4.0, "CPU": 2.0})  # a cluster of 4 GPUs
+    monkeypatch.setattr(trainer_group.TrainerGroup, "spawn", None)  # nothing may start
+    rc = train_cli.main([*TOY, *MEGATRON, "--actor-num-gpus-per-node", "8", "--tensor-model-parallel-size", "2",
+                         "--output-dir", str(tmp_path / "o"), "--save", str(tmp_path / "ck")], prog="train.py")
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  - ")]
+    assert rc == 2
+    assert lines == ["  - 8 trainer ranks (--actor-num-nodes x --actor-num-gpus-per-node) need 8 GPUs; the Ray "
+                     "cluster has 4"]
+
+
+def _batch(tokenizer):
+    """Four samples with fixed advantages: a training step without an engine."""
+    import torch
+
+    from agentrl.train.batch import RolloutBatch
+    from agentrl.types import Sample
+
+    samples = [Sample(prompt_ids=[1, 2, 3], response_ids=[4 + i, 5, 6], loss_mask=[1, 1, 1], reward=float(i),
+                      rollout_logprobs=[-1.0] * 3) for i in range(4)]
+    batch = RolloutBatch.from_samples(samples)
+    batch.advantages = torch.tensor([[-1.5] * 3, [-0.5] * 3, [0.5] * 3, [1.5] * 3])
+    return batch
+
+
 def test_a_killed_rank_fails_the_run_with_one_line_naming_it(local_ray, tmp_path, capsys, monkeypatch):
     from agentrl import train_cli
     from agentrl.cluster.trainer_group import TrainerGroup
@@ -136,11 +213,18 @@ def test_a_killed_rank_fails_the_run_with_one_line_naming_it(local_ray, tmp_path
         return original(self, refs, what)
 
     monkeypatch.setattr(TrainerGroup, "_get", kill_rank_1_in_the_second_step)
-    rc = train_cli.main([*TOY, "--trainer", "torch", "--actor-num-gpus-per-node", "2", "--save", str(tmp_path / "ck"), "--output-dir",
-                         str(tmp_path / "killed")], prog="train.py")
+    group = ["--trainer", "torch", "--actor-num-gpus-per-node", "2", "--save", str(tmp_path / "ck"), "--save-interval", "1"]
+    rc = train_cli.main([*TOY, *group, "--output-dir", str(tmp_path / "killed")], prog="train.py")
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1
     assert err[-1].startswith("train.py: trainer rank 1 of 2 died during train_step"), err[-3:]
+    # the last checkpoint (after rollout 1) resumes
+    monkeypatch.setattr(TrainerGroup, "_get", original)
+    assert (tmp_path / "ck" / "rollout_00001").is_dir() and not (tmp_path / "ck" / "rollout_00002").exists()
+    rc = train_cli.main([*TOY, *group, "--load", str(tmp_path / "ck"), "--output-dir", str(tmp_path / "resumed")],
+                        prog="train.py")
+    assert rc == 0
+    assert (tmp_path / "ck" / "rollout_00003").is_dir()
 
 
 if __name__ == "__main__":
