@@ -89,6 +89,8 @@ def test_megatron_on_two_rank_actors_matches_one_rank(one_rank_megatron, tmp_pat
     os.chdir(ROOT)
     two = _run(tmp_path, layout, *MEGATRON, "--actor-num-gpus-per-node", "2", *LAYOUTS[layout])
     _same(one_rank_megatron, two)
+    for step in (2, 3):  # the sync after the step before, in the step's metrics
+        assert two[step]["perf/weight_sync_s"] > 0 and two[step]["perf/weight_sync_gb_per_s"] > 0, two[step]
 
 
 def test_megatron_tp2_dp2_on_four_rank_actors_matches_one_rank(one_rank_megatron, tmp_path):
@@ -121,10 +123,12 @@ def test_a_checkpoint_saved_at_tp2_resumes_at_tp1_and_at_dp2(local_ray, tmp_path
         _same({s: whole[s] for s in (3, 4)}, resumed, steps=[3, 4])
 
 
-@pytest.mark.parametrize("sync", ["object_store", "gloo"])
-def test_engine_weights_after_a_sync_equal_the_groups_gathered_weights(local_ray, sync):
-    """TP 2 x PP 1 trainer group -> one embedded-engine actor, through the object store and through the gloo
-    broadcast group: every tensor of the engine's model equals the group's gathered one exactly."""
+@pytest.mark.parametrize(("layout", "sync"), [("tp2", "object_store"), ("tp2", "gloo"), ("pp2", "gloo"),
+                                             ("dp2", "object_store"), ("tp2-sp", "gloo")])
+def test_engine_weights_after_a_sync_equal_the_groups_gathered_weights(local_ray, layout, sync):
+    """A two-rank trainer group -> one embedded-engine actor, through the object store or the gloo broadcast
+    group: after each of two syncs every tensor of the engine's model equals the group's gathered one exactly
+    (TP: gathered across the tensor-parallel ranks; PP: each stage sends its own layers)."""
     import asyncio
 
     import torch
@@ -134,7 +138,7 @@ def test_engine_weights_after_a_sync_equal_the_groups_gathered_weights(local_ray
     from agentrl.cluster.trainer_group import TrainerGroup
 
     cfg = parse_args(["--model-path", "tiny-qwen2", "--prompt-data", "x", "--use-ray", *MEGATRON, "--lr", "0.5",
-                      "--actor-num-gpus-per-node", "2", "--tensor-model-parallel-size", "2", "--ray-weight-sync", sync,
+                      "--actor-num-gpus-per-node", "2", *LAYOUTS[layout], "--ray-weight-sync", sync,
                       "--engine-max-batch-size", "4", "--rollout-max-context-len", "128"])
     placement = create_placement(plan_placement(1, colocate=False, use_gpu=False, cpus_per_actor=0.5, trainer_ranks=2))
     group = TrainerGroup.spawn(cfg, options=[placement.trainer_options(r) for r in range(2)])
