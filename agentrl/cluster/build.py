@@ -77,7 +77,7 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
     plan = plan_placement(cfg.cluster.num_engines, cfg.cluster.rollout_num_gpus_per_engine, colocate=cfg.engine.colocate,
                           use_gpu=use_gpu, cpus_per_actor=cpus, trainer_ranks=ranks)
     placement = create_placement(plan)
-    # the RayTrainer (one rank) or the TrainerGroup, or the DiskWeightsTrainer around either: all serve the calls
+    # the RayTrainer (one rank) or the TrainerGroup, with SGLang wrapped to send weights: all serve the calls
     trainer: Any
     try:
         if ranks > 1:
@@ -89,7 +89,12 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
         if started:
             ray.shutdown()
         raise
-    if cfg.engine.kind == "sglang":
+    if cfg.engine.kind == "sglang" and ranks > 1:  # SGLang's in-memory path from the group's rank 0
+        from agentrl.cluster.sglang_servers import InMemoryWeightsTrainer
+
+        trainer = InMemoryWeightsTrainer(trainer, backend="nccl" if use_gpu else "gloo",
+                                         bucket_bytes=cfg.group.update_weight_buffer_size)
+    elif cfg.engine.kind == "sglang":
         from agentrl.cluster.sglang_servers import DiskWeightsTrainer
 
         trainer = DiskWeightsTrainer(trainer, output_dir(cfg) / "weights")

@@ -163,6 +163,13 @@ class TrainerRankActor:
 
         self.update_group = init_update_group(address, port, 0, world_size, group_name, backend)
 
+    def leave_update_group(self) -> None:
+        from agentrl.cluster.weight_broadcast import destroy_update_group
+
+        group, self.update_group = getattr(self, "update_group", None), None
+        if group is not None:
+            destroy_update_group(group)
+
     def push_to_servers(self, urls: list[str], group_name: str, bucket_bytes: int, version: int) -> dict | None:
         from agentrl.cluster.weight_broadcast import push_to_servers
 
@@ -215,6 +222,8 @@ class TrainerGroup:
         self.weight_sync = weight_sync
         self.broadcast_state: dict[str, Any] = {}
         self.pending: list[Any] = []
+        self.servers: list[str] = []  # in the weight-update group of connect_servers
+        self.group_name = "weight_update_group"
         self.actor = _Head(self)
         self.device = None
         """The ranks' devices live in their actors; the driver binds none."""
@@ -317,6 +326,20 @@ class TrainerGroup:
                     raise RuntimeError(f"{url}/init_weights_update_group failed: {reply.text[:300]}")
         self.servers = list(urls)
         self.group_name = group_name
+
+    def disconnect_servers(self) -> None:
+        """Leave the weight-update group of :meth:`connect_servers`: each server still up drops its end
+        (``/destroy_weights_update_group``; one that is gone is skipped), then rank 0 drops its own."""
+        import httpx
+
+        for url in self.servers:
+            try:
+                httpx.post(f"{url.rstrip('/')}/destroy_weights_update_group", json={"group_name": self.group_name},
+                           timeout=30)
+            except httpx.HTTPError as e:
+                log.info("%s/destroy_weights_update_group: %s", url, e)
+        self._get([self.actors[0].leave_update_group.remote()], "the weight update group")
+        self.servers = []
 
     def update_servers(self, version: int, *, bucket_bytes: int = 512 * 1024**2) -> dict[str, float]:
         """Push the weights to the connected servers (:meth:`connect_servers`) bucket by bucket through

@@ -132,6 +132,50 @@ def test_update_without_a_group_is_a_400(server):
     assert r.status_code == 400 and "call /init_weights_update_group first" in r.json()["message"]
 
 
+def test_in_memory_weights_form_the_group_once_and_again_when_the_servers_change():
+    """What the engine pool hands the servers with --engine sglang and a trainer group: the first sync forms
+    SGLang's weight-update group, later ones only send; a server replaced by the pool (a restart, same URL)
+    makes the next sync leave the old group and form a new one; the clients learn the version they hold."""
+    import asyncio
+
+    from agentrl.cluster.engine_pool import CollectiveWeights
+    from agentrl.cluster.sglang_servers import InMemoryWeightsTrainer
+
+    calls: list[tuple] = []
+
+    class Group:
+        def connect_servers(self, urls, *, group_name, backend):
+            calls.append(("connect", urls, group_name, backend))
+
+        def disconnect_servers(self):
+            calls.append(("disconnect",))
+
+        def update_servers(self, version, *, bucket_bytes):
+            calls.append(("send", version, bucket_bytes))
+
+    class Server:
+        def __init__(self, url):
+            self.url, self.weight_version = url, 0
+
+        def note_weight_version(self, version):
+            self.weight_version = version
+
+    a, b, b_again = Server("http://a:1"), Server("http://b:1"), Server("http://b:1")
+    trainer = InMemoryWeightsTrainer(Group(), backend="gloo", bucket_bytes=7)
+    assert isinstance(trainer.weights(), CollectiveWeights)
+
+    async def syncs():
+        await trainer.weights().push_to([a, b], 1)
+        await trainer.weights().push_to([a, b], 2)
+        await trainer.weights().push_to([a, b_again], 3)
+
+    asyncio.run(syncs())
+    assert calls == [("connect", ["http://a:1", "http://b:1"], "agentrl_weights_1", "gloo"), ("send", 1, 7),
+                     ("send", 2, 7), ("disconnect",),
+                     ("connect", ["http://a:1", "http://b:1"], "agentrl_weights_2", "gloo"), ("send", 3, 7)]
+    assert (a.weight_version, b.weight_version, b_again.weight_version) == (3, 2, 3)
+
+
 @pytest.mark.slow
 def test_sync_from_a_tensor_parallel_trainer_group_into_agentrl_serve(server, tmp_path):
     ray = pytest.importorskip("ray")
@@ -140,10 +184,7 @@ def test_sync_from_a_tensor_parallel_trainer_group_into_agentrl_serve(server, tm
     from agentrl.config import parse_args
     from agentrl.models import load_model
 
-    shim = ROOT / "tests" / "megatron"
-    path = os.pathsep.join([str(shim), str(ROOT), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False,
-             runtime_env={"worker_process_setup_hook": "megatron_cpu_shim.install", "env_vars": {"PYTHONPATH": path}})
+    _ray_init(ray)
     try:
         cfg = parse_args(["--model-path", "tiny-qwen2", "--trainer", "megatron", "--actor-num-gpus-per-node", "2",
                           "--tensor-model-parallel-size", "2", "--lr", "0.5"])
@@ -165,6 +206,53 @@ def test_sync_from_a_tensor_parallel_trainer_group_into_agentrl_serve(server, tm
     assert tokens == want[0]
     assert logprobs == pytest.approx(want[1], abs=5e-5)
     assert (tokens, logprobs) == _embedded(model)
+
+
+@pytest.mark.slow
+def test_a_trainer_group_run_sends_its_weights_to_agentrl_serve_in_memory(server, tmp_path, monkeypatch):
+    """train.py with --engine sglang --sglang-url (agentrl serve) and a Megatron TP 2 group: each sync goes
+    through /update_weights_from_distributed (no HF folder per sync), the step metrics carry its seconds and
+    GB/s, and afterwards the server's greedy tokens are those of the last synced weights (the HF export of
+    the checkpoint of the same step)."""
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("megatron.core")
+    from agentrl.config import parse_args
+    from agentrl.loop import train
+    from agentrl.models import load_model
+
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "run"
+    _ray_init(ray)
+    try:
+        train(parse_args(["--config", "recipes/quickstart/config.yaml", "--model-path", "tiny-qwen2", "--num-rollout",
+                          "3", "--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--global-batch-size", "4",
+                          "--rollout-max-response-len", "8", "--eval-max-prompts", "2", "--max-tokens-per-gpu", "2048",
+                          "--lr", "1e-2", "--entropy-coef", "0.1", "--no-gradient-checkpointing", "--no-dynamic-sampling",
+                          "--engine", "sglang", "--sglang-url", server, "--use-ray", "--trainer", "megatron",
+                          "--actor-num-gpus-per-node", "2", "--tensor-model-parallel-size", "2",
+                          "--update-weight-buffer-size", str(2 * 1024**2), "--output-dir", str(out),
+                          "--save", str(out / "ckpt"), "--save-interval", "1"]))
+    finally:
+        ray.shutdown()
+    import json
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    synced = [r for r in rows if "perf/weight_sync_s" in r]
+    assert len(synced) >= 2 and all(r["perf/weight_sync_gb_per_s"] > 0 for r in synced)
+    assert not (out / "weights").exists()  # no HF folder per sync
+    version = int(httpx.get(server + "/get_weight_version").json()["weight_version"])
+    assert version >= 2
+    model = load_model(str(out / "ckpt" / f"rollout_{version - 1:05d}" / "model"), with_tokenizer=False).float()
+    tokens, logprobs = _served(server)
+    assert (tokens, logprobs) == _embedded(model)
+
+
+def _ray_init(ray) -> None:
+    """A local 2-CPU Ray cluster whose workers carry megatron-core's CPU shim (tests/megatron)."""
+    shim = ROOT / "tests" / "megatron"
+    path = os.pathsep.join([str(shim), str(ROOT), os.environ.get("PYTHONPATH", "")])
+    ray.init(num_cpus=2, object_store_memory=200 * 1024**2, include_dashboard=False,
+             runtime_env={"worker_process_setup_hook": "megatron_cpu_shim.install", "env_vars": {"PYTHONPATH": path}})
 
 
 def _batch(tokenizer):
