@@ -124,11 +124,12 @@ def test_a_checkpoint_saved_at_tp2_resumes_at_tp1_and_at_dp2(local_ray, tmp_path
 
 
 @pytest.mark.parametrize(("layout", "sync"), [("tp2", "object_store"), ("tp2", "gloo"), ("pp2", "gloo"),
-                                             ("dp2", "object_store"), ("tp2-sp", "gloo")])
+                                             ("dp2", "object_store"), ("tp2-sp", "gloo"), ("fsdp2", "gloo")])
 def test_engine_weights_after_a_sync_equal_the_groups_gathered_weights(local_ray, layout, sync):
     """A two-rank trainer group -> one embedded-engine actor, through the object store or the gloo broadcast
     group: after each of two syncs every tensor of the engine's model equals the group's gathered one exactly
-    (TP: gathered across the tensor-parallel ranks; PP: each stage sends its own layers)."""
+    (TP: gathered across the tensor-parallel ranks; PP: each stage sends its own layers; FSDP2: the shards
+    gathered into full tensors)."""
     import asyncio
 
     import torch
@@ -137,8 +138,9 @@ def test_engine_weights_after_a_sync_equal_the_groups_gathered_weights(local_ray
     from agentrl.cluster.placement import create_placement, plan_placement
     from agentrl.cluster.trainer_group import TrainerGroup
 
-    cfg = parse_args(["--model-path", "tiny-qwen2", "--prompt-data", "x", "--use-ray", *MEGATRON, "--lr", "0.5",
-                      "--actor-num-gpus-per-node", "2", *LAYOUTS[layout], "--ray-weight-sync", sync,
+    trainer = ["--trainer", "torch"] if layout == "fsdp2" else [*MEGATRON, *LAYOUTS[layout]]
+    cfg = parse_args(["--model-path", "tiny-qwen2", "--prompt-data", "x", "--use-ray", *trainer, "--lr", "0.5",
+                      "--actor-num-gpus-per-node", "2", "--ray-weight-sync", sync,
                       "--engine-max-batch-size", "4", "--rollout-max-context-len", "128"])
     placement = create_placement(plan_placement(1, colocate=False, use_gpu=False, cpus_per_actor=0.5, trainer_ranks=2))
     group = TrainerGroup.spawn(cfg, options=[placement.trainer_options(r) for r in range(2)])

@@ -6,7 +6,8 @@ since NCCL takes one rank per GPU), from the repository root, with Ray installed
 
     python -m pytest tests/cluster/test_trainer_group_gpu.py -m multigpu -q -p no:cacheprovider
 
-Each test skips with the number of GPUs it needs where there are fewer. Float32 on both sides
+Each test skips with the number of GPUs it needs where there are fewer. The parity runs are colocated
+(the engine on rank 0's GPU, its memory released during training), the NCCL syncs disaggregated. Float32 on both sides
 (``--megatron-dtype float32 --engine-dtype float32``) except the torch trainer, which computes in
 bf16 on CUDA. Tolerances: 1e-3 relative for the Megatron layouts (on GPUs cuBLAS picks kernels by
 shape, so a tensor-parallel matmul sums in another order than the whole one, more so than on the
