@@ -242,7 +242,7 @@ def test_a_trainer_group_run_sends_its_weights_to_agentrl_serve_in_memory(server
     assert not (out / "weights").exists()  # no HF folder per sync
     version = int(httpx.get(server + "/get_weight_version").json()["weight_version"])
     assert version >= 2
-    model = load_model(str(out / "ckpt" / f"rollout_{version - 1:05d}" / "model"), with_tokenizer=False).float()
+    model = load_model(str(out / "ckpt" / f"rollout_{version:05d}" / "model"), with_tokenizer=False).float()
     tokens, logprobs = _served(server)
     assert (tokens, logprobs) == _embedded(model)
 
