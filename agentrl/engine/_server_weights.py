@@ -127,7 +127,8 @@ async def init_weights_update_group(state: Any, body: dict[str, Any]) -> JSONRes
     name, backend = str(body.get("group_name", "weight_update_group")), str(body.get("backend", "nccl"))
     if backend not in ("nccl", "gloo"):
         return _fail(f"backend must be nccl or gloo; got {backend!r}")
-    if backend == "nccl" and getattr(state.engine, "device", None) is not None and state.engine.device.type != "cuda":
+    device = getattr(state.engine, "device", None)
+    if backend == "nccl" and (device.type != "cuda" if device is not None else not _cuda_available()):
         return _fail("backend nccl needs the engine on a CUDA GPU; this server runs on the CPU: use backend gloo")
     if name in state.update_groups:
         return _fail(f"weight update group {name!r} exists; destroy it first (/destroy_weights_update_group)")
@@ -176,6 +177,12 @@ async def destroy_weights_update_group(state: Any, body: dict[str, Any]) -> JSON
         return _fail(f"no weight update group {name!r}")
     await asyncio.to_thread(destroy_update_group, pg)
     return JSONResponse({"success": True, "message": f"Succeeded to destroy group {name}."})
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _fail(message: str) -> JSONResponse:
