@@ -129,9 +129,15 @@ class FastRunner:
         # keyed by (batch, length, mode) for decode steps, ("mixed", tokens, mode) for mixed ones
         self._graphs: dict[tuple[int | str, int, str], Any] = {}
         self._uses: dict[tuple[int | str, int, str], int] = {}
-        self.capture_after = 3
-        """A (batch, length, mode) shape is captured on its third use; rarer ones run eagerly, so
-        the many batch sizes seen while requests trickle in do not each cost a capture."""
+        self.capture_after = 1 if attention == "triton" else 3
+        """A decode shape is captured on this use. With SDPA, one graph per (batch, length, mode)
+        bucket, the third: rarer ones run eagerly, so the many shapes seen while requests trickle in
+        do not each cost a capture. With the Triton kernel the graphs are few (a split count or
+        two per batch bucket), so the first: a steady workload stops capturing once each batch size
+        has been seen, instead of capturing (and running eager steps) whenever it first reaches a
+        length three times."""
+        self.capture_mixed_after = 1
+        """A mixed step's token bucket (at most 16 per sampling mode) is captured on this use."""
         self._tok: torch.Tensor | None = None  # [b] input tokens; each graph writes its samples back
         self._par: torch.Tensor | None = None  # [4, b] float64: position, temperature, greedy, uniform
         self._out: torch.Tensor | None = None  # [2, b] float64: sampled id, logprob
@@ -270,7 +276,7 @@ class FastRunner:
         graph = self._graphs.get(key)
         if graph is None:
             self._uses[key] = uses = self._uses.get(key, 0) + 1
-            if uses >= self.capture_after:
+            if uses >= self.capture_mixed_after:
                 graph = self._record_mixed(self._mixed_fn(t, mode), self._mmeta[:t])
                 if graph is not None:
                     self._graphs[key] = graph
