@@ -67,4 +67,4 @@ def test_the_exploit_check_finds_a_task_that_blind_tool_calls_solve():
             return super().reset(target)
 
     report = check_exploits(lambda: TRLEnv(Easy), seeds=(0,))
-    assert {f.cheat for f in report.findings} == {"every tool called", "tool results as candidates"}
+    assert [f.cheat for f in report.findings] == ["tool results as candidates"]  # junk calls, then any reply
