@@ -10,8 +10,10 @@ module              takes                                               extra
                     ``get_reward()``
 ``mcp_tools``       the tools of MCP servers (stdio or HTTP) as an      ``agentrl[mcp]``
                     environment's tools
+``openenv``         an OpenEnv ``Environment`` in-process, or an        ``agentrl[openenv]``
+                    OpenEnv server by URL
 ==================  =================================================  ===========================
 
-docs/ecosystem.md gives the mapping of each (observations, tools, rewards, termination) and what does
+docs/environments.md gives the mapping of each (observations, tools, rewards, termination) and what does
 not carry over.
 """
