@@ -12,6 +12,8 @@ module              takes                                               extra
                     environment's tools
 ``openenv``         an OpenEnv ``Environment`` in-process, or an        ``agentrl[openenv]``
                     OpenEnv server by URL
+``verifiers``       a verifiers (``verifiers.v1``) taskset with its     ``agentrl[verifiers]``
+                    tools, rubric and ``Env``; agentrl plays its seat
 ==================  =================================================  ===========================
 
 docs/environments.md gives the mapping of each (observations, tools, rewards, termination) and what does

@@ -1,6 +1,9 @@
 """A 2-rollout training run at toy scale (tiny model) on a given environment, for each adapter."""
 
 import json
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -30,3 +33,29 @@ def two_rollouts(tmp_path, monkeypatch):
         return steps
 
     return run
+
+
+@pytest.fixture
+def openenv_server():
+    """A real OpenEnv server (openenv's create_app under uvicorn) of openenv_guess.py, on a free loopback port."""
+    import uvicorn
+    from openenv.core.env_server.http_server import create_app
+
+    from agentrl.utils.imports import load_object
+
+    game = load_object(f"{Path(__file__).with_name('openenv_guess.py')}:GuessEnvironment")
+    module = __import__(game.__module__)
+    app = create_app(game, module.GuessAction, module.GuessObservation, env_name="guess", max_concurrent_envs=64)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not srv.started:
+        assert time.monotonic() < deadline, "the OpenEnv server did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)

@@ -2,9 +2,6 @@
 in-process and through a real OpenEnv server (openenv's create_app, its GenericEnvClient); check-env with the
 exploit check and the environment's oracle; a 2-rollout training run."""
 
-import socket
-import threading
-import time
 from pathlib import Path
 
 import gymnasium
@@ -70,33 +67,8 @@ def test_two_rollouts(registered, two_rollouts):
     two_rollouts(registered, [{"low": 1}, {"low": 10}])
 
 
-@pytest.fixture
-def server():
-    """A real OpenEnv server (openenv's create_app under uvicorn) on a free loopback port."""
-    import uvicorn
-    from openenv.core.env_server.http_server import create_app
-
-    from agentrl.utils.imports import load_object
-
-    game = load_object(GAME)
-    module = __import__(game.__module__)
-    app = create_app(game, module.GuessAction, module.GuessObservation, env_name="guess", max_concurrent_envs=64)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=srv.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not srv.started:
-        assert time.monotonic() < deadline, "the OpenEnv server did not start"
-        time.sleep(0.05)
-    yield f"http://127.0.0.1:{port}"
-    srv.should_exit = True
-    thread.join(10)
-
-
-def test_over_a_real_openenv_server(server):
+def test_over_a_real_openenv_server(openenv_server):
+    server = openenv_server
     env = OpenEnvEnv(base_url=server)
     messages, _ = env.reset(seed=3)
     assert '"feedback": "I picked a number from 1 to 20. Guess it."' in messages[0]["content"]
