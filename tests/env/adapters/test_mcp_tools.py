@@ -13,9 +13,9 @@ import pytest
 
 pytest.importorskip("mcp", reason="pip install 'agentrl[mcp]'")
 
-from agentrl.env import check_env, make, register  # noqa: E402
+from agentrl.env import register  # noqa: E402
 from agentrl.env.adapters.mcp_tools import MCPToolEnv  # noqa: E402
-from agentrl.env.exploits import check_exploits  # noqa: E402
+from agentrl.env.cli import main as check_env_main  # noqa: E402
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
 STDIO = [{"command": sys.executable, "args": [SERVER]}]
@@ -104,10 +104,10 @@ def test_a_server_that_cannot_start_fails_at_once():
         MCPToolEnv([{"command": sys.executable, "args": ["-c", "import sys; sys.exit(3)"]}])
 
 
-def test_check_env_and_exploits(registered):
-    assert check_env(lambda: make(registered), fuzz_samples=2).ok
-    report = check_exploits(lambda: make(registered), seeds=(0, 1))
-    assert report.ok, report.summary()
+def test_check_env_and_exploits(registered, capsys):
+    """``agentrl check-env --exploits`` on it, as a user runs it."""
+    assert check_env_main([registered, "--exploits", "--fuzz-samples", "2", "--exploit-seeds", "2"]) == 0
+    assert f"ok    {registered}" in capsys.readouterr().out
 
 
 @pytest.mark.slow

@@ -6,9 +6,10 @@ from pathlib import Path
 import gymnasium
 import pytest
 
-from agentrl.env import check_env, register
+from agentrl.env import register
 from agentrl.env.adapters.trl import TRLEnv
 from agentrl.env.exploits import check_exploits
+from agentrl.env.cli import main as check_env_main
 
 FACTORY = f"{Path(__file__).with_name('trl_counter.py')}:Counter"
 
@@ -45,12 +46,10 @@ def test_a_class_without_the_contract_is_refused():
         TRLEnv(NoReward)
 
 
-def test_check_env_and_exploits(registered):
-    from agentrl.env import make
-
-    assert check_env(lambda: make(registered)).ok
-    report = check_exploits(lambda: make(registered))
-    assert report.ok, report.summary()
+def test_check_env_and_exploits(registered, capsys):
+    """``agentrl check-env --exploits`` on it, as a user runs it."""
+    assert check_env_main([registered, "--exploits"]) == 0
+    assert f"ok    {registered}" in capsys.readouterr().out
 
 
 def test_two_rollouts(registered, two_rollouts):

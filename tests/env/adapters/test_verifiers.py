@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("verifiers.v1", reason="pip install 'agentrl[verifiers]'")
 
-from agentrl.env import check_env, make, register  # noqa: E402
+from agentrl.env import register  # noqa: E402
 from agentrl.env.adapters.verifiers import VerifiersEnv  # noqa: E402
-from agentrl.env.exploits import check_exploits  # noqa: E402
+from agentrl.env.cli import main as check_env_main  # noqa: E402
 
 TASKS = Path(__file__).with_name("vf_tasks.py")
 SUMS, GUESS, GUESS_ENV = f"{TASKS}:SumTaskset", f"{TASKS}:GuessTaskset", f"{TASKS}:GuessEnv"
@@ -69,14 +69,16 @@ def test_mistakes_are_named():
         VerifiersEnv(GUESS, env=GUESS_ENV, seat="judge")
 
 
-def test_check_env_and_exploits(registered):
-    for env_id in registered:
-        assert check_env(lambda env_id=env_id: make(env_id), fuzz_samples=2).ok
-        report = check_exploits(lambda env_id=env_id: make(env_id))
-        assert report.ok, report.summary()
+def test_check_env_and_exploits(registered, capsys):
+    """``agentrl check-env --exploits`` on both, as a user runs it."""
+    assert check_env_main([*registered, "--exploits", "--fuzz-samples", "2"]) == 0
+    out = capsys.readouterr().out
+    assert all(f"ok    {env_id}" in out for env_id in registered), out
 
 
+@pytest.mark.slow
 def test_two_rollouts(registered, two_rollouts):
+    """~60-80 s on 2 cores: two training steps of tiny-qwen2 over the verifiers game."""
     two_rollouts(registered[1], [{"task_index": 0}, {"task_index": 1}])
 
 
