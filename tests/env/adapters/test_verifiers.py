@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("verifiers.v1", reason="pip install 'agentrl[verifiers]'")
 
-from agentrl.env import register  # noqa: E402
+from agentrl.env import make, register  # noqa: E402
 from agentrl.env.adapters.verifiers import VerifiersEnv  # noqa: E402
 from agentrl.env.cli import main as check_env_main  # noqa: E402
 
@@ -98,3 +98,32 @@ def test_verifiers_own_openenv_taskset(openenv_server):
     game.reset(seed=3)
     assert env.step('{"guess": %d}' % game.secret)[1:3] == (1.0, True)
     env.close()
+
+
+def test_agentrl_environments_as_a_verifiers_taskset(tmp_path, monkeypatch):
+    """The other direction: agentrl/GSM8K-v0 as a verifiers Taskset and Env, found by verifiers' own loaders under
+    a taskset id (a one-line module, as docs/environments.md shows), played back through the adapter."""
+    (tmp_path / "agentrl_tasks.py").write_text(
+        "from agentrl.env.adapters.verifiers_taskset import AgentrlEnv, AgentrlTaskset, __all__  # noqa: F401\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from verifiers.v1.utils.loaders import environment_class
+
+    from agentrl.env.adapters.verifiers_taskset import AgentrlEnv
+
+    assert environment_class("agentrl-tasks") is AgentrlEnv
+    env = VerifiersEnv("agentrl-tasks", taskset_config={"env": "agentrl/GSM8K-v0", "num_seeds": 3})
+    assert [t.data.seed for t in env.tasks] == [0, 1, 2]
+    direct = make("agentrl/GSM8K-v0")
+    expected, _ = direct.reset(seed=1)
+    messages, _ = env.reset(seed=1)
+    assert messages == [{"role": m["role"], "content": m["content"]} for m in expected]
+    assert env.step(direct.unwrapped.oracle(1)[0])[1:3] == (1.0, True)
+    env.close()
+    register("VfRoundTrip-v0", "agentrl.env.adapters.verifiers:VerifiersEnv", max_turns=2,
+             taskset="agentrl.env.adapters.verifiers_taskset:AgentrlTaskset",
+             env="agentrl.env.adapters.verifiers_taskset:AgentrlEnv",
+             taskset_config={"env": "agentrl/GSM8K-v0", "num_seeds": 3})
+    try:
+        assert check_env_main(["VfRoundTrip-v0", "--exploits", "--fuzz-samples", "2"]) == 0
+    finally:
+        del gymnasium.registry["agentrl/VfRoundTrip-v0"]
