@@ -55,6 +55,9 @@ from agentrl.tool import HermesParser, ToolExecutor
 from agentrl.utils.extras import require
 
 
+_TASKS: dict[tuple[type, str, int], list[Any]] = {}
+
+
 class VerifiersEnv(TextEnv):
     """A verifiers taskset and its ``Env`` as an environment (see the module docstring).
 
@@ -98,7 +101,10 @@ class VerifiersEnv(TextEnv):
         if not (isinstance(env_cls, type) and issubclass(env_cls, vf.Env)):
             raise TypeError(f"env must be a verifiers Env subclass; got {env_cls!r}")
         self.taskset = taskset_cls(config)
-        self.tasks = list(itertools.islice(iter(self.taskset), num_tasks))
+        key = (taskset_cls, config.model_dump_json(), num_tasks)
+        if key not in _TASKS:  # an environment is made per episode: load the tasks once per process
+            _TASKS[key] = list(itertools.islice(iter(self.taskset), num_tasks))
+        self.tasks = _TASKS[key]
         if not self.tasks:
             raise ValueError(f"{taskset_cls.__name__} yielded no task")
         env_config_cls = concrete_type(env_cls, vf.EnvConfig, origin=vf.Env) or vf.EnvConfig
