@@ -1,4 +1,5 @@
-"""The RL math: advantages, policy and value losses, KL, entropy, importance correction, aggregation.
+"""The RL math: advantages (episode and turn level), policy and value losses, KL, entropy,
+importance correction, aggregation.
 
 Pure tensor functions with no I/O and no distributed code. The torch and the Megatron trainer
 both train on :func:`rl_objective` (``objective.py``), which adds up the terms below. A training
@@ -46,9 +47,10 @@ from agentrl.algo.aggregate import (
     check_aggregation,
     masked_mean,
 )
+from agentrl.algo.gigpo import gigpo
 from agentrl.algo.entropy import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
 from agentrl.algo.kl import KL_ESTIMATORS, kl_penalty
-from agentrl.algo.losses import PolicyLossConfig, PolicyLossFn, gspo_loss, ppo_clip_loss, value_loss
+from agentrl.algo.losses import PolicyLossConfig, PolicyLossFn, cispo_loss, gspo_loss, ppo_clip_loss, value_loss
 from agentrl.algo.objective import (
     ObjectiveConfig,
     mean_over_steps,
@@ -61,10 +63,13 @@ from agentrl.algo.registry import (
     ADVANTAGE_ESTIMATORS,
     CRITIC_ESTIMATORS,
     POLICY_LOSSES,
+    TURN_BASELINE_ESTIMATORS,
+    TURN_ESTIMATORS,
     get_advantage_estimator,
     get_policy_loss,
 )
 from agentrl.algo.tis import rollout_mismatch_metrics, tis_weights
+from agentrl.algo.turns import Turns, turn_returns, turn_token_rewards
 
 __all__ = [
     "ADVANTAGE_ESTIMATORS",
@@ -76,9 +81,13 @@ __all__ = [
     "POLICY_LOSSES",
     "PolicyLossConfig",
     "PolicyLossFn",
+    "TURN_BASELINE_ESTIMATORS",
+    "TURN_ESTIMATORS",
+    "Turns",
     "aggregate",
     "aggregation_denominator",
     "check_aggregation",
+    "cispo_loss",
     "compute_gae",
     "discounted_returns",
     "dr_grpo",
@@ -86,6 +95,7 @@ __all__ = [
     "gae",
     "get_advantage_estimator",
     "get_policy_loss",
+    "gigpo",
     "grpo",
     "gspo_loss",
     "kl_penalty",
@@ -103,6 +113,8 @@ __all__ = [
     "rloo",
     "rollout_mismatch_metrics",
     "tis_weights",
+    "turn_returns",
+    "turn_token_rewards",
     "value_loss",
     "value_objective",
 ]

@@ -11,12 +11,14 @@ MODULES = [
     "agentrl.algo.advantages",
     "agentrl.algo.aggregate",
     "agentrl.algo.entropy",
+    "agentrl.algo.gigpo",
     "agentrl.algo.kl",
     "agentrl.algo.losses",
     "agentrl.algo.objective",
     "agentrl.algo.registry",
     "agentrl.algo.returns",
     "agentrl.algo.tis",
+    "agentrl.algo.turns",
 ]
 
 
