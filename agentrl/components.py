@@ -63,11 +63,11 @@ def build_components(cfg: RunConfig) -> Components:
                       interruptible)
 
 
-def build_interruptible(cfg: RunConfig, engine: Any) -> InterruptibleEngine | None:
-    """The engine of async runs' rollouts (``--max-staleness`` > 0), None otherwise: turns in
-    flight at a weight sync resume (``--partial-rollouts``), finish first, or go on through it
+def build_interruptible(cfg: RunConfig, engine: Any, asynchronous: bool | None = None) -> InterruptibleEngine | None:
+    """The engine of async runs' rollouts (``--max-staleness`` > 0, or ``asynchronous``), None otherwise:
+    turns in flight at a weight sync resume (``--partial-rollouts``), finish first, or go on through it
     (``--in-flight-weight-updates``); see ``agentrl.rollout.async_partial``."""
-    if cfg.max_staleness <= 0:
+    if not (cfg.max_staleness > 0 if asynchronous is None else asynchronous):
         return None
     return InterruptibleEngine(engine, resume=cfg.partial_rollouts, in_flight=cfg.in_flight_weight_updates)
 
@@ -145,16 +145,27 @@ def load_eval_tasks(cfg: RunConfig) -> list[EvalTask]:
 
 
 def compute_advantages(batch: RolloutBatch, cfg: RunConfig) -> None:
-    """Fill ``batch.advantages`` (and ``batch.returns`` for gae) with the configured estimator."""
-    config = algo.AdvantageConfig(normalize_std=cfg.normalize_advantage_std, gamma=cfg.gamma, lam=cfg.lambd)
-    estimator = algo.get_advantage_estimator(cfg.advantage_estimator)
-    if cfg.advantage_estimator in algo.CRITIC_ESTIMATORS:
-        token_rewards = algo.place_rewards_at_turn_ends(batch.rewards, batch.loss_mask)
+    """Fill ``batch.advantages`` (and ``batch.returns`` for gae) with the configured estimator.
+
+    Per-turn rewards reach every estimator that can use them: ``gigpo`` and ``--turn-baseline`` get
+    ``batch.turns``; the token-level ones (``gae``, ``reinforce_plus_plus``) get each turn's reward on
+    the last token of that turn (with outcome-only rewards: the episode reward on its last token)."""
+    name = cfg.advantage_estimator
+    config = algo.AdvantageConfig(normalize_std=cfg.normalize_advantage_std, gamma=cfg.gamma, lam=cfg.lambd,
+                                  turn_baseline=cfg.turn_baseline)
+    estimator = algo.get_advantage_estimator(name)
+    kwargs: dict[str, Any] = {}
+    if name in algo.TURN_ESTIMATORS or cfg.turn_baseline:
+        kwargs["turns"] = batch.turns
+    elif name in ("gae", "reinforce_plus_plus") and batch.turns is not None:
+        kwargs["token_rewards"] = algo.turn_token_rewards(batch.turns, batch.loss_mask)
+    if name in algo.CRITIC_ESTIMATORS:
+        token_rewards = kwargs.get("token_rewards")
+        if token_rewards is None:
+            token_rewards = algo.place_rewards_at_turn_ends(batch.rewards, batch.loss_mask)
         _, batch.returns = algo.compute_gae(token_rewards, batch.values, batch.loss_mask, cfg.gamma, cfg.lambd)
-        batch.advantages = estimator(batch.rewards, batch.group_ids, batch.loss_mask, config=config,
-                                     values=batch.values)
-    else:
-        batch.advantages = estimator(batch.rewards, batch.group_ids, batch.loss_mask, config=config)
+        kwargs["values"] = batch.values
+    batch.advantages = estimator(batch.rewards, batch.group_ids, batch.loss_mask, config=config, **kwargs)
 
 
 def output_dir(cfg: RunConfig) -> Path:

@@ -62,11 +62,16 @@ class RunConfig:
     num_steps_per_rollout: int = 1
     """Optimiser steps per rollout."""
     advantage_estimator: str = "grpo"
-    """grpo | dr_grpo | rloo | reinforce_plus_plus | reinforce_plus_plus_baseline | gae."""
+    """grpo | dr_grpo | rloo | reinforce_plus_plus | reinforce_plus_plus_baseline | gae | gigpo (turn-level
+    credit from states the episodes of a group share; the environment names them, info["state_key"])."""
     normalize_advantage_std: bool = True
     """Divide group-relative advantages by the group std (off: Dr. GRPO)."""
+    turn_baseline: bool = False
+    """grpo, dr_grpo, rloo: each turn's return (its reward and the later ones) against the group's returns at the
+    same turn, instead of the episode reward against the group's (unbiased; docs/training.md)."""
     gamma: float = 1.0
-    """Discount of gae."""
+    """Discount: per token for gae and reinforce_plus_plus, per turn for gigpo (the paper uses 0.95) and
+    --turn-baseline."""
     lambd: float = 1.0
     """GAE lambda."""
     dynamic_sampling: bool = False
@@ -219,6 +224,7 @@ FLAGS: dict[str, str] = {
     "--rollout-stop": "rollout.sampling.stop",
     "--rollout-concurrency": "rollout.concurrency",
     "--episode-timeout": "rollout.episode_timeout",
+    "--max-episode-retries": "rollout.max_episode_retries",
     "--env-kwargs": "rollout.env_kwargs",
     "--dynamic-sampling": "dynamic_sampling",
     "--over-sampling-factor": "over_sampling_factor",
@@ -234,6 +240,7 @@ FLAGS: dict[str, str] = {
     # algorithm
     "--advantage-estimator": "advantage_estimator",
     "--normalize-advantage-std": "normalize_advantage_std",
+    "--turn-baseline": "turn_baseline",
     "--gamma": "gamma",
     "--lambd": "lambd",
     "--policy-loss": "train.policy_loss",
@@ -401,10 +408,15 @@ def validate(cfg: RunConfig) -> list[str]:
                 f"--num-steps-per-rollout ({cfg.global_batch_size} x {cfg.num_steps_per_rollout} = "
                 f"{cfg.global_batch_size * cfg.num_steps_per_rollout}); e.g. set --global-batch-size "
                 f"{cfg.episodes_per_rollout // max(cfg.num_steps_per_rollout, 1)} or leave it out to derive it")
-    if cfg.advantage_estimator in ("grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline") \
+    if cfg.advantage_estimator in ("grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline", "gigpo") \
             and cfg.rollout.n_samples_per_prompt < 2:
         problems.append(f"--advantage-estimator {cfg.advantage_estimator} compares episodes of the same prompt: "
                         f"set --n-samples-per-prompt >= 2 (got {cfg.rollout.n_samples_per_prompt})")
+    if cfg.turn_baseline and cfg.advantage_estimator not in algo.TURN_BASELINE_ESTIMATORS:
+        problems.append(f"--turn-baseline is for {', '.join(sorted(algo.TURN_BASELINE_ESTIMATORS))}; "
+                        f"--advantage-estimator {cfg.advantage_estimator} does not take it")
+    if cfg.rollout.max_episode_retries is None or cfg.rollout.max_episode_retries < 0:
+        problems.append(f"--max-episode-retries must be >= 0; got {cfg.rollout.max_episode_retries}")
     for what, check in (("advantage estimator", lambda: algo.get_advantage_estimator(cfg.advantage_estimator)),
                         ("policy loss", lambda: algo.get_policy_loss(cfg.train.policy_loss)),
                         ("aggregation", lambda: algo.check_aggregation(cfg.train.loss_aggregation)),
