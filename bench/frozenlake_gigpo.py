@@ -1,0 +1,162 @@
+"""GRPO against GiGPO on FrozenLake (fresh random 4x4 maps), SmolLM2-135M-Instruct, the CPU, equal wall time.
+
+``run`` trains one estimator with the settings below for ``--minutes`` of wall time (then Ctrl-C: the
+loop finishes its step and stops), evaluating greedily on held-out maps (unseen seeds) every
+``--eval-interval`` rollouts; ``report`` reads every run under a folder and writes held-out success and
+reward and the training reward against wall-clock minutes (the comparison) to
+``frozenlake_gigpo_cpu.{md,json,png}``. Start the two estimators together, so they share the machine alike::
+
+    OMP_NUM_THREADS=1 python bench/frozenlake_gigpo.py run --estimator grpo --seed 0 --minutes 38 --out runs/fl_gigpo &
+    OMP_NUM_THREADS=1 python bench/frozenlake_gigpo.py run --estimator gigpo --seed 0 --minutes 38 --out runs/fl_gigpo &
+    wait; python bench/frozenlake_gigpo.py report runs/fl_gigpo --out bench/results
+
+Both estimators get the same prompts, seeds, budgets and optimiser; only ``--advantage-estimator``
+differs (GiGPO with ``--gamma 0.95``, the paper's per-turn discount; GRPO ignores ``--gamma``).
+The game's state key is the player's position, so GiGPO compares the turns of a group (one map)
+taken from the same square.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench._report import save  # noqa: E402
+
+INVALID_PENALTY = 0.1
+"""Reward of a reply that names no move (the game does not advance). SmolLM2-135M names a move in about one
+reply in three and never reaches the goal untrained, so the goal alone gives every group equal rewards and
+no update; the penalty makes valid replies the first thing to learn, turn by turn."""
+
+SETTINGS = [
+    "--config", "recipes/frozenlake/config.yaml",
+    "--env-kwargs", json.dumps({"random_map_size": 4, "invalid_action_penalty": INVALID_PENALTY}),
+    "--max-turns", "8", "--rollout-max-response-len", "12", "--rollout-max-context-len", "1536",
+    "--rollout-batch-size", "2", "--n-samples-per-prompt", "4", "--lr", "3e-5", "--num-rollout", "200",
+    "--eval-prompt-data", "unseen_maps", "recipes/frozenlake/test.jsonl", "--eval-max-prompts", "6",
+    "--engine-prefix-cache", "--engine-max-batch-size", "8", "--max-tokens-per-gpu", "1024",
+]
+"""The shared settings: small, because the CPU is shared and a step costs minutes."""
+
+ESTIMATORS = {"grpo": ["--advantage-estimator", "grpo"],
+              "gigpo": ["--advantage-estimator", "gigpo", "--gamma", "0.95"]}
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out) / f"{args.estimator}_seed{args.seed}"
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "train.py", *SETTINGS, *ESTIMATORS[args.estimator], "--seed", str(args.seed),
+           "--eval-interval", str(args.eval_interval), "--output-dir", str(out)]
+    (out / "bench.json").write_text(json.dumps({"started": time.time(), "minutes": args.minutes, "command": cmd,
+                                                "estimator": args.estimator, "seed": args.seed}, indent=2))
+    with open(out / "train.log", "w") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            proc.wait(timeout=args.minutes * 60)
+        except subprocess.TimeoutExpired:  # equal wall time: Ctrl-C, the loop finishes its step and stops
+            proc.send_signal(signal.SIGINT)
+            proc.wait()
+    print(f"{args.estimator} seed {args.seed}: {out} (exit {proc.returncode})")
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def load(folder: Path) -> list[dict]:
+    """Each run's held-out points (minutes since its start, rollout, success, reward) and training rewards."""
+    runs = []
+    for meta_path in sorted(folder.glob("*/bench.json")):
+        meta = json.loads(meta_path.read_text())
+        metrics = meta_path.parent / "metrics.jsonl"
+        rows = _rows(metrics) if metrics.exists() else []
+        evals = [{"minute": round((r["time"] - meta["started"]) / 60, 1), "rollout": r["step"],
+                  "success": r["eval/unseen_maps/success"], "reward": r["eval/unseen_maps/reward_mean"]}
+                 for r in rows if "eval/unseen_maps/success" in r]
+        steps = [r for r in rows if "rollout/reward_mean" in r]
+        runs.append({**{k: meta[k] for k in ("estimator", "seed", "minutes")}, "evals": evals,
+                     "train": [{"minute": round((r["time"] - meta["started"]) / 60, 1), "rollout": r["step"],
+                                "reward": r["rollout/reward_mean"],
+                                "zero_variance_groups": r.get("rollout/zero_variance_groups")} for r in steps],
+                     "minutes_run": round((rows[-1]["time"] - meta["started"]) / 60, 1) if rows else 0.0})
+    return runs
+
+
+def report(args: argparse.Namespace) -> None:
+    runs = load(Path(args.folder))
+    if not runs:
+        raise SystemExit(f"no runs under {args.folder}")
+    lines = ["| estimator | seed | minutes | rollouts | held-out success / reward at minute (rollout) | "
+             "training reward per rollout |", "|---|---|---|---|---|---|"]
+    for r in runs:
+        held_out = "; ".join(f"{e['success']:.2f} / {e['reward']:+.3f} at {e['minute']:g} ({e['rollout']})"
+                             for e in r["evals"])
+        train = ", ".join(f"{t['reward']:+.3f}" for t in r["train"])
+        lines.append(f"| {r['estimator']} | {r['seed']} | {r['minutes_run']} | {len(r['train'])} | {held_out} | {train} |")
+    meta = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
+            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                     text=True).stdout.strip(), "settings": SETTINGS, "estimators": ESTIMATORS}
+    md = "\n".join(lines) + "\n"
+    path = save(args.out, "frozenlake_gigpo_cpu", {"meta": meta, "runs": runs}, md)
+    _plot(runs, Path(args.out) / "frozenlake_gigpo_cpu.png")
+    print(md)
+    print(f"wrote {path} and {Path(args.out) / 'frozenlake_gigpo_cpu.png'}")
+
+
+def _plot(runs: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colors = {"grpo": "tab:blue", "gigpo": "tab:orange"}
+    panels = [("evals", "success", "held-out success (greedy, unseen maps)"),
+              ("evals", "reward", f"held-out reward (1 at the goal, -{INVALID_PENALTY:g} a reply without a move)"),
+              ("train", "reward", "training reward (mean of the rollout)")]
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
+    for ax, (series, key, title) in zip(axes, panels):
+        for r in runs:
+            points = r[series]
+            ax.plot([p["minute"] for p in points], [p[key] for p in points], marker="os^v"[r["seed"] % 4],
+                    markersize=4, linestyle=("-", "--", ":", "-.")[r["seed"] % 4], color=colors.get(r["estimator"]),
+                    label=f"{r['estimator']} seed {r['seed']}")
+        ax.set_xlabel("wall-clock minutes (both runs at once on a shared 2-core CPU)")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="train one estimator for a fixed wall time")
+    r.add_argument("--estimator", choices=sorted(ESTIMATORS), required=True)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--minutes", type=float, default=35.0)
+    r.add_argument("--eval-interval", type=int, default=2)
+    r.add_argument("--out", default="runs/fl_gigpo")
+    r.set_defaults(fn=run)
+    rep = sub.add_parser("report", help="plot and tabulate every run under a folder")
+    rep.add_argument("folder")
+    rep.add_argument("--out", default="bench/results")
+    rep.set_defaults(fn=report)
+    args = p.parse_args()
+    args.fn(args)
+
+
+if __name__ == "__main__":
+    main()
