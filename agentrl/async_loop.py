@@ -119,7 +119,7 @@ class RolloutStream:
 
     def __init__(self, c: Any, cfg: Any, start: int, *, asynchronous: bool | None = None) -> None:
         self.c, self.cfg, self.start = c, cfg, start
-        self.max_staleness = int(cfg.max_staleness)
+        self.max_staleness = int(cfg.asynchrony.max_staleness)
         self.asynchronous = self.max_staleness > 0 if asynchronous is None else asynchronous
         self.stopping = False
         """Set by Ctrl-C: the loop saves a checkpoint after this step and ends."""
@@ -141,17 +141,17 @@ class RolloutStream:
         self._executor: cf.ThreadPoolExecutor | None = None
         self._previous_sigint: Any = None
         self._released = False
-        self._release_for_training = bool(cfg.use_ray and cfg.colocate and not self.asynchronous)
+        self._release_for_training = bool(cfg.cluster.use_ray and cfg.engine.colocate and not self.asynchronous)
         self.engine: InterruptibleEngine | None = None
-        if self.asynchronous and cfg.trainer_sms and not cfg.use_ray:  # a clear error now, not in the worker
+        if self.asynchronous and cfg.asynchrony.trainer_sms and not cfg.cluster.use_ray:  # a clear error now, not in the worker
             from agentrl.utils.sm_share import confined_stream
 
             trainer_device = getattr(c.trainer, "device", "cpu")
-            confined_stream(trainer_device, cfg.trainer_sms)
+            confined_stream(trainer_device, cfg.asynchrony.trainer_sms)
             engine_device = c.engine.device if isinstance(c.engine, OnDevice) else None
             if engine_device is not None and _same_gpu(engine_device, trainer_device) is False:
                 log.warning("--trainer-sms %d: the engine is on %s and the trainer on %s; confining the trainer "
-                            "only helps when they share a GPU", cfg.trainer_sms, engine_device, trainer_device)
+                            "only helps when they share a GPU", cfg.asynchrony.trainer_sms, engine_device, trainer_device)
         if self.asynchronous:
             if c.interruptible is None or c.rollout.engine is not c.interruptible:
                 raise ValueError(f"--max-staleness {self.max_staleness}: weight syncs interrupt the rollout's turns, "
@@ -185,7 +185,7 @@ class RolloutStream:
             if isinstance(self.c.engine, ReleasesMemory):
                 await self.c.engine.release_memory()
             self._released = True
-        if not (self.asynchronous or self.cfg.use_ray):
+        if not (self.asynchronous or self.cfg.cluster.use_ray):
             return fn(*args, **kwargs)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._worker(), functools.partial(_synced, fn, *args, **kwargs))
@@ -243,7 +243,7 @@ class RolloutStream:
         # rollout's, which takes the slots the older one's long tail leaves free
         with request_priority(rollout_id):
             result = await c.rollout.generate(self._sampler.next_batch, cfg.rollout_batch_size,
-                                              max_prompts=int(cfg.over_sampling_factor * cfg.rollout_batch_size),
+                                              max_prompts=int(cfg.filters.over_sampling_factor * cfg.rollout_batch_size),
                                               first_group_id=rollout_id * 1_000_000,
                                               sampling_seed=rollout_seed(cfg, rollout_id),
                                               progress=self._unfinished.setdefault(rollout_id, RolloutProgress()))
@@ -265,10 +265,10 @@ class RolloutStream:
             for rollout_id in range(self.start, self.cfg.num_rollout):
                 cond = self._condition()
                 async with cond:  # the staleness bound: rollout r waits for r - s - 1 to be trained
-                    await cond.wait_for(lambda: self._failed or self._finished >= rollout_id - self.max_staleness - 1)
+                    await cond.wait_for(lambda: self._failed or self._finished >= rollout_id - self.max_staleness - 1)  # noqa: B023 (awaited in this iteration)
                 previous = self._unfinished.get(rollout_id - 1)
-                if previous is not None and self.cfg.next_rollout_at < 1:  # and for r - 1 to finish (or reach its tail)
-                    await previous.wait_until(int(self.cfg.next_rollout_at * self.cfg.episodes_per_rollout))
+                if previous is not None and self.cfg.asynchrony.next_rollout_at < 1:  # and for r - 1 to finish (or reach its tail)
+                    await previous.wait_until(int(self.cfg.asynchrony.next_rollout_at * self.cfg.episodes_per_rollout))
                 self._unfinished.setdefault(rollout_id, RolloutProgress())  # before its task runs: r + 1 waits on it
                 if self._failed:  # a rollout failed: start no more (those running finish; the loop sees the error)
                     break
@@ -313,6 +313,7 @@ class RolloutStream:
              "async/generate_s": max(0.0, end - start),
              "async/overlap_s": max(0.0, min(end, asked) - start),
              "async/wait_s": max(0.0, end - asked)}
+        assert self.engine is not None  # set in __init__ when the loop is asynchronous, the only case that gets here
         stats = self.engine.stats
         m |= {"async/resumed_turns": float(stats.resumed), "async/resumed_tokens": float(stats.resumed_tokens),
               "async/carried_turns": float(stats.carried),
@@ -372,7 +373,7 @@ class RolloutStream:
     def _worker(self) -> cf.ThreadPoolExecutor:
         if self._executor is None:
             device = getattr(self.c.trainer, "device", None)
-            sms = self.cfg.trainer_sms if self.asynchronous and not self.cfg.use_ray else None
+            sms = self.cfg.asynchrony.trainer_sms if self.asynchronous and not self.cfg.cluster.use_ray else None
             self._executor = cf.ThreadPoolExecutor(1, thread_name_prefix="agentrl-train",
                                                    initializer=_bind_device, initargs=(device, sms))
         return self._executor

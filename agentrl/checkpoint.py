@@ -15,8 +15,38 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpoints: the model in HF format plus the full training state."""
+
+    FLAGS: ClassVar[dict[str, str]] = {"--save": "save", "--save-interval": "save_interval", "--load": "load"}
+
+    save: str | None = None
+    """Folder for checkpoints (HF model + full training state)."""
+    save_interval: int | None = None
+    """Save every this many rollouts (and at the end)."""
+    load: str | None = None
+    """Resume from a checkpoint folder (or the latest one inside a --save folder)."""
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.save_interval is not None and self.save_interval < 1:
+            out.append(f"--save-interval must be >= 1; got {self.save_interval}")
+        if self.save_interval and not self.save:
+            out.append("--save-interval needs --save DIR")
+        if self.load is not None and not Path(self.load).expanduser().exists():
+            out.append(f"--load {self.load}: no such checkpoint folder")
+        elif self.load is not None:
+            try:
+                find_checkpoint(self.load)
+            except FileNotFoundError as e:  # a folder, but neither a checkpoint nor one with a 'latest'
+                out.append(f"--load: {e}")
+        return out
 
 
 def save_checkpoint(root: str | Path, rollout_id: int, trainer: Any, state: dict[str, Any]) -> Path:
@@ -32,6 +62,17 @@ def save_checkpoint(root: str | Path, rollout_id: int, trainer: Any, state: dict
     tmp.rename(final)
     (root / "latest").write_text(final.name)
     return final
+
+
+def delete_checkpoints(root: str | Path) -> int:
+    """Delete the checkpoints in ``root`` (``rollout_*`` folders, unfinished ones, ``latest``); other files
+    stay. Returns how many checkpoints were deleted."""
+    root = Path(root).expanduser()
+    folders = [p for p in (*root.glob("rollout_[0-9]*"), *root.glob(".tmp_rollout_[0-9]*")) if p.is_dir()]
+    for folder in folders:
+        shutil.rmtree(folder)
+    (root / "latest").unlink(missing_ok=True)
+    return len(folders)
 
 
 def find_checkpoint(path: str | Path) -> Path:

@@ -13,6 +13,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "check-env": ("agentrl.env.cli:main", "check registered environments against the TextEnv contract"),
     "serve": ("agentrl.engine.server:serve_main", "serve a model over HTTP with SGLang's native API"),
     "retriever": ("tools.retriever.server:main", "serve a corpus over the Search-R1 retrieval protocol"),
+    "view": ("agentrl.view.cli:main", "open a run's rollouts or an evaluation's episodes in a local web page"),
 }
 
 

@@ -1,14 +1,18 @@
-"""The run configuration: typed dataclasses owned by each subsystem, one command line.
+"""The run configuration: each subsystem's settings, composed; one command line.
 
-:class:`RunConfig` holds the loop's own settings and the subsystems' configs
-(``data: DataConfig``, ``rollout: RolloutConfig``, ``train: TrainConfig``). Flags use slime's
-names where the concept is the same (``--rollout-batch-size``, ``--n-samples-per-prompt``,
-``--eps-clip-high``...). Each flag's help text is the docstring of the field it sets, so
-``--help`` and the code cannot drift apart.
+:class:`RunConfig` holds the loop's own settings and, as fields, the settings class of every
+subsystem (``data``, ``rollout``, ``filters``, ``hooks``, ``algo``, ``train``, ``megatron``,
+``engine``, ``cluster``, ``asynchrony``, ``eval``, ``checkpoint``, ``output``). Each class names its
+flags (``FLAGS``), documents each field (the docstring under it is the flag's ``--help``) and checks
+its own fields (``problems()``); :func:`validate` adds only the checks that span subsystems. Flags use
+slime's names where the concept is the same (``--rollout-batch-size``, ``--n-samples-per-prompt``,
+``--eps-clip-high``, ``--tensor-model-parallel-size``...); :mod:`agentrl.utils.flags` builds the
+parser, the same generator ``agentrl eval``, ``agentrl serve`` and ``agentrl retriever`` use.
 
-``--config recipe.yaml`` sets defaults from a file (keys are flag names, dashes or
-underscores); flags on the command line override it. :func:`validate` checks everything that
-can be checked before a model or a dataset is loaded and reports all problems at once.
+``--config recipe.yaml`` sets values from a file (keys are flag names, dashes or underscores); flags
+on the command line override it. :func:`validate` checks everything that can be checked before a
+model or a dataset is loaded and reports all problems at once. Importing this module does not
+import torch, so ``train.py --help`` answers at once.
 
 Example::
 
@@ -19,20 +23,24 @@ Example::
 
 from __future__ import annotations
 
-import argparse
-import ast
-import difflib
-import functools
-import inspect
-import textwrap
-import typing
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
+from agentrl.algo.config import AlgoConfig
+from agentrl.checkpoint import CheckpointConfig
+from agentrl.cluster.config import ClusterConfig
 from agentrl.data.prompts import DataConfig
-from agentrl.rollout.episode import RolloutConfig
-from agentrl.train.base import TrainConfig
+from agentrl.engine.config import ENGINE_DTYPES, EngineSettings
+from agentrl.eval.config import EvalSchedule
+from agentrl.obs.config import OutputConfig
+from agentrl.rollout.config import AsyncConfig, FilterConfig, HookConfig, RolloutConfig
+from agentrl.train.config import TrainConfig
+from agentrl.train.megatron.config import MegatronTrainerConfig
+from agentrl.utils.flags import FlagTable
+
+__all__ = ["ENGINE_DTYPES", "ConfigError", "RunConfig", "finalize", "from_mapping", "parse_args", "to_dict", "validate"]
 
 
 class ConfigError(ValueError):
@@ -45,10 +53,24 @@ class ConfigError(ValueError):
 
 @dataclass
 class RunConfig:
-    """Settings of a training run (the loop's own; subsystems own theirs)."""
+    """Settings of a training run: the loop's own, then each subsystem's."""
+
+    FLAGS: ClassVar[dict[str, str]] = {
+        "--model-path": "model_path", "--chat-template": "chat_template",
+        "--allow-non-incremental": "allow_non_incremental", "--env": "env", "--prompt-data": "prompt_data",
+        "--num-rollout": "num_rollout", "--rollout-batch-size": "rollout_batch_size",
+        "--global-batch-size": "global_batch_size", "--num-steps-per-rollout": "num_steps_per_rollout",
+        "--trainer": "trainer", "--device": "device", "--seed": "seed",
+    }
 
     model_path: str = "smollm2-135m-instruct"
-    """HF model folder, hub id, or alias (smollm2-135m-instruct, tiny-qwen2, ...)."""
+    """HF model folder, hub id or alias (smollm2-135m-instruct, tiny-qwen2, ...)."""
+    chat_template: str | None = None
+    """A jinja2 chat template file replacing the tokenizer's. For a model whose own template rewrites earlier turns, one
+    that renders turn by turn keeps tokens exact (docs/tokens.md)."""
+    allow_non_incremental: bool = False
+    """Train with a chat template that fails the incrementality check (docs/tokens.md): tokens stay exactly what the
+    engine saw, but they differ from what the template renders for the whole conversation."""
     env: str | None = None
     """Environment id for rows that name none (e.g. agentrl/Math-v0)."""
     prompt_data: str | None = None
@@ -56,350 +78,102 @@ class RunConfig:
     num_rollout: int = 10
     """Rollouts (generate -> train -> sync iterations) to run."""
     rollout_batch_size: int = 8
-    """Prompts per rollout (each expands to n_samples_per_prompt episodes)."""
+    """Prompts per rollout (each expands to --n-samples-per-prompt episodes)."""
     global_batch_size: int | None = None
-    """Episodes per optimiser step (default: all episodes of a rollout / num_steps_per_rollout)."""
+    """Episodes per optimiser step (default: all episodes of a rollout / --num-steps-per-rollout)."""
     num_steps_per_rollout: int = 1
     """Optimiser steps per rollout."""
-    advantage_estimator: str = "grpo"
-    """grpo | dr_grpo | rloo | reinforce_plus_plus | reinforce_plus_plus_baseline | gae | gigpo (turn-level
-    credit from states the episodes of a group share; the environment names them, info["state_key"])."""
-    normalize_advantage_std: bool = True
-    """Divide group-relative advantages by the group std (off: Dr. GRPO)."""
-    turn_baseline: bool = False
-    """grpo, dr_grpo, rloo: each turn's return (its reward and the later ones) against the group's returns at the
-    same turn, instead of the episode reward against the group's (unbiased; docs/training.md)."""
-    gamma: float = 1.0
-    """Discount: per token for gae and reinforce_plus_plus, per turn for gigpo (the paper uses 0.95) and
-    --turn-baseline."""
-    lambd: float = 1.0
-    """GAE lambda."""
-    dynamic_sampling: bool = False
-    """Drop groups whose rewards are all equal and over-sample prompts to refill the batch."""
-    over_sampling_factor: float = 2.0
-    """At most this many times rollout_batch_size prompts per rollout when filters drop groups."""
-    overlong: str = "keep"
-    """Truncated episodes: keep | mask (no gradient) | penalty (reward := overlong_penalty)."""
-    overlong_penalty: float = -1.0
-    """Reward of truncated episodes with --overlong penalty."""
-    trainer: str = "torch"
-    """torch | megatron."""
-    attention_backend: str = "auto"
-    """--trainer megatron: layer spec, auto (Transformer Engine if installed, else sdpa) | te | sdpa | local."""
-    recompute_granularity: str | None = None
-    """--trainer megatron: activation recompute, none | full | selective (default: full with
-    --gradient-checkpointing, else none)."""
-    megatron_fusions: bool = False
-    """--trainer megatron: compiled SwiGLU, bias-dropout-add and RMSNorm kernels (faster; compiles on first use)."""
-    engine: str = "embedded"
-    """embedded (in-process) | sglang (servers given by --sglang-url or launched)."""
-    colocate: bool = True
-    """Engine and trainer share devices; the engine frees its KV cache while training."""
-    sglang_url: list[str] = field(default_factory=list)
-    """SGLang server or router URLs (with --engine sglang); none: launch servers."""
-    sglang_args: list[str] = field(default_factory=list)
-    """--sglang-* flags, passed through to sglang.launch_server without the prefix."""
-    engine_max_batch_size: int = 64
-    """Embedded engine: sequences decoded together."""
-    engine_prefix_cache: bool | None = None
-    """Embedded engine: reuse the keys/values of a finished turn for the next turn's shared prefix
-    (default: on for CUDA; off on the CPU, where runs then repeat bit for bit)."""
-    engine_pack_weights: bool | None = None
-    """Embedded engine on the CPU: keep a oneDNN-packed copy of the weights (faster matmuls, one more
-    copy of the weights in memory; default: on)."""
-    engine_admit_wait_steps: int | None = None
-    """Embedded engine: decode steps a new request may wait so that several share one prefill
-    (0: at once; default: 8 on CUDA, 0 on the CPU)."""
-    engine_high_priority_stream: bool = False
-    """Embedded engine on CUDA: run on a stream of the highest priority, ahead of a trainer sharing the GPU."""
-    engine_dtype: str | None = None
-    """Embedded engine: float32 | bfloat16 | float16 (default: float32 on the CPU, bfloat16 on CUDA).
-    bfloat16 on a CPU with AVX-512 BF16 or AMX generates ~1.6x faster than float32; rollout logprobs
-    then differ from a float32 trainer's by more (add --use-tis)."""
-    custom_generate_function_path: str | None = None
-    """module:function or file.py:function replacing the episode loop (see agentrl.rollout.hooks)."""
-    custom_rm_path: str | None = None
-    """module:function or file.py:function scoring episodes, replacing the env reward."""
-    eval_prompt_data: list[str] = field(default_factory=list)
-    """Held-out sets as NAME PATH pairs (each row may name its env)."""
-    eval_interval: int | None = None
-    """Evaluate every this many rollouts (and before the first and after the last); 0: never (the held-out sets
-    are not even loaded)."""
-    n_samples_per_eval_prompt: int = 1
-    """Episodes per held-out prompt."""
-    eval_temperature: float = 0.0
-    """Sampling temperature for evaluation (0: greedy)."""
-    eval_max_prompts: int | None = None
-    """Evaluate on at most this many prompts of each set."""
-    save: str | None = None
-    """Folder for checkpoints (HF model + full training state)."""
-    save_interval: int | None = None
-    """Save every this many rollouts (and at the end)."""
-    load: str | None = None
-    """Resume from a checkpoint folder (or the latest one inside a --save folder)."""
-    output_dir: str = "runs/latest"
-    """Metrics (JSONL, TensorBoard), plots and the run summary go here."""
-    use_wandb: bool = False
-    """Also log to Weights & Biases."""
-    wandb_project: str = "agentrl"
-    seed: int = 0
-    """Seeds data order, environment resets and sampling."""
+    trainer: Literal["torch", "megatron"] = "torch"
+    """The training backend: torch (any HF causal LM) | megatron (megatron-core, docs/megatron.md)."""
     device: str | None = None
-    """cpu | cuda | cuda:N (default: cuda when available)."""
-    engine_device: str | None = None
-    """Device of the embedded engine without --use-ray (default: the trainer's); e.g. cuda:1 generates on a
-    second GPU while the trainer works on the first (weights are copied across at each sync)."""
-    use_ray: bool = False
-    """Run engines and trainer as Ray actors in placement groups (see agentrl.cluster, docs/scaling.md)."""
-    ray_address: str | None = None
-    """Ray cluster to join with --use-ray (auto, HOST:6379 or ray://HOST:10001); none: start a local one."""
-    num_engines: int = 1
-    """Inference engines with --use-ray (embedded-engine actors, or SGLang servers with --engine sglang)."""
-    rollout_num_gpus_per_engine: int = 1
-    """GPUs of each engine with --use-ray (SGLang servers: the tensor-parallel size)."""
-    num_env_workers: int = 0
-    """Ray actors that host environments and their tools (CPU-heavy envs) with --use-ray; 0: in the driver."""
-    ray_weight_sync: str = "object_store"
-    """With --use-ray: object_store (a CPU state dict every engine reads) | nccl (broadcast from the trainer's GPU
-    to the engines' GPUs) | gloo (the same broadcast over the CPU)."""
-    use_fault_tolerance: bool = True
-    """With --use-ray: restart a dead or hung engine with the current weights and re-run its requests elsewhere."""
-    engine_health_interval: float = 10.0
-    """Seconds between health checks of every engine with --use-ray (0: only failed requests reveal a dead one)."""
-    engine_health_timeout: float = 60.0
-    """A health check unanswered for this many seconds marks the engine hung."""
-    max_staleness: int = 0
-    """Weight versions a sample may lag the trainer: 0 synchronous; 1 generates rollout k+1 while training on k
-    (groups older than this are dropped)."""
-    partial_rollouts: bool = True
-    """With --max-staleness > 0: at a weight update, abort in-flight generations and continue them under the new
-    weights, keeping their tokens and rollout logprobs (--use-tis corrects the stale part); off: the update waits
-    until they finish."""
-    in_flight_weight_updates: bool = False
-    """With --max-staleness > 0 and the embedded engine: a weight update neither aborts nor waits for the turns in
-    flight; the engine loads the weights between two decode steps and they go on, keeping their old-weight keys
-    and values (nothing is prefilled again; --use-tis corrects the stale tokens)."""
-    next_rollout_at: float = 0.0
-    """With --max-staleness > 0: start a rollout once at most this fraction of the previous rollout's episodes are
-    unfinished, and as the staleness bound allows. 0 (default): once the previous rollout's last episode is done,
-    so rollouts generate one after another, each beside the training step before it. 1: as soon as the bound
-    allows, so a rollout's episodes fill the slots the previous one's long tail leaves free; the two then tend to
-    finish together and the engine idles while the first is trained (steps alternate long and short). On the
-    long-tailed benchmark of docs/scaling.md 0 was as fast or faster with the engine on its own H100 and within
-    noise of 1 on one H100."""
-    trainer_sms: int | None = None
-    """With --max-staleness > 0 and the embedded engine on the trainer's GPU: run the trainer's kernels on this many
-    SMs (a CUDA green context) so the engine's decode steps, which overlap training, keep the rest (default: all)."""
+    """Trainer device: cpu | cuda | cuda:N (default: cuda when available)."""
+    seed: int = 0
+    """Seeds environment resets and sampling. In training, also the data order."""
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    filters: FilterConfig = field(default_factory=FilterConfig)
+    hooks: HookConfig = field(default_factory=HookConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    megatron: MegatronTrainerConfig = field(default_factory=MegatronTrainerConfig)
+    engine: EngineSettings = field(default_factory=EngineSettings)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    asynchrony: AsyncConfig = field(default_factory=AsyncConfig)
+    eval: EvalSchedule = field(default_factory=EvalSchedule)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
 
     @property
     def episodes_per_rollout(self) -> int:
         return self.rollout_batch_size * self.rollout.n_samples_per_prompt
 
 
-# flag -> dotted path into RunConfig. Help and type come from the field the path names.
-FLAGS: dict[str, str] = {
-    # model, data, environment
-    "--model-path": "model_path",
-    "--env": "env",
-    "--prompt-data": "prompt_data",
-    "--input-key": "data.input_key",
-    "--label-key": "data.label_key",
-    "--metadata-key": "data.metadata_key",
-    "--env-key": "data.env_key",
-    "--apply-chat-template": "data.apply_chat_template",
-    "--skip-bad-rows": "data.on_bad_row",
-    # rollout
-    "--num-rollout": "num_rollout",
-    "--rollout-batch-size": "rollout_batch_size",
-    "--n-samples-per-prompt": "rollout.n_samples_per_prompt",
-    "--max-turns": "rollout.max_turns",
-    "--rollout-max-context-len": "rollout.max_context_tokens",
-    "--rollout-max-response-len": "rollout.max_new_tokens_per_turn",
-    "--rollout-temperature": "rollout.sampling.temperature",
-    "--rollout-top-p": "rollout.sampling.top_p",
-    "--rollout-top-k": "rollout.sampling.top_k",
-    "--rollout-stop": "rollout.sampling.stop",
-    "--rollout-concurrency": "rollout.concurrency",
-    "--episode-timeout": "rollout.episode_timeout",
-    "--max-episode-retries": "rollout.max_episode_retries",
-    "--env-kwargs": "rollout.env_kwargs",
-    "--dynamic-sampling": "dynamic_sampling",
-    "--over-sampling-factor": "over_sampling_factor",
-    "--overlong": "overlong",
-    "--overlong-penalty": "overlong_penalty",
-    "--custom-generate-function-path": "custom_generate_function_path",
-    "--custom-rm-path": "custom_rm_path",
-    "--max-staleness": "max_staleness",
-    "--partial-rollouts": "partial_rollouts",
-    "--trainer-sms": "trainer_sms",
-    "--in-flight-weight-updates": "in_flight_weight_updates",
-    "--next-rollout-at": "next_rollout_at",
-    # algorithm
-    "--advantage-estimator": "advantage_estimator",
-    "--normalize-advantage-std": "normalize_advantage_std",
-    "--turn-baseline": "turn_baseline",
-    "--gamma": "gamma",
-    "--lambd": "lambd",
-    "--policy-loss": "train.policy_loss",
-    "--eps-clip": "train.eps_clip",
-    "--eps-clip-high": "train.eps_clip_high",
-    "--eps-clip-c": "train.eps_clip_c",
-    "--loss-aggregation": "train.loss_aggregation",
-    "--use-kl-loss": "train.use_kl_loss",
-    "--kl-loss-coef": "train.kl_loss_coef",
-    "--kl-loss-type": "train.kl_loss_type",
-    "--entropy-coef": "train.entropy_coef",
-    "--use-tis": "train.use_tis",
-    "--tis-cap": "train.tis_cap",
-    # optimisation
-    "--global-batch-size": "global_batch_size",
-    "--num-steps-per-rollout": "num_steps_per_rollout",
-    "--lr": "train.lr",
-    "--min-lr": "train.min_lr",
-    "--lr-warmup-steps": "train.lr_warmup_steps",
-    "--lr-decay-style": "train.lr_decay_style",
-    "--weight-decay": "train.weight_decay",
-    "--clip-grad": "train.clip_grad",
-    "--max-tokens-per-gpu": "train.max_tokens_per_gpu",
-    "--gradient-checkpointing": "train.gradient_checkpointing",
-    "--lora-rank": "train.lora_rank",
-    "--lora-alpha": "train.lora_alpha",
-    "--ref-on-cpu": "train.ref_on_cpu",
-    "--critic-lr": "train.critic_lr",
-    # backends
-    "--trainer": "trainer",
-    "--attention-backend": "attention_backend",
-    "--recompute-granularity": "recompute_granularity",
-    "--megatron-fusions": "megatron_fusions",
-    "--engine": "engine",
-    "--colocate": "colocate",
-    "--sglang-url": "sglang_url",
-    "--engine-max-batch-size": "engine_max_batch_size",
-    "--engine-admit-wait-steps": "engine_admit_wait_steps",
-    "--engine-prefix-cache": "engine_prefix_cache",
-    "--engine-pack-weights": "engine_pack_weights",
-    "--engine-dtype": "engine_dtype",
-    "--engine-high-priority-stream": "engine_high_priority_stream",
-    "--device": "device",
-    "--engine-device": "engine_device",
-    "--use-ray": "use_ray",
-    "--ray-address": "ray_address",
-    "--num-engines": "num_engines",
-    "--rollout-num-gpus-per-engine": "rollout_num_gpus_per_engine",
-    "--num-env-workers": "num_env_workers",
-    "--ray-weight-sync": "ray_weight_sync",
-    "--use-fault-tolerance": "use_fault_tolerance",
-    "--engine-health-interval": "engine_health_interval",
-    "--engine-health-timeout": "engine_health_timeout",
-    # evaluation, checkpoints, logging
-    "--eval-prompt-data": "eval_prompt_data",
-    "--eval-interval": "eval_interval",
-    "--n-samples-per-eval-prompt": "n_samples_per_eval_prompt",
-    "--eval-temperature": "eval_temperature",
-    "--eval-max-prompts": "eval_max_prompts",
-    "--save": "save",
-    "--save-interval": "save_interval",
-    "--load": "load",
-    "--output-dir": "output_dir",
-    "--use-wandb": "use_wandb",
-    "--wandb-project": "wandb_project",
-    "--seed": "seed",
-}
+TABLE = FlagTable(RunConfig)
+"""Every flag of ``train.py`` / ``agentrl train``."""
 
-ENGINE_DTYPES = ("float32", "bfloat16", "float16")
-"""Values of ``--engine-dtype``."""
-
-_SECTIONS = {
-    "--model-path": "model, data, environment", "--num-rollout": "rollout",
-    "--advantage-estimator": "algorithm", "--global-batch-size": "optimisation",
-    "--trainer": "backends", "--eval-prompt-data": "evaluation, checkpoints, logging",
-}
+DESCRIPTION = ("Train an LLM agent with RL on environments: rollout -> filters -> advantages -> train -> weight sync "
+               "-> eval/checkpoint. Flags override --config; unknown --sglang-* flags pass through to SGLang.")
 
 
-def build_parser(prog: str = "train.py") -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog,
-        description="Train an LLM agent with RL on environments: rollout -> filters -> advantages -> "
-        "train -> weight sync -> eval/checkpoint. Flags override --config; unknown --sglang-* flags "
-        "pass through to SGLang.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        argument_default=argparse.SUPPRESS,
-    )
-    p.add_argument("--config", help="YAML file of flag values (keys: flag names); flags given here override it")
-    group = p
-    for flag, path in FLAGS.items():
-        if flag in _SECTIONS:
-            group = p.add_argument_group(_SECTIONS[flag])
-        owner, name = _owner(path)
-        default = getattr(owner(), name)
-        kind = _kind(owner, name)
-        help_text = (_field_docs(owner).get(name) or "").replace("%", "%%")
-        if path == "data.on_bad_row":
-            group.add_argument(flag, action="store_const", const="skip", help="skip malformed prompt rows (counted and logged) instead of failing")
-        elif kind is bool:
-            group.add_argument(flag, action=argparse.BooleanOptionalAction, help=f"{help_text} (default: {default})")
-        elif kind is dict:
-            group.add_argument(flag, type=_json_object, metavar="JSON", help=f"{help_text} (default: {default})")
-        elif kind is list:
-            nargs = "+" if path in ("eval_prompt_data", "sglang_url", "rollout.sampling.stop") else "*"
-            group.add_argument(flag, nargs=nargs, help=help_text)
-        else:
-            group.add_argument(flag, type=_parser_for(kind), metavar=_metavar(kind),
-                               help=f"{help_text} (default: {default})")
-    return p
+def build_parser(prog: str = "train.py"):
+    return TABLE.parser(prog, DESCRIPTION)
 
 
 def parse_args(argv: list[str] | None = None, *, prog: str = "train.py") -> RunConfig:
-    """Command line (and ``--config`` file) -> :class:`RunConfig`. Raises :class:`ConfigError`
-    for unknown keys in the file; argparse exits for unknown flags."""
+    """Command line (and ``--config`` file) -> :class:`RunConfig`. Raises :class:`ConfigError` for
+    unknown keys or bad values in the file; argparse exits for unknown flags."""
     argv = list(argv or [])
-    sglang = [a for a in argv if a.startswith("--sglang-") and a.split("=")[0] not in FLAGS]
+    known = set(TABLE.by_name)
+    sglang = [a for a in argv if a.startswith("--sglang-") and a.split("=")[0] not in known]
     argv, passthrough = _split_passthrough(argv, sglang)
-    ns = vars(build_parser(prog).parse_args(argv))
-    cfg = RunConfig()
-    problems: list[str] = []
-    if ns.get("config"):
-        problems += _apply_file(cfg, ns.pop("config"))
-    else:
-        ns.pop("config", None)
-    for key, value in ns.items():
-        _set(cfg, FLAGS["--" + key.replace("_", "-")], value)
-    cfg.sglang_args = cfg.sglang_args + passthrough
+    cfg, _, problems = TABLE.parse(argv, prog=prog, description=DESCRIPTION)
+    cfg.engine.sglang_args = cfg.engine.sglang_args + passthrough
     finalize(cfg)
     if problems:
         raise ConfigError(problems)
     return cfg
 
 
+def from_mapping(data: dict[str, Any], source: str) -> RunConfig:
+    """A config from ``{flag-name: value}`` (what :func:`to_dict` writes, e.g. a checkpoint's ``state.json``);
+    raises :class:`ConfigError` naming ``source`` for keys or values that do not fit."""
+    cfg = RunConfig()
+    problems = TABLE.apply_mapping(cfg, data, source)
+    finalize(cfg)
+    if problems:
+        raise ConfigError(problems)
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """The flag view of a config: ``{flag-name: value}``, loadable again with ``--config``."""
+    return TABLE.to_dict(cfg)
+
+
 def finalize(cfg: RunConfig) -> None:
-    """Fill derived values (not stored by the user): global batch size, critic use, temperature."""
+    """Fill derived values (not stored by the user): global batch size and what the trainer needs to know."""
     if cfg.global_batch_size is None and cfg.num_steps_per_rollout > 0:
         cfg.global_batch_size = cfg.episodes_per_rollout // cfg.num_steps_per_rollout
-    cfg.train.use_critic = cfg.advantage_estimator == "gae"
+    cfg.train.use_critic = cfg.algo.advantage_estimator == "gae"
     cfg.train.rollout_temperature = cfg.rollout.sampling.temperature
     cfg.train.seed = cfg.seed
     cfg.train.max_length_norm = float(cfg.rollout.max_context_tokens)
 
 
 def validate(cfg: RunConfig) -> list[str]:
-    """Every problem found before loading anything, each with how to fix it."""
-    from agentrl import algo
+    """Every problem found before loading anything, each with how to fix it: each subsystem's own, then the
+    ones that span subsystems."""
+    problems = [p for f in dataclasses.fields(cfg) if hasattr(getattr(cfg, f.name), "problems")
+                for p in getattr(cfg, f.name).problems()]
+    problems += _loop_problems(cfg) + _objective_problems(cfg) + _input_problems(cfg) + _backend_problems(cfg)
+    problems += _earlier_run_problems(cfg)
+    return problems
 
-    problems: list[str] = []
-    need_positive = {"--num-rollout": cfg.num_rollout, "--rollout-batch-size": cfg.rollout_batch_size,
-                     "--n-samples-per-prompt": cfg.rollout.n_samples_per_prompt,
-                     "--num-steps-per-rollout": cfg.num_steps_per_rollout,
-                     "--max-tokens-per-gpu": cfg.train.max_tokens_per_gpu,
-                     "--rollout-max-context-len": cfg.rollout.max_context_tokens,
-                     "--rollout-max-response-len": cfg.rollout.max_new_tokens_per_turn}
-    for flag, value in need_positive.items():
-        if value is None or value < 1:
-            problems.append(f"{flag} must be >= 1; got {value}")
-    if cfg.engine_admit_wait_steps is not None and cfg.engine_admit_wait_steps < 0:
-        problems.append(f"--engine-admit-wait-steps must be >= 0; got {cfg.engine_admit_wait_steps}")
+
+def _loop_problems(cfg: RunConfig) -> list[str]:
+    problems = [f"{flag} must be >= 1; got {value}" for flag, value in (
+        ("--num-rollout", cfg.num_rollout), ("--rollout-batch-size", cfg.rollout_batch_size),
+        ("--num-steps-per-rollout", cfg.num_steps_per_rollout)) if value is None or value < 1]
     if cfg.global_batch_size is not None and cfg.global_batch_size >= 1 and cfg.num_steps_per_rollout >= 1:
         if cfg.episodes_per_rollout != cfg.global_batch_size * cfg.num_steps_per_rollout:
             problems.append(
@@ -408,48 +182,30 @@ def validate(cfg: RunConfig) -> list[str]:
                 f"--num-steps-per-rollout ({cfg.global_batch_size} x {cfg.num_steps_per_rollout} = "
                 f"{cfg.global_batch_size * cfg.num_steps_per_rollout}); e.g. set --global-batch-size "
                 f"{cfg.episodes_per_rollout // max(cfg.num_steps_per_rollout, 1)} or leave it out to derive it")
-    if cfg.advantage_estimator in ("grpo", "dr_grpo", "rloo", "reinforce_plus_plus_baseline", "gigpo") \
-            and cfg.rollout.n_samples_per_prompt < 2:
-        problems.append(f"--advantage-estimator {cfg.advantage_estimator} compares episodes of the same prompt: "
+    if cfg.algo.group_relative and cfg.rollout.n_samples_per_prompt < 2:
+        problems.append(f"--advantage-estimator {cfg.algo.advantage_estimator} compares episodes of the same prompt: "
                         f"set --n-samples-per-prompt >= 2 (got {cfg.rollout.n_samples_per_prompt})")
-    if cfg.turn_baseline and cfg.advantage_estimator not in algo.TURN_BASELINE_ESTIMATORS:
-        problems.append(f"--turn-baseline is for {', '.join(sorted(algo.TURN_BASELINE_ESTIMATORS))}; "
-                        f"--advantage-estimator {cfg.advantage_estimator} does not take it")
-    if cfg.rollout.max_episode_retries is None or cfg.rollout.max_episode_retries < 0:
-        problems.append(f"--max-episode-retries must be >= 0; got {cfg.rollout.max_episode_retries}")
-    for what, check in (("advantage estimator", lambda: algo.get_advantage_estimator(cfg.advantage_estimator)),
-                        ("policy loss", lambda: algo.get_policy_loss(cfg.train.policy_loss)),
-                        ("aggregation", lambda: algo.check_aggregation(cfg.train.loss_aggregation)),
-                        ("kl type", lambda: _check_kl(cfg.train.kl_loss_type)),
-                        ("loss settings", lambda: algo.PolicyLossConfig(
-                            eps_clip=cfg.train.eps_clip, eps_clip_high=cfg.train.eps_clip_high,
-                            eps_clip_c=cfg.train.eps_clip_c, tis_cap=cfg.train.tis_cap)),
-                        ("sampling", lambda: cfg.rollout.sampling.validate())):
-        try:
-            check()
-        except ValueError as e:
-            problems.append(f"{what}: {e}")
-    for flag, value, choices in (("--trainer", cfg.trainer, ("torch", "megatron")),
-                                 ("--attention-backend", cfg.attention_backend, ("auto", "te", "sdpa", "local")),
-                                 ("--recompute-granularity", cfg.recompute_granularity or "none",
-                                  ("none", "full", "selective")),
-                                 ("--engine", cfg.engine, ("embedded", "sglang")),
-                                 ("--overlong", cfg.overlong, ("keep", "mask", "penalty")),
-                                 ("--lr-decay-style", cfg.train.lr_decay_style, ("constant", "cosine", "linear"))):
-        if value not in choices:
-            problems.append(f"{flag} must be one of {', '.join(choices)}; got {value!r}{_hint(value, choices)}")
-    if cfg.train.use_kl_loss and cfg.train.kl_loss_coef == 0:
-        problems.append("--use-kl-loss is on but --kl-loss-coef is 0: set a coefficient (e.g. 0.001) or drop --use-kl-loss")
+    return problems
+
+
+def _objective_problems(cfg: RunConfig) -> list[str]:
+    """The loss settings, as the trainers will build them."""
+    from agentrl import algo
+
+    try:
+        algo.ObjectiveConfig.from_train_config(cfg.train)
+    except ValueError as e:
+        return [f"loss settings: {e}"]
+    return []
+
+
+def _input_problems(cfg: RunConfig) -> list[str]:
+    """The files and names the run reads: prompts, environment, model, chat template."""
+    problems = []
     if cfg.prompt_data is None:
         problems.append("--prompt-data is required (a .jsonl/.parquet file of prompts)")
     elif not cfg.prompt_data.startswith("hf:") and not Path(cfg.prompt_data).expanduser().exists():
         problems.append(f"--prompt-data {cfg.prompt_data}: no such file or folder")
-    if len(cfg.eval_prompt_data) % 2:
-        problems.append(f"--eval-prompt-data takes NAME PATH pairs; got {cfg.eval_prompt_data}")
-    else:
-        for name, path in zip(cfg.eval_prompt_data[::2], cfg.eval_prompt_data[1::2]):
-            if not path.startswith("hf:") and not Path(path).expanduser().exists():
-                problems.append(f"--eval-prompt-data {name}: no such file {path}")
     if cfg.env is not None:
         from agentrl.env.registry import EnvNotFoundError, resolve_id
 
@@ -457,108 +213,64 @@ def validate(cfg: RunConfig) -> list[str]:
             cfg.env = resolve_id(cfg.env)
         except EnvNotFoundError as e:
             problems.append(f"--env: {e}")
-    try:
-        from agentrl.models import ModelNotFoundError, resolve_model_path
+    from agentrl.models import ModelNotFoundError, resolve_model_path
 
+    try:
         if not cfg.model_path.lower().startswith(("smollm2", "tiny-")):  # aliases are built on first use
             resolve_model_path(cfg.model_path)
     except ModelNotFoundError as e:
         problems.append(f"--model-path: {e}")
-    for flag, spec in (("--custom-generate-function-path", cfg.custom_generate_function_path),
-                       ("--custom-rm-path", cfg.custom_rm_path)):
-        if spec is not None and ":" not in spec:
-            problems.append(f"{flag} {spec!r} must look like 'module:function' or 'file.py:function'")
-        elif spec is not None:
-            module = spec.rpartition(":")[0]
-            if (module.endswith(".py") or "/" in module) and not Path(module).expanduser().exists():
-                problems.append(f"{flag} {spec!r}: no such file {module}")
-    if cfg.trainer == "megatron":
-        import importlib.util
-
-        if importlib.util.find_spec("megatron") is None:
-            problems.append("--trainer megatron needs megatron-core: pip install 'agentrl[megatron]'")
-    if cfg.engine == "sglang" and not cfg.sglang_url:
-        import importlib.util
-
-        if importlib.util.find_spec("sglang") is None:
-            problems.append("--engine sglang without --sglang-url launches SGLang servers, but sglang is not "
-                            "installed: pip install 'agentrl[sglang]' or give --sglang-url URL")
-    if cfg.engine_device is not None:
-        if cfg.engine != "embedded" or cfg.use_ray:
-            problems.append("--engine-device places the in-process embedded engine; with --use-ray or --engine sglang "
-                            "the placement decides where engines run")
-        elif cfg.engine_device.split(":")[0] not in ("cpu", "cuda"):
-            problems.append(f"--engine-device must be cpu, cuda or cuda:N; got {cfg.engine_device!r}")
-    if cfg.engine_dtype is not None:
-        if cfg.engine_dtype not in ENGINE_DTYPES:
-            problems.append(f"--engine-dtype must be one of {', '.join(ENGINE_DTYPES)}; got {cfg.engine_dtype!r}")
-        elif cfg.engine != "embedded":
-            problems.append("--engine-dtype sets the embedded engine's weights; SGLang servers take --sglang-dtype")
-    if cfg.load is not None and not Path(cfg.load).expanduser().exists():
-        problems.append(f"--load {cfg.load}: no such checkpoint folder")
-    elif cfg.load is not None:
-        from agentrl.checkpoint import find_checkpoint
-
-        try:
-            find_checkpoint(cfg.load)
-        except FileNotFoundError as e:  # a folder, but neither a checkpoint nor one with a 'latest'
-            problems.append(f"--load: {e}")
-    for flag, value, low in (("--save-interval", cfg.save_interval, 1), ("--eval-interval", cfg.eval_interval, 0)):
-        if value is not None and value < low:
-            problems.append(f"{flag} must be >= {low}; got {value}")
-    if cfg.save_interval and not cfg.save:
-        problems.append("--save-interval needs --save DIR")
-    problems += _cluster_problems(cfg)
+    if cfg.chat_template is not None and not Path(cfg.chat_template).expanduser().is_file():
+        problems.append(f"--chat-template {cfg.chat_template}: no such file")
     return problems
 
 
-def _cluster_problems(cfg: RunConfig) -> list[str]:
-    """--use-ray, engines and async settings."""
+def _backend_problems(cfg: RunConfig) -> list[str]:
+    """Settings that depend on which trainer, engine and cluster the run uses."""
     import importlib.util
 
     problems = []
-    for flag, value, low in (("--max-staleness", cfg.max_staleness, 0), ("--num-engines", cfg.num_engines, 1),
-                             ("--rollout-num-gpus-per-engine", cfg.rollout_num_gpus_per_engine, 1),
-                             ("--num-env-workers", cfg.num_env_workers, 0)):
-        if value is None or value < low:
-            problems.append(f"{flag} must be >= {low}; got {value}")
-    if cfg.in_flight_weight_updates:
-        if cfg.max_staleness is not None and cfg.max_staleness < 1:
-            problems.append("--in-flight-weight-updates changes how a weight update meets the turns that overlap "
-                            "it: it needs --max-staleness >= 1")
-        elif cfg.engine == "sglang":
-            problems.append("--in-flight-weight-updates needs an engine that loads weights between decode steps "
-                            "(the embedded engine); SGLang servers finish or abort their requests first")
-    if not 0.0 <= cfg.next_rollout_at <= 1.0:
-        problems.append(f"--next-rollout-at is a fraction of a rollout's episodes, in [0, 1]; got {cfg.next_rollout_at}")
-    if cfg.trainer_sms is not None:
-        if cfg.trainer_sms < 1:
-            problems.append(f"--trainer-sms must be >= 1; got {cfg.trainer_sms}")
-        elif cfg.max_staleness is not None and cfg.max_staleness < 1:
-            problems.append("--trainer-sms shares the GPU between training and the generation that overlaps it: "
-                            "it needs --max-staleness >= 1")
-        elif cfg.use_ray:
-            problems.append("--trainer-sms confines an in-process trainer's kernels; with --use-ray the trainer "
-                            "runs in its own actor: leave it out")
+    if cfg.trainer == "megatron" and importlib.util.find_spec("megatron") is None:
+        problems.append("--trainer megatron needs megatron-core: pip install 'agentrl[megatron]'")
+    ranks = cfg.megatron.tensor_parallel * cfg.megatron.pipeline_parallel
+    if ranks > 1:
+        problems.append(f"--tensor-model-parallel-size {cfg.megatron.tensor_parallel} x --pipeline-model-parallel-size "
+                        f"{cfg.megatron.pipeline_parallel} needs {ranks} trainer ranks; train.py trains on one")
+    if cfg.engine.kind == "sglang" and not cfg.engine.sglang_url and importlib.util.find_spec("sglang") is None:
+        problems.append("--engine sglang without --sglang-url launches SGLang servers, but sglang is not "
+                        "installed: pip install 'agentrl[sglang]' or give --sglang-url URL")
+    if cfg.engine.device is not None and cfg.cluster.use_ray:
+        problems.append("--engine-device places the in-process embedded engine; with --use-ray the placement decides "
+                        "where engines run")
+    if cfg.asynchrony.in_flight_weight_updates and cfg.engine.kind == "sglang":
+        problems.append("--in-flight-weight-updates needs an engine that loads weights between decode steps (the "
+                        "embedded engine); SGLang servers finish or abort their requests first")
+    if cfg.asynchrony.trainer_sms is not None and cfg.asynchrony.trainer_sms >= 1 and cfg.asynchrony.max_staleness >= 1:
+        if cfg.cluster.use_ray:
+            problems.append("--trainer-sms confines an in-process trainer's kernels; with --use-ray the trainer runs "
+                            "in its own actor: leave it out")
         elif (cfg.device or ("cuda" if _cuda_available() else "cpu")).split(":")[0] != "cuda":
-            problems.append("--trainer-sms confines the trainer's kernels to part of its CUDA GPU; the trainer "
-                            f"runs on {cfg.device or 'the CPU'} here")
-    if cfg.engine_health_interval < 0 or cfg.engine_health_timeout <= 0:
-        problems.append(f"--engine-health-interval must be >= 0 and --engine-health-timeout > 0; got "
-                        f"{cfg.engine_health_interval} and {cfg.engine_health_timeout}")
-    if cfg.ray_weight_sync not in ("object_store", "nccl", "gloo"):
-        problems.append(f"--ray-weight-sync must be one of object_store, nccl, gloo; got {cfg.ray_weight_sync!r}"
-                        f"{_hint(cfg.ray_weight_sync, ('object_store', 'nccl', 'gloo'))}")
-    elif cfg.ray_weight_sync != "object_store" and cfg.engine == "sglang":
+            problems.append("--trainer-sms confines the trainer's kernels to part of its CUDA GPU; the trainer runs "
+                            f"on {cfg.device or 'the CPU'} here")
+    if cfg.cluster.ray_weight_sync != "object_store" and cfg.engine.kind == "sglang":
         problems.append("--ray-weight-sync nccl/gloo broadcasts to embedded-engine actors; SGLang servers load "
                         "weights from disk: leave --ray-weight-sync object_store with --engine sglang")
-    if not cfg.use_ray:
-        for flag, value, default in (("--num-engines", cfg.num_engines, 1), ("--num-env-workers", cfg.num_env_workers, 0),
-                                     ("--ray-address", cfg.ray_address, None)):
-            if value != default:
-                problems.append(f"{flag} {value} needs --use-ray (several engines and env workers run as Ray actors)")
-    elif importlib.util.find_spec("ray") is None:
-        problems.append("--use-ray needs Ray: pip install 'agentrl[ray]'")
+    return problems
+
+
+def _earlier_run_problems(cfg: RunConfig) -> list[str]:
+    """A run is never written over: --output-dir or --save holding one needs --overwrite or --load."""
+    if cfg.output.overwrite or cfg.checkpoint.load is not None:
+        return []
+    problems = []
+    metrics = Path(cfg.output.output_dir).expanduser() / "metrics.jsonl"
+    if metrics.is_file() and metrics.stat().st_size > 0:
+        problems.append(f"--output-dir {cfg.output.output_dir} holds an earlier run ({metrics.name}): pass "
+                        "--overwrite to replace it, --load CHECKPOINT to resume it, or choose another --output-dir")
+    save = cfg.checkpoint.save
+    if save and (Path(save).expanduser() / "latest").is_file():
+        problems.append(f"--save {save} holds an earlier run's checkpoints: pass --overwrite to delete them, "
+                        f"--load {save} to resume that run, or choose another --save")
     return problems
 
 
@@ -566,69 +278,6 @@ def _cuda_available() -> bool:
     import torch
 
     return torch.cuda.is_available()
-
-
-def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    """The flag view of a config: ``{flag-name: value}``, loadable again with ``--config``."""
-    return {flag[2:]: _get(cfg, path) for flag, path in FLAGS.items() if path != "data.on_bad_row"} | {
-        "skip-bad-rows": cfg.data.on_bad_row == "skip"}
-
-
-# -- internals -------------------------------------------------------------------------------
-def _check_kl(kind: str) -> None:
-    from agentrl.algo import KL_ESTIMATORS
-
-    if kind not in KL_ESTIMATORS:
-        raise ValueError(f"unknown KL estimator {kind!r}; expected one of {', '.join(KL_ESTIMATORS)}{_hint(kind, KL_ESTIMATORS)}")
-
-
-def _hint(value: Any, choices: Any) -> str:
-    close = difflib.get_close_matches(str(value), list(choices), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-def _apply_file(cfg: RunConfig, path: str) -> list[str]:
-    import yaml
-
-    file = Path(path).expanduser()
-    if not file.exists():
-        return [f"--config {path}: no such file"]
-    try:
-        data = yaml.safe_load(file.read_text()) or {}
-    except yaml.YAMLError as e:  # its message names the line and column
-        return [f"--config {path}: not valid YAML: " + " ".join(str(e).split())]
-    if not isinstance(data, dict):
-        return [f"--config {path}: expected a mapping of flag names to values"]
-    problems = []
-    for key, value in data.items():
-        flag = "--" + str(key).replace("_", "-")
-        if flag == "--skip-bad-rows":
-            cfg.data.on_bad_row = "skip" if value else "error"
-            continue
-        if flag not in FLAGS:
-            problems.append(f"--config {path}: unknown key {key!r}{_hint(flag, FLAGS)}")
-            continue
-        try:
-            _set(cfg, FLAGS[flag], _coerce(cfg, FLAGS[flag], value))
-        except (TypeError, ValueError) as e:
-            problems.append(f"--config {path}: {key}: {e}")
-    return problems
-
-
-def _coerce(cfg: RunConfig, path: str, value: Any) -> Any:
-    owner, name = _owner(path)
-    kind = _kind(owner, name)
-    if value is None or kind in (list, dict, bool, str) and isinstance(value, kind):
-        return value
-    if kind is list:
-        return [value] if not isinstance(value, list) else value
-    if kind is dict:
-        if not isinstance(value, dict):
-            raise TypeError(f"expected a mapping, got {value!r}")
-        return value
-    if kind is bool:
-        raise TypeError(f"expected true or false, got {value!r}")
-    return kind(value)
 
 
 def _split_passthrough(argv: list[str], sglang: list[str]) -> tuple[list[str], list[str]]:
@@ -647,93 +296,4 @@ def _split_passthrough(argv: list[str], sglang: list[str]) -> tuple[list[str], l
         i += 1
     return keep, passthrough
 
-
-def _owner(path: str) -> tuple[type, str]:
-    parts = path.split(".")
-    cls: type = RunConfig
-    for part in parts[:-1]:
-        cls = _resolved_hints(cls)[part]
-    return cls, parts[-1]
-
-
-def _kind(cls: type, name: str) -> type:
-    hint = _resolved_hints(cls)[name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    base = typing.get_origin(hint)
-    if base in (list, dict):
-        return base
-    if args and typing.get_origin(hint) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        hint = args[0]
-        if typing.get_origin(hint) is list:
-            return list
-    return hint if isinstance(hint, type) else str
-
-
-@functools.cache
-def _resolved_hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _parser_for(kind: type):
-    if kind is int:
-        return _int_or_none
-    if kind is float:
-        return _float_or_none
-    return kind
-
-
-def _json_object(s: str) -> dict:
-    import json
-
-    try:
-        value = json.loads(s)
-    except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, e.g. '{{\"k\": 1}}': {e}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _int_or_none(s: str) -> int | None:
-    return None if s.lower() in ("none", "null") else int(s)
-
-
-def _float_or_none(s: str) -> float | None:
-    return None if s.lower() in ("none", "null") else float(s)
-
-
-def _metavar(kind: type) -> str:
-    return {int: "N", float: "X", str: "STR"}.get(kind, "V")
-
-
-def _set(cfg: RunConfig, path: str, value: Any) -> None:
-    *parents, name = path.split(".")
-    obj: Any = cfg
-    for p in parents:
-        obj = getattr(obj, p)
-    setattr(obj, name, value)
-
-
-def _get(cfg: RunConfig, path: str) -> Any:
-    obj: Any = cfg
-    for p in path.split("."):
-        obj = getattr(obj, p)
-    return obj
-
-
-@functools.cache
-def _field_docs(cls: type) -> dict[str, str]:
-    """The string literal under each dataclass field (its doc), read from the source."""
-    try:
-        source = textwrap.dedent(inspect.getsource(cls))
-    except (OSError, TypeError):
-        return {}
-    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
-    docs: dict[str, str] = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) \
-                and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant) \
-                and isinstance(nxt.value.value, str):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
 

@@ -16,18 +16,19 @@ import json
 import logging
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from agentrl.async_loop import RolloutStream
 from agentrl.checkpoint import find_checkpoint, read_state, save_checkpoint
 from agentrl.cluster.build import build_ray_components
-from agentrl.components import Components, build_components, compute_advantages, output_dir, seed_everything
+from agentrl.components import (Components, build_components, clear_earlier_run, compute_advantages, output_dir,
+                                seed_everything)
 from agentrl.config import ConfigError, RunConfig, to_dict, validate
 from agentrl.engine.base import EngineError
 from agentrl.eval import evaluate
-from agentrl.obs import MetricsLogger, Timer, plot_run
+from agentrl.obs import MetricsLogger, Timer, plot_run, progress
+from agentrl.obs.dumper import RolloutDumper
 from agentrl.sync import sync_weights
 from agentrl.train.batch import RolloutBatch
+from agentrl.utils.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -36,25 +37,29 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     problems = validate(cfg)
     if problems:
         raise ConfigError(problems)
+    release_freed_memory()
     return asyncio.run(_train(cfg))
 
 
 async def _train(cfg: RunConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
-    if cfg.engine == "sglang" and cfg.sglang_url and not cfg.use_ray:  # before loading anything
-        await _require_servers(cfg.sglang_url)
+    if cfg.engine.kind == "sglang" and cfg.engine.sglang_url and not cfg.cluster.use_ray:  # before loading anything
+        await _require_servers(cfg.engine.sglang_url)
+    clear_earlier_run(cfg)  # --overwrite
     out = output_dir(cfg)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
-    c = build_ray_components(cfg) if cfg.use_ray else build_components(cfg)
-    start, version = resume(c, cfg) if cfg.load else (0, 0)
+    c = build_ray_components(cfg) if cfg.cluster.use_ray else build_components(cfg)
+    start, version = resume(c, cfg) if cfg.checkpoint.load else (0, 0)
     if start:
         await sync_weights(c.engine, c.trainer, staging_dir=out / "weights", version=version)
-    metrics = MetricsLogger(out, wandb_project=cfg.wandb_project if cfg.use_wandb else None,
+    metrics = MetricsLogger(out, wandb_project=cfg.output.wandb_project if cfg.output.use_wandb else None,
                             run_config=to_dict(cfg), resume=start > 0)
     timer = Timer()
+    dumps = RolloutDumper(out, c.template.tokenizer, cfg.output.dump_max_samples_per_rollout) \
+        if cfg.output.save_debug_rollout_data else None
     if c.eval_tasks and start == 0:
-        metrics.log(await run_eval(c), step=0)
-    bar = tqdm(range(start, cfg.num_rollout), desc="rollouts", initial=start, total=cfg.num_rollout)
+        metrics.log(await run_eval(c, dumps, step=0), step=0)
+    bar = progress(cfg.num_rollout, "rollouts", unit="rollout", iterable=range(start, cfg.num_rollout), initial=start)
     async with RolloutStream(c, cfg, start) as rollouts:  # async: rollout k+1 is generated during step k
         for rollout_id in bar:
             with timer("rollout"):
@@ -63,8 +68,8 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
                 raise EngineError(f"rollout {rollout_id}: the engine failed every episode (first: "
                                   f"{result.engine_error}); stopping (--load a checkpoint to go on)")
             step = dict(result.metrics)
-            if result.groups:
-                batch = RolloutBatch.from_samples(result.samples)
+            batch = RolloutBatch.from_samples(result.samples) if result.groups else None
+            if batch is not None:
                 steps = train_steps(cfg, len(batch))
                 with timer("logprobs"):
                     await rollouts.run(prepare_batch, c, cfg, batch, steps)
@@ -72,13 +77,16 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
                     step |= await rollouts.run(c.trainer.train_step, batch, num_steps=steps)
                 with timer("sync"):
                     step["perf/weight_version"] = await rollouts.sync_weights(out / "weights")
+            if dumps is not None:  # every episode, with the advantages and logprobs the step used
+                with timer("dump"):
+                    await asyncio.to_thread(dumps.write_rollout, rollout_id, result, batch)
             step |= timer.pop()
-            if cfg.eval_interval and (rollout_id + 1) % cfg.eval_interval == 0 or rollout_id + 1 == cfg.num_rollout:
-                step |= await run_eval(c) if c.eval_tasks else {}
+            if cfg.eval.eval_interval and (rollout_id + 1) % cfg.eval.eval_interval == 0 or rollout_id + 1 == cfg.num_rollout:
+                step |= await run_eval(c, dumps, step=rollout_id + 1) if c.eval_tasks else {}
             metrics.log(step, step=rollout_id + 1)
             bar.set_postfix(reward=f"{step.get('rollout/reward_mean', float('nan')):.3f}",
                             step_s=f"{step['perf/step_time']:.1f}")
-            if cfg.save and (cfg.save_interval and (rollout_id + 1) % cfg.save_interval == 0
+            if cfg.checkpoint.save and (cfg.checkpoint.save_interval and (rollout_id + 1) % cfg.checkpoint.save_interval == 0
                              or rollout_id + 1 == cfg.num_rollout or rollouts.stopping):
                 save(c, cfg, rollout_id + 1)
             if rollouts.stopping:  # Ctrl-C: checkpoint saved, stop here
@@ -122,8 +130,12 @@ async def _require_servers(urls: list[str]) -> None:
         await engine.aclose()
 
 
-async def run_eval(c: Components) -> dict[str, float]:
-    results = await evaluate(c.engine, c.template, c.eval_tasks, c.eval_config)
+async def run_eval(c: Components, dumps: RolloutDumper | None = None, step: int = 0) -> dict[str, float]:
+    with progress(sum(len(t.rows) for t in c.eval_tasks), "held-out eval", unit="prompt", leave=False) as bar:
+        results = await evaluate(c.engine, c.template, c.eval_tasks, c.eval_config,
+                                 on_group=lambda task, row, group: bar.update())
+    if dumps is not None:
+        dumps.write_eval(step, results)
     for name, r in results.items():
         if r["engine_failures"]:  # left out of the metrics, which then cover fewer prompts
             log.warning("eval %s: %d prompt(s) not scored, the engine failed them (first: %s)", name,
@@ -133,7 +145,8 @@ async def run_eval(c: Components) -> dict[str, float]:
 
 
 def save(c: Components, cfg: RunConfig, next_rollout: int) -> None:
-    path = save_checkpoint(cfg.save, next_rollout, c.trainer, {
+    assert cfg.checkpoint.save is not None  # called only with --save
+    path = save_checkpoint(cfg.checkpoint.save, next_rollout, c.trainer, {
         "next_rollout": next_rollout, "sampler": c.sampler.state_dict(),
         "weight_version": c.engine.weight_version, "config": to_dict(cfg)})
     log.info("saved checkpoint %s", path)
@@ -141,7 +154,8 @@ def save(c: Components, cfg: RunConfig, next_rollout: int) -> None:
 
 def resume(c: Components, cfg: RunConfig) -> tuple[int, int]:
     """Restore trainer, data position and engine weights from ``--load``; return the next rollout."""
-    ckpt = find_checkpoint(cfg.load)
+    assert cfg.checkpoint.load is not None  # called only with --load
+    ckpt = find_checkpoint(cfg.checkpoint.load)
     state = read_state(ckpt)
     c.trainer.load(ckpt)
     c.sampler.load_state_dict(state["sampler"])

@@ -119,7 +119,9 @@ def load_model(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device)
+    # typed as a Module: transformers' PreTrainedModel.to reads to mypy as an unbound function
+    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    model = model.to(device)
     model.eval()
     if not with_tokenizer:
         return model
@@ -156,23 +158,32 @@ def _materialise_alias(alias: str) -> Path:
         raise ModelNotFoundError(f"{src / gguf_name} is missing from the {package} package")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from agentrl.obs.progress import progress
+
     log.info("converting %s (%s) to a Hugging Face folder at %s (once)", alias, gguf_name, target)
-    tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf_name)
-    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_name)
-    model.hf_quantizer = None
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        tmp.rename(target)  # atomic: concurrent users see either nothing or a whole folder
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with progress(3, f"converting {alias} (once)", unit="step") as bar:
+        bar.set_postfix_str("tokenizer")
+        tok = AutoTokenizer.from_pretrained(src, gguf_file=gguf_name)
+        bar.update()
+        bar.set_postfix_str("weights")
+        model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_name)
+        model.hf_quantizer = None  # type: ignore[assignment]  # an attribute transformers' model classes do not declare
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        bar.update()
+        bar.set_postfix_str("saving")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{alias}-", dir=target.parent))
+        try:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            bar.update()
+            if target.exists():
+                shutil.rmtree(target)
+            tmp.rename(target)  # atomic: concurrent users see either nothing or a whole folder
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

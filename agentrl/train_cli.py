@@ -38,12 +38,14 @@ def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
-    """Errors about the run's inputs (folders, data rows, model folder, environment id, hook path, held-out tasks):
+    """Errors about the run's inputs (folders, data rows, model folder, environment id, hook path, held-out tasks,
+    an optional dependency they need):
     their message names the input and the fix, so the command prints it alone."""
     from agentrl.data.prompts import DataError
     from agentrl.env.registry import EnvNotFoundError
     from agentrl.eval.tasks import TaskError
     from agentrl.models import ModelNotFoundError
+    from agentrl.utils.extras import MissingExtra
     from agentrl.utils.imports import HookLoadError
 
-    return ConfigError, DataError, EnvNotFoundError, TaskError, ModelNotFoundError, HookLoadError
+    return ConfigError, DataError, EnvNotFoundError, TaskError, ModelNotFoundError, HookLoadError, MissingExtra

@@ -7,6 +7,12 @@ decode steps and bookkeeping, and the time it sat idle (waiting for episodes to 
 turn). Decode steps are also grouped by batch size, with their mean time, so a slow step shape
 stands out. ``--profile`` adds a ``torch.profiler`` table of the last rollout.
 
+Two ratios say how close a rollout comes to pure decoding: ``prefill_share``, the admission steps'
+time over the wall time (with mixed steps, ``--mixed-prefill``, an admission step also decodes the
+running rows, and all of its time counts here), and ``wall_over_floor``, the wall time over the
+*decode floor*: the rollout's decode steps (mixed ones included) times the median time of a
+decode step. ``prefill_extra_s`` is the admission steps' time beyond one median decode step each.
+
     python bench/engine_multiturn.py --shape qwen2.5-0.5b --out bench/results             # GPU
     python bench/engine_multiturn.py --shape tiny --batch 2 --samples 2 --max-len 128     # CPU smoke run
 """
@@ -16,6 +22,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import functools
+import statistics
 import sys
 import tempfile
 import time
@@ -42,6 +50,8 @@ class StepClock:
         self.s = scheduler
         self.totals: dict[str, float] = defaultdict(float)
         self.by_batch: dict[int, list[float]] = defaultdict(lambda: [0, 0.0])  # bucket -> [steps, seconds]
+        self.durations: dict[str, list[float]] = defaultdict(list)  # per call of _decode / _admit
+        self.mixed_decodes = 0  # admission steps that decoded the running rows too
         for name in ("_admit", "_decode", "_compact", "_run_commands"):
             self._wrap(name)
 
@@ -51,11 +61,17 @@ class StepClock:
         def timed(*args, **kwargs):
             n = self.s.n
             t0 = time.perf_counter()
+            result = None
             try:
-                return inner(*args, **kwargs)
+                result = inner(*args, **kwargs)
+                return result
             finally:
                 dt = time.perf_counter() - t0
                 self.totals[name] += dt
+                if name in ("_decode", "_admit"):
+                    self.durations[name].append(dt)
+                if name == "_admit" and result is True and n:
+                    self.mixed_decodes += 1
                 if name == "_decode":
                     entry = self.by_batch[self._bucket(n, self.s.max_slots)]
                     entry[0] += 1
@@ -66,6 +82,8 @@ class StepClock:
     def reset(self) -> None:
         self.totals.clear()
         self.by_batch.clear()
+        self.durations.clear()
+        self.mixed_decodes = 0
 
 
 async def one_rollout(engine, args, workload: dict, rollout: int) -> float:
@@ -97,6 +115,10 @@ async def run(args) -> dict:
                 "min_len": args.min_len, "max_len": args.max_len, "tail_alpha": args.tail_alpha}
     context = args.prompt_len + args.turns * (args.max_len + args.obs_len)
     options = {} if args.prefix_cache == "auto" else {"prefix_cache": args.prefix_cache == "on"}
+    if args.mixed_prefill != "auto":  # (an engine without mixed steps runs only with "auto")
+        options["mixed_prefill"] = args.mixed_prefill == "on"
+    if args.prefill_token_budget is not None:
+        options["prefill_token_budget"] = args.prefill_token_budget
     engine = EmbeddedEngine(str(model_dir), device=args.device, max_batch_size=args.batch * args.samples,
                             max_seq_len=context, admit_wait_steps=args.admit_wait_steps, **options)
     clock = StepClock(engine._scheduler)
@@ -116,9 +138,11 @@ async def run(args) -> dict:
             wall = await one_rollout(engine, args, workload, r)
             st = {k: v - st0[k] for k, v in vars(engine.stats).items()}
             if prof is not None:
-                await asyncio.wrap_future(engine._scheduler.call(lambda: prof.__exit__(None, None, None)))
+                await asyncio.wrap_future(engine._scheduler.call(functools.partial(prof.__exit__, None, None, None)))
             t = clock.totals
             steps = st["steps"]
+            step_ms = 1e3 * statistics.median(clock.durations["_decode"]) if clock.durations["_decode"] else float("nan")
+            floor = steps * step_ms / 1e3
             row = {"rollout": r, "wall_s": wall, "busy_s": st["busy_s"], "idle_s": wall - st["busy_s"],
                    "prefill_s": t["_admit"], "decode_s": t["_decode"], "compact_s": t["_compact"],
                    "commands_s": t["_run_commands"], "prefills": st["prefills"],
@@ -127,12 +151,19 @@ async def run(args) -> dict:
                    "eager_steps": steps - st["graph_steps"], "graphs_captured": engine.stats.graphs_captured,
                    "generated_tokens": st["generated_tokens"],
                    "mean_batch": st["generated_tokens"] / max(steps, 1),
-                   "ms_per_step": 1e3 * t["_decode"] / max(steps, 1),
+                   "ms_per_step": 1e3 * t["_decode"] / max(steps, 1), "median_step_ms": step_ms,
+                   "decode_floor_s": floor, "wall_over_floor": wall / floor if floor else float("nan"),
+                   "prefill_share": t["_admit"] / wall,
+                   "prefill_extra_s": t["_admit"] - clock.mixed_decodes * step_ms / 1e3,
+                   "mixed_decode_steps": clock.mixed_decodes,
+                   "admit_ms": [round(1e3 * x, 2) for x in clock.durations["_admit"]],
                    "by_batch": {b: {"steps": n, "ms": 1e3 * s / n} for b, (n, s) in sorted(clock.by_batch.items())}}
             rows.append(row)
             print(f"rollout {r}: {wall:.2f} s, decode {row['decode_s']:.2f} s over {steps} steps "
-                  f"({row['ms_per_step']:.2f} ms/step, mean batch {row['mean_batch']:.1f}), prefill "
-                  f"{row['prefill_s']:.2f} s, idle {row['idle_s']:.2f} s", flush=True)
+                  f"({row['ms_per_step']:.2f} ms/step, median {step_ms:.2f}, mean batch {row['mean_batch']:.1f}), prefill "
+                  f"{row['prefill_s']:.2f} s ({100 * row['prefill_share']:.1f}% of the wall time, {row['prefills']} "
+                  f"steps), idle {row['idle_s']:.2f} s; decode floor {floor:.2f} s, wall / floor "
+                  f"{row['wall_over_floor']:.2f}", flush=True)
             if prof is not None:
                 key = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
                 row["profile"] = prof.key_averages().table(sort_by=key, row_limit=25)
@@ -144,8 +175,9 @@ async def run(args) -> dict:
 
 def markdown(result: dict, meta: dict) -> str:
     w = result["workload"]
-    cols = ["rollout", "wall_s", "decode_s", "prefill_s", "compact_s", "idle_s", "decode_steps", "ms_per_step",
-            "mean_batch", "prefills", "prefill_tokens", "cached_tokens", "eager_steps", "graphs_captured"]
+    cols = ["rollout", "wall_s", "decode_s", "prefill_s", "prefill_share", "prefill_extra_s", "compact_s", "idle_s",
+            "decode_steps", "median_step_ms", "decode_floor_s", "wall_over_floor", "ms_per_step", "mean_batch",
+            "prefills", "mixed_decode_steps", "prefill_tokens", "cached_tokens", "eager_steps", "graphs_captured"]
     lines = [f"# Engine time in a multi-turn rollout ({meta['device']})\n",
              f"{meta['date']}; torch {meta['torch']}; shape {meta['shape']} (random weights); "
              f"{meta['episodes']} episodes, {w['turns']} turns each, turn lengths Pareto(alpha={w['tail_alpha']}, "
@@ -157,7 +189,10 @@ def markdown(result: dict, meta: dict) -> str:
     lines += ["", "Decode steps of the last rollout by batch bucket (steps, mean ms):", "",
               "| batch | steps | ms/step |", "|---:|---:|---:|"]
     lines += [f"| {b} | {v['steps']} | {v['ms']:.2f} |" for b, v in last["by_batch"].items()]
-    lines.append("\nidle: wall time the worker waited for requests (episodes between turns).")
+    lines.append("\nidle: wall time the worker waited for requests (episodes between turns). prefill_s: admission "
+                 "steps (with mixed steps they decode the running rows too); prefill_share: prefill_s / wall_s; "
+                 "prefill_extra_s: prefill_s less one median decode step per mixed step; decode_floor_s: decode "
+                 "steps (mixed included) x median_step_ms; wall_over_floor: wall_s / decode_floor_s.")
     return "\n".join(lines) + "\n"
 
 
@@ -179,6 +214,10 @@ def main() -> None:
     p.add_argument("--admit-wait-steps", type=int, default=None,
                    help="decode steps a new turn may wait so that several share one prefill "
                         "(0: at once; default: the engine's, 8 on CUDA and 0 on the CPU)")
+    p.add_argument("--mixed-prefill", choices=["auto", "on", "off"], default="auto",
+                   help="prefill inside decode steps (auto: the engine's default, on for CUDA)")
+    p.add_argument("--prefill-token-budget", type=int, default=None, help="prompt tokens per engine step")
+    p.add_argument("--tag", default="", help="suffix of the result files' names")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of the last rollout")
     p.add_argument("--out", default=None, help="folder for engine_multiturn_<device>.json/.md")
     args = p.parse_args()
@@ -192,7 +231,7 @@ def main() -> None:
     md = markdown(result, meta)
     print(md)
     if args.out:
-        save(args.out, f"engine_multiturn_{device_tag(name)}", {"meta": meta, **result}, md)
+        save(args.out, f"engine_multiturn_{device_tag(name)}{args.tag}", {"meta": meta, **result}, md)
 
 
 if __name__ == "__main__":

@@ -61,7 +61,7 @@ def main() -> None:
         "--engine-max-batch-size", str(args.batch * args.samples), "--custom-rm-path", f"{reward}:reward",
         "--output-dir", str(work / "run"), "--lr", "1e-6",
     ])
-    cfg.save = None
+    cfg.checkpoint.save = None
     cfg.rollout.sampling.ignore_eos = True
     train(cfg)
     rows = [json.loads(line) for line in (work / "run" / "metrics.jsonl").read_text().splitlines()]

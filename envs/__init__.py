@@ -17,3 +17,5 @@ register("CliffWalking-v0", "envs.gym_text:GymTextEnv", max_turns=50, game_id="C
 register("Search-v0", "envs.search:SearchEnv", max_turns=4, retriever="auto")
 # function calling (hermes <tool_call>) with the calculator and python tools on word problems (see envs/tool_use.py)
 register("ToolUse-v0", "envs.tool_use:ToolUseEnv", max_turns=4)
+# the README's example: guess a digit with higher/lower hints (see envs/guess.py, recipes/guess/)
+register("Guess-v0", "envs.guess:GuessEnv", max_turns=3)

@@ -21,9 +21,14 @@ Three public functions, shared by :mod:`envs.math` and by evaluation (majority v
   3. where ``math-verify`` is not installed, a small sympy check (``simplify(a - b) == 0`` on
      plain expressions of a restricted alphabet) stands in.
 
-``math-verify`` bounds its parsing time with ``signal.alarm``, which only works in the main
-thread; off the main thread the timeout is disabled (answers are capped at
-``MAX_ANSWER_CHARS`` characters instead, so parsing stays cheap).
+Answers are untrusted: extraction is linear in the response length, answers longer than
+``MAX_ANSWER_CHARS`` are graded wrong unparsed, and the symbolic checks (2, 3) run in the scoring
+jail (:mod:`envs._scoring`) under ``SYMBOLIC_TIMEOUT_S``: sympy can spend forever, holding the
+GIL, on a short answer such as ``\\boxed{9^{9^{9^{9}}}}``, and a check that parses with sympy
+must not run on the host. An answer that runs out of time is graded wrong with
+``method="timeout"`` (``"killed"``: its CPU or memory limit; ``"refused"``: it tried something
+the jail refused), and ``info["error"]`` says why. ``grade`` blocks its thread meanwhile;
+environments call it through ``asyncio.to_thread``.
 
 Example::
 
@@ -40,6 +45,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import deque
 from fractions import Fraction
 from typing import Any
 
@@ -47,6 +53,8 @@ log = logging.getLogger(__name__)
 
 MAX_ANSWER_CHARS = 1000
 """Longer extracted answers are graded wrong without parsing (keeps grading fast on junk)."""
+SYMBOLIC_TIMEOUT_S = 5.0
+"""Seconds one symbolic comparison may take (in a worker process, killed past it)."""
 
 ANSWER_FORMATS = ("boxed", "answer_tag", "####", "last_number")
 
@@ -82,12 +90,20 @@ def extract_answer_with_format(text: str, *, fallback_last_number: bool = False)
         if line.strip():
             return _clean(line), "####"
     if fallback_last_number:
-        last = None
-        for last in _NUMBER.finditer(text):
-            pass
+        last = _last_number(text)
         if last is not None:
-            return _clean(last.group(0)), "last_number"
+            return _clean(last), "last_number"
     return None, None
+
+
+def _last_number(text: str) -> str | None:
+    """The last number in ``text``, read from a window before its last digit (numbers longer than
+    the window are graded too long either way), so the cost does not grow with the text."""
+    end = max(text.rfind(d) for d in "0123456789") + 1
+    if end == 0:
+        return None
+    last = deque(_NUMBER.finditer(text, max(0, end - 2 * MAX_ANSWER_CHARS), end), maxlen=1)
+    return last[0].group(0) if last else None
 
 
 def parse_label(label: str) -> str:
@@ -125,16 +141,15 @@ def last_boxed(text: str) -> str | None:
 
 
 def _balanced(text: str, open_at: int) -> str | None:
-    depth = 0
-    for j in range(open_at, len(text)):
-        c = text[j]
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_at + 1 : j]
-    return None
+    """What is between the ``{`` at ``open_at`` and its matching ``}`` (None: unbalanced), found
+    with one vectorised pass over the rest of the text."""
+    import numpy as np
+
+    rest = text[open_at:]
+    codes = np.frombuffer(rest.encode("utf-32-le", "surrogatepass"), dtype="<u4")
+    level = np.cumsum((codes == ord("{")).astype(np.int32) - (codes == ord("}")))
+    closed = np.flatnonzero(level == 0)
+    return rest[1 : int(closed[0])] if len(closed) else None
 
 
 def last_tag(text: str, tag: str) -> str | None:
@@ -186,18 +201,60 @@ def as_number(answer: str) -> Fraction | None:
 
 def answers_match(pred: str, gold: str) -> tuple[bool, str]:
     """Is ``pred`` equivalent to ``gold``? Returns ``(match, method)`` (which check decided)."""
+    return _match(pred, gold)[:2]  # type: ignore[return-value]
+
+
+def _match(pred: str, gold: str) -> tuple[bool, str, str | None]:
+    """:func:`answers_match` with why a symbolic check failed, when it did: ``method`` is then
+    ``error``, ``timeout``, ``killed`` (its CPU or memory limit) or ``refused`` (the answer
+    tried something the scoring jail refused, or its evaluation ran out of memory)."""
     if len(pred) > MAX_ANSWER_CHARS or not pred.strip():
-        return False, "too_long" if pred.strip() else "empty"
+        return False, "too_long" if pred.strip() else "empty", None
     p_num, g_num = as_number(pred), as_number(gold)
     if p_num is not None and g_num is not None:
-        return p_num == g_num, "numeric"
+        return p_num == g_num, "numeric", None
     if _squash(pred) == _squash(gold):
-        return True, "string"
+        return True, "string", None
+    from envs import _scoring
+
+    try:
+        out = _scoring.run("envs._math_grading:symbolic_equal", pred, gold, timeout=SYMBOLIC_TIMEOUT_S,
+                           preload=("envs._math_grading:warm_up",))
+    except OSError as e:  # no scoring jail could run the check: graded wrong, the run goes on
+        log.warning("symbolic check of %r could not run: %s", pred[:80], e)
+        return False, "error", f"the symbolic check could not run: {e}"
+    if out.incidents:
+        return False, "refused", f"stopped while checked: {'; '.join(out.incidents[:3])[:300]}"
+    if out.error is not None:
+        log.warning("symbolic check of %r failed: %s", pred[:80], out.error[:200])
+        return False, "error", f"the symbolic check raised {out.error[:200]}"
+    if not out.finished:
+        return False, out.stopped or "timeout", f"the symbolic check was stopped ({out.stopped})"
+    match, method = out.value
+    return bool(match), str(method), None
+
+
+def symbolic_equal(pred: str, gold: str) -> tuple[bool, str]:
+    """``(match, method)`` by ``math-verify``, or the sympy fallback where it is not installed.
+
+    Runs in this process with no limit on time: :func:`answers_match` calls it in the scoring jail.
+    """
     try:
         import math_verify  # noqa: F401
     except ImportError:
         return _sympy_equal(pred, gold), "sympy"
     return _math_verify_equal(pred, gold), "math_verify"
+
+
+def warm_up() -> None:
+    """One symbolic check of each common kind: the scoring jail runs it once (trusted input), so
+    each answer's fork starts with math-verify's LaTeX parser and sympy's caches built."""
+    for pred, gold in _WARM_UP:
+        symbolic_equal(pred, gold)
+
+
+_WARM_UP = (("(x+1)^2", "x^2+2x+1"), ("\\frac{\\sqrt{2}}{2}", "\\frac{1}{\\sqrt{2}}"), ("\\{1, 2\\}", "\\{2, 1\\}"),
+            ("[0, \\infty)", "[0,\\infty)"), ("2\\pi", "6.28"))
 
 
 def _squash(s: str) -> str:
@@ -207,7 +264,9 @@ def _squash(s: str) -> str:
 def _math_verify_equal(pred: str, gold: str) -> bool:
     from math_verify import parse, verify
 
-    timeout = 5 if threading.current_thread() is threading.main_thread() else None
+    # math-verify's own limits (signal.alarm: main thread only) end slow Python early in a worker;
+    # work that holds the GIL is ended by killing the worker (see answers_match)
+    timeout = 2 if threading.current_thread() is threading.main_thread() else None
     try:
         g = parse("\\boxed{" + gold + "}", parsing_timeout=timeout)
         p = parse("\\boxed{" + pred + "}", parsing_timeout=timeout)
@@ -249,9 +308,11 @@ def grade(response: str, label: str, *, fallback_last_number: bool = False) -> t
     gold = parse_label(label)
     extracted, fmt = extract_answer_with_format(response, fallback_last_number=fallback_last_number)
     if extracted is None:
-        correct, method = False, "no_answer"
+        correct, method, error = False, "no_answer", None
     else:
-        correct, method = answers_match(extracted, gold)
+        correct, method, error = _match(extracted, gold)
     shown = extracted if extracted is None or len(extracted) <= 200 else extracted[:200] + "..."
     info = {"extracted": shown, "answer_format": fmt, "gold": gold, "correct": correct, "method": method}
+    if error is not None:
+        info["error"] = error
     return correct, info

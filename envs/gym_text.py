@@ -6,7 +6,8 @@ game state as text and answers with a move; the game's own reward passes through
 * **Messages.** ``reset`` sends the rules, the state and how to answer; every valid move is
   answered with what happened, the reward and the new state.
 * **Moves.** The last ``<action>...</action>`` tag is read (its last move word counts); without
-  a tag, the last move word anywhere in the reply. Case does not matter. A reply without a valid
+  a tag, the last move word anywhere in the reply. Only the reply's last ``max_reply_chars``
+  characters (64 KiB) are read: a runaway reply costs the event loop a few milliseconds. Case does not matter. A reply without a valid
   move gets an observation listing the valid moves; the game does not advance,
   ``info["invalid_actions"]`` counts it and the reward is ``-invalid_action_penalty`` (default 0:
   the turn it wastes under ``max_turns`` is the cost).
@@ -44,6 +45,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,7 +58,10 @@ import numpy as np
 from agentrl.env.core import TextEnv
 from envs._math_grading import last_tag
 
-__all__ = ["GAMES", "GameAdapter", "GymTextEnv", "parse_move"]
+__all__ = ["GAMES", "MAX_REPLY_CHARS", "GameAdapter", "GymTextEnv", "parse_move"]
+
+MAX_REPLY_CHARS = 65_536
+"""Default characters read at the end of a reply for its move."""
 
 
 @dataclass(frozen=True)
@@ -79,17 +84,23 @@ class GameAdapter:
 
 def parse_move(text: str, adapter: GameAdapter) -> int | None:
     """The action id ``text`` asks for: the last move word inside the last ``<action>`` tag, or
-    (no tag) the last move word anywhere; None when there is none."""
-    words = {w.lower(): i for i, w in enumerate(adapter.moves)} | dict(adapter.aliases)
-    pattern = r"(?<![a-z])(" + "|".join(re.escape(w).replace(r"\ ", r"\s+") for w in sorted(words, key=len, reverse=True)) + r")(?![a-z])"
+    (no tag) the last move word anywhere; None when there is none. "Last" is the move word that
+    ends last: one search of the reversed text finds it."""
+    words, pattern = _move_words(adapter)
     tagged = last_tag(text, "action")
     scope = tagged if tagged is not None else text
-    last = None
-    for last in re.finditer(pattern, scope.lower()):
-        pass
+    last = pattern.search(scope.lower()[::-1])
     if last is None:
         return None
-    return words[re.sub(r"\s+", " ", last.group(1))]
+    return words[re.sub(r"\s+", " ", last.group(1)[::-1])]
+
+
+@functools.lru_cache(maxsize=64)
+def _move_words(adapter: GameAdapter) -> tuple[dict[str, int], re.Pattern[str]]:
+    """Move word -> action id, and a pattern of every move word spelled backwards (longest first)."""
+    words = {w.lower(): i for i, w in enumerate(adapter.moves)} | dict(adapter.aliases)
+    backwards = (re.escape(w[::-1]).replace(r"\ ", r"\s+") for w in sorted(words, key=len, reverse=True))
+    return words, re.compile(r"(?<![a-z])(" + "|".join(backwards) + r")(?![a-z])")
 
 
 # -- the games ----------------------------------------------------------------------------------
@@ -233,6 +244,7 @@ class GymTextEnv(TextEnv):
         random_map_size: FrozenLake only: a fresh random ``n x n`` map every reset.
         random_map_p: the probability that a tile of a random map is frozen (not a hole).
         system_prompt: an optional system message.
+        max_reply_chars: only this many characters at the end of a reply are read for its move.
     """
 
     def __init__(
@@ -246,6 +258,7 @@ class GymTextEnv(TextEnv):
         random_map_size: int | None = None,
         random_map_p: float = 0.8,
         system_prompt: str | None = None,
+        max_reply_chars: int = MAX_REPLY_CHARS,
     ):
         super().__init__()
         self.game_id = _resolve_game_id(game_id)
@@ -269,6 +282,9 @@ class GymTextEnv(TextEnv):
         self.reward_scale, self.invalid_action_penalty = float(reward_scale), float(invalid_action_penalty)
         self.random_map_size, self.random_map_p = random_map_size, random_map_p
         self.system_prompt = system_prompt
+        if max_reply_chars < 1:
+            raise ValueError(f"max_reply_chars must be >= 1; got {max_reply_chars!r}")
+        self.max_reply_chars = max_reply_chars
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -306,7 +322,7 @@ class GymTextEnv(TextEnv):
         if self.over:
             terminated, truncated = self._ended
             return [], 0.0, terminated, truncated, self._info(None, 0.0) | {"error": "the game is over; call reset()"}
-        move = parse_move(action, self.adapter)
+        move = parse_move(action[-self.max_reply_chars:], self.adapter)
         if move is None:
             self.invalid_actions += 1
             got = action.strip()

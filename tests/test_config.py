@@ -4,7 +4,7 @@ import sys
 import pytest
 import torch
 
-from agentrl.config import FLAGS, ConfigError, build_parser, parse_args, to_dict, validate
+from agentrl.config import TABLE, ConfigError, build_parser, parse_args, to_dict, validate
 
 
 def test_slime_flag_names_exist():
@@ -14,7 +14,7 @@ def test_slime_flag_names_exist():
                  "--max-turns", "--eval-prompt-data", "--eval-interval", "--save-interval", "--save", "--load",
                  "--custom-generate-function-path", "--custom-rm-path", "--colocate", "--env", "--model-path",
                  "--trainer", "--engine", "--apply-chat-template"]:
-        assert flag in FLAGS, flag
+        assert flag in TABLE.by_name, flag
 
 
 def test_every_flag_has_help():
@@ -59,12 +59,16 @@ def test_unknown_config_key_is_named(tmp_path):
 
 def test_sglang_flags_pass_through():
     cfg = parse_args(["--sglang-mem-fraction-static", "0.7", "--sglang-enable-torch-compile", "--seed", "3"])
-    assert cfg.sglang_args == ["--mem-fraction-static", "0.7", "--enable-torch-compile"] and cfg.seed == 3
+    assert cfg.engine.sglang_args == ["--mem-fraction-static", "0.7", "--enable-torch-compile"] and cfg.seed == 3
 
 
 def test_all_problems_reported_together(tmp_path):
+    with pytest.raises(ConfigError) as bad_values:  # values that do not fit their field: reported together
+        parse_args(["--overlong", "drop", "--lr", "fast", "--trainer", "torhc"])
+    assert [p.split(":")[0] for p in bad_values.value.problems] == ["--overlong", "--lr", "--trainer"]
+    assert "did you mean 'torch'" in str(bad_values.value)
     cfg = parse_args(["--env", "Eko-v0", "--rollout-batch-size", "3", "--n-samples-per-prompt", "3",
-                      "--global-batch-size", "4", "--kl-loss-type", "k4", "--use-kl-loss", "--overlong", "drop",
+                      "--global-batch-size", "4", "--kl-loss-type", "k4", "--use-kl-loss",
                       "--model-path", str(tmp_path / "missing-model"), "--prompt-data", str(tmp_path / "no.jsonl"),
                       "--eval-prompt-data", "only-a-name", "--save-interval", "2",
                       "--custom-rm-path", str(tmp_path / "rm.py") + ":reward", "--custom-generate-function-path",
@@ -74,7 +78,7 @@ def test_all_problems_reported_together(tmp_path):
     assert not [p for p in problems if "--custom-generate-function-path" in p]  # a module: imported when used
     text = "\n".join(problems)
     for needle in ["must equal --global-batch-size", "set --global-batch-size 9", "unknown KL estimator 'k4'",
-                   "--overlong must be one of", "--kl-loss-coef is 0", "--prompt-data", "no such file",
+                   "--kl-loss-coef is 0", "--prompt-data", "no such file",
                    "did you mean 'agentrl/Echo-v0'", "--model-path", "NAME PATH pairs", "--save-interval needs --save"]:
         assert needle in text, (needle, text)
 
@@ -87,7 +91,7 @@ def test_turn_level_and_retry_flags_are_checked():
     cfg = parse_args(["--advantage-estimator", "gigpo", "--n-samples-per-prompt", "1"])
     assert any("gigpo compares episodes of the same prompt" in p for p in validate(cfg))
     cfg = parse_args(["--advantage-estimator", "rloo", "--turn-baseline", "--policy-loss", "cispo", "--gamma", "0.95"])
-    assert (cfg.turn_baseline, cfg.rollout.max_episode_retries, cfg.train.policy_loss) == (True, 2, "cispo")
+    assert (cfg.algo.turn_baseline, cfg.rollout.max_episode_retries, cfg.train.policy_loss) == (True, 2, "cispo")
     assert not [p for p in validate(cfg) if "turn" in p or "policy loss" in p]
 
 
@@ -123,8 +127,8 @@ def test_engine_dtype_is_checked_and_sets_the_embedded_engine(tmp_path):
     from agentrl.components import build_engine
     from agentrl.testing import make_tiny_model
 
-    problems = "\n".join(validate(parse_args(["--engine-dtype", "int8"])))
-    assert "--engine-dtype must be one of float32, bfloat16, float16; got 'int8'" in problems
+    with pytest.raises(ConfigError, match="--engine-dtype: expected one of float32, bfloat16, float16; got 'int8'"):
+        parse_args(["--engine-dtype", "int8"])
     problems = "\n".join(validate(parse_args(["--engine-dtype", "bfloat16", "--engine", "sglang",
                                                 "--sglang-url", "http://x:1"])))
     assert "SGLang servers take --sglang-dtype" in problems

@@ -22,8 +22,9 @@ def _steps(out: Path) -> list[dict]:
 
 def test_bf16_engine_with_a_float32_trainer(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    train(parse_args([*ARGS, "--output-dir", str(tmp_path / "f32")]))
-    train(parse_args([*ARGS, "--output-dir", str(tmp_path / "bf16"), "--engine-dtype", "bfloat16"]))
+    train(parse_args([*ARGS, "--output-dir", str(tmp_path / "f32"), "--save", str(tmp_path / "f32" / "ckpt")]))
+    train(parse_args([*ARGS, "--output-dir", str(tmp_path / "bf16"), "--save", str(tmp_path / "bf16" / "ckpt"),
+                      "--engine-dtype", "bfloat16"]))
     f32, bf16 = _steps(tmp_path / "f32"), _steps(tmp_path / "bf16")
     assert [r["perf/weight_version"] for r in bf16] == [1, 2]
     for a, b in zip(f32, bf16):

@@ -31,7 +31,7 @@ def test_sglang_urls_that_do_not_answer_stop_the_run_before_it_loads_anything(tm
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     code = main([*TOY, "--engine", "sglang", "--sglang-url", f"http://127.0.0.1:{port}", "--output-dir",
-                 str(tmp_path / "run")])
+                 str(tmp_path / "run"), "--save", str(tmp_path / "run" / "ckpt")])
     err = capsys.readouterr().err
     assert code == 1 and f"no server answers /health_generate at http://127.0.0.1:{port}" in err
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -60,11 +60,12 @@ def test_eval_interval_0_never_evaluates(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "run"
     args = ARGS[:ARGS.index("--eval-prompt-data")] + ["--num-rollout", "1", "--eval-interval", "0"]
-    train(parse_args([*args, "--output-dir", str(out)]))  # the quickstart config names a held-out set
+    train(parse_args([*args, "--output-dir", str(out), "--save", str(out / "ckpt")]))  # the quickstart config names a held-out set
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1] and "rollout/reward_mean" in rows[0]
     assert not [k for r in rows for k in r if k.startswith("eval/")]
     # and with an interval the same run evaluates before the first rollout and after the last
-    train(parse_args([*args[:-2], "--eval-max-prompts", "2", "--output-dir", str(tmp_path / "evald")]))
+    train(parse_args([*args[:-2], "--eval-max-prompts", "2", "--output-dir", str(tmp_path / "evald"),
+                      "--save", str(tmp_path / "evald" / "ckpt")]))
     rows = [json.loads(line) for line in (tmp_path / "evald" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if any(k.startswith("eval/") for k in r)] == [0, 1]

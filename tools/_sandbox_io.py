@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import os
+import shutil
 import signal
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -27,28 +28,36 @@ def kill_group(pgid: int) -> None:
         pass
 
 
-async def read_capped(stream: asyncio.StreamReader | None, keep: int,
-                      on_overflow: Callable[[], None]) -> tuple[bytes, bool]:
-    """Read a stream to EOF keeping ``keep`` bytes of head and of tail; call ``on_overflow`` once
-    more than the hard limit has arrived. Returns (kept bytes with an elision mark, truncated)."""
-    assert stream is not None
-    head, tail, total, fired = bytearray(), bytearray(), 0, False
-    while chunk := await stream.read(65536):
-        total += len(chunk)
-        room = keep - len(head)
-        if room > 0:
-            head += chunk[:room]
-            chunk = chunk[room:]
-        if chunk:
-            tail += chunk
-            del tail[:-keep]
-        if total > HARD_OUTPUT_BYTES and not fired:
-            fired = True
-            on_overflow()
-    dropped = total - len(head) - len(tail)
-    if dropped > 0:
-        return bytes(head) + f"\n... [{dropped} bytes omitted] ...\n".encode() + bytes(tail), True
-    return bytes(head + tail), False
+class Capture:
+    """Output of one stream, read to EOF keeping ``keep`` bytes of head and of tail; usable at any
+    time, also when reading had to stop early."""
+
+    def __init__(self, keep: int, on_overflow: Callable[[], None]) -> None:
+        self.keep, self.on_overflow = keep, on_overflow
+        self.head, self.tail, self.total, self.fired = bytearray(), bytearray(), 0, False
+
+    async def read(self, stream: asyncio.StreamReader | None) -> None:
+        """Read ``stream`` to EOF; call ``on_overflow`` once more than the hard limit has arrived."""
+        assert stream is not None
+        while chunk := await stream.read(65536):
+            self.total += len(chunk)
+            room = self.keep - len(self.head)
+            if room > 0:
+                self.head += chunk[:room]
+                chunk = chunk[room:]
+            if chunk:
+                self.tail += chunk
+                del self.tail[:-self.keep]
+            if self.total > HARD_OUTPUT_BYTES and not self.fired:
+                self.fired = True
+                self.on_overflow()
+
+    def result(self) -> tuple[bytes, bool]:
+        """(kept bytes with an elision mark, truncated)."""
+        dropped = self.total - len(self.head) - len(self.tail)
+        if dropped > 0:
+            return bytes(self.head) + f"\n... [{dropped} bytes omitted] ...\n".encode() + bytes(self.tail), True
+        return bytes(self.head + self.tail), False
 
 
 def fit(stdout: str, stderr: str, limit: int) -> tuple[str, str, bool]:
@@ -97,4 +106,26 @@ def write_files(workdir: str, files: Mapping[str, str | bytes]) -> None:
             raise ValueError(f"sandbox file name must stay inside the working directory, got {name!r}")
         os.makedirs(os.path.dirname(path), exist_ok=True)
         with open(path, "wb") as f:
-            f.write(content.encode() if isinstance(content, str) else content)
+            f.write(content.encode("utf-8", "surrogatepass") if isinstance(content, str) else content)
+
+
+def remove_tree(path: str) -> None:
+    """Delete a run's host directory even where the program removed permissions (blocking: call
+    it off the event loop, it may hold many files)."""
+
+    if not os.path.lexists(path):  # removed already: never touch what holds it (the host's /tmp)
+        return
+
+    def retry(func: Callable[..., Any], failed: str, _exc: Any) -> None:
+        try:
+            if failed != path:  # (the tree's own parent is not ours to change)
+                os.chmod(os.path.dirname(failed), 0o700)
+            if os.path.isdir(failed) and not os.path.islink(failed):
+                os.chmod(failed, 0o700)
+                shutil.rmtree(failed, ignore_errors=True)
+            else:
+                func(failed)
+        except OSError:
+            pass
+
+    shutil.rmtree(path, onerror=retry)

@@ -1,5 +1,4 @@
-"""The RL math: advantages (episode and turn level), policy and value losses, KL, entropy,
-importance correction, aggregation.
+"""The RL math: advantages, policy and value losses, KL, entropy, importance correction, aggregation.
 
 Pure tensor functions with no I/O and no distributed code. The torch and the Megatron trainer
 both train on :func:`rl_objective` (``objective.py``), which adds up the terms below. A training
@@ -21,6 +20,8 @@ step, in short::
 
 Runnable::
 
+    >>> import torch
+    >>> from agentrl.algo import get_advantage_estimator, get_policy_loss
     >>> mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
     >>> adv = get_advantage_estimator("grpo")(torch.tensor([1.0, 0.0]), torch.tensor([0, 0]), mask)
     >>> lp = torch.tensor([[-1.0, -2.0, 0.0], [-0.5, 0.0, 0.0]], requires_grad=True)
@@ -29,92 +30,43 @@ Runnable::
     (-0.2357, 1.0)
 """
 
-import torch  # noqa: F401  (used by the docstring example)
+from typing import TYPE_CHECKING
 
-from agentrl.algo.advantages import (
-    AdvantageConfig,
-    dr_grpo,
-    gae,
-    grpo,
-    reinforce_plus_plus,
-    reinforce_plus_plus_baseline,
-    rloo,
-)
-from agentrl.algo.aggregate import (
-    AGGREGATIONS,
-    aggregate,
-    aggregation_denominator,
-    check_aggregation,
-    masked_mean,
-)
-from agentrl.algo.gigpo import gigpo
-from agentrl.algo.entropy import entropy_from_logits, logprobs_and_entropy, logprobs_from_logits
-from agentrl.algo.kl import KL_ESTIMATORS, kl_penalty
-from agentrl.algo.losses import PolicyLossConfig, PolicyLossFn, cispo_loss, gspo_loss, ppo_clip_loss, value_loss
-from agentrl.algo.objective import (
-    ObjectiveConfig,
-    mean_over_steps,
-    merge_metric_parts,
-    rl_objective,
-    value_objective,
-)
-from agentrl.algo.returns import compute_gae, discounted_returns, masked_whiten, place_rewards_at_turn_ends
-from agentrl.algo.registry import (
-    ADVANTAGE_ESTIMATORS,
-    CRITIC_ESTIMATORS,
-    POLICY_LOSSES,
-    TURN_BASELINE_ESTIMATORS,
-    TURN_ESTIMATORS,
-    get_advantage_estimator,
-    get_policy_loss,
-)
-from agentrl.algo.tis import rollout_mismatch_metrics, tis_weights
-from agentrl.algo.turns import Turns, turn_returns, turn_token_rewards
+from agentrl.utils.lazy import lazy_package
 
-__all__ = [
-    "ADVANTAGE_ESTIMATORS",
-    "AGGREGATIONS",
-    "AdvantageConfig",
-    "CRITIC_ESTIMATORS",
-    "KL_ESTIMATORS",
-    "ObjectiveConfig",
-    "POLICY_LOSSES",
-    "PolicyLossConfig",
-    "PolicyLossFn",
-    "TURN_BASELINE_ESTIMATORS",
-    "TURN_ESTIMATORS",
-    "Turns",
-    "aggregate",
-    "aggregation_denominator",
-    "check_aggregation",
-    "cispo_loss",
-    "compute_gae",
-    "discounted_returns",
-    "dr_grpo",
-    "entropy_from_logits",
-    "gae",
-    "get_advantage_estimator",
-    "get_policy_loss",
-    "gigpo",
-    "grpo",
-    "gspo_loss",
-    "kl_penalty",
-    "logprobs_and_entropy",
-    "logprobs_from_logits",
-    "masked_mean",
-    "masked_whiten",
-    "mean_over_steps",
-    "merge_metric_parts",
-    "place_rewards_at_turn_ends",
-    "ppo_clip_loss",
-    "reinforce_plus_plus",
-    "reinforce_plus_plus_baseline",
-    "rl_objective",
-    "rloo",
-    "rollout_mismatch_metrics",
-    "tis_weights",
-    "turn_returns",
-    "turn_token_rewards",
-    "value_loss",
-    "value_objective",
-]
+if TYPE_CHECKING:
+    from agentrl.algo.advantages import (AdvantageConfig, dr_grpo, gae, grpo, reinforce_plus_plus,
+                                         reinforce_plus_plus_baseline, rloo)
+    from agentrl.algo.aggregate import (AGGREGATIONS, aggregate, aggregation_denominator, check_aggregation,
+                                        masked_mean)
+    from agentrl.algo.entropy import (entropy_from_logits, logprobs_and_entropy, logprobs_from_logits)
+    from agentrl.algo.kl import (KL_ESTIMATORS, kl_penalty)
+    from agentrl.algo.gigpo import gigpo
+    from agentrl.algo.losses import (PolicyLossConfig, PolicyLossFn, cispo_loss, gspo_loss, ppo_clip_loss,
+                                     value_loss)
+    from agentrl.algo.objective import (ObjectiveConfig, mean_over_steps, merge_metric_parts, rl_objective,
+                                        value_objective)
+    from agentrl.algo.returns import (compute_gae, discounted_returns, masked_whiten, place_rewards_at_turn_ends)
+    from agentrl.algo.registry import (ADVANTAGE_ESTIMATORS, CRITIC_ESTIMATORS, POLICY_LOSSES,
+                                       TURN_BASELINE_ESTIMATORS, TURN_ESTIMATORS, get_advantage_estimator,
+                                       get_policy_loss)
+    from agentrl.algo.tis import (rollout_mismatch_metrics, tis_weights)
+    from agentrl.algo.turns import (Turns, turn_returns, turn_token_rewards)
+
+MODULES = {
+    ".advantages": ["AdvantageConfig", "dr_grpo", "gae", "grpo", "reinforce_plus_plus",
+                    "reinforce_plus_plus_baseline", "rloo"],
+    ".aggregate": ["AGGREGATIONS", "aggregate", "aggregation_denominator", "check_aggregation", "masked_mean"],
+    ".entropy": ["entropy_from_logits", "logprobs_and_entropy", "logprobs_from_logits"],
+    ".kl": ["KL_ESTIMATORS", "kl_penalty"],
+    ".gigpo": ["gigpo"],
+    ".losses": ["PolicyLossConfig", "PolicyLossFn", "cispo_loss", "gspo_loss", "ppo_clip_loss", "value_loss"],
+    ".objective": ["ObjectiveConfig", "mean_over_steps", "merge_metric_parts", "rl_objective", "value_objective"],
+    ".returns": ["compute_gae", "discounted_returns", "masked_whiten", "place_rewards_at_turn_ends"],
+    ".registry": ["ADVANTAGE_ESTIMATORS", "CRITIC_ESTIMATORS", "POLICY_LOSSES", "TURN_BASELINE_ESTIMATORS",
+                  "TURN_ESTIMATORS", "get_advantage_estimator", "get_policy_loss"],
+    ".tis": ["rollout_mismatch_metrics", "tis_weights"],
+    ".turns": ["Turns", "turn_returns", "turn_token_rewards"],
+}
+__all__ = sorted(n for names in MODULES.values() for n in names)
+lazy_package(__name__, MODULES)

@@ -97,19 +97,19 @@ def gigpo(
     if config.normalize_std:
         episode = episode / (std + config.eps)
     episode = torch.where(spread, episode, torch.zeros_like(episode))  # [N]
-    step = _step_advantages(turns, group_ids, config).to(r.dtype)  # [N, K]
+    step = _step_advantages(turns, turns.states, group_ids, config).to(r.dtype)  # [N, K]
     return _broadcast(episode, loss_mask) + config.step_advantage_weight * per_token(step, turns, loss_mask)
 
 
-def _step_advantages(turns: Turns, group_ids: Tensor, config: AdvantageConfig) -> Tensor:
+def _step_advantages(turns: Turns, states: Tensor, group_ids: Tensor, config: AdvantageConfig) -> Tensor:
     """``A^S`` ``[N, K]``: each turn's return against its anchor-state group (0 without a state)."""
     returns = turn_returns(turns.rewards, config.gamma)  # [N, K]
     out = torch.zeros_like(returns)
-    has_state = turns.states >= 0  # [N, K]
-    if not has_state.any():
+    has_state = states >= 0  # [N, K]
+    if not bool(has_state.any()):
         return out
-    groups = group_ids.unsqueeze(-1).expand_as(turns.states)[has_state]  # [M]
-    pairs = torch.stack([groups.to(torch.long), turns.states[has_state].to(torch.long)], dim=-1)  # [M, 2]
+    groups = group_ids.unsqueeze(-1).expand_as(states)[has_state]  # [M]
+    pairs = torch.stack([groups.to(torch.long), states[has_state].to(torch.long)], dim=-1)  # [M, 2]
     _, anchor = torch.unique(pairs, dim=0, return_inverse=True)  # [M]: one id per (group, state)
     values = returns[has_state]
     mean, std, _, spread = _group_stats(values, anchor)

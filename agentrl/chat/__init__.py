@@ -14,10 +14,11 @@ from agentrl.chat.incremental import (
     PLAIN_PROBE_CONVERSATION,
     PROBE_CONVERSATION,
     PROBE_TOOLS,
+    SYSTEM_PROBE_CONVERSATION,
     TemplateNotIncrementalError,
     check_incremental,
 )
-from agentrl.chat.template import ChatTemplate, ChatTemplateError
+from agentrl.chat.template import ChatTemplate, ChatTemplateError, TemplateRenderError
 
 __all__ = [
     "ChatTemplate",
@@ -25,7 +26,9 @@ __all__ = [
     "PLAIN_PROBE_CONVERSATION",
     "PROBE_CONVERSATION",
     "PROBE_TOOLS",
+    "SYSTEM_PROBE_CONVERSATION",
     "TemplateNotIncrementalError",
+    "TemplateRenderError",
     "TokenConversation",
     "check_incremental",
 ]

@@ -53,7 +53,8 @@ class TokenConversation:
         messages: the opening messages (system/user...), rendered once as the prompt.
         tools: OpenAI-style tool declarations, passed to the template on every render.
         allow_non_incremental: keep going with a template that fails :func:`check_incremental`
-            (a warning is logged instead of an error). Tokens stay exactly what the engine saw
+            (a warning is logged instead of an error; ``ChatTemplate(..., allow_non_incremental=True)``
+            does the same for every conversation on that template). Tokens stay exactly what the engine saw
             and observations are rendered with the fixed-prefix trick as usual; but
             ``apply_chat_template(messages)`` may then differ from ``tokens`` (e.g. a Qwen3
             template re-rendered would drop earlier ``<think>`` blocks that the tokens keep).
@@ -72,7 +73,7 @@ class TokenConversation:
         try:
             check_incremental(template)
         except TemplateNotIncrementalError as exc:
-            if not allow_non_incremental:
+            if not (allow_non_incremental or template.allow_non_incremental):
                 raise
             if not template._warned_non_incremental:
                 template._warned_non_incremental = True

@@ -12,13 +12,19 @@ came, and new messages are rendered on their own and appended. That equals
    :meth:`ChatTemplate.render_continuation` gives what a full render gives).
 
 Templates known to break (1): Qwen3's and the reasoning models' templates drop
-``<think>...</think>`` from assistant turns before the last user message; templates that place
-tool declarations or a date next to the *last* user message. Breaking (2): templates that strip
-reasoning from every assistant turn, or that add text the model never writes.
+``<think>...</think>`` from assistant turns before the last user message; Mistral's templates
+place the tool declarations and the system message next to the *last* user message; others a
+date. Breaking (2): templates that strip reasoning from every assistant turn, or that add text the
+model never writes.
 
-:func:`check_incremental` renders a probe conversation (system, user, assistant with reasoning
-and a hermes tool call, tool result, assistant answer, user, assistant) and raises
-:class:`TemplateNotIncrementalError` naming the message that changed the text, with a short diff.
+:func:`check_incremental` renders probe conversations, always with the tool declarations when
+the template reads them, and raises :class:`TemplateNotIncrementalError` naming the message that
+changed the text, with a short diff. The first probe that the template renders is checked:
+:data:`PROBE_CONVERSATION` (system, user, assistant with reasoning and a hermes tool call, tool
+result, assistant answer, user, assistant), else :data:`SYSTEM_PROBE_CONVERSATION` (system and
+alternating user/assistant turns, for templates such as Mistral's that refuse a tool message
+without a call id), else :data:`PLAIN_PROBE_CONVERSATION` (no system message). A template that
+renders none of them cannot be checked and is refused too (``kind="unverified"``).
 
 Example::
 
@@ -31,7 +37,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from agentrl.chat.template import ChatTemplate, ChatTemplateError, Message, short_diff
+from agentrl.chat.template import ChatTemplate, ChatTemplateError, Message, TemplateRenderError, short_diff
 
 log = logging.getLogger(__name__)
 
@@ -69,17 +75,33 @@ PLAIN_PROBE_CONVERSATION: list[Message] = [
     {"role": "user", "content": "And 2+4?"},
     {"role": "assistant", "content": "<think>\nOne more than before.\n</think>\n\n6."},
 ]
-"""Used when a template rejects the default probe (e.g. no system or tool role)."""
+"""The last probe: user/assistant turns only, for templates that reject system messages too."""
+
+SYSTEM_PROBE_CONVERSATION: list[Message] = [PROBE_CONVERSATION[0], *PLAIN_PROBE_CONVERSATION]
+"""Used when a template rejects the default probe (a tool message, two assistant turns in a row)."""
+
+PROBES: tuple[tuple[str, list[Message]], ...] = (
+    ("the default probe (system, user, assistant tool call, tool, assistant, user, assistant)", PROBE_CONVERSATION),
+    ("the system probe (system, user, assistant, user, assistant)", SYSTEM_PROBE_CONVERSATION),
+    ("the plain probe (user, assistant, user, assistant)", PLAIN_PROBE_CONVERSATION),
+)
+"""The probes :func:`check_incremental` tries in turn; the first that renders is checked."""
+
+_WHAT_TO_DO = (
+    "What to do: use a template that keeps earlier turns verbatim (ChatTemplate(tokenizer, "
+    "chat_template='fixed.jinja'); agentrl eval --chat-template fixed.jinja; for training, save it as "
+    "chat_template.jinja in the model folder), or accept the difference with "
+    "ChatTemplate(tokenizer, allow_non_incremental=True) (or TokenConversation(..., "
+    "allow_non_incremental=True)): tokens stay exactly what the engine saw; only a full re-render of the "
+    "messages may differ from them."
+)
 
 _ADVICE = (
     "Token-in-token-out keeps earlier tokens exactly as generated, so an episode's tokens would differ "
     "from apply_chat_template of its messages, and later turns would see a context the template never "
     "produces.\nTypical causes: the template drops reasoning (<think>...</think>) from earlier assistant "
-    "turns (Qwen3, QwQ, DeepSeek-R1 style), or moves tool declarations or a date next to the last user "
-    "message.\nWhat to do: use a template that keeps earlier turns verbatim "
-    "(ChatTemplate(tokenizer, chat_template='path/to/template.jinja')), or pass "
-    "allow_non_incremental=True to TokenConversation: tokens stay exactly what the engine saw; only the "
-    "text view may differ from a full re-render."
+    "turns (Qwen3, QwQ, DeepSeek-R1 style), or moves tool declarations, the system message or a date next "
+    "to the last user message (Mistral style).\n" + _WHAT_TO_DO
 )
 
 
@@ -88,10 +110,12 @@ class TemplateNotIncrementalError(ChatTemplateError):
 
     Attributes:
         kind: ``prefix_changed`` (adding messages changed earlier text), ``assistant_not_verbatim``
-            (an assistant turn does not render as generation prompt + content + end-of-turn) or
-            ``continuation_mismatch`` (new messages render differently after different histories).
-        message_index: index, in the probe conversation, of the message that exposed it.
-        role: that message's role.
+            (an assistant turn does not render as generation prompt + content + end-of-turn),
+            ``continuation_mismatch`` (new messages render differently after different histories)
+            or ``unverified`` (the template renders none of the probe conversations).
+        message_index: index, in the probe conversation, of the message that exposed it (-1 for
+            ``unverified``).
+        role: that message's role (``""`` for ``unverified``).
     """
 
     def __init__(self, text: str, *, kind: str, message_index: int, role: str) -> None:
@@ -109,10 +133,11 @@ def check_incremental(
     """Raise :class:`TemplateNotIncrementalError` unless ``template`` can be extended by appending.
 
     ``messages_example`` is the conversation to probe with (it must hold at least one assistant
-    message, after at least one other message); by default :data:`PROBE_CONVERSATION` (with
-    :data:`PROBE_TOOLS` when the template reads tools), falling back to
-    :data:`PLAIN_PROBE_CONVERSATION` for templates that reject system or tool messages. The
-    default check's result is cached on the template object, so it runs once per template.
+    message, after at least one other message), rendered with ``tools``. By default the first of
+    :data:`PROBES` that the template renders, with :data:`PROBE_TOOLS` when the template reads
+    tools (so tool declarations that move are seen, whichever probe runs); a template that
+    renders none is refused (``kind="unverified"``). The default check's result is cached on the
+    template object, so it runs once per template.
     """
     if messages_example is not None:
         _check(template, list(messages_example), tools)
@@ -132,13 +157,19 @@ def check_incremental(
 
 def _check_default(template: ChatTemplate) -> None:
     tools = PROBE_TOOLS if template.supports_tools else None
-    try:
-        _check(template, PROBE_CONVERSATION, tools)
-    except TemplateNotIncrementalError:
-        raise
-    except ChatTemplateError as exc:
-        log.debug("the default probe does not render (%s); probing with user/assistant turns only", exc)
-        _check(template, PLAIN_PROBE_CONVERSATION, None)
+    failures = []
+    for name, probe in PROBES:
+        try:
+            _check(template, probe, tools)
+            return
+        except TemplateRenderError as exc:  # the template refuses these roles: try the next probe
+            log.debug("%s does not render: %s", name, exc)
+            failures.append(f"  {name}: {str(exc).splitlines()[0][:300]}")
+    raise TemplateNotIncrementalError(
+        "chat template could not be checked: it renders none of the probe conversations"
+        + (" (with tool declarations)" if tools else "") + ", so nothing shows that appending turns keeps "
+        "the tokens equal to apply_chat_template of the messages.\n" + "\n".join(failures) + "\n" + _WHAT_TO_DO,
+        kind="unverified", message_index=-1, role="")
 
 
 def _check(template: ChatTemplate, m: list[Message], tools: list[dict[str, Any]] | None) -> None:
@@ -163,7 +194,13 @@ def _check(template: ChatTemplate, m: list[Message], tools: list[dict[str, Any]]
                     f"the probe conversation changed the text already rendered for messages[:{prev_end}]."
                 ), prev_text, template.render(m[: j + 1], tools, add_generation_prompt=j + 1 == k))
             real = prompt[len(prev_text):]
-            ours = template.render_continuation(m[prev_end:k], tools, add_generation_prompt=True)
+            try:
+                ours = template.render_continuation(m[prev_end:k], tools, add_generation_prompt=True)
+            except TemplateRenderError:
+                raise
+            except ChatTemplateError as exc:  # an assistant turn closes differently when messages follow it
+                raise TemplateNotIncrementalError(f"{exc}\n{_ADVICE}", kind="continuation_mismatch",
+                                                  message_index=prev_end, role=str(m[prev_end].get("role"))) from exc
             if real != ours:
                 raise _error("continuation_mismatch", m, prev_end, (
                     f"chat template is not incremental: messages[{prev_end}:{k}] render differently after "

@@ -56,6 +56,11 @@ class ChatTemplateError(ValueError):
     """A chat template is missing, cannot be rendered, or does not have the expected shape."""
 
 
+class TemplateRenderError(ChatTemplateError):
+    """The template itself failed on these messages (a jinja2 error or its ``raise_exception``:
+    roles it does not accept, a missing field such as a tool call id)."""
+
+
 class ChatTemplate:
     """A tokenizer plus a jinja2 chat template.
 
@@ -65,6 +70,9 @@ class ChatTemplate:
             to a ``.jinja`` file.
         template_kwargs: extra variables passed to the template on every render
             (e.g. ``{"enable_thinking": False}`` for Qwen3, ``{"date_string": "26 Jul 2024"}``).
+        allow_non_incremental: let every :class:`~agentrl.chat.TokenConversation` on this template
+            (the episode loop's included) keep going when :func:`~agentrl.chat.check_incremental`
+            refuses it, with a warning; see ``docs/tokens.md``.
 
     Example::
 
@@ -81,8 +89,10 @@ class ChatTemplate:
         chat_template: str | os.PathLike | None = None,
         *,
         template_kwargs: dict[str, Any] | None = None,
+        allow_non_incremental: bool = False,
     ) -> None:
         self.tokenizer = tokenizer
+        self.allow_non_incremental = allow_non_incremental
         self.source: str = _load_source(tokenizer, chat_template)
         """The jinja2 source of the template."""
         self.template_kwargs: dict[str, Any] = dict(template_kwargs or {})
@@ -282,7 +292,7 @@ class ChatTemplate:
             )
         except Exception as exc:  # jinja2 errors, raise_exception() in templates
             roles = [m.get("role") for m in messages]
-            raise ChatTemplateError(f"chat template failed on roles {roles}: {exc}") from exc
+            raise TemplateRenderError(f"chat template failed on roles {roles}: {exc}") from exc
 
 
 def _load_source(tokenizer: Any, chat_template: str | os.PathLike | None) -> str:

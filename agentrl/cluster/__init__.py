@@ -13,6 +13,15 @@ Ray is imported only inside this package (and only by the modules that need it),
 stays importable without it. See ``docs/scaling.md``.
 """
 
-from agentrl.cluster.engine_pool import EnginePool, PoolStats
+from typing import TYPE_CHECKING
 
-__all__ = ["EnginePool", "PoolStats"]
+from agentrl.utils.lazy import lazy_package
+
+if TYPE_CHECKING:
+    from agentrl.cluster.engine_pool import (EnginePool, PoolStats)
+
+MODULES = {
+    ".engine_pool": ["EnginePool", "PoolStats"],
+}
+__all__ = sorted(n for names in MODULES.values() for n in names)
+lazy_package(__name__, MODULES)

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agentrl.cluster.engine_pool import EnginePool
-from agentrl.components import (PLAIN_TEMPLATE, Components, build_eval_config, build_interruptible, build_rollout,
-                                load_eval_tasks, output_dir)
-from agentrl.config import RunConfig
+from agentrl.components import (Components, build_eval_config, build_interruptible, build_rollout, build_template,
+                                engine_config, load_eval_tasks, output_dir)
+from agentrl.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,24 +53,26 @@ class RayComponents(Components):
 
 
 def build_ray_components(cfg: RunConfig) -> RayComponents:
+    if cfg.prompt_data is None:  # before any actor starts
+        raise ConfigError(["--prompt-data is required (a .jsonl/.parquet file of prompts)"])
     import ray
 
-    from agentrl.chat import ChatTemplate
     from agentrl.cluster.placement import create_placement, init_ray, plan_placement
     from agentrl.cluster.ray_trainer import RayTrainer
     from agentrl.data import PromptSampler, load_prompts
     from agentrl.rollout import load_generate_fn
 
-    started = init_ray(cfg.ray_address)
+    started = init_ray(cfg.cluster.ray_address)
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0 and cfg.device != "cpu"
-    actors = 1 + cfg.num_engines
-    cpus = cpus_per_actor(resources.get("CPU", 1.0), actors + cfg.num_env_workers)
-    plan = plan_placement(cfg.num_engines, cfg.rollout_num_gpus_per_engine, colocate=cfg.colocate, use_gpu=use_gpu,
+    actors = 1 + cfg.cluster.num_engines
+    cpus = cpus_per_actor(resources.get("CPU", 1.0), actors + cfg.cluster.num_env_workers)
+    plan = plan_placement(cfg.cluster.num_engines, cfg.cluster.rollout_num_gpus_per_engine, colocate=cfg.engine.colocate, use_gpu=use_gpu,
                           cpus_per_actor=cpus)
     placement = create_placement(plan)
-    trainer = RayTrainer.spawn(cfg, options=placement.trainer_options(), weight_sync=cfg.ray_weight_sync)
-    if cfg.engine == "sglang":
+    # the RayTrainer, or the DiskWeightsTrainer around it: both serve the trainer's calls
+    trainer: Any = RayTrainer.spawn(cfg, options=placement.trainer_options(), weight_sync=cfg.cluster.ray_weight_sync)
+    if cfg.engine.kind == "sglang":
         from agentrl.cluster.sglang_servers import DiskWeightsTrainer
 
         trainer = DiskWeightsTrainer(trainer, output_dir(cfg) / "weights")
@@ -78,13 +80,13 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
 
     dataset = load_prompts(cfg.prompt_data, cfg.data)
     sampler = PromptSampler(dataset.rows, seed=cfg.seed)
-    template = ChatTemplate(trainer.tokenizer, None if cfg.data.apply_chat_template else PLAIN_TEMPLATE)
-    generate_fn = load_generate_fn(cfg.custom_generate_function_path) if cfg.custom_generate_function_path else None
+    template = build_template(cfg, trainer.tokenizer)
+    generate_fn = load_generate_fn(cfg.hooks.custom_generate_function_path) if cfg.hooks.custom_generate_function_path else None
     env_pool = None
-    if cfg.num_env_workers:
+    if cfg.cluster.num_env_workers:
         from agentrl.cluster.env_pool import RayEnvPool
 
-        env_pool = RayEnvPool(cfg.num_env_workers, options={"num_cpus": cpus})
+        env_pool = RayEnvPool(cfg.cluster.num_env_workers, options={"num_cpus": cpus})
         if generate_fn is not None:
             log.warning("--num-env-workers: the custom generate function makes its own environments; "
                         "they run in the driver")
@@ -93,8 +95,8 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
     interruptible = build_interruptible(cfg, engine)
     rollout = build_rollout(cfg, interruptible or engine, template, generate_fn)
     eval_config = build_eval_config(cfg)
-    log.info("Ray run: trainer %s, %d engine(s) (%s), %d env worker(s), %s", trainer.where(), cfg.num_engines,
-             cfg.engine, cfg.num_env_workers, "colocated" if plan.colocate else "disaggregated")
+    log.info("Ray run: trainer %s, %d engine(s) (%s), %d env worker(s), %s", trainer.where(), cfg.cluster.num_engines,
+             cfg.engine.kind, cfg.cluster.num_env_workers, "colocated" if plan.colocate else "disaggregated")
     return RayComponents(engine, trainer, template, rollout, sampler, dataset, load_eval_tasks(cfg), eval_config,
                          interruptible, placement=placement, env_pool=env_pool, started_ray=started)
 
@@ -104,16 +106,12 @@ def build_engine_pool(cfg: RunConfig, placement: Any) -> EnginePool:
     them (``--use-fault-tolerance``) in the same bundle."""
     import ray
 
-    if cfg.engine == "sglang":
+    if cfg.engine.kind == "sglang":
         return _sglang_pool(cfg, placement)
     from agentrl.cluster.ray_engine import RayEngine
 
-    kwargs = {"engine_kwargs": {"max_batch_size": cfg.engine_max_batch_size,
-                                "max_seq_len": cfg.rollout.max_context_tokens + 8, "dtype": cfg.engine_dtype,
-                                "prefix_cache": cfg.engine_prefix_cache, "pack_weights": cfg.engine_pack_weights,
-                                "admit_wait_steps": cfg.engine_admit_wait_steps,
-                                "high_priority_stream": cfg.engine_high_priority_stream},
-              "hang_timeout": max(cfg.engine_health_timeout, 60.0)}  # device: the actor's own GPU, else its CPUs
+    kwargs = {"engine_kwargs": {"dtype": cfg.engine.dtype, "config": engine_config(cfg)},
+              "hang_timeout": max(cfg.cluster.engine_health_timeout, 60.0)}  # device: the actor's own GPU, else its CPUs
 
     def spawn(i: int) -> RayEngine:
         return RayEngine.spawn(cfg.model_path, options=placement.engine_options(i), name=f"engine-{i}", **kwargs)
@@ -121,7 +119,7 @@ def build_engine_pool(cfg: RunConfig, placement: Any) -> EnginePool:
     async def factory(i: int) -> RayEngine:
         return await spawn(i).ready()
 
-    engines = [spawn(i) for i in range(cfg.num_engines)]
+    engines = [spawn(i) for i in range(cfg.cluster.num_engines)]
     versions = ray.get([e.actor.weight_version.remote() for e in engines])  # wait until every model is loaded
     for e, v in zip(engines, versions):
         e._version = int(v)
@@ -133,26 +131,26 @@ def _sglang_pool(cfg: RunConfig, placement: Any) -> EnginePool:
 
     from agentrl.cluster.sglang_servers import spawn_server
 
-    if cfg.sglang_url:  # servers someone else runs: routed and health-checked, not restarted by us
+    if cfg.engine.sglang_url:  # servers someone else runs: routed and health-checked, not restarted by us
         from agentrl.engine.sglang import SGLangEngine
 
-        return EnginePool([SGLangEngine(url, max_retries=1) for url in cfg.sglang_url], factory=None,
-                          health_interval=cfg.engine_health_interval, health_timeout=cfg.engine_health_timeout)
+        return EnginePool([SGLangEngine(url, max_retries=1) for url in cfg.engine.sglang_url], factory=None,
+                          health_interval=cfg.cluster.engine_health_interval, health_timeout=cfg.cluster.engine_health_timeout)
 
     def start(i: int):
         return spawn_server(cfg.model_path, i, options=placement.engine_options(i), base_port=30000,
-                            tp=cfg.rollout_num_gpus_per_engine, extra_args=list(cfg.sglang_args))
+                            tp=cfg.cluster.rollout_num_gpus_per_engine, extra_args=list(cfg.engine.sglang_args))
 
     async def start_all():
-        return await asyncio.gather(*(start(i) for i in range(cfg.num_engines)))
+        return await asyncio.gather(*(start(i) for i in range(cfg.cluster.num_engines)))
 
     engines = _run_sync(start_all())
     return _pool(cfg, engines, start)
 
 
 def _pool(cfg: RunConfig, engines: list[Any], factory: Any) -> EnginePool:
-    return EnginePool(engines, factory=factory if cfg.use_fault_tolerance else None,
-                      health_interval=cfg.engine_health_interval, health_timeout=cfg.engine_health_timeout)
+    return EnginePool(engines, factory=factory if cfg.cluster.use_fault_tolerance else None,
+                      health_interval=cfg.cluster.engine_health_interval, health_timeout=cfg.cluster.engine_health_timeout)
 
 
 def cpus_per_actor(total: float, actors: int) -> float:

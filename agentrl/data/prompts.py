@@ -3,7 +3,9 @@
 Each row becomes a :class:`PromptRow`: the prompt (text or chat messages, from ``input_key``),
 the label (``label_key``), metadata (``metadata_key``), and optionally a per-row environment id
 (``env_key``) with reset options (``options_key``). A malformed row fails with its file and line
-number, or, with ``on_bad_row="skip"``, is skipped and counted.
+number, or, with ``on_bad_row="skip"``, is skipped and counted. Bytes that are not UTF-8 and JSON
+nested deeper than ``MAX_JSON_DEPTH`` levels are malformed rows like any other (the depth is
+measured before decoding: see :mod:`agentrl.utils.safe_json`).
 
 Sources (``--prompt-data``):
   * ``data.jsonl`` / ``data.json`` / ``data.parquet`` / a folder of parquet files;
@@ -28,11 +30,14 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
-from agentrl.env.spaces import message_problem
+from agentrl.utils.flags import Flag
 
 log = logging.getLogger(__name__)
+
+MAX_JSON_DEPTH = 100
+"""Deepest JSON nesting of a row (chat prompts with tool calls are a few levels deep)."""
 
 
 class DataError(ValueError):
@@ -41,10 +46,21 @@ class DataError(ValueError):
 
 @dataclass
 class DataConfig:
+    """Data: how prompt rows are read."""
+
+    FLAGS: ClassVar[dict[str, Any]] = {
+        "--input-key": "input_key", "--label-key": "label_key", "--metadata-key": "metadata_key",
+        "--env-key": "env_key", "--env-options-key": "options_key", "--apply-chat-template": "apply_chat_template",
+        "--skip-bad-rows": Flag("--skip-bad-rows", "on_bad_row", const="skip",
+                                help="skip malformed prompt rows (counted and logged) instead of failing"),
+        "--prompt-data-limit": "limit",
+    }
+
     input_key: str = "prompt"
-    """Row key holding the prompt: a string or a list of chat messages."""
+    """Row key holding the prompt: a string or a list of chat messages (a row without it leaves the task to the
+    environment's reset, e.g. a game that deals its own)."""
     label_key: str | None = "label"
-    """Row key holding the reference answer (None: rows have no label)."""
+    """Row key holding the reference answer, for environments that grade against one (a row without it has none)."""
     metadata_key: str | None = "metadata"
     """Row key holding a dict of extra fields passed along with the sample."""
     env_key: str | None = "env"
@@ -56,14 +72,15 @@ class DataConfig:
     on_bad_row: Literal["error", "skip"] = "error"
     """``error``: stop at the first malformed row; ``skip``: skip it, count it, log it."""
     limit: int | None = None
-    """Use only the first ``limit`` good rows."""
+    """Use only the first this many good rows of --prompt-data."""
 
 
 @dataclass
 class PromptRow:
     index: int
     """Position among the good rows of the source (a stable id for resuming)."""
-    prompt: str | list[dict[str, Any]]
+    prompt: str | list[dict[str, Any]] | None
+    """None: the row has no prompt; the environment's reset makes the task."""
     label: Any = None
     env_id: str | None = None
     options: dict[str, Any] = field(default_factory=dict)
@@ -75,8 +92,9 @@ class PromptRow:
 
     def reset_options(self) -> dict[str, Any]:
         """What the environment's ``reset(options=...)`` receives: the raw row fields, then the
-        normalised ``prompt``/``label``/``metadata``, then the row's own env options."""
-        return {**self.raw, "prompt": self.prompt, "label": self.label, "metadata": self.metadata, **self.options}
+        normalised ``prompt``/``label`` (those the row has) and ``metadata``, then the row's own env options."""
+        given = {k: v for k, v in (("prompt", self.prompt), ("label", self.label)) if v is not None}
+        return {**self.raw, **given, "metadata": self.metadata, **self.options}
 
 
 @dataclass
@@ -126,21 +144,17 @@ def _to_row(raw: Any, index: int, location: str, c: DataConfig) -> PromptRow:
         raise DataError(raw.message)
     if not isinstance(raw, dict):
         raise DataError(f"{location}: a row must be a JSON object; got {type(raw).__name__}")
-    if c.input_key not in raw:
-        raise DataError(f"{location}: missing input key {c.input_key!r}; the row has keys {sorted(raw)[:20]} (set --input-key)")
-    prompt = raw[c.input_key]
-    if isinstance(prompt, list):
+    prompt = raw.get(c.input_key)
+    if prompt is None:
+        pass  # the environment makes the task (if it needs a prompt, its reset says so at start-up)
+    elif isinstance(prompt, list):
         for i, m in enumerate(prompt):
-            why = message_problem(m)
+            why = _message_problem(m)
             if why:
                 raise DataError(f"{location}: {c.input_key}[{i}]: {why}")
     elif not isinstance(prompt, str) or not prompt.strip():
         raise DataError(f"{location}: {c.input_key!r} must be a non-empty string or a list of chat messages; got {prompt!r:.80}")
-    label = None
-    if c.label_key:
-        if c.label_key not in raw:
-            raise DataError(f"{location}: missing label key {c.label_key!r}; the row has keys {sorted(raw)[:20]} (set --label-key, or --label-key '' for none)")
-        label = raw[c.label_key]
+    label = raw.get(c.label_key) if c.label_key else None
     metadata = _optional_dict(raw, c.metadata_key, location)
     options = _optional_dict(raw, c.options_key, location)
     env_id = raw.get(c.env_key) if c.env_key else None
@@ -150,15 +164,24 @@ def _to_row(raw: Any, index: int, location: str, c: DataConfig) -> PromptRow:
                      metadata=metadata, source=location, raw=raw)
 
 
+def _message_problem(message: Any) -> str | None:
+    from agentrl.env.spaces import message_problem  # here: reading the settings (train.py --help) imports no gymnasium
+
+    return message_problem(message)
+
+
 def _optional_dict(raw: dict, key: str | None, location: str) -> dict:
+    from agentrl.utils import safe_json  # numpy: not at import
+
     if not key or raw.get(key) is None:
         return {}
     value = raw[key]
     if isinstance(value, str):  # parquet/HF columns often hold JSON strings
         try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            pass
+            value = safe_json.loads(value, max_depth=MAX_JSON_DEPTH)
+        except ValueError as e:
+            if isinstance(e, safe_json.JSONLimitError):
+                raise DataError(f"{location}: {key!r}: {e}") from None
     if not isinstance(value, dict):
         raise DataError(f"{location}: {key!r} must be an object; got {type(value).__name__}")
     return value
@@ -193,22 +216,45 @@ def _read_records(source: str) -> Iterator[tuple[str, Any]]:
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
+    with open(path, "rb") as f:  # decoded line by line, so a bad byte is one bad row with its line number
+        for lineno, raw in enumerate(f, 1):
+            location = f"{path}:{lineno}"
             try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                record = _BadJson(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})")
-            yield f"{path}:{lineno}", record
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                yield location, _BadJson(f"{location}: not UTF-8 ({e.reason}: byte 0x{raw[e.start]:02x} at column "
+                                         f"{e.start + 1})")
+                continue
+            if line.strip():
+                yield location, _parse_line(line, location)
+
+
+def _parse_line(line: str, location: str) -> Any:
+    from agentrl.utils import safe_json  # numpy: not at import
+
+    try:
+        return safe_json.loads(line, max_depth=MAX_JSON_DEPTH)
+    except json.JSONDecodeError as e:
+        return _BadJson(f"{location}: invalid JSON ({e.msg} at column {e.colno})")
+    except ValueError as e:  # nested too deep, or a number Python will not convert
+        return _BadJson(f"{location}: invalid JSON ({e})")
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
+    from agentrl.utils import safe_json  # numpy: not at import
+
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        raise DataError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        data = safe_json.loads(text, max_depth=MAX_JSON_DEPTH)
     except json.JSONDecodeError as e:
         raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except ValueError as e:
+        raise DataError(f"{path}: invalid JSON ({e})") from None
     if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
         data = next(iter(data.values()))
     if not isinstance(data, list):

@@ -9,7 +9,11 @@ with a message for the client when the body is malformed; :func:`output_dict` bu
 Covered: ``text`` or ``input_ids`` (single or batch), ``sampling_params`` (one dict or one per
 prompt, ``n`` parallel samples), ``rid`` (string, list, or generated), ``return_logprob``,
 ``return_text_in_logprobs``, ``stream``, ``priority`` (an integer; higher values are admitted first,
-as in SGLang's default priority scheduling; streamed requests ignore it). Not covered (a clear 400, never silently wrong): prompt
+as in SGLang's default priority scheduling; streamed requests ignore it). A temperature below
+SGLang's ``1e-6`` means greedy, as in SGLang (the engine divides float32 logits by it: below
+about ``1e-38`` that gives NaN); temperatures and ``top_p`` values that float32 cannot hold (above
+3.4e38, or a ``top_p`` that rounds to 0) are refused. A ``text`` longer than ``max_prompt_chars``
+is refused before it is tokenized. Not covered (a clear 400, never silently wrong): prompt
 logprobs (``logprob_start_len >= 0``), top logprobs, multimodal inputs, embeddings, LoRA,
 sessions, hidden states. Fields of ``GenerateReqInput`` that only tune routing or logging
 (``log_metrics``, ``routed_dp_rank``...) are accepted and ignored.
@@ -17,16 +21,21 @@ sessions, hidden states. Fields of ``GenerateReqInput`` that only tune routing o
 
 from __future__ import annotations
 
+import collections
 import difflib
 import math
 import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from agentrl.engine.base import Completion, SamplingParams
+from agentrl.engine.base import GREEDY_BELOW, Completion, SamplingParams
 
 DEFAULT_MAX_NEW_TOKENS = 128
 """SGLang's default ``max_new_tokens`` when a request does not set it."""
+MAX_ITEMS = 65_536
+"""Most completions (prompts x ``n``) one request may ask for."""
+FLOAT32_MAX = 3.4028234663852886e38
+FLOAT32_TINY = 1.1754943508222875e-38
 
 SUPPORTED_FIELDS = frozenset({
     "rid", "text", "input_ids", "sampling_params", "return_logprob", "return_text_in_logprobs",
@@ -91,8 +100,12 @@ def parse_generate_request(
     tokenizer: Any = None,
     vocab_size: int | None = None,
     default_max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    max_prompt_chars: int | None = None,
 ) -> GenerateRequest:
     """Validate an SGLang ``/generate`` body and expand it into items.
+
+    ``max_prompt_chars``: a ``text`` prompt longer than this is refused without tokenizing it
+    (the server derives it from the context length and the longest token of the vocabulary).
 
     Batches and parallel samples expand prompt-major, as SGLang does: with prompts ``p0, p1``
     and ``n = 2`` the items are ``p0, p0, p1, p1``. A string ``rid`` on a batch becomes
@@ -107,7 +120,7 @@ def parse_generate_request(
     if not isinstance(body, dict):
         raise RequestError(f"the request body must be a JSON object; got {type(body).__name__}")
     _check_fields(body)
-    prompts, is_single = _prompts(body, tokenizer)
+    prompts, is_single = _prompts(body, tokenizer, max_prompt_chars)
     batch = len(prompts)
     params = _sampling_dicts(body.get("sampling_params"), batch)
     n = _parallel_n(params)
@@ -198,9 +211,9 @@ def _check_fields(body: dict[str, Any]) -> None:
     known = SUPPORTED_FIELDS | UNSUPPORTED_FIELDS | IGNORED_FIELDS
     for key, value in body.items():
         if key not in known:
-            hint = difflib.get_close_matches(key, sorted(SUPPORTED_FIELDS), n=1, cutoff=0.6)
+            hint = difflib.get_close_matches(key, sorted(SUPPORTED_FIELDS), n=1, cutoff=0.6) if len(key) < 100 else []
             raise RequestError(
-                f"unknown field {key!r} in the /generate request"
+                f"unknown field {_short(key)} in the /generate request"
                 + (f"; did you mean {hint[0]!r}?" if hint else "")
                 + f" Supported fields: {sorted(SUPPORTED_FIELDS)}"
             )
@@ -214,7 +227,7 @@ def _check_fields(body: dict[str, Any]) -> None:
         raise RequestError("token_ids_logprob is not supported; leave it out")
 
 
-def _prompts(body: dict[str, Any], tokenizer: Any) -> tuple[list[list[int]], bool]:
+def _prompts(body: dict[str, Any], tokenizer: Any, max_chars: int | None) -> tuple[list[list[int]], bool]:
     text, input_ids = body.get("text"), body.get("input_ids")
     if text is None and input_ids is None:
         raise RequestError("give either 'text' or 'input_ids' (a prompt, or a list of prompts for a batch)")
@@ -234,13 +247,16 @@ def _prompts(body: dict[str, Any], tokenizer: Any) -> tuple[list[list[int]], boo
     if tokenizer is None:
         raise RequestError("this server was started without a tokenizer: send 'input_ids' instead of 'text'")
     if isinstance(text, str):
-        return [_encode(tokenizer, text, "text")], True
+        return [_encode(tokenizer, text, "text", max_chars)], True
     if isinstance(text, list) and text and all(isinstance(t, str) for t in text):
-        return [_encode(tokenizer, t, f"text[{i}]") for i, t in enumerate(text)], False
+        return [_encode(tokenizer, t, f"text[{i}]", max_chars) for i, t in enumerate(text)], False
     raise RequestError(f"'text' must be a string or a non-empty list of strings; got {_short(text)}")
 
 
-def _encode(tokenizer: Any, text: str, where: str) -> list[int]:
+def _encode(tokenizer: Any, text: str, where: str, max_chars: int | None) -> list[int]:
+    if max_chars is not None and len(text) > max_chars:
+        raise RequestError(f"{where} has {len(text):,} characters: more tokens than the server's context can hold "
+                           f"(at most {max_chars:,} characters); shorten the prompt")
     ids = list(tokenizer.encode(text))
     if not ids:
         raise RequestError(f"{where} is empty after tokenization; send a non-empty prompt")
@@ -267,13 +283,16 @@ def _sampling_dicts(raw: Any, batch: int) -> list[dict[str, Any]]:
 
 
 def _parallel_n(params: list[dict[str, Any]]) -> int:
-    ns = {d.get("n", 1) for d in params}
-    if len(ns) > 1:
-        raise RequestError(f"sampling_params 'n' must be the same for every prompt of a batch; got {sorted(ns, key=str)}")
-    n = ns.pop()
-    if not _is_int(n) or n < 1:
-        raise RequestError(f"sampling_params 'n' must be an integer >= 1; got {n!r}")
-    return n
+    ns = [d.get("n", 1) for d in params]
+    bad = next((n for n in ns if not _is_int(n) or n < 1), None)
+    if bad is not None:
+        raise RequestError(f"sampling_params 'n' must be an integer >= 1; got {_short(bad)}")
+    if len(set(ns)) > 1:
+        raise RequestError(f"sampling_params 'n' must be the same for every prompt of a batch; got {sorted(set(ns))[:10]}")
+    if len(params) * ns[0] > MAX_ITEMS:
+        raise RequestError(f"{len(params)} prompts x n={ns[0]} samples is more than the {MAX_ITEMS:,} completions "
+                           "one request may ask for; split the batch")
+    return ns[0]
 
 
 def _per_prompt_bool(body: dict[str, Any], key: str, batch: int) -> list[bool]:
@@ -296,7 +315,8 @@ def _rids(raw: Any, total: int, batch: int) -> list[str]:
         if len(raw) != batch:
             raise RequestError(f"'rid' is a list of {len(raw)} ids but the batch has {batch} prompts")
         if len(set(raw)) != len(raw):
-            raise RequestError(f"'rid' has duplicate request ids: {sorted({r for r in raw if raw.count(r) > 1})}")
+            counts = collections.Counter(raw)
+            raise RequestError(f"'rid' has duplicate request ids: {sorted(r for r, c in counts.items() if c > 1)[:10]}")
         n = total // batch
         return list(raw) if n == 1 else [f"{r}_{k}" for r in raw for k in range(n)]
     raise RequestError(f"'rid' must be a string or a list of strings; got {_short(raw)}")
@@ -317,6 +337,8 @@ def _sampling(raw: dict[str, Any], default_max_new_tokens: int, where: int | Non
     if d.get("max_new_tokens") is None:
         d["max_new_tokens"] = default_max_new_tokens
     _check_types(d)
+    if 0 < (d.get("temperature") or 0) < GREEDY_BELOW:
+        d["temperature"] = 0.0  # SGLang: greedy (logits / 1e-40 in float32 are inf, then NaN)
     try:
         sampling = SamplingParams.from_sglang(d)
     except (ValueError, TypeError) as exc:
@@ -337,6 +359,13 @@ def _check_types(d: dict[str, Any]) -> None:
         ok = _is_int(value) if kind is int else (isinstance(value, (int, float)) and not isinstance(value, bool))
         if not ok or (kind is float and not math.isfinite(value)):
             raise RequestError(f"sampling_params {key!r} must be {'an integer' if kind is int else 'a finite number'}; got {value!r}")
+        if kind is int and not -(2**63) <= value < 2**63:
+            raise RequestError(f"sampling_params {key!r} must fit in 64 bits; got {_short(value)}")
+        if kind is float and abs(value) > FLOAT32_MAX:
+            raise RequestError(f"sampling_params {key!r} must be at most {FLOAT32_MAX:.4g} (float32); got {value!r}")
+    top_p = d.get("top_p")
+    if top_p is not None and 0 < top_p < FLOAT32_TINY:
+        raise RequestError(f"sampling_params 'top_p' must be at least {FLOAT32_TINY:.4g} (float32); got {top_p!r}")
     stop = d.get("stop")
     if stop is not None and not (isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop))):
         raise RequestError(f"sampling_params 'stop' must be a string or a list of non-empty strings; got {stop!r}")

@@ -3,16 +3,18 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import socket
 import sys
 import threading
 import time
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 from agentrl.engine.base import Engine, SamplingParams
+from agentrl.engine.embedded.config import EngineConfig
+from agentrl.utils.flags import Flag, FlagTable
 
 log = logging.getLogger("agentrl.engine.server")
 
@@ -85,53 +87,79 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _port(text: str) -> int:
-    port = int(text)
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"{port} is not a TCP port (0-65535)")
-    return port
+@dataclass
+class ServeArgs:
+    """Settings of ``agentrl serve``; each field's doc is its ``--help`` text."""
+
+    FLAGS: ClassVar[dict[str, Any]] = {
+        "--model-path": "model_path", "--tokenizer-path": "tokenizer_path", "--host": "host", "--port": "port",
+        "--engine-device": Flag("--engine-device", "device", aliases=("--device",)),
+        "--engine-dtype": Flag("--engine-dtype", "dtype", aliases=("--dtype",)),
+        "--served-model-name": "served_model_name", "--log-level": "log_level", "--engine": "engine",
+        "--fake-latency": "fake_latency", "--max-request-bytes": "max_request_bytes",
+        "--weight-load-timeout": "weight_load_timeout",
+    }
+
+    model_path: str | None = None
+    """HF model folder, hub id or alias (smollm2-135m-instruct, tiny-qwen2, ...). Required for the embedded engine."""
+    tokenizer_path: str | None = None
+    """Tokenizer folder, hub id or alias (default: the model's own)."""
+    host: str = "127.0.0.1"
+    """Address to bind (0.0.0.0 for all interfaces)."""
+    port: int = 30000
+    """Port to listen on (SGLang's default is 30000; 0: a free one, reported when bound)."""
+    device: str | None = None
+    """Device of the embedded engine: cpu, cuda or cuda:N (default: cuda if available)."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """Dtype of the embedded engine's weights (default: float32 on the CPU, bfloat16 on CUDA)."""
+    served_model_name: str | None = None
+    """Name reported by /get_model_info (default: the model path)."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Logging level."""
+    engine: Literal["embedded", "fake"] = "embedded"
+    """embedded runs the model; fake answers with deterministic tokens and loads no model (for testing clients,
+    launchers and restarts)."""
+    fake_latency: float = 0.0
+    """With --engine fake: seconds each request takes."""
+    max_request_bytes: int = 64 * 2**20
+    """Largest request body accepted, in bytes (larger: 413 before it is read)."""
+    weight_load_timeout: float = 600.0
+    """Seconds /update_weights_from_disk may spend reading the weight files (longer: 400)."""
+    embedded: EngineConfig = field(default_factory=EngineConfig)
+
+    def problems(self) -> list[str]:
+        out = self.embedded.problems()
+        if self.engine == "embedded" and not self.model_path:
+            out.append("--model-path is required (a model folder, hub id or alias such as tiny-qwen2)")
+        if not 0 <= self.port <= 65535:
+            out.append(f"--port {self.port} is not a TCP port (0-65535)")
+        if self.max_request_bytes < 1 or not self.weight_load_timeout > 0:
+            out.append(f"--max-request-bytes must be >= 1 and --weight-load-timeout > 0; got {self.max_request_bytes}, "
+                       f"{self.weight_load_timeout}")
+        return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="agentrl serve",
-        description="Serve a model with SGLang's native HTTP API (/generate, /health, /update_weights_from_disk...).",
-    )
-    p.add_argument("--model-path", required=False, default=None,
-                   help="Hugging Face model folder, hub id or alias (e.g. tiny-qwen2, smollm2-135m-instruct).")
-    p.add_argument("--tokenizer-path", default=None,
-                   help="Tokenizer folder or alias; default: the model's own tokenizer.")
-    p.add_argument("--host", default="127.0.0.1", help="Address to bind (0.0.0.0 for all interfaces).")
-    p.add_argument("--port", type=_port, default=30000, help="Port to listen on (SGLang's default is 30000).")
-    p.add_argument("--device", default=None, help="Device of the embedded engine: cpu, cuda, cuda:1 (default: cuda if available).")
-    p.add_argument("--dtype", default=None, choices=[None, "float32", "bfloat16", "float16"],
-                   help="Weights dtype (default: float32 on CPU, bfloat16 on CUDA).")
-    p.add_argument("--max-batch-size", type=int, default=None,
-                   help="Most sequences the embedded engine decodes together (continuous batching).")
-    p.add_argument("--max-seq-len", type=int, default=None,
-                   help="Longest prompt + completion of one request, in tokens (default: the model's "
-                        "context, capped at 4096 on CPU and 8192 on CUDA).")
-    p.add_argument("--admit-wait-steps", type=int, default=None,
-                   help="Decode steps a request arriving while others decode may wait so that several "
-                        "arrivals share one prefill (0: at once, lowest latency; default: 8 on CUDA, 0 on CPU).")
-    p.add_argument("--served-model-name", default=None, help="Name reported by /get_model_info (default: the model path).")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="Logging level.")
-    p.add_argument("--engine", default="embedded", choices=["embedded", "fake"],
-                   help="'embedded' (default) runs the model; 'fake' answers with deterministic tokens and "
-                        "loads no model: for testing clients, launchers and restarts.")
-    p.add_argument("--fake-latency", type=float, default=0.0,
-                   help="With --engine fake: seconds each request takes.")
-    return p
+TABLE = FlagTable(ServeArgs, aliases={"--engine-max-batch-size": ("--max-batch-size",),
+                                      "--engine-max-seq-len": ("--max-seq-len",),
+                                      "--engine-admit-wait-steps": ("--admit-wait-steps",)})
+DESCRIPTION = "Serve a model with SGLang's native HTTP API (/generate, /health, /update_weights_from_disk...)."
+
+
+def build_parser():
+    return TABLE.parser("agentrl serve", DESCRIPTION, config_file=True)
 
 
 def serve_main(argv: list[str] | None = None) -> int:
     """Entry point of ``agentrl serve``: parse ``argv``, load the engine, serve until stopped."""
     import uvicorn
 
-    args = build_parser().parse_args(argv)
+    args, _, problems = TABLE.parse(list(sys.argv[1:] if argv is None else argv), prog="agentrl serve",
+                                    description=DESCRIPTION)
+    problems += args.problems()
+    if problems:
+        print("agentrl serve: invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.engine == "embedded" and not args.model_path:
-        build_parser().error("--model-path is required (a model folder, hub id or alias such as tiny-qwen2)")
     from agentrl.models import ModelNotFoundError
 
     try:  # the port first: a port in use is found before the model is loaded
@@ -147,13 +175,15 @@ def serve_main(argv: list[str] | None = None) -> int:
         return 2
     port = sock.getsockname()[1]  # --port 0: the free one the system picked
     server_args = {"host": args.host, "port": port, "device": args.device, "dtype": args.dtype,
-                   "max_batch_size": args.max_batch_size, "max_seq_len": args.max_seq_len,
+                   "max_batch_size": args.embedded.max_batch_size, "max_seq_len": args.embedded.max_seq_len,
                    "admit_wait_steps": getattr(getattr(engine, "config", None), "admit_wait_steps", None),
-                   "engine_kind": args.engine}
+                   "engine_kind": args.engine, "max_request_bytes": args.max_request_bytes,
+                   "weight_load_timeout": args.weight_load_timeout}
     from agentrl.engine.server import create_app
 
     app = create_app(engine, tokenizer, model_path=model_path, served_model_name=args.served_model_name,
-                     tokenizer_path=args.tokenizer_path, server_args=server_args)
+                     tokenizer_path=args.tokenizer_path, server_args=server_args,
+                     max_request_bytes=args.max_request_bytes, weight_load_timeout=args.weight_load_timeout)
     log.info("agentrl serve: %s on http://%s:%d", model_path, args.host, port)
     server = uvicorn.Server(uvicorn.Config(app, log_level=args.log_level, lifespan="off", timeout_graceful_shutdown=10))
     try:
@@ -170,7 +200,7 @@ def serve_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _build_engine(args: argparse.Namespace) -> tuple[Engine, Any, str]:
+def _build_engine(args: ServeArgs) -> tuple[Engine, Any, str]:
     from agentrl.models import load_tokenizer, resolve_model_path
 
     if args.engine == "fake":
@@ -185,9 +215,8 @@ def _build_engine(args: argparse.Namespace) -> tuple[Engine, Any, str]:
         return FakeEngine(responder=responder, latency=args.fake_latency), tokenizer, args.model_path or "fake"
     from agentrl.engine.embedded import EmbeddedEngine
 
+    assert args.model_path is not None  # ServeArgs.problems: the embedded engine needs --model-path
     path = resolve_model_path(args.model_path)
     tokenizer = load_tokenizer(args.tokenizer_path) if args.tokenizer_path else None
-    engine = EmbeddedEngine(path, tokenizer, device=args.device, dtype=args.dtype,
-                            max_batch_size=args.max_batch_size, max_seq_len=args.max_seq_len,
-                            admit_wait_steps=args.admit_wait_steps)
+    engine = EmbeddedEngine(path, tokenizer, device=args.device, dtype=args.dtype, config=args.embedded)
     return engine, engine.tokenizer, path

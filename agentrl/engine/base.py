@@ -36,20 +36,25 @@ from typing import Any, Literal, Protocol, runtime_checkable
 FinishReason = Literal["stop", "length", "abort"]
 
 
+GREEDY_BELOW = 1e-6
+"""Temperatures below this mean greedy sampling, as in SGLang (``_SAMPLING_EPS``): float32 logits divided by a
+temperature near float32's smallest normal number overflow to inf, then NaN."""
+
+
 @dataclass
 class SamplingParams:
     """How to sample one completion. Names follow SGLang's ``sampling_params``."""
 
     temperature: float = 1.0
-    """0 means greedy."""
+    """0 (or anything below :data:`GREEDY_BELOW`) means greedy."""
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest set of tokens with this much probability."""
     top_k: int = -1
-    """-1 (or 0) disables top-k."""
+    """Top-k sampling: keep the k most likely tokens (-1 or 0: off)."""
     max_new_tokens: int = 256
     """Tokens to generate at most."""
     stop: list[str] = field(default_factory=list)
-    """Stop strings; the matched string is kept in the output (as SGLang does by default)."""
+    """Stop strings. The matched string is kept in the output (as SGLang does by default)."""
     stop_token_ids: list[int] = field(default_factory=list)
     """Token ids that end generation (kept in the output)."""
     ignore_eos: bool = False
@@ -58,8 +63,8 @@ class SamplingParams:
     """Per-request sampling seed (None: unseeded)."""
 
     def validate(self) -> None:
-        if self.temperature < 0:
-            raise ValueError(f"temperature must be >= 0; got {self.temperature}")
+        if not 0 <= self.temperature < float("inf"):  # NaN fails too
+            raise ValueError(f"temperature must be a finite number >= 0; got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1]; got {self.top_p}")
         if self.max_new_tokens < 0:

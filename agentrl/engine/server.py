@@ -26,6 +26,15 @@ SGLang's (``GenerateReqInput`` in ``sglang/srt/managers/io_struct.py``, ``http_s
 A malformed request gets a 400 whose ``message`` says what was expected; the server keeps
 serving. Engine failures get a 500 with the engine's message.
 
+Requests are untrusted input and one client must not stall the others: a body larger than
+``max_request_bytes`` is refused with 413 before it is read (by its ``Content-Length``, or as it
+streams in), JSON nested deeper than 64 levels gets a 400 before it is decoded, a ``text`` prompt
+with more characters than the context could hold as tokens gets a 400 before it is tokenized, and
+large bodies are decoded and tokenized in a worker thread (``/health`` answers meanwhile).
+``/update_weights_from_disk`` reads the weight files in a thread of their own, under
+``weight_load_timeout``, and hands the engine tensors already in memory: a file that hangs on
+open or read costs that request a 400, never the engine's other requests.
+
 Example (in-process, with the scripted fake engine)::
 
     >>> import httpx
@@ -40,6 +49,7 @@ Example (in-process, with the scripted fake engine)::
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import dataclasses
 import json
 import logging
@@ -59,13 +69,21 @@ from agentrl.engine._server_protocol import (
     parse_generate_request,
 )
 from agentrl.engine._server_run import BackgroundServer, build_parser, serve_main
+from agentrl.engine import _server_weights
+from agentrl.engine._server_weights import WEIGHT_LOAD_TIMEOUT_S
 from agentrl.engine.base import Completion, Engine, SamplingParams, request_priority
+from agentrl.utils import safe_json
 
 log = logging.getLogger(__name__)
 
 __all__ = ["BackgroundServer", "build_parser", "create_app", "serve_main"]
 
 _DISCONNECT_POLL_S = 0.5
+MAX_REQUEST_BYTES = 64 * 2**20
+"""Default largest request body, in bytes (413 beyond)."""
+PARSE_TIMEOUT_S = 60.0
+"""Seconds decoding and tokenizing one request may take in its worker thread (400 beyond)."""
+_INLINE_BYTES = 16 * 2**10  # smaller bodies are decoded and tokenized on the event loop (well under 1 ms)
 
 
 class _ServerState:
@@ -73,7 +91,8 @@ class _ServerState:
 
     def __init__(self, engine: Engine, tokenizer: Any, *, model_path: str, tokenizer_path: str | None,
                  served_model_name: str, vocab_size: int | None, server_args: dict[str, Any],
-                 health_timeout: float) -> None:
+                 health_timeout: float, max_request_bytes: int, max_prompt_chars: int | None,
+                 weight_load_timeout: float) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.model_path = model_path
@@ -82,6 +101,12 @@ class _ServerState:
         self.vocab_size = vocab_size
         self.server_args = server_args
         self.health_timeout = health_timeout
+        self.max_request_bytes = max_request_bytes
+        self.max_prompt_chars = max_prompt_chars
+        self.weight_load_timeout = weight_load_timeout
+        self.weight_read: concurrent.futures.Future | None = None
+        """The latest weight-file read (a daemon thread of its own: one stuck on a file system holds no other)."""
+        self.model_info = _model_config_info(model_path)
         self.inflight: dict[str, float] = {}
         """rid -> start time of every request being generated."""
         self.version_labels: dict[int, str] = {}
@@ -118,6 +143,9 @@ def create_app(
     vocab_size: int | None = None,
     server_args: dict[str, Any] | None = None,
     health_timeout: float = 20.0,
+    context_length: int | None = None,
+    max_request_bytes: int = MAX_REQUEST_BYTES,
+    weight_load_timeout: float = WEIGHT_LOAD_TIMEOUT_S,
 ) -> FastAPI:
     """Build the FastAPI app serving ``engine`` with SGLang's native API.
 
@@ -125,15 +153,21 @@ def create_app(
     output ids into ``text``; without one only ``input_ids`` requests are accepted and answers
     carry no ``text``. ``vocab_size`` bounds valid token ids (default: the engine's
     ``vocab_size`` attribute, else ``len(tokenizer)``). ``server_args`` is echoed by
-    ``/get_server_info``.
+    ``/get_server_info``. ``context_length`` (default: the engine's ``config.max_seq_len``) bounds
+    a ``text`` prompt before tokenizing: longer than ``context_length`` times the longest token of
+    the vocabulary in characters, it cannot fit. ``max_request_bytes`` bounds a request body (413
+    beyond); ``weight_load_timeout`` bounds reading the files of ``/update_weights_from_disk``.
     """
     if vocab_size is None:
         vocab_size = getattr(engine, "vocab_size", None) or (len(tokenizer) if tokenizer is not None else None)
+    if context_length is None:
+        context_length = getattr(getattr(engine, "config", None), "max_seq_len", None)
     state = _ServerState(
         engine, tokenizer, model_path=model_path,
         tokenizer_path=tokenizer_path or (model_path if tokenizer is not None else None),
         served_model_name=served_model_name or model_path, vocab_size=vocab_size,
-        server_args=dict(server_args or {}), health_timeout=health_timeout,
+        server_args=dict(server_args or {}), health_timeout=health_timeout, max_request_bytes=max_request_bytes,
+        max_prompt_chars=_max_prompt_chars(tokenizer, context_length), weight_load_timeout=weight_load_timeout,
     )
     app = FastAPI(title="agentrl serve (SGLang-compatible)")
     app.state.agentrl = state
@@ -155,7 +189,7 @@ def create_app(
             "preferred_sampling_params": None,
             "weight_version": state.label(state.engine.weight_version),
             "served_model_name": state.served_model_name,
-            **_model_config_info(state.model_path),
+            **state.model_info,
         }
 
     @app.get("/get_weight_version")
@@ -192,7 +226,7 @@ def create_app(
 
     @app.post("/abort_request")
     async def abort_request(request: Request) -> Response:
-        body = await _json_body(request, allow_empty=True)
+        body = await _json_body(request, state, allow_empty=True)
         if isinstance(body, JSONResponse):
             return body
         rid, abort_all = body.get("rid") or "", body.get("abort_all", False)
@@ -206,14 +240,14 @@ def create_app(
 
     @app.post("/update_weights_from_disk")
     async def update_weights_from_disk(request: Request) -> Response:
-        body = await _json_body(request)
+        body = await _json_body(request, state)
         if isinstance(body, JSONResponse):
             return body
-        return await _update_weights_from_disk(state, body)
+        return await _server_weights.update_weights_from_disk(state, body)
 
     @app.post("/update_weight_version")
     async def update_weight_version(request: Request) -> Response:
-        body = await _json_body(request)
+        body = await _json_body(request, state)
         if isinstance(body, JSONResponse):
             return body
         new = body.get("new_version")
@@ -230,11 +264,11 @@ def create_app(
 
     @app.api_route("/generate", methods=["POST", "PUT"])
     async def generate(request: Request) -> Response:
-        body = await _json_body(request)
+        body = await _json_body(request, state)
         if isinstance(body, JSONResponse):
             return body
         try:
-            req = parse_generate_request(body, tokenizer=state.tokenizer, vocab_size=state.vocab_size)
+            req = await _parse_generate(state, body, request.state.body_bytes)
             state.register([item.rid for item in req.items])
         except RequestError as exc:
             return _error(400, str(exc))
@@ -247,6 +281,28 @@ def create_app(
 
 
 # --- /generate ---------------------------------------------------------------------------
+
+
+async def _parse_generate(state: _ServerState, body: dict[str, Any], size: int) -> Any:
+    """The parsed request: on the event loop for a small body, else in a worker thread (decoding
+    a long ``text`` takes the tokenizer a while), under ``PARSE_TIMEOUT_S``."""
+    def parse() -> Any:
+        return parse_generate_request(body, tokenizer=state.tokenizer, vocab_size=state.vocab_size,
+                                      max_prompt_chars=state.max_prompt_chars)
+
+    if size <= _INLINE_BYTES and not _long_text(body.get("text")):
+        return parse()
+    try:
+        return await asyncio.wait_for(asyncio.to_thread(parse), PARSE_TIMEOUT_S)
+    except asyncio.TimeoutError:
+        raise RequestError(f"tokenizing the request took longer than {PARSE_TIMEOUT_S:g} s; send fewer or shorter "
+                           "prompts, or input_ids") from None
+
+
+def _long_text(text: Any) -> bool:
+    if isinstance(text, str):
+        return len(text) > _INLINE_BYTES
+    return isinstance(text, list) and sum(len(t) for t in text if isinstance(t, str)) > _INLINE_BYTES
 
 
 async def _run_one(state: _ServerState, item: GenerateItem) -> tuple[Completion, float]:
@@ -375,39 +431,6 @@ async def _health_generate(state: _ServerState) -> bool:
         return False
 
 
-async def _update_weights_from_disk(state: _ServerState, body: dict[str, Any]) -> Response:
-    def fail(message: str) -> JSONResponse:
-        return JSONResponse({"success": False, "message": message, "num_paused_requests": 0}, status_code=400)
-
-    model_path, label = body.get("model_path"), body.get("weight_version")
-    if not isinstance(model_path, str) or not model_path:
-        return fail(f"'model_path' must be the path of a Hugging Face model folder; got {model_path!r}")
-    if not Path(model_path).expanduser().exists():
-        return fail(f"model_path {model_path!r} does not exist on the server")
-    if label is not None and not isinstance(label, (str, int)):
-        return fail(f"'weight_version' must be a string; got {label!r}")
-    version = int(label) if isinstance(label, int) or (isinstance(label, str) and label.isdigit()) else None
-    if body.get("abort_all_requests", False):
-        await state.abort(None)
-    try:
-        new_version = await state.engine.update_weights(str(Path(model_path).expanduser()), version=version)
-    except Exception as exc:
-        log.exception("update_weights_from_disk(%s) failed", model_path)
-        return fail(f"Failed to update weights from {model_path!r}: {type(exc).__name__}: {exc}")
-    if label is not None:
-        state.version_labels[new_version] = str(label)
-    flush = getattr(state.engine, "flush_cache", None)
-    if body.get("flush_cache", True) and flush is not None:
-        result = flush()
-        if asyncio.iscoroutine(result):
-            await result
-    message = "Succeeded to update model weights."
-    if label is not None:
-        message += f" Weight version updated to {label}."
-    log.info("weights loaded from %s (weight_version %s)", model_path, state.label(new_version))
-    return JSONResponse({"success": True, "message": message, "num_paused_requests": 0})
-
-
 def _not_supported(path: str):
     async def handler() -> JSONResponse:
         return JSONResponse({
@@ -421,7 +444,7 @@ def _not_supported(path: str):
 def _engine_stats(engine: Engine) -> dict[str, Any]:
     """The engine's counters (``engine.stats``, a dataclass) when it keeps some."""
     stats = getattr(engine, "stats", None)
-    if stats is None or not dataclasses.is_dataclass(stats):
+    if stats is None or not dataclasses.is_dataclass(stats) or isinstance(stats, type):
         return {}
     return {"engine_stats": dataclasses.asdict(stats)}
 
@@ -444,23 +467,41 @@ def _model_config_info(model_path: str) -> dict[str, Any]:
     return {"model_type": data.get("model_type"), "architectures": data.get("architectures")}
 
 
-async def _json_body(request: Request, *, allow_empty: bool = False) -> dict[str, Any] | JSONResponse:
-    raw = await request.body()
-    if not raw.strip():
-        return {} if allow_empty else _error(400, "the request body is empty; send a JSON object")
+async def _json_body(request: Request, state: _ServerState, *, allow_empty: bool = False
+                     ) -> dict[str, Any] | JSONResponse:
+    """The body as a JSON object, or the error to answer (see :func:`safe_json.read_request_json`):
+    413 when larger than ``max_request_bytes``, 400 when not UTF-8, not JSON, nested deeper than
+    64 levels, or not an object."""
     try:
-        body = json.loads(raw)
+        body, request.state.body_bytes = await safe_json.read_request_json(
+            request, max_bytes=state.max_request_bytes, inline_bytes=_INLINE_BYTES)
+    except safe_json.BodyTooLargeError as exc:
+        return _error(413, str(exc))
     except ValueError as exc:
         return _error(400, f"malformed JSON in the request body: {exc}")
+    if body is None:
+        return {} if allow_empty else _error(400, "the request body is empty; send a JSON object")
     if not isinstance(body, dict):
         return _error(400, f"the request body must be a JSON object; got {type(body).__name__}")
     return body
 
 
+def _max_prompt_chars(tokenizer: Any, context_length: int | None) -> int | None:
+    """Characters a prompt of ``context_length`` tokens can have at most: every token decodes to
+    at most as many characters as its vocabulary entry has (byte-level entries: one per byte)."""
+    if tokenizer is None or not context_length:
+        return None
+    try:
+        longest = max(map(len, tokenizer.get_vocab()))
+    except (AttributeError, TypeError, ValueError):
+        return None
+    return context_length * max(longest, 1)
+
+
 def _error(status: int, message: str) -> JSONResponse:
     """SGLang's ``ErrorResponse`` shape."""
-    kind = "BadRequest" if status == 400 else "InternalServerError"
-    if status == 400:
+    kind = {400: "BadRequest", 413: "PayloadTooLarge"}.get(status, "InternalServerError")
+    if status in (400, 413):
         log.info("400: %s", message)
     return JSONResponse({"object": "error", "message": message, "type": kind, "param": None, "code": status},
                         status_code=status)

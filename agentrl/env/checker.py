@@ -29,8 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import gymnasium
+
 from agentrl.env.core import TextEnv
 from agentrl.env.spaces import message_problem
+from agentrl.env.wrappers import as_text_env
 
 FUZZ_ACTIONS: tuple[tuple[str, str], ...] = (
     ("empty action", ""),
@@ -70,19 +73,23 @@ class EnvCheckReport:
 
 
 def check_env(
-    env: TextEnv | Callable[[], TextEnv],
+    env: TextEnv | gymnasium.Env | Callable[[], TextEnv | gymnasium.Env],
     *,
     seed: int = 0,
     fuzz_samples: int = 8,
     max_fuzz_steps: int = 4,
     gymnasium_checks: bool = True,
 ) -> EnvCheckReport:
-    """Check ``env`` (or an env factory, used to build fresh instances) and report problems."""
-    make = env if callable(env) and not isinstance(env, TextEnv) else None
-    first = make() if make else env
+    """Check ``env`` (or an env factory, used to build fresh instances) and report problems.
+
+    ``gymnasium.Wrapper`` stacks around a TextEnv are checked as the rollout runs them
+    (:func:`~agentrl.env.wrappers.as_text_env`), the async API included."""
+    make = (lambda: _as_text_env(env())) if callable(env) and not isinstance(env, gymnasium.Env) else None
+    first = make() if make else _as_text_env(env)
     report = EnvCheckReport(env_name=_name(first))
     if not isinstance(first, TextEnv):
-        report.problems.append(f"must be an agentrl TextEnv (a gymnasium.Env); got {type(first).__name__}")
+        report.problems.append("must be an agentrl TextEnv (a gymnasium.Env), or gymnasium wrappers around one; "
+                               f"got {type(first).__name__}")
         return report
     fresh = make or (lambda: first)
 
@@ -109,6 +116,13 @@ def check_env(
 
 class _Problem(Exception):
     pass
+
+
+def _as_text_env(env: Any) -> Any:
+    try:
+        return as_text_env(env)
+    except TypeError:
+        return env  # reported as a problem by check_env
 
 
 def _check_gymnasium(env: TextEnv, report: EnvCheckReport) -> None:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
 
 from agentrl.env.checker import check_env
 from agentrl.env.registry import EnvNotFoundError, make, registered_ids, resolve_id
+from agentrl.utils.extras import MissingExtra
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,7 +18,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="agentrl check-env",
         description="Check environments against the TextEnv contract: gymnasium's checker, seeding "
         "determinism, JSON-serialisable info, close() twice, and fuzzing with malformed actions. "
-        "Prints one line per environment; exits 1 when any fails.",
+        "Prints one line per environment; exits 1 when any fails. With --all, environments whose optional "
+        "dependencies are not installed are listed as skipped, with the pip command that installs them.",
     )
     p.add_argument("env_ids", nargs="*", metavar="ID", help="environment ids, e.g. agentrl/Math-v0 or Math-v0")
     p.add_argument("--all", action="store_true", help="check every registered agentrl/ environment")
@@ -37,11 +40,19 @@ def main(argv: list[str] | None = None) -> int:
     except EnvNotFoundError as e:
         print(f"agentrl check-env: {e}", file=sys.stderr)
         return 2
-    failed = 0
+    failed = skipped = 0
     for env_id in ids:
         start = time.perf_counter()
         try:
-            report = check_env(lambda: make(env_id), seed=args.seed, fuzz_samples=args.fuzz_samples)
+            report = check_env(functools.partial(make, env_id), seed=args.seed, fuzz_samples=args.fuzz_samples)
+        except MissingExtra as e:  # an optional dependency: with --all, not this install's environment
+            if not args.all:
+                failed += 1
+                print(f"FAIL  {env_id}: {e}")
+            else:
+                skipped += 1
+                print(f"skip  {env_id}: {e}")
+            continue
         except Exception as e:  # could not even build it
             failed += 1
             print(f"FAIL  {env_id}: could not be created: {type(e).__name__}: {e}")
@@ -58,5 +69,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             for w in report.warnings:
                 print(f"      warning: {w}")
-    print(f"{len(ids) - failed} passed, {failed} failed")
+    tail = f", {skipped} skipped (optional dependencies not installed)" if skipped else ""
+    print(f"{len(ids) - failed - skipped} passed, {failed} failed{tail}")
     return 1 if failed else 0

@@ -9,8 +9,10 @@ are the assistant's text for one turn.
 
 The async pair ``areset``/``astep`` is what the rollout calls. Write whichever pair suits the
 environment: a subclass that implements ``reset``/``step`` gets ``areset``/``astep`` for free (run
-inline: keep them fast, or implement the async pair when they wait on I/O); a subclass that
-implements ``areset``/``astep`` gets a working ``reset``/``step`` outside an event loop.
+in a worker thread, so a slow step never stalls the other episodes); a subclass that implements
+``areset``/``astep`` gets a working ``reset``/``step`` outside an event loop, and inside a worker
+thread that :func:`run_sync` started (a gymnasium wrapper's ``step``), where the coroutine runs
+back on the caller's event loop.
 
 Example::
 
@@ -31,6 +33,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable, Sequence
 from typing import Any, SupportsFloat
 
@@ -41,6 +44,22 @@ from agentrl.env.spaces import MessagesSpace, TextSpace
 Messages = list[dict[str, Any]]
 ResetResult = tuple[Messages, dict[str, Any]]
 StepResult = tuple[Messages, SupportsFloat, bool, bool, dict[str, Any]]
+
+_CALLER_LOOP: contextvars.ContextVar[asyncio.AbstractEventLoop | None] = contextvars.ContextVar(
+    "agentrl_env_caller_loop", default=None)
+"""In a worker thread started by :func:`run_sync`: the event loop that awaits it."""
+
+
+async def run_sync(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` in a worker thread, awaited: a sync ``reset``/``step`` (an env's own,
+    or a gymnasium wrapper's) cannot stall the event loop's other episodes. An async
+    ``areset``/``astep`` that it reaches through :class:`TextEnv`'s sync bridge runs back on this
+    event loop, so the clients it opens stay bound to one loop."""
+    token = _CALLER_LOOP.set(asyncio.get_running_loop())
+    try:
+        return await asyncio.to_thread(fn, *args, **kwargs)  # the thread gets a copy of this context
+    finally:
+        _CALLER_LOOP.reset(token)
 
 
 class TextEnv(gymnasium.Env[Messages, str]):
@@ -62,12 +81,12 @@ class TextEnv(gymnasium.Env[Messages, str]):
     # -- the async API (canonical for the rollout) ---------------------------------------
     async def areset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> ResetResult:
         if _overrides(self, "reset"):
-            return self.reset(seed=seed, options=options)
+            return await run_sync(self.reset, seed=seed, options=options)
         raise NotImplementedError(f"{type(self).__name__} must implement areset() or reset()")
 
     async def astep(self, action: str) -> StepResult:
         if _overrides(self, "step"):
-            return self.step(action)
+            return await run_sync(self.step, action)
         raise NotImplementedError(f"{type(self).__name__} must implement astep() or step()")
 
     # -- the sync API (notebooks, check_env, gymnasium tooling) --------------------------
@@ -106,8 +125,9 @@ class TextEnv(gymnasium.Env[Messages, str]):
             loop.close()
 
     def _run(self, coro: Any) -> Any:
-        """Run a coroutine of this env on a private loop (one per env, so async clients it
-        opened on an earlier call stay bound to the same loop)."""
+        """Run a coroutine of this env: on the event loop of the :func:`run_sync` that started this
+        thread, else on a private loop (one per env, so async clients it opened on an earlier call
+        stay bound to the same loop)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
@@ -118,6 +138,9 @@ class TextEnv(gymnasium.Env[Messages, str]):
                 f"{type(self).__name__}.reset()/step() called inside a running event loop; "
                 "use `await env.areset(...)` / `await env.astep(...)` there"
             )
+        caller = _CALLER_LOOP.get()
+        if caller is not None and caller.is_running():
+            return asyncio.run_coroutine_threadsafe(coro, caller).result()
         if self._loop is None or self._loop.is_closed():
             self._loop = asyncio.new_event_loop()
         return self._loop.run_until_complete(coro)

@@ -7,6 +7,8 @@ theirs through the ``agentrl.envs`` entry-point group (a function that calls :fu
 Example::
 
     register("MyTask-v0", "my_package.my_env:MyEnv", max_turns=4)   # in my_package/__init__.py
+    register("MyTask-Shaped-v0", "my_package.my_env:MyEnv",          # with gymnasium wrappers
+             wrappers=[("my_package.shaping:StepPenalty", {"penalty": 0.1})])
 
     >>> env = make("agentrl/Echo-v0")          # gymnasium.make("agentrl/Echo-v0") works too
     >>> type(env.unwrapped).__name__
@@ -19,6 +21,7 @@ import difflib
 import functools
 import importlib
 import logging
+from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -38,18 +41,24 @@ class EnvNotFoundError(KeyError):
         return str(self.args[0])
 
 
-def register(env_id: str, entry_point: str, *, max_turns: int | None = None, **kwargs: Any) -> None:
+def register(env_id: str, entry_point: str, *, max_turns: int | None = None, wrappers: Sequence[Any] = (),
+             **kwargs: Any) -> None:
     """Register ``env_id`` (``"Name-v0"`` or ``"agentrl/Name-v0"``) with a lazy entry point.
 
     ``kwargs`` are default constructor arguments; ``max_turns`` wraps the env in
-    :class:`~agentrl.env.wrappers.TurnLimit` when made through :func:`make`.
+    :class:`~agentrl.env.wrappers.TurnLimit` when made through :func:`make`. ``wrappers`` are
+    ``gymnasium.Wrapper`` classes applied in order around the env (innermost first), each a class,
+    a ``"module:Class"`` string, or a ``(class or string, kwargs)`` pair; they are gymnasium's own
+    ``additional_wrappers``, so ``gymnasium.make`` applies them too. An entry point may also be a
+    function that returns a wrapped env.
     """
     full = env_id if "/" in env_id else f"{NAMESPACE}/{env_id}"
     if ":" not in entry_point:
         raise ValueError(f"entry_point must look like 'package.module:ClassName'; got {entry_point!r}")
+    specs = tuple(_wrapper_spec(w) for w in wrappers)
     if full in gymnasium.registry:
         existing = gymnasium.registry[full]
-        if existing.entry_point == entry_point:
+        if existing.entry_point == entry_point and existing.additional_wrappers == specs:
             return  # re-registering the same thing (module imported twice) is harmless
         log.warning("re-registering %s: %s -> %s", full, existing.entry_point, entry_point)
         del gymnasium.registry[full]
@@ -60,8 +69,24 @@ def register(env_id: str, entry_point: str, *, max_turns: int | None = None, **k
         max_episode_steps=max_turns,  # applied as our TurnLimit by make()
         disable_env_checker=True,
         order_enforce=False,
-        additional_wrappers=(),
+        additional_wrappers=specs,
     )
+
+
+def _wrapper_spec(wrapper: Any) -> gymnasium.envs.registration.WrapperSpec:
+    """A ``wrappers=`` item (class, ``"module:Class"``, or either with kwargs) as gymnasium's WrapperSpec."""
+    from gymnasium.envs.registration import WrapperSpec
+
+    target, kwargs = wrapper if isinstance(wrapper, tuple) else (wrapper, {})
+    if isinstance(target, type) and issubclass(target, gymnasium.Wrapper):
+        if "<locals>" in target.__qualname__:
+            raise ValueError(f"wrapper {target.__qualname__} is defined inside a function; gymnasium loads "
+                             "wrappers by 'module:Class', so define it at module level")
+        target = f"{target.__module__}:{target.__qualname__}"
+    if not isinstance(target, str) or ":" not in target or not isinstance(kwargs, dict):
+        raise ValueError("each of wrappers= must be a gymnasium.Wrapper subclass or 'module:Class', optionally "
+                         f"paired with a dict of keyword arguments; got {wrapper!r}")
+    return WrapperSpec(name=target.rsplit(":", 1)[1], entry_point=target, kwargs=dict(kwargs))
 
 
 def registered_ids() -> list[str]:
@@ -71,19 +96,22 @@ def registered_ids() -> list[str]:
 
 
 def make(env_id: str, *, max_turns: int | None = None, **kwargs: Any) -> TextEnv:
-    """Create a registered environment (unwrapped by gymnasium) with our budget wrappers.
+    """Create a registered environment with its wrappers and our budget wrapper.
 
-    Unlike ``gymnasium.make``, this returns the :class:`TextEnv` itself (so ``areset``/``astep``
-    are reachable), wrapped in ``TurnLimit`` when ``max_turns`` is given or registered.
+    Unlike ``gymnasium.make``, this always returns a :class:`TextEnv` (so ``areset``/``astep``
+    are reachable): the env itself, or the gymnasium wrappers of its registration (or of its entry
+    point) seen as one (:func:`~agentrl.env.wrappers.as_text_env`); wrapped, outermost, in
+    ``TurnLimit`` when ``max_turns`` is given or registered (instead of gymnasium's ``TimeLimit``).
     """
+    from agentrl.env.wrappers import TurnLimit, as_text_env
+
     full = resolve_id(env_id)
-    env = gymnasium.make(full, disable_env_checker=True, **kwargs).unwrapped
-    if not isinstance(env, TextEnv):
-        raise TypeError(f"{full} made a {type(env).__name__}, which is not an agentrl TextEnv")
+    made = gymnasium.make(full, max_episode_steps=-1, disable_env_checker=True, **kwargs)
+    if not isinstance(made.unwrapped, TextEnv):
+        raise TypeError(f"{full} made a {type(made.unwrapped).__name__}, which is not an agentrl TextEnv")
+    env = as_text_env(made)
     turns = max_turns if max_turns is not None else gymnasium.registry[full].max_episode_steps
     if turns is not None:
-        from agentrl.env.wrappers import TurnLimit
-
         env = TurnLimit(env, turns)
     return env
 

@@ -4,12 +4,12 @@ Usage::
 
     agentrl eval --model-path smollm2-135m-instruct \\
         --task gsm8k=GSM8K-v0 --task 'lake=FrozenLake-v0,random_map_size=4' \\
-        --n-samples 4 --k 1,2,4 --limit 50 --out runs/eval-base
-    agentrl eval --engine-url http://localhost:30000 --tokenizer Qwen/Qwen2.5-7B-Instruct \\
-        --tasks tasks.yaml --out runs/eval-qwen
+        --n-samples-per-eval-prompt 4 --k 1,2,4 --eval-max-prompts 50 --output-dir runs/eval-base
+    agentrl eval --sglang-url http://localhost:30000 --tokenizer-path Qwen/Qwen2.5-7B-Instruct \\
+        --tasks tasks.yaml --output-dir runs/eval-qwen
     agentrl eval compare runs/eval-base runs/eval-step100
 
-Writes into ``--out``: ``run.json`` (settings), ``episodes.jsonl`` (every episode, appended as
+Writes into ``--output-dir``: ``run.json`` (settings), ``episodes.jsonl`` (every episode, appended as
 groups finish), ``summary.json``, ``report.md`` with ``chart_*.png``; prints a table. Rerunning
 the same command resumes an interrupted run without repeating finished episodes.
 See ``docs/eval.md``.
@@ -17,30 +17,30 @@ See ``docs/eval.md``.
 
 from __future__ import annotations
 
-import argparse
-import ast
 import asyncio
 import dataclasses
-import functools
 import inspect
 import logging
 import shlex
 import sys
-import textwrap
 import time
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
+from agentrl.config import ConfigError
 from agentrl.data.prompts import DataError
-from agentrl.engine.base import SamplingParams
+from agentrl.engine.base import Engine, SamplingParams
 from agentrl.eval import report
-from agentrl.eval.runner import EvalConfig, EvalTask, evaluate
+from agentrl.eval.from_training import heldout_tasks, resolve, task_settings
+from agentrl.eval.runner import HELDOUT_SEED_OFFSET, EvalConfig, EvalTask, evaluate
 from agentrl.eval.store import RunStore, SettingsChanged
 from agentrl.eval.tasks import (TaskError, TaskSpec, build_task, check_unique, data_fingerprint, load_task_file,
                                 parse_task_arg)
 from agentrl.models import ModelNotFoundError
+from agentrl.obs.progress import progress
+from agentrl.utils.extras import MissingExtra
+from agentrl.utils.flags import Flag, FlagTable
+from agentrl.utils.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -51,14 +51,46 @@ class EvalArgsError(ValueError):
 
 @dataclass
 class EvalArgs:
-    """Settings of ``agentrl eval``; each field's doc is its ``--help`` text."""
+    """Settings of ``agentrl eval``; each field's doc is its ``--help`` text. Flags share training's names where the
+    concept is the same (--rollout-max-response-len, --eval-temperature, --output-dir...)."""
+
+    FLAGS: ClassVar[dict[str, Any]] = {
+        "--model-path": "model_path", "--config": "config",
+        "--sglang-url": Flag("--sglang-url", "engine_url", aliases=("--engine-url",), metavar="URL"),
+        "--tokenizer-path": Flag("--tokenizer-path", "tokenizer", aliases=("--tokenizer",), metavar="PATH_OR_ALIAS"),
+        "--chat-template": Flag("--chat-template", "chat_template", metavar="FILE"),
+        "--task": Flag("--task", "task", metavar="SPEC"), "--tasks": Flag("--tasks", "tasks", metavar="FILE.yaml"),
+        "--n-samples-per-eval-prompt": Flag("--n-samples-per-eval-prompt", "n_samples", aliases=("--n-samples",)),
+        "--k": Flag("--k", "k", metavar="K[,K...]"),
+        "--eval-temperature": Flag("--eval-temperature", "temperature", aliases=("--temperature",)),
+        "--rollout-top-p": Flag("--rollout-top-p", "top_p", aliases=("--top-p",)),
+        "--rollout-top-k": Flag("--rollout-top-k", "top_k", aliases=("--top-k",)),
+        "--rollout-stop": Flag("--rollout-stop", "stop", aliases=("--stop",), metavar="TEXT"),
+        "--rollout-max-response-len": Flag("--rollout-max-response-len", "max_response_len",
+                                           aliases=("--max-response-len",)),
+        "--rollout-max-context-len": Flag("--rollout-max-context-len", "max_context_len", aliases=("--max-context-len",)),
+        "--max-turns": "max_turns", "--seed": "seed",
+        "--eval-max-prompts": Flag("--eval-max-prompts", "limit", aliases=("--limit",)),
+        "--rollout-concurrency": Flag("--rollout-concurrency", "concurrency", aliases=("--concurrency",)),
+        "--episode-timeout": "episode_timeout", "--success-threshold": "success_threshold",
+        "--output-dir": Flag("--output-dir", "out", aliases=("--out",), metavar="DIR"), "--overwrite": "overwrite",
+        "--examples": "examples", "--plots": "plots",
+        "--engine-device": Flag("--engine-device", "device", aliases=("--device",), metavar="DEVICE"),
+        "--engine-max-batch-size": "engine_max_batch_size",
+    }
 
     model_path: str | None = None
-    """Model to load in the embedded engine: HF folder, hub id or alias (smollm2-135m-instruct, tiny-qwen2...)."""
+    """HF model folder, hub id or alias (smollm2-135m-instruct, tiny-qwen2, ...). A training checkpoint (CKPT,
+    CKPT/model, or a --save folder for its latest) given without --task or --config is evaluated as its training run
+    evaluated it."""
+    config: str | None = None
+    """Evaluate as a training run did: a recipe .yaml, a run's config.json or a checkpoint folder, whose held-out sets
+    become the tasks, with its environment and env kwargs (prompt template, grading), data keys, chat-template
+    choice, budgets, eval temperature, samples per prompt, prompt limit and seeds; flags given here override it."""
     engine_url: list[str] = field(default_factory=list)
-    """SGLang-compatible server or router URLs to use instead of an embedded engine."""
+    """SGLang server or router URLs (SGLang, sglang-router or agentrl serve). Used instead of an embedded engine."""
     tokenizer: str | None = None
-    """Tokenizer (folder, hub id or alias); default: --model-path, else the server's tokenizer_path."""
+    """Tokenizer folder, hub id or alias (default: --model-path, else the server's tokenizer_path)."""
     chat_template: str | None = None
     """A jinja2 chat template file replacing the tokenizer's."""
     task: list[str] = field(default_factory=list)
@@ -67,17 +99,17 @@ class EvalArgs:
     tasks: str | None = None
     """A YAML file listing tasks (name, env, data, env_kwargs, limit, offset, budgets...; see docs/eval.md)."""
     n_samples: int = 1
-    """Episodes per prompt (n of avg@n and of the pass@k estimator)."""
+    """Episodes per held-out prompt (n of avg@n and of the pass@k estimator)."""
     k: str = "1"
     """Comma-separated k values of pass@k, pass^k and maj@k (k > n is skipped)."""
     temperature: float | None = None
-    """Sampling temperature (default: 0, greedy, with one sample per prompt; 1.0 with several)."""
+    """Sampling temperature of evaluation episodes (default: 0, greedy, with one sample per prompt; 1.0 with several)."""
     top_p: float = 1.0
-    """Nucleus sampling mass."""
+    """Nucleus sampling: keep the smallest set of tokens with this much probability."""
     top_k: int = -1
-    """Top-k sampling (-1: off)."""
+    """Top-k sampling: keep the k most likely tokens (-1 or 0: off)."""
     stop: list[str] = field(default_factory=list)
-    """Extra stop strings."""
+    """Stop strings."""
     max_response_len: int = 1024
     """Generated tokens per assistant turn."""
     max_context_len: int = 4096
@@ -85,27 +117,30 @@ class EvalArgs:
     max_turns: int | None = None
     """Assistant turns per episode (default: the environment's registered limit)."""
     seed: int = 0
-    """Seeds sampling and environment resets (rows without their own seed)."""
+    """Seeds environment resets and sampling (rows without their own seed)."""
     limit: int | None = None
-    """At most this many prompts per task (a task's own limit wins)."""
+    """At most this many prompts of each held-out set (a task's own limit wins)."""
     concurrency: int = 32
-    """Episodes in flight at once."""
+    """Episodes in flight at once, across all groups."""
     episode_timeout: float | None = 600.0
-    """Seconds before an episode is stopped and counted as failed (0: no limit)."""
+    """Seconds before an episode is stopped and recorded as failed (0 or none: no limit)."""
     success_threshold: float = 1.0
     """An episode succeeds (for pass@k, pass^k, maj@k) when its reward is at least this."""
     out: str = "runs/eval"
-    """Output folder: run.json, episodes.jsonl, summary.json, report.md, charts."""
+    """Folder of the run's outputs. run.json, episodes.jsonl, summary.json, report.md and charts go here."""
     overwrite: bool = False
-    """Delete an earlier evaluation in --out instead of resuming it (needed when settings changed)."""
+    """Replace the earlier run in --output-dir. Its episodes are deleted instead of resumed (needed when settings
+    changed)."""
     examples: int = 3
     """Example transcripts per task in report.md (best, worst, one not ok)."""
     plots: bool = True
     """Draw the PNG bar charts of report.md."""
     device: str | None = None
-    """Embedded engine device: cpu | cuda | cuda:N (default: cuda when available)."""
+    """Device of the embedded engine: cpu, cuda or cuda:N (default: cuda when available)."""
     engine_max_batch_size: int | None = None
-    """Embedded engine: sequences decoded together (default: the engine's choice)."""
+    """Requests decoded together (KV-cache slots). Default: the engine's choice."""
+    explicit: frozenset[str] = field(default=frozenset(), repr=False, metadata={"derived": True})
+    """Names of the settings given on the command line (they win over --config)."""
 
     @property
     def ks(self) -> tuple[int, ...]:
@@ -117,33 +152,34 @@ class EvalArgs:
         return SamplingParams(temperature=temperature, top_p=self.top_p, top_k=self.top_k, stop=list(self.stop),
                               seed=self.seed)
 
-    def validate(self) -> list[str]:
+    def validate(self, has_training_config: bool = False) -> list[str]:
         problems = []
         if not self.model_path and not self.engine_url:
-            problems.append("give --model-path (embedded engine) or --engine-url (a running server)")
-        if not self.task and not self.tasks:
-            problems.append("give at least one --task NAME=ENV_ID[:DATA_FILE] or --tasks FILE.yaml")
+            problems.append("give --model-path (embedded engine) or --sglang-url (a running server)")
+        if not self.task and not self.tasks and not has_training_config:
+            problems.append("give at least one --task NAME=ENV_ID[:DATA_FILE], --tasks FILE.yaml, or --config "
+                            "RECIPE.yaml (its held-out sets)")
         try:
             ks = self.ks
             if not ks or min(ks) < 1:
                 problems.append(f"--k values must be >= 1; got {self.k!r}")
             elif max(ks) > self.n_samples:
-                problems.append(f"--k {max(ks)} is more than --n-samples {self.n_samples}; pass@k needs n >= k "
-                                f"(raise --n-samples or drop that k)")
+                problems.append(f"--k {max(ks)} is more than --n-samples-per-eval-prompt {self.n_samples}; pass@k needs "
+                                "n >= k (raise --n-samples-per-eval-prompt or drop that k)")
         except ValueError:
             problems.append(f"--k must be comma-separated integers such as 1,4,8; got {self.k!r}")
-        for flag, value in (("--n-samples", self.n_samples), ("--max-response-len", self.max_response_len),
-                            ("--max-context-len", self.max_context_len), ("--concurrency", self.concurrency)):
+        for flag, value in (("--n-samples-per-eval-prompt", self.n_samples), ("--rollout-max-response-len", self.max_response_len),
+                            ("--rollout-max-context-len", self.max_context_len), ("--rollout-concurrency", self.concurrency)):
             if value < 1:
                 problems.append(f"{flag} must be >= 1; got {value}")
         if self.limit is not None and self.limit < 1:
-            problems.append(f"--limit must be >= 1; got {self.limit}")
+            problems.append(f"--eval-max-prompts must be >= 1; got {self.limit}")
         try:
             self.sampling.validate()
         except ValueError as e:
             problems.append(str(e))
         if self.temperature == 0 and self.n_samples > 1:
-            log.warning("--temperature 0 with --n-samples %d: greedy episodes of a prompt are alike, so "
+            log.warning("--eval-temperature 0 with --n-samples-per-eval-prompt %d: greedy episodes of a prompt are alike, so "
                         "pass@k says little beyond pass@1", self.n_samples)
         return problems
 
@@ -169,42 +205,21 @@ class EvalArgs:
 
 
 # -- command line --------------------------------------------------------------------------------
-_METAVARS = {"model_path": "PATH_OR_ALIAS", "tokenizer": "PATH_OR_ALIAS", "engine_url": "URL",
-             "chat_template": "FILE", "task": "SPEC", "tasks": "FILE.yaml", "k": "K[,K...]", "stop": "TEXT",
-             "out": "DIR", "device": "DEVICE"}
+TABLE = FlagTable(EvalArgs)
+DESCRIPTION = ("Evaluate an agent on held-out tasks with the training episode loop: avg@n, unbiased pass@k, pass^k, "
+               "maj@k, statuses, turns, tokens, tool calls; a table, summary.json, episodes.jsonl and report.md in "
+               "--output-dir. Rerun the same command to resume. `agentrl eval compare A B` compares runs.")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="agentrl eval",
-        description="Evaluate an agent on held-out tasks with the training episode loop: avg@n, unbiased "
-        "pass@k, pass^k, maj@k, statuses, turns, tokens, tool calls; a table, summary.json, episodes.jsonl "
-        "and report.md in --out. Rerun the same command to resume. `agentrl eval compare A B` compares runs.",
-    )
-    docs = _field_docs(EvalArgs)
-    hints = typing.get_type_hints(EvalArgs)
-    defaults = EvalArgs()
-    for f in dataclasses.fields(EvalArgs):
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        help_text = docs.get(f.name, "").replace("%", "%%")
-        if default not in (None, [], False) and "default" not in help_text:
-            help_text += f" (default: {default})"
-        if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif isinstance(default, list):
-            p.add_argument(flag, action="extend", nargs="+", default=[], metavar=_METAVARS.get(f.name),
-                           help=help_text)
-        else:
-            kind = _scalar_type(hints[f.name])
-            metavar = _METAVARS.get(f.name) or {int: "N", float: "X"}.get(kind, "VALUE")
-            p.add_argument(flag, type=kind, default=default, metavar=metavar, help=help_text)
-    return p
+def build_parser():
+    return TABLE.parser("agentrl eval", DESCRIPTION, config_file=False)
 
 
 def parse_args(argv: list[str]) -> EvalArgs:
-    ns = vars(build_parser().parse_args(argv))
-    return EvalArgs(**ns)
+    args, given, problems = TABLE.parse(argv, prog="agentrl eval", description=DESCRIPTION, config_file=False)
+    if problems:
+        raise EvalArgsError("invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems))
+    return dataclasses.replace(args, explicit=frozenset(given))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,10 +232,10 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     for noisy in ("httpx", "httpcore", "transformers", "urllib3", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    args = parse_args(argv)
     try:
+        args = parse_args(argv)
         summary = run(args, command="agentrl eval " + shlex.join(argv))
-    except (EvalArgsError, TaskError, SettingsChanged, DataError, ModelNotFoundError) as e:
+    except (EvalArgsError, TaskError, SettingsChanged, DataError, ModelNotFoundError, MissingExtra, ConfigError) as e:
         print(f"agentrl eval: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -252,24 +267,37 @@ def run(args: EvalArgs, *, engine: Any = None, template: Any = None, command: st
     caller already holds). Raises :class:`EvalArgsError`, :class:`~agentrl.eval.tasks.TaskError` or
     :class:`~agentrl.eval.store.SettingsChanged` for settings that cannot run.
     """
-    problems = args.validate()
-    if problems and engine is not None:  # an injected engine stands in for --model-path / --engine-url
+    args, training = resolve(args)
+    problems = args.validate(training is not None)
+    if problems and engine is not None:  # an injected engine stands in for --model-path / --sglang-url
         problems = [p for p in problems if not p.startswith("give --model-path")]
     if problems:
         raise EvalArgsError("invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems))
-    specs = load_specs(args)
-    tasks = [build_task(s, args.limit) for s in specs]
-    store = RunStore(args.out)
-    settings = args.settings(specs, tasks)
-    store.prepare(settings, overwrite=args.overwrite)
     config = args.eval_config()
+    if training is not None and not (args.task or args.tasks):  # the run's held-out sets, read as it read them
+        tasks = heldout_tasks(training, args.limit)
+        settings = args.settings([], tasks) | {"config": args.config or args.model_path,
+                                               "tasks": task_settings(training, tasks)}
+    else:
+        specs = load_specs(args)
+        tasks = [build_task(s, args.limit) for s in specs]
+        settings = args.settings(specs, tasks)
+    if training is not None:  # environments and seeds as in the run's own evaluation
+        config = dataclasses.replace(config, env_kwargs=dict(training.rollout.env_kwargs),
+                                     seed=args.seed + HELDOUT_SEED_OFFSET)
+        settings |= {"env_kwargs": config.env_kwargs, "env_seed": config.seed,
+                     "apply_chat_template": training.data.apply_chat_template}
+    plain = training is not None and not training.data.apply_chat_template and not args.chat_template
+    store = RunStore(args.out)
+    store.prepare(settings, overwrite=args.overwrite)
+    release_freed_memory()
     done = store.load_done(args.n_samples)
     todo = sum(1 for t in tasks for r in t.rows if r.index not in done.get(t.name, {}))
     total = sum(len(t.rows) for t in tasks)
     if total - todo:
         log.info("resuming %s: %d of %d prompts already done", args.out, total - todo, total)
     start = time.time()
-    results = asyncio.run(_evaluate(args, tasks, config, store, done, todo, engine, template))
+    results = asyncio.run(_evaluate(args, tasks, config, store, done, todo, engine, template, plain))
     summary = report.summarize({name: r["metrics"] for name, r in results.items()}, ks=config.ks,
                                n_samples=config.n_samples,
                                extra={"settings": settings, "command": command,
@@ -287,34 +315,36 @@ def run(args: EvalArgs, *, engine: Any = None, template: Any = None, command: st
 
 
 async def _evaluate(args: EvalArgs, tasks: list[EvalTask], config: EvalConfig, store: RunStore,
-                    done: dict, todo: int, engine: Any, template: Any) -> dict[str, dict[str, Any]]:
+                    done: dict, todo: int, engine: Any, template: Any, plain: bool = False) -> dict[str, dict[str, Any]]:
     own_engine = engine is None and todo > 0
     if todo > 0 and (engine is None or template is None):
         longest = max([config.max_context_tokens, *(t.max_context_tokens or 0 for t in tasks)])
-        built_engine, built_template = await build_engine_and_template(args, need_engine=engine is None,
-                                                                       max_seq_len=longest + 8)
+        built_engine, built_template = await build_engine_and_template(
+            args, need_engine=engine is None, max_seq_len=longest + 8, plain=plain)
         engine = engine or built_engine
         template = template or built_template
-    progress = _Progress(todo)
+    bar = _Progress(todo)
 
     def on_group(task: EvalTask, row: Any, group: Any) -> None:
         store.append_group(task.name, row.index, group)
-        progress.update(task.name, group)
+        bar.update(task.name, group)
 
     try:
         return await evaluate(engine, template, tasks, config, on_group=on_group, done=done)
     finally:
+        bar.close()
         if own_engine:
             await _close(engine)
 
 
 async def build_engine_and_template(args: EvalArgs, *, need_engine: bool = True,
-                                    max_seq_len: int | None = None) -> tuple[Any, Any]:
-    """The engine ``--model-path`` / ``--engine-url`` names, and the chat template of its tokenizer."""
+                                    max_seq_len: int | None = None, plain: bool = False) -> tuple[Any, Any]:
+    """The engine ``--model-path`` / ``--sglang-url`` names, and the chat template of its tokenizer (``plain``: a
+    training config's ``--no-apply-chat-template``, message contents one after another)."""
     from agentrl.chat import ChatTemplate
     from agentrl.models import load_tokenizer
 
-    engine = None
+    engine: Engine | None = None
     tokenizer_name = args.tokenizer or args.model_path
     if args.engine_url and need_engine:
         from agentrl.engine.base import EngineError
@@ -331,14 +361,19 @@ async def build_engine_and_template(args: EvalArgs, *, need_engine: bool = True,
             tokenizer_name = info.get("tokenizer_path") or info.get("model_path")
             log.info("tokenizer from the server: %s", tokenizer_name)
     if tokenizer_name is None:
-        raise EvalArgsError("no tokenizer: pass --tokenizer (a folder, hub id or alias) for the server's model")
+        raise EvalArgsError("no tokenizer: pass --tokenizer-path (a folder, hub id or alias) for the server's model")
     tokenizer = load_tokenizer(tokenizer_name)
     if need_engine and engine is None:
         from agentrl.engine.embedded import EmbeddedEngine
 
+        assert args.model_path is not None  # EvalArgs.validate: --model-path when there is no --sglang-url
         engine = EmbeddedEngine(args.model_path, tokenizer=tokenizer, device=args.device,
                                 max_batch_size=args.engine_max_batch_size,
                                 max_seq_len=max_seq_len or args.max_context_len + 8)
+    if plain:
+        from agentrl.components import PLAIN_TEMPLATE
+
+        return engine, ChatTemplate(tokenizer, PLAIN_TEMPLATE)
     return engine, ChatTemplate(tokenizer, args.chat_template)
 
 
@@ -353,36 +388,17 @@ async def _close(engine: Any) -> None:
 
 
 class _Progress:
-    """Logs finished prompts with a running mean reward and a time estimate."""
+    """A bar over the prompts still to run, with each task's mean reward so far."""
 
     def __init__(self, total: int):
-        self.total, self.count, self.start = total, 0, time.perf_counter()
+        self.bar = progress(total, "eval", unit="prompt")
         self.rewards: dict[str, list[float]] = {}
 
     def update(self, task: str, group: Any) -> None:
-        self.count += 1
         rewards = self.rewards.setdefault(task, [])
         rewards += [s.reward for s in group.samples]
-        elapsed = time.perf_counter() - self.start
-        eta = elapsed / self.count * (self.total - self.count)
-        log.info("%d/%d prompts done (%s: mean reward so far %.3f); %.0fs elapsed, ~%.0fs left",
-                 self.count, self.total, task, sum(rewards) / len(rewards), elapsed, eta)
+        self.bar.set_postfix({name: f"{sum(r) / len(r):.3f}" for name, r in self.rewards.items()}, refresh=False)
+        self.bar.update()
 
-
-def _scalar_type(hint: Any) -> type:
-    """``int | None`` -> ``int``; ``float`` -> ``float``."""
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in typing.get_args(hint) if a is not type(None))
-    return hint
-
-
-@functools.cache
-def _field_docs(cls: type) -> dict[str, str]:
-    """The string literal under each dataclass field, read from the source."""
-    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0].body  # type: ignore[attr-defined]
-    docs = {}
-    for node, nxt in zip(body, body[1:]):
-        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and isinstance(nxt, ast.Expr) \
-                and isinstance(getattr(nxt, "value", None), ast.Constant) and isinstance(nxt.value.value, str):
-            docs[node.target.id] = " ".join(nxt.value.value.split())
-    return docs
+    def close(self) -> None:
+        self.bar.close()

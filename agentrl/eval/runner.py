@@ -43,6 +43,9 @@ collide with those of a training rollout running on the same engine at the same 
 uses ``rollout_id * 1_000_000 + i``)."""
 GROUP_ID_STRIDE = 1_000_000
 """Group ids of the ``i``-th task are ``EVAL_GROUP_BASE + i * GROUP_ID_STRIDE + row index``."""
+HELDOUT_SEED_OFFSET = 10_000
+"""A training run evaluates with environment seeds from ``--seed`` + this, so that held-out environments
+whose task comes from the seed (random maps, generated puzzles) are not those of its training rows."""
 
 
 @dataclass

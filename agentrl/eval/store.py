@@ -10,7 +10,8 @@ appended one finished group at a time::
 Rerunning the same command in the same folder reads ``episodes.jsonl`` back, keeps every
 complete group (all ``n`` samples of a ``(task, row)``), drops a line cut short by a kill and
 any incomplete group, and runs only what is missing. Other settings in the same folder are
-refused (:class:`SettingsChanged`) unless the caller overwrites.
+refused (:class:`SettingsChanged`) unless the caller overwrites; an earlier attempt that stored no
+episode (it failed before the first group finished) is replaced, so it never blocks a corrected retry.
 
 Example::
 
@@ -66,6 +67,9 @@ class RunStore:
             made = [self.dir / "summary.json", self.dir / "report.md", *self.dir.glob("chart_*.png")]
             for p in (self.run_path, self.episodes_path, *made):
                 p.unlink(missing_ok=True)
+        has_episodes = self.episodes_path.exists() and self.episodes_path.stat().st_size > 0
+        if self.run_path.exists() and not has_episodes:  # an earlier attempt stored nothing: nothing to keep
+            self.run_path.unlink()
         if self.run_path.exists():
             old = json.loads(self.run_path.read_text(encoding="utf-8")).get("settings", {})
             changes = diff_settings(old, settings)
@@ -73,13 +77,13 @@ class RunStore:
                 raise SettingsChanged(
                     f"{self.dir} holds an evaluation made with other settings:\n"
                     + "\n".join(f"  {c}" for c in changes)
-                    + "\nRerun with the same settings to resume it, pick another --out, or pass --overwrite "
+                    + "\nRerun with the same settings to resume it, pick another --output-dir, or pass --overwrite "
                     "to delete it and start over."
                 )
             return
-        if self.episodes_path.exists() and self.episodes_path.stat().st_size > 0:
+        if has_episodes:
             raise SettingsChanged(f"{self.episodes_path} exists but {self.run_path} does not, so its settings are "
-                                  "unknown; pick another --out or pass --overwrite")
+                                  "unknown; pick another --output-dir or pass --overwrite")
         record = {"settings": settings, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         _atomic_write(self.run_path, json.dumps(record, indent=2) + "\n")
 

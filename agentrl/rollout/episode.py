@@ -23,6 +23,7 @@ Example (a scripted engine and the echo environment)::
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import secrets
@@ -31,38 +32,14 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrl.engine.base import Engine, EngineError, SamplingParams
-from agentrl.env import TextEnv, make
+from agentrl.engine.base import Engine, EngineError
+from agentrl.rollout.config import RolloutConfig
+from agentrl.env import TextEnv, as_text_env, make
 from agentrl.types import Sample
 
 log = logging.getLogger(__name__)
 
 RewardFn = Callable[[Sample], "float | dict[str, float] | Awaitable[float | dict[str, float]]"]
-
-
-@dataclass
-class RolloutConfig:
-    """Budgets and sampling of episodes. Field docs become ``--help`` text."""
-
-    n_samples_per_prompt: int = 4
-    """Episodes per prompt (a group); group-relative advantages compare them."""
-    max_turns: int | None = None
-    """Assistant turns per episode (None: the environment's registered limit)."""
-    max_context_tokens: int = 4096
-    """Prompt + response tokens per episode; reaching it truncates the episode."""
-    max_new_tokens_per_turn: int = 1024
-    """Generated tokens per assistant turn."""
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    """Temperature, top-p, top-k, stop strings, seed... (max_new_tokens is set per turn)."""
-    concurrency: int = 64
-    """Episodes in flight at once, across all groups."""
-    episode_timeout: float | None = 600.0
-    """Seconds before an episode is stopped and recorded as failed (None: no limit)."""
-    max_episode_retries: int = 2
-    """Times a failed episode (an environment, tool or engine error) is run again with the same seeds; one
-    that still fails is left out of its group's statistics and of the batch (rollout/failed_excluded)."""
-    env_kwargs: dict[str, Any] = field(default_factory=dict)
-    """Constructor arguments for every environment made."""
 
 
 @dataclass
@@ -123,7 +100,8 @@ async def run_episode(
     reward_fn: RewardFn | None = None,
 ) -> Sample:
     """Run one episode and return it as a validated :class:`Sample` (never raises for
-    environment, tool or engine failures: they come back as ``status="failed"``)."""
+    environment, tool or engine failures: they come back as ``status="failed"``). ``env``: a
+    TextEnv, or gymnasium wrappers around one (made from ``request.env_id`` when None)."""
     partial = _Partial()
     start = time.perf_counter()
     own_env = env is None
@@ -131,6 +109,8 @@ async def run_episode(
     try:
         if env is None:
             env = make(request.env_id, max_turns=config.max_turns, **config.env_kwargs)
+        else:
+            env = as_text_env(env)  # a gymnasium.Wrapper's sync step runs in a worker thread
         coro = _loop(engine, template, env, request, config, partial)
         status = await (asyncio.wait_for(coro, config.episode_timeout) if config.episode_timeout else coro)
     except asyncio.TimeoutError:
@@ -245,7 +225,7 @@ async def _apply_reward_fn(reward_fn: RewardFn, sample: Sample) -> None:
     """A user's reward replaces the environment's (``--custom-rm-path``)."""
     try:
         value = reward_fn(sample)
-        if asyncio.iscoroutine(value):
+        if inspect.isawaitable(value):
             value = await value
         if isinstance(value, dict):
             sample.rewards = {k: float(v) for k, v in value.items()}

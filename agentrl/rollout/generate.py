@@ -56,6 +56,8 @@ class RolloutResult:
     prompts_used: int = 0
     engine_error: str | None = None
     """The first error of an episode the engine failed (:func:`~agentrl.rollout.engine_failed`), if any."""
+    finished: list[Group] = field(default_factory=list)
+    """Every group that finished, kept or dropped, with all its episodes (failed ones included)."""
 
     @property
     def samples(self) -> list[Sample]:
@@ -260,7 +262,7 @@ class Rollout:
         metrics = rollout_metrics(finished, kept, dropped, time.perf_counter() - start)
         engine_error = next((s.error for g in finished for s in g.samples if engine_failed(s)), None)
         return RolloutResult(groups=kept, dropped=dict(dropped), metrics=metrics, prompts_used=launched,
-                             engine_error=engine_error)
+                             engine_error=engine_error, finished=finished)
 
     def _filter(self, group: Group) -> tuple[Group | None, str]:
         for f in self.filters:

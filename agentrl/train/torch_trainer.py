@@ -41,6 +41,7 @@ from agentrl.train.batch import RolloutBatch, left_padded_inputs, micro_batches,
 from agentrl.train.distributed import (DataParallel, full_state_dicts, full_tensor, full_weights, keyed_by_name,
                                       load_full_state_dicts)
 from agentrl.utils.attention import no_cudnn_attention
+from agentrl.utils.extras import require
 
 log = logging.getLogger(__name__)
 
@@ -68,12 +69,14 @@ class TorchTrainer:
         # sharded models load on the CPU in float32 (master weights) and compute in self.dtype
         load_dtype, load_device = (torch.float32, torch.device("cpu")) if self.dp else (self.dtype, self.device)
         torch.manual_seed(config.seed)
+        hf_model: Any  # a transformers causal LM, used duck-typed (peft and FSDP wrap it below)
         if isinstance(model, nn.Module):
-            self.model = model.to(self.device)
+            hf_model = model.to(self.device)
             self.model_path = getattr(model.config, "_name_or_path", "")
         else:
             self.model_path = model
-            self.model = load_model(model, dtype=load_dtype, device=str(load_device), with_tokenizer=False)
+            hf_model = load_model(model, dtype=load_dtype, device=str(load_device), with_tokenizer=False)
+        self.model: Any = hf_model
         self.tokenizer = tokenizer or load_tokenizer(self.model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.ref_model: nn.Module | None = None
@@ -174,7 +177,9 @@ class TorchTrainer:
 
         With ``batch.old_logprobs`` unset and one step, the policy before the update is the
         policy of this forward pass: its detached logprobs serve as the old ones (ratio 1),
-        which saves the separate no-grad pass (see ``needs_old_logprobs``).
+        which saves the separate no-grad pass (see ``needs_old_logprobs``). A one-step call in one
+        process then sets ``batch.old_logprobs`` to them and ``batch.extra["entropy"]`` to the
+        pass's entropy per token, for rollout dumps (``--save-debug-rollout-data``).
         """
         if batch.advantages is None:
             raise ValueError("train_step needs batch.advantages set")
@@ -182,10 +187,19 @@ class TorchTrainer:
             raise ValueError("several optimiser steps per batch need batch.old_logprobs (compute_logprobs) set")
         if self.config.use_kl_loss and batch.ref_logprobs is None:
             raise ValueError("use_kl_loss is on but batch.ref_logprobs is not set")
-        steps = [self._optimizer_step(batch.select(idx)) for idx in optimizer_steps(len(batch), num_steps)]
+        # one step over every row in order: the step's rows and columns are the batch's
+        seen = (torch.zeros_like(batch.loss_mask), torch.zeros_like(batch.loss_mask)) \
+            if num_steps == 1 and self.dp is None else None
+        steps = [self._optimizer_step(batch.select(idx), seen) for idx in optimizer_steps(len(batch), num_steps)]
+        if seen is not None:
+            if batch.old_logprobs is None:
+                batch.old_logprobs = seen[0]
+            batch.extra["entropy"] = seen[1]
         return algo.mean_over_steps(steps)
 
-    def _optimizer_step(self, batch: RolloutBatch) -> dict[str, float]:
+    def _optimizer_step(self, batch: RolloutBatch, seen: tuple[Tensor, Tensor] | None = None) -> dict[str, float]:
+        """One optimiser step; ``seen`` (two ``[N, R]`` tensors), when given, gets the logprobs and
+        entropy of the forward pass."""
         cfg = self.config
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
@@ -205,12 +219,17 @@ class TorchTrainer:
                 continue
             labels = left_padded_inputs(mb.samples, self.pad_id, self.device)[0][:, -mb.width:]
             logprobs, entropy = algo.logprobs_and_entropy(logits, labels)  # one chunked pass for both
+            assert mb.advantages is not None  # checked in train_step
             loss, m = algo.rl_objective(
-                logprobs, dev(mb.advantages), dev(mb.loss_mask), config=self.objective,
+                logprobs, mb.advantages.to(self.device), mb.loss_mask.to(self.device), config=self.objective,
                 old_logprobs=dev(mb.old_logprobs), rollout_logprobs=dev(mb.rollout_logprobs),
                 ref_logprobs=dev(mb.ref_logprobs), entropy=entropy, denominator=denom, num_tokens=n_tokens)
             with no_cudnn_attention(self.device):  # (recomputed forward passes, with checkpointing)
                 loss.backward()
+            if seen is not None:
+                rows, cols = torch.as_tensor(idx), slice(batch.width - mb.width, None)
+                seen[0][rows, cols] = logprobs.detach().float().cpu() * mb.loss_mask
+                seen[1][rows, cols] = entropy.detach().float().cpu() * mb.loss_mask
             parts.append({k: float(v) for k, v in m.items()})
         metrics = algo.merge_metric_parts(parts)
         if self.dp is not None:
@@ -220,7 +239,7 @@ class TorchTrainer:
         metrics["grad_norm"] = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, clip)))
         self.optimizer.step()
         self.scheduler.step()
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["lr"] = float(self.scheduler.get_last_lr()[0])
         if self.critic is not None:
             metrics.update(self._critic_step(batch, denom))
         self.steps += 1
@@ -228,6 +247,8 @@ class TorchTrainer:
 
     def _critic_step(self, batch: RolloutBatch, denom: Tensor) -> dict[str, float]:
         assert self.critic is not None
+        if batch.values is None or batch.returns is None:
+            raise ValueError("the critic's step needs batch.values and batch.returns (gae)")
         self.critic_optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for idx, live in self._micro_batches(batch):
@@ -237,6 +258,7 @@ class TorchTrainer:
                 with no_cudnn_attention(self.device):
                     (values.sum() * 0.0).backward()
                 continue
+            assert mb.values is not None and mb.returns is not None  # checked above, kept by select()
             loss, m = algo.value_objective(values, mb.values.to(self.device), mb.returns.to(self.device),
                                            mb.loss_mask.to(self.device), config=self.objective, denominator=denom)
             with no_cudnn_attention(self.device):  # (recomputed forward passes, with checkpointing)
@@ -367,17 +389,15 @@ class ValueModel(nn.Module):
 
 
 def _apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
-    try:
-        from peft import LoraConfig, get_peft_model
-    except ImportError as e:
-        raise ImportError("lora_rank > 0 needs peft: pip install peft") from e
+    peft = require("peft", extra="lora", what="--lora-rank")
+    LoraConfig, get_peft_model = peft.LoraConfig, peft.get_peft_model
     lora = LoraConfig(r=config.lora_rank, lora_alpha=config.lora_alpha, target_modules="all-linear",
                       lora_dropout=0.0, task_type="CAUSAL_LM")
     return get_peft_model(model, lora)
 
 
 @contextlib.contextmanager
-def _merged(model: nn.Module):
+def _merged(model: Any):  # a peft model
     model.merge_adapter()
     try:
         yield

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import copy
 
-from pathlib import Path
 
 import pytest
 
 from agentrl.chat import ChatTemplate
-from chat_support import LLAMA3_SPLIT, QWEN_ADDED, TEMPLATES, with_llama3_specials  # noqa: F401
+from chat_support import LLAMA3_SPLIT, MISTRAL_SPECIAL, QWEN_ADDED, TEMPLATES, with_llama3_specials  # noqa: F401
 
 @pytest.fixture(scope="session")
 def smol_tok():
@@ -39,6 +38,20 @@ def qwen_tok(smol_tok):
     tok = copy.deepcopy(smol_tok)
     tok.add_special_tokens({"additional_special_tokens": QWEN_ADDED})
     return tok
+
+
+@pytest.fixture(scope="session")
+def mistral_tok(smol_tok):
+    """SmolLM2's vocabulary with Mistral's control tokens, BOS and EOS."""
+    tok = copy.deepcopy(smol_tok)
+    tok.add_special_tokens({"additional_special_tokens": MISTRAL_SPECIAL})
+    tok.bos_token, tok.eos_token = "<s>", "</s>"
+    return tok
+
+
+@pytest.fixture()
+def mistral(mistral_tok):
+    return ChatTemplate(mistral_tok, TEMPLATES / "mistral_tools.jinja")
 
 
 @pytest.fixture()

@@ -11,7 +11,6 @@ tokenization of the assistant text plus the end-of-turn token,
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -276,3 +275,24 @@ def test_tokenizer_boundary_drift_keeps_the_engine_view(smol_tok):
     assert full != conv.tokens
     assert tok.decode(full) == tok.decode(conv.tokens)
     assert len(full) == len(conv.tokens) + 1  # "\n\n" -> "\n", "\n" before the answer
+
+
+def test_mistral_tool_template_is_refused_and_would_repeat_the_tool_list(mistral):
+    """Mistral writes the tool list before the LAST user message. A conversation with tools and a
+    follow-up user message is refused; forced through (allow_non_incremental), its tokens would hold
+    the tool list twice, where apply_chat_template of the same messages holds it once."""
+    tok = mistral.tokenizer
+    with pytest.raises(TemplateNotIncrementalError, match=r"AVAILABLE_TOOLS"):
+        TokenConversation(mistral, OPENING, tools=[SEARCH_TOOL])
+
+    forced = ChatTemplate(tok, mistral.source, allow_non_incremental=True)
+    conv = TokenConversation(forced, OPENING, tools=[SEARCH_TOOL])
+    kw = dict(tools=[SEARCH_TOOL], chat_template=mistral.source)
+    assert conv.prompt_ids == _raw(tok, OPENING, add_generation_prompt=True, **kw)
+    conv.add_completion(tok.encode(ANSWER + "</s>", add_special_tokens=False), None)
+    conv.add_observation([{"role": "user", "content": "And of Spain?"}])
+    conv.add_completion(tok.encode("Madrid.</s>", add_special_tokens=False), None)
+    full = _raw(tok, conv.messages, **kw)
+    assert conv.tokens != full
+    assert tok.decode(conv.tokens).count("[AVAILABLE_TOOLS]") == 2
+    assert tok.decode(full).count("[AVAILABLE_TOOLS]") == 1

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from agentrl.chat import ChatTemplate, TemplateNotIncrementalError, check_incremental
-from chat_support import SEARCH_TOOL
+from chat_support import SEARCH_TOOL, TEMPLATES
 
 # Mistral-style: tool declarations are written just before the LAST user message.
 TOOLS_BEFORE_LAST_USER = """
@@ -120,3 +120,80 @@ def test_example_without_assistant_turn_is_rejected(smol):
 
     with pytest.raises(ChatTemplateError, match="needs an assistant message"):
         check_incremental(smol, [{"role": "user", "content": "hi"}])
+
+
+def test_mistral_tool_list_before_the_last_user_message_is_detected(mistral):
+    """Mistral's template refuses the default probe (a tool result without a call id, two assistant
+    turns in a row); the next probe is rendered with the tools too, so the tool list is seen moving
+    to the last user message (the system message moves with it)."""
+    with pytest.raises(TemplateNotIncrementalError) as info:
+        check_incremental(mistral)
+    err = info.value
+    assert err.kind == "prefix_changed"
+    assert (err.message_index, err.role) == (3, "user")  # the system probe's second user message
+    text = str(err)
+    assert "-<s>[AVAILABLE_TOOLS][" in text and "+The answer is 5.</s>[AVAILABLE_TOOLS][" in text  # the list moved
+    assert "allow_non_incremental=True" in text
+
+
+def test_without_tools_the_mistral_template_looks_incremental(mistral):
+    """What the check missed when its fallback probe dropped the tools: without them (and without a
+    system message) nothing moves."""
+    from agentrl.chat import PLAIN_PROBE_CONVERSATION
+
+    check_incremental(mistral, PLAIN_PROBE_CONVERSATION)
+
+
+def test_a_system_message_next_to_the_last_user_message_is_detected(mistral_tok):
+    from chat_support import TEMPLATES
+
+    source = (TEMPLATES / "mistral_tools.jinja").read_text().replace("tools and message", "false and message")
+    with pytest.raises(TemplateNotIncrementalError) as info:  # no tool list at all: the system message moves
+        check_incremental(ChatTemplate(mistral_tok, source))
+    assert info.value.role == "user" and "You are a careful assistant." in str(info.value)
+
+
+ONE_QUESTION_ONLY = """
+{%- if messages | length > 2 %}{{ raise_exception('one question per conversation') }}{% endif %}
+{%- for m in messages %}<|im_start|>{{ m.role }}
+{{ m.content }}<|im_end|>
+{% endfor %}
+{%- if add_generation_prompt %}<|im_start|>assistant
+{% endif %}"""
+
+
+def test_a_template_that_renders_no_probe_is_refused_and_says_what_to_do(smol_tok):
+    from agentrl.chat import TokenConversation
+
+    tmpl = ChatTemplate(smol_tok, ONE_QUESTION_ONLY)
+    with pytest.raises(TemplateNotIncrementalError) as info:
+        check_incremental(tmpl)
+    err, text = info.value, str(info.value)
+    assert (err.kind, err.message_index, err.role) == ("unverified", -1, "")
+    assert text.count("one question per conversation") == 3  # each probe's failure, named
+    assert "chat_template='fixed.jinja'" in text and "ChatTemplate(tokenizer, allow_non_incremental=True)" in text
+    with pytest.raises(TemplateNotIncrementalError, match="could not be checked"):
+        TokenConversation(tmpl, [{"role": "user", "content": "hi"}])
+    trusted = ChatTemplate(smol_tok, ONE_QUESTION_ONLY, allow_non_incremental=True)
+    assert TokenConversation(trusted, [{"role": "user", "content": "hi"}]).prompt_ids
+
+
+def test_training_refuses_a_template_that_cannot_keep_tokens_exact_before_the_first_rollout(
+        mistral_tok, tmp_path, capsys, monkeypatch):
+    """Without the start-up check every episode of such a run would come back failed and the run would train
+    on nothing."""
+    import copy
+    from pathlib import Path
+
+    from agentrl.testing.tiny import make_tiny_model
+    from agentrl.train_cli import main
+
+    tok = copy.deepcopy(mistral_tok)
+    tok.chat_template = (TEMPLATES / "mistral_tools.jinja").read_text()
+    model = make_tiny_model(tmp_path / "model", tokenizer=tok)
+    monkeypatch.chdir(Path(__file__).resolve().parents[2])
+    code = main(["--config", "recipes/quickstart/config.yaml", "--model-path", str(model), "--num-rollout", "1",
+                 "--eval-interval", "0", "--output-dir", str(tmp_path / "run"), "--save", str(tmp_path / "ckpt")])
+    err = capsys.readouterr().err
+    assert code == 2 and f"the chat template of --model-path {model}" in err and "allow_non_incremental" in err
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()

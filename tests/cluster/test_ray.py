@@ -44,7 +44,7 @@ def _rows(out: Path) -> dict[int, dict]:
 def test_quickstart_on_ray_matches_single_process_despite_a_killed_engine(local_ray, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     single, ray_run = tmp_path / "single", tmp_path / "ray"
-    train(parse_args([*ARGS, "--output-dir", str(single)]))
+    train(parse_args([*ARGS, "--output-dir", str(single), "--save", str(single / "ckpt")]))
     train(parse_args([*ARGS, "--output-dir", str(ray_run), "--save", str(ray_run / "ckpt"), "--use-ray",
                       "--num-engines", "2", "--custom-generate-function-path",
                       "tests/cluster/_fault_hooks.py:kill_engine_in_rollout_1"]))
@@ -238,7 +238,7 @@ def test_async_on_ray_with_in_flight_weight_updates(local_ray, tmp_path, monkeyp
     tests/cluster/test_async_partial.py carries one through an update on the engine itself.)"""
     monkeypatch.chdir(ROOT)
     out = tmp_path / "run"
-    train(parse_args([*ARGS, "--output-dir", str(out), "--use-ray", "--num-engines", "2", "--max-staleness", "1",
+    train(parse_args([*ARGS, "--output-dir", str(out), "--save", str(out / "ckpt"), "--use-ray", "--num-engines", "2", "--max-staleness", "1",
                       "--use-tis", "--in-flight-weight-updates"]))
     steps = [r for step, r in sorted(_rows(out).items()) if "perf/step_time" in r]
     assert [r["perf/weight_version"] for r in steps] == [1, 2, 3]

@@ -35,8 +35,6 @@ def test_malformed_row_fails_with_file_and_line(tmp_path):
 @pytest.mark.parametrize(
     "bad, needle",
     [
-        ({"label": 1}, "missing input key 'prompt'"),
-        ({"prompt": "q"}, "missing label key 'label'"),
         ({"prompt": "", "label": 1}, "non-empty string"),
         ({"prompt": [{"role": "wizard", "content": "x"}], "label": 1}, "prompt[0]: message role"),
         ({"prompt": "q", "label": 1, "metadata": [1]}, "'metadata' must be an object"),
@@ -51,6 +49,14 @@ def test_bad_rows_are_named_or_skipped_and_counted(tmp_path, bad, needle):
     ds = load_prompts(p, DataConfig(on_bad_row="skip"))
     assert [r.prompt for r in ds.rows] == ["good", "good2"] and len(ds.skipped) == 1 and needle in ds.skipped[0]
     assert [r.index for r in ds.rows] == [0, 1]
+
+
+def test_prompt_and_label_are_optional_for_environments_that_make_their_own_task(tmp_path):
+    p = _write_jsonl(tmp_path / "d.jsonl", [{"seed": 3}, {"prompt": "q"}, {}])
+    ds = load_prompts(p)
+    assert [(r.prompt, r.label) for r in ds.rows] == [(None, None), ("q", None), (None, None)]
+    assert ds.rows[0].reset_options() == {"seed": 3, "metadata": {}}  # no prompt/label keys to mislead a reset
+    assert ds.rows[1].reset_options() == {"prompt": "q", "metadata": {}}
 
 
 def test_parquet_and_json_and_folder(tmp_path):

@@ -396,7 +396,7 @@ async def test_prefix_cache_continues_turns_with_the_same_results(qwen2, graphs,
             runner.use_graphs = True
             runner._record_graph = lambda step, tok: SimpleNamespace(replay=step)
 
-        async def episode(prompt, i):
+        async def episode(engine, prompt, i):
             turns = []
             for turn in range(3):
                 sp = SamplingParams(temperature=0 if i % 2 else 0.9, seed=10 * i + turn, max_new_tokens=6 + 2 * turn,
@@ -407,11 +407,11 @@ async def test_prefix_cache_continues_turns_with_the_same_results(qwen2, graphs,
             return turns
 
         async with engine:
-            results.append(await asyncio.gather(*(episode(p, i) for i, p in enumerate(episodes))))
+            results.append(await asyncio.gather(*(episode(engine, p, i) for i, p in enumerate(episodes))))
             cached.append(engine.stats.cached_prompt_tokens)
     assert cached[0] == 0 and (cached[1] > 0 or slots < len(episodes))
     for off, on in zip(*results):
-        for (prompt, a), (_, b) in zip(off, on):
+        for (_, a), (_, b) in zip(off, on):
             assert a.token_ids == b.token_ids
             torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-5, rtol=0)
     prompt, c = results[1][1][2]  # a greedy third turn, served from the cache
@@ -444,6 +444,10 @@ def test_packed_weights_give_the_unpacked_logits(name, dtype):
     from agentrl.engine.embedded.fast_model import FastLM
     from agentrl.engine.embedded.kv_cache import KVCache
 
+    from agentrl.utils import cpu_features
+
+    if dtype == torch.bfloat16 and cpu_features.bf16_packing_unsupported():
+        pytest.skip(cpu_features.bf16_packing_unsupported())  # tests/engine/test_cpu_features.py covers this CPU
     model, tok = load_model(name, device="cpu")
     model = model.to(dtype)
     plain, packed = FastLM(model, max_seq_len=64), FastLM(model, max_seq_len=64, pack=8)

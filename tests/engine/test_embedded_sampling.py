@@ -115,7 +115,7 @@ def test_kv_cache_write_block_move_and_lazy_zeroing():
     assert torch.equal(kv.data[1, 0, 2, :, 2], k[0])
     kv.ensure_clean(3, 8)
     assert not torch.isnan(kv.data[:, :, :3, :, :8]).any()
-    assert kv.nbytes == 2 * 2 * 3 * 2 * 8 * 4 * 4
+    assert kv.nbytes == 2 * 2 * (3 + 1) * 2 * 8 * 4 * 4  # one more slot: the scratch slot of padding tokens
 
 
 def test_stop_string_search_only_in_generated_tail():
@@ -131,3 +131,29 @@ def test_stop_string_search_only_in_generated_tail():
     multibyte = tok.encode("héllo wörld")  # called after each new token, as the scheduler does
     assert [stops.find(multibyte[: i + 1], ["ö"]) for i in range(len(multibyte))].count("ö") >= 1
     assert stops.find(ids, []) is None
+
+
+def test_a_temperature_below_sglangs_epsilon_is_greedy_with_finite_logprobs():
+    """1e-40 is positive, but float32 logits divided by it are inf, then NaN: SGLang samples greedily below 1e-6,
+    and so does the engine (not only its HTTP server)."""
+    import torch
+
+    from agentrl.engine.embedded.sampling import SamplingRows, sample
+
+    logits = torch.tensor([[0.5, 2.0, -1.0], [3.0, 0.1, 0.2]])
+    rows = SamplingRows.from_lists(temperature=[1e-40, 1e-7], top_p=[1.0, 1.0], top_k=[-1, -1], seed=[1, 2],
+                                   step=[0, 0])
+    ids, logprobs = sample(logits, rows)
+    assert ids.tolist() == [1, 0] and torch.isfinite(logprobs).all()
+
+
+def test_sampling_params_refuse_non_finite_temperatures():
+    import math
+
+    import pytest
+
+    from agentrl.engine.base import SamplingParams
+
+    for bad in (math.inf, math.nan, -1e-9):
+        with pytest.raises(ValueError, match="temperature must be a finite number >= 0"):
+            SamplingParams(temperature=bad).validate()

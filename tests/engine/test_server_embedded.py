@@ -135,10 +135,11 @@ def test_agentrl_serve_cli_with_the_embedded_engine_in_a_subprocess(tmp_path):
 
 
 def test_serve_builds_the_engine_from_its_flags():
-    from agentrl.engine._server_run import _build_engine, build_parser
+    from agentrl.engine._server_run import TABLE, _build_engine
 
-    args = build_parser().parse_args(["--model-path", "tiny-qwen2", "--device", "cpu", "--max-batch-size", "3",
-                                      "--max-seq-len", "96", "--admit-wait-steps", "5"])
+    args, _, problems = TABLE.parse(["--model-path", "tiny-qwen2", "--engine-device", "cpu", "--engine-max-batch-size",
+                                     "3", "--max-seq-len", "96", "--admit-wait-steps", "5"])  # old spellings too
+    assert problems == [] and args.problems() == []
     engine, tokenizer, path = _build_engine(args)
     try:
         assert (engine.config.max_batch_size, engine.config.max_seq_len, engine.config.admit_wait_steps) == (3, 96, 5)

@@ -20,8 +20,18 @@ def next_ids(ids, sampling):
 
 class CountingEngine(FakeEngine):
     async def update_weights(self, weights=None, *, version=None):
-        self.loaded = getattr(self, "loaded", []) + [weights]
+        self.loaded = getattr(self, "loaded", []) + [sorted(weights)]  # the tensors the server read, by name
         return await super().update_weights(weights, version=version)
+
+
+@pytest.fixture
+def tmp_path(tmp_path):
+    """A model folder with one weight file: the server reads it and hands the engine its tensors."""
+    import torch
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "model.safetensors"))
+    return tmp_path
 
 
 def serve(engine=None, **kwargs) -> BackgroundServer:
@@ -135,7 +145,7 @@ async def test_update_weights_reaches_every_server_and_versions_the_answers(two_
     async with SGLangEngine([a.url, b.url]) as engine:
         assert await engine.update_weights(tmp_path) == 1
         assert engine.weight_version == 1
-        assert a.engine.loaded == b.engine.loaded == [str(tmp_path)]
+        assert a.engine.loaded == b.engine.loaded == [["w"]]
         assert {(await engine.generate([1], SamplingParams())).weight_version for _ in range(4)} == {1}
         assert await engine.update_weights(str(tmp_path), version=5) == 5
         assert (await engine.get_model_info())["weight_version"] == "5"
@@ -200,7 +210,7 @@ async def test_a_router_url_finds_its_workers_for_weight_updates(two_servers, tm
     with BackgroundServer(router) as r:
         async with SGLangEngine(r.url) as engine:
             await engine.update_weights(tmp_path)
-    assert a.engine.loaded == b.engine.loaded == [str(tmp_path)]
+    assert a.engine.loaded == b.engine.loaded == [["w"]]
 
 
 async def test_explicit_worker_urls_get_the_control_calls(two_servers, tmp_path):
@@ -208,7 +218,7 @@ async def test_explicit_worker_urls_get_the_control_calls(two_servers, tmp_path)
     async with SGLangEngine(a.url, worker_urls=[a.url, b.url]) as engine:
         await engine.update_weights(tmp_path)
         await engine.generate([1], SamplingParams())
-    assert b.engine.loaded == [str(tmp_path)] and len(b.engine.requests) == 0
+    assert b.engine.loaded == [["w"]] and len(b.engine.requests) == 0
 
 
 def test_the_client_survives_separate_event_loops(server):

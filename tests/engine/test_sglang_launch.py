@@ -13,6 +13,8 @@ import textwrap
 
 import httpx
 import pytest
+import torch
+from safetensors.torch import save_file
 
 from agentrl.engine.base import EngineError, SamplingParams
 from agentrl.engine.sglang import SGLangEngine, launch_sglang
@@ -69,10 +71,14 @@ def test_launch_servers_and_router_then_shut_everything_down(tmp_path):
         assert "CVD=0,1" in (tmp_path / "logs" / "server-0.log").read_text()
         assert "CVD=2,3" in (tmp_path / "logs" / "server-1.log").read_text()
 
+        weights = tmp_path / "weights"  # a model folder the servers read (agentrl serve reads the files itself)
+        weights.mkdir()
+        save_file({"w": torch.zeros(2)}, str(weights / "model.safetensors"))
+
         async def use() -> None:
             async with cluster.engine(backoff=0.05) as engine:
                 assert (await engine.generate([10], SamplingParams())).token_ids == expected(10)
-                assert await engine.update_weights(tmp_path) == 1
+                assert await engine.update_weights(weights) == 1
         asyncio.run(use())
         for url in cluster.server_urls:  # weight updates go to the servers, not the router
             assert httpx.get(url + "/get_weight_version").json() == {"weight_version": "1"}

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from envs._math_grading import (answers_match, as_number, extract_answer, extract_answer_with_format, grade,
-                                parse_label)
+                                parse_label, symbolic_equal)
 
 GSM8K_LABEL = (
     "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\n"
@@ -114,9 +114,9 @@ def test_junk_is_graded_fast():
 
 def test_sympy_fallback_without_math_verify(monkeypatch):
     monkeypatch.setitem(sys.modules, "math_verify", None)  # import math_verify -> ImportError
-    assert answers_match("(x+1)^2", "x^2+2x+1") == (True, "sympy")
-    assert answers_match("2x", "x") == (False, "sympy")
-    assert answers_match("__import__('os')", "1") == (False, "sympy")
+    assert symbolic_equal("(x+1)^2", "x^2+2x+1") == (True, "sympy")  # in this process, as a worker runs it
+    assert symbolic_equal("2x", "x") == (False, "sympy")
+    assert symbolic_equal("__import__('os')", "1") == (False, "sympy")
     assert answers_match("1,000", "1000") == (True, "numeric")  # numbers never need a verifier
 
 
@@ -126,11 +126,3 @@ def test_grading_off_the_main_thread():
     t.start()
     t.join()
     assert out == [True]
-
-
-def test_docstring_examples_run():
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module("envs._math_grading"))
-    assert result.attempted > 0 and result.failed == 0

@@ -116,22 +116,28 @@ def test_changed_settings_are_refused_unless_overwrite(tmp_path, scripted, templ
                   template=template)
     assert summary["tasks"]["echo"]["episodes"] == 8 and len(read_episodes(tmp_path)) == 8
     # through main: a clear message and exit status 2
-    code = main(["--model-path", "scripted", "--task", "echo=Echo-v0", "--limit", "4", "--out", str(tmp_path)])
+    code = main(["--model-path", "scripted", "--task", "echo=Echo-v0", "--eval-max-prompts", "4", "--output-dir", str(tmp_path)])
     assert code == 2 and "other settings" in capsys.readouterr().err
 
 
 def test_argument_problems_are_reported_together(capsys):
-    assert main(["--task", "echo=Echo-v0", "--k", "1,4", "--n-samples", "2"]) == 2
+    assert main(["--task", "echo=Echo-v0", "--k", "1,4", "--n-samples-per-eval-prompt", "2", "--eval-temperature",
+                 "hot"]) == 2
     err = capsys.readouterr().err
-    assert "--model-path" in err and "--k 4 is more than --n-samples 2" in err
+    assert "--eval-temperature: expected a number, got 'hot'" in err  # values, then settings: one message each
+    assert main(["--task", "echo=Echo-v0", "--k", "1,4", "--n-samples-per-eval-prompt", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "--model-path" in err and "--k 4 is more than --n-samples-per-eval-prompt 2" in err
     assert parse_args(["--model-path", "m", "--task", "a=Echo-v0", "b=Echo-v0", "--task", "c=Echo-v0"]).task == \
         ["a=Echo-v0", "b=Echo-v0", "c=Echo-v0"]
-    assert "--n-samples" in build_parser().format_help()
+    assert "--n-samples-per-eval-prompt" in build_parser().format_help()
 
 
 def test_compare_two_runs(tmp_path, scripted, template, capsys):
     run(echo_args(tmp_path / "a"), engine=scripted(echo_reply), template=template)
-    better = lambda row, i, prompt: echo_reply(row + 1, i, prompt)  # one more success on rows 0..2, row 3 -> 0
+    def better(row, i, prompt):  # one more success on rows 0..2, row 3 -> 0
+        return echo_reply(row + 1, i, prompt)
+
     run(echo_args(tmp_path / "b", temperature=0.7), engine=scripted(better), template=template)
     out = tmp_path / "cmp.md"
     assert compare_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0
@@ -205,8 +211,8 @@ def test_an_engine_url_that_does_not_answer_is_refused_before_any_episode(tmp_pa
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    code = main(["--engine-url", f"http://127.0.0.1:{port}", "--tokenizer", "tiny-qwen2", "--task", "echo=Echo-v0",
-                 "--out", str(tmp_path / "out")])
+    code = main(["--sglang-url", f"http://127.0.0.1:{port}", "--tokenizer-path", "tiny-qwen2", "--task", "echo=Echo-v0",
+                 "--output-dir", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and f"no server answers /health_generate at http://127.0.0.1:{port}" in err
     assert not (tmp_path / "out" / "episodes.jsonl").exists() or not (tmp_path / "out" / "episodes.jsonl").read_text()
@@ -225,8 +231,8 @@ def test_the_command_exits_1_and_says_so_when_the_engine_failed_prompts(tmp_path
         return scripted(dies_on_row_0), template
 
     monkeypatch.setattr("agentrl.eval.cli.build_engine_and_template", built)
-    code = main(["--model-path", "scripted", "--task", "echo=Echo-v0", "--limit", "2", "--max-turns", "1",
-                 "--out", str(tmp_path)])
+    code = main(["--model-path", "scripted", "--task", "echo=Echo-v0", "--eval-max-prompts", "2", "--max-turns", "1",
+                 "--output-dir", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 1 and "the engine failed some prompts (echo: 1)" in err and "the engine is closed" in err
     assert "Rerun the same command" in err

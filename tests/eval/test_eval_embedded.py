@@ -19,8 +19,8 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_agentrl_eval_with_the_embedded_engine(tmp_path, capsys):
     out = tmp_path / "run"
     argv = ["eval", "--model-path", "tiny-qwen2", "--task", "echo=Echo-v0", "--task", "lake=FrozenLake-v0",
-            "--limit", "2", "--n-samples", "2", "--k", "1,2", "--max-turns", "2", "--max-response-len", "4",
-            "--out", str(out)]
+            "--eval-max-prompts", "2", "--n-samples-per-eval-prompt", "2", "--k", "1,2", "--max-turns", "2", "--rollout-max-response-len", "4",
+            "--output-dir", str(out)]
     assert agentrl_main(argv) == 0
     text = capsys.readouterr().out
     assert text.splitlines()[1].split()[:4] == ["task", "n", "avg@2", "pass@1"] and "overall" in text
@@ -40,8 +40,8 @@ def test_agentrl_eval_with_the_embedded_engine(tmp_path, capsys):
 def test_sigkill_half_way_then_the_same_command_finishes(tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "agentrl.cli", "eval", "--model-path", "tiny-qwen2", "--task",
-           "lake=FrozenLake-v0,random_map_size=4", "--limit", "12", "--n-samples", "2", "--concurrency", "2",
-           "--max-turns", "6", "--max-response-len", "8", "--out", str(out)]
+           "lake=FrozenLake-v0,random_map_size=4", "--eval-max-prompts", "12", "--n-samples-per-eval-prompt", "2", "--rollout-concurrency", "2",
+           "--max-turns", "6", "--rollout-max-response-len", "8", "--output-dir", str(out)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     episodes = out / "episodes.jsonl"

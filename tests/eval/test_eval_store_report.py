@@ -47,6 +47,7 @@ def test_prepare_refuses_other_settings_and_orphan_episodes(tmp_path):
     store = RunStore(tmp_path / "a")
     store.prepare({"n": 1, "tasks": [{"name": "x", "limit": 3}]})
     store.prepare({"n": 1, "tasks": [{"name": "x", "limit": 3}]})  # same settings: fine
+    store.append_group("x", 0, _group(0, 1))
     with pytest.raises(SettingsChanged, match=r"tasks\[0\].limit: 3 -> 4"):
         store.prepare({"n": 1, "tasks": [{"name": "x", "limit": 4}]})
     store.prepare({"n": 2}, overwrite=True)
@@ -56,6 +57,18 @@ def test_prepare_refuses_other_settings_and_orphan_episodes(tmp_path):
     orphan.episodes_path.write_text('{"task": "x"}\n')
     with pytest.raises(SettingsChanged, match="settings are unknown"):
         orphan.prepare({"n": 1})
+
+
+def test_an_attempt_that_stored_no_episode_never_blocks_the_retry(tmp_path):
+    """An evaluation that failed before its first group (a wrong --model-path, say) left only run.json:
+    the corrected command replaces it instead of being refused."""
+    store = RunStore(tmp_path / "a")
+    store.prepare({"model_path": "runs/qs/checkpoints/rollout_00040/model"})
+    store.prepare({"model_path": "runs/qs/checkpoints/rollout_00020/model"})
+    assert store.settings() == {"model_path": "runs/qs/checkpoints/rollout_00020/model"}
+    store.episodes_path.write_text("")  # an empty episodes file is no episode either
+    store.prepare({"model_path": "other"})
+    assert store.settings() == {"model_path": "other"}
 
 
 def test_diff_settings():

@@ -41,7 +41,7 @@ def test_three_grpo_rollouts_with_the_megatron_trainer(parallel, tmp_path, monke
 def test_megatron_flags_reach_the_trainer(monkeypatch):
     import agentrl.train.megatron as megatron_pkg
     from agentrl.components import build_trainer
-    from agentrl.config import parse_args, validate
+    from agentrl.config import ConfigError, parse_args, validate
 
     seen = {}
 
@@ -55,5 +55,7 @@ def test_megatron_flags_reach_the_trainer(monkeypatch):
     build_trainer(cfg)
     m = seen["megatron"]
     assert (m.attention, m.recompute, m.fusions) == ("sdpa", "selective", True)
-    problems = "\n".join(validate(parse_args(["--attention-backend", "flash", "--recompute-granularity", "some"])))
-    assert "--attention-backend must be one of" in problems and "--recompute-granularity must be one of" in problems
+    with pytest.raises(ConfigError) as bad:  # values outside the choices: every one named, before anything loads
+        parse_args(["--attention-backend", "flash", "--recompute-granularity", "some"])
+    assert [p.split(":")[0] for p in bad.value.problems] == ["--attention-backend", "--recompute-granularity"]
+    assert not [p for p in validate(cfg) if "--attention-backend" in p or "--recompute" in p or "fusions" in p]

@@ -40,7 +40,7 @@ def test_recipe_two_rollouts(recipe, tmp_path, monkeypatch):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     steps = [r for r in rows if "perf/step_time" in r]
     assert len(steps) == 2 and all("rollout/reward_mean" in r for r in steps)
-    if cfg.eval_prompt_data:
+    if cfg.eval.eval_prompt_data:
         assert any(k.startswith("eval/") for k in rows[0])  # evaluated before training
         assert any(k.startswith("eval/") for k in steps[-1])  # and after
     assert (out / "training.png").exists() and (out / "summary.json").exists()

@@ -13,7 +13,7 @@ import pytest
 
 from agentrl.engine.server import BackgroundServer
 from tools.retriever import load_retriever
-from tools.retriever.server import build_parser, create_app, main
+from tools.retriever.server import TABLE, create_app, main
 
 REPO = Path(__file__).parents[2]
 CORPUS = REPO / "tests" / "fixtures" / "search" / "corpus.jsonl"
@@ -91,7 +91,7 @@ def test_help_documents_every_flag(capsys):
     out = capsys.readouterr().out
     for flag in ("--corpus", "--method", "--model", "--index-dir", "--host", "--port", "--topk", "--device"):
         assert flag in out
-    assert build_parser().parse_args(["--corpus", "c.jsonl"]).port == 8000
+    assert TABLE.parse(["--corpus", "c.jsonl"])[0].port == 8000
 
 
 def test_cli_errors_are_clear_exit_codes(tmp_path, capsys):

@@ -48,9 +48,9 @@ def test_compute_advantages_hands_each_estimator_its_turn_inputs(flags):
     batch = RolloutBatch.from_samples(samples)
     cfg = parse_args(["--n-samples-per-prompt", "3", *flags])
     compute_advantages(batch, cfg)
-    config = algo.AdvantageConfig(gamma=cfg.gamma, turn_baseline=cfg.turn_baseline)
-    fn = algo.get_advantage_estimator(cfg.advantage_estimator)
-    if cfg.advantage_estimator == "reinforce_plus_plus":  # per-turn rewards on each turn's last token
+    config = algo.AdvantageConfig(gamma=cfg.algo.gamma, turn_baseline=cfg.algo.turn_baseline)
+    fn = algo.get_advantage_estimator(cfg.algo.advantage_estimator)
+    if cfg.algo.advantage_estimator == "reinforce_plus_plus":  # per-turn rewards on each turn's last token
         expected = fn(batch.rewards, batch.group_ids, batch.loss_mask, config=config,
                       token_rewards=algo.turn_token_rewards(batch.turns, batch.loss_mask))
         episode_level = fn(batch.rewards, batch.group_ids, batch.loss_mask, config=config)

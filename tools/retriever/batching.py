@@ -9,6 +9,11 @@ adds no delay: a lone request is searched at once.
 Each request's rows are the first ``topk`` of a search at the batch's largest ``topk`` (both are
 sorted best first, so these agree up to ties).
 
+Requests take turns: a search takes at most ``max_batch`` queries, from the requests in the order
+they wait, and a request with queries left over goes to the back of the line, behind those that
+arrived during the search. A request of 200,000 queries is searched ``max_batch`` at a time, and
+a one-query request that arrives meanwhile waits for one search, not for the whole batch.
+
 Example::
 
     >>> import asyncio
@@ -24,6 +29,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 from dataclasses import dataclass, field
 
@@ -37,6 +43,9 @@ class _Request:
     queries: list[str]
     topk: int
     future: asyncio.Future = field(repr=False)
+    done: int = 0
+    """Queries searched so far."""
+    rows: list[list[Hit]] = field(default_factory=list, repr=False)
 
 
 class QueryBatcher:
@@ -48,7 +57,7 @@ class QueryBatcher:
         self.retriever = retriever
         self.max_batch = max_batch
         self.searches = 0  # retriever calls made (for tests and /health)
-        self._pending: list[_Request] = []
+        self._pending: collections.deque[_Request] = collections.deque()
         self._worker: asyncio.Task | None = None
 
     async def search(self, queries: list[str], topk: int) -> list[list[Hit]]:
@@ -64,20 +73,36 @@ class QueryBatcher:
 
     async def _drain(self) -> None:
         while self._pending:
-            batch, size = [], 0
-            while self._pending and (not batch or size + len(self._pending[0].queries) <= self.max_batch):
-                request = self._pending.pop(0)
-                batch.append(request)
-                size += len(request.queries)
+            batch, unfinished = self._next_batch()
             await self._run(batch)
+            self._pending.extend(unfinished)  # behind the requests that came during the search
 
-    async def _run(self, batch: list[_Request]) -> None:
-        queries = [q for r in batch for q in r.queries]
-        k = max(r.topk for r in batch)
+    def _next_batch(self) -> tuple[list[tuple[_Request, int, int]], list[_Request]]:
+        """``(request, start, stop)`` slices for one search, in waiting order, up to ``max_batch``
+        queries; and the requests with queries left, which go to the back of the line."""
+        batch: list[tuple[_Request, int, int]] = []
+        size, unfinished = 0, []
+        while self._pending and size < self.max_batch:
+            r = self._pending.popleft()
+            if r.future.done():  # the client went away
+                continue
+            stop = min(len(r.queries), r.done + self.max_batch - size)
+            batch.append((r, r.done, stop))
+            size += stop - r.done
+            r.done = stop
+            if stop < len(r.queries):
+                unfinished.append(r)
+        return batch, unfinished
+
+    async def _run(self, batch: list[tuple[_Request, int, int]]) -> None:
+        if not batch:
+            return
+        queries = [q for r, start, stop in batch for q in r.queries[start:stop]]
+        k = max(r.topk for r, _, _ in batch)
         try:
             rows = await asyncio.to_thread(self.retriever.search, queries, k)
         except Exception as e:
-            for r in batch:
+            for r, _, _ in batch:
                 if not r.future.done():
                     r.future.set_exception(e)
             return
@@ -85,8 +110,9 @@ class QueryBatcher:
             self.searches += 1
         if len(batch) > 1:
             log.debug("served %d requests (%d queries) with one search", len(batch), len(queries))
-        start = 0
-        for r in batch:
-            if not r.future.done():  # the client may have gone away
-                r.future.set_result([row[: r.topk] for row in rows[start: start + len(r.queries)]])
-            start += len(r.queries)
+        offset = 0
+        for r, start, stop in batch:
+            r.rows += [row[: r.topk] for row in rows[offset: offset + stop - start]]
+            offset += stop - start
+            if stop == len(r.queries) and not r.future.done():  # the client may have gone away
+                r.future.set_result(r.rows)

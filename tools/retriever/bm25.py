@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 
 from tools.retriever.corpus import Corpus
+from agentrl.obs.progress import progress
+from agentrl.utils.extras import require
 from tools.retriever.index import Retriever
 
 log = logging.getLogger(__name__)
@@ -35,10 +37,7 @@ STOPWORDS = "en"
 
 
 def _bm25s() -> Any:
-    try:
-        import bm25s
-    except ImportError as e:
-        raise ImportError("BM25 retrieval needs bm25s: pip install bm25s (or agentrl[search])") from e
+    bm25s = require("bm25s", extra="search", what="BM25 retrieval")
     # bm25s pins its logger to DEBUG on import; let it follow the application's logging level
     logging.getLogger("bm25s").setLevel(logging.NOTSET)
     return bm25s
@@ -61,10 +60,17 @@ class BM25Retriever(Retriever):
     @classmethod
     def build(cls, corpus: Corpus, *, k1: float = 0.9, b: float = 0.4, **_: Any) -> BM25Retriever:
         bm25s = _bm25s()
-        texts = [doc.contents for batch in corpus.iter_batches() for doc in batch]
-        tokens = bm25s.tokenize(texts, stopwords=STOPWORDS, show_progress=False)
-        model = bm25s.BM25(k1=k1, b=b, method="lucene")
-        model.index(tokens, show_progress=False)
+        with progress(3, f"BM25 index of {corpus.path.name}", unit="step") as bar:
+            bar.set_postfix_str("reading")
+            texts = [doc.contents for batch in corpus.iter_batches() for doc in batch]
+            bar.update()
+            bar.set_postfix_str(f"tokenizing {len(texts)} documents")
+            tokens = bm25s.tokenize(texts, stopwords=STOPWORDS, show_progress=False)
+            bar.update()
+            bar.set_postfix_str("indexing")
+            model = bm25s.BM25(k1=k1, b=b, method="lucene")
+            model.index(tokens, show_progress=False)
+            bar.update()
         return cls(corpus, model, k1=k1, b=b)
 
     @classmethod

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from agentrl.obs.progress import progress
+from agentrl.utils.extras import require
 from tools.retriever.corpus import Corpus
 from tools.retriever.index import Retriever
 
@@ -90,11 +91,8 @@ class Encoder:
     """A sentence-transformers model that embeds queries and passages (normalised, float32)."""
 
     def __init__(self, spec: ModelSpec, device: str | None = None, batch_size: int = 64):
-        try:
-            from sentence_transformers import SentenceTransformer
-        except ImportError as e:
-            raise ImportError("dense retrieval needs sentence-transformers: pip install sentence-transformers "
-                              "(or agentrl[search])") from e
+        SentenceTransformer = require("sentence_transformers", extra="search", what="dense retrieval",
+                                      package="sentence-transformers").SentenceTransformer
         self.spec = spec
         self.device = device or _default_device()
         self.batch_size = batch_size
@@ -145,15 +143,12 @@ class DenseRetriever(Retriever):
               **_: Any) -> DenseRetriever:
         encoder = Encoder(resolve_model(model), device, batch_size)
         out = np.empty((len(corpus), encoder.dim), dtype=np.float16)
-        start, done, last_log = time.perf_counter(), 0, 0.0
-        for batch in corpus.iter_batches(batch_size * 16):
-            out[done: done + len(batch)] = encoder.encode([d.contents for d in batch], query=False)
-            done += len(batch)
-            if time.perf_counter() - last_log > 30:
-                last_log = time.perf_counter()
-                rate = done / max(last_log - start, 1e-9)
-                log.info("embedded %d/%d documents (%.0f/s, %.0f s left)", done, len(corpus), rate,
-                         (len(corpus) - done) / max(rate, 1e-9))
+        done = 0
+        with progress(len(corpus), f"embedding {corpus.path.name} ({encoder.spec.name})", unit="doc") as bar:
+            for batch in corpus.iter_batches(batch_size * 16):
+                out[done: done + len(batch)] = encoder.encode([d.contents for d in batch], query=False)
+                done += len(batch)
+                bar.update(len(batch))
         return cls(corpus, encoder, out)
 
     @classmethod
@@ -175,11 +170,13 @@ class DenseRetriever(Retriever):
                 chunk = self.embeddings[lo: lo + CHUNK_ROWS]  # [C, D]
                 s, i = torch.topk(q @ chunk.T, min(k, chunk.shape[0]), dim=1)  # [Q, k']
                 i = i + lo
-                if best_s is not None:
+                if best_s is not None and best_i is not None:
                     merged = torch.cat([best_s, s], 1)
                     s, order = torch.topk(merged, min(k, merged.shape[1]), dim=1)
                     i = torch.gather(torch.cat([best_i, i], 1), 1, order)
                 best_s, best_i = s, i
+        if best_s is None or best_i is None:  # an index of no rows
+            return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
         return best_i.cpu().numpy().astype(np.int64), best_s.float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:
@@ -203,10 +200,7 @@ def import_faiss_index(
     (``Flat`` and ``HNSW*,Flat`` can; quantised ones cannot). Vectors are read ``rows_per_read``
     at a time into a float16 ``embeddings.npy``; returns the cache folder.
     """
-    try:
-        import faiss
-    except ImportError as e:
-        raise ImportError("importing a FAISS index needs faiss: pip install faiss-cpu") from e
+    faiss = require("faiss", extra="search", what="importing a FAISS index", package="faiss-cpu")
     from tools.retriever.index import index_cache
 
     where = index_cache(corpus, "dense", index_dir=index_dir, model=model)

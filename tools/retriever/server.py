@@ -10,6 +10,11 @@ documents themselves: ``{"result": [[{"id", "contents"}, ...], ...]}``. A missin
 means the server's ``--topk``. A malformed request gets a 400 whose ``message`` says what was
 expected; the server keeps serving. ``GET /health`` describes the index.
 
+One client cannot starve the others: a request carries at most ``max_queries`` queries of at
+most ``max_query_chars`` characters each (400 beyond), its body at most ``max_request_bytes``
+(413 beyond, refused before it is read), and a big request is searched ``max_batch`` queries at
+a time, taking turns with the other requests (see :mod:`tools.retriever.batching`).
+
 Example (in-process)::
 
     >>> import httpx
@@ -29,25 +34,32 @@ From the shell::
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
+from agentrl.utils import safe_json
+from agentrl.utils.flags import FlagTable
 from tools.retriever.batching import QueryBatcher
 from tools.retriever.corpus import CorpusError
-from tools.retriever.index import METHODS, Retriever, load_retriever
+from tools.retriever.index import Retriever, load_retriever
 
 log = logging.getLogger(__name__)
 
 EXPECTED = '{"queries": ["..."], "topk": 3, "return_scores": true}'
+MAX_QUERIES = 10_000
+"""Default most queries in one request."""
+MAX_QUERY_CHARS = 10_000
+"""Default longest query, in characters."""
+MAX_REQUEST_BYTES = 16 * 2**20
+"""Default largest request body, in bytes."""
 
 
 class RetrieveRequest(BaseModel):
@@ -59,32 +71,44 @@ class RetrieveRequest(BaseModel):
     return_scores: bool = False
 
 
-def create_app(retriever: Retriever, *, default_topk: int = 3, max_topk: int = 1000, max_batch: int = 512) -> FastAPI:
+def create_app(retriever: Retriever, *, default_topk: int = 3, max_topk: int = 1000, max_batch: int = 512,
+               max_queries: int = MAX_QUERIES, max_query_chars: int = MAX_QUERY_CHARS,
+               max_request_bytes: int = MAX_REQUEST_BYTES) -> FastAPI:
     """A FastAPI app serving ``retriever`` (see the module docstring for the protocol).
 
-    Concurrent requests are searched together, up to ``max_batch`` queries per search (see
-    :mod:`tools.retriever.batching`).
+    Concurrent requests are searched together, up to ``max_batch`` queries per search, and a
+    request with more queries than that takes turns with the others (see
+    :mod:`tools.retriever.batching`). ``max_queries``, ``max_query_chars`` and
+    ``max_request_bytes`` bound one request.
     """
     app = FastAPI(title="agentrl retriever", description="Search-R1 retrieval protocol")
     batcher = QueryBatcher(retriever, max_batch=max_batch)
 
-    def bad_request(message: str) -> JSONResponse:
-        return JSONResponse(status_code=400, content={"error": "bad request", "message": message, "expected": EXPECTED})
-
-    @app.exception_handler(RequestValidationError)
-    async def on_invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        problems = []
-        for err in exc.errors():
-            where = ".".join(str(p) for p in err.get("loc", ()) if p != "body") or "body"
-            problems.append(f"{where}: {err.get('msg')}")
-        return bad_request("; ".join(problems))
+    def bad_request(message: str, status: int = 400) -> JSONResponse:
+        return JSONResponse(status_code=status, content={"error": "bad request", "message": message,
+                                                         "expected": EXPECTED})
 
     @app.post("/retrieve")
-    async def retrieve(req: RetrieveRequest) -> Any:
+    async def retrieve(request: Request) -> Any:
+        try:
+            body, _ = await safe_json.read_request_json(request, max_bytes=max_request_bytes)
+        except safe_json.BodyTooLargeError as e:
+            return bad_request(str(e), status=413)
+        except ValueError as e:
+            return bad_request(f"the body is not JSON: {e}")
+        try:
+            req = RetrieveRequest.model_validate(body)
+        except ValidationError as e:
+            return bad_request(_problems(e))
         topk = req.topk or default_topk
         if not 1 <= topk <= max_topk:
             return bad_request(f"topk must be between 1 and {max_topk} (0 or absent: the default {default_topk}); "
                                f"got {req.topk}")
+        if len(req.queries) > max_queries:
+            return bad_request(f"{len(req.queries):,} queries in one request; at most {max_queries:,} (split them)")
+        long = next((i for i, q in enumerate(req.queries) if len(q) > max_query_chars), None)
+        if long is not None:
+            return bad_request(f"queries.{long} has {len(req.queries[long]):,} characters; at most {max_query_chars:,}")
         start = time.perf_counter()
         try:
             hits = await batcher.search(req.queries, topk)
@@ -103,51 +127,90 @@ def create_app(retriever: Retriever, *, default_topk: int = 3, max_topk: int = 1
     return app
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="agentrl retriever",
-        description="Serve a JSONL corpus of {\"id\", \"contents\"} rows over HTTP with Search-R1's retrieval "
-        'protocol: POST /retrieve {"queries": [...], "topk": 3, "return_scores": true}. The index is built on '
-        "first use and cached on disk, so restarts are fast.",
-    )
-    p.add_argument("--corpus", required=True, help="JSONL corpus file, one {\"id\", \"contents\"} object a line")
-    p.add_argument("--method", default="bm25", choices=METHODS,
-                   help="bm25: lexical (bm25s); dense: sentence-transformers embeddings, exact inner product")
-    p.add_argument("--model", default="minilm",
-                   help="dense only: embedding model, an alias (minilm: offline all-MiniLM-L6-v2; e5: "
-                   "intfloat/e5-base-v2 with query:/passage: prefixes), a folder or a hub id")
-    p.add_argument("--index-dir", default=None,
-                   help="where the index is cached (default: <corpus>.index/ beside the corpus)")
-    p.add_argument("--rebuild", action="store_true", help="rebuild the index even when a cached one matches")
-    p.add_argument("--device", default=None, help="dense only: cpu, cuda, cuda:1... (default: cuda when available)")
-    p.add_argument("--batch-size", type=int, default=64, help="dense only: documents per encoding batch")
-    p.add_argument("--faiss-index", default=None, metavar="FILE",
-                   help="dense only: take the document vectors from this FAISS index of the corpus (e.g. Search-R1's "
-                   "e5_Flat.index for wiki-18, with --model e5) instead of encoding the corpus; needs faiss-cpu")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (0.0.0.0 for all interfaces)")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on (Search-R1's default is 8000)")
-    p.add_argument("--topk", type=int, default=3, help="documents per query when a request gives no topk")
-    p.add_argument("--max-batch", type=int, default=512,
-                   help="most queries searched together when requests arrive at once (concurrent requests are batched)")
-    p.add_argument("--build-only", action="store_true", help="build (or check) the cached index, then exit")
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"], help="logging level")
-    return p
+def _problems(error: ValidationError) -> str:
+    """Pydantic's complaints as ``field: message; ...``."""
+    problems = []
+    for err in error.errors()[:10]:
+        where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+        problems.append(f"{where}: {err.get('msg')}")
+    return "; ".join(problems)
+
+
+@dataclass
+class RetrieverArgs:
+    """Settings of ``agentrl retriever``; each field's doc is its ``--help`` text."""
+
+    FLAGS: ClassVar[dict[str, Any]] = {name: name[2:].replace("-", "_") for name in (
+        "--corpus", "--method", "--model", "--index-dir", "--rebuild", "--device", "--batch-size", "--faiss-index",
+        "--host", "--port", "--topk", "--max-batch", "--max-queries", "--build-only", "--log-level")}
+
+    corpus: str | None = None
+    """JSONL corpus file, one {"id", "contents"} object a line (required)."""
+    method: Literal["bm25", "dense"] = "bm25"
+    """bm25: lexical (bm25s); dense: sentence-transformers embeddings, exact inner product."""
+    model: str = "minilm"
+    """dense only: embedding model, an alias (minilm: offline all-MiniLM-L6-v2; e5: intfloat/e5-base-v2 with
+    query:/passage: prefixes), a folder or a hub id."""
+    index_dir: str | None = None
+    """Where the index is cached (default: <corpus>.index/ beside the corpus)."""
+    rebuild: bool = False
+    """Rebuild the index even when a cached one matches."""
+    device: str | None = None
+    """dense only: the encoder's device, cpu, cuda, cuda:1... (default: cuda when available)."""
+    batch_size: int = 64
+    """dense only: documents per encoding batch."""
+    faiss_index: str | None = None
+    """dense only: take the document vectors from this FAISS index of the corpus (e.g. Search-R1's e5_Flat.index for
+    wiki-18, with --model e5) instead of encoding the corpus; needs faiss-cpu."""
+    host: str = "127.0.0.1"
+    """Address to bind (0.0.0.0 for all interfaces)."""
+    port: int = 8000
+    """Port to listen on (Search-R1's default is 8000)."""
+    topk: int = 3
+    """Documents per query when a request gives no topk."""
+    max_batch: int = 512
+    """Most queries searched together when requests arrive at once (concurrent requests are batched)."""
+    max_queries: int = MAX_QUERIES
+    """Most queries in one request (more: 400); a request above --max-batch takes turns with others."""
+    build_only: bool = False
+    """Build (or check) the cached index, then exit."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Logging level."""
+
+    def problems(self) -> list[str]:
+        out = [] if self.corpus else ["--corpus is required (a JSONL file of {\"id\", \"contents\"} rows)"]
+        out += [f"{flag} must be >= 1; got {value}" for flag, value in (
+            ("--topk", self.topk), ("--max-batch", self.max_batch), ("--max-queries", self.max_queries),
+            ("--batch-size", self.batch_size)) if value < 1]
+        if self.faiss_index and self.method != "dense":
+            out.append("--faiss-index needs --method dense")
+        if not 0 <= self.port <= 65535:
+            out.append(f"--port {self.port} is not a TCP port (0-65535)")
+        return out
+
+
+TABLE = FlagTable(RetrieverArgs)
+DESCRIPTION = ("Serve a JSONL corpus of {\"id\", \"contents\"} rows over HTTP with Search-R1's retrieval protocol: "
+               'POST /retrieve {"queries": [...], "topk": 3, "return_scores": true}. The index is built on first use '
+               "and cached on disk, so restarts are fast.")
+
+
+def build_parser():
+    return TABLE.parser("agentrl retriever", DESCRIPTION, config_file=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``agentrl retriever``; returns the exit code."""
-    args = build_parser().parse_args(argv)
+    args, _, problems = TABLE.parse(list(sys.argv[1:] if argv is None else argv), prog="agentrl retriever",
+                                    description=DESCRIPTION)
+    problems += args.problems()
+    if problems:
+        print("agentrl retriever: invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems), file=sys.stderr)
+        return 2
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for flag, value in (("--topk", args.topk), ("--max-batch", args.max_batch)):
-        if value < 1:
-            print(f"agentrl retriever: {flag} must be >= 1; got {value}", file=sys.stderr)
-            return 2
     options: dict[str, Any] = {}
     if args.method == "dense":
         options = {"model": args.model, "device": args.device, "batch_size": args.batch_size}
-    if args.faiss_index and args.method != "dense":
-        print("agentrl retriever: --faiss-index needs --method dense", file=sys.stderr)
-        return 2
     start = time.perf_counter()
     try:
         if args.faiss_index:
@@ -166,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     import uvicorn
 
-    app = create_app(retriever, default_topk=args.topk, max_batch=args.max_batch)
+    app = create_app(retriever, default_topk=args.topk, max_batch=args.max_batch, max_queries=args.max_queries)
     log.info("serving POST http://%s:%d/retrieve", args.host, args.port)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

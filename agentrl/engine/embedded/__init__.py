@@ -12,8 +12,15 @@ Example::
 See ``docs/engine.md`` for the design and the measurements behind it.
 """
 
-from agentrl.engine.embedded.config import EngineConfig, InvalidRequest
-from agentrl.engine.embedded.engine import EmbeddedEngine
-from agentrl.engine.embedded.request import SchedulerStats
+from typing import TYPE_CHECKING
 
-__all__ = ["EmbeddedEngine", "EngineConfig", "InvalidRequest", "SchedulerStats"]
+from agentrl.utils.lazy import lazy_package
+
+if TYPE_CHECKING:
+    from agentrl.engine.embedded.config import EngineConfig, InvalidRequest
+    from agentrl.engine.embedded.engine import EmbeddedEngine
+    from agentrl.engine.embedded.request import SchedulerStats
+
+MODULES = {".config": ["EngineConfig", "InvalidRequest"], ".engine": ["EmbeddedEngine"], ".request": ["SchedulerStats"]}
+__all__ = sorted(n for names in MODULES.values() for n in names)
+lazy_package(__name__, MODULES)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from agentrl.engine.base import EngineError
 
 Backend = Literal["auto", "fast", "hf"]
+DecodeAttention = Literal["sdpa", "efficient", "matmul", "cpu", "triton"]
 
 
 class InvalidRequest(EngineError, ValueError):
@@ -20,11 +21,16 @@ class InvalidRequest(EngineError, ValueError):
 
 @dataclass
 class EngineConfig:
-    """How the embedded engine runs. ``None`` fields are chosen from the device at start-up."""
+    """Embedded engine: how it runs (none: chosen from the device at start-up)."""
+
+    FLAGS: ClassVar[dict[str, str]] = {f"--engine-{name.replace('_', '-')}": name for name in (
+        "max_batch_size", "max_seq_len", "backend", "cuda_graphs", "compile", "fuse_weights", "pack_weights",
+        "decode_attention", "overlap", "prefill_token_budget", "mixed_prefill", "prefix_cache", "admit_wait_steps",
+        "high_priority_stream", "kv_memory_fraction", "seed")}
 
     max_batch_size: int | None = None
-    """Requests decoded together (KV-cache slots). Default: 32 on CPU; on CUDA 256, or fewer when
-    the cache would not fit in ``kv_memory_fraction`` of the free GPU memory."""
+    """Requests decoded together (KV-cache slots). Default: 64 in training; elsewhere 32 on CPU, and on CUDA 256, or
+    fewer when the cache would not fit in ``kv_memory_fraction`` of the free GPU memory."""
     max_seq_len: int | None = None
     """Longest prompt + completion of one request, in tokens. Default: the model's
     ``max_position_embeddings`` capped at 4096 (CPU) or 8192 (CUDA)."""
@@ -49,7 +55,7 @@ class EngineConfig:
     Costs memory equal to the weights; the logits agree with the unpacked ones to float rounding,
     not bit for bit. Default: on for the CPU (float32, bfloat16) when PyTorch has oneDNN and
     ``compile`` is off."""
-    decode_attention: Literal["sdpa", "efficient", "matmul", "cpu", "triton"] | None = None
+    decode_attention: DecodeAttention | None = None
     """Decode attention of the fast path: ``scaled_dot_product_attention`` with a length mask
     (``sdpa``: PyTorch picks the kernel; ``efficient``: the memory-efficient kernel), explicit
     matmul + softmax (``matmul``), or ``cpu``: a float32 CPU kernel in C that reads each row's keys
@@ -63,8 +69,15 @@ class EngineConfig:
     works while the host does bookkeeping; a request that finishes at step t is computed once more
     and that token dropped. Default: on for CUDA (fast path), off on CPU, where it gains nothing."""
     prefill_token_budget: int | None = None
-    """Prompt tokens prefilled together between two decode steps (a longer single prompt still
-    goes alone). Default: 4096 on CPU, 16384 on CUDA."""
+    """Prompt tokens prefilled in one engine step. With ``mixed_prefill`` a longer prompt is cut into
+    chunks over several steps; without, it goes alone. Default: 4096 on CPU, 8192 on CUDA."""
+    mixed_prefill: bool | None = None
+    """Prefill inside the decode step: one forward pass over the running requests' next tokens and
+    the new prompt tokens of waiting ones (up to ``prefill_token_budget``, long prompts in chunks),
+    with a variable-length attention kernel over the slot cache; with the prefix cache, the samples
+    of one prompt admitted together compute it once. Default: on for CUDA where the Triton kernel
+    runs (:mod:`agentrl.engine.embedded.prefill_attention`), off on the CPU (prefills stay a forward
+    pass of their own, whose results are bit-exact from run to run)."""
     prefix_cache: bool | None = None
     """Keep a finished request's keys/values in a free slot; a later prompt that starts with the same
     tokens (the next turn of an episode, another sample of the same prompt) copies them instead of
@@ -78,7 +91,7 @@ class EngineConfig:
     step overlap); it is admitted at once when an eighth of the slots' worth of requests (or every
     free slot's) is waiting, or when nothing is decoding. 0: admit at every step (lowest latency).
     Default: 8 on CUDA (a decode step is a few ms there; in a multi-turn rollout on an H100 this cut
-    engine time by ~15%, bench/results/engine_multiturn_h100_admit*.md), 0 on the CPU, where a step
+    engine time by ~15%, bench/results/engine_multiturn_h100_admit0.md and _admit8.md), 0 on the CPU, where a step
     takes tens of ms."""
     high_priority_stream: bool = False
     """CUDA: decode and prefill on a stream of the highest priority, so that when a trainer shares
@@ -88,6 +101,16 @@ class EngineConfig:
     """Share of free GPU memory the KV cache may take when ``max_batch_size`` is not given."""
     seed: int | None = None
     """Seeds the seeds of requests that do not set one (``None``: fresh entropy)."""
+
+    def problems(self) -> list[str]:
+        """:meth:`validate`'s complaint with the flag's name, or nothing."""
+        try:
+            self.validate()
+        except ValueError as e:
+            name, _, rest = str(e).partition(" ")
+            flag = f"--engine-{name.replace('_', '-')}"
+            return [f"{flag} {rest}" if flag in self.FLAGS else str(e)]
+        return []
 
     def validate(self) -> None:
         if self.backend not in ("auto", "fast", "hf"):

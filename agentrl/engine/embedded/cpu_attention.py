@@ -9,9 +9,10 @@ scores of the query heads that share the KV head, their softmax over the request
 (no mask, nothing read past them), then the weighted sum of the values.
 
 It is compiled on first use with the system C compiler (``$CC``, else ``cc``) into
-``$AGENTRL_CACHE/kernels/``, once per source, compiler and CPU, and linked against PyTorch's own
-OpenMP runtime (GNU libgomp), so it runs on the calling thread's worker threads like any PyTorch
-operator. Each (request, KV head) is computed by one thread in a fixed order, so a row's result
+``$AGENTRL_CACHE/kernels/``, once per source, compiler and CPU: built with ``-march=native``, it is
+named by a hash that includes the CPU's feature flags, so a build made on another CPU is never
+loaded (:func:`compile_flags`). It links against PyTorch's own OpenMP runtime (GNU libgomp), so it
+runs on the calling thread's worker threads like any PyTorch operator. Each (request, KV head) is computed by one thread in a fixed order, so a row's result
 does not depend on its batch neighbours or the thread count. Without a compiler, or with a PyTorch
 that does not use libgomp, :func:`unavailable` says why and the engine keeps SDPA.
 
@@ -41,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from agentrl.utils import cpu_features
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,7 @@ int agentrl_decode_attention_f32(const float *q, const float *k, const float *v,
 
 # -ffast-math lets the exponentials vectorise (glibc's libmvec); every value the kernel reads is
 # finite (positions past a row's length are never read), which is what fast-math assumes.
-_FLAGS = ["-O3", "-march=native", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
+_FLAGS = ["-O3", "-ffast-math", "-fopenmp", "-fPIC", "-shared"]
 
 _LOCK = threading.Lock()
 _STATE: dict[str, Any] = {}
@@ -194,10 +197,11 @@ def _load() -> Any:
         version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
     except (OSError, subprocess.SubprocessError) as e:
         raise _Unavailable(f"the C compiler {cc!r} does not run: {e}") from None
-    key = hashlib.sha256("\0".join([_SOURCE, cc, version, *_FLAGS, gomp, _cpu_flags()]).encode()).hexdigest()[:16]
+    flags, cpu = compile_flags()
+    key = hashlib.sha256("\0".join([_SOURCE, cc, version, *flags, gomp, cpu]).encode()).hexdigest()[:16]
     path = cache_dir() / "kernels" / f"decode_attention_{key}.so"
     if not path.exists():
-        _build(cc, gomp, path)
+        _build(cc, flags, gomp, path)
     try:
         lib = ctypes.CDLL(str(path))
     except OSError as e:
@@ -211,12 +215,23 @@ def _load() -> Any:
     return fn
 
 
-def _build(cc: str, gomp: str, path: Path) -> None:
+def compile_flags() -> tuple[list[str], str]:
+    """The compiler flags and the CPU they target. ``-march=native`` (AVX2, AVX-512... whatever this
+    CPU has) only where the CPU's features can be read: they are part of the cache key, so a build
+    made on another CPU (a shared ``$AGENTRL_CACHE``, a copied folder) is never loaded here. Where
+    they cannot be read, the build targets the compiler's baseline for the machine and runs anywhere."""
+    signature = cpu_features.cpu_signature()
+    if signature is None:
+        return list(_FLAGS), f"{platform.machine()}|baseline"
+    return [*_FLAGS, "-march=native"], signature
+
+
+def _build(cc: str, flags: list[str], gomp: str, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
         src, out = Path(tmp) / "decode_attention.c", Path(tmp) / path.name
         src.write_text(_SOURCE)
-        cmd = [cc, *_FLAGS, str(src), "-o", str(out), gomp, "-lm"]
+        cmd = [cc, *flags, str(src), "-o", str(out), gomp, "-lm"]
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
         except (OSError, subprocess.SubprocessError) as e:
@@ -244,12 +259,3 @@ def _check(fn: Any) -> None:
     if not err < 1e-5:
         raise _Unavailable(f"the built kernel disagrees with PyTorch's attention (max error {err:.2e})")
 
-
-def _cpu_flags() -> str:
-    """The CPU's model and feature flags (the build uses -march=native; a shared cache may serve others)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = [ln for ln in f if ln.startswith(("model name", "flags"))][:2]
-    except OSError:
-        lines = []
-    return platform.machine() + "".join(lines)

@@ -30,14 +30,15 @@ from typing import Any
 import torch
 
 from agentrl.engine.base import Completion, SamplingParams, current_request_priority
-from agentrl.engine.embedded import cpu_attention, gpu_attention
-from agentrl.engine.embedded.config import EngineConfig, InvalidRequest
+from agentrl.engine.embedded import cpu_attention, gpu_attention, prefill_attention
+from agentrl.engine.embedded.config import DecodeAttention, EngineConfig, InvalidRequest
 from agentrl.engine.embedded.fast_model import fast_path_unsupported, packing_unsupported
 from agentrl.engine.embedded.kv_cache import KVCache
-from agentrl.engine.embedded.runner import FastRunner, HFRunner
+from agentrl.engine.embedded.runner import FastRunner, HFRunner, Runner
 from agentrl.engine.embedded.request import Request, SchedulerStats
 from agentrl.engine.embedded.scheduler import Scheduler
 from agentrl.engine.embedded.weights import WeightsSource, load_weights
+from agentrl.utils import cpu_features
 from agentrl.utils.openmp import release_thread_pool
 
 log = logging.getLogger(__name__)
@@ -72,41 +73,50 @@ class EmbeddedEngine:
         if max_seq_len is not None:
             config.max_seq_len = max_seq_len
         config.validate()
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
+        torch_dtype: torch.dtype | None = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        hf_model: Any  # a transformers causal LM, used through its duck-typed .config and .get_input_embeddings()
         if isinstance(model, (str, os.PathLike)):
             from agentrl.models import load_model
 
-            model, loaded_tok = load_model(str(model), dtype=dtype, device=str(device) if device else None)
+            hf_model, loaded_tok = load_model(str(model), dtype=torch_dtype, device=str(device) if device else None)
             tokenizer = tokenizer if tokenizer is not None else loaded_tok
-        elif device is not None or dtype is not None:
-            model = model.to(device=device, dtype=dtype)
-        model.eval()
-        self.model = model
+        elif device is not None or torch_dtype is not None:
+            hf_model = model.to(device=device, dtype=torch_dtype)
+        else:
+            hf_model = model
+        hf_model.eval()
+        self.model = hf_model
         self.tokenizer = tokenizer
-        param = next(model.parameters())
+        param = next(hf_model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.config = self._resolve(config)
-        self.vocab_size = model.get_input_embeddings().weight.shape[0]
-        self.eos_token_ids = _eos_ids(model, tokenizer)
+        if self.device.type == "cpu" and self.dtype == torch.bfloat16:
+            _warn_slow_bf16()
+        self.vocab_size = self.model.get_input_embeddings().weight.shape[0]
+        self.eos_token_ids = _eos_ids(hf_model, tokenizer)
         self.backend = self._choose_backend()
         if self.backend != "fast":  # the HF forward runs the model's own modules: nothing is packed
             self.config.pack_weights = False
         self._rng = random.Random(self.config.seed)
         cfg = self.config
+        # _resolve filled in every None (which stands for: choose for this machine)
+        assert cfg.max_batch_size is not None and cfg.max_seq_len is not None and cfg.cuda_graphs is not None
+        assert cfg.compile is not None and cfg.fuse_weights is not None and cfg.decode_attention is not None
+        assert cfg.prefill_token_budget is not None and cfg.overlap is not None and cfg.admit_wait_steps is not None
+        runner: Runner
         if self.backend == "fast":
             runner = FastRunner(
-                model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, cuda_graphs=cfg.cuda_graphs,
+                hf_model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, cuda_graphs=cfg.cuda_graphs,
                 compile=cfg.compile, fuse=cfg.fuse_weights, attention=cfg.decode_attention,
-                pack=cfg.max_batch_size if cfg.pack_weights else 0,
+                pack=cfg.max_batch_size if cfg.pack_weights else 0, mixed=bool(cfg.mixed_prefill),
             )
         else:
-            runner = HFRunner(model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len)
+            runner = HFRunner(hf_model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len)
         self._scheduler = Scheduler(
             runner, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, eos_ids=self.eos_token_ids,
             tokenizer=tokenizer, prefill_token_budget=cfg.prefill_token_budget, overlap=cfg.overlap,
             admit_wait_steps=cfg.admit_wait_steps, prefix_cache=bool(cfg.prefix_cache),
-            high_priority_stream=cfg.high_priority_stream,
+            high_priority_stream=cfg.high_priority_stream, mixed=bool(cfg.mixed_prefill),
         )
         log.info("embedded engine: %s backend on %s (%s), %d slots x %d tokens%s", self.backend, self.device,
                  self.dtype, cfg.max_batch_size, cfg.max_seq_len,
@@ -138,7 +148,9 @@ class EmbeddedEngine:
         if cfg.overlap is None:
             cfg.overlap = cuda
         if cfg.prefill_token_budget is None:
-            cfg.prefill_token_budget = 16384 if cuda else 4096
+            cfg.prefill_token_budget = 8192 if cuda else 4096
+        if cfg.mixed_prefill is None:
+            cfg.mixed_prefill = cuda and prefill_attention.unsupported(self.device, self.dtype, self._head_dim()) is None
         if cfg.prefix_cache is None:  # reused keys/values differ from recomputed ones in the last bits, which
             cfg.prefix_cache = cuda   # can flip a seeded draw; on the CPU, exact repeatability comes first
         if cfg.admit_wait_steps is None:
@@ -149,11 +161,12 @@ class EmbeddedEngine:
 
     def _default_batch_size(self, cfg: EngineConfig) -> int:
         c = self.model.config
-        heads = getattr(c, "num_key_value_heads", None) or getattr(c, "num_attention_heads", 1)
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        heads: int = c.num_key_value_heads if getattr(c, "num_key_value_heads", None) else getattr(c, "num_attention_heads", 1)
+        head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+        assert cfg.max_seq_len is not None  # _resolve sets it before it asks for the batch size
         per_token = KVCache.bytes_per_token(c.num_hidden_layers, heads, head_dim, self.dtype)
         free, _ = torch.cuda.mem_get_info(self.device)
-        slots = int(cfg.kv_memory_fraction * free // (per_token * cfg.max_seq_len))
+        slots = int(cfg.kv_memory_fraction * free // (per_token * cfg.max_seq_len)) - 1  # and the scratch slot
         if slots < 1:
             raise ValueError(
                 f"a KV cache of one {cfg.max_seq_len}-token slot needs {per_token * cfg.max_seq_len / 2**30:.1f} GiB, "
@@ -162,21 +175,24 @@ class EmbeddedEngine:
             )
         return min(256, slots)
 
-    def _default_decode_attention(self) -> str:
+    def _default_decode_attention(self) -> DecodeAttention:
         """The fast path's decode attention: a kernel of ours where it runs here, else SDPA."""
         if self.device.type == "cpu":
             return "cpu" if cpu_attention.unsupported(self.device, self.dtype) is None else "sdpa"
-        cfg = self.model.config
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        why = gpu_attention.unsupported(self.device, self.dtype, head_dim)
+        why = gpu_attention.unsupported(self.device, self.dtype, self._head_dim())
         if why is not None:
             log.info("decode attention: SDPA (%s)", why)
         return "sdpa" if why else "triton"
+
+    def _head_dim(self) -> int:
+        cfg = self.model.config
+        return getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
 
     def _choose_backend(self) -> str:
         want = self.config.backend
         if want == "hf":
             return "hf"
+        assert self.config.max_seq_len is not None  # resolved before the backend is chosen
         reason = fast_path_unsupported(self.model, self.config.max_seq_len)
         if reason is None:
             return "fast"
@@ -308,6 +324,7 @@ class EmbeddedEngine:
                 f"token id {prompt[bad]} at position {bad} is outside the vocabulary (expected 0..{self.vocab_size - 1})"
             )
         limit = self.config.max_seq_len
+        assert limit is not None  # resolved in __init__
         if len(prompt) >= limit:
             raise InvalidRequest(
                 f"prompt of {len(prompt)} tokens does not fit max_seq_len={limit} (which must also hold at least one "
@@ -320,6 +337,14 @@ class EmbeddedEngine:
             rid=rid or uuid.uuid4().hex, prompt=prompt, sampling=sampling, seed=int(seed) & (2**64 - 1),
             max_new=min(sampling.max_new_tokens, limit - len(prompt)), priority=current_request_priority(),
         )
+
+
+def _warn_slow_bf16() -> None:
+    """bf16 runs on any CPU, but without oneDNN's bf16 kernels every matmul is emulated."""
+    why = cpu_features.bf16_packing_unsupported()
+    if why:
+        log.warning("bfloat16 on this CPU: weights are not packed and matmuls are emulated, slower than in float32 "
+                    "(%s); pass dtype float32 (--engine-dtype float32, agentrl serve --dtype float32)", why)
 
 
 def _eos_ids(model: Any, tokenizer: Any) -> set[int]:

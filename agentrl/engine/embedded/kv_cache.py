@@ -5,7 +5,10 @@ Slot ``s`` holds the keys/values of one request at positions ``0 .. length-1``. 
 keeps running requests in slots ``0 .. n-1`` (it moves the last one into a hole when a request
 leaves), so a decode step reads the dense block ``[:n, :, :L]``.
 
-Memory is ``2 * layers * slots * kv_heads * max_len * head_dim * dtype_size`` bytes, fixed at
+One more slot than requested, :attr:`KVCache.scratch`, takes the writes of padding tokens (a
+packed step of a CUDA graph's token bucket has more rows than tokens); no request ever reads it.
+
+Memory is ``2 * layers * (slots + 1) * kv_heads * max_len * head_dim * dtype_size`` bytes, fixed at
 allocation. A paged cache would share memory between short and long requests; this one trades
 that for a decode attention that is a plain strided read, capturable in a CUDA graph.
 
@@ -15,8 +18,8 @@ Example::
     >>> kv = KVCache(n_layers=2, n_slots=4, n_kv_heads=2, max_len=16, head_dim=8,
     ...              dtype=torch.float32, device=torch.device("cpu"))
     >>> kv.allocate()
-    >>> kv.nbytes
-    16384
+    >>> kv.nbytes, kv.scratch
+    (20480, 4)
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ class KVCache:
     ) -> None:
         self.n_layers = n_layers
         self.n_slots = n_slots
+        self.scratch = n_slots
+        """The extra slot that padding tokens write to."""
         self.n_kv_heads = n_kv_heads
         self.max_len = max_len
         self.head_dim = head_dim
@@ -49,7 +54,7 @@ class KVCache:
         # block for every row and masks the tail, and masked NaN garbage would still poison the
         # output (0 * NaN), so slots are zeroed before first use. CPU memory is zeroed lazily to
         # avoid committing the whole cache up front.
-        self._clean = np.zeros(n_slots, dtype=np.int64)
+        self._clean = np.zeros(n_slots + 1, dtype=np.int64)
 
     @staticmethod
     def bytes_per_token(n_layers: int, n_kv_heads: int, head_dim: int, dtype: torch.dtype) -> int:
@@ -58,7 +63,7 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         per_token = self.bytes_per_token(self.n_layers, self.n_kv_heads, self.head_dim, self.dtype)
-        return per_token * self.n_slots * self.max_len
+        return per_token * (self.n_slots + 1) * self.max_len
 
     @property
     def allocated(self) -> bool:
@@ -67,7 +72,7 @@ class KVCache:
     def allocate(self) -> None:
         if self.data is not None:
             return
-        shape = (self.n_layers, 2, self.n_slots, self.n_kv_heads, self.max_len, self.head_dim)
+        shape = (self.n_layers, 2, self.n_slots + 1, self.n_kv_heads, self.max_len, self.head_dim)
         if self.device.type == "cpu":
             self.data = torch.empty(shape, dtype=self.dtype, device=self.device)
             self._clean[:] = 0
@@ -98,7 +103,7 @@ class KVCache:
         ordered like ``kv.reshape(-1, head_dim)`` of new keys/values ``kv`` [N, 2, kv_heads, head_dim]."""
         kind = torch.arange(2, device=slots.device)[None, :, None]  # keys, values
         heads = torch.arange(self.n_kv_heads, device=slots.device)[None, None, :]
-        rows = (kind * self.n_slots + slots[:, None, None]) * self.n_kv_heads + heads  # [N, 2, Hkv]
+        rows = (kind * (self.n_slots + 1) + slots[:, None, None]) * self.n_kv_heads + heads  # [N, 2, Hkv]
         return (rows * self.max_len + positions[:, None, None]).reshape(-1)
 
     def write(self, layer: int, index: torch.Tensor, kv: torch.Tensor) -> None:

@@ -6,6 +6,8 @@ import concurrent.futures as cf
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from agentrl.engine.base import SamplingParams
 
 
@@ -26,6 +28,11 @@ class Request:
     priority: int = 0
     """Waiting requests are admitted lowest priority first, then in arrival order
     (:func:`agentrl.engine.base.request_priority`)."""
+    tokens: np.ndarray = field(init=False)
+    """``prompt`` as an int64 array, made with the request (on the caller's thread)."""
+
+    def __post_init__(self) -> None:
+        self.tokens = np.asarray(self.prompt, dtype=np.int64)
 
 
 @dataclass

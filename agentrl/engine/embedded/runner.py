@@ -12,6 +12,10 @@ Two runners share one interface (slots ``0 .. n-1`` are the running requests, in
 Both sample too (:mod:`~agentrl.engine.embedded.sampling`) and return ``[2, rows]`` float64 on the
 device: the sampled ids and their logprobs, so the scheduler needs one device-to-host copy per
 step. The fast runner's CUDA graphs include the sampling when no row uses top-k/top-p.
+
+With ``mixed``, the fast runner also runs *mixed steps* (:meth:`FastRunner.mixed`, see
+:mod:`~agentrl.engine.embedded.mixed`): the decode rows and the new prompt tokens of several
+requests in one forward pass, one CUDA graph per token bucket.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from agentrl.engine.embedded import mixed as mixed_step
+from agentrl.engine.embedded import prefill_attention
 from agentrl.engine.embedded.fast_model import FastLM
 from agentrl.utils.attention import attention_kernels_as_set
 from agentrl.utils.compile import MaybeCompiled
@@ -50,6 +56,19 @@ class Runner(Protocol):
     def move(self, src: int, dst: int, length: int) -> None: ...
     def free(self, slot: int) -> None: ...
     def refresh_weights(self) -> None: ...
+
+
+class MixedRunner(Runner, Protocol):
+    """A runner whose ``supports_mixed`` is true: decode and prefill in one step."""
+
+    def mixed(self, tokens: np.ndarray, positions: np.ndarray, parts: list[mixed_step.Part],
+              rows: SamplingRows) -> np.ndarray: ...
+
+
+class PrefixRunner(Runner, Protocol):
+    """A runner whose ``supports_prefix`` is true: slots' keys/values can trade places."""
+
+    def swap(self, a: int, b: int, length: int) -> None: ...
 
 
 def batch_bucket(n: int, cap: int) -> int:
@@ -89,6 +108,7 @@ class FastRunner:
         fuse: bool,
         attention: str = "sdpa",
         pack: int = 0,
+        mixed: bool = False,
     ) -> None:
         self.lm = FastLM(model, max_seq_len=max_seq_len, fuse=fuse, compile=compile, attention=attention, pack=pack)
         self.device = self.lm.device
@@ -104,8 +124,9 @@ class FastRunner:
         self._greedy = MaybeCompiled(sample_greedy, compile and self.use_graphs)
         self._plain = MaybeCompiled(sample_plain, compile and self.use_graphs)
         # CUDA-graph buffers; a graph of batch bucket b uses the first b (4b, 2b) entries:
-        self._graphs: dict[tuple[int, int, str], Any] = {}
-        self._uses: dict[tuple[int, int, str], int] = {}
+        # keyed by (batch, length, mode) for decode steps, ("mixed", tokens, mode) for mixed ones
+        self._graphs: dict[tuple[int | str, int, str], Any] = {}
+        self._uses: dict[tuple[int | str, int, str], int] = {}
         self.capture_after = 3
         """A (batch, length, mode) shape is captured on its third use; rarer ones run eagerly, so
         the many batch sizes seen while requests trickle in do not each cost a capture."""
@@ -113,7 +134,7 @@ class FastRunner:
         self._par: torch.Tensor | None = None  # [4, b] float64: position, temperature, greedy, uniform
         self._out: torch.Tensor | None = None  # [2, b] float64: sampled id, logprob
         self._logits: torch.Tensor | None = None  # [slots, V] float32 (graphs that leave sampling out)
-        self._pool = None
+        self._pool: Any = None  # the CUDA graphs' memory pool (torch.cuda.graph_pool_handle())
         self.last_step_graphed = False
         """Whether the last :meth:`launch` replayed a CUDA graph."""
         self.capture_s = 0.0
@@ -126,6 +147,23 @@ class FastRunner:
         self._pin_par: list[torch.Tensor] = []
         self._pin_out: list[torch.Tensor] = []
         self.supports_pipeline = True
+        self.supports_mixed = mixed
+        """:meth:`mixed` serves steps that prefill and decode together (else the scheduler prefills apart)."""
+        # the Triton kernel where it runs (CUDA; the CPU with decode_attention="triton", in Triton's
+        # interpreter), else one attention call per sequence
+        kernel = mixed and (self.device.type == "cuda" or attention == "triton")
+        why = prefill_attention.unsupported(self.device, self.lm.dtype, self.lm.head_dim) if kernel else "not asked for"
+        if kernel and why:
+            log.info("mixed steps: attention per sequence (%s)", why)
+        self.varlen_kernel = why is None
+        self._block_t = prefill_attention.block_tokens(self.lm.group)
+        self._mmeta: torch.Tensor | None = None  # int64 layout of a bucket's step (_mixed_layout)
+        self._mpar: torch.Tensor | None = None  # [3, S] float64 sampling parameters
+        self._mout: torch.Tensor | None = None  # [2, S] float64 sampled ids, logprobs
+        self._pin_mmeta: torch.Tensor | None = None  # pinned host copies of the three above
+        self._pin_mpar: torch.Tensor | None = None
+        self._pin_mout: torch.Tensor | None = None
+        self._mixed_seqs: np.ndarray | None = None  # the step's sequences, for the per-sequence attention
 
     def allocate(self) -> None:
         self.kv.allocate()
@@ -139,11 +177,20 @@ class FastRunner:
             self._pin_tok = [torch.zeros(s, dtype=torch.long, pin_memory=pin) for _ in range(2)]
             self._pin_par = [torch.zeros(4 * s, dtype=torch.float64, pin_memory=pin) for _ in range(2)]
             self._pin_out = [torch.zeros(2 * s, dtype=torch.float64, pin_memory=pin) for _ in range(2)]
+            if self.supports_mixed:
+                size = self._mixed_layout(mixed_step.GRAPH_TOKENS)[-1]
+                self._mmeta = torch.zeros(size, dtype=torch.long, device=dev)
+                self._mpar = torch.zeros(3 * s, dtype=torch.float64, device=dev)
+                self._mout = torch.zeros(2 * s, dtype=torch.float64, device=dev)
+                self._pin_mmeta = torch.zeros(size, dtype=torch.long, pin_memory=pin)
+                self._pin_mpar = torch.zeros(3 * s, dtype=torch.float64, pin_memory=pin)
+                self._pin_mout = torch.zeros(2 * s, dtype=torch.float64, pin_memory=pin)
 
     def release(self) -> None:
         self._graphs.clear()
         self._uses.clear()
         self._tok = self._par = self._out = self._logits = self._pool = None
+        self._mmeta = self._mpar = self._mout = self._pin_mmeta = self._pin_mpar = self._pin_mout = None
         self._pin_tok, self._pin_par, self._pin_out = [], [], []
         self.kv.release()
         if self.device.type == "cuda":
@@ -169,6 +216,121 @@ class FastRunner:
         logits = self.lm.prefill(self.kv, dev[0], dev[1], dev[2], lengths, prefix=prefix)
         return _packed(*sample(logits.float(), rows))
 
+    def mixed(self, tokens: np.ndarray, positions: np.ndarray, parts: list[mixed_step.Part],
+              rows: SamplingRows) -> np.ndarray:
+        """One step that decodes slots ``[0, n)`` (input ``tokens`` at ``positions``, [n] each) and
+        prefills ``parts`` (:mod:`~agentrl.engine.embedded.mixed`). ``rows``: sampling of the decode
+        rows, then of the parts whose prompt ends here. Returns their ids and logprobs, host [2, rows]."""
+        n = len(tokens)
+        if n:
+            self.kv.ensure_clean(n, int(positions.max()) + 1)  # the CPU zeroes slots lazily
+        self.kv.ensure_clean_slots([p.slot for p in parts], [p.start + len(p.tokens) for p in parts])
+        step = mixed_step.pack(tokens, positions, parts, self._block_t)
+        total, picked = len(step.tokens), len(step.select)
+        self._mixed_seqs = step.seqs
+        if not self.use_graphs or total > mixed_step.GRAPH_TOKENS:
+            self.last_step_graphed = False
+            host = torch.from_numpy(np.concatenate([step.tokens, step.positions, step.slots, step.select,
+                                                    step.tiles.reshape(-1), step.seqs.reshape(-1)]))
+            dev = host.to(self.device, non_blocking=True)
+            cut = np.cumsum([total, total, total, picked, step.tiles.size])
+            tok, pos, slot, sel, tiles, seqs = torch.tensor_split(dev, cut.tolist())
+            logits = mixed_step.forward(self.lm, self.kv, tok, pos, slot, sel, seqs.view(-1, prefill_attention.SEQ_FIELDS),
+                                        tiles.view(-1, 2), kernel=self.varlen_kernel, seqs_host=step.seqs)
+            return _packed(*sample(logits.float(), rows)).cpu().numpy()
+        # allocate() made them (with graphs and mixed steps)
+        assert self._mmeta is not None and self._pin_mmeta is not None and self._mout is not None
+        assert self._mpar is not None and self._pin_mpar is not None and self._pin_mout is not None
+        assert self._logits is not None
+        t = mixed_step.token_bucket(total)
+        offsets = self._mixed_layout(t)
+        s = offsets[4] - offsets[3]
+        meta = self._pin_mmeta.numpy()
+        o_tok, o_pos, o_slot, o_sel, o_tiles, o_seqs, end = offsets
+        meta[o_tok:o_sel] = 0
+        meta[o_tok : o_tok + total] = step.tokens
+        meta[o_pos : o_pos + total] = step.positions
+        meta[o_slot : o_slot + total] = step.slots
+        meta[o_slot + total : o_sel] = self.kv.scratch  # padding tokens write where nobody reads
+        meta[o_sel:o_tiles] = 0
+        meta[o_sel : o_sel + picked] = step.select
+        meta[o_tiles:o_seqs] = -1
+        meta[o_tiles : o_tiles + step.tiles.size] = step.tiles.reshape(-1)
+        meta[o_seqs : o_seqs + step.seqs.size] = step.seqs.reshape(-1)
+        self._mmeta[:end].copy_(self._pin_mmeta[:end], non_blocking=True)
+        par = self._pin_mpar[: 3 * s].view(3, s)
+        par.zero_()
+        par[0:2] = 1.0  # padding rows: greedy
+        par[:, :picked] = torch.from_numpy(rows.packed())
+        self._mpar[: 3 * s].copy_(par.view(-1), non_blocking=True)
+        mode = "greedy" if rows.all_greedy else "logits" if rows.filtered.any() else "plain"
+        key = ("mixed", t, mode)
+        graph = self._graphs.get(key)
+        if graph is None:
+            self._uses[key] = uses = self._uses.get(key, 0) + 1
+            if uses >= self.capture_after:
+                graph = self._record_mixed(self._mixed_fn(t, mode), self._mmeta[:t])
+                if graph is not None:
+                    self._graphs[key] = graph
+                    self.graphs_captured += 1
+        self.last_step_graphed = graph is not None
+        if graph is not None:
+            graph.replay()
+        else:
+            self._mixed_fn(t, mode)()
+        out = self._mout[: 2 * s].view(2, s)
+        if mode == "logits":
+            ids, lps = sample(self._logits[:picked], rows)
+            out[0, :picked].copy_(ids)
+            out[1, :picked].copy_(lps)
+        pin = self._pin_mout[: 2 * s]
+        pin.copy_(self._mout[: 2 * s], non_blocking=True)
+        if self.device.type == "cuda":
+            torch.cuda.current_stream(self.device).synchronize()
+        return pin.view(2, s)[:, :picked].numpy().copy()
+
+    def _mixed_layout(self, t: int) -> tuple[int, ...]:
+        """Offsets in the int64 metadata of a step of bucket ``t``: tokens, positions, slots [t], sampled
+        rows [S], tiles [NT, 2], sequences [slots, 6], end."""
+        s = min(t, self.max_slots)
+        tiles = t // self._block_t + self.max_slots  # each sequence adds at most one partial tile
+        at = np.cumsum([0, t, t, t, s, 2 * tiles, prefill_attention.SEQ_FIELDS * self.max_slots])
+        return tuple(int(x) for x in at)
+
+    def _mixed_fn(self, t: int, mode: str):
+        """The mixed step of token bucket ``t`` as a closure over the static buffers (what a CUDA graph
+        captures; also run eagerly for rarely seen buckets)."""
+        assert self._mmeta is not None and self._mpar is not None and self._mout is not None and self._logits is not None
+        o_tok, o_pos, o_slot, o_sel, o_tiles, o_seqs, end = self._mixed_layout(t)
+        m = self._mmeta
+        tok, pos, slot, sel = m[o_tok:o_pos], m[o_pos:o_slot], m[o_slot:o_sel], m[o_sel:o_tiles]
+        tiles, seqs = m[o_tiles:o_seqs].view(-1, 2), m[o_seqs:end].view(-1, prefill_attention.SEQ_FIELDS)
+        s = o_tiles - o_sel
+        par, out, logits_out = self._mpar[: 3 * s].view(3, s), self._mout[: 2 * s].view(2, s), self._logits
+
+        def step() -> None:
+            logits = mixed_step.forward(self.lm, self.kv, tok, pos, slot, sel, seqs, tiles, kernel=self.varlen_kernel,
+                                        seqs_host=self._mixed_seqs)  # [S, V]
+            self._sample_into(logits, mode, par, out, logits_out)
+
+        return step
+
+    def _sample_into(self, logits: torch.Tensor, mode: str, par: torch.Tensor, out: torch.Tensor,
+                     logits_out: torch.Tensor) -> torch.Tensor | None:
+        """A step's sampling (CUDA-graph safe): ids and logprobs into ``out`` [2, b] and the ids returned,
+        or for ``mode == "logits"`` (top-k/top-p rows, sampled outside) the logits into ``logits_out``."""
+        if mode == "logits":
+            logits_out[: logits.shape[0]].copy_(logits)
+            return None
+        ids, lps = self._greedy(logits) if mode == "greedy" else self._plain(logits, par.float())
+        out[0].copy_(ids)
+        out[1].copy_(lps)
+        return ids
+
+    def _record_mixed(self, step, tok: torch.Tensor):
+        """Capture a mixed step (its attention reads no cuDNN flag: nothing to wait for)."""
+        return self._timed_capture(step, tok)
+
     def launch(self, tokens: np.ndarray | None, positions: np.ndarray, rows: SamplingRows) -> Any:
         n = len(positions)
         need = int(positions.max()) + 1
@@ -176,11 +338,13 @@ class FastRunner:
             self.kv.ensure_clean(n, need)
             pos = torch.from_numpy(positions.astype(np.int64)).to(self.device)
             tok = self._prev_ids if tokens is None else torch.from_numpy(tokens.astype(np.int64)).to(self.device)
+            assert tok is not None  # launch(None, ...) follows a step, whose samples _prev_ids holds
             logits = self.lm.decode(self.kv, tok, pos, need).float()
             ids, lps = sample(logits, rows)
             self._prev_ids = ids
             return _packed(ids, lps)
-        assert self._tok is not None and self._par is not None and self._out is not None
+        assert self._tok is not None and self._par is not None and self._out is not None  # allocate() made them
+        assert self._logits is not None
         b = batch_bucket(n, self.max_slots)
         length = length_bucket(need, self.max_seq_len)
         self.kv.ensure_clean(b, length)  # a no-op on CUDA, where the cache starts zeroed
@@ -246,16 +410,9 @@ class FastRunner:
 
         def step() -> None:
             logits = self.lm.decode(self.kv, tok, par[0].long(), length)  # [b, V], model dtype
-            if mode == "logits":
-                logits_out[:b].copy_(logits)
-                return
-            if mode == "greedy":
-                ids, lps = self._greedy(logits)
-            else:
-                ids, lps = self._plain(logits, par[1:].float())
-            out[0].copy_(ids)
-            out[1].copy_(lps)
-            tok.copy_(ids)  # the next step's input tokens stay on the device
+            ids = self._sample_into(logits, mode, par[1:], out, logits_out)
+            if ids is not None:
+                tok.copy_(ids)  # the next step's input tokens stay on the device
 
         return step
 

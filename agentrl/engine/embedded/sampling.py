@@ -28,6 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from agentrl.engine.base import GREEDY_BELOW
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -65,8 +67,9 @@ class SamplingRows:
 
     @classmethod
     def from_lists(cls, *, temperature, top_p, top_k, seed, step) -> "SamplingRows":
+        temperature = np.asarray(temperature, dtype=np.float64)
         return cls(
-            temperature=np.asarray(temperature, dtype=np.float64),
+            temperature=np.where(temperature < GREEDY_BELOW, 0.0, temperature),  # SGLang: greedy
             top_p=np.asarray(top_p, dtype=np.float64),
             top_k=np.asarray(top_k, dtype=np.int64),
             u=uniforms(np.asarray(seed, dtype=np.uint64), np.asarray(step, dtype=np.int64)),
@@ -101,9 +104,9 @@ def sample(logits: torch.Tensor, rows: SamplingRows) -> tuple[torch.Tensor, torc
     filtered = rows.filtered
     params = torch.from_numpy(rows.packed().astype(np.float32)).to(device)
     if not filtered.any():  # the host knows which work the batch needs (sample_plain in a graph cannot)
-        greedy = rows.temperature <= 0
-        return sample_plain(logits, params, scaled=bool((rows.temperature[~greedy] != 1.0).any()),
-                            any_greedy=bool(greedy.any()))
+        greedy_rows = rows.temperature <= 0
+        return sample_plain(logits, params, scaled=bool((rows.temperature[~greedy_rows] != 1.0).any()),
+                            any_greedy=bool(greedy_rows.any()))
     temp, greedy, u = params[0], params[1] > 0, params[2]
     z = logits / temp[:, None]
     lse = torch.logsumexp(z, -1, keepdim=True)

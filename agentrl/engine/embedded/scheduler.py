@@ -6,6 +6,14 @@ requests, prefills newly arrived prompts (up to a token budget) into free slots,
 one token for every running request. Finished requests leave at once; the last running request
 moves into the hole so that running requests always occupy slots ``0 .. n-1``.
 
+With a runner that supports mixed steps (``mixed``), admission and the next decode step are one
+forward pass instead (:meth:`Scheduler._admit_mixed`): the running rows' next tokens and up to
+``prefill_token_budget`` new prompt tokens, taken from the waiting requests in order; a prompt
+that does not fit is cut, and its rest goes first in the following steps (one such partial prompt
+at a time, kept in slot ``n`` just above the running rows). Requests of the step that share a
+prompt prefix (the n samples of one prompt) compute it once: the others read it from that
+request's slot and get a copy after the step.
+
 Per-slot state lives in numpy arrays, so the per-step bookkeeping is vectorised; Python loops
 touch only requests that carry stop strings or custom stop ids, and those that finish. The
 only host/device synchronisation per step is one copy of the sampled ids and logprobs.
@@ -19,16 +27,18 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from agentrl.engine.base import Completion, EngineError
+from agentrl.engine.base import Completion, EngineError, FinishReason
+from agentrl.engine.embedded.mixed import Part
 from agentrl.engine.embedded.request import Request, SchedulerStats
 from agentrl.engine.embedded.request import fail as _fail
 from agentrl.engine.embedded.request import resolve as _resolve
-from agentrl.engine.embedded.runner import Runner
+from agentrl.engine.embedded.runner import MixedRunner, PrefixRunner, Runner
 from agentrl.engine.embedded.sampling import SamplingRows, uniforms
 from agentrl.engine.embedded.stops import StopStrings
 from agentrl.utils.openmp import release_thread_pool
@@ -50,8 +60,10 @@ class Scheduler:
         admit_wait_steps: int = 0,
         prefix_cache: bool = False,
         high_priority_stream: bool = False,
+        mixed: bool = False,
     ) -> None:
         self.runner = runner
+        self.mixed = mixed and getattr(runner, "supports_mixed", False)
         self.high_priority_stream = high_priority_stream
         self.admit_wait_steps = admit_wait_steps
         self.prefix_cache = prefix_cache and getattr(runner, "supports_prefix", False)
@@ -98,6 +110,7 @@ class Scheduler:
         self._step_t0: float | None = None  # when the step now running began
         self._ahead = 0  # launched, unread decode steps (0 or 1)
         self._zombies: set[int] = set()  # finished rows that an in-flight step still computes
+        self._chunk: _Chunk | None = None  # a prompt prefilled in part (mixed steps), in slot n
         self._thread: threading.Thread | None = None
 
     # --- called from any thread ----------------------------------------------------------------
@@ -187,7 +200,7 @@ class Scheduler:
             mark = None  # when the last step ended; steps that follow without a wait count from it
             while True:
                 with self._cv:
-                    while not (self._stop or self._waiting or self._commands or self._abort or self.n):
+                    while not (self._stop or self._waiting or self._commands or self._abort or self.n or self._chunk):
                         mark = None
                         if cpu:  # idle OpenMP workers of this thread would slow the other threads' (a trainer's)
                             release_thread_pool()
@@ -213,15 +226,21 @@ class Scheduler:
             self._settle()  # the batch is about to change: read the step in flight first
         held = self._run_commands(commands)
         if aborts:
-            for slot in sorted((s for s in range(self.n) if self.reqs[s].rid in aborts), reverse=True):
+            for slot in sorted((s for s in range(self.n) if self._running(s).rid in aborts), reverse=True):
                 self._finish(slot, "abort", None)
-        if not held and self._admittable():  # a command waiting for idleness blocks admissions
-            self._admit()
+            if self._chunk is not None and self._chunk.req.rid in aborts:
+                self._drop_chunk("abort")
+        # a command waiting for idleness blocks admissions (not the rest of a prompt already begun)
+        if (not held or self._chunk is not None) and self._admittable():
+            if self._admit(new=not held):
+                return  # a mixed step decoded the running rows too
         if self.n:
             self._decode()
 
     def _admittable(self) -> bool:
-        """Whether to prefill waiting requests before the next decode step."""
+        """Whether to prefill waiting requests (or the rest of a prompt) before the next decode step."""
+        if self._chunk is not None:
+            return True
         if not self._waiting or self.n >= self.max_slots:
             return False
         if self.admit_wait_steps <= 0 or self.n == 0:
@@ -236,7 +255,7 @@ class Scheduler:
     def _run_commands(self, commands: list) -> bool:
         held = False
         for fn, fut, needs_idle in commands:
-            if needs_idle and self.n:
+            if needs_idle and (self.n or self._chunk is not None):
                 with self._cv:
                     self._commands.appendleft((fn, fut, needs_idle))
                 held = True
@@ -248,13 +267,24 @@ class Scheduler:
                     fut.set_exception(exc)
         return held
 
-    def _admit(self) -> None:
+    def _admit(self, new: bool = True) -> bool:
+        """Prefill waiting requests (``new``) and the rest of a partial prompt; True when this was a
+        mixed step, which decoded the running rows as well."""
         if self._inflight is not None:  # joins happen between steps, never under one in flight
-            return
+            return False
+        if not self._allocate():
+            return False
+        if self.mixed:
+            return self._admit_mixed(new)
+        self._admit_whole()
+        return False
+
+    def _allocate(self) -> bool:
+        """Allocate the KV cache if needed; False (waiting requests failed) when it cannot be."""
         if not self._allocated:
             with self._cv:
                 if not self._waiting:
-                    return
+                    return False
             try:
                 self.runner.allocate()
             except Exception as exc:  # e.g. out of memory: every waiting request learns why
@@ -265,8 +295,12 @@ class Scheduler:
                         self._by_rid.pop(req.rid, None)
                         _fail(req.future, EngineError(f"could not allocate the KV cache: {exc!r}"))
                     self._waiting.clear()
-                return
+                return False
             self._allocated = True
+        return True
+
+    def _admit_whole(self) -> None:
+        """Prefill whole prompts in a forward pass of their own (runners without mixed steps)."""
         batch: list[Request] = []
         budget = self.prefill_token_budget
         with self._cv:
@@ -300,6 +334,136 @@ class Scheduler:
                 if slot not in self._zombies and any(self.reqs[slot] is r for r in batch):
                     self._complete(slot, err, None)
             self._compact()
+
+    def _admit_mixed(self, new: bool) -> bool:
+        """One forward pass for the running rows' next tokens and up to ``prefill_token_budget`` prompt
+        tokens: first the rest of a partial prompt, then waiting requests in order (``new``), each in
+        the next free slot, over its cached prefix. A prompt cut by the budget stays partial."""
+        n, budget = self.n, self.prefill_token_budget
+        plans: list[tuple[Request, int, int, int, int, int]] = []  # req, slot, start, stop, prefix slot, prefix len
+        follows: list[tuple[int, int, int]] = []  # (source slot, slot, length): shared prefixes to copy after the step
+        heads: dict[bytes, list[int]] = {}  # first MIN_PREFIX tokens -> plans that may share their prompt
+        chunk, self._chunk = self._chunk, None
+        if chunk is not None:
+            stop = min(len(chunk.req.prompt), chunk.done + budget)
+            plans.append((chunk.req, n, chunk.done, stop, n, 0))
+            budget -= stop - chunk.done
+            self._lead(heads, 0, chunk.req)
+        while new and budget > 0 and n + len(plans) < self.max_slots:
+            with self._cv:
+                if not self._waiting:
+                    break
+                req = self._waiting.popleft()
+            slot = n + len(plans)
+            self._place(slot, req)
+            self.stats.prompt_tokens += len(req.prompt)
+            start, src, shared = 0, slot, 0
+            if self.prefix_cache:
+                parked, length = self._match(req.tokens)
+                lead, shared = self._shared(heads, plans, req.tokens)
+                if shared > length:
+                    self._evict(slot, slot + 1)
+                    start, src = shared, plans[lead][1]
+                    follows.append((src, slot, shared))
+                    self.stats.cached_prompt_tokens += shared
+                else:
+                    start = self._reuse(slot, req, parked, length, slot + 1)
+            stop = min(len(req.prompt), start + budget)
+            plans.append((req, slot, start, stop, src, shared))
+            budget -= stop - start
+            if src == slot:
+                self._lead(heads, len(plans) - 1, req)
+            if stop < len(req.prompt):
+                break  # the budget is spent: the rest of this prompt goes first next step
+        if not plans:
+            return False
+        done = [p for p in plans if p[3] == len(p[0].prompt)]
+        slots = np.concatenate([np.arange(n), [p[1] for p in done]]).astype(np.int64)
+        try:
+            parts = [Part(slot, req.tokens[start:stop], start, src, shared, stop == len(req.prompt))
+                     for req, slot, start, stop, src, shared in plans]
+            t0 = time.perf_counter()
+            host = cast(MixedRunner, self.runner).mixed(  # self.mixed: the runner supports_mixed
+                self.last[:n], self.length[:n], parts, self._rows(slots))
+            for src, slot, length in follows:
+                self.runner.move(src, slot, length)
+        except Exception as exc:  # fail this step's prefills; running requests carry on
+            log.exception("mixed step with %d prefill(s) failed", len(plans))
+            err = EngineError(f"prefill failed: {exc!r}")
+            for req, slot, *_ in plans:
+                self.reqs[slot] = None
+                with self._cv:
+                    self._by_rid.pop(req.rid, None)
+                _fail(req.future, err)
+            return False
+        self.stats.prefill_s += time.perf_counter() - t0
+        self.stats.prefills += 1
+        if n:
+            self.length[:n] += 1
+            self.stats.steps += 1
+            self.stats.graph_steps += int(bool(getattr(self.runner, "last_step_graphed", False)))
+            self.stats.graphs_captured = getattr(self.runner, "graphs_captured", 0)
+        self.n = n + len(done)
+        if len(done) < len(plans):
+            req, slot, _, stop, _, _ = plans[-1]
+            self._chunk = _Chunk(req, slot, stop)
+        self._record(host, slots)
+        return True
+
+    def _lead(self, heads: dict[bytes, list[int]], index: int, req: Request) -> None:
+        """Let later requests of the step share the prompt of plan ``index``."""
+        if len(req.prompt) > self.MIN_PREFIX:
+            heads.setdefault(req.tokens[: self.MIN_PREFIX].tobytes(), []).append(index)
+
+    def _shared(self, heads: dict[bytes, list[int]], plans: list, prompt: np.ndarray) -> tuple[int, int]:
+        """The plan of this step whose prompt shares the longest prefix with ``prompt`` (at least
+        ``MIN_PREFIX`` tokens, at most all but its last token and what that plan computes by the end
+        of the step), and that length; (-1, 0) when none does."""
+        if len(prompt) <= self.MIN_PREFIX or not heads:
+            return -1, 0
+        candidates = heads.get(prompt[: self.MIN_PREFIX].tobytes())
+        if not candidates:
+            return -1, 0
+        best, best_len = -1, 0
+        for i in candidates:
+            other, stop = plans[i][0].tokens, plans[i][3]
+            m = min(len(prompt) - 1, stop, len(other))
+            same = prompt[:m] == other[:m]
+            common = m if same.all() else int(same.argmin())
+            if common > best_len:
+                best, best_len = i, common
+        return (best, best_len) if best_len >= self.MIN_PREFIX else (-1, 0)
+
+    def _drop_chunk(self, reason: FinishReason | BaseException) -> None:
+        """End the partially prefilled request (abort, failure, shutdown): it has no tokens yet."""
+        chunk, self._chunk = self._chunk, None
+        if chunk is None:
+            return
+        self.reqs[chunk.slot] = None
+        with self._cv:
+            self._by_rid.pop(chunk.req.rid, None)
+        if isinstance(reason, BaseException):
+            _fail(chunk.req.future, reason)
+        else:
+            _resolve(chunk.req.future, Completion([], [], reason, self.version, len(chunk.req.prompt)))
+
+    def _follow_chunk(self) -> None:
+        """Keep the partial prompt in slot ``n`` after running rows left (a parked entry there trades places)."""
+        chunk = self._chunk
+        if chunk is None or chunk.slot == self.n:
+            return
+        src, dst = chunk.slot, self.n
+        here = self._parked.pop(dst, None)
+        if here is not None:
+            self._prefix_runner().swap(dst, src, max(len(here), chunk.done))
+            self._keep(src, here)
+        else:
+            self.runner.move(src, dst, chunk.done)
+        self.reqs[src] = None
+        version = chunk.req.version  # the weights its first part was computed with
+        self._place(dst, chunk.req)
+        chunk.req.version = version
+        chunk.slot = dst
 
     def _place(self, slot: int, req: Request) -> None:
         sp = req.sampling
@@ -384,7 +548,7 @@ class Scheduler:
         self.ngen[slots] = k + 1
         self.last[slots] = ids
         self.stats.generated_tokens += len(slots)
-        done: dict[int, tuple[str, Any]] = {}
+        done: dict[int, tuple[FinishReason, Any]] = {}
         for i in np.flatnonzero(np.isin(ids, self.eos_ids) & ~self.ignore_eos[slots]).tolist():
             done[int(slots[i])] = ("stop", int(ids[i]))
         for i in np.flatnonzero(self.custom[slots]).tolist():
@@ -398,22 +562,32 @@ class Scheduler:
         if self._inflight is None:
             self._compact()
 
+    def _running(self, slot: int) -> Request:
+        """The request in ``slot``, one of the running rows ``[0, n)``, which always hold one."""
+        req = self.reqs[slot]
+        assert req is not None, f"running slot {slot} holds no request"
+        return req
+
+    def _prefix_runner(self) -> PrefixRunner:
+        """The runner, with the prefix cache on (only a runner that supports_prefix turns it on)."""
+        return cast(PrefixRunner, self.runner)
+
     def _custom_stop(self, slot: int, token: int) -> int | str | None:
-        sp = self.reqs[slot].sampling
+        sp = self._running(slot).sampling
         if token in sp.stop_token_ids:
             return token
         if sp.stop and self.stops is not None:
             return self.stops.find(self.out_ids[slot, : self.ngen[slot]], sp.stop)
         return None
 
-    def _finish(self, slot: int, reason: str | BaseException, matched: Any) -> None:
+    def _finish(self, slot: int, reason: FinishReason | BaseException, matched: Any) -> None:
         self._complete(slot, reason, matched)
         if self._inflight is None:
             self._compact()
 
-    def _complete(self, slot: int, reason: str | BaseException, matched: Any) -> None:
+    def _complete(self, slot: int, reason: FinishReason | BaseException, matched: Any) -> None:
         """Resolve the request in ``slot``; the slot is freed by the next :meth:`_compact`."""
-        req = self.reqs[slot]
+        req = self._running(slot)
         k = int(self.ngen[slot])
         if isinstance(reason, BaseException):
             _fail(req.future, reason)
@@ -450,6 +624,7 @@ class Scheduler:
             self.n = last
         self._zombies.clear()
         self._failed.clear()
+        self._follow_chunk()
 
     # --- prefix cache ------------------------------------------------------------------------------
 
@@ -459,16 +634,18 @@ class Scheduler:
     def _park(self, slot: int) -> None:
         """Keep the keys/values of the finished request in ``slot`` (running rows are ``[0, n)``) in a
         free slot, so that a later prompt that starts with the same tokens skips their prefill."""
-        req = self.reqs[slot]
+        req = self._running(slot)
         k = int(self.ngen[slot])
-        tokens = np.concatenate([np.asarray(req.prompt, dtype=np.int64), self.out_ids[slot, :k]])
+        tokens = np.concatenate([req.tokens, self.out_ids[slot, :k]])
         tokens = tokens[: min(int(self.length[slot]), self.max_seq_len - 1)]  # what the cache holds
         if len(tokens) < self.MIN_PREFIX:
             return
+        target: int | None
         if slot == self.n - 1:  # the top running row: once freed, it is a free slot already
             target = slot
         else:
-            target = next((s for s in range(self.max_slots - 1, self.n - 1, -1) if s not in self._parked), None)
+            target = next((s for s in range(self.max_slots - 1, self.n - 1, -1)
+                           if s not in self._parked and s != self._chunk_slot()), None)
             if target is None and self._parked:
                 target = next(iter(self._parked))  # evict the oldest
             if target is None:  # every slot is running: nowhere to keep it
@@ -482,17 +659,24 @@ class Scheduler:
         self._ptok[slot, : len(tokens)] = tokens
         self._plen[slot] = len(tokens)
 
-    def _match(self, prompt: list[int]) -> tuple[int | None, int]:
+    def _match(self, prompt: np.ndarray) -> tuple[int | None, int]:
         """The parked slot sharing the longest prefix with ``prompt`` (at least ``MIN_PREFIX`` tokens,
         at most all but the prompt's last token), and that length."""
         if not self._parked or len(prompt) <= self.MIN_PREFIX:
             return None, 0
         slots = np.fromiter(self._parked, dtype=np.int64, count=len(self._parked))
+        # entries that share the first MIN_PREFIX tokens (a cheap [entries, 16] test; hundreds of parked
+        # entries times their whole length would cost about a millisecond per prompt)
+        prompt = np.asarray(prompt, dtype=np.int64)
+        head = prompt[: self.MIN_PREFIX]
+        slots = slots[(self._ptok[slots, : self.MIN_PREFIX] == head).all(axis=1) & (self._plen[slots] >= self.MIN_PREFIX)]
+        if not len(slots):
+            return None, 0
         lens = self._plen[slots]
         m = int(min(len(prompt) - 1, lens.max()))
         if m < self.MIN_PREFIX:
             return None, 0
-        same = self._ptok[slots, :m] == np.asarray(prompt[:m], dtype=np.int64)  # [entries, m]
+        same = self._ptok[slots, :m] == prompt[:m]  # [candidates, m]
         common = np.minimum(np.where(same.all(axis=1), m, same.argmin(axis=1)), lens)
         best = int(common.argmax())  # the first (oldest) of the longest
         if common[best] < self.MIN_PREFIX:
@@ -500,44 +684,49 @@ class Scheduler:
         return int(slots[best]), int(common[best])
 
     def _reuse_prefixes(self, slots: list[int], batch: list[Request]) -> list[int]:
-        """Bring the best parked prefix of each new request into its slot; returns the cached lengths.
+        """Bring the best parked prefix of each new request into its slot; returns the cached lengths."""
+        floor = self.n + len(batch)  # slots [n, floor) are about to run
+        return [self._reuse(slot, req, *self._match(req.tokens), floor) for slot, req in zip(slots, batch)]
+
+    def _reuse(self, slot: int, req: Request, src: int | None, length: int, floor: int) -> int:
+        """Bring the parked prefix ``src`` (``length`` tokens, from :meth:`_match`) of ``req`` into its
+        ``slot``; returns ``length``.
 
         A request goes to the lowest free slot, which may hold another request's parked prefix: that
         one is swapped into the slot the request's own prefix leaves (the usual case for the next
-        turn of an episode), else moved to a free slot, else dropped."""
-        floor = self.n + len(batch)  # slots [n, floor) are about to run
-        cached = []
-        for slot, req in zip(slots, batch):
-            src, length = self._match(req.prompt)
-            if src == slot:
-                del self._parked[slot]
-            elif src is not None:
-                consumed = length >= len(self._parked[src]) - 1  # a continuation: src is free afterwards
-                if consumed and slot in self._parked:
-                    here = self._parked.pop(slot)
-                    del self._parked[src]
-                    self.runner.swap(slot, src, max(len(here), length))
-                    self._keep(src, here)
-                else:
-                    self._evict(slot, floor)
-                    self.runner.move(src, slot, length)
-                    if consumed:
-                        del self._parked[src]
+        turn of an episode), else moved to a free slot at or above ``floor``, else dropped."""
+        if src == slot:
+            del self._parked[slot]
+        elif src is not None:
+            consumed = length >= len(self._parked[src]) - 1  # a continuation: src is free afterwards
+            if consumed and slot in self._parked:
+                here = self._parked.pop(slot)
+                del self._parked[src]
+                self._prefix_runner().swap(slot, src, max(len(here), length))
+                self._keep(src, here)
             else:
                 self._evict(slot, floor)
-            cached.append(length)
-            self.stats.cached_prompt_tokens += length
-        return cached
+                self.runner.move(src, slot, length)
+                if consumed:
+                    del self._parked[src]
+        else:
+            self._evict(slot, floor)
+        self.stats.cached_prompt_tokens += length
+        return length
 
     def _evict(self, slot: int, floor: int) -> None:
         """Clear ``slot`` of a parked prefix: move it to a free unparked slot at or above ``floor``, or drop it."""
         tokens = self._parked.pop(slot, None)
         if tokens is None:
             return
-        target = next((s for s in range(self.max_slots - 1, floor - 1, -1) if s not in self._parked and s != slot), None)
+        target = next((s for s in range(self.max_slots - 1, floor - 1, -1)
+                       if s not in self._parked and s != slot and s != self._chunk_slot()), None)
         if target is not None:
             self.runner.move(slot, target, len(tokens))
             self._keep(target, tokens)
+
+    def _chunk_slot(self) -> int:
+        return -1 if self._chunk is None else self._chunk.slot
 
     def clear_prefix_cache(self) -> None:
         """Forget parked keys/values (after a weight update they no longer match the model)."""
@@ -546,6 +735,8 @@ class Scheduler:
     def _fail_running(self, exc: BaseException) -> None:
         err = exc if isinstance(exc, EngineError) else EngineError(f"engine step failed: {exc!r}")
         self._inflight, self._ahead = None, 0
+        if self._chunk is not None:
+            self._drop_chunk(err)
         for slot in reversed(range(self.n)):
             if slot not in self._zombies:
                 self._complete(slot, err, None)
@@ -558,6 +749,8 @@ class Scheduler:
         except Exception:  # noqa: BLE001 - closing anyway
             log.exception("could not read the last decode step")
             self._inflight, self._ahead = None, 0
+        if self._chunk is not None:
+            self._drop_chunk("abort")
         for slot in reversed(range(self.n)):
             if slot not in self._zombies:
                 self._complete(slot, "abort", None)
@@ -584,3 +777,12 @@ class Scheduler:
         if not self._allocated:
             self.runner.allocate()
             self._allocated = True
+
+
+@dataclass(eq=False)
+class _Chunk:
+    """A request whose prompt is prefilled in parts: positions ``[0, done)`` are in ``slot``."""
+
+    req: Request
+    slot: int
+    done: int

@@ -18,7 +18,7 @@ from agentrl.train.megatron._compat import INSTALL_HINT, MegatronNotInstalledErr
 
 _EXPORTS = {
     "MegatronTrainer": "trainer",
-    "MegatronTrainerConfig": "trainer",
+    "MegatronTrainerConfig": "config",
     "broadcast_batch": "trainer",
     "MegatronModelConfig": "model",
     "build_gpt_model": "model",

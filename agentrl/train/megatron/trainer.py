@@ -32,7 +32,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +40,7 @@ from torch import Tensor
 
 from agentrl import algo
 from agentrl.train.base import TrainConfig
+from agentrl.train.megatron.config import MegatronTrainerConfig
 from agentrl.train.batch import RolloutBatch, micro_batches, optimizer_steps
 from agentrl.train.megatron._compat import require_megatron
 
@@ -73,34 +73,6 @@ from agentrl.train.megatron.schedule import (  # noqa: E402
 from agentrl.train.megatron.shape import ModelShape  # noqa: E402
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class MegatronTrainerConfig:
-    """Megatron-specific settings (the optimisation and loss settings are in ``TrainConfig``)."""
-
-    tensor_parallel: int = 1
-    """Tensor-parallel size (must divide the attention and KV heads)."""
-    pipeline_parallel: int = 1
-    """Pipeline-parallel size (must divide the layers). Data parallel = world / (TP x PP)."""
-    attention: str = "auto"
-    """Layer spec: auto | te | sdpa | local (see agentrl.train.megatron.attention)."""
-    sequence_parallel: bool = False
-    """Megatron sequence parallelism (with TP > 1)."""
-    pack_sequences: bool = True
-    """Pack micro-batches back to back (thd) instead of padding each sample to the longest."""
-    optimizer: str = "auto"
-    """megatron (megatron-core DDP + optimizer) | torch (AdamW, one process) | auto (megatron on CUDA)."""
-    distributed_optimizer: bool = True
-    """Shard optimizer state over data-parallel ranks (megatron optimizer)."""
-    dtype: str | None = None
-    """float32 | bfloat16 | float16; default bfloat16 on CUDA, float32 on CPU."""
-    recompute: str | None = None
-    """none | full | selective; default full when TrainConfig.gradient_checkpointing else none."""
-    vocab_multiple: int = 1
-    """Pad the vocabulary to a multiple of this times the TP size."""
-    fusions: bool = False
-    """megatron-core's fused SwiGLU / bias-dropout-add and a compiled RMSNorm (see MegatronModelConfig)."""
-
 
 class MegatronTrainer:
     """Implements the ``Trainer`` protocol with megatron-core (see the module docstring)."""
@@ -288,8 +260,10 @@ class MegatronTrainer:
             lp, ent = vocab_parallel_logprobs(
                 logits, inputs.targets, vocab_size=self.shape.vocab_size, temperature=self._temperature,
                 with_entropy=True, entropy_grad=bool(cfg.entropy_coef))
+            assert mb.advantages is not None and ent is not None  # checked in train_step; with_entropy=True
             loss, m = algo.rl_objective(
-                gather_response(lp, inputs), dev(mb.advantages), dev(mb.loss_mask), config=self.objective,
+                gather_response(lp, inputs), mb.advantages.to(self.device), mb.loss_mask.to(self.device),
+                config=self.objective,
                 old_logprobs=dev(mb.old_logprobs), rollout_logprobs=dev(mb.rollout_logprobs),
                 ref_logprobs=dev(mb.ref_logprobs), entropy=gather_response(ent, inputs), denominator=denom,
                 num_tokens=n_tokens)
@@ -308,7 +282,12 @@ class MegatronTrainer:
         return {f"train/{k}": v for k, v in metrics.items()}
 
     def _critic_step(self, batch: RolloutBatch, denom: Tensor) -> dict[str, float]:
+        assert self.critic is not None and self.critic_optimizer is not None  # called only with a critic
+        if batch.values is None or batch.returns is None:
+            raise ValueError("the critic's step needs batch.values and batch.returns (gae)")
+
         def loss_of(mb: RolloutBatch, idx: list[int], inputs: ModelInputs, output: Tensor):
+            assert mb.values is not None and mb.returns is not None  # checked above, kept by select()
             loss, m = algo.value_objective(_value_of(inputs, output), mb.values.to(self.device),
                                            mb.returns.to(self.device), mb.loss_mask.to(self.device),
                                            config=self.objective, denominator=denom)
@@ -364,7 +343,7 @@ class MegatronTrainer:
         self.optimizer.load(path, tag)
         state = torch.load(path / f"trainer_{tag}.pt", map_location="cpu", weights_only=False)
         self.steps = state["steps"]
-        if self.critic is not None and "critic" in state:
+        if self.critic is not None and self.critic_optimizer is not None and "critic" in state:
             self._critic_module().load_state_dict(state["critic"], strict=False)
             self.critic_optimizer.reload_from_model()
             self.critic_optimizer.load(path, f"critic_{tag}")
@@ -391,6 +370,8 @@ def broadcast_batch(batch: RolloutBatch | None, src: int = 0) -> RolloutBatch:
         return batch
     box = [batch if torch.distributed.get_rank() == src else None]
     torch.distributed.broadcast_object_list(box, src=src)
+    if box[0] is None:
+        raise ValueError(f"broadcast_batch: rank {src} had no batch")
     return box[0]
 
 

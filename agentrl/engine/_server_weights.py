@@ -1,0 +1,112 @@
+"""``/update_weights_from_disk`` of ``agentrl serve``: weight files read off the engine and the event loop.
+
+The files are read into CPU memory in a daemon thread of their own, under the server's
+``weight_load_timeout``, and the engine gets tensors: its worker never opens a file, so a file
+that blocks on open or read (a FIFO, a hung network file system) costs that one request a 400,
+not every request. Files that are not regular files are refused before they are opened. Reading
+first needs host memory for one copy of the weights.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import stat
+import threading
+from pathlib import Path
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+log = logging.getLogger("agentrl.engine.server")
+
+WEIGHT_LOAD_TIMEOUT_S = 600.0
+"""Default seconds ``/update_weights_from_disk`` may spend reading the weight files."""
+
+
+async def update_weights_from_disk(state: Any, body: dict[str, Any]) -> JSONResponse:
+    def fail(message: str) -> JSONResponse:
+        return JSONResponse({"success": False, "message": message, "num_paused_requests": 0}, status_code=400)
+
+    model_path, label = body.get("model_path"), body.get("weight_version")
+    if not isinstance(model_path, str) or not model_path:
+        return fail(f"'model_path' must be the path of a Hugging Face model folder; got {model_path!r}")
+    if label is not None and not isinstance(label, (str, int)):
+        return fail(f"'weight_version' must be a string; got {label!r}")
+    version = int(label) if isinstance(label, int) or (isinstance(label, str) and label.isdigit()) else None
+    if state.weight_read is not None and not state.weight_read.done():
+        return fail("an earlier weight load is still reading its files (stuck on the file system?); try again later")
+    path = Path(model_path).expanduser()
+    state.weight_read = _in_daemon_thread(read_weight_files, path)
+    try:  # the engine gets tensors in memory: its worker never waits on a file
+        weights = await asyncio.wait_for(asyncio.wrap_future(state.weight_read), state.weight_load_timeout)
+    except asyncio.TimeoutError:
+        log.error("reading weights from %s took longer than %g s", model_path, state.weight_load_timeout)
+        return fail(f"reading the weight files of {model_path!r} took longer than {state.weight_load_timeout:g} s")
+    except (OSError, ValueError) as exc:
+        return fail(f"Failed to update weights from {model_path!r}: {exc}")
+    if body.get("abort_all_requests", False):
+        await state.abort(None)
+    try:
+        new_version = await state.engine.update_weights(weights, version=version)
+    except Exception as exc:
+        log.exception("update_weights_from_disk(%s) failed", model_path)
+        return fail(f"Failed to update weights from {model_path!r}: {type(exc).__name__}: {exc}")
+    if label is not None:
+        state.version_labels[new_version] = str(label)
+    flush = getattr(state.engine, "flush_cache", None)
+    if body.get("flush_cache", True) and flush is not None:
+        result = flush()
+        if asyncio.iscoroutine(result):
+            await result
+    message = "Succeeded to update model weights."
+    if label is not None:
+        message += f" Weight version updated to {label}."
+    log.info("weights loaded from %s (weight_version %s)", model_path, state.label(new_version))
+    return JSONResponse({"success": True, "message": message, "num_paused_requests": 0})
+
+
+def _in_daemon_thread(fn: Any, *args: Any) -> concurrent.futures.Future:
+    """``fn(*args)`` in a new daemon thread: unlike an executor's threads, one that never returns
+    does not hold up the process's exit."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+
+    def run() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting request
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True, name="agentrl-serve-weights").start()
+    return future
+
+
+def read_weight_files(path: Path) -> dict[str, Any]:
+    """Every tensor of the ``*.safetensors`` (else ``pytorch_model*.bin``) files of a model folder
+    (or of one weight file), read into CPU memory. Files that are not regular files (a FIFO, a
+    device) are refused before they are opened: opening one could block for ever."""
+    import torch
+
+    if not path.exists():
+        raise ValueError(f"model_path {str(path)!r} does not exist on the server")
+    files = [path] if path.is_file() or not path.is_dir() else (
+        sorted(path.glob("*.safetensors")) or sorted(path.glob("pytorch_model*.bin")))
+    if not files:
+        raise ValueError(f"{path} holds no *.safetensors or pytorch_model*.bin weight files")
+    for f in files:
+        if not stat.S_ISREG(os.stat(f).st_mode):
+            raise ValueError(f"{f} is not a regular file")
+    weights: dict[str, Any] = {}
+    for f in files:
+        if f.suffix == ".safetensors":
+            from safetensors.torch import load
+
+            weights.update(load(f.read_bytes()))
+        else:
+            weights.update(torch.load(f, map_location="cpu", weights_only=True))
+    return weights
+
+
