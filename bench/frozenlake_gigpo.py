@@ -8,8 +8,8 @@ wall-clock minutes (the comparison; only points within each run's budget) to
 ``frozenlake_gigpo_cpu.{md,json,png}``. Run the estimators one after the other (two at once on two
 cores would each get less than a core)::
 
-    python bench/frozenlake_gigpo.py run --estimator grpo --seed 0 --minutes 27 --out runs/fl_gigpo
-    python bench/frozenlake_gigpo.py run --estimator gigpo --seed 0 --minutes 27 --out runs/fl_gigpo
+    python bench/frozenlake_gigpo.py run --estimator grpo --seed 0 --minutes 30 --out runs/fl_gigpo
+    python bench/frozenlake_gigpo.py run --estimator gigpo --seed 0 --minutes 30 --out runs/fl_gigpo
     python bench/frozenlake_gigpo.py report runs/fl_gigpo --out bench/results
 
 On a machine shared with other work the runs do not see the same load: compare the load averages the
@@ -48,12 +48,13 @@ SETTINGS = [
     "--config", "recipes/frozenlake/config.yaml",
     "--env-kwargs", json.dumps({"random_map_size": 4, "invalid_action_penalty": INVALID_PENALTY}),
     "--max-turns", "8", "--rollout-max-response-len", "12", "--rollout-max-context-len", "1536",
-    "--rollout-batch-size", "2", "--n-samples-per-prompt", "4", "--lr", "3e-5", "--num-rollout", "200",
-    "--eval-prompt-data", "unseen_maps", "recipes/frozenlake/test.jsonl", "--eval-max-prompts", "8",
+    "--rollout-batch-size", "1", "--n-samples-per-prompt", "4", "--lr", "3e-5", "--num-rollout", "200",
+    "--eval-prompt-data", "unseen_maps", "recipes/frozenlake/test.jsonl", "--eval-max-prompts", "4",
     "--eval-temperature", "1.0",
     "--engine-prefix-cache", "--engine-max-batch-size", "8", "--max-tokens-per-gpu", "1024",
 ]
-"""The shared settings: small, because the CPU is shared and a step costs minutes. The held-out episodes sample at
+"""The shared settings: small (one map of four episodes a rollout, four held-out maps), because the CPU is shared
+and a step costs minutes. The held-out episodes sample at
 the training temperature: untrained, the greedy reply names no move on any held-out map, so greedy success and
 reward stay flat until the mode itself changes, which takes more steps than fit here."""
 
@@ -72,7 +73,8 @@ def run(args: argparse.Namespace) -> None:
     with open(out / "train.log", "w") as log, open(out / "load.jsonl", "w") as load:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         while proc.poll() is None and time.time() < deadline:
-            load.write(json.dumps({"time": time.time(), "loadavg": os.getloadavg()}) + "\n")
+            load.write(json.dumps({"time": time.time(), "loadavg": os.getloadavg(), "cpu_s": _cpu_seconds(proc.pid)})
+                       + "\n")
             load.flush()
             try:
                 proc.wait(timeout=min(30.0, max(0.0, deadline - time.time())))
@@ -86,6 +88,15 @@ def run(args: argparse.Namespace) -> None:
                 proc.kill()
                 proc.wait()
     print(f"{args.estimator} seed {args.seed}: {out} (exit {proc.returncode})")
+
+
+def _cpu_seconds(pid: int) -> float | None:
+    """CPU seconds (user + system) the process has used so far, from /proc (None where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
 def _rows(path: Path) -> list[dict]:
@@ -114,7 +125,8 @@ def load(folder: Path) -> list[dict]:
                      "started_utc": datetime.datetime.fromtimestamp(meta["started"], datetime.timezone.utc)
                      .strftime("%Y-%m-%d %H:%M"),
                      "load_1min_mean": round(sum(x["loadavg"][0] for x in loads) / len(loads), 2) if loads else None,
-                     "load_1min_max": round(max(x["loadavg"][0] for x in loads), 2) if loads else None})
+                     "load_1min_max": round(max(x["loadavg"][0] for x in loads), 2) if loads else None,
+                     "cpu_minutes": round(max((x.get("cpu_s") or 0.0) for x in loads) / 60, 1) if loads else None})
     return runs
 
 
@@ -122,15 +134,15 @@ def report(args: argparse.Namespace) -> None:
     runs = load(Path(args.folder))
     if not runs:
         raise SystemExit(f"no runs under {args.folder}")
-    lines = ["| estimator | seed | started (UTC) | load avg 1 min, mean / max | last point at minute | rollouts | "
+    lines = ["| estimator | seed | started (UTC) | load avg 1 min, mean / max | CPU minutes | last point at minute | rollouts | "
              "held-out success / reward at minute (rollout) | training reward per rollout |",
-             "|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         held_out = "; ".join(f"{e['success']:.2f} / {e['reward']:+.3f} at {e['minute']:g} ({e['rollout']})"
                              for e in r["evals"])
         train = ", ".join(f"{t['reward']:+.3f}" for t in r["train"])
         lines.append(f"| {r['estimator']} | {r['seed']} | {r['started_utc']} | {r['load_1min_mean']} / "
-                     f"{r['load_1min_max']} | {r['minutes_run']} | {len(r['train'])} | {held_out} | {train} |")
+                     f"{r['load_1min_max']} | {r['cpu_minutes']} | {r['minutes_run']} | {len(r['train'])} | {held_out} | {train} |")
     meta = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
             "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                      text=True).stdout.strip(), "settings": SETTINGS, "estimators": ESTIMATORS}
@@ -173,7 +185,7 @@ def main() -> None:
     r = sub.add_parser("run", help="train one estimator for a fixed wall time")
     r.add_argument("--estimator", choices=sorted(ESTIMATORS), required=True)
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--minutes", type=float, default=27.0)
+    r.add_argument("--minutes", type=float, default=30.0)
     r.add_argument("--eval-interval", type=int, default=2)
     r.add_argument("--out", default="runs/fl_gigpo")
     r.set_defaults(fn=run)
