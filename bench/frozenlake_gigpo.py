@@ -4,9 +4,10 @@
 kill if the step in progress has not ended a minute later), evaluating greedily on held-out maps (unseen
 seeds) every ``--eval-interval`` rollouts, and logs the machine's load average every 30 s; ``report``
 reads every run under a folder and writes held-out success and reward and the training reward against
-wall-clock minutes (the comparison; only points within each run's budget) to
-``frozenlake_gigpo_cpu.{md,json,png}``. Run the estimators one after the other (two at once on two
-cores would each get less than a core)::
+wall-clock minutes (the comparison; only points within each run's budget) to the folder
+``frozenlake_gigpo_cpu/``: ``report.md`` (the table), ``summary.json`` (the numbers, each run's commit,
+the machine, the date, the commands), ``curves.png`` (the plot) and each run's ``metrics.jsonl``. Run the
+estimators one after the other (two at once on two cores would each get less than a core)::
 
     python bench/frozenlake_gigpo.py run --estimator grpo --seed 0 --minutes 30 --out runs/fl_gigpo
     python bench/frozenlake_gigpo.py run --estimator gigpo --seed 0 --minutes 30 --out runs/fl_gigpo
@@ -37,7 +38,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._report import save  # noqa: E402
+from bench._report import commit  # noqa: E402
 
 INVALID_PENALTY = 0.1
 """Reward of a reply that names no move (the game does not advance). SmolLM2-135M names a move in about one
@@ -68,7 +69,8 @@ def run(args: argparse.Namespace) -> None:
     cmd = [sys.executable, "train.py", *SETTINGS, *ESTIMATORS[args.estimator], "--seed", str(args.seed),
            "--eval-interval", str(args.eval_interval), "--output-dir", str(out)]
     (out / "bench.json").write_text(json.dumps({"started": time.time(), "minutes": args.minutes, "command": cmd,
-                                                "estimator": args.estimator, "seed": args.seed}, indent=2))
+                                                "estimator": args.estimator, "seed": args.seed, "commit": commit(),
+                                                "machine": _machine()}, indent=2))
     deadline = time.time() + args.minutes * 60
     with open(out / "train.log", "w") as log, open(out / "load.jsonl", "w") as load:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -99,6 +101,18 @@ def _cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
 
 
+def _machine() -> str:
+    """The processor, its core count and the memory, from /proc where there is one."""
+    model = ""
+    try:
+        model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("model name")), "")
+    except OSError:
+        pass
+    return f"{model or platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, Python " \
+        f"{platform.python_version()}"
+
+
 def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
@@ -117,7 +131,9 @@ def load(folder: Path) -> list[dict]:
                   "success": r["eval/unseen_maps/success"], "reward": r["eval/unseen_maps/reward_mean"]}
                  for r in rows if "eval/unseen_maps/success" in r]
         steps = [r for r in rows if "rollout/reward_mean" in r]
-        runs.append({**{k: meta[k] for k in ("estimator", "seed", "minutes")}, "evals": evals,
+        runs.append({**{k: meta[k] for k in ("estimator", "seed", "minutes")}, "folder": meta_path.parent.name,
+                     "commit": meta.get("commit", "not recorded"), "machine": meta.get("machine", "not recorded"),
+                     "command": " ".join(meta["command"][1:]), "evals": evals,
                      "train": [{"minute": round((r["time"] - meta["started"]) / 60, 1), "rollout": r["step"],
                                 "reward": r["rollout/reward_mean"],
                                 "zero_variance_groups": r.get("rollout/zero_variance_groups")} for r in steps],
@@ -131,9 +147,10 @@ def load(folder: Path) -> list[dict]:
 
 
 def report(args: argparse.Namespace) -> None:
-    runs = load(Path(args.folder))
+    folder = Path(args.folder)
+    runs = load(folder)
     if not runs:
-        raise SystemExit(f"no runs under {args.folder}")
+        raise SystemExit(f"no runs under {folder}")
     lines = ["| estimator | seed | started (UTC) | load avg 1 min, mean / max | CPU minutes | last point at minute | rollouts | "
              "held-out success / reward at minute (rollout) | training reward per rollout |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -143,14 +160,29 @@ def report(args: argparse.Namespace) -> None:
         train = ", ".join(f"{t['reward']:+.3f}" for t in r["train"])
         lines.append(f"| {r['estimator']} | {r['seed']} | {r['started_utc']} | {r['load_1min_mean']} / "
                      f"{r['load_1min_max']} | {r['cpu_minutes']} | {r['minutes_run']} | {len(r['train'])} | {held_out} | {train} |")
-    meta = {"date": datetime.date.today().isoformat(), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
-            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                     text=True).stdout.strip(), "settings": SETTINGS, "estimators": ESTIMATORS}
-    md = "\n".join(lines) + "\n"
-    path = save(args.out, "frozenlake_gigpo_cpu", {"meta": meta, "runs": runs}, md)
-    _plot(runs, Path(args.out) / "frozenlake_gigpo_cpu.png")
+    commits = sorted({r["commit"] for r in runs})
+    meta = {"commit": ", ".join(commits), "machine": "; ".join(sorted({r["machine"] for r in runs})),
+            "date": min(r["started_utc"] for r in runs)[:10],
+            "command": "; ".join(f"python bench/frozenlake_gigpo.py run --estimator {r['estimator']} --seed {r['seed']} "
+                                 f"--minutes {r['minutes']:g}" for r in runs)
+            + f"; python bench/frozenlake_gigpo.py report {folder} --out {args.out}",
+            "settings": SETTINGS, "estimators": ESTIMATORS}
+    header = ["# FrozenLake (random 4x4 maps): GRPO against GiGPO at equal wall time, SmolLM2-135M-Instruct, CPU", "",
+              f"- commit: {meta['commit']}", f"- machine: {meta['machine']}", f"- date: {meta['date']}",
+              f"- command: `{meta['command']}`", "",
+              "Each run's command: " + "; ".join(f"`{r['command']}`" for r in runs), ""]
+    md = "\n".join(header + lines) + "\n"
+    out = Path(args.out) / "frozenlake_gigpo_cpu"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps({**meta, "runs": runs}, indent=2))
+    (out / "report.md").write_text(md)
+    for r in runs:
+        metrics = folder / r["folder"] / "metrics.jsonl"
+        if metrics.exists():
+            (out / f"{r['folder']}_metrics.jsonl").write_text(metrics.read_text())
+    _plot(runs, out / "curves.png")
     print(md)
-    print(f"wrote {path} and {Path(args.out) / 'frozenlake_gigpo_cpu.png'}")
+    print(f"wrote {out}/: report.md, summary.json, curves.png and each run's metrics")
 
 
 def _plot(runs: list[dict], path: Path) -> None:
@@ -160,7 +192,8 @@ def _plot(runs: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     colors = {"grpo": "tab:blue", "gigpo": "tab:orange"}
-    panels = [("evals", "success", "held-out success (sampled, 8 unseen maps)"),
+    maps = SETTINGS[SETTINGS.index("--eval-max-prompts") + 1]
+    panels = [("evals", "success", f"held-out success (sampled, {maps} unseen maps)"),
               ("evals", "reward", f"held-out reward (1 at the goal, -{INVALID_PENALTY:g} a reply without a move)"),
               ("train", "reward", "training reward (mean of the rollout)")]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
