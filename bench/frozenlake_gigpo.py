@@ -53,9 +53,12 @@ SETTINGS = [
     "--eval-prompt-data", "unseen_maps", "recipes/frozenlake/test.jsonl", "--eval-max-prompts", "4",
     "--eval-temperature", "1.0",
     "--engine-prefix-cache", "--engine-max-batch-size", "8", "--max-tokens-per-gpu", "1024",
+    "--episode-timeout", "none",
 ]
 """The shared settings: small (one map of four episodes a rollout, four held-out maps), because the CPU is shared
-and a step costs minutes. The held-out episodes sample at
+and a step costs minutes. No episode time limit: on a CPU this loaded (load average near 20 on 2 cores) the
+first four held-out episodes ran past the default 600 s and were retried, a failure of the machine, not of
+the episode, that would have spent the whole budget. The held-out episodes sample at
 the training temperature: untrained, the greedy reply names no move on any held-out map, so greedy success and
 reward stay flat until the mode itself changes, which takes more steps than fit here."""
 
