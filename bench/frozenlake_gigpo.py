@@ -14,7 +14,12 @@ estimators one after the other (two at once on two cores would each get less tha
     python bench/frozenlake_gigpo.py report runs/fl_gigpo --out bench/results
 
 On a machine shared with other work the runs do not see the same load: compare the load averages the
-report lists before reading a difference in rollouts per minute.
+report lists before reading a difference in rollouts per minute. Where the load is far above the core
+count, start the two runs at the same moment instead, each on one torch thread (``--threads 1``), so both
+see the same load and neither waits on a second thread the scheduler has parked::
+
+    python bench/frozenlake_gigpo.py run --estimator grpo --threads 1 --minutes 55 --out runs/fl_gigpo &
+    python bench/frozenlake_gigpo.py run --estimator gigpo --threads 1 --minutes 55 --out runs/fl_gigpo
 
 Both estimators get the same prompts, seeds, budgets and optimiser; only ``--advantage-estimator``
 differs (GiGPO with ``--gamma 0.95``, the paper's per-turn discount; GRPO ignores ``--gamma``).
@@ -71,12 +76,15 @@ def run(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "train.py", *SETTINGS, *ESTIMATORS[args.estimator], "--seed", str(args.seed),
            "--eval-interval", str(args.eval_interval), "--output-dir", str(out)]
+    env = dict(os.environ)
+    if args.threads:  # torch's intra-op threads (OpenMP), read when the trainer starts
+        env["OMP_NUM_THREADS"] = str(args.threads)
     (out / "bench.json").write_text(json.dumps({"started": time.time(), "minutes": args.minutes, "command": cmd,
                                                 "estimator": args.estimator, "seed": args.seed, "commit": commit(),
-                                                "machine": _machine()}, indent=2))
+                                                "machine": _machine(), "threads": args.threads}, indent=2))
     deadline = time.time() + args.minutes * 60
     with open(out / "train.log", "w") as log, open(out / "load.jsonl", "w") as load:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
         while proc.poll() is None and time.time() < deadline:
             load.write(json.dumps({"time": time.time(), "loadavg": os.getloadavg(), "cpu_s": _cpu_seconds(proc.pid)})
                        + "\n")
@@ -136,7 +144,7 @@ def load(folder: Path) -> list[dict]:
         steps = [r for r in rows if "rollout/reward_mean" in r]
         runs.append({**{k: meta[k] for k in ("estimator", "seed", "minutes")}, "folder": meta_path.parent.name,
                      "commit": meta.get("commit", "not recorded"), "machine": meta.get("machine", "not recorded"),
-                     "command": " ".join(meta["command"][1:]), "evals": evals,
+                     "command": " ".join(meta["command"][1:]), "threads": meta.get("threads"), "evals": evals,
                      "train": [{"minute": round((r["time"] - meta["started"]) / 60, 1), "rollout": r["step"],
                                 "reward": r["rollout/reward_mean"],
                                 "zero_variance_groups": r.get("rollout/zero_variance_groups")} for r in steps],
@@ -223,6 +231,7 @@ def main() -> None:
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--minutes", type=float, default=30.0)
     r.add_argument("--eval-interval", type=int, default=2)
+    r.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the run (default: torch's own)")
     r.add_argument("--out", default="runs/fl_gigpo")
     r.set_defaults(fn=run)
     rep = sub.add_parser("report", help="plot and tabulate every run under a folder")
