@@ -100,6 +100,8 @@ def run(args: argparse.Namespace) -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+    meta = json.loads((out / "bench.json").read_text())
+    (out / "bench.json").write_text(json.dumps({**meta, "exit": proc.returncode}, indent=2))  # -9: killed (the OOM killer?)
     print(f"{args.estimator} seed {args.seed}: {out} (exit {proc.returncode})")
 
 
@@ -144,7 +146,8 @@ def load(folder: Path) -> list[dict]:
         steps = [r for r in rows if "rollout/reward_mean" in r]
         runs.append({**{k: meta[k] for k in ("estimator", "seed", "minutes")}, "folder": meta_path.parent.name,
                      "commit": meta.get("commit", "not recorded"), "machine": meta.get("machine", "not recorded"),
-                     "command": " ".join(meta["command"][1:]), "threads": meta.get("threads"), "evals": evals,
+                     "command": " ".join(meta["command"][1:]), "threads": meta.get("threads"), "exit": meta.get("exit"),
+                     "evals": evals,
                      "train": [{"minute": round((r["time"] - meta["started"]) / 60, 1), "rollout": r["step"],
                                 "reward": r["rollout/reward_mean"],
                                 "zero_variance_groups": r.get("rollout/zero_variance_groups")} for r in steps],
@@ -162,15 +165,16 @@ def report(args: argparse.Namespace) -> None:
     runs = load(folder)
     if not runs:
         raise SystemExit(f"no runs under {folder}")
-    lines = ["| estimator | seed | started (UTC) | load avg 1 min, mean / max | CPU minutes | last point at minute | rollouts | "
-             "held-out success / reward at minute (rollout) | training reward per rollout |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| estimator | seed | started (UTC) | torch threads | load avg 1 min, mean / max | CPU minutes | exit | "
+             "last point at minute | rollouts | held-out success / reward at minute (rollout) | training reward per rollout |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         held_out = "; ".join(f"{e['success']:.2f} / {e['reward']:+.3f} at {e['minute']:g} ({e['rollout']})"
                              for e in r["evals"])
         train = ", ".join(f"{t['reward']:+.3f}" for t in r["train"])
-        lines.append(f"| {r['estimator']} | {r['seed']} | {r['started_utc']} | {r['load_1min_mean']} / "
-                     f"{r['load_1min_max']} | {r['cpu_minutes']} | {r['minutes_run']} | {len(r['train'])} | {held_out} | {train} |")
+        lines.append(f"| {r['estimator']} | {r['seed']} | {r['started_utc']} | {r['threads'] or 'default'} | "
+                     f"{r['load_1min_mean']} / {r['load_1min_max']} | {r['cpu_minutes']} | {r['exit']} | {r['minutes_run']} | "
+                     f"{len(r['train'])} | {held_out} | {train} |")
     commits = sorted({r["commit"] for r in runs})
     meta = {"commit": ", ".join(commits), "machine": "; ".join(sorted({r["machine"] for r in runs})),
             "date": min(r["started_utc"] for r in runs)[:10],
