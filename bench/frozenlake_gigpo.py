@@ -217,8 +217,9 @@ def _plot(runs: list[dict], path: Path) -> None:
             points = r[series]
             ax.plot([p["minute"] for p in points], [p[key] for p in points], marker="os^v"[r["seed"] % 4],
                     markersize=4, linestyle=("-", "--", ":", "-.")[r["seed"] % 4], color=colors.get(r["estimator"]),
-                    label=f"{r['estimator']} seed {r['seed']}")
-        ax.set_xlabel("wall-clock minutes (one run after the other on a shared 2-core CPU)")
+                    label=f"{r['estimator']} seed {r['seed']}"
+                    + (f" (killed at minute {r['minutes_run']:g})" if r.get("exit") == -9 else ""))
+        ax.set_xlabel("wall-clock minutes since the run started (a shared 2-core CPU)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
