@@ -179,7 +179,8 @@ def report(args: argparse.Namespace) -> None:
     meta = {"commit": ", ".join(commits), "machine": "; ".join(sorted({r["machine"] for r in runs})),
             "date": min(r["started_utc"] for r in runs)[:10],
             "command": "; ".join(f"python bench/frozenlake_gigpo.py run --estimator {r['estimator']} --seed {r['seed']} "
-                                 f"--minutes {r['minutes']:g}" for r in runs)
+                                 f"--minutes {r['minutes']:g}" + (f" --threads {r['threads']}" if r["threads"] else "")
+                                 for r in runs)
             + f"; python bench/frozenlake_gigpo.py report {folder} --out {args.out}",
             "settings": SETTINGS, "estimators": ESTIMATORS}
     header = ["# FrozenLake (random 4x4 maps): GRPO against GiGPO at equal wall time, SmolLM2-135M-Instruct, CPU", "",
@@ -218,7 +219,7 @@ def _plot(runs: list[dict], path: Path) -> None:
             ax.plot([p["minute"] for p in points], [p[key] for p in points], marker="os^v"[r["seed"] % 4],
                     markersize=4, linestyle=("-", "--", ":", "-.")[r["seed"] % 4], color=colors.get(r["estimator"]),
                     label=f"{r['estimator']} seed {r['seed']}"
-                    + (f" (killed at minute {r['minutes_run']:g})" if r.get("exit") == -9 else ""))
+                    + (f" (killed; last point at minute {r['minutes_run']:g})" if r.get("exit") == -9 else ""))
         ax.set_xlabel("wall-clock minutes since the run started (a shared 2-core CPU)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
