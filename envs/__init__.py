@@ -19,3 +19,5 @@ register("Search-v0", "envs.search:SearchEnv", max_turns=4, retriever="auto")
 register("ToolUse-v0", "envs.tool_use:ToolUseEnv", max_turns=4)
 # the README's example: guess a digit with higher/lower hints (see envs/guess.py, recipes/guess/)
 register("Guess-v0", "envs.guess:GuessEnv", max_turns=3)
+# environments of other ecosystems (agentrl/env/adapters/, docs/environments.md): skyrl-gym's GSM8K
+register("SkyRL-v0", "agentrl.env.adapters.skyrl_gym:SkyRLGymEnv", max_turns=1, env="gsm8k")

@@ -18,6 +18,11 @@ game state as text and answers with a move; the game's own reward passes through
 * **Ends.** ``terminated`` is the game's; the game's own ``TimeLimit`` (FrozenLake 100 moves,
   Taxi 200) gives ``truncated``; the registered ``max_turns`` (invalid replies included)
   truncates through ``TurnLimit``.
+* **State keys.** ``info["state_key"]`` (reset and every step) names the state the next move is
+  made from: the game's observation as text (FrozenLake and CliffWalking: the position; Taxi: the
+  encoded taxi position, passenger and destination; Blackjack: the player's total, the dealer's
+  card and the usable ace). A reply without a valid move leaves it unchanged. With the same seed
+  (one map, one deal) equal keys are the same state, which step-level estimators (GiGPO) compare.
 * **Seeding.** ``reset(seed=s)`` resets the game with ``seed=s`` (the same start as
   ``gymnasium.make(game_id).reset(seed=s)``); ``reset()`` draws the game's seed from the env's RNG.
 * **FrozenLake.** ``is_slippery`` defaults to False here (gymnasium's default is True): a
@@ -308,7 +313,8 @@ class GymTextEnv(TextEnv):
         text = f"{self.adapter.rules(game)}\n\n{self.adapter.render(game, self.obs, False)}\n\n{self._answer_hint()}"
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages.append({"role": "user", "content": text})
-        return messages, {"game": self.adapter.name, "game_seed": game_seed, "state": _json_safe(self.obs)}
+        return messages, {"game": self.adapter.name, "game_seed": game_seed, "state": _json_safe(self.obs),
+                          "state_key": _state_key(self.obs)}
 
     def step(self, action: str):
         if self.obs is None:
@@ -344,7 +350,7 @@ class GymTextEnv(TextEnv):
         return {
             "game": self.adapter.name, "action": move, "valid_action": move is not None,
             "invalid_actions": self.invalid_actions, "moves": self.moves_made, "game_reward": game_reward,
-            "episode_return": self.episode_return, "state": _json_safe(self.obs),
+            "episode_return": self.episode_return, "state": _json_safe(self.obs), "state_key": _state_key(self.obs),
         }
 
     def close(self) -> None:
@@ -373,6 +379,11 @@ def _class_name(entry_point: Any) -> str:
     if isinstance(entry_point, str):
         return entry_point.rsplit(":", 1)[-1]
     return getattr(entry_point, "__name__", type(entry_point).__name__)
+
+
+def _state_key(obs: Any) -> str:
+    """The observation as a string: toy-text observations are the game's whole state."""
+    return str(_json_safe(obs))
 
 
 def _json_safe(obs: Any) -> Any:

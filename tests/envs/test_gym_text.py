@@ -54,6 +54,32 @@ def test_invalid_moves_do_not_advance_and_are_counted():
     assert default.step("")[1] == 0.0  # no penalty unless asked for
 
 
+@pytest.mark.parametrize("game, moves", [
+    ("FrozenLake", ["right", "nowhere", "down"]),
+    ("Taxi", ["north", "nowhere", "west"]),
+    ("CliffWalking", ["up", "nowhere", "right"]),
+    ("Blackjack", ["nowhere", "hit"]),
+])
+def test_state_keys_name_the_state_the_next_move_is_made_from(game, moves):
+    env = GymTextEnv(game)
+    _, info = env.reset(seed=4)
+    keys, infos = [info["state_key"]], [info]
+    for move in moves:
+        infos.append(env.step(f"<action>{move}</action>")[4])
+        keys.append(infos[-1]["state_key"])
+    assert all(isinstance(k, str) for k in keys)
+    assert keys == [str(info["state"]) for info in infos]  # the observation: the whole state of these games
+    assert keys[0] == GymTextEnv(game).reset(seed=4)[1]["state_key"]  # seeded
+    invalid = moves.index("nowhere")
+    assert keys[invalid + 1] == keys[invalid]  # a reply without a move leaves the state as it was
+    # equal keys, equal states: the same position reached by another path has the same key
+    if game == "FrozenLake":
+        other = GymTextEnv(game)
+        other.reset(seed=4)
+        via_down = [other.step(f"<action>{m}</action>")[4]["state_key"] for m in ("down", "right")]
+        assert via_down[-1] == keys[-1] == "5"
+
+
 def test_move_parsing():
     lake, taxi = GAMES["FrozenLakeEnv"], GAMES["TaxiEnv"]
     assert parse_move("<action> Down </action>", lake) == 1
