@@ -31,7 +31,7 @@ Example::
     ...            "num_attention_heads": 28, "num_key_value_heads": 4, "vocab_size": 152064, "tie_word_embeddings": False}
     >>> m = estimate_memory(qwen_7b, TrainerLayout("megatron", world=8, tp=2, sequence_parallel=True))
     >>> round(m.weights / 2**30, 2), round(m.optimizer / 2**30, 2)
-    (7.1, 10.65)
+    (7.09, 10.64)
 """
 
 from __future__ import annotations
