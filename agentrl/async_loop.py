@@ -262,7 +262,7 @@ class RolloutStream:
             for rollout_id in range(self.start, self.cfg.num_rollout):
                 cond = self._condition()
                 async with cond:  # the staleness bound: rollout r waits for r - s - 1 to be trained
-                    await cond.wait_for(lambda: self._failed or self._finished >= rollout_id - self.max_staleness - 1)
+                    await cond.wait_for(lambda: self._failed or self._finished >= rollout_id - self.max_staleness - 1)  # noqa: B023 (awaited in this iteration)
                 previous = self._unfinished.get(rollout_id - 1)
                 if previous is not None and self.cfg.asynchrony.next_rollout_at < 1:  # and for r - 1 to finish (or reach its tail)
                     await previous.wait_until(int(self.cfg.asynchrony.next_rollout_at * self.cfg.episodes_per_rollout))
@@ -310,6 +310,7 @@ class RolloutStream:
              "async/generate_s": max(0.0, end - start),
              "async/overlap_s": max(0.0, min(end, asked) - start),
              "async/wait_s": max(0.0, end - asked)}
+        assert self.engine is not None  # set in __init__ when the loop is asynchronous, the only case that gets here
         stats = self.engine.stats
         m |= {"async/resumed_turns": float(stats.resumed), "async/resumed_tokens": float(stats.resumed_tokens),
               "async/carried_turns": float(stats.carried),

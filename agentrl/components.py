@@ -50,11 +50,14 @@ class Components:
 
 
 def build_components(cfg: RunConfig) -> Components:
+    if cfg.prompt_data is None:
+        raise ConfigError(["--prompt-data is required (a .jsonl/.parquet file of prompts)"])
     dataset = load_prompts(cfg.prompt_data, cfg.data)
     log.info("loaded %d prompts from %s (%d skipped)", len(dataset), cfg.prompt_data, len(dataset.skipped))
     sampler = PromptSampler(dataset.rows, seed=cfg.seed)
     eval_tasks = load_eval_tasks(cfg)
-    check_envs(cfg, [*dataset.rows, *(row for task in eval_tasks for row in task.rows)])
+    if not cfg.hooks.custom_generate_function_path:  # a custom episode loop may make no environment at all
+        check_envs(cfg, [*dataset.rows, *(row for task in eval_tasks for row in task.rows)])
     trainer = build_trainer(cfg)
     template = build_template(cfg, trainer.tokenizer)
     engine = build_engine(cfg, trainer)
@@ -105,7 +108,7 @@ def check_envs(cfg: RunConfig, rows: list[Any]) -> None:
 
     from agentrl.utils.extras import MissingExtra
 
-    first: dict[str, Any] = {}
+    first: dict[str | None, Any] = {}
     for row in rows:
         first.setdefault(row.env_id or cfg.env, row)
     problems = []
@@ -212,6 +215,8 @@ def compute_advantages(batch: RolloutBatch, cfg: RunConfig) -> None:
     config = algo.AdvantageConfig(normalize_std=cfg.algo.normalize_advantage_std, gamma=cfg.algo.gamma, lam=cfg.algo.lambd)
     estimator = algo.get_advantage_estimator(cfg.algo.advantage_estimator)
     if cfg.algo.advantage_estimator in algo.CRITIC_ESTIMATORS:
+        if batch.values is None:
+            raise ValueError(f"{cfg.algo.advantage_estimator} needs the critic's values in batch.values")
         token_rewards = algo.place_rewards_at_turn_ends(batch.rewards, batch.loss_mask)
         _, batch.returns = algo.compute_gae(token_rewards, batch.values, batch.loss_mask, cfg.algo.gamma, cfg.algo.lambd)
         batch.advantages = estimator(batch.rewards, batch.group_ids, batch.loss_mask, config=config,

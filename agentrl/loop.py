@@ -187,6 +187,7 @@ async def run_eval(c: Components, cfg: RunConfig, dumps: RolloutDumper | None = 
 
 
 def save(c: Components, cfg: RunConfig, next_rollout: int, guard: SignalGuard) -> None:
+    assert cfg.checkpoint.save is not None  # called only with --save
     path = save_checkpoint(cfg.checkpoint.save, next_rollout, c.trainer, {
         "next_rollout": next_rollout, "sampler": c.sampler.state_dict(), "signal": guard.state_dict(),
         "weight_version": c.engine.weight_version, "config": to_dict(cfg)})
@@ -196,6 +197,7 @@ def save(c: Components, cfg: RunConfig, next_rollout: int, guard: SignalGuard) -
 def resume(c: Components, cfg: RunConfig, guard: SignalGuard) -> tuple[int, int]:
     """Restore trainer, data position, the signal guard and engine weights from ``--load``; return the next
     rollout (0 for the checkpoint of a warm start) and the weight version."""
+    assert cfg.checkpoint.load is not None  # called only with --load
     ckpt = find_checkpoint(cfg.checkpoint.load)
     state = read_state(ckpt)
     c.trainer.load(ckpt)

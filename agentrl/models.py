@@ -119,7 +119,9 @@ def load_model(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs).to(device)
+    # typed as a Module: transformers' PreTrainedModel.to reads to mypy as an unbound function
+    model: torch.nn.Module = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **kwargs)
+    model = model.to(device)
     model.eval()
     if not with_tokenizer:
         return model
@@ -165,7 +167,7 @@ def _materialise_alias(alias: str) -> Path:
         bar.update()
         bar.set_postfix_str("weights")
         model = AutoModelForCausalLM.from_pretrained(src, gguf_file=gguf_name)
-        model.hf_quantizer = None
+        model.hf_quantizer = None  # type: ignore[assignment]  # an attribute transformers' model classes do not declare
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         bar.update()

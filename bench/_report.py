@@ -2,6 +2,16 @@
 
 Each script prints a markdown table and, with ``--out DIR``, writes ``DIR/<stem>.json`` (the numbers
 and the run's metadata) beside ``DIR/<stem>.md`` (the table).
+
+A result kept in ``bench/results/`` is one that README.md or a ``docs/*.md`` file cites by its exact
+path (``bench/results/<stem>.md`` or ``.json``; a run's folder file by file), and it names its
+provenance: the ``.md`` starts with its title, then the lines ``- commit: ...``, ``- machine: ...``,
+``- date: ...`` (a ``YYYY-MM-DD`` day) and ``- command: ...``; the ``.json`` holds the keys
+``commit``, ``machine``, ``date`` and ``command`` at its top level or in its ``meta`` object; a run's
+folder holds them in its ``summary.json``. Where a run did not record its commit, ``commit`` says
+``not recorded (added in <hash>)``. Reruns, sweeps and superseded results leave the tree: the doc that
+discusses them gives their numbers with the date, the machine and ``git show <commit>:<path>``.
+``tests/test_bench_results.py`` checks all of this.
 """
 
 from __future__ import annotations

@@ -123,7 +123,7 @@ def time_envs(cases: dict[str, str], env_ids: tuple[str, ...], repeats: int) -> 
     for env_id in env_ids:
         env = make(env_id)
         for kind, text in cases.items():
-            async def one() -> list[tuple[float, float, Any]]:
+            async def one(env: Any, text: str) -> list[tuple[float, float, Any]]:
                 await env.areset(seed=0)
                 await env.astep("warm-up")  # a first step pays for imports and worker start-up
                 runs = []
@@ -132,7 +132,7 @@ def time_envs(cases: dict[str, str], env_ids: tuple[str, ...], repeats: int) -> 
                     runs.append(await _step_with_heartbeat(env, text))
                 return runs
 
-            runs = asyncio.run(one())
+            runs = asyncio.run(one(env, text))
             loop_ms = min(r[0] for r in runs)  # the other processes of a shared machine only add to it
             wall_ms = sorted(r[1] for r in runs)[len(runs) // 2]
             _, reward, terminated, truncated, info = runs[-1][2]

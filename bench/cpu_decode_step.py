@@ -57,15 +57,16 @@ def attention_part(batch: int, lengths: list[int], rounds: int) -> list[dict]:
         pos = torch.full((batch,), length - 1)
         mask = torch.zeros(batch, 1, 1, length)
 
-        def over_layers(attend):
+        def over_layers(attend, length=length):
             def run():
                 for i in range(n_layers):
                     attend(cache[i, 0, :, :, :length], cache[i, 1, :, :, :length])
             return run
 
         variants = {
-            "sdpa": over_layers(lambda k, v: F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=dim**-0.5)),
-            "cpu kernel": over_layers(lambda k, v: cpu_attention.decode_attention(q, k, v, pos, dim**-0.5)),
+            "sdpa": over_layers(lambda k, v, mask=mask: F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                                                      scale=dim**-0.5)),
+            "cpu kernel": over_layers(lambda k, v, pos=pos: cpu_attention.decode_attention(q, k, v, pos, dim**-0.5)),
             "read k+v once": over_layers(lambda k, v: (k.sum(), v.sum())),
         }
         for name, ms in _interleaved(variants, rounds).items():

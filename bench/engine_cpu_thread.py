@@ -65,7 +65,7 @@ def run_scenario(scenario: str, model: str, dtype: str, batch: int, threads: int
     def decode() -> None:
         torch.set_num_threads(threads)
         with torch.inference_mode():
-            for r in range(rounds):
+            for _ in range(rounds):
                 for i in range(25):  # 5 untimed, then 20 timed
                     if i == 5:
                         t0 = time.perf_counter()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import functools
 import statistics
 import sys
 import tempfile
@@ -137,7 +138,7 @@ async def run(args) -> dict:
             wall = await one_rollout(engine, args, workload, r)
             st = {k: v - st0[k] for k, v in vars(engine.stats).items()}
             if prof is not None:
-                await asyncio.wrap_future(engine._scheduler.call(lambda: prof.__exit__(None, None, None)))
+                await asyncio.wrap_future(engine._scheduler.call(functools.partial(prof.__exit__, None, None, None)))
             t = clock.totals
             steps = st["steps"]
             step_ms = 1e3 * statistics.median(clock.durations["_decode"]) if clock.durations["_decode"] else float("nan")

@@ -107,6 +107,14 @@ def main() -> None:
         return SamplingRows.from_lists(temperature=[1.0] * k, top_p=[1.0] * k, top_k=[-1] * k, seed=list(range(k)),
                                        step=[0] * k)
 
+    def prefill_call(runner, mixed: bool, prompts: list[list[int]]):
+        """One prefill of every prompt from position 0: the mixed step's or the plain one."""
+        if mixed:
+            parts = [Part(i, np.asarray(pr, np.int64), 0, i, 0, True) for i, pr in enumerate(prompts)]
+            empty = np.zeros(0, np.int64)
+            return lambda: runner.mixed(empty, empty, parts, rows(len(prompts)))
+        return lambda: runner.prefill(list(range(len(prompts))), prompts, rows(len(prompts))).cpu()
+
     measured = matmul_tflops(device)
     throughput, latency, engines = [], [], {}
     for mixed in (True, False):
@@ -118,12 +126,7 @@ def main() -> None:
         cfg = engine.model.config
         runner.allocate()
         prompts = [g.integers(100, vocab, n).tolist() for _ in range(r)]
-        if mixed:
-            parts = [Part(i, np.asarray(pr, np.int64), 0, i, 0, True) for i, pr in enumerate(prompts)]
-            empty = np.zeros(0, np.int64)
-            step = lambda: runner.mixed(empty, empty, parts, rows(r))  # noqa: E731
-        else:
-            step = lambda: runner.prefill(list(range(r)), prompts, rows(r)).cpu()  # noqa: E731
+        step = prefill_call(runner, mixed, prompts)
         with torch.inference_mode():
             ms = timed_ms(step, device, args.repeats)
         flops = model_flops(cfg, [n] * r, r)
@@ -160,11 +163,7 @@ def main() -> None:
         with torch.inference_mode():
             for lengths in LENGTHS:
                 batch = [[100 + (i * 7) % 1000 for i in range(k)] for k in lengths]
-                if mixed:
-                    parts = [Part(i, np.asarray(b, np.int64), 0, i, 0, True) for i, b in enumerate(batch)]
-                    call = lambda: runner.mixed(empty, empty, parts, rows(len(batch)))  # noqa: E731
-                else:
-                    call = lambda: runner.prefill(list(range(len(batch))), batch, rows(len(batch))).cpu()  # noqa: E731
+                call = prefill_call(runner, mixed, batch)
                 each = []
                 for _ in range(4):
                     _sync(device)

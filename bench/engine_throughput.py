@@ -29,6 +29,7 @@ import argparse
 import asyncio
 import dataclasses
 import datetime
+import functools
 import gc
 import json
 import logging
@@ -253,7 +254,7 @@ def measure(args, model, prompts_all, bw: float, out_path: Path | None, results:
             try:
                 table[spec].extra["warmup_s"] = round(run(spec, prompts, args.new_tokens), 2)
                 if spec in engines:  # warm until steady state: every decode step replays a captured graph
-                    table[spec].extra["warmup_runs"] = 1 + warm_engine(engines[spec], lambda: run(spec, prompts, args.new_tokens))
+                    table[spec].extra["warmup_runs"] = 1 + warm_engine(engines[spec], functools.partial(run, spec, prompts, args.new_tokens))
             except Exception as exc:  # one failed system does not lose the others
                 table[spec].note = f"failed: {exc!r}"
                 log.error("%s batch %d failed:\n%s", spec, batch, traceback.format_exc())

@@ -156,7 +156,7 @@ def run_case(name: str, backend: str, mbs: int, seq_len: int, recompute: str, ar
         res.status, res.error = "error", f"{type(err).__name__}: {err}"
         log.error("%s", traceback.format_exc())
     finally:
-        del model, opt
+        model = opt = None  # frees the GPU memory (step() still refers to opt: rebound, not deleted)
         gc.collect()
         torch.cuda.empty_cache()
     log.info("%s", res)

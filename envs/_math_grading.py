@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import re
 import threading
+from collections import deque
 from fractions import Fraction
 from typing import Any
 
@@ -101,10 +102,8 @@ def _last_number(text: str) -> str | None:
     end = max(text.rfind(d) for d in "0123456789") + 1
     if end == 0:
         return None
-    last = None
-    for last in _NUMBER.finditer(text, max(0, end - 2 * MAX_ANSWER_CHARS), end):
-        pass
-    return last.group(0) if last is not None else None
+    last = deque(_NUMBER.finditer(text, max(0, end - 2 * MAX_ANSWER_CHARS), end), maxlen=1)
+    return last[0].group(0) if last else None
 
 
 def parse_label(label: str) -> str:

@@ -177,6 +177,8 @@ class MathEnv(TextEnv):
         if "question" in options or "prompt" in options:
             question = options.get("question", options.get("prompt"))
             label = options.get("answer", options.get("label"))
+            if question is None:
+                raise ValueError("reset options: the question ('question' or 'prompt') is None")
             if label is None:
                 raise ValueError(f"reset options with a question need 'answer' (or 'label'); got keys {sorted(options)}")
         elif "label" in options or "answer" in options:

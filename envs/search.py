@@ -341,7 +341,7 @@ def parse_response(data: Any) -> list[Mapping[str, Any]]:
     result = data.get("result") if isinstance(data, dict) else None
     if not isinstance(result, list) or not result or not isinstance(result[0], list):
         raise RetrievalError(f'expected {{"result": [[...]]}}; got {str(data)[:200]}')
-    docs = []
+    docs: list[Mapping[str, Any]] = []
     for item in result[0]:
         doc = item.get("document", item) if isinstance(item, dict) else item
         if not isinstance(doc, dict) or not isinstance(doc.get("contents", doc.get("text")), str):

@@ -124,7 +124,7 @@ def describe_tools(schemas: Sequence[Mapping[str, Any]]) -> str:
         {"name": "calculator", "arguments": {"expression": "..."}}
     """
     lines = [json.dumps(s.get("function", s), ensure_ascii=False) for s in schemas]
-    first = schemas[0].get("function", schemas[0]) if schemas else {"name": "tool", "parameters": {}}
+    first: Mapping[str, Any] = schemas[0].get("function", schemas[0]) if schemas else {"name": "tool", "parameters": {}}
     required = first.get("parameters", {}).get("required", [])
     example = {"name": first["name"], "arguments": {k: "..." for k in required}}
     return (
@@ -362,4 +362,4 @@ def _resolve_tool(tool: str | Callable[..., Any], python_sandbox: Any, tool_time
 
 
 def _is_async(fn: Callable[..., Any]) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None))
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)

@@ -16,6 +16,19 @@ from agentrl.chat import ChatTemplate  # noqa: E402
 from agentrl.models import load_tokenizer  # noqa: E402
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_collect_file(file_path, parent):
+    """Docstring examples are collected from every module (--doctest-modules), but not from the
+    conftest files: pytest imports those itself, and a second import by their shared basename
+    ("conftest") would clash with the one of a neighbouring folder."""
+    collectors = yield
+    if file_path.name != "conftest.py":
+        return collectors
+    from _pytest.doctest import DoctestModule
+
+    return [c for c in collectors if not isinstance(c, DoctestModule)]
+
+
 @pytest.fixture(scope="session")
 def tokenizer():
     return load_tokenizer("tiny-qwen2")

@@ -24,6 +24,33 @@ def test_sdpa_grouped_equals_attention_over_repeated_heads():
     torch.testing.assert_close(sdpa_grouped(q, k, v, mask=mask), ref)
 
 
+def _two_overlapping_holders() -> dict:
+    """Two threads hold the switch, the second entering before the first leaves; what the second
+    sees once the first has left."""
+    first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def first():
+        with no_cudnn_attention("cuda"):
+            first_in.set()
+            second_in.wait(10)
+        first_out.set()
+
+    def second():
+        first_in.wait(10)
+        with no_cudnn_attention(torch.device("cuda", 0)):
+            second_in.set()
+            first_out.wait(10)
+            seen["after_first_left"] = torch.backends.cuda.cudnn_sdp_enabled()
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(20)
+    return seen
+
+
 def test_cudnn_switch_is_held_until_the_last_holder_leaves():
     """The flag is process-wide (set here on a CPU build too): two threads that overlap leave it off
     while either holds it, and restore it as it was, on or off, once both are done."""
@@ -31,28 +58,7 @@ def test_cudnn_switch_is_held_until_the_last_holder_leaves():
     try:
         for start in (True, False):
             torch.backends.cuda.enable_cudnn_sdp(start)
-            first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
-            seen = {}
-
-            def first():
-                with no_cudnn_attention("cuda"):
-                    first_in.set()
-                    second_in.wait(10)
-                first_out.set()
-
-            def second():
-                first_in.wait(10)
-                with no_cudnn_attention(torch.device("cuda", 0)):
-                    second_in.set()
-                    first_out.wait(10)
-                    seen["after_first_left"] = torch.backends.cuda.cudnn_sdp_enabled()
-
-            threads = [threading.Thread(target=first), threading.Thread(target=second)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(20)
-            assert seen == {"after_first_left": False}
+            assert _two_overlapping_holders() == {"after_first_left": False}
             assert torch.backends.cuda.cudnn_sdp_enabled() is start
             with no_cudnn_attention("cpu"):  # off CUDA: untouched
                 assert torch.backends.cuda.cudnn_sdp_enabled() is start
@@ -129,12 +135,3 @@ def test_kernels_as_set_without_waiting_report_a_busy_switch():
     finally:
         release.set()
         torch.backends.cuda.enable_cudnn_sdp(was)
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    import agentrl.utils.attention as module
-
-    result = doctest.testmod(module, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted >= 2 and result.failed == 0

@@ -137,7 +137,7 @@ def create(memory_bytes: int, max_tasks: int) -> tuple[RunCgroup | None, str]:
         parent = v2_why[0]
         return _make("v2", {"unified": parent}, name, {
             "unified": [("memory.max", str(memory_bytes)), ("memory.swap.max", "0"), ("pids.max", str(max_tasks))]})
-    v1 = {}
+    v1: dict[str, str] = {}
     for controller in ("memory", "pids"):
         for root, point, fstype, opts in mounts:
             if fstype == "cgroup" and controller in opts.split(",") and controller in own:

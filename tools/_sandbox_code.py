@@ -104,8 +104,9 @@ def run_user_code(code: str, echo_last: bool) -> int:
         sys.stderr.write("".join(traceback.format_exception_only(type(e), e)))
         return 1
     last = None
-    if echo_last and tree.body and isinstance(tree.body[-1], ast.Expr):
-        last = ast.Expression(tree.body.pop().value)
+    if echo_last and tree.body and isinstance(expr := tree.body[-1], ast.Expr):
+        tree.body.pop()
+        last = ast.Expression(expr.value)
     namespace = {"__name__": "__main__", "__builtins__": __builtins__}
     try:
         exec(compile(tree, name, "exec"), namespace)

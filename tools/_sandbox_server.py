@@ -115,7 +115,7 @@ class SandboxServer:
                 self.close()
                 return Served("lost")
             header, payload = frame
-            details = {k: header[k] for k in ("exit", "signal", "cpu_seconds", "max_rss_kb") if k in header}
+            details: dict[str, Any] = {k: header[k] for k in ("exit", "signal", "cpu_seconds", "max_rss_kb") if k in header}
             return Served(str(header.get("status")), payload, details)
 
     def close(self) -> None:

@@ -464,8 +464,10 @@ def _with_cgroup_layer(result: SandboxResult, cgroup: RunCgroup | None, why_not:
 
 def _remove_run_files(workdir: str, cgroup: RunCgroup | None) -> None:
     remove_tree(workdir)
+    if cgroup is None:
+        return
     for _ in range(200):  # a cgroup can be removed once its last process has exited
-        if cgroup is None or cgroup.remove():
+        if cgroup.remove():
             return
         time.sleep(0.01)
     logger.warning("sandbox cgroup %s could not be removed", cgroup.dirs)
@@ -478,12 +480,16 @@ async def _clean_up(workdir: str, cgroup: RunCgroup | None, wait_until: float) -
     loop = asyncio.get_running_loop()
     done = loop.create_future()
 
+    def finish() -> None:
+        if not done.done():
+            done.set_result(None)
+
     def work() -> None:
         try:
             _remove_run_files(workdir, cgroup)
         finally:
             try:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                loop.call_soon_threadsafe(finish)
             except RuntimeError:
                 pass  # the loop is closed: nobody waits any more
 

@@ -145,11 +145,13 @@ def rl_objective(
         rollout_logprobs=rollout_logprobs, denominator=denominator)
     parts: dict[str, Tensor] = {}
     if config.use_kl_loss:
+        assert ref_logprobs is not None  # checked above
         kl = kl_penalty(logprobs, ref_logprobs, config.kl_loss_type)  # [B, T]
         kl_loss = aggregate(kl, loss_mask, mode, max_length=config.policy.max_length_norm, denominator=denominator)
         loss = loss + config.kl_loss_coef * kl_loss
         parts["kl_loss"] = kl_loss.detach()
     if config.entropy_coef:
+        assert entropy is not None  # checked above
         bonus = aggregate(entropy, loss_mask, mode, max_length=config.policy.max_length_norm, denominator=denominator)
         loss = loss - config.entropy_coef * bonus
     mine = loss_mask.sum(dtype=torch.float64)  # this call's loss tokens

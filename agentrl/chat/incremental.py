@@ -200,7 +200,7 @@ def _check(template: ChatTemplate, m: list[Message], tools: list[dict[str, Any]]
                 raise
             except ChatTemplateError as exc:  # an assistant turn closes differently when messages follow it
                 raise TemplateNotIncrementalError(f"{exc}\n{_ADVICE}", kind="continuation_mismatch",
-                                                  message_index=prev_end, role=str(m[prev_end].get("role")))
+                                                  message_index=prev_end, role=str(m[prev_end].get("role"))) from exc
             if real != ours:
                 raise _error("continuation_mismatch", m, prev_end, (
                     f"chat template is not incremental: messages[{prev_end}:{k}] render differently after "

@@ -22,7 +22,7 @@ from typing import Any
 from agentrl.cluster.engine_pool import EnginePool
 from agentrl.components import (Components, build_eval_config, build_interruptible, build_rollout, build_template,
                                 engine_config, load_eval_tasks, output_dir)
-from agentrl.config import RunConfig
+from agentrl.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,8 @@ class RayComponents(Components):
 
 
 def build_ray_components(cfg: RunConfig) -> RayComponents:
+    if cfg.prompt_data is None:  # before any actor starts
+        raise ConfigError(["--prompt-data is required (a .jsonl/.parquet file of prompts)"])
     import ray
 
     from agentrl.cluster.placement import create_placement, init_ray, plan_placement
@@ -68,7 +70,8 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
     plan = plan_placement(cfg.cluster.num_engines, cfg.cluster.rollout_num_gpus_per_engine, colocate=cfg.engine.colocate, use_gpu=use_gpu,
                           cpus_per_actor=cpus)
     placement = create_placement(plan)
-    trainer = RayTrainer.spawn(cfg, options=placement.trainer_options(), weight_sync=cfg.cluster.ray_weight_sync)
+    # the RayTrainer, or the DiskWeightsTrainer around it: both serve the trainer's calls
+    trainer: Any = RayTrainer.spawn(cfg, options=placement.trainer_options(), weight_sync=cfg.cluster.ray_weight_sync)
     if cfg.engine.kind == "sglang":
         from agentrl.cluster.sglang_servers import DiskWeightsTrainer
 

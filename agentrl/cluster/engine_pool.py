@@ -44,6 +44,7 @@ import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
@@ -311,7 +312,7 @@ class EnginePool:
         async with cond:
             cond.notify_all()
 
-    async def _pick(self, avoid: set[int] = frozenset()) -> _Slot:
+    async def _pick(self, avoid: AbstractSet[int] = frozenset()) -> _Slot:
         """The least-loaded engine in rotation (ties taken in turn), preferring engines not in
         ``avoid`` (those a retried request already tried); waits while none is in rotation."""
         cond = self._condition()
@@ -362,6 +363,7 @@ class EnginePool:
         self._spawn(self._notify())
 
     async def _restart(self, slot: _Slot) -> None:
+        assert self.factory is not None  # started only with a factory
         old = slot.engine
         await asyncio.gather(_close(old), return_exceptions=True)
         delay = self.restart_backoff

@@ -102,7 +102,8 @@ class RayEnvPool:
     def _spawn(self) -> Any:
         import ray
 
-        return ray.remote(max_restarts=0, max_concurrency=1000)(EnvWorker).options(**self.options).remote()
+        # ray's overloads of ray.remote omit the actor option max_concurrency
+        return ray.remote(max_restarts=0, max_concurrency=1000)(EnvWorker).options(**self.options).remote()  # type: ignore[call-overload]
 
     async def make(self, env_id: str, *, max_turns: int | None = None, **kwargs: Any) -> RemoteEnv:
         """An environment in the least busy worker (a dead worker is replaced, and the call

@@ -115,7 +115,8 @@ class RayEngine:
         ``actor_kwargs`` go to :class:`RayEngineActor`. Returns at once; :meth:`ready` waits."""
         import ray
 
-        remote = ray.remote(max_restarts=0, max_concurrency=1000)(RayEngineActor)
+        # ray's overloads of ray.remote omit the actor option max_concurrency
+        remote = ray.remote(max_restarts=0, max_concurrency=1000)(RayEngineActor)  # type: ignore[call-overload]
         actor = remote.options(**(options or {})).remote(model_path, **actor_kwargs)
         return cls(actor, name=name)
 

@@ -155,6 +155,6 @@ async def spawn_server(model_path: str, index: int, *, options: dict[str, Any], 
     remote = ray.remote(max_restarts=0)(SGLangServerActor)
     actor = remote.options(**options).remote(model_path, port=base_port + index, tp=tp, extra_args=extra_args,
                                               server_argv=server_argv)
-    url = await actor.url.remote()
+    url = await actor.url.remote()  # type: ignore[union-attr]  # ray types actor methods as plain functions
     log.info("SGLang server %d up at %s", index, url)
     return SGLangServer(actor, url)

@@ -38,8 +38,9 @@ class BroadcastGroup:
         import torch.distributed as dist
 
         timeout = datetime.timedelta(seconds=timeout_s)
-        store = dist.TCPStore(address, port, world_size, is_master=rank == 0, timeout=timeout)
-        store = dist.PrefixStore(f"agentrl-weights-{port}", store)
+        tcp = dist.TCPStore(address, port, world_size, is_master=rank == 0, timeout=timeout)
+        store = dist.PrefixStore(f"agentrl-weights-{port}", tcp)
+        self.pg: Any  # a gloo or NCCL process group of its own (torch's stubs declare no broadcast on it)
         if backend == "gloo":
             self.pg = dist.ProcessGroupGloo(store, rank, world_size, timeout)
         elif backend == "nccl":

@@ -32,9 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from agentrl.env.spaces import message_problem
 from agentrl.utils.flags import Flag
-from agentrl.utils import safe_json
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +149,7 @@ def _to_row(raw: Any, index: int, location: str, c: DataConfig) -> PromptRow:
         pass  # the environment makes the task (if it needs a prompt, its reset says so at start-up)
     elif isinstance(prompt, list):
         for i, m in enumerate(prompt):
-            why = message_problem(m)
+            why = _message_problem(m)
             if why:
                 raise DataError(f"{location}: {c.input_key}[{i}]: {why}")
     elif not isinstance(prompt, str) or not prompt.strip():
@@ -166,7 +164,15 @@ def _to_row(raw: Any, index: int, location: str, c: DataConfig) -> PromptRow:
                      metadata=metadata, source=location, raw=raw)
 
 
+def _message_problem(message: Any) -> str | None:
+    from agentrl.env.spaces import message_problem  # here: reading the settings (train.py --help) imports no gymnasium
+
+    return message_problem(message)
+
+
 def _optional_dict(raw: dict, key: str | None, location: str) -> dict:
+    from agentrl.utils import safe_json  # numpy: not at import
+
     if not key or raw.get(key) is None:
         return {}
     value = raw[key]
@@ -224,6 +230,8 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
 
 
 def _parse_line(line: str, location: str) -> Any:
+    from agentrl.utils import safe_json  # numpy: not at import
+
     try:
         return safe_json.loads(line, max_depth=MAX_JSON_DEPTH)
     except json.JSONDecodeError as e:
@@ -233,6 +241,8 @@ def _parse_line(line: str, location: str) -> Any:
 
 
 def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
+    from agentrl.utils import safe_json  # numpy: not at import
+
     raw = path.read_bytes()
     try:
         text = raw.decode("utf-8")

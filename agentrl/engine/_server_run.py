@@ -215,6 +215,7 @@ def _build_engine(args: ServeArgs) -> tuple[Engine, Any, str]:
         return FakeEngine(responder=responder, latency=args.fake_latency), tokenizer, args.model_path or "fake"
     from agentrl.engine.embedded import EmbeddedEngine
 
+    assert args.model_path is not None  # ServeArgs.problems: the embedded engine needs --model-path
     path = resolve_model_path(args.model_path)
     tokenizer = load_tokenizer(args.tokenizer_path) if args.tokenizer_path else None
     engine = EmbeddedEngine(path, tokenizer, device=args.device, dtype=args.dtype, config=args.embedded)

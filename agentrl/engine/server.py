@@ -444,7 +444,7 @@ def _not_supported(path: str):
 def _engine_stats(engine: Engine) -> dict[str, Any]:
     """The engine's counters (``engine.stats``, a dataclass) when it keeps some."""
     stats = getattr(engine, "stats", None)
-    if stats is None or not dataclasses.is_dataclass(stats):
+    if stats is None or not dataclasses.is_dataclass(stats) or isinstance(stats, type):
         return {}
     return {"engine_stats": dataclasses.asdict(stats)}
 

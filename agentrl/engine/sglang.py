@@ -35,12 +35,12 @@ import random
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import httpx
 
 from agentrl.engine._sglang_launch import SGLangCluster, launch_sglang
-from agentrl.engine.base import Completion, EngineError, SamplingParams, current_request_priority
+from agentrl.engine.base import Completion, EngineError, FinishReason, SamplingParams, current_request_priority
 
 log = logging.getLogger(__name__)
 
@@ -182,7 +182,7 @@ class SGLangEngine:
         url, sent_rid = self._inflight.get(rid, ("", rid))
         if rid in self._inflight:
             self._aborted.add(rid)
-        behind_router = bool(self.worker_urls) and url not in self.worker_urls
+        behind_router = self.worker_urls is not None and url not in self.worker_urls  # None or a non-empty list
         targets = [url] if url and not behind_router else await self._control_urls()
         await asyncio.gather(*(self._post_best_effort(u, "/abort_request", {"rid": sent_rid}) for u in targets))
 
@@ -292,12 +292,12 @@ class SGLangEngine:
 
     def _pick(self) -> str:
         now = time.monotonic()
-        up = [u for u in self.urls if self._down_until[u] <= now] or [min(self.urls, key=self._down_until.get)]
+        up = [u for u in self.urls if self._down_until[u] <= now] or [min(self.urls, key=self._down_until.__getitem__)]
         turn = next(self._turn)
         if self.policy == "round_robin":
             return up[turn % len(up)]
         rotated = up[turn % len(up):] + up[: turn % len(up)]  # ties go round the list
-        return min(rotated, key=self._load.get)
+        return min(rotated, key=self._load.__getitem__)
 
     async def _call(self, method: str, path: str, payload: dict[str, Any] | None, *, url: str | None = None,
                     rid: str | None = None, attempt_rids: Any = None) -> Any:
@@ -308,7 +308,8 @@ class SGLangEngine:
                 return None
             target = url or self._pick()
             body = payload
-            if attempt_rids is not None:
+            if attempt_rids is not None:  # generate's call: with rid and a payload
+                assert rid is not None and payload is not None
                 sent_rid = next(attempt_rids)
                 body = {**payload, "rid": sent_rid}
                 self._inflight[rid] = (target, sent_rid)
@@ -427,7 +428,7 @@ class SGLangEngine:
             raise EngineError(f"output_token_logprobs ({len(entries)} entries) do not match output_ids ({len(ids)} tokens)")
         logprobs = [float(e[0]) if e[0] is not None else float("-inf") for e in entries]
         matched = reason.get("matched") if isinstance(reason, dict) and kind == "stop" else None
-        return Completion(ids, logprobs, kind, _parse_version(meta.get("weight_version"), self._weight_version),
+        return Completion(ids, logprobs, cast(FinishReason, kind), _parse_version(meta.get("weight_version"), self._weight_version),
                           int(meta.get("prompt_tokens", prompt_len)), matched)
 
 

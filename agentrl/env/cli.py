@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import sys
 import time
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     for env_id in ids:
         start = time.perf_counter()
         try:
-            report = check_env(lambda: make(env_id), seed=args.seed, fuzz_samples=args.fuzz_samples)
+            report = check_env(functools.partial(make, env_id), seed=args.seed, fuzz_samples=args.fuzz_samples)
         except MissingExtra as e:  # an optional dependency: with --all, not this install's environment
             if not args.all:
                 failed += 1

@@ -21,11 +21,12 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import gymnasium
 
 from agentrl.env.core import ResetResult, StepResult, TextEnv, run_sync
+from agentrl.env.spaces import MessagesSpace, TextSpace
 
 
 class TextEnvWrapper(TextEnv):
@@ -65,11 +66,15 @@ class TextEnvWrapper(TextEnv):
 
     @property
     def unwrapped(self) -> TextEnv:  # type: ignore[override]
-        return self.env.unwrapped
+        return cast(TextEnv, self.env.unwrapped)  # the innermost env of a TextEnv is a TextEnv
 
     @property
     def np_random(self):  # type: ignore[override]
         return self.env.np_random
+
+    @np_random.setter
+    def np_random(self, value):
+        self.env.np_random = value  # the generator belongs to the wrapped env, as in gymnasium.Wrapper
 
     @property
     def spec(self):  # type: ignore[override]
@@ -166,9 +171,13 @@ class GymnasiumWrappers(TextEnv):
         super().__init__()
         if not isinstance(env.unwrapped, TextEnv):
             raise TypeError(f"the wrappers must wrap an agentrl TextEnv; {env!r} wraps a {type(env.unwrapped).__name__}")
+        observation_space, action_space = env.observation_space, env.action_space
+        if not isinstance(observation_space, MessagesSpace) or not isinstance(action_space, TextSpace):
+            raise TypeError(f"the wrappers must keep the TextEnv's spaces (messages in, text out); {env!r} has "
+                            f"{observation_space!r} and {action_space!r}")
         self.env = env
-        self.observation_space = env.observation_space
-        self.action_space = env.action_space
+        self.observation_space = observation_space
+        self.action_space = action_space
 
     async def areset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> ResetResult:
         return await run_sync(self.env.reset, seed=seed, options=options)
@@ -188,11 +197,15 @@ class GymnasiumWrappers(TextEnv):
 
     @property
     def unwrapped(self) -> TextEnv:  # type: ignore[override]
-        return self.env.unwrapped
+        return cast(TextEnv, self.env.unwrapped)  # the innermost env of a TextEnv is a TextEnv
 
     @property
     def np_random(self):  # type: ignore[override]
         return self.env.np_random
+
+    @np_random.setter
+    def np_random(self, value):
+        self.env.np_random = value  # the generator belongs to the wrapped env, as in gymnasium.Wrapper
 
     @property
     def spec(self):  # type: ignore[override]
@@ -203,7 +216,7 @@ class GymnasiumWrappers(TextEnv):
         pass  # the spec belongs to the wrapped env
 
     def tool_schemas(self) -> list[dict[str, Any]]:
-        return self.env.unwrapped.tool_schemas()
+        return self.unwrapped.tool_schemas()
 
     def close(self) -> None:
         self.env.close()

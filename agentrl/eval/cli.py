@@ -29,7 +29,7 @@ from typing import Any, ClassVar
 
 from agentrl.config import ConfigError
 from agentrl.data.prompts import DataError
-from agentrl.engine.base import SamplingParams
+from agentrl.engine.base import Engine, SamplingParams
 from agentrl.eval import report
 from agentrl.eval.from_training import heldout_tasks, resolve, task_settings
 from agentrl.eval.runner import HELDOUT_SEED_OFFSET, EvalConfig, EvalTask, evaluate
@@ -347,7 +347,7 @@ async def build_engine_and_template(args: EvalArgs, *, need_engine: bool = True,
     from agentrl.chat import ChatTemplate
     from agentrl.models import load_tokenizer
 
-    engine = None
+    engine: Engine | None = None
     tokenizer_name = args.tokenizer or args.model_path
     if args.engine_url and need_engine:
         from agentrl.engine.base import EngineError
@@ -369,6 +369,7 @@ async def build_engine_and_template(args: EvalArgs, *, need_engine: bool = True,
     if need_engine and engine is None:
         from agentrl.engine.embedded import EmbeddedEngine
 
+        assert args.model_path is not None  # EvalArgs.validate: --model-path when there is no --sglang-url
         engine = EmbeddedEngine(args.model_path, tokenizer=tokenizer, device=args.device,
                                 max_batch_size=args.engine_max_batch_size,
                                 max_seq_len=max_seq_len or args.max_context_len + 8)

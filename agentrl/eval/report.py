@@ -196,7 +196,8 @@ def pick_examples(samples: Sequence[Sample], count: int) -> list[tuple[str, Samp
     picks = [("best" if spread else "first", order[0]), ("worst" if spread else "last", order[-1])]
     odd = next((i for i in order if samples[i].status != "ok"), None)
     picks.append(("not ok" if odd is not None else "median", odd if odd is not None else order[len(order) // 2]))
-    out, seen = [], set()
+    out: list[tuple[str, Sample]] = []
+    seen: set[int] = set()
     for label, i in picks:
         if i not in seen and len(out) < count:
             seen.add(i)
@@ -243,7 +244,7 @@ def write_report(out_dir: str | Path, summary: dict[str, Any], samples: dict[str
               "is correct; tokens: generated tokens per episode; tools: tool calls per episode.", ""]
     if plots and len(summary["tasks"]) > 1:
         lines += [f"![all tasks]({plot_overview(summary, out_dir / 'chart_overview.png').name})", ""]
-    for name, metrics in summary["tasks"].items():
+    for name in summary["tasks"]:
         lines += [f"## {name}", ""]
         if plots:
             lines += [f"![{name}]({plot_task(name, summary, out_dir / f'chart_{name}.png').name})", ""]

@@ -276,7 +276,7 @@ def build_task(spec: TaskSpec, limit: int | None = None) -> EvalTask:
     source_name, defaults = BUILTIN_DEFAULTS.get(env_id, ("seeds", {}))
     env_kwargs = {**defaults, **spec.env_kwargs}
     if spec.data is not None and spec.data not in SOURCES:
-        rows = _file_rows(spec, limit)
+        rows = _file_rows(spec, spec.data, limit)
     else:
         source_name = spec.data or source_name
         rows = SOURCES[source_name](dataclasses.replace(spec, env_kwargs=env_kwargs), env_id, limit)
@@ -284,18 +284,18 @@ def build_task(spec: TaskSpec, limit: int | None = None) -> EvalTask:
                     max_new_tokens_per_turn=spec.max_response_len, max_context_tokens=spec.max_context_len)
 
 
-def _file_rows(spec: TaskSpec, limit: int | None) -> list[PromptRow]:
-    path = Path(spec.data or "")
-    if not path.exists() and not str(spec.data).startswith("hf:"):
-        close = difflib.get_close_matches(str(spec.data), list(SOURCES), n=1)
+def _file_rows(spec: TaskSpec, data: str, limit: int | None) -> list[PromptRow]:
+    path = Path(data)
+    if not path.exists() and not data.startswith("hf:"):
+        close = difflib.get_close_matches(data, list(SOURCES), n=1)
         hint = f"; did you mean the source {close[0]!r}?" if close else ""
-        raise TaskError(f"task {spec.name!r}: data {spec.data!r} is neither a file nor a source "
+        raise TaskError(f"task {spec.name!r}: data {data!r} is neither a file nor a source "
                         f"({', '.join(SOURCES)}){hint}")
     stop = None if limit is None else spec.offset + limit
-    ds = load_prompts(spec.data, DataConfig(input_key=spec.input_key, label_key=spec.label_key, limit=stop))
+    ds = load_prompts(data, DataConfig(input_key=spec.input_key, label_key=spec.label_key, limit=stop))
     rows = ds.rows[spec.offset:]
     if not rows:
-        raise TaskError(f"task {spec.name!r}: {spec.data} has {len(ds.rows)} rows; offset {spec.offset} leaves none")
+        raise TaskError(f"task {spec.name!r}: {data} has {len(ds.rows)} rows; offset {spec.offset} leaves none")
     return rows
 
 

@@ -6,7 +6,8 @@ stdout stays its summary.
 
 Example::
 
-    >>> with progress(2, "converting", unit="step", disable=True) as bar:
+    >>> import io
+    >>> with progress(2, "converting", unit="step", file=io.StringIO()) as bar:
     ...     bar.update()
     ...     bar.update()
     >>> bar.n

@@ -23,6 +23,7 @@ Example (a scripted engine and the echo environment)::
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import secrets
@@ -31,7 +32,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentrl.engine.base import Engine, EngineError, SamplingParams
+from agentrl.engine.base import Engine, EngineError
 from agentrl.rollout.config import RolloutConfig
 from agentrl.env import TextEnv, as_text_env, make
 from agentrl.types import Sample
@@ -218,7 +219,7 @@ async def _apply_reward_fn(reward_fn: RewardFn, sample: Sample) -> None:
     """A user's reward replaces the environment's (``--custom-rm-path``)."""
     try:
         value = reward_fn(sample)
-        if asyncio.iscoroutine(value):
+        if inspect.isawaitable(value):
             value = await value
         if isinstance(value, dict):
             sample.rewards = {k: float(v) for k, v in value.items()}

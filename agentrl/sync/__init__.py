@@ -13,10 +13,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from agentrl.engine.base import LoadsWeightsFromDisk
+from agentrl.engine.base import Engine, LoadsWeightsFromDisk
 
 
-async def sync_weights(engine: Any, trainer: Any, *, staging_dir: str | Path | None = None,
+async def sync_weights(engine: Engine, trainer: Any, *, staging_dir: str | Path | None = None,
                        version: int | None = None) -> int:
     """Push the trainer's current weights to ``engine``; return the engine's new weight version
     (``version`` when given, else the engine's previous version + 1)."""

@@ -6,7 +6,7 @@ import asyncio
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from agentrl.engine.base import Completion, SamplingParams
+from agentrl.engine.base import Completion, FinishReason, SamplingParams
 
 ScriptItem = Sequence[int] | Completion
 Responder = Callable[[list[int], SamplingParams], ScriptItem]
@@ -71,7 +71,7 @@ class FakeEngine:
         if isinstance(item, Completion):
             return item
         ids = list(item)[: sampling.max_new_tokens]
-        finish = "length" if len(ids) < len(item) else "stop"
+        finish: FinishReason = "length" if len(ids) < len(item) else "stop"
         logprobs = [round(-0.1 * (i + 1), 6) for i in range(len(ids))]
         return Completion(ids, logprobs, finish, self._weight_version, len(input_ids))
 

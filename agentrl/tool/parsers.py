@@ -78,6 +78,13 @@ def _too_many(calls: list[ToolCall], limit: int, rest: str) -> list[ToolCall]:
                                                     f"read. Make fewer calls at once.")]
 
 
+def _skip_ws(text: str, i: int) -> int:
+    """The index of the first non-whitespace character at or after ``i``."""
+    match = _WS.match(text, i)
+    assert match is not None  # [ \t\r\n]* matches the empty string anywhere
+    return match.end()
+
+
 def _strip_fence(text: str) -> str:
     """``text`` stripped, without a markdown code fence (```` ```json ... ``` ````) around it."""
     text = text.strip()
@@ -145,11 +152,11 @@ class HermesParser:
         while pos >= 0:
             if len(calls) >= self.max_calls:
                 return _too_many(calls, self.max_calls, text[pos:])
-            body = _WS.match(text, pos + len(op)).end()
+            body = _skip_ws(text, pos + len(op))
             for _ in range(_MAX_STUTTER):  # a stuttered opening tag
                 if not text.startswith(op, body):
                     break
-                body = _WS.match(text, body + len(op)).end()
+                body = _skip_ws(text, body + len(op))
             reopen = text.find(op, body)
             stop = reopen if reopen >= 0 else len(text)  # a call never runs into the next opening tag
             close = closes.at_or_after(body)
@@ -192,9 +199,9 @@ class HermesParser:
             except ValueError:  # invalid JSON, or an integer longer than Python converts
                 return None, i
             values.append(value)
-            i = _WS.match(text, i).end()
+            i = _skip_ws(text, i)
             if i < len(text) and text[i] == ",":
-                i = _WS.match(text, i + 1).end()
+                i = _skip_ws(text, i + 1)
         return (values or None), i
 
     def _from_text(self, inner: str, raw: str, error: str | None) -> list[ToolCall]:

@@ -55,8 +55,8 @@ def _check(value: Any, schema: dict[str, Any], where: str) -> tuple[Any, list[st
         return value, []
     if "anyOf" in schema:
         for sub in schema["anyOf"]:
-            converted, problems = _check(value, sub, where)
-            if not problems:
+            converted, sub_problems = _check(value, sub, where)
+            if not sub_problems:
                 return converted, []
         return value, [f"{where} must be {describe(schema)}, got {_show(value)}"]
     if "enum" in schema:

@@ -14,7 +14,7 @@ Example::
     ...      Sample(prompt_ids=[1, 2], response_ids=[7], loss_mask=[1], rollout_logprobs=[-3.0], group_id=1)]
     >>> b = RolloutBatch.from_samples(s)
     >>> b.loss_mask.tolist(), b.rollout_logprobs.tolist()
-    ([[1, 1], [0, 1]], [[-1.0, -2.0], [0.0, -3.0]])
+    ([[1.0, 1.0], [0.0, 1.0]], [[-1.0, -2.0], [0.0, -3.0]])
 """
 
 from __future__ import annotations
@@ -83,18 +83,24 @@ class RolloutBatch:
         """Rows ``idx``, trimmed to their own longest response (still right-aligned)."""
         rows = torch.as_tensor(list(idx), dtype=torch.long)
         width = max(1, max(len(self.samples[i].response_ids) for i in idx))
-        cut = lambda t: None if t is None else t[rows][:, self.width - width:]  # noqa: E731
+
+        def cut(t: Tensor) -> Tensor:
+            return t[rows][:, self.width - width:]
+
+        def cut_set(t: Tensor | None) -> Tensor | None:
+            return None if t is None else cut(t)
+
         return RolloutBatch(
             samples=[self.samples[i] for i in idx],
             loss_mask=cut(self.loss_mask),
             rollout_logprobs=cut(self.rollout_logprobs),
             rewards=self.rewards[rows],
             group_ids=self.group_ids[rows],
-            old_logprobs=cut(self.old_logprobs),
-            ref_logprobs=cut(self.ref_logprobs),
-            values=cut(self.values),
-            advantages=cut(self.advantages),
-            returns=cut(self.returns),
+            old_logprobs=cut_set(self.old_logprobs),
+            ref_logprobs=cut_set(self.ref_logprobs),
+            values=cut_set(self.values),
+            advantages=cut_set(self.advantages),
+            returns=cut_set(self.returns),
             extra={k: cut(v) for k, v in self.extra.items()},
         )
 

@@ -40,7 +40,7 @@ import logging
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -155,8 +155,11 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def shard_model(model: nn.Module, mesh, *, mixed_precision: bool | None = None,
-                param_dtype: torch.dtype = torch.bfloat16, reshard_after_forward: bool = True) -> nn.Module:
+M = TypeVar("M", bound=nn.Module)
+
+
+def shard_model(model: M, mesh, *, mixed_precision: bool | None = None,
+                param_dtype: torch.dtype = torch.bfloat16, reshard_after_forward: bool = True) -> M:
     """Shard ``model`` in place with FSDP2: ``fully_shard`` on each decoder layer, then the root.
 
     Args:
@@ -200,7 +203,7 @@ def full_tensor(t: Tensor) -> Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
-def full_weights(model: nn.Module, *, lora: bool = False, dtype: torch.dtype | None = None
+def full_weights(model: Any, *, lora: bool = False, dtype: torch.dtype | None = None
                  ) -> Iterator[tuple[str, Tensor]]:
     """Hugging Face-named full tensors of a sharded model, one at a time, on every rank.
 
@@ -290,7 +293,8 @@ def split_by_tokens(lengths: Sequence[int], world_size: int) -> list[list[int]]:
         >>> split_by_tokens([10, 3, 7, 4], 2)
         [[0, 1], [2, 3]]
     """
-    loads, parts = [0] * world_size, [[] for _ in range(world_size)]
+    loads = [0] * world_size
+    parts: list[list[int]] = [[] for _ in range(world_size)]
     for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
         r = min(range(world_size), key=lambda r: (loads[r], len(parts[r]), r))
         parts[r].append(i)
@@ -335,7 +339,7 @@ class DataParallel:
     def is_main(self) -> bool:
         return self.rank == 0
 
-    def shard(self, model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    def shard(self, model: M, dtype: torch.dtype) -> M:
         """FSDP2 over all ranks; computes in ``dtype`` (float32 master weights) on CUDA."""
         return shard_model(model, self.mesh, mixed_precision=self.device.type == "cuda" and dtype != torch.float32,
                            param_dtype=dtype)
@@ -386,7 +390,7 @@ class DataParallel:
         dist.all_gather_object(gathered, dict(metrics))
         return merge_metric_parts([g or {} for g in gathered])
 
-    def export_hf(self, model: nn.Module, weights: Iterator[tuple[str, Tensor]], tokenizer: Any,
+    def export_hf(self, model: Any, weights: Iterator[tuple[str, Tensor]], tokenizer: Any,
                   path, *, lora: bool = False) -> None:
         """Gather ``weights`` (every rank) and write a Hugging Face folder from rank 0.
         Tied weights (``lm_head`` = embeddings) are written once, as ``save_pretrained`` does."""

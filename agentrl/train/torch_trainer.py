@@ -69,12 +69,14 @@ class TorchTrainer:
         # sharded models load on the CPU in float32 (master weights) and compute in self.dtype
         load_dtype, load_device = (torch.float32, torch.device("cpu")) if self.dp else (self.dtype, self.device)
         torch.manual_seed(config.seed)
+        hf_model: Any  # a transformers causal LM, used duck-typed (peft and FSDP wrap it below)
         if isinstance(model, nn.Module):
-            self.model = model.to(self.device)
+            hf_model = model.to(self.device)
             self.model_path = getattr(model.config, "_name_or_path", "")
         else:
             self.model_path = model
-            self.model = load_model(model, dtype=load_dtype, device=str(load_device), with_tokenizer=False)
+            hf_model = load_model(model, dtype=load_dtype, device=str(load_device), with_tokenizer=False)
+        self.model: Any = hf_model
         self.tokenizer = tokenizer or load_tokenizer(self.model_path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         self.ref_model: nn.Module | None = None
@@ -217,8 +219,9 @@ class TorchTrainer:
                 continue
             labels = left_padded_inputs(mb.samples, self.pad_id, self.device)[0][:, -mb.width:]
             logprobs, entropy = algo.logprobs_and_entropy(logits, labels)  # one chunked pass for both
+            assert mb.advantages is not None  # checked in train_step
             loss, m = algo.rl_objective(
-                logprobs, dev(mb.advantages), dev(mb.loss_mask), config=self.objective,
+                logprobs, mb.advantages.to(self.device), mb.loss_mask.to(self.device), config=self.objective,
                 old_logprobs=dev(mb.old_logprobs), rollout_logprobs=dev(mb.rollout_logprobs),
                 ref_logprobs=dev(mb.ref_logprobs), entropy=entropy, denominator=denom, num_tokens=n_tokens)
             with no_cudnn_attention(self.device):  # (recomputed forward passes, with checkpointing)
@@ -236,7 +239,7 @@ class TorchTrainer:
         metrics["grad_norm"] = float(full_tensor(torch.nn.utils.clip_grad_norm_(params, clip)))
         self.optimizer.step()
         self.scheduler.step()
-        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics["lr"] = float(self.scheduler.get_last_lr()[0])
         if self.critic is not None:
             metrics.update(self._critic_step(batch, denom))
         self.steps += 1
@@ -244,6 +247,8 @@ class TorchTrainer:
 
     def _critic_step(self, batch: RolloutBatch, denom: Tensor) -> dict[str, float]:
         assert self.critic is not None
+        if batch.values is None or batch.returns is None:
+            raise ValueError("the critic's step needs batch.values and batch.returns (gae)")
         self.critic_optimizer.zero_grad(set_to_none=True)
         total = 0.0
         for idx, live in self._micro_batches(batch):
@@ -253,6 +258,7 @@ class TorchTrainer:
                 with no_cudnn_attention(self.device):
                     (values.sum() * 0.0).backward()
                 continue
+            assert mb.values is not None and mb.returns is not None  # checked above, kept by select()
             loss, m = algo.value_objective(values, mb.values.to(self.device), mb.returns.to(self.device),
                                            mb.loss_mask.to(self.device), config=self.objective, denominator=denom)
             with no_cudnn_attention(self.device):  # (recomputed forward passes, with checkpointing)
@@ -391,7 +397,7 @@ def _apply_lora(model: nn.Module, config: TrainConfig) -> nn.Module:
 
 
 @contextlib.contextmanager
-def _merged(model: nn.Module):
+def _merged(model: Any):  # a peft model
     model.merge_adapter()
     try:
         yield

@@ -12,27 +12,17 @@ deprecation notice.
 the command line win), writes the flag view back (:meth:`FlagTable.to_dict`), and lists fields no
 flag reaches (a test keeps that list empty).
 
-Example::
+Example (a settings class of agentrl's, alone)::
 
-    >>> from dataclasses import dataclass, field
-    >>> from typing import ClassVar, Literal
-    >>> @dataclass
-    ... class Inner:
-    ...     FLAGS: ClassVar[dict] = {"--temp": "temperature"}
-    ...     temperature: float = 1.0
-    ...     '''Sampling temperature.'''
-    >>> @dataclass
-    ... class Outer:
-    ...     FLAGS: ClassVar[dict] = {"--mode": "mode"}
-    ...     mode: Literal["fast", "slow"] = "fast"
-    ...     '''How to run.'''
-    ...     inner: Inner = field(default_factory=Inner)
-    >>> table = FlagTable(Outer)
-    >>> cfg, given, problems = table.parse(["--mode", "slow", "--temp", "0.5"])
-    >>> cfg.mode, cfg.inner.temperature, sorted(given), problems
-    ('slow', 0.5, ['inner.temperature', 'mode'], [])
+    >>> from agentrl.checkpoint import CheckpointConfig
+    >>> table = FlagTable(CheckpointConfig)
+    >>> cfg, given, problems = table.parse(["--save", "ckpt", "--save-interval", "5"])
+    >>> cfg.save, cfg.save_interval, sorted(given), problems
+    ('ckpt', 5, ['save', 'save_interval'], [])
     >>> table.to_dict(cfg)
-    {'mode': 'slow', 'temp': 0.5}
+    {'save': 'ckpt', 'save-interval': 5, 'load': None}
+    >>> table.parse(["--save-interval", "often"])[2]
+    ["--save-interval: expected an integer, got 'often'"]
 """
 
 from __future__ import annotations
@@ -105,7 +95,7 @@ class FlagTable:
         if config_file:
             p.add_argument("--config", metavar="FILE.yaml",
                            help="a YAML file of flag values (keys: flag names); flags given here override it")
-        groups: dict[str, Any] = {}
+        groups: dict[str | None, Any] = {}
         defaults = self.root()
         for flag in self.flags:
             heading = (sections or {}).get(flag.path.rpartition(".")[0]) or self._section(flag.path)
@@ -366,11 +356,12 @@ def field_docs(cls: type) -> dict[str, str]:
         source = textwrap.dedent(inspect.getsource(cls))
     except (OSError, TypeError):
         return {}
-    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+    node = ast.parse(source).body[0]
+    body = node.body if isinstance(node, ast.ClassDef) else []
     docs: dict[str, str] = {}
     for node, nxt in zip(body, body[1:]):
         if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) \
-                and isinstance(nxt, ast.Expr) and isinstance(getattr(nxt, "value", None), ast.Constant) \
+                and isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant) \
                 and isinstance(nxt.value.value, str):
             docs[node.target.id] = " ".join(nxt.value.value.split())
     return docs

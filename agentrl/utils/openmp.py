@@ -51,7 +51,8 @@ def torch_libgomp() -> str | None:
     system's), or None when PyTorch uses another OpenMP runtime or none is found."""
     torch = importlib.import_module("torch")
     paths = _loaded_libgomp()
-    inside = [p for p in paths if p.startswith(os.path.dirname(torch.__file__) + os.sep)]
+    prefix = os.path.dirname(torch.__file__) + os.sep if torch.__file__ else None
+    inside = [p for p in paths if prefix is not None and p.startswith(prefix)]
     if inside:
         return inside[0]
     return paths[0] if len(paths) == 1 else None

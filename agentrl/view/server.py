@@ -30,7 +30,7 @@ CSP = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline
 
 def asset(name: str) -> str:
     """The text of a page file shipped in ``agentrl/view/assets``."""
-    return resources.files("agentrl.view").joinpath("assets", name).read_text(encoding="utf-8")
+    return resources.files("agentrl.view").joinpath("assets").joinpath(name).read_text(encoding="utf-8")
 
 
 class ViewServer(ThreadingHTTPServer):
@@ -43,6 +43,7 @@ class ViewServer(ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else host
         return f"http://{'127.0.0.1' if host in ('0.0.0.0', '') else host}:{port}/"
 
 

@@ -138,7 +138,7 @@ def test_micro_batch_parts_add_up_to_the_full_batch(seed, b, t, mode, loss_name,
         cols = slice(t - width, t)
         if mask[idx, : t - width].any():
             cols = slice(0, t)  # cutting loss tokens away would change the problem: keep them
-        cut = lambda x: x[idx][:, cols]  # noqa: E731
+        cut = lambda x, idx=idx, cols=cols: x[idx][:, cols]  # noqa: E731
         loss, m = algo.rl_objective(cut(mb_lp), cut(adv), cut(mask), config=cfg, old_logprobs=cut(old),
                                     rollout_logprobs=cut(rollout), ref_logprobs=cut(ref), entropy=cut(mb_h),
                                     denominator=denom, num_tokens=n_tokens)

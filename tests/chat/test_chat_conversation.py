@@ -11,7 +11,6 @@ tokenization of the assistant text plus the end-of-turn token,
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 from hypothesis import HealthCheck, given, settings

@@ -137,7 +137,7 @@ def test_template_without_special_end_of_turn_is_an_error(smol_tok):
     plain = "{% for m in messages %}{{ m.role }}: {{ m.content }} END\n{% endfor %}" \
             "{% if add_generation_prompt %}assistant: {% endif %}"
     with pytest.raises(ChatTemplateError, match="could not find an end-of-turn token"):
-        ChatTemplate(smol_tok, plain).end_of_turn_ids
+        _ = ChatTemplate(smol_tok, plain).end_of_turn_ids
 
 
 def test_template_errors_name_the_roles(smol_tok):

@@ -396,7 +396,7 @@ async def test_prefix_cache_continues_turns_with_the_same_results(qwen2, graphs,
             runner.use_graphs = True
             runner._record_graph = lambda step, tok: SimpleNamespace(replay=step)
 
-        async def episode(prompt, i):
+        async def episode(engine, prompt, i):
             turns = []
             for turn in range(3):
                 sp = SamplingParams(temperature=0 if i % 2 else 0.9, seed=10 * i + turn, max_new_tokens=6 + 2 * turn,
@@ -407,11 +407,11 @@ async def test_prefix_cache_continues_turns_with_the_same_results(qwen2, graphs,
             return turns
 
         async with engine:
-            results.append(await asyncio.gather(*(episode(p, i) for i, p in enumerate(episodes))))
+            results.append(await asyncio.gather(*(episode(engine, p, i) for i, p in enumerate(episodes))))
             cached.append(engine.stats.cached_prompt_tokens)
     assert cached[0] == 0 and (cached[1] > 0 or slots < len(episodes))
     for off, on in zip(*results):
-        for (prompt, a), (_, b) in zip(off, on):
+        for (_, a), (_, b) in zip(off, on):
             assert a.token_ids == b.token_ids
             torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-5, rtol=0)
     prompt, c = results[1][1][2]  # a greedy third turn, served from the cache

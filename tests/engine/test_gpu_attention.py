@@ -132,11 +132,11 @@ def test_engine_with_the_kernel_equals_sdpa():
         engine = _tiny_engine(attention, **({} if CUDA else {"pack_weights": False}))
         assert engine.config.decode_attention == attention
 
-        async def main():
+        async def main(engine):
             async with engine:
                 return await asyncio.gather(*(engine.generate(p, sp) for p in prompts))
 
-        results[attention] = asyncio.run(main())
+        results[attention] = asyncio.run(main(engine))
     for a, b in zip(results["sdpa"], results["triton"]):
         assert a.token_ids == b.token_ids
         assert max(abs(x - y) for x, y in zip(a.logprobs, b.logprobs)) < 1e-4

@@ -84,7 +84,7 @@ def test_kernel_reads_only_each_sequences_own_positions():
     args = (torch.from_numpy(seqs).to(DEVICE), tiles, 0.2)
     clean = pa.attention(q, *caches.clone(), *args)
     dirty = caches.clone()
-    for _, q_len, start, slot, pslot, plen in seqs.tolist():
+    for _, q_len, start, slot, _pslot, plen in seqs.tolist():
         dirty[:, slot, :, start + q_len :] = float("nan")
         dirty[:, slot, :, :plen] = float("nan")  # read from the prefix slot instead
     dirty[:, 0, :, 150:] = float("nan")
@@ -169,7 +169,7 @@ def test_mixed_steps_equal_separate_prefills(qwen2, budget, graphs, overlap):
         assert any(chunk is not None for _, chunk in seen)  # a prompt went in chunks
     assert engine.stats.cached_prompt_tokens > 0
     for a_turns, b_turns in zip(want, got):
-        for (prompt, a), (_, b) in zip(a_turns, b_turns):
+        for (_, a), (_, b) in zip(a_turns, b_turns):
             assert a.token_ids == b.token_ids
             torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-5, rtol=0)
     prompt, c = got[5][2]  # a group member's third turn

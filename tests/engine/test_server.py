@@ -436,16 +436,3 @@ def test_sampling_params_round_trip_to_the_engine(served):
                         stop_token_ids=[5], ignore_eos=True, seed=11)
     client.post("/generate", json={"input_ids": [1], "sampling_params": sp.to_sglang()})
     assert engine.requests[-1][1] == sp
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    import agentrl.engine._server_protocol as protocol
-    import agentrl.engine._server_run as run
-    import agentrl.engine.server as server
-    import agentrl.engine.sglang as sglang
-
-    for module in (protocol, run, server, sglang):
-        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
-        assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import gymnasium
 import pytest
-from gymnasium.wrappers import TransformReward
 
 from agentrl.env import GymnasiumWrappers, TextEnv, TurnLimit, as_text_env, check_env, make, register
 from agentrl.testing.echo_env import EchoEnv

@@ -193,11 +193,3 @@ def test_custom_adapter_and_errors():
 def test_registered_games_pass_check_env(env_id):
     report = check_env(lambda: make(env_id))
     assert report.ok, report.problems
-
-
-def test_docstring_examples_run():
-    import doctest
-    import importlib
-
-    result = doctest.testmod(importlib.import_module("envs.gym_text"))
-    assert result.attempted > 0 and result.failed == 0

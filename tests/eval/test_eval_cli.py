@@ -135,7 +135,9 @@ def test_argument_problems_are_reported_together(capsys):
 
 def test_compare_two_runs(tmp_path, scripted, template, capsys):
     run(echo_args(tmp_path / "a"), engine=scripted(echo_reply), template=template)
-    better = lambda row, i, prompt: echo_reply(row + 1, i, prompt)  # one more success on rows 0..2, row 3 -> 0
+    def better(row, i, prompt):  # one more success on rows 0..2, row 3 -> 0
+        return echo_reply(row + 1, i, prompt)
+
     run(echo_args(tmp_path / "b", temperature=0.7), engine=scripted(better), template=template)
     out = tmp_path / "cmp.md"
     assert compare_main([str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(out)]) == 0

@@ -1,6 +1,5 @@
 import asyncio
 
-import pytest
 
 from agentrl.engine.base import Completion, EngineError, SamplingParams
 from agentrl.rollout import EpisodeRequest, RolloutConfig, run_episode
@@ -23,7 +22,9 @@ def test_two_turn_episode_has_exact_tokens_mask_and_logprobs(template, say):
     obs_ids = template.encode_continuation(feedback, None, True)
     assert sample.response_ids == first + obs_ids + second
     assert sample.loss_mask == [1] * len(first) + [0] * len(obs_ids) + [1] * len(second)
-    lp = lambda n: [round(-0.1 * (i + 1), 6) for i in range(n)]  # the FakeEngine's logprobs
+    def lp(n):  # the FakeEngine's logprobs
+        return [round(-0.1 * (i + 1), 6) for i in range(n)]
+
     assert sample.rollout_logprobs == lp(len(first)) + [0.0] * len(obs_ids) + lp(len(second))
     # the engine saw exactly the episode's tokens, turn by turn
     assert engine.requests[0][0] == sample.prompt_ids

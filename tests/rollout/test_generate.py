@@ -4,9 +4,8 @@ import textwrap
 import pytest
 
 from agentrl.data import PromptRow, PromptSampler
-from agentrl.engine.base import Completion
 from agentrl.rollout import (Rollout, RolloutConfig, default_filters, drop_failed, drop_zero_variance,
-                             load_generate_fn, load_reward_fn, overlong_mask, overlong_penalty, run_episode)
+                             load_generate_fn, load_reward_fn, overlong_mask, overlong_penalty)
 from agentrl.testing import FakeEngine
 from agentrl.types import Group, Sample
 from agentrl.utils.imports import HookLoadError
@@ -58,7 +57,9 @@ def test_groups_share_the_task_and_respect_concurrency(template, tokenizer):
 
 def test_dynamic_sampling_oversamples_until_batch_is_full(template, tokenizer):
     # "apple" groups: every sample right (zero variance); others: half right
-    rule = lambda target, seed: target == "apple" or seed % 2 == 0
+    def rule(target, seed):
+        return target == "apple" or seed % 2 == 0
+
     engine = FakeEngine(responder=_echo_responder(tokenizer, rule))
     config = RolloutConfig(n_samples_per_prompt=2, max_turns=1)
     config.sampling.seed = 0

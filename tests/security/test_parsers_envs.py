@@ -115,9 +115,8 @@ def test_the_last_move_word_is_found_as_before(text):
         pattern = r"(?<![a-z])(" + "|".join(re.escape(w).replace(r"\ ", r"\s+")
                                             for w in sorted(words, key=len, reverse=True)) + r")(?![a-z])"
         tagged = last_tag(text, "action")
-        last = None
-        for last in re.finditer(pattern, (tagged if tagged is not None else text).lower()):
-            pass
+        matches = list(re.finditer(pattern, (tagged if tagged is not None else text).lower()))
+        last = matches[-1] if matches else None
         assert parse_move(text, adapter) == (None if last is None else words[re.sub(r"\s+", " ", last.group(1))])
 
 

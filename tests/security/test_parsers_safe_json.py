@@ -122,10 +122,3 @@ def test_request_body_limits_refuse_before_reading_and_decode_in_a_thread():
         asyncio.run(safe_json.read_request_json(FakeRequest([b'{"a": "\xff"}']), max_bytes=100))
     with pytest.raises(JSONLimitError):
         asyncio.run(safe_json.read_request_json(FakeRequest([b"[" * 100]), max_bytes=1000))
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    result = doctest.testmod(safe_json)
-    assert result.attempted > 0 and result.failed == 0

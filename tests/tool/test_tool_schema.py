@@ -126,8 +126,11 @@ def test_async_function_method_and_explicit_name():
     assert function_schema(p, name="search5")["function"]["name"] == "search5"
 
 
+_NOT_JSON = object()
+
+
 def test_no_docstring_and_non_json_default():
-    def f(a: int, b: Color = Color.RED, c: Any = object()) -> None:
+    def f(a: int, b: Color = Color.RED, c: Any = _NOT_JSON) -> None:
         pass
 
     fn = function_schema(f)["function"]

@@ -123,12 +123,3 @@ def test_schema_and_use_through_the_executor():
         [ToolCall("calculator", {"expression": "6 * 7"}), ToolCall("calculator", {"expression": "1/0"})]))
     assert [r.content for r in results] == ["42", "Error: division by zero"]
     assert all(r.ok for r in results)  # an arithmetic error is the tool's answer, not a tool failure
-
-
-def test_module_examples():
-    import doctest
-
-    import tools.calculator
-
-    result = doctest.testmod(tools.calculator)
-    assert result.attempted > 0 and result.failed == 0

@@ -370,15 +370,6 @@ def test_result_is_a_plain_record():
         PythonSandbox(timeout=0)
 
 
-def test_module_examples():
-    import doctest
-
-    import tools.python_exec
-
-    result = doctest.testmod(tools.python_exec)
-    assert result.attempted > 0 and result.failed == 0
-
-
 def test_threads_and_asyncio_work_inside():
     code = ("import asyncio, threading\nout = []\nt = threading.Thread(target=out.append, args=('thread',))\n"
             "t.start(); t.join()\nasync def main():\n    await asyncio.sleep(0.01)\n    return 'loop'\n"

@@ -14,7 +14,7 @@ from agentrl.config import parse_args
 from agentrl.data import PromptRow
 from agentrl.data.demos import DemoError, demo_sample, load_demos, oracle_demos
 from agentrl.loop import train
-from agentrl.rollout import EpisodeRequest, Rollout, RolloutConfig, run_episode
+from agentrl.rollout import Rollout, RolloutConfig, run_episode
 from agentrl.testing import FakeEngine
 from agentrl.train.sft import sft_batch
 

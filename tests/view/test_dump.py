@@ -174,12 +174,3 @@ def test_a_recorded_run_dumps_every_rollout_and_evaluation(recorded_run):
         assert set(e.sample.prompt_ids + e.sample.response_ids) <= set(d.token_text)
     metrics = [json.loads(line) for line in (recorded_run / "metrics.jsonl").read_text().splitlines()]
     assert all("perf/dump_time" in r for r in metrics if "perf/step_time" in r)
-
-
-def test_docstring_examples():
-    import doctest
-
-    import agentrl.obs.dump
-
-    result = doctest.testmod(agentrl.obs.dump, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0

@@ -54,7 +54,7 @@ def summaries_path(lang: str = "en-us") -> Path:
 def load_articles(lang: str = "en-us") -> list[dict[str, Any]]:
     """Every article with a non-empty summary, sorted by title."""
     data = json.loads(summaries_path(lang).read_text(encoding="utf-8"))
-    articles = []
+    articles: list[dict[str, Any]] = []
     for key, entry in data.items():
         if not isinstance(entry, dict):
             continue

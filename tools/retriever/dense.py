@@ -170,11 +170,13 @@ class DenseRetriever(Retriever):
                 chunk = self.embeddings[lo: lo + CHUNK_ROWS]  # [C, D]
                 s, i = torch.topk(q @ chunk.T, min(k, chunk.shape[0]), dim=1)  # [Q, k']
                 i = i + lo
-                if best_s is not None:
+                if best_s is not None and best_i is not None:
                     merged = torch.cat([best_s, s], 1)
                     s, order = torch.topk(merged, min(k, merged.shape[1]), dim=1)
                     i = torch.gather(torch.cat([best_i, i], 1), 1, order)
                 best_s, best_i = s, i
+        if best_s is None or best_i is None:  # an index of no rows
+            return np.zeros((len(queries), 0), np.int64), np.zeros((len(queries), 0), np.float32)
         return best_i.cpu().numpy().astype(np.int64), best_s.float().cpu().numpy()
 
     def describe(self) -> dict[str, Any]:

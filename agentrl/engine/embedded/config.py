@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 from agentrl.engine.base import EngineError
 
 Backend = Literal["auto", "fast", "hf"]
+DecodeAttention = Literal["sdpa", "efficient", "matmul", "cpu", "triton"]
 
 
 class InvalidRequest(EngineError, ValueError):
@@ -54,7 +55,7 @@ class EngineConfig:
     Costs memory equal to the weights; the logits agree with the unpacked ones to float rounding,
     not bit for bit. Default: on for the CPU (float32, bfloat16) when PyTorch has oneDNN and
     ``compile`` is off."""
-    decode_attention: Literal["sdpa", "efficient", "matmul", "cpu", "triton"] | None = None
+    decode_attention: DecodeAttention | None = None
     """Decode attention of the fast path: ``scaled_dot_product_attention`` with a length mask
     (``sdpa``: PyTorch picks the kernel; ``efficient``: the memory-efficient kernel), explicit
     matmul + softmax (``matmul``), or ``cpu``: a float32 CPU kernel in C that reads each row's keys
@@ -90,7 +91,7 @@ class EngineConfig:
     step overlap); it is admitted at once when an eighth of the slots' worth of requests (or every
     free slot's) is waiting, or when nothing is decoding. 0: admit at every step (lowest latency).
     Default: 8 on CUDA (a decode step is a few ms there; in a multi-turn rollout on an H100 this cut
-    engine time by ~15%, bench/results/engine_multiturn_h100_admit*.md), 0 on the CPU, where a step
+    engine time by ~15%, bench/results/engine_multiturn_h100_admit0.md and _admit8.md), 0 on the CPU, where a step
     takes tens of ms."""
     high_priority_stream: bool = False
     """CUDA: decode and prefill on a stream of the highest priority, so that when a trainer shares

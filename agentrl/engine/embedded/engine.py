@@ -31,10 +31,10 @@ import torch
 
 from agentrl.engine.base import Completion, SamplingParams, current_request_priority
 from agentrl.engine.embedded import cpu_attention, gpu_attention, prefill_attention
-from agentrl.engine.embedded.config import EngineConfig, InvalidRequest
+from agentrl.engine.embedded.config import DecodeAttention, EngineConfig, InvalidRequest
 from agentrl.engine.embedded.fast_model import fast_path_unsupported, packing_unsupported
 from agentrl.engine.embedded.kv_cache import KVCache
-from agentrl.engine.embedded.runner import FastRunner, HFRunner
+from agentrl.engine.embedded.runner import FastRunner, HFRunner, Runner
 from agentrl.engine.embedded.request import Request, SchedulerStats
 from agentrl.engine.embedded.scheduler import Scheduler
 from agentrl.engine.embedded.weights import WeightsSource, load_weights
@@ -73,38 +73,45 @@ class EmbeddedEngine:
         if max_seq_len is not None:
             config.max_seq_len = max_seq_len
         config.validate()
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype)
+        torch_dtype: torch.dtype | None = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+        hf_model: Any  # a transformers causal LM, used through its duck-typed .config and .get_input_embeddings()
         if isinstance(model, (str, os.PathLike)):
             from agentrl.models import load_model
 
-            model, loaded_tok = load_model(str(model), dtype=dtype, device=str(device) if device else None)
+            hf_model, loaded_tok = load_model(str(model), dtype=torch_dtype, device=str(device) if device else None)
             tokenizer = tokenizer if tokenizer is not None else loaded_tok
-        elif device is not None or dtype is not None:
-            model = model.to(device=device, dtype=dtype)
-        model.eval()
-        self.model = model
+        elif device is not None or torch_dtype is not None:
+            hf_model = model.to(device=device, dtype=torch_dtype)
+        else:
+            hf_model = model
+        hf_model.eval()
+        self.model = hf_model
         self.tokenizer = tokenizer
-        param = next(model.parameters())
+        param = next(hf_model.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.config = self._resolve(config)
         if self.device.type == "cpu" and self.dtype == torch.bfloat16:
             _warn_slow_bf16()
-        self.vocab_size = model.get_input_embeddings().weight.shape[0]
-        self.eos_token_ids = _eos_ids(model, tokenizer)
+        self.vocab_size = self.model.get_input_embeddings().weight.shape[0]
+        self.eos_token_ids = _eos_ids(hf_model, tokenizer)
         self.backend = self._choose_backend()
         if self.backend != "fast":  # the HF forward runs the model's own modules: nothing is packed
             self.config.pack_weights = False
         self._rng = random.Random(self.config.seed)
         cfg = self.config
+        # _resolve filled in every None (which stands for: choose for this machine)
+        assert cfg.max_batch_size is not None and cfg.max_seq_len is not None and cfg.cuda_graphs is not None
+        assert cfg.compile is not None and cfg.fuse_weights is not None and cfg.decode_attention is not None
+        assert cfg.prefill_token_budget is not None and cfg.overlap is not None and cfg.admit_wait_steps is not None
+        runner: Runner
         if self.backend == "fast":
             runner = FastRunner(
-                model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, cuda_graphs=cfg.cuda_graphs,
+                hf_model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, cuda_graphs=cfg.cuda_graphs,
                 compile=cfg.compile, fuse=cfg.fuse_weights, attention=cfg.decode_attention,
                 pack=cfg.max_batch_size if cfg.pack_weights else 0, mixed=bool(cfg.mixed_prefill),
             )
         else:
-            runner = HFRunner(model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len)
+            runner = HFRunner(hf_model, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len)
         self._scheduler = Scheduler(
             runner, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, eos_ids=self.eos_token_ids,
             tokenizer=tokenizer, prefill_token_budget=cfg.prefill_token_budget, overlap=cfg.overlap,
@@ -154,8 +161,9 @@ class EmbeddedEngine:
 
     def _default_batch_size(self, cfg: EngineConfig) -> int:
         c = self.model.config
-        heads = getattr(c, "num_key_value_heads", None) or getattr(c, "num_attention_heads", 1)
-        head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+        heads: int = c.num_key_value_heads if getattr(c, "num_key_value_heads", None) else getattr(c, "num_attention_heads", 1)
+        head_dim = int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+        assert cfg.max_seq_len is not None  # _resolve sets it before it asks for the batch size
         per_token = KVCache.bytes_per_token(c.num_hidden_layers, heads, head_dim, self.dtype)
         free, _ = torch.cuda.mem_get_info(self.device)
         slots = int(cfg.kv_memory_fraction * free // (per_token * cfg.max_seq_len)) - 1  # and the scratch slot
@@ -167,7 +175,7 @@ class EmbeddedEngine:
             )
         return min(256, slots)
 
-    def _default_decode_attention(self) -> str:
+    def _default_decode_attention(self) -> DecodeAttention:
         """The fast path's decode attention: a kernel of ours where it runs here, else SDPA."""
         if self.device.type == "cpu":
             return "cpu" if cpu_attention.unsupported(self.device, self.dtype) is None else "sdpa"
@@ -184,6 +192,7 @@ class EmbeddedEngine:
         want = self.config.backend
         if want == "hf":
             return "hf"
+        assert self.config.max_seq_len is not None  # resolved before the backend is chosen
         reason = fast_path_unsupported(self.model, self.config.max_seq_len)
         if reason is None:
             return "fast"
@@ -315,6 +324,7 @@ class EmbeddedEngine:
                 f"token id {prompt[bad]} at position {bad} is outside the vocabulary (expected 0..{self.vocab_size - 1})"
             )
         limit = self.config.max_seq_len
+        assert limit is not None  # resolved in __init__
         if len(prompt) >= limit:
             raise InvalidRequest(
                 f"prompt of {len(prompt)} tokens does not fit max_seq_len={limit} (which must also hold at least one "

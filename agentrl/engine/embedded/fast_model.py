@@ -25,7 +25,7 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import torch
 import torch.nn.functional as F
@@ -44,8 +44,8 @@ def fast_path_unsupported(model: Any, max_seq_len: int) -> str | None:
     model_type = getattr(cfg, "model_type", None)
     if model_type not in FAST_MODEL_TYPES:
         return f"model_type {model_type!r} has no fast path (covered: {', '.join(FAST_MODEL_TYPES)})"
-    if getattr(cfg, "hidden_act", "silu") != "silu":
-        return f"hidden_act {cfg.hidden_act!r} is not silu"
+    if (act := getattr(cfg, "hidden_act", "silu")) != "silu":
+        return f"hidden_act {act!r} is not silu"
     inner = getattr(model, "model", None)
     if inner is None or not hasattr(inner, "layers") or not hasattr(model, "lm_head"):
         return "model does not have the usual model.layers / lm_head structure"
@@ -256,6 +256,8 @@ class FastLM:
             qkv_b = tuple(_d(m.bias) for m in qkv) if attn.q_proj.bias is not None else None
             gu_b = tuple(_d(m.bias) for m in gu) if mlp.gate_proj.bias is not None else None
             o_w, down_w = _d(attn.o_proj.weight), _d(mlp.down_proj.weight)
+            qkv_w: tuple[torch.Tensor, ...]
+            gu_w: tuple[torch.Tensor, ...]
             if self.pack:  # fresh packed copies each time (no CUDA graph holds their addresses)
                 qkv_w = (pack_linear_weight(torch.cat([m.weight for m in qkv]), self.pack),)
                 qkv_b = (torch.cat(qkv_b),) if qkv_b else None
@@ -263,10 +265,10 @@ class FastLM:
                 gu_b = (torch.cat(gu_b),) if gu_b else None
                 o_w, down_w = pack_linear_weight(o_w, self.pack), pack_linear_weight(down_w, self.pack)
             elif self.fuse:
-                qkv_w = (_fill(prev and prev.qkv_w[0], [m.weight for m in qkv]),)
-                qkv_b = (_fill(prev and prev.qkv_b and prev.qkv_b[0], list(qkv_b)),) if qkv_b else None
-                gu_w = (_fill(prev and prev.gu_w[0], [m.weight for m in gu]),)
-                gu_b = (_fill(prev and prev.gu_b and prev.gu_b[0], list(gu_b)),) if gu_b else None
+                qkv_w = (_fill(prev.qkv_w[0] if prev else None, [m.weight for m in qkv]),)
+                qkv_b = (_fill(prev.qkv_b[0] if prev and prev.qkv_b else None, list(qkv_b)),) if qkv_b else None
+                gu_w = (_fill(prev.gu_w[0] if prev else None, [m.weight for m in gu]),)
+                gu_b = (_fill(prev.gu_b[0] if prev and prev.gu_b else None, list(gu_b)),) if gu_b else None
             else:
                 qkv_w = tuple(_d(m.weight) for m in qkv)
                 gu_w = tuple(_d(m.weight) for m in gu)
@@ -414,7 +416,8 @@ class FastLM:
         if self.attention == "triton":  # RoPE, the cache write and attention in one kernel per layer
             def attend_fused(layer: int, q, new_kv):
                 k_cache, v_cache = kv.caches(layer)
-                return gpu_attention.decode_attention(q, *new_kv, k_cache, v_cache, positions, self.cos, self.sin,
+                k, v = new_kv
+                return gpu_attention.decode_attention(q, k, v, k_cache, v_cache, positions, self.cos, self.sin,
                                                       length, self.scale).view(b, hd)
 
             return self.logits(self._layers(x, None, None, attend_fused))
@@ -450,6 +453,10 @@ class FastLM:
         return self.logits(h)
 
 
+@overload
+def _d(t: torch.Tensor) -> torch.Tensor: ...
+@overload
+def _d(t: None) -> None: ...
 def _d(t: torch.Tensor | None) -> torch.Tensor | None:
     return None if t is None else t.detach()
 

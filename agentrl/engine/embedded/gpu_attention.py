@@ -113,7 +113,7 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.
     for row, p in enumerate(positions.tolist()):
         c, s = cos[p].float(), sin[p].float()
 
-        def rope(x: torch.Tensor) -> torch.Tensor:
+        def rope(x: torch.Tensor, c: torch.Tensor = c, s: torch.Tensor = s) -> torch.Tensor:
             x = x.float()
             return torch.cat((x[..., :half] * c[:half] - x[..., half:] * s[:half],
                               x[..., half:] * c[half:] + x[..., :half] * s[half:]), -1).to(q.dtype)

@@ -99,6 +99,8 @@ def forward(lm, kv, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.
 
     ``kernel``: attention through the Triton kernel (traceable into a CUDA graph), else through
     :func:`prefill_attention.reference`, which reads ``seqs_host``."""
+    if not kernel and seqs_host is None:
+        raise ValueError("attention without the kernel reads the sequences on the host: give seqs_host")
     t = tokens.shape[0]
     hd = lm.n_heads * lm.head_dim
     x = F.embedding(tokens, lm.embed_w)  # [T, hidden]
@@ -113,6 +115,7 @@ def forward(lm, kv, tokens: torch.Tensor, positions: torch.Tensor, slots: torch.
         if kernel:
             o = prefill_attention.attention(q, k_cache, v_cache, seqs, tiles, lm.scale)
         else:
+            assert seqs_host is not None  # checked on entry
             o = prefill_attention.reference(q, k_cache, v_cache, seqs_host, lm.scale)
         return o.view(t, hd)
 

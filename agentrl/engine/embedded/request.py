@@ -28,8 +28,11 @@ class Request:
     priority: int = 0
     """Waiting requests are admitted lowest priority first, then in arrival order
     (:func:`agentrl.engine.base.request_priority`)."""
-    tokens: np.ndarray | None = None
-    """``prompt`` as an int64 array, made when the request is submitted (on the caller's thread)."""
+    tokens: np.ndarray = field(init=False)
+    """``prompt`` as an int64 array, made with the request (on the caller's thread)."""
+
+    def __post_init__(self) -> None:
+        self.tokens = np.asarray(self.prompt, dtype=np.int64)
 
 
 @dataclass

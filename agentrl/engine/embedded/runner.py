@@ -58,6 +58,19 @@ class Runner(Protocol):
     def refresh_weights(self) -> None: ...
 
 
+class MixedRunner(Runner, Protocol):
+    """A runner whose ``supports_mixed`` is true: decode and prefill in one step."""
+
+    def mixed(self, tokens: np.ndarray, positions: np.ndarray, parts: list[mixed_step.Part],
+              rows: SamplingRows) -> np.ndarray: ...
+
+
+class PrefixRunner(Runner, Protocol):
+    """A runner whose ``supports_prefix`` is true: slots' keys/values can trade places."""
+
+    def swap(self, a: int, b: int, length: int) -> None: ...
+
+
 def batch_bucket(n: int, cap: int) -> int:
     """Padded batch size for a CUDA graph: 1, 2, 4, 8, then steps of 8 / 16 / 32."""
     if n <= 8:
@@ -111,8 +124,9 @@ class FastRunner:
         self._greedy = MaybeCompiled(sample_greedy, compile and self.use_graphs)
         self._plain = MaybeCompiled(sample_plain, compile and self.use_graphs)
         # CUDA-graph buffers; a graph of batch bucket b uses the first b (4b, 2b) entries:
-        self._graphs: dict[tuple[int, int, str], Any] = {}
-        self._uses: dict[tuple[int, int, str], int] = {}
+        # keyed by (batch, length, mode) for decode steps, ("mixed", tokens, mode) for mixed ones
+        self._graphs: dict[tuple[int | str, int, str], Any] = {}
+        self._uses: dict[tuple[int | str, int, str], int] = {}
         self.capture_after = 3
         """A (batch, length, mode) shape is captured on its third use; rarer ones run eagerly, so
         the many batch sizes seen while requests trickle in do not each cost a capture."""
@@ -120,7 +134,7 @@ class FastRunner:
         self._par: torch.Tensor | None = None  # [4, b] float64: position, temperature, greedy, uniform
         self._out: torch.Tensor | None = None  # [2, b] float64: sampled id, logprob
         self._logits: torch.Tensor | None = None  # [slots, V] float32 (graphs that leave sampling out)
-        self._pool = None
+        self._pool: Any = None  # the CUDA graphs' memory pool (torch.cuda.graph_pool_handle())
         self.last_step_graphed = False
         """Whether the last :meth:`launch` replayed a CUDA graph."""
         self.capture_s = 0.0
@@ -146,7 +160,9 @@ class FastRunner:
         self._mmeta: torch.Tensor | None = None  # int64 layout of a bucket's step (_mixed_layout)
         self._mpar: torch.Tensor | None = None  # [3, S] float64 sampling parameters
         self._mout: torch.Tensor | None = None  # [2, S] float64 sampled ids, logprobs
-        self._pin_mmeta = self._pin_mpar = self._pin_mout = None
+        self._pin_mmeta: torch.Tensor | None = None  # pinned host copies of the three above
+        self._pin_mpar: torch.Tensor | None = None
+        self._pin_mout: torch.Tensor | None = None
         self._mixed_seqs: np.ndarray | None = None  # the step's sequences, for the per-sequence attention
 
     def allocate(self) -> None:
@@ -222,7 +238,10 @@ class FastRunner:
             logits = mixed_step.forward(self.lm, self.kv, tok, pos, slot, sel, seqs.view(-1, prefill_attention.SEQ_FIELDS),
                                         tiles.view(-1, 2), kernel=self.varlen_kernel, seqs_host=step.seqs)
             return _packed(*sample(logits.float(), rows)).cpu().numpy()
+        # allocate() made them (with graphs and mixed steps)
         assert self._mmeta is not None and self._pin_mmeta is not None and self._mout is not None
+        assert self._mpar is not None and self._pin_mpar is not None and self._pin_mout is not None
+        assert self._logits is not None
         t = mixed_step.token_bucket(total)
         offsets = self._mixed_layout(t)
         s = offsets[4] - offsets[3]
@@ -319,11 +338,13 @@ class FastRunner:
             self.kv.ensure_clean(n, need)
             pos = torch.from_numpy(positions.astype(np.int64)).to(self.device)
             tok = self._prev_ids if tokens is None else torch.from_numpy(tokens.astype(np.int64)).to(self.device)
+            assert tok is not None  # launch(None, ...) follows a step, whose samples _prev_ids holds
             logits = self.lm.decode(self.kv, tok, pos, need).float()
             ids, lps = sample(logits, rows)
             self._prev_ids = ids
             return _packed(ids, lps)
-        assert self._tok is not None and self._par is not None and self._out is not None
+        assert self._tok is not None and self._par is not None and self._out is not None  # allocate() made them
+        assert self._logits is not None
         b = batch_bucket(n, self.max_slots)
         length = length_bucket(need, self.max_seq_len)
         self.kv.ensure_clean(b, length)  # a no-op on CUDA, where the cache starts zeroed

@@ -104,9 +104,9 @@ def sample(logits: torch.Tensor, rows: SamplingRows) -> tuple[torch.Tensor, torc
     filtered = rows.filtered
     params = torch.from_numpy(rows.packed().astype(np.float32)).to(device)
     if not filtered.any():  # the host knows which work the batch needs (sample_plain in a graph cannot)
-        greedy = rows.temperature <= 0
-        return sample_plain(logits, params, scaled=bool((rows.temperature[~greedy] != 1.0).any()),
-                            any_greedy=bool(greedy.any()))
+        greedy_rows = rows.temperature <= 0
+        return sample_plain(logits, params, scaled=bool((rows.temperature[~greedy_rows] != 1.0).any()),
+                            any_greedy=bool(greedy_rows.any()))
     temp, greedy, u = params[0], params[1] > 0, params[2]
     z = logits / temp[:, None]
     lse = torch.logsumexp(z, -1, keepdim=True)

@@ -28,17 +28,17 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 
-from agentrl.engine.base import Completion, EngineError
+from agentrl.engine.base import Completion, EngineError, FinishReason
 from agentrl.engine.embedded.mixed import Part
 from agentrl.engine.embedded.request import Request, SchedulerStats
 from agentrl.engine.embedded.request import fail as _fail
 from agentrl.engine.embedded.request import resolve as _resolve
-from agentrl.engine.embedded.runner import Runner
+from agentrl.engine.embedded.runner import MixedRunner, PrefixRunner, Runner
 from agentrl.engine.embedded.sampling import SamplingRows, uniforms
 from agentrl.engine.embedded.stops import StopStrings
 from agentrl.utils.openmp import release_thread_pool
@@ -132,8 +132,6 @@ class Scheduler:
                 raise EngineError(f"a request with rid {req.rid!r} is already running; rids must be unique")
             self._by_rid[req.rid] = req
             req.arrival_step = self.stats.steps
-            if req.tokens is None:
-                req.tokens = np.asarray(req.prompt, dtype=np.int64)
             self._enqueue(req)
             self._cv.notify()
         return req.future
@@ -228,7 +226,7 @@ class Scheduler:
             self._settle()  # the batch is about to change: read the step in flight first
         held = self._run_commands(commands)
         if aborts:
-            for slot in sorted((s for s in range(self.n) if self.reqs[s].rid in aborts), reverse=True):
+            for slot in sorted((s for s in range(self.n) if self._running(s).rid in aborts), reverse=True):
                 self._finish(slot, "abort", None)
             if self._chunk is not None and self._chunk.req.rid in aborts:
                 self._drop_chunk("abort")
@@ -385,7 +383,8 @@ class Scheduler:
             parts = [Part(slot, req.tokens[start:stop], start, src, shared, stop == len(req.prompt))
                      for req, slot, start, stop, src, shared in plans]
             t0 = time.perf_counter()
-            host = self.runner.mixed(self.last[:n], self.length[:n], parts, self._rows(slots))
+            host = cast(MixedRunner, self.runner).mixed(  # self.mixed: the runner supports_mixed
+                self.last[:n], self.length[:n], parts, self._rows(slots))
             for src, slot, length in follows:
                 self.runner.move(src, slot, length)
         except Exception as exc:  # fail this step's prefills; running requests carry on
@@ -435,9 +434,11 @@ class Scheduler:
                 best, best_len = i, common
         return (best, best_len) if best_len >= self.MIN_PREFIX else (-1, 0)
 
-    def _drop_chunk(self, reason: str | BaseException) -> None:
+    def _drop_chunk(self, reason: FinishReason | BaseException) -> None:
         """End the partially prefilled request (abort, failure, shutdown): it has no tokens yet."""
         chunk, self._chunk = self._chunk, None
+        if chunk is None:
+            return
         self.reqs[chunk.slot] = None
         with self._cv:
             self._by_rid.pop(chunk.req.rid, None)
@@ -454,7 +455,7 @@ class Scheduler:
         src, dst = chunk.slot, self.n
         here = self._parked.pop(dst, None)
         if here is not None:
-            self.runner.swap(dst, src, max(len(here), chunk.done))
+            self._prefix_runner().swap(dst, src, max(len(here), chunk.done))
             self._keep(src, here)
         else:
             self.runner.move(src, dst, chunk.done)
@@ -547,7 +548,7 @@ class Scheduler:
         self.ngen[slots] = k + 1
         self.last[slots] = ids
         self.stats.generated_tokens += len(slots)
-        done: dict[int, tuple[str, Any]] = {}
+        done: dict[int, tuple[FinishReason, Any]] = {}
         for i in np.flatnonzero(np.isin(ids, self.eos_ids) & ~self.ignore_eos[slots]).tolist():
             done[int(slots[i])] = ("stop", int(ids[i]))
         for i in np.flatnonzero(self.custom[slots]).tolist():
@@ -561,22 +562,32 @@ class Scheduler:
         if self._inflight is None:
             self._compact()
 
+    def _running(self, slot: int) -> Request:
+        """The request in ``slot``, one of the running rows ``[0, n)``, which always hold one."""
+        req = self.reqs[slot]
+        assert req is not None, f"running slot {slot} holds no request"
+        return req
+
+    def _prefix_runner(self) -> PrefixRunner:
+        """The runner, with the prefix cache on (only a runner that supports_prefix turns it on)."""
+        return cast(PrefixRunner, self.runner)
+
     def _custom_stop(self, slot: int, token: int) -> int | str | None:
-        sp = self.reqs[slot].sampling
+        sp = self._running(slot).sampling
         if token in sp.stop_token_ids:
             return token
         if sp.stop and self.stops is not None:
             return self.stops.find(self.out_ids[slot, : self.ngen[slot]], sp.stop)
         return None
 
-    def _finish(self, slot: int, reason: str | BaseException, matched: Any) -> None:
+    def _finish(self, slot: int, reason: FinishReason | BaseException, matched: Any) -> None:
         self._complete(slot, reason, matched)
         if self._inflight is None:
             self._compact()
 
-    def _complete(self, slot: int, reason: str | BaseException, matched: Any) -> None:
+    def _complete(self, slot: int, reason: FinishReason | BaseException, matched: Any) -> None:
         """Resolve the request in ``slot``; the slot is freed by the next :meth:`_compact`."""
-        req = self.reqs[slot]
+        req = self._running(slot)
         k = int(self.ngen[slot])
         if isinstance(reason, BaseException):
             _fail(req.future, reason)
@@ -623,12 +634,13 @@ class Scheduler:
     def _park(self, slot: int) -> None:
         """Keep the keys/values of the finished request in ``slot`` (running rows are ``[0, n)``) in a
         free slot, so that a later prompt that starts with the same tokens skips their prefill."""
-        req = self.reqs[slot]
+        req = self._running(slot)
         k = int(self.ngen[slot])
         tokens = np.concatenate([req.tokens, self.out_ids[slot, :k]])
         tokens = tokens[: min(int(self.length[slot]), self.max_seq_len - 1)]  # what the cache holds
         if len(tokens) < self.MIN_PREFIX:
             return
+        target: int | None
         if slot == self.n - 1:  # the top running row: once freed, it is a free slot already
             target = slot
         else:
@@ -690,7 +702,7 @@ class Scheduler:
             if consumed and slot in self._parked:
                 here = self._parked.pop(slot)
                 del self._parked[src]
-                self.runner.swap(slot, src, max(len(here), length))
+                self._prefix_runner().swap(slot, src, max(len(here), length))
                 self._keep(src, here)
             else:
                 self._evict(slot, floor)

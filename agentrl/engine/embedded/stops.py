@@ -20,6 +20,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 
 class StopStrings:
     def __init__(self, tokenizer: Any) -> None:
@@ -33,7 +35,7 @@ class StopStrings:
             self._text[token] = text
         return text
 
-    def find(self, generated: Sequence[int], stops: Sequence[str]) -> str | None:
+    def find(self, generated: Sequence[int] | np.ndarray, stops: Sequence[str]) -> str | None:
         """The stop string that the generated tokens now contain, if any (the first listed wins)."""
         if not stops or len(generated) == 0:
             return None

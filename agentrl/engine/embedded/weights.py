@@ -33,7 +33,7 @@ def load_weights(model: torch.nn.Module, weights: WeightsSource) -> int:
     """Copy ``weights`` into ``model``'s parameters and buffers. Returns the number of tensors copied."""
     if weights is None:
         return 0
-    targets = dict(model.named_parameters(remove_duplicate=False))
+    targets: dict[str, torch.Tensor] = dict(model.named_parameters(remove_duplicate=False))
     targets.update(dict(model.named_buffers(remove_duplicate=False)))
     if isinstance(weights, (str, os.PathLike)):
         files = _weight_files(Path(weights))

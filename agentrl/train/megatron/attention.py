@@ -82,7 +82,7 @@ class RMSNorm(torch.nn.Module):
         self.weight = torch.nn.Parameter(torch.ones(hidden_size, dtype=config.params_dtype,
                                                     device=_init_device(config)))
         # megatron-core all-reduces grads of params marked sequence_parallel across TP ranks
-        setattr(self.weight, "sequence_parallel", bool(config.sequence_parallel))
+        setattr(self.weight, "sequence_parallel", bool(config.sequence_parallel))  # noqa: B010 (an attribute torch.nn.Parameter does not declare)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self._norm(x, self.weight, self.eps)
@@ -225,9 +225,10 @@ def _varlen(query, key, value, cu_seqlens, max_len: int, scale: float) -> torch.
             key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
     cu = cu_seqlens.to(device=query.device, dtype=torch.int32)
     try:
-        return varlen_attn(query, key, value, cu, cu, max_len, max_len, **kw)
+        out = varlen_attn(query, key, value, cu, cu, max_len, max_len, **kw)
+        return out[0] if isinstance(out, tuple) else out  # (output, logsumexp) when asked for the latter
     except (RuntimeError, TypeError, NotImplementedError) as err:  # unsupported head dim, dtype...
-        warnings.warn(f"varlen attention unavailable ({err}); using one SDPA call per sequence")
+        warnings.warn(f"varlen attention unavailable ({err}); using one SDPA call per sequence", stacklevel=2)
         return None
 
 

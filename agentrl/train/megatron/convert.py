@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -118,7 +119,8 @@ class ParamMap:
 
     def to_megatron(self, tensors: list[torch.Tensor], shape: ModelShape) -> torch.Tensor:
         if self.kind == "qkv":
-            return qkv_to_megatron(*tensors, shape)
+            q, k, v = tensors
+            return qkv_to_megatron(q, k, v, shape)
         if self.kind == "fc1":
             return torch.cat(tensors, dim=0)
         return tensors[0]
@@ -321,7 +323,7 @@ def _export_pipeline(maps, params, shape, tp, tp_group, dtype) -> Iterator[tuple
         yield name, t
 
 
-def save_hf_checkpoint(model: torch.nn.Module, shape: ModelShape, path: str | Path, *,
+def save_hf_checkpoint(model: torch.nn.Module, shape: ModelShape, path: str | os.PathLike, *,
                        hf_config: Any = None, dtype: torch.dtype | None = None,
                        max_shard_bytes: int = 4 << 30) -> None:
     """Write an HF folder (safetensors + config) from a (possibly sharded) Megatron model.
@@ -360,11 +362,12 @@ def save_hf_checkpoint(model: torch.nn.Module, shape: ModelShape, path: str | Pa
     log.info("wrote HF checkpoint to %s (%d file(s))", path, len(shards))
 
 
-def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+def unwrap(model: torch.nn.Module) -> Any:
     """The ``GPTModel`` inside DDP / Float16Module wrappers."""
-    while hasattr(model, "module") and not hasattr(model, "decoder"):
-        model = model.module
-    return model
+    inner: Any = model
+    while hasattr(inner, "module") and not hasattr(inner, "decoder"):
+        inner = inner.module
+    return inner
 
 
 def _tensor_source(source: str | Path | Mapping[str, torch.Tensor]) -> Callable[[str], torch.Tensor]:

@@ -140,7 +140,8 @@ _KERNELS: dict[str, MaybeCompiled] = {}
 
 def _kernel(name: str, logits: Tensor) -> Callable:
     """The fused (compiled) chunk function on CUDA, the eager one elsewhere."""
-    fn = {"stats": _chunk_stats, "grad": _chunk_grad}[name]
+    chunk_fns: dict[str, Callable] = {"stats": _chunk_stats, "grad": _chunk_grad}
+    fn = chunk_fns[name]
     if not logits.is_cuda:
         return fn
     if name not in _KERNELS:

@@ -43,7 +43,10 @@ class MegatronOptimizer:
         from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
+        from megatron.core.transformer import TransformerConfig
+
         tcfg = model.config
+        assert isinstance(tcfg, TransformerConfig)  # a megatron-core GPTModel's
         ddp_config = DistributedDataParallelConfig(
             grad_reduce_in_fp32=True, overlap_grad_reduce=False, use_distributed_optimizer=distributed,
             check_for_nan_in_grad=False)

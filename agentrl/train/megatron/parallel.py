@@ -8,7 +8,7 @@ gloo on CPU. Data parallel size = world size / (tensor x pipeline).
 Example::
 
     >>> layout = init_parallel(tensor_parallel=1, pipeline_parallel=1)   # doctest: +SKIP
-    >>> layout.data_parallel
+    >>> layout.data_parallel                                              # doctest: +SKIP
     1
 """
 

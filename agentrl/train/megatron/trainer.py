@@ -260,8 +260,10 @@ class MegatronTrainer:
             lp, ent = vocab_parallel_logprobs(
                 logits, inputs.targets, vocab_size=self.shape.vocab_size, temperature=self._temperature,
                 with_entropy=True, entropy_grad=bool(cfg.entropy_coef))
+            assert mb.advantages is not None and ent is not None  # checked in train_step; with_entropy=True
             loss, m = algo.rl_objective(
-                gather_response(lp, inputs), dev(mb.advantages), dev(mb.loss_mask), config=self.objective,
+                gather_response(lp, inputs), mb.advantages.to(self.device), mb.loss_mask.to(self.device),
+                config=self.objective,
                 old_logprobs=dev(mb.old_logprobs), rollout_logprobs=dev(mb.rollout_logprobs),
                 ref_logprobs=dev(mb.ref_logprobs), entropy=gather_response(ent, inputs), denominator=denom,
                 num_tokens=n_tokens)
@@ -280,7 +282,12 @@ class MegatronTrainer:
         return {f"train/{k}": v for k, v in metrics.items()}
 
     def _critic_step(self, batch: RolloutBatch, denom: Tensor) -> dict[str, float]:
+        assert self.critic is not None and self.critic_optimizer is not None  # called only with a critic
+        if batch.values is None or batch.returns is None:
+            raise ValueError("the critic's step needs batch.values and batch.returns (gae)")
+
         def loss_of(mb: RolloutBatch, idx: list[int], inputs: ModelInputs, output: Tensor):
+            assert mb.values is not None and mb.returns is not None  # checked above, kept by select()
             loss, m = algo.value_objective(_value_of(inputs, output), mb.values.to(self.device),
                                            mb.returns.to(self.device), mb.loss_mask.to(self.device),
                                            config=self.objective, denominator=denom)
@@ -336,7 +343,7 @@ class MegatronTrainer:
         self.optimizer.load(path, tag)
         state = torch.load(path / f"trainer_{tag}.pt", map_location="cpu", weights_only=False)
         self.steps = state["steps"]
-        if self.critic is not None and "critic" in state:
+        if self.critic is not None and self.critic_optimizer is not None and "critic" in state:
             self._critic_module().load_state_dict(state["critic"], strict=False)
             self.critic_optimizer.reload_from_model()
             self.critic_optimizer.load(path, f"critic_{tag}")
@@ -363,6 +370,8 @@ def broadcast_batch(batch: RolloutBatch | None, src: int = 0) -> RolloutBatch:
         return batch
     box = [batch if torch.distributed.get_rank() == src else None]
     torch.distributed.broadcast_object_list(box, src=src)
+    if box[0] is None:
+        raise ValueError(f"broadcast_batch: rank {src} had no batch")
     return box[0]
 
 
