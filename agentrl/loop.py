@@ -53,9 +53,10 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     c = build_ray_components(cfg) if cfg.cluster.use_ray else build_components(cfg)
-    if cfg.curriculum.enabled:  # training rows carry the difficulty the success rate has reached
-        c.sampler = CurriculumSampler(c.sampler, cfg.curriculum)
-    curriculum, guard = c.sampler, SignalGuard(cfg.signal)
+    curriculum = CurriculumSampler(c.sampler, cfg.curriculum) if cfg.curriculum.enabled else None
+    if curriculum is not None:  # training rows carry the difficulty the success rate has reached
+        c.sampler = curriculum
+    guard = SignalGuard(cfg.signal)
     start, version = resume(c, cfg, guard) if cfg.checkpoint.load else (0, 0)
     if cfg.checkpoint.load:
         await sync_weights(c.engine, c.trainer, staging_dir=out / "weights", version=version)
@@ -77,7 +78,7 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
                 raise EngineError(f"rollout {rollout_id}: the engine failed every episode (first: "
                                   f"{result.engine_error}); stopping (--load a checkpoint to go on)")
             step = dict(result.metrics) | guard.observe(result.finished, result.metrics.get("rollout/status_truncated"))
-            step |= curriculum.update(result.finished) if cfg.curriculum.enabled else {}
+            step |= curriculum.update(result.finished) if curriculum is not None else {}
             batch = RolloutBatch.from_samples(result.samples) if result.groups else None
             if batch is not None:
                 steps = train_steps(cfg, len(batch))
@@ -114,6 +115,7 @@ async def warm_start(c: Components, cfg: RunConfig, dumps: RolloutDumper | None,
     if cfg.sft.data == ORACLE:
         demos = await oracle_demos(c.rollout, c.dataset.rows[: cfg.sft.max_demos])
     else:
+        assert cfg.sft.data is not None  # called only with --sft-data
         demos = load_demos(cfg.sft.data)[: cfg.sft.max_demos]
     log.info("warm start: %d demonstrations from %s, %d epoch(s)", len(demos), cfg.sft.data, cfg.sft.epochs)
     step = train_sft(c.trainer, demo_samples(c.template, demos), cfg.sft, seed=cfg.seed,
@@ -139,7 +141,7 @@ def prepare_batch(c: Components, cfg: RunConfig, batch: RolloutBatch, steps: int
     no critic), e.g. a rollout whose every group had equal rewards."""
     if not cfg.train.use_critic:  # without a critic the advantages need only the rewards
         compute_advantages(batch, cfg)
-        if not (batch.advantages.any() or cfg.train.use_kl_loss or cfg.train.entropy_coef):
+        if not (batch.advantages is None or batch.advantages.any() or cfg.train.use_kl_loss or cfg.train.entropy_coef):
             return False
     if c.trainer.needs_old_logprobs(steps):
         batch.old_logprobs = c.trainer.compute_logprobs(batch)

@@ -384,7 +384,8 @@ class GymTextEnv(TextEnv):
         """``1 - d / d0`` (module doc): 0 at the start, 1 at the goal, 0 in a hole or where the goal is out of reach."""
         if not self._distance:
             return 0.0
-        start = self._distance.get(int(np.argwhere(self.game.unwrapped.desc.flatten() == b"S")[0][0]))
+        game: Any = self.game.unwrapped
+        start = self._distance.get(int(np.argwhere(game.desc.flatten() == b"S")[0][0]))
         d = self._distance.get(int(obs))
         return 0.0 if d is None or not start else 1.0 - d / start
 

@@ -71,7 +71,8 @@ def play(env: Any, policy: Callable[[], str], seed: int, options: dict[str, Any]
          ) -> tuple[float, dict[str, float], list[str]]:
     """One episode of ``env`` (sync API) with ``policy``: its return, summed components, and problems."""
     env.reset(seed=seed, options=options)
-    total, summed, problems = 0.0, {}, []
+    total, problems = 0.0, []
+    summed: dict[str, float] = {}
     for turn in range(max_turns):
         _, reward, terminated, truncated, info = env.step(policy())
         total += float(reward)
