@@ -35,12 +35,13 @@ from agentrl.types import Group
 
 log = logging.getLogger(__name__)
 
-TRY = (
+FIXES = (
     "a supervised warm start on demonstrations (--sft-data oracle, or a JSONL file of conversations), shaped "
     "rewards (the environment's shaping= weights, docs/training.md), an easier start (--curriculum-levels), more "
-    "episodes per prompt (--n-samples-per-prompt) or a higher --rollout-temperature; `agentrl check-env --signal ID` "
-    "tells in a few rollouts whether the model earns unequal rewards at all"
+    "episodes per prompt (--n-samples-per-prompt) or a higher --rollout-temperature"
 )
+TRY = FIXES + "; `agentrl check-env --signal ID` tells in a few rollouts whether the model earns unequal rewards at all"
+"""What to try, in the guard's warning."""
 
 
 @dataclass
@@ -105,3 +106,40 @@ class SignalGuard:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.flat, self.warned = int(state.get("flat", 0)), bool(state.get("warned", False))
+
+
+# -- agentrl check-env --signal ---------------------------------------------------------------------------
+async def check_signal(cfg: Any, rollouts: int, *, engine: Any = None, template: Any = None) -> list[dict[str, float]]:
+    """``rollouts`` rollouts of the run ``cfg`` (a :class:`~agentrl.config.RunConfig`: its model, environment,
+    prompts, budgets and sampling) with no training in between: each one's ``rollout/`` and ``signal/`` metrics.
+    Without ``--prompt-data`` the environment draws its own tasks (rows with no prompt, seeded by their index).
+    ``engine`` and ``template`` replace the embedded engine and chat template the config names (test doubles)."""
+    from types import SimpleNamespace
+
+    from agentrl.components import build_engine, build_rollout, build_template
+    from agentrl.data import PromptRow, PromptSampler, load_prompts
+    from agentrl.models import load_tokenizer
+
+    rows = load_prompts(cfg.prompt_data, cfg.data).rows if cfg.prompt_data else \
+        [PromptRow(index=i, prompt=None) for i in range(max(64, cfg.rollout_batch_size * rollouts))]
+    sampler = PromptSampler(rows, seed=cfg.seed)
+    if template is None:
+        template = build_template(cfg, load_tokenizer(cfg.model_path))
+    if engine is None:
+        engine = build_engine(cfg, SimpleNamespace(tokenizer=template.tokenizer, device=cfg.engine.device or "cpu"))
+    rollout = build_rollout(cfg, engine, template)
+    out = []
+    for k in range(rollouts):
+        result = await rollout.generate(sampler.next_batch, cfg.rollout_batch_size, sampling_seed=cfg.seed + 7_919 * k,
+                                        first_group_id=k * 10_000)
+        out.append(result.metrics | group_signal(result.finished))
+    return out
+
+
+def signal_verdict(rows: Sequence[dict[str, float]]) -> tuple[bool, str]:
+    """Whether any rollout had a group with unequal rewards, and a line saying so (with what to try if not)."""
+    groups = sum(r.get("rollout/groups_finished", 0.0) for r in rows)
+    unequal = sum(r.get("rollout/groups_finished", 0.0) * (1 - r.get("signal/equal_reward_groups", 1.0)) for r in rows)
+    if unequal > 0:
+        return True, f"signal: {unequal:.0f} of {groups:.0f} groups had unequal rewards; GRPO has something to learn from"
+    return False, (f"no signal: all {groups:.0f} groups had equal rewards, so every advantage would be 0. Try {FIXES}")

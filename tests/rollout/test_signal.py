@@ -68,3 +68,40 @@ def test_a_batch_with_signal_trains(tmp_path, monkeypatch):
     if row["signal/equal_reward_groups"] == 1.0:
         pytest.skip("the tiny model's episodes earned equal rewards in this rollout")
     assert row["train/skipped_no_signal"] == 0.0 and "train/grad_norm" in row
+
+
+def _check(template, reward_path, tmp_path):
+    import asyncio
+
+    from agentrl.rollout.signal import check_signal
+    from agentrl.testing import FakeEngine
+
+    # odd sampling seeds answer with even tokens: tests/_resume_reward.py pays 1 for them, 0 for the others
+    engine = FakeEngine(responder=lambda ids, sampling: [2, 2] if sampling.seed % 2 else [3, 3])
+    cfg = parse_args(["--config", "recipes/quickstart/config.yaml", "--model-path", "tiny-qwen2",
+                      "--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--custom-rm-path", reward_path])
+    return asyncio.run(check_signal(cfg, 2, engine=engine, template=template))
+
+
+def test_check_signal_reports_whether_any_group_had_unequal_rewards(template, tmp_path, monkeypatch):
+    from agentrl.rollout.signal import signal_verdict
+
+    monkeypatch.chdir(ROOT)
+    rows = _check(template, "tests/_resume_reward.py:reward", tmp_path)
+    assert len(rows) == 2 and all(r["signal/equal_reward_groups"] == 0.0 for r in rows)
+    assert signal_verdict(rows) == (True, "signal: 4 of 4 groups had unequal rewards; GRPO has something to learn from")
+    flat = _check(template, "tests/_flat_reward.py:reward", tmp_path)
+    ok, line = signal_verdict(flat)
+    assert not ok and line.startswith("no signal: all 4 groups had equal rewards") and "--sft-data" in line
+
+
+def test_check_env_signal_runs_the_real_model(monkeypatch, capsys):
+    from agentrl.env.cli import main
+
+    monkeypatch.chdir(ROOT)
+    rc = main(["FrozenLake-v0", "--signal", "--signal-rollouts", "1", "--model-path", "tiny-qwen2",
+               "--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--rollout-max-response-len", "4",
+               "--max-turns", "2", "--engine-max-batch-size", "4"])
+    out = capsys.readouterr().out
+    assert "rollout 0: reward" in out and ("no signal:" in out) == (rc == 1) and rc in (0, 1)
+    assert main(["FrozenLake-v0", "--model-path", "tiny-qwen2"]) == 2  # training flags only with --signal
