@@ -25,7 +25,11 @@ game state as text and answers with a move; the game's own reward passes through
   stochastic lake. ``map_name`` (``"4x4"``, ``"8x8"``) and ``desc`` pass through; with
   ``random_map_size=n`` every reset plays a fresh solvable ``n x n`` map from
   ``generate_random_map(n, random_map_p, seed)``; the reset option ``map_size`` overrides ``n`` for one
-  episode (a curriculum's lever: ``--curriculum-option map_size``).
+  episode (a curriculum's lever: ``--curriculum-option map_size``). ``surroundings=True`` adds a line
+  to every state that names the four tiles next to the player and where the goal lies, e.g. "Around
+  you: left edge, down safe, right hole, up edge. The goal is 3 down and 2 right." (the same facts
+  as the map, read for the model: a small model that cannot yet find its row and column in the grid
+  can still learn to step around a hole).
 * **Oracle and shaping (FrozenLake).** ``oracle()`` is the next move of a shortest path to the goal
   around the holes (breadth-first search on the map), as a reply: the demonstrations of a warm start
   (``--sft-data oracle``). ``shaping={"progress": w}`` adds ``w * (phi(s') - phi(s))`` to every move,
@@ -258,6 +262,8 @@ class GymTextEnv(TextEnv):
         system_prompt: an optional system message.
         max_reply_chars: only this many characters at the end of a reply are read for its move.
         shaping: shaping term -> weight (:data:`SHAPING_TERMS`; FrozenLake's ``progress``).
+        surroundings: FrozenLake only: name the tiles next to the player and the goal's direction in
+            every state (module doc).
     """
 
     def __init__(
@@ -273,6 +279,7 @@ class GymTextEnv(TextEnv):
         system_prompt: str | None = None,
         max_reply_chars: int = MAX_REPLY_CHARS,
         shaping: dict[str, float] | None = None,
+        surroundings: bool = False,
     ):
         super().__init__()
         self.game_id = _resolve_game_id(game_id)
@@ -304,6 +311,9 @@ class GymTextEnv(TextEnv):
         self._distance: dict[int, int] = {}
         if self.shaping and not self.frozen_lake:
             raise ValueError(f"shaping {sorted(self.shaping)} is for FrozenLake; got game {self.game_id}")
+        if surroundings and not self.frozen_lake:
+            raise ValueError(f"surroundings is for FrozenLake; got game {self.game_id}")
+        self.surroundings = surroundings
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -333,7 +343,7 @@ class GymTextEnv(TextEnv):
         self.obs, _ = self.game.reset(seed=game_seed)
         game = self.game.unwrapped
         self._distance = _distances_to_goal(game) if self.frozen_lake else {}
-        text = f"{self.adapter.rules(game)}\n\n{self.adapter.render(game, self.obs, False)}\n\n{self._answer_hint()}"
+        text = f"{self.adapter.rules(game)}\n\n{self._render(game, False)}\n\n{self._answer_hint()}"
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages.append({"role": "user", "content": text})
         return messages, {"game": self.adapter.name, "game_seed": game_seed, "state": _json_safe(self.obs)}
@@ -361,7 +371,7 @@ class GymTextEnv(TextEnv):
         self.over = bool(terminated or truncated)
         self._ended = (bool(terminated), bool(truncated))
         game = self.game.unwrapped
-        text = f"You chose {self.adapter.moves[move]}. Reward: {game_reward:g}.\n{self.adapter.render(game, self.obs, self.over)}"
+        text = f"You chose {self.adapter.moves[move]}. Reward: {game_reward:g}.\n{self._render(game, self.over)}"
         if terminated:
             text += f"\nThe game is over. Total reward: {self.episode_return:g}."
         elif truncated:
@@ -371,6 +381,25 @@ class GymTextEnv(TextEnv):
         info = self._info(self.adapter.moves[move], game_reward)
         reward, info["reward_components"] = self._reward(self.reward_scale * game_reward, before=before)
         return [{"role": "user", "content": text}], reward, bool(terminated), bool(truncated), info
+
+    def _render(self, game: Any, over: bool) -> str:
+        """The adapter's state text, and with ``surroundings`` (FrozenLake, the game not over) the tiles
+        next to the player and the goal's direction."""
+        text = self.adapter.render(game, self.obs, over)
+        if not self.surroundings or over:
+            return text
+        rows, cols = game.desc.shape
+        r, c = divmod(int(self.obs), cols)
+        names = {b"H": "hole", b"G": "goal"}
+        around = []
+        for move, (dr, dc) in zip(self.adapter.moves, _STEPS):
+            inside = 0 <= r + dr < rows and 0 <= c + dc < cols
+            around.append(f"{move} {names.get(game.desc[r + dr, c + dc], 'safe') if inside else 'edge'}")
+        goal = np.argwhere(game.desc == b"G")[0]
+        down, right = int(goal[0]) - r, int(goal[1]) - c
+        parts = [f"{abs(down)} {'down' if down > 0 else 'up'}" if down else "",
+                 f"{abs(right)} {'right' if right > 0 else 'left'}" if right else ""]
+        return f"{text}\nAround you: {', '.join(around)}. The goal is {' and '.join(p for p in parts if p)}."
 
     def _reward(self, task: float, *, invalid: bool = False, before: Any = None) -> tuple[float, dict[str, float]]:
         """The step's reward and its components: the task's, the invalid-move penalty, the shaping terms."""
