@@ -24,7 +24,7 @@ RECIPES = {
                               "--rollout-max-context-len", "1024", "--no-use-kl-loss"],
     "search_r1/mini.yaml": [],
     "tool_calc/config.yaml": ["--sft-max-demos", "4"],
-    "frozenlake/config.yaml": ["--max-turns", "2", "--sft-max-demos", "4"],
+    "frozenlake/config.yaml": ["--max-turns", "6", "--sft-max-demos", "4"],  # the oracle needs 6 moves on 4x4 maps
 }
 
 
