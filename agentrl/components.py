@@ -17,6 +17,7 @@ import torch
 from agentrl import algo
 from agentrl.config import ConfigError, RunConfig
 from agentrl.data import PromptDataset, PromptSampler, load_prompts
+from agentrl.data.curriculum import CurriculumSampler
 from agentrl.eval import EvalConfig, EvalTask
 from agentrl.eval.runner import HELDOUT_SEED_OFFSET
 from agentrl.rollout import Rollout, default_filters, load_generate_fn, load_reward_fn
@@ -40,7 +41,8 @@ class Components:
     trainer: Any
     template: Any
     rollout: Rollout
-    sampler: PromptSampler
+    sampler: PromptSampler | CurriculumSampler
+    """The training rows' order (wrapped by a curriculum when the run has one)."""
     dataset: PromptDataset
     eval_tasks: list[EvalTask]
     eval_config: EvalConfig

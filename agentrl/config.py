@@ -1,8 +1,9 @@
 """The run configuration: each subsystem's settings, composed; one command line.
 
 :class:`RunConfig` holds the loop's own settings and, as fields, the settings class of every
-subsystem (``data``, ``rollout``, ``filters``, ``hooks``, ``algo``, ``train``, ``megatron``,
-``engine``, ``cluster``, ``group``, ``asynchrony``, ``eval``, ``checkpoint``, ``output``). Each class names its
+subsystem (``data``, ``sft``, ``curriculum``, ``rollout``, ``filters``, ``signal``, ``hooks``, ``algo``,
+``train``, ``megatron``, ``engine``, ``cluster``, ``group``, ``asynchrony``, ``eval``, ``checkpoint``,
+``output``). Each class names its
 flags (``FLAGS``), documents each field (the docstring under it is the flag's ``--help``) and checks
 its own fields (``problems()``); :func:`validate` adds only the checks that span subsystems. Flags use
 slime's names where the concept is the same (``--rollout-batch-size``, ``--n-samples-per-prompt``,
@@ -31,13 +32,16 @@ from typing import Any, ClassVar, Literal
 from agentrl.algo.config import AlgoConfig
 from agentrl.checkpoint import CheckpointConfig
 from agentrl.cluster.config import ClusterConfig, TrainerGroupConfig
+from agentrl.data.curriculum import CurriculumConfig
 from agentrl.data.prompts import DataConfig
 from agentrl.engine.config import ENGINE_DTYPES, EngineSettings
 from agentrl.eval.config import EvalSchedule
 from agentrl.obs.config import OutputConfig
 from agentrl.rollout.config import AsyncConfig, FilterConfig, HookConfig, RolloutConfig
+from agentrl.rollout.signal import SignalConfig
 from agentrl.train.config import TrainConfig
 from agentrl.train.megatron.config import MegatronTrainerConfig
+from agentrl.train.sft import SftConfig
 from agentrl.utils.flags import FlagTable
 
 __all__ = ["ENGINE_DTYPES", "ConfigError", "RunConfig", "finalize", "from_mapping", "parse_args", "to_dict", "validate"]
@@ -76,7 +80,7 @@ class RunConfig:
     prompt_data: str | None = None
     """Training prompts: .jsonl/.json/.parquet, a folder, or hf:org/name[:config][@split]."""
     num_rollout: int = 10
-    """Rollouts (generate -> train -> sync iterations) to run."""
+    """Rollouts (generate -> train -> sync iterations) to run (0 with --sft-data: the warm start alone)."""
     rollout_batch_size: int = 8
     """Prompts per rollout (each expands to --n-samples-per-prompt episodes)."""
     global_batch_size: int | None = None
@@ -90,8 +94,11 @@ class RunConfig:
     seed: int = 0
     """Seeds environment resets and sampling. In training, also the data order."""
     data: DataConfig = field(default_factory=DataConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
+    signal: SignalConfig = field(default_factory=SignalConfig)
     hooks: HookConfig = field(default_factory=HookConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
@@ -181,8 +188,13 @@ DRY_RUN_CHECKS = ["algo", "train", "megatron", "cluster", "group"]
 
 def _loop_problems(cfg: RunConfig) -> list[str]:
     problems = [f"{flag} must be >= 1; got {value}" for flag, value in (
-        ("--num-rollout", cfg.num_rollout), ("--rollout-batch-size", cfg.rollout_batch_size),
+        ("--rollout-batch-size", cfg.rollout_batch_size),
         ("--num-steps-per-rollout", cfg.num_steps_per_rollout)) if value is None or value < 1]
+    if cfg.num_rollout is None or cfg.num_rollout < (0 if cfg.sft.data else 1):
+        problems.append(f"--num-rollout must be >= 1 (0 with --sft-data: the warm start alone); got {cfg.num_rollout}")
+    if cfg.sft.data and cfg.algo.advantage_estimator == "gae":
+        problems.append("--sft-data with --advantage-estimator gae: the warm start has no value targets for the critic; "
+                        "warm-start in a run of its own with another estimator (--num-rollout 0) and --load its checkpoint")
     if cfg.global_batch_size is not None and cfg.global_batch_size >= 1 and cfg.num_steps_per_rollout >= 1:
         if cfg.episodes_per_rollout != cfg.global_batch_size * cfg.num_steps_per_rollout:
             problems.append(

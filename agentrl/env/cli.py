@@ -34,12 +34,24 @@ def build_parser() -> argparse.ArgumentParser:
                    "reward); a cheat that earns reward fails the environment and its transcript is printed")
     p.add_argument("--exploit-seeds", type=int, default=3, help="seeds each cheat is played on, with --exploits")
     p.add_argument("-v", "--verbose", action="store_true", help="also print gymnasium's warnings")
+    p.add_argument("--signal", action="store_true",
+                   help="instead of the contract checks, play a few rollouts of one environment with the real model "
+                   "and report whether any group of episodes earned unequal rewards (GRPO's learning signal); "
+                   "training flags after the id (--config, --model-path, --env-kwargs, --prompt-data, "
+                   "--rollout-batch-size, --n-samples-per-prompt, ...) set the rollouts up as in training")
+    p.add_argument("--signal-rollouts", type=int, default=2, help="rollouts to play with --signal")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.signal:
+        return signal_main(args, rest)
+    if rest:
+        print(f"agentrl check-env: unrecognized arguments: {' '.join(rest)} (training flags go with --signal)",
+              file=sys.stderr)
+        return 2
     if args.all == bool(args.env_ids):
         print("agentrl check-env: give environment ids or --all (not both)", file=sys.stderr)
         return 2
@@ -92,3 +104,37 @@ def main(argv: list[str] | None = None) -> int:
     tail = f", {skipped} skipped (optional dependencies not installed)" if skipped else ""
     print(f"{len(ids) - failed - skipped} passed, {failed} failed{tail}")
     return 1 if failed else 0
+
+
+def signal_main(args: argparse.Namespace, rest: list[str]) -> int:
+    """``--signal``: :func:`agentrl.rollout.signal.check_signal` on one environment; exit 0 when some group had
+    unequal rewards, 1 when none had, 2 for a bad command line."""
+    import asyncio
+
+    from agentrl.config import ConfigError, parse_args
+    from agentrl.rollout.signal import check_signal, signal_verdict
+
+    if len(args.env_ids) > 1 or args.all or args.signal_rollouts < 1:
+        print("agentrl check-env --signal: give at most one environment id (none: the --config's) and "
+              "--signal-rollouts >= 1", file=sys.stderr)
+        return 2
+    try:
+        env = [] if not args.env_ids else ["--env", resolve_id(args.env_ids[0])]
+        cfg = parse_args([*rest, *env, "--seed", str(args.seed)], prog="agentrl check-env --signal")
+    except (ConfigError, EnvNotFoundError) as e:
+        print(f"agentrl check-env --signal: {e}", file=sys.stderr)
+        return 2
+    if cfg.env is None:
+        print("agentrl check-env --signal: name the environment (an id, or --config with env:)", file=sys.stderr)
+        return 2
+    print(f"{cfg.env}: {args.signal_rollouts} rollout(s) of {cfg.rollout_batch_size} prompts x "
+          f"{cfg.rollout.n_samples_per_prompt} episodes with {cfg.model_path}, no training")
+    rows = asyncio.run(check_signal(cfg, args.signal_rollouts))
+    for k, m in enumerate(rows):
+        print(f"rollout {k}: reward {m.get('rollout/reward_mean', 0.0):.3f}, groups with equal rewards "
+              f"{m.get('signal/equal_reward_groups', 1.0):.0%} (all 0: {m.get('signal/all_zero_groups', 0.0):.0%}), "
+              f"truncated {m.get('rollout/status_truncated', 0.0):.0%}, timed out {m.get('rollout/timed_out', 0.0):.0%}, "
+              f"{m.get('rollout/time', 0.0):.0f} s")
+    ok, line = signal_verdict(rows)
+    print(line)
+    return 0 if ok else 1

@@ -66,6 +66,17 @@ def engine_failed(sample: Sample) -> bool:
     return sample.status == "failed" and (sample.error or "").startswith(f"{EngineError.__name__}: ")
 
 
+TIMEOUT_ERROR = "episode timed out"
+"""How the error of an episode stopped by ``episode_timeout`` begins."""
+
+
+def timed_out(sample: Sample) -> bool:
+    """Whether the episode was stopped by ``--episode-timeout``: time ran out (a busy machine, a slow
+    tool), which says nothing about whether the answer would have been right; training and evaluation
+    report these episodes apart from wrong answers."""
+    return sample.status == "failed" and (sample.error or "").startswith(TIMEOUT_ERROR)
+
+
 class _Partial:
     """What an episode has produced so far; survives a timeout or a crash."""
 
@@ -82,6 +93,8 @@ class _Partial:
         self.state_keys: list[str | None] = []
         self.state_key: str | None = None
         """The state the next turn acts in (``info["state_key"]`` of the latest reset or step)."""
+        self.components: dict[str, float] = {}
+        """The environment's named reward components (``info["reward_components"]``), summed over the turns."""
 
 
 def state_key(info: dict[str, Any]) -> str | None:
@@ -114,7 +127,7 @@ async def run_episode(
         coro = _loop(engine, template, env, request, config, partial)
         status = await (asyncio.wait_for(coro, config.episode_timeout) if config.episode_timeout else coro)
     except asyncio.TimeoutError:
-        status, error = "failed", f"episode timed out after {config.episode_timeout:.0f}s"
+        status, error = "failed", f"{TIMEOUT_ERROR} after {config.episode_timeout:.0f}s"
     except asyncio.CancelledError:
         raise
     except Exception as e:  # an env, tool or engine failure is data
@@ -179,6 +192,8 @@ async def _loop(engine: Engine, template: Any, env: TextEnv, request: EpisodeReq
         partial.state_key = state_key(info)
         partial.metrics["tool_calls"] += float(info.get("tool_calls", 0) or 0)
         partial.metrics["tool_errors"] += float(info.get("tool_errors", 0) or 0)
+        for name, value in (info.get("reward_components") or {}).items():  # agentrl.env.shaping
+            partial.components[name] = partial.components.get(name, 0.0) + float(value)
         if terminated:  # an answer cut by the token budget still counts as truncated (overlong filters)
             return "truncated" if completion.finish_reason == "length" else "ok"
         if truncated:
@@ -204,6 +219,7 @@ def _to_sample(p: _Partial, request: EpisodeRequest, status: str, error: str | N
     return Sample(
         **fields,
         reward=p.reward if status != "failed" else 0.0,
+        rewards=dict(p.components) if status != "failed" else {},
         status=status,
         error=error,
         group_id=request.group_id,

@@ -34,7 +34,7 @@ from typing import Any
 
 from agentrl.data.prompts import PromptRow
 from agentrl.engine.base import Engine
-from agentrl.rollout.episode import EpisodeRequest, RewardFn, RolloutConfig, engine_failed, run_episode
+from agentrl.rollout.episode import EpisodeRequest, RewardFn, RolloutConfig, engine_failed, run_episode, timed_out
 from agentrl.rollout.filters import GroupFilter, drop_failed
 from agentrl.types import Group, Sample
 
@@ -291,6 +291,7 @@ def rollout_metrics(finished: list[Group], kept: list[Group], dropped: Counter, 
         m["rollout/reward_mean"] = statistics.fmean(rewards)
         m["rollout/reward_std"] = statistics.pstdev(rewards)
     m["rollout/response_len_mean"] = statistics.fmean(len(s.response_ids) for s in samples)
+    m["rollout/timed_out"] = sum(map(timed_out, samples)) / len(samples)  # of the failed: --episode-timeout's
     m["rollout/generated_tokens"] = float(sum(s.num_generated_tokens for s in samples))
     for key in ("turns", "tool_calls", "tool_errors", "time_generate", "time_env", "time_total"):
         m[f"rollout/{key}_mean"] = statistics.fmean(s.metrics.get(key, 0.0) for s in samples)

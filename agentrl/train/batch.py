@@ -39,8 +39,8 @@ class RolloutBatch:
     samples: list[Sample]
     loss_mask: Tensor
     """``[N, R]`` float, 1 on engine-produced response tokens."""
-    rollout_logprobs: Tensor
-    """``[N, R]`` engine logprobs (0 where masked)."""
+    rollout_logprobs: Tensor | None
+    """``[N, R]`` engine logprobs (0 where masked); None for demonstrations (no engine sampled them)."""
     rewards: Tensor
     """``[N]`` episode rewards."""
     group_ids: Tensor
@@ -102,7 +102,7 @@ class RolloutBatch:
         return RolloutBatch(
             samples=[self.samples[i] for i in idx],
             loss_mask=cut(self.loss_mask),
-            rollout_logprobs=cut(self.rollout_logprobs),
+            rollout_logprobs=cut_set(self.rollout_logprobs),
             rewards=self.rewards[rows],
             group_ids=self.group_ids[rows],
             old_logprobs=cut_set(self.old_logprobs),

@@ -27,6 +27,21 @@ def test_frozen_lake_scripted_win():
     assert "You reached the goal!" in results[-1][0][0]["content"] and "game is over" in results[-1][0][0]["content"]
 
 
+def test_frozen_lake_surroundings_name_the_tiles_next_to_the_player_and_the_goal():
+    env = GymTextEnv("FrozenLake-v1", surroundings=True)
+    messages, _ = env.reset(seed=0)
+    assert "Around you: left edge, down safe, right safe, up edge. The goal is 3 down and 3 right." in messages[-1]["content"]
+    (text,) = [m["content"] for m in env.step("<action>right</action>")[0]]
+    assert "Around you: left safe, down hole, right safe, up edge. The goal is 3 down and 2 right." in text
+    play(env, ["right", "down", "down"])
+    (text,) = [m["content"] for m in env.step("<action>down</action>")[0]]
+    assert "Around you: left safe, down edge, right goal, up safe. The goal is 1 right." in text
+    assert "Around you" not in play(env, ["right"])[0][0][0]["content"]  # the game is over
+    assert "Around you" not in GymTextEnv("FrozenLake-v1").reset(seed=0)[0][-1]["content"]
+    with pytest.raises(ValueError, match="surroundings is for FrozenLake"):
+        GymTextEnv("Taxi", surroundings=True)
+
+
 def test_frozen_lake_scripted_loss():
     env = GymTextEnv("FrozenLake")
     env.reset(seed=0)

@@ -23,9 +23,18 @@ RECIPES = {
                               "--eval-prompt-data", "mini", "recipes/search_r1/mini_test.jsonl",
                               "--rollout-max-context-len", "1024", "--no-use-kl-loss"],
     "search_r1/mini.yaml": [],
-    "tool_calc/config.yaml": [],
-    "frozenlake/config.yaml": ["--max-turns", "2"],
+    "tool_calc/config.yaml": ["--sft-max-demos", "4"],
+    "frozenlake/config.yaml": ["--max-turns", "6", "--sft-max-demos", "4"],  # the oracle needs 6 moves on 4x4 maps
 }
+
+
+def test_every_recipe_names_its_held_out_set(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    configs = sorted(p.relative_to(ROOT / "recipes").as_posix() for p in (ROOT / "recipes").glob("*/*.yaml"))
+    assert configs and set(RECIPES) <= set(configs)
+    for recipe in configs:
+        cfg = parse_args(["--config", f"recipes/{recipe}"])
+        assert cfg.eval.sets and cfg.eval.eval_interval, f"recipes/{recipe} names no held-out set"
 
 
 @pytest.mark.parametrize("recipe", sorted(RECIPES))
