@@ -105,7 +105,7 @@ def test_demo_files_are_checked(tmp_path, template):
 
 
 def test_an_environment_without_an_oracle_says_so(template):
-    rollout = Rollout(FakeEngine(script=[]), template, RolloutConfig(), default_env_id="agentrl/Math-v0")
+    rollout = Rollout(FakeEngine(script=[]), template, RolloutConfig(), default_env_id="agentrl/Guess-v0")
     with pytest.raises(DemoError, match="has no oracle"):
         asyncio.run(oracle_demos(rollout, [PromptRow(index=0, prompt="1+1?", label="2")]))
 
