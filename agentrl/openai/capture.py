@@ -60,6 +60,8 @@ class CallRecord:
     """Tokens of the segment before the completion: the engine's whole input."""
     new_prompt_ids: list[int]
     """The prompt tokens this call added (the whole prompt when it opened the segment)."""
+    new_messages: int = 0
+    """Messages this call added to its segment (all of them when it opened the segment)."""
     completion_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     finish_reason: str | None = None
@@ -98,6 +100,12 @@ class EpisodeCapture:
         self.segments: list[Segment] = []
         self.calls: list[CallRecord] = []
         self.finished = False
+        self.max_calls: int | None = None
+        """Most calls the episode may make (beyond: refused, and the episode is truncated)."""
+        self.truncated = False
+        """A call was refused for the turn limit or the context budget."""
+        self.tool_calls = 0
+        """Tool calls returned to the program."""
         self._generated: dict[str, str] = {}
         """Canonical form of an assistant message returned by this capture -> the text the model generated."""
 
@@ -114,15 +122,16 @@ class EpisodeCapture:
                 new = messages[len(seg.view):]
                 added = seg.conv.add_observation([self._renderable(m) for m in new])
                 seg.view += canon[len(seg.view):]
+                num_new = len(new)
                 break
         else:
             conv = TokenConversation(self.template, [self._renderable(m) for m in messages], tools=tools)
             seg = Segment(len(self.segments), conv, canon, tools_key)
             self.segments.append(seg)
-            added = conv.tokens
+            added, num_new = conv.tokens, len(messages)
         seg.calls += 1
         tokens = seg.conv.tokens
-        self.calls.append(CallRecord(seg.index, len(tokens), list(added)))
+        self.calls.append(CallRecord(seg.index, len(tokens), list(added), num_new))
         return seg, tokens
 
     def end_call(self, segment: Segment, token_ids: list[int], logprobs: list[float] | None, finish_reason: str,

@@ -233,6 +233,10 @@ class ChatService:
     def _begin(self, req: ChatRequest, capture: EpisodeCapture | None) -> tuple[Segment | None, list[int], SamplingParams]:
         self.check_model(req.model)
         tools = req.tools
+        if capture is not None and capture.max_calls is not None and len(capture.calls) >= capture.max_calls:
+            capture.truncated = True
+            raise OpenAIError(f"this episode has made its {capture.max_calls} model calls (the turn limit)",
+                              code="turn_limit_reached")
         try:
             if capture is None:
                 seg, prompt = None, self._render(req.messages, tools)
@@ -242,8 +246,13 @@ class ChatService:
             raise OpenAIError(f"the chat template cannot render these messages: {exc}", param="messages") from None
         turn = len(capture.calls) - 1 if capture is not None else None
         seed = capture.seed if capture is not None else None
-        sampling = self._sampling(req.max_tokens, req.stop, req.temperature, req.top_p, req.seed, len(prompt),
-                                  None if seed is None or turn is None else seed + 7919 * turn)
+        try:
+            sampling = self._sampling(req.max_tokens, req.stop, req.temperature, req.top_p, req.seed, len(prompt),
+                                      None if seed is None or turn is None else seed + 7919 * turn)
+        except OpenAIError:
+            if capture is not None:
+                capture.truncated = True
+            raise
         return seg, prompt, sampling
 
     def _render(self, messages: list[P.Message], tools: list[dict[str, Any]] | None) -> list[int]:
@@ -304,6 +313,7 @@ class ChatService:
                                       [P.tool_call_dict(c.name, c.arguments) for c in calls])
         finish = "length" if completion.finish_reason == "length" else "tool_calls" if calls else "stop"
         if capture is not None and seg is not None:
+            capture.tool_calls += len(calls)
             capture.end_call(seg, completion.token_ids, completion.logprobs, finish, message,
                              weight_version=completion.weight_version)
         return message, finish, text

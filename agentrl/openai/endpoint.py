@@ -1,0 +1,124 @@
+"""An OpenAI-compatible endpoint served on the running event loop, in front of any engine.
+
+:class:`AgentEndpoint` runs the routes of :mod:`agentrl.openai.routes` with uvicorn as a task of
+the current event loop (the rollout's), bound to ``127.0.0.1`` on a free port, so an agent program
+in the same process (an ``openai.AsyncOpenAI`` client) or in a subprocess (any program with a
+``base_url`` setting) reaches the rollout's engine through it. Every call must name an episode key
+(:meth:`AgentEndpoint.open_episode`); calls without one get 401.
+
+Example::
+
+    >>> import asyncio
+    >>> from agentrl.chat import ChatTemplate
+    >>> from agentrl.models import load_tokenizer
+    >>> from agentrl.testing import FakeEngine
+    >>> tok = load_tokenizer("smollm2-135m-instruct")
+    >>> engine = FakeEngine(responder=lambda ids, sp: tok.encode("4<|im_end|>", add_special_tokens=False))
+    >>> async def main():
+    ...     async with AgentEndpoint(ChatService(engine, ChatTemplate(tok), model_names=["policy"],
+    ...                                          require_episode=True)) as endpoint:
+    ...         key = endpoint.service.open_episode()
+    ...         async with endpoint.client(key) as client:
+    ...             out = await client.chat.completions.create(
+    ...                 model="policy", messages=[{"role": "user", "content": "2+2?"}])
+    ...         return out.choices[0].message.content, len(endpoint.service.finish_episode(key).segments)
+    >>> asyncio.run(main())
+    ('4', 1)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from agentrl.openai.service import ChatService
+
+STARTUP_TIMEOUT_S = 30.0
+
+
+class AgentEndpoint:
+    """The OpenAI routes over ``service``, served by a task of the running event loop.
+
+    ``host`` defaults to the loopback address: agent programs run on this machine, and an episode
+    key is all that separates one episode's calls from another's.
+    """
+
+    def __init__(self, service: ChatService, *, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.service = service
+        self.host, self.port = host, port
+        self._server: Any = None
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def base_url(self, key: str) -> str:
+        """The base URL of one episode: ``http://127.0.0.1:<port>/episodes/<key>/v1``."""
+        return f"{self.url}/episodes/{key}/v1"
+
+    def client(self, key: str, **kwargs: Any) -> Any:
+        """An ``openai.AsyncOpenAI`` client of episode ``key`` (no retries: a retried call would be recorded twice)."""
+        import openai
+
+        kwargs.setdefault("max_retries", 0)
+        kwargs.setdefault("timeout", None)
+        return openai.AsyncOpenAI(base_url=self.base_url(key), api_key=key, **kwargs)
+
+    async def start(self) -> "AgentEndpoint":
+        import uvicorn
+        from fastapi import FastAPI
+
+        from agentrl.engine._server_run import listening_socket
+        from agentrl.openai.routes import add_openai_routes
+
+        app = FastAPI(title="agentrl agent endpoint")
+        add_openai_routes(app, self.service, allow_open_episodes=False)
+        sock = listening_socket(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        self._server = _LoopServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+        self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STARTUP_TIMEOUT_S
+        while not self._server.started:
+            if self._task.done() or loop.time() > deadline:
+                sock.close()
+                if self._task.done() and self._task.exception() is not None:
+                    raise RuntimeError(f"the agent endpoint did not start: {self._task.exception()}")
+                raise RuntimeError(f"the agent endpoint did not start within {STARTUP_TIMEOUT_S:g} s")
+            await asyncio.sleep(0.001)
+        return self
+
+    async def stop(self) -> None:
+        if self._server is None or self._task is None:
+            return
+        self._server.should_exit = True
+        try:
+            await self._task
+        finally:
+            self._server = self._task = None
+
+    async def __aenter__(self) -> "AgentEndpoint":
+        return await self.start()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+
+def _loop_server_class() -> Any:
+    import uvicorn
+
+    class LoopServer(uvicorn.Server):
+        """uvicorn on a loop it does not own: the host's signal handlers (Ctrl-C stops training) stay."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            yield
+
+    return LoopServer
+
+
+def _LoopServer(config: Any) -> Any:
+    return _loop_server_class()(config)
