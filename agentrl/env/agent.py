@@ -47,31 +47,32 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import importlib
+import functools
 import inspect
 import json
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 from agentrl.env.core import ResetResult, StepResult, TextEnv
 from agentrl.env.registry import register
 
-AgentFn = Callable[[Any, dict[str, Any]], Awaitable[Any]]
+AgentFn = Callable[[Any, dict[str, Any]], Coroutine[Any, Any, Any]]
 """``async (client: openai.AsyncOpenAI, task: dict) -> float | dict | None``."""
 
 MODEL_NAME = "policy"
 """The model name agents use (``GET /v1/models`` lists it with the configured aliases)."""
 
 
-def register_agent(env_id: str, agent: str, *, max_turns: int | None = None, **kwargs: Any) -> None:
-    """Register the agent program ``agent`` (``"package.module:function"``) as ``env_id``.
+def register_agent(env_id: str, agent: str | AgentFn, *, max_turns: int | None = None, **kwargs: Any) -> None:
+    """Register the agent program ``agent`` as ``env_id``: ``"package.module:function"`` or
+    ``"path/to/file.py:function"`` (imported when the env is made), or the function itself (this process only).
 
     ``kwargs`` go to :class:`AgentEnv` (``tasks``, ``model_names``, ``tool_parser``...); ``max_turns``
     bounds the model calls of an episode."""
-    if ":" not in agent:
-        raise ValueError(f"agent must look like 'package.module:function'; got {agent!r}")
+    if isinstance(agent, str) and ":" not in agent:
+        raise ValueError(f"agent must look like 'package.module:function' or 'path/to/file.py:function'; got {agent!r}")
     register(env_id, "agentrl.env.agent:AgentEnv", max_turns=max_turns, agent=agent, **kwargs)
 
 
@@ -192,12 +193,10 @@ class _TextRun:
         self.reply: asyncio.Future | None = None
 
     async def start(self) -> list[dict[str, Any]] | None:
-        from agentrl.chat import ChatTemplate
-        from agentrl.models import load_tokenizer
         from agentrl.openai.endpoint import AgentEndpoint
         from agentrl.openai.service import ChatService
 
-        self.template = ChatTemplate(load_tokenizer(self.env.tokenizer_name))
+        self.template = _text_template(self.env.tokenizer_name)
         self.service = ChatService(_StepEngine(self.pending), self.template, model_names=self.env.model_names,
                                    tool_parser=self.env.tool_parser, require_episode=True)
         self.key = self.service.open_episode(seed=self.seed)
@@ -210,12 +209,14 @@ class _TextRun:
         assert self.reply is not None and self.agent_task is not None
         from agentrl.engine.base import Completion
 
-        if not self.reply.done():
-            ids = self.template.tokenize(action) + list(self.template.end_of_turn_ids)
-            self.reply.set_result(Completion(ids, [0.0] * len(ids), "stop"))
+        if self.agent_task.done():  # stepped after the end: nothing more happens
+            return [], 0.0, True, False, {}
+        ids = self.template.tokenize(action) + list(self.template.end_of_turn_ids)
+        self.reply.set_result(Completion(ids, [0.0] * len(ids), "stop"))
         messages = await self._next_messages()
         if messages is not None:
             return messages, 0.0, False, False, {}
+        await self.stop()  # the endpoint and client go now, while their event loop runs
         reward, _, info = _outcome(self.agent_task.result())  # an agent's exception reaches the caller
         return [], reward, True, False, info
 
@@ -236,10 +237,18 @@ class _TextRun:
         if self.agent_task is not None and not self.agent_task.done():
             self.agent_task.cancel()
             await asyncio.gather(self.agent_task, return_exceptions=True)
+        waiting = [self.reply] if self.reply is not None else []
+        while not self.pending.empty():
+            waiting.append(self.pending.get_nowait()[1])
+        from agentrl.openai.protocol import OpenAIError
+
+        for future in waiting:  # the calls still open on the server end, so that it can stop
+            if not future.done():
+                future.set_exception(OpenAIError("the episode was closed", status=409, code="episode_finished"))
         if self.endpoint is not None:
+            endpoint, self.endpoint = self.endpoint, None
             await self.client.close()
-            await self.endpoint.stop()
-            self.endpoint = None
+            await endpoint.stop()
 
 
 class _StepEngine:
@@ -263,6 +272,15 @@ class _StepEngine:
 
     async def health(self) -> bool:
         return True
+
+
+@functools.lru_cache(maxsize=4)
+def _text_template(tokenizer: str) -> Any:
+    """The chat template of the text-environment view (loaded once per process: check_env resets many times)."""
+    from agentrl.chat import ChatTemplate
+    from agentrl.models import load_tokenizer
+
+    return ChatTemplate(load_tokenizer(tokenizer))
 
 
 def _fill(partial: Any, capture: Any) -> None:
@@ -306,10 +324,9 @@ def _turn_limit(outer: Any, config: Any) -> int | None:
 
 
 def _load(path: str) -> AgentFn:
-    module, _, name = path.partition(":")
-    fn = getattr(importlib.import_module(module), name, None)
-    if fn is None:
-        raise ValueError(f"agent {path!r}: {module} has no {name!r}")
+    from agentrl.utils.imports import load_object
+
+    fn = load_object(path, what="agent")
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(f"agent {path!r} must be an async function (client, task) -> reward")
     return fn

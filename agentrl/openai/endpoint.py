@@ -36,6 +36,8 @@ from typing import Any
 from agentrl.openai.service import ChatService
 
 STARTUP_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5
+"""Seconds a stopping endpoint waits for calls still in flight."""
 
 
 class AgentEndpoint:
@@ -78,7 +80,8 @@ class AgentEndpoint:
         add_openai_routes(app, self.service, allow_open_episodes=False)
         sock = listening_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
-        self._server = _LoopServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False))
+        self._server = _LoopServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
+                                                   timeout_graceful_shutdown=STOP_TIMEOUT_S))
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STARTUP_TIMEOUT_S
