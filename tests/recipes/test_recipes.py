@@ -25,6 +25,7 @@ RECIPES = {
     "search_r1/mini.yaml": [],
     "tool_calc/config.yaml": [],
     "frozenlake/config.yaml": ["--max-turns", "2"],
+    "openai_agent/config.yaml": [],
 }
 
 
