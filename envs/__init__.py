@@ -1,5 +1,7 @@
 """Concrete environments. Importing this package registers them (lazily) under ``agentrl/``."""
 
+from pathlib import Path
+
 from agentrl.env.registry import register
 
 # math: single-turn, graded by envs._math_grading (see envs/math.py)
@@ -19,5 +21,10 @@ register("Search-v0", "envs.search:SearchEnv", max_turns=4, retriever="auto")
 register("ToolUse-v0", "envs.tool_use:ToolUseEnv", max_turns=4)
 # the README's example: guess a digit with higher/lower hints (see envs/guess.py, recipes/guess/)
 register("Guess-v0", "envs.guess:GuessEnv", max_turns=3)
-# an agent program (async (openai.AsyncOpenAI, task) -> reward) given as env-kwargs {agent: "module:function" or "file.py:function"} (see agentrl/env/agent.py, recipes/openai_agent/)
-register("Agent-v0", "agentrl.env.agent:AgentEnv", max_turns=8)
+# an agent program, async (openai.AsyncOpenAI client, task) -> reward, run through an OpenAI-compatible endpoint
+# (see agentrl/env/agent.py, docs/agents.md): env-kwargs {"agent": "module:function" or "file.py:function"};
+# by default the ReAct agent of recipes/openai_agent/ (registered when the repository's recipes/ folder is here)
+_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "openai_agent"
+if (_RECIPE / "agent.py").exists():
+    register("Agent-v0", "agentrl.env.agent:AgentEnv", max_turns=3, agent=f"{_RECIPE / 'agent.py'}:solve",
+             tasks=str(_RECIPE / "test.jsonl"))

@@ -144,7 +144,7 @@ def _loop_server_class() -> Any:
             for connection in list(self.server_state.connections):
                 connection.shutdown()  # idle ones close now, busy ones after their answer
             loop = asyncio.get_running_loop()
-            deadline = loop.time() + self.config.timeout_graceful_shutdown
+            deadline = loop.time() + (self.config.timeout_graceful_shutdown or STOP_TIMEOUT_S)
             while (self.server_state.connections or self.server_state.tasks) and loop.time() < deadline:
                 await asyncio.sleep(0.005)
             for task in self.server_state.tasks:

@@ -61,6 +61,7 @@ def test_a_registered_agent_runs_in_rollout_groups(tokenizer, template):
     info = samples[0].metadata["env_info"]
     assert info["reward_components"] == {"said": 1.0} and info["said"] == "apple"
     assert all(s.loss_mask.count(1) > 0 for s in samples)
+    assert result.metrics["rollout/segments_mean"] == 1.0 and result.metrics["rollout/turns_mean"] == 1.5
 
 
 def test_check_env_drives_the_agent_with_malformed_model_output():
