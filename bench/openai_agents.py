@@ -107,9 +107,12 @@ async def run_case(case: str, template: ChatTemplate, episodes: int, concurrency
     rows = [PromptRow(index=i, prompt=None, options={"index": i, "turns": turns, "latency": latency})
             for i in range(episodes)]
     start, cpu = time.perf_counter(), time.process_time()
-    result = await rollout.generate(lambda n: [rows.pop(0) for _ in range(n)], batch_size=episodes)
+    result = await rollout.generate(lambda n: [rows.pop(0) for _ in range(min(n, len(rows)))], batch_size=episodes)
     wall, cpu_s = time.perf_counter() - start, time.process_time() - cpu
     samples = [s for g in result.finished for s in g.samples]
+    for s in samples:
+        if s.status != "ok":
+            logging.warning("episode %s: %s", s.status, s.error)
     ok = sum(s.status == "ok" and s.reward == 1.0 and s.num_turns == turns + 1 for s in samples)
     waves = -(-episodes // concurrency)
     ideal = waves * (turns * latency + (turns + 1) * engine_latency)

@@ -6,9 +6,9 @@ An agent written against the OpenAI chat API (the ``openai`` SDK, or any framewo
     register_agent("Calc-v0", "my_package.agent:solve", tasks="my_package/tasks.jsonl", max_turns=8)
 
 and ``train.py``, ``agentrl eval`` and ``agentrl check-env`` use ``agentrl/Calc-v0`` like any other
-id. In a rollout, :class:`AgentEnv` starts an OpenAI-compatible endpoint
-(:class:`~agentrl.openai.endpoint.AgentEndpoint`, on ``127.0.0.1``) in front of the rollout's
-engine, opens an episode key, and awaits the agent with a client of that episode. Every call is
+id. In a rollout, :class:`AgentEnv` uses an OpenAI-compatible endpoint
+(:func:`~agentrl.openai.endpoint.shared_endpoint`, on ``127.0.0.1``, one for the episodes of the
+event loop) in front of the rollout's engine, opens an episode key, and awaits the agent with a client of that episode. Every call is
 recorded as token ids (:class:`~agentrl.openai.capture.EpisodeCapture`): a conversation the agent
 extends is one segment, token for token what a :class:`TextEnv` episode of the same conversation
 gives; a conversation it rewrites starts a new segment.
@@ -116,7 +116,7 @@ class AgentEnv(TextEnv):
                         outer: Any = None) -> str:
         """Run one episode of the agent against ``engine`` and fill the episode loop's record
         (``partial``); returns the status. Called by :func:`agentrl.rollout.run_episode`."""
-        from agentrl.openai.endpoint import AgentEndpoint
+        from agentrl.openai.endpoint import shared_endpoint
         from agentrl.openai.service import ChatService, SamplingPolicy
 
         self.seed_rng(request.env_seed)
@@ -130,13 +130,14 @@ class AgentEnv(TextEnv):
         capture.max_calls = _turn_limit(outer, config) or self.max_calls
         status = "ok"
         try:
-            async with AgentEndpoint(service) as endpoint:
-                async with endpoint.client(key) as client:
-                    try:
+            async with shared_endpoint() as (endpoint, directory):  # one server for the loop's episodes
+                directory.add(service, key)
+                try:
+                    async with endpoint.client(key) as client:
                         result = await self.agent(client, task)
-                    finally:
-                        service.finish_episode(key)
-                        _fill(partial, capture)
+                finally:
+                    directory.finish(key)
+                    _fill(partial, capture)
         except Exception:
             if not capture.truncated:
                 raise

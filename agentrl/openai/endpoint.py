@@ -4,7 +4,9 @@
 the current event loop (the rollout's), bound to ``127.0.0.1`` on a free port, so an agent program
 in the same process (an ``openai.AsyncOpenAI`` client) or in a subprocess (any program with a
 ``base_url`` setting) reaches the rollout's engine through it. Every call must name an episode key
-(:meth:`AgentEndpoint.open_episode`); calls without one get 401.
+(opened by its service); calls without one get 401. :func:`shared_endpoint` gives the episodes of one
+event loop a single endpoint (an :class:`~agentrl.openai.service.EpisodeDirectory` routes each call
+to the service of its episode): it starts with the first episode and stops when the last one leaves.
 
 Example::
 
@@ -30,14 +32,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterator
+import weakref
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
-from agentrl.openai.service import ChatService
+from agentrl.openai.service import ChatService, EpisodeDirectory
 
 STARTUP_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5
 """Seconds a stopping endpoint waits for calls still in flight."""
+KEEP_ALIVE_S = 3600
+"""Seconds an idle connection stays open: an episode's client keeps one for all its calls, and closes it
+when the episode ends (uvicorn's default, 5 s, races with an agent whose tool ran longer)."""
 
 
 class AgentEndpoint:
@@ -47,7 +54,7 @@ class AgentEndpoint:
     key is all that separates one episode's calls from another's.
     """
 
-    def __init__(self, service: ChatService, *, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(self, service: ChatService | EpisodeDirectory, *, host: str = "127.0.0.1", port: int = 0) -> None:
         self.service = service
         self.host, self.port = host, port
         self._server: Any = None
@@ -86,7 +93,8 @@ class AgentEndpoint:
         sock = listening_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         self._server = _LoopServer(uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False,
-                                                   timeout_graceful_shutdown=STOP_TIMEOUT_S))
+                                                   timeout_graceful_shutdown=STOP_TIMEOUT_S,
+                                                   timeout_keep_alive=KEEP_ALIVE_S))
         self._task = asyncio.create_task(self._server.serve(sockets=[sock]))
         loop = asyncio.get_running_loop()
         deadline = loop.time() + STARTUP_TIMEOUT_S
@@ -114,6 +122,50 @@ class AgentEndpoint:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
+
+
+@dataclass
+class _Shared:
+    directory: EpisodeDirectory = field(default_factory=EpisodeDirectory)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    endpoint: AgentEndpoint | None = None
+    users: int = 0
+
+
+_SHARED: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Shared]" = weakref.WeakKeyDictionary()
+"""The shared endpoint of each event loop (a cache of a resource bound to the loop; it goes with the loop)."""
+
+
+@contextlib.asynccontextmanager
+async def shared_endpoint() -> AsyncIterator[tuple[AgentEndpoint, EpisodeDirectory]]:
+    """The running event loop's endpoint and its directory, for one episode: the first episode starts it,
+    the last one to leave stops it. Add the episode's key to the directory; finish it there.
+
+    Example (two episodes, one server)::
+
+        >>> async def main():
+        ...     async with shared_endpoint() as (a, _), shared_endpoint() as (b, _):
+        ...         return a is b
+        >>> asyncio.run(main())
+        True
+    """
+    loop = asyncio.get_running_loop()
+    shared = _SHARED.get(loop)
+    if shared is None:
+        shared = _SHARED[loop] = _Shared()
+    async with shared.lock:
+        if shared.endpoint is None:
+            shared.endpoint = await AgentEndpoint(shared.directory).start()
+        shared.users += 1
+        endpoint = shared.endpoint
+    try:
+        yield endpoint, shared.directory
+    finally:
+        async with shared.lock:
+            shared.users -= 1
+            if shared.users == 0 and shared.endpoint is not None:
+                last, shared.endpoint = shared.endpoint, None
+                await last.stop()
 
 
 def _loop_server_class() -> Any:

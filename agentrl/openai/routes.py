@@ -38,6 +38,7 @@ Example (in-process, with the scripted fake engine)::
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -49,7 +50,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from agentrl.openai.capture import EpisodeCapture
 from agentrl.openai.protocol import OpenAIError, parse_chat_request, parse_completion_request
-from agentrl.openai.service import ChatService
+from agentrl.openai.service import ChatService, EpisodeDirectory
 from agentrl.utils import safe_json
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,11 @@ MAX_REQUEST_BYTES = 64 * 2**20
 """Default largest request body (413 beyond)."""
 
 
-def add_openai_routes(app: Starlette, service: ChatService, *, max_request_bytes: int = MAX_REQUEST_BYTES,
-                      allow_open_episodes: bool = True) -> None:
-    """Add the OpenAI routes (see the module doc) to ``app``. ``allow_open_episodes``: clients may open
-    and finish episodes over HTTP (``agentrl serve``); the rollout's endpoint opens them itself."""
+def add_openai_routes(app: Starlette, service: ChatService | EpisodeDirectory, *,
+                      max_request_bytes: int = MAX_REQUEST_BYTES, allow_open_episodes: bool = True) -> None:
+    """Add the OpenAI routes (see the module doc) to ``app``, served by ``service``, or by the service of
+    each call's episode key (an :class:`~agentrl.openai.service.EpisodeDirectory`). ``allow_open_episodes``:
+    clients may open and finish episodes over HTTP (``agentrl serve``); the rollout opens them itself."""
 
     async def body_of(request: Request) -> Any:
         try:
@@ -74,28 +76,28 @@ def add_openai_routes(app: Starlette, service: ChatService, *, max_request_bytes
             raise OpenAIError("the request body is empty; send a JSON object")
         return body
 
-    def episode_of(request: Request, key: str | None) -> EpisodeCapture | None:
+    def episode_of(request: Request) -> tuple[ChatService, EpisodeCapture | None]:
         auth = request.headers.get("authorization", "")
         api_key = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-        return service.resolve(key, api_key)
+        return service.route(request.path_params.get("key"), api_key)
 
     async def models(request: Request) -> Response:
-        episode_of(request, request.path_params.get("key"))
-        return JSONResponse(service.models())
+        served, _ = episode_of(request)
+        return JSONResponse(served.models())
 
     async def chat(request: Request) -> Response:
-        capture = episode_of(request, request.path_params.get("key"))
+        served, capture = episode_of(request)
         req = parse_chat_request(await body_of(request))
         if req.stream:
-            return _sse(service.chat_stream(req, capture))
-        return JSONResponse(await service.chat(req, capture))
+            return _sse(served.chat_stream(req, capture))
+        return JSONResponse(await served.chat(req, capture))
 
     async def completions(request: Request) -> Response:
-        episode_of(request, request.path_params.get("key"))
+        served, _ = episode_of(request)
         req = parse_completion_request(await body_of(request))
         if req.stream:
-            return _sse(service.complete_stream(req))
-        return JSONResponse(await service.complete(req))
+            return _sse(served.complete_stream(req))
+        return JSONResponse(await served.complete(req))
 
     # Starlette routes (no FastAPI dependency resolution per request: a third of a call's CPU time)
     _openai_not_found(app)
@@ -105,6 +107,8 @@ def add_openai_routes(app: Starlette, service: ChatService, *, max_request_bytes
         app.add_route(prefix + "/completions", _guarded(completions), methods=["POST"])
 
     if allow_open_episodes:
+        assert isinstance(service, ChatService), "episodes are opened over HTTP on a single service only"
+
         async def open_episode(request: Request) -> Response:
             key = service.open_episode()
             return JSONResponse({"key": key, "base_url": str(request.base_url).rstrip("/") + f"/episodes/{key}/v1"})
@@ -135,6 +139,9 @@ def _guarded(handler: Callable[..., Any]) -> Callable[..., Any]:
             return await handler(*args, **kwargs)
         except OpenAIError as exc:
             return error_response(exc)
+        except asyncio.CancelledError:  # the episode ended (its timeout, its endpoint stopping) during the call
+            return error_response(OpenAIError("the episode ended during this call", status=409,
+                                              code="episode_finished"))
         except Exception as exc:  # an engine failure: report it, keep serving
             log.exception("OpenAI route failed")
             return error_response(OpenAIError(f"engine error: {type(exc).__name__}: {exc}", status=500,

@@ -129,6 +129,10 @@ class ChatService:
                               "base URL (/episodes/<key>/v1)", status=401, code="invalid_api_key")
         return None
 
+    def route(self, path_key: str | None, api_key: str | None) -> tuple["ChatService", EpisodeCapture | None]:
+        """The service of a call (this one) and its episode (see :meth:`resolve`)."""
+        return self, self.resolve(path_key, api_key)
+
     def _key_error(self, key: str) -> OpenAIError:
         if key in self._finished:
             return OpenAIError("this episode has finished: its calls are recorded and its key takes no more",
@@ -356,3 +360,64 @@ def _trim_stop(text: str, stops: list[str]) -> str:
         if text.endswith(s):
             return text[: len(text) - len(s)]
     return text
+
+
+class EpisodeDirectory:
+    """Episode keys -> the :class:`ChatService` that opened them: one endpoint serves the episodes of many
+    services (each episode's own sampling policy, parser and model names), so a rollout starts one server,
+    not one per episode.
+
+    Example::
+
+        >>> from agentrl.chat import ChatTemplate
+        >>> from agentrl.models import load_tokenizer
+        >>> from agentrl.testing import FakeEngine
+        >>> service = ChatService(FakeEngine(script=[[1]]), ChatTemplate(load_tokenizer("smollm2-135m-instruct")),
+        ...                       model_names=["policy"], require_episode=True)
+        >>> directory = EpisodeDirectory()
+        >>> key = directory.add(service, service.open_episode())
+        >>> directory.route(None, key)[0] is service
+        True
+        >>> directory.finish(key).finished
+        True
+        >>> directory.route(None, key)
+        Traceback (most recent call last):
+        ...
+        agentrl.openai.protocol.OpenAIError: this episode has finished: its calls are recorded and its key takes no more
+    """
+
+    REMEMBERED = 100_000
+    """Finished keys remembered (answered 409; older ones 404)."""
+
+    def __init__(self) -> None:
+        self.services: dict[str, ChatService] = {}
+        self._finished: dict[str, None] = {}
+
+    def add(self, service: ChatService, key: str) -> str:
+        """Serve episode ``key`` (opened by ``service``) here; returns the key."""
+        self.services[key] = service
+        return key
+
+    def finish(self, key: str) -> EpisodeCapture:
+        """Finish the episode in its service and stop serving its key."""
+        service = self.services.pop(key, None)
+        if service is None:
+            raise OpenAIError("unknown episode key", status=404, code="episode_not_found")
+        self._finished[key] = None
+        while len(self._finished) > self.REMEMBERED:
+            del self._finished[next(iter(self._finished))]
+        return service.finish_episode(key)
+
+    def route(self, path_key: str | None, api_key: str | None) -> tuple[ChatService, EpisodeCapture | None]:
+        """The service and episode of a call: its key in the path, else its API key."""
+        key = path_key if path_key is not None else api_key
+        service = self.services.get(key) if key is not None else None
+        if service is not None:
+            return service.route(key, None)
+        if key is not None and key in self._finished:
+            raise OpenAIError("this episode has finished: its calls are recorded and its key takes no more",
+                              status=409, code="episode_finished")
+        if path_key is not None:
+            raise OpenAIError("unknown episode key", status=404, code="episode_not_found")
+        raise OpenAIError("this endpoint serves agent episodes: give the episode's key as the API key or in the "
+                          "base URL (/episodes/<key>/v1)", status=401, code="invalid_api_key")
