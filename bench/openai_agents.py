@@ -147,12 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline-episodes", type=int, default=4, help="episodes of the concurrency-1 row")
     p.add_argument("--out", type=Path, default=None, help="write openai_agents_<tag>.json/.md here")
     p.add_argument("--tag", default="cpu", help="file name tag of the results")
+    p.add_argument("--tokenizer", default="tiny-qwen2", help="a ChatML tokenizer (alias or folder; default SmolLM2's)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("agentrl.chat.template").setLevel(logging.ERROR)  # SmolLM2's template ignores tools=
     host = machine()
     register_agent("BenchToolAgent-v0", tool_agent)
-    template = ChatTemplate(load_tokenizer("tiny-qwen2"))  # SmolLM2's ChatML tokenizer
+    template = ChatTemplate(load_tokenizer(args.tokenizer))
     asyncio.run(run_case("warm-up", template, 2, 2, 1, 0.0, 0.0))
     rows = [asyncio.run(run_case("concurrent", template, args.episodes, args.episodes, args.turns, args.latency,
                                  args.engine_latency)),
