@@ -21,6 +21,8 @@ register("Search-v0", "envs.search:SearchEnv", max_turns=4, retriever="auto")
 register("ToolUse-v0", "envs.tool_use:ToolUseEnv", max_turns=4)
 # the README's example: guess a digit with higher/lower hints (see envs/guess.py, recipes/guess/)
 register("Guess-v0", "envs.guess:GuessEnv", max_turns=3)
+# environments of other ecosystems (agentrl/env/adapters/, docs/environments.md): skyrl-gym's GSM8K
+register("SkyRL-v0", "agentrl.env.adapters.skyrl_gym:SkyRLGymEnv", max_turns=1, env="gsm8k")
 # an agent program, async (openai.AsyncOpenAI client, task) -> reward, run through an OpenAI-compatible endpoint
 # (see agentrl/env/agent.py, docs/agents.md): env-kwargs {"agent": "module:function" or "file.py:function"};
 # by default the ReAct agent of recipes/openai_agent/ (registered when the repository's recipes/ folder is here)

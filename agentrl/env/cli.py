@@ -9,6 +9,7 @@ import sys
 import time
 
 from agentrl.env.checker import check_env
+from agentrl.env.exploits import check_exploits
 from agentrl.env.registry import EnvNotFoundError, make, registered_ids, resolve_id
 from agentrl.utils.extras import MissingExtra
 
@@ -19,12 +20,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check environments against the TextEnv contract: gymnasium's checker, seeding "
         "determinism, JSON-serialisable info, close() twice, and fuzzing with malformed actions. "
         "Prints one line per environment; exits 1 when any fails. With --all, environments whose optional "
-        "dependencies are not installed are listed as skipped, with the pip command that installs them.",
+        "dependencies are not installed are listed as skipped, with the pip command that installs them. With "
+        "--exploits, also plays scripted cheats (empty, echoed, spammed and junk answers, junk tool calls, "
+        "stopping at once) that must earn no reward, and the environment's oracle, which must earn full reward "
+        "(agentrl.env.exploits).",
     )
     p.add_argument("env_ids", nargs="*", metavar="ID", help="environment ids, e.g. agentrl/Math-v0 or Math-v0")
     p.add_argument("--all", action="store_true", help="check every registered agentrl/ environment")
     p.add_argument("--seed", type=int, default=0, help="seed for resets and fuzz sampling")
     p.add_argument("--fuzz-samples", type=int, default=8, help="random fuzz actions per env, beside the fixed ones")
+    p.add_argument("--exploits", action="store_true",
+                   help="also check that scripted cheats earn no reward (and an oracle(seed), if defined, earns full "
+                   "reward); a cheat that earns reward fails the environment and its transcript is printed")
+    p.add_argument("--exploit-seeds", type=int, default=3, help="seeds each cheat is played on, with --exploits")
     p.add_argument("-v", "--verbose", action="store_true", help="also print gymnasium's warnings")
     return p
 
@@ -43,8 +51,16 @@ def main(argv: list[str] | None = None) -> int:
     failed = skipped = 0
     for env_id in ids:
         start = time.perf_counter()
+        oracle_checked, allowed = False, []
         try:
-            report = check_env(functools.partial(make, env_id), seed=args.seed, fuzz_samples=args.fuzz_samples)
+            factory = functools.partial(make, env_id)
+            report = check_env(factory, seed=args.seed, fuzz_samples=args.fuzz_samples)
+            if args.exploits:
+                exploits = check_exploits(factory, seeds=range(args.seed, args.seed + args.exploit_seeds))
+                report.problems += [f"exploit check: {line}" for line in exploits.summary() if
+                                    not line.startswith("allowed: ")]
+                allowed = [line for line in exploits.summary() if line.startswith("allowed: ")]
+                oracle_checked = exploits.oracle_checked
         except MissingExtra as e:  # an optional dependency: with --all, not this install's environment
             if not args.all:
                 failed += 1
@@ -60,7 +76,11 @@ def main(argv: list[str] | None = None) -> int:
         took = time.perf_counter() - start
         if report.ok:
             note = f", {len(report.warnings)} warnings" if report.warnings else ""
+            note += (", no cheat earned reward" + (", oracle earned full reward" if oracle_checked else "")
+                     if args.exploits else "")
             print(f"ok    {env_id}  ({took:.1f}s{note})")
+            for line in allowed:
+                print(f"      {line}")
         else:
             failed += 1
             print(f"FAIL  {env_id}  ({took:.1f}s)")

@@ -31,6 +31,10 @@ EXTRAS: dict[str, str] = {
     "megatron": "the Megatron-core trainer",
     "ray": "engines and trainer as Ray actors",
     "sglang": "launching SGLang servers",
+    "skyrl": "skyrl-gym environments (SkyRL-v0, agentrl.env.adapters.skyrl_gym)",
+    "mcp": "tools from MCP servers (agentrl.env.adapters.mcp_tools)",
+    "openenv": "OpenEnv environments, in-process or over their server (agentrl.env.adapters.openenv)",
+    "verifiers": "verifiers environments and tasksets (agentrl.env.adapters.verifiers)",
 }
 """The extras of ``pyproject.toml`` that :func:`require` names, and what each is for."""
 
