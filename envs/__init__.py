@@ -1,5 +1,7 @@
 """Concrete environments. Importing this package registers them (lazily) under ``agentrl/``."""
 
+from pathlib import Path
+
 from agentrl.env.registry import register
 
 # math: single-turn, graded by envs._math_grading (see envs/math.py)
@@ -21,3 +23,10 @@ register("ToolUse-v0", "envs.tool_use:ToolUseEnv", max_turns=4)
 register("Guess-v0", "envs.guess:GuessEnv", max_turns=3)
 # environments of other ecosystems (agentrl/env/adapters/, docs/environments.md): skyrl-gym's GSM8K
 register("SkyRL-v0", "agentrl.env.adapters.skyrl_gym:SkyRLGymEnv", max_turns=1, env="gsm8k")
+# an agent program, async (openai.AsyncOpenAI client, task) -> reward, run through an OpenAI-compatible endpoint
+# (see agentrl/env/agent.py, docs/agents.md): env-kwargs {"agent": "module:function" or "file.py:function"};
+# by default the ReAct agent of recipes/openai_agent/ (registered when the repository's recipes/ folder is here)
+_RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "openai_agent"
+if (_RECIPE / "agent.py").exists():
+    register("Agent-v0", "agentrl.env.agent:AgentEnv", max_turns=3, agent=f"{_RECIPE / 'agent.py'}:solve",
+             tasks=str(_RECIPE / "test.jsonl"))

@@ -142,7 +142,8 @@ class ServeArgs:
 TABLE = FlagTable(ServeArgs, aliases={"--engine-max-batch-size": ("--max-batch-size",),
                                       "--engine-max-seq-len": ("--max-seq-len",),
                                       "--engine-admit-wait-steps": ("--admit-wait-steps",)})
-DESCRIPTION = "Serve a model with SGLang's native HTTP API (/generate, /health, /update_weights_from_disk...)."
+DESCRIPTION = ("Serve a model with SGLang's native HTTP API (/generate, /health, /update_weights_from_disk...) and "
+               "OpenAI's (/v1/chat/completions, /v1/completions, /v1/models).")
 
 
 def build_parser():

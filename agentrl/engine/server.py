@@ -21,6 +21,9 @@ SGLang's (``GenerateReqInput`` in ``sglang/srt/managers/io_struct.py``, ``http_s
 ``POST /update_weights_from_disk`` ``{"model_path", "weight_version"?}`` ->
                                    ``{"success", "message", "num_paused_requests"}``
 ``POST /update_weight_version``    ``{"new_version"}`` relabels the current weights
+``/v1/models``,                    OpenAI-compatible chat and text completions, with
+``/v1/chat/completions``,          token capture per episode key (when the tokenizer has a
+``/v1/completions``                chat template; see :mod:`agentrl.openai.routes`)
 =================================  ======================================================
 
 A malformed request gets a 400 whose ``message`` says what was expected; the server keeps
@@ -282,7 +285,24 @@ def create_app(
                                      media_type="text/event-stream")
         return await _generate(state, req.items, req.is_single, request)
 
+    _add_openai_routes(app, state, engine, tokenizer, context_length)
     return app
+
+
+def _add_openai_routes(app: FastAPI, state: _ServerState, engine: Engine, tokenizer: Any,
+                       context_length: int | None) -> None:
+    """The OpenAI-compatible routes (``/v1/chat/completions``...; see :mod:`agentrl.openai.routes`),
+    when the tokenizer has a chat template."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        return
+    from agentrl.chat import ChatTemplate
+    from agentrl.openai.routes import add_openai_routes
+    from agentrl.openai.service import ChatService
+
+    names = list(dict.fromkeys([state.served_model_name, state.model_path]))
+    add_openai_routes(app, ChatService(engine, ChatTemplate(tokenizer), model_names=names,
+                                       context_length=context_length),
+                      max_request_bytes=state.max_request_bytes)
 
 
 # --- /generate ---------------------------------------------------------------------------

@@ -124,7 +124,9 @@ async def run_episode(
             env = make(request.env_id, max_turns=config.max_turns, **config.env_kwargs)
         else:
             env = as_text_env(env)  # a gymnasium.Wrapper's sync step runs in a worker thread
-        coro = _loop(engine, template, env, request, config, partial)
+        run_agent = getattr(env.unwrapped, "run_agent", None)  # an agent program (agentrl.env.agent.AgentEnv)
+        coro = (run_agent(engine, template, request, config, partial, outer=env) if run_agent is not None
+                else _loop(engine, template, env, request, config, partial))
         status = await (asyncio.wait_for(coro, config.episode_timeout) if config.episode_timeout else coro)
     except asyncio.TimeoutError:
         status, error = "failed", f"{TIMEOUT_ERROR} after {config.episode_timeout:.0f}s"

@@ -295,6 +295,8 @@ def rollout_metrics(finished: list[Group], kept: list[Group], dropped: Counter, 
     m["rollout/generated_tokens"] = float(sum(s.num_generated_tokens for s in samples))
     for key in ("turns", "tool_calls", "tool_errors", "time_generate", "time_env", "time_total"):
         m[f"rollout/{key}_mean"] = statistics.fmean(s.metrics.get(key, 0.0) for s in samples)
+    if any("segments" in s.metrics for s in samples):  # agent programs: token sequences per episode (docs/agents.md)
+        m["rollout/segments_mean"] = statistics.fmean(s.metrics.get("segments", 1.0) for s in samples)
     m["rollout/tokens_per_s"] = m["rollout/generated_tokens"] / max(seconds, 1e-9)
     trained = [[s.reward for s in g.samples if s.trainable] for g in finished]
     zero_var = sum(1 for rewards in trained if len(rewards) > 1 and len(set(rewards)) == 1)

@@ -1,0 +1,132 @@
+"""Agents as environments: registered ids used by the rollout and check_env unchanged; failures are data;
+budgets truncate; the in-rollout endpoint refuses calls without a valid episode key."""
+
+from __future__ import annotations
+
+import asyncio
+
+import openai
+import pytest
+
+from agentrl.data.prompts import PromptRow
+from agentrl.env import check_env, make
+from agentrl.env.agent import AgentEnv, register_agent
+from agentrl.rollout.config import RolloutConfig
+from agentrl.rollout.episode import EpisodeRequest, run_episode
+from agentrl.rollout.generate import Rollout
+from agentrl.testing import FakeEngine
+
+
+def _engine(tokenizer, text: str = "apple<|im_end|>") -> FakeEngine:
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    return FakeEngine(responder=lambda prompt, sampling: ids)
+
+
+async def word_agent(client, task):
+    """Asks once, retries once with feedback, returns a reward and named components."""
+    messages = [{"role": "user", "content": f"Say the word {task['word']}."}]
+    out = await client.chat.completions.create(model="policy", messages=messages)
+    said = out.choices[0].message.content or ""
+    if task["word"] not in said:
+        messages += [out.choices[0].message.model_dump(exclude_none=True), {"role": "user", "content": "Again."}]
+        said = (await client.chat.completions.create(model="policy", messages=messages)).choices[0].message.content or ""
+    hit = float(task["word"] in said)
+    return {"reward": hit, "said": hit, "info": {"said": said}}
+
+
+async def chatty_agent(client, task):
+    """Keeps the conversation going until the endpoint refuses a call."""
+    messages = [{"role": "user", "content": "Talk to me."}]
+    while True:
+        out = await client.chat.completions.create(model="policy", messages=messages)
+        messages += [out.choices[0].message.model_dump(exclude_none=True), {"role": "user", "content": "More."}]
+
+
+async def broken_agent(client, task):
+    await client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "Hi"}])
+    raise KeyError("the agent's own bug")
+
+
+def test_a_registered_agent_runs_in_rollout_groups(tokenizer, template):
+    register_agent("WordAgentTest-v0", word_agent, tasks=[{"word": "apple"}], max_turns=4)
+    assert isinstance(make("agentrl/WordAgentTest-v0").unwrapped, AgentEnv)
+    rollout = Rollout(_engine(tokenizer), template, RolloutConfig(n_samples_per_prompt=3),
+                      default_env_id="agentrl/WordAgentTest-v0")
+    rows = [PromptRow(index=i, prompt=None, options={"word": w}) for i, w in enumerate(["apple", "pear"])]
+    result = asyncio.run(rollout.generate(lambda n: [rows.pop(0) for _ in range(n)], batch_size=2))
+    samples = sorted(result.samples, key=lambda s: s.group_id)
+    assert [s.status for s in samples] == ["ok"] * 6
+    assert [s.reward for s in samples] == [1.0] * 3 + [0.0] * 3  # the pear agent asked twice, heard apple twice
+    assert [s.num_turns for s in samples] == [1] * 3 + [2] * 3
+    info = samples[0].metadata["env_info"]
+    assert info["reward_components"] == {"said": 1.0} and info["said"] == "apple"
+    assert all(s.loss_mask.count(1) > 0 for s in samples)
+    assert result.metrics["rollout/segments_mean"] == 1.0 and result.metrics["rollout/turns_mean"] == 1.5
+
+
+def test_check_env_drives_the_agent_with_malformed_model_output():
+    report = check_env(lambda: AgentEnv(word_agent, tasks=[{"word": "apple"}, {"word": "river"}]), fuzz_samples=2)
+    assert report.ok, report.problems
+
+    async def fragile_agent(client, task):
+        out = await client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "2+2?"}])
+        return float(int(out.choices[0].message.content) == 4)  # model output that is not a number breaks it
+
+    broken = check_env(lambda: AgentEnv(fragile_agent, tasks=[{}]), fuzz_samples=0)
+    assert not broken.ok and any("ValueError: invalid literal for int()" in p for p in broken.problems)
+
+
+def test_agent_failures_are_data_and_budgets_truncate(tokenizer, template):
+    def episode(agent, config=None, **kwargs):
+        return asyncio.run(run_episode(_engine(tokenizer), template, EpisodeRequest(env_id="agent"),
+                                       config or RolloutConfig(),
+                                       env=AgentEnv(agent, tasks=[{}], **kwargs)))
+
+    failed = episode(broken_agent)
+    assert failed.status == "failed" and "the agent's own bug" in failed.error and failed.num_turns == 1
+    truncated = episode(chatty_agent, max_calls=3)
+    assert truncated.status == "truncated" and truncated.num_turns == 3
+    full = episode(chatty_agent, RolloutConfig(max_context_tokens=120))
+    assert full.status == "truncated" and len(full.prompt_ids) + len(full.response_ids) >= 100
+
+    async def silent_agent(client, task):
+        return 1.0
+
+    assert "without calling the model" in episode(silent_agent).error
+
+
+def test_the_rollout_endpoint_wants_a_live_episode_key(tokenizer, template):
+    seen = {}
+
+    async def probing_agent(client, task):
+        base = str(client.base_url).split("/episodes/")[0]
+        for name, url, key in [("no key", base + "/v1", "sk-none"), ("unknown key", base + "/episodes/nope/v1", "x")]:
+            other = openai.AsyncOpenAI(base_url=url, api_key=key, max_retries=0)
+            try:
+                await other.chat.completions.create(model="policy", messages=[{"role": "user", "content": "Hi"}])
+            except openai.APIStatusError as exc:
+                seen[name] = exc.status_code
+            await other.close()
+        try:
+            await client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "Hi"}])
+        except openai.NotFoundError as exc:
+            seen["model"] = exc.body["code"]
+        out = await client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "Hi"}])
+        return float(out.choices[0].message.content == "apple")
+
+    sample = asyncio.run(run_episode(_engine(tokenizer), template, EpisodeRequest(env_id="agent"), RolloutConfig(),
+                                     env=AgentEnv(probing_agent, tasks=[{}])))
+    assert sample.status == "ok" and sample.reward == 1.0
+    assert seen == {"no key": 401, "unknown key": 404, "model": "model_not_found"}
+
+
+@pytest.mark.parametrize("returned", [None, 0.5])
+def test_an_agent_without_a_reward_is_scored_by_the_reward_function(tokenizer, template, returned):
+    async def agent(client, task):
+        await client.chat.completions.create(model="policy", messages=[{"role": "user", "content": "Hi"}])
+        return returned
+
+    sample = asyncio.run(run_episode(_engine(tokenizer), template, EpisodeRequest(env_id="agent"), RolloutConfig(),
+                                     env=AgentEnv(agent, tasks=[{}]),
+                                     reward_fn=lambda s: float(s.messages[-1]["content"] == "apple")))
+    assert sample.status == "ok" and sample.reward == 1.0
