@@ -146,6 +146,8 @@ class AgentEnv(TextEnv):
             status = "truncated"
         reward, rewards, info = _outcome(result)
         partial.reward = reward
+        partial.turn_rewards = [0.0] * (partial.turns - 1) + [reward] if partial.turns else []  # an outcome reward
+        partial.components = dict(rewards)
         partial.info.update(info)
         if rewards:
             partial.info["reward_components"] = rewards

@@ -61,6 +61,8 @@ def test_a_registered_agent_runs_in_rollout_groups(tokenizer, template):
     info = samples[0].metadata["env_info"]
     assert info["reward_components"] == {"said": 1.0} and info["said"] == "apple"
     assert all(s.loss_mask.count(1) > 0 for s in samples)
+    assert [s.turn_rewards for s in samples] == [[1.0]] * 3 + [[0.0, 0.0]] * 3  # the outcome on the last call
+    assert samples[0].rewards == {"said": 1.0}
     assert result.metrics["rollout/segments_mean"] == 1.0 and result.metrics["rollout/turns_mean"] == 1.5
 
 
