@@ -31,6 +31,9 @@ EXTRAS: dict[str, str] = {
     "megatron": "the Megatron-core trainer",
     "ray": "engines and trainer as Ray actors",
     "sglang": "launching SGLang servers",
+    "bfcl": "BFCL v4 function calling (BFCL-v0, BFCL-MultiTurn-v0)",
+    "code": "HumanEval coding with test feedback (HumanEval-v0)",
+    "games": "TextArena's single-player games (TextArena-v0)",
 }
 """The extras of ``pyproject.toml`` that :func:`require` names, and what each is for."""
 
