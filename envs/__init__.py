@@ -24,3 +24,4 @@ register("BFCL-v0", "envs.benchmarks.bfcl:BFCLEnv", max_turns=1, category="simpl
 register("BFCL-MultiTurn-v0", "envs.benchmarks.bfcl:BFCLMultiTurnEnv", max_turns=40, category="multi_turn_base")
 register("HumanEval-v0", "envs.benchmarks.humaneval:HumanEvalEnv", max_turns=3, max_attempts=3)
 register("TextArena-v0", "envs.benchmarks.textarena_env:TextArenaEnv", max_turns=30, game="Sokoban-v0")
+register("Tau2-v0", "envs.benchmarks.tau2_env:Tau2Env", max_turns=30, domain="airline")

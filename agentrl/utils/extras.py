@@ -32,6 +32,7 @@ EXTRAS: dict[str, str] = {
     "ray": "engines and trainer as Ray actors",
     "sglang": "launching SGLang servers",
     "bfcl": "BFCL v4 function calling (BFCL-v0, BFCL-MultiTurn-v0)",
+    "tau2": "τ²-bench customer service (Tau2-v0)",
     "code": "HumanEval coding with test feedback (HumanEval-v0)",
     "games": "TextArena's single-player games (TextArena-v0)",
 }
