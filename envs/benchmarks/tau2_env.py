@@ -108,6 +108,7 @@ class Tau2Env(TextEnv):
         self.domain, self.split = domain, split
         self.tasks = registry.get_tasks_loader(domain)(task_split_name=split)
         self.by_id = {t.id: i for i, t in enumerate(self.tasks)}
+        self.user_args: dict[str, Any]
         if user_model == SCRIPTED:
             self.user_llm, self.user_args = "openai/scripted-user", {"mock_response": user_reply}
         else:
