@@ -75,6 +75,8 @@ def _tau2() -> Any:
     from loguru import logger
 
     logger.disable("tau2")  # τ² logs every message of every conversation at INFO
+    for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):  # and LiteLLM every call of the user model
+        logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.WARNING))
     from tau2.gym import gym_agent
     from tau2.registry import registry
 
