@@ -42,7 +42,7 @@ def play_ground_truth(env, index):
     return env.step(_call("done", {}))
 
 
-@pytest.mark.parametrize("domain", ["airline", "retail"])
+@pytest.mark.parametrize("domain", ["airline", pytest.param("retail", marks=pytest.mark.slow)])
 def test_ground_truth_actions_get_tau2s_full_reward_and_doing_nothing_does_not(domain):
     env = Tau2Env(domain=domain, split="test")
     indices = [i for i, t in enumerate(env.tasks) if replayable(t) and changes_the_database(t)][:2]
