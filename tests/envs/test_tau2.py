@@ -75,6 +75,7 @@ def test_splits_are_the_packages():
         Tau2Env(domain="airlines")
 
 
+@pytest.mark.slow  # ~7 min on a loaded 2-core machine: τ²'s gym loads the task file again on every step
 def test_check_env():
     report = check_env(lambda: make("agentrl/Tau2-v0"), fuzz_samples=2)
     assert report.ok, report.problems
