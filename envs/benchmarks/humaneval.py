@@ -69,20 +69,26 @@ def load_problems() -> tuple[dict[str, Any], ...]:
 def extract_code(reply: str) -> str:
     """The last fenced code block of ``reply`` (```python or bare ```), else the whole reply.
 
-    Linear in the reply's length (``str.rfind``, no regular expression).
+    A block left open (the reply was cut by the token budget) runs to the end of the reply.
+    Linear in the reply's length (``str.rfind``/``str.count``, no regular expression).
 
     Example::
 
-        >>> extract_code("Here:\\n```python\\ndef f():\\n    return 1\\n```\\nDone.")
-        'def f():\\n    return 1\\n'
+        >>> extract_code("Here:\n```python\ndef f():\n    return 1\n```\nDone.")
+        'def f():\n    return 1\n'
         >>> extract_code("def f(): return 2")
         'def f(): return 2'
+        >>> extract_code("```python\ndef f():\n    return 3")
+        'def f():\n    return 3'
     """
     end = reply.rfind(_FENCE)
-    start = reply.rfind(_FENCE, 0, end) if end > 0 else -1
-    if start < 0:
+    if end < 0:
         return reply
-    block = reply[start + len(_FENCE):end]
+    if reply.count(_FENCE) % 2:  # an open block: from its fence to the end
+        block = reply[end + len(_FENCE):]
+    else:
+        start = reply.rfind(_FENCE, 0, end)
+        block = reply[start + len(_FENCE):end]
     first_line, _, rest = block.partition("\n")
     return rest if first_line.strip().isidentifier() or not first_line.strip() else block
 
