@@ -74,12 +74,12 @@ def extract_code(reply: str) -> str:
 
     Example::
 
-        >>> extract_code("Here:\n```python\ndef f():\n    return 1\n```\nDone.")
-        'def f():\n    return 1\n'
+        >>> extract_code("Here:\\n```python\\ndef f():\\n    return 1\\n```\\nDone.")
+        'def f():\\n    return 1\\n'
         >>> extract_code("def f(): return 2")
         'def f(): return 2'
-        >>> extract_code("```python\ndef f():\n    return 3")
-        'def f():\n    return 3'
+        >>> extract_code("```python\\ndef f():\\n    return 3")
+        'def f():\\n    return 3'
     """
     end = reply.rfind(_FENCE)
     if end < 0:
