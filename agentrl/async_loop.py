@@ -112,12 +112,15 @@ class RolloutStream:
             and ``c.sampler`` is wrapped for checkpoints while the stream is open.
         cfg: the run config (``max_staleness``, ``partial_rollouts``, ``use_ray``, ``colocate``...).
         start: the first rollout index of this run (after ``--load``).
+        asynchronous: run the producer task, the trainer's worker thread and the interruptible engine;
+            default: when ``--max-staleness`` > 0. At ``--max-staleness 0`` they then give exactly the
+            synchronous loop's weights and metrics (``tests/cluster/test_async_loop.py`` checks it).
     """
 
-    def __init__(self, c: Any, cfg: Any, start: int) -> None:
+    def __init__(self, c: Any, cfg: Any, start: int, *, asynchronous: bool | None = None) -> None:
         self.c, self.cfg, self.start = c, cfg, start
         self.max_staleness = int(cfg.asynchrony.max_staleness)
-        self.asynchronous = self.max_staleness > 0
+        self.asynchronous = self.max_staleness > 0 if asynchronous is None else asynchronous
         self.stopping = False
         """Set by Ctrl-C: the loop saves a checkpoint after this step and ends."""
         self.version = int(c.engine.weight_version)

@@ -11,6 +11,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("agentrl.train_cli:main", "train an agent with RL (same flags as train.py)"),
     "eval": ("agentrl.eval.cli:main", "evaluate an agent on held-out tasks"),
     "check-env": ("agentrl.env.cli:main", "check registered environments against the TextEnv contract"),
+    "new-env": ("agentrl.env.new_env:main", "write an environment skeleton, its test, registration and recipe"),
     "serve": ("agentrl.engine.server:serve_main", "serve a model over HTTP with SGLang's native API"),
     "retriever": ("tools.retriever.server:main", "serve a corpus over the Search-R1 retrieval protocol"),
     "view": ("agentrl.view.cli:main", "open a run's rollouts or an evaluation's episodes in a local web page"),

@@ -17,6 +17,7 @@ import torch
 from agentrl import algo
 from agentrl.config import ConfigError, RunConfig
 from agentrl.data import PromptDataset, PromptSampler, load_prompts
+from agentrl.data.curriculum import CurriculumSampler
 from agentrl.eval import EvalConfig, EvalTask
 from agentrl.eval.runner import HELDOUT_SEED_OFFSET
 from agentrl.rollout import Rollout, default_filters, load_generate_fn, load_reward_fn
@@ -40,7 +41,8 @@ class Components:
     trainer: Any
     template: Any
     rollout: Rollout
-    sampler: PromptSampler
+    sampler: PromptSampler | CurriculumSampler
+    """The training rows' order (wrapped by a curriculum when the run has one)."""
     dataset: PromptDataset
     eval_tasks: list[EvalTask]
     eval_config: EvalConfig
@@ -67,11 +69,11 @@ def build_components(cfg: RunConfig) -> Components:
                       interruptible)
 
 
-def build_interruptible(cfg: RunConfig, engine: Any) -> InterruptibleEngine | None:
-    """The engine of async runs' rollouts (``--max-staleness`` > 0), None otherwise: turns in
-    flight at a weight sync resume (``--partial-rollouts``), finish first, or go on through it
+def build_interruptible(cfg: RunConfig, engine: Any, asynchronous: bool | None = None) -> InterruptibleEngine | None:
+    """The engine of async runs' rollouts (``--max-staleness`` > 0, or ``asynchronous``), None otherwise:
+    turns in flight at a weight sync resume (``--partial-rollouts``), finish first, or go on through it
     (``--in-flight-weight-updates``); see ``agentrl.rollout.async_partial``."""
-    if cfg.asynchrony.max_staleness <= 0:
+    if not (cfg.asynchrony.max_staleness > 0 if asynchronous is None else asynchronous):
         return None
     return InterruptibleEngine(engine, resume=cfg.asynchrony.partial_rollouts, in_flight=cfg.asynchrony.in_flight_weight_updates)
 
@@ -211,18 +213,30 @@ def load_eval_tasks(cfg: RunConfig) -> list[EvalTask]:
 
 
 def compute_advantages(batch: RolloutBatch, cfg: RunConfig) -> None:
-    """Fill ``batch.advantages`` (and ``batch.returns`` for gae) with the configured estimator."""
-    config = algo.AdvantageConfig(normalize_std=cfg.algo.normalize_advantage_std, gamma=cfg.algo.gamma, lam=cfg.algo.lambd)
-    estimator = algo.get_advantage_estimator(cfg.algo.advantage_estimator)
-    if cfg.algo.advantage_estimator in algo.CRITIC_ESTIMATORS:
+    """Fill ``batch.advantages`` (and ``batch.returns`` for gae) with the configured estimator.
+
+    Per-turn rewards reach every estimator that can use them: ``gigpo`` and ``--turn-baseline`` get
+    ``batch.turns``; the token-level ones (``gae``, ``reinforce_plus_plus``) get each turn's reward on
+    the last token of that turn (with outcome-only rewards: the episode reward on its last token)."""
+    a = cfg.algo
+    name = a.advantage_estimator
+    config = algo.AdvantageConfig(normalize_std=a.normalize_advantage_std, gamma=a.gamma, lam=a.lambd,
+                                  turn_baseline=a.turn_baseline)
+    estimator = algo.get_advantage_estimator(name)
+    kwargs: dict[str, Any] = {}
+    if name in algo.TURN_ESTIMATORS or a.turn_baseline:
+        kwargs["turns"] = batch.turns
+    elif name in ("gae", "reinforce_plus_plus") and batch.turns is not None:
+        kwargs["token_rewards"] = algo.turn_token_rewards(batch.turns, batch.loss_mask)
+    if name in algo.CRITIC_ESTIMATORS:
         if batch.values is None:
-            raise ValueError(f"{cfg.algo.advantage_estimator} needs the critic's values in batch.values")
-        token_rewards = algo.place_rewards_at_turn_ends(batch.rewards, batch.loss_mask)
-        _, batch.returns = algo.compute_gae(token_rewards, batch.values, batch.loss_mask, cfg.algo.gamma, cfg.algo.lambd)
-        batch.advantages = estimator(batch.rewards, batch.group_ids, batch.loss_mask, config=config,
-                                     values=batch.values)
-    else:
-        batch.advantages = estimator(batch.rewards, batch.group_ids, batch.loss_mask, config=config)
+            raise ValueError(f"{name} needs the critic's values in batch.values")
+        token_rewards = kwargs.get("token_rewards")
+        if token_rewards is None:
+            token_rewards = algo.place_rewards_at_turn_ends(batch.rewards, batch.loss_mask)
+        _, batch.returns = algo.compute_gae(token_rewards, batch.values, batch.loss_mask, a.gamma, a.lambd)
+        kwargs["values"] = batch.values
+    batch.advantages = estimator(batch.rewards, batch.group_ids, batch.loss_mask, config=config, **kwargs)
 
 
 RUN_FILES = ("metrics.jsonl", "summary.json", "config.json", "training.png", "timing.png", "eval.png")

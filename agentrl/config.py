@@ -1,8 +1,9 @@
 """The run configuration: each subsystem's settings, composed; one command line.
 
 :class:`RunConfig` holds the loop's own settings and, as fields, the settings class of every
-subsystem (``data``, ``rollout``, ``filters``, ``hooks``, ``algo``, ``train``, ``megatron``,
-``engine``, ``cluster``, ``asynchrony``, ``eval``, ``checkpoint``, ``output``). Each class names its
+subsystem (``data``, ``sft``, ``curriculum``, ``rollout``, ``filters``, ``signal``, ``hooks``, ``algo``,
+``train``, ``megatron``, ``engine``, ``cluster``, ``group``, ``asynchrony``, ``eval``, ``checkpoint``,
+``output``). Each class names its
 flags (``FLAGS``), documents each field (the docstring under it is the flag's ``--help``) and checks
 its own fields (``problems()``); :func:`validate` adds only the checks that span subsystems. Flags use
 slime's names where the concept is the same (``--rollout-batch-size``, ``--n-samples-per-prompt``,
@@ -30,14 +31,17 @@ from typing import Any, ClassVar, Literal
 
 from agentrl.algo.config import AlgoConfig
 from agentrl.checkpoint import CheckpointConfig
-from agentrl.cluster.config import ClusterConfig
+from agentrl.cluster.config import ClusterConfig, TrainerGroupConfig
+from agentrl.data.curriculum import CurriculumConfig
 from agentrl.data.prompts import DataConfig
 from agentrl.engine.config import ENGINE_DTYPES, EngineSettings
 from agentrl.eval.config import EvalSchedule
 from agentrl.obs.config import OutputConfig
 from agentrl.rollout.config import AsyncConfig, FilterConfig, HookConfig, RolloutConfig
+from agentrl.rollout.signal import SignalConfig
 from agentrl.train.config import TrainConfig
 from agentrl.train.megatron.config import MegatronTrainerConfig
+from agentrl.train.sft import SftConfig
 from agentrl.utils.flags import FlagTable
 
 __all__ = ["ENGINE_DTYPES", "ConfigError", "RunConfig", "finalize", "from_mapping", "parse_args", "to_dict", "validate"]
@@ -76,7 +80,7 @@ class RunConfig:
     prompt_data: str | None = None
     """Training prompts: .jsonl/.json/.parquet, a folder, or hf:org/name[:config][@split]."""
     num_rollout: int = 10
-    """Rollouts (generate -> train -> sync iterations) to run."""
+    """Rollouts (generate -> train -> sync iterations) to run (0 with --sft-data: the warm start alone)."""
     rollout_batch_size: int = 8
     """Prompts per rollout (each expands to --n-samples-per-prompt episodes)."""
     global_batch_size: int | None = None
@@ -90,14 +94,18 @@ class RunConfig:
     seed: int = 0
     """Seeds environment resets and sampling. In training, also the data order."""
     data: DataConfig = field(default_factory=DataConfig)
+    sft: SftConfig = field(default_factory=SftConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     filters: FilterConfig = field(default_factory=FilterConfig)
+    signal: SignalConfig = field(default_factory=SignalConfig)
     hooks: HookConfig = field(default_factory=HookConfig)
     algo: AlgoConfig = field(default_factory=AlgoConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     megatron: MegatronTrainerConfig = field(default_factory=MegatronTrainerConfig)
     engine: EngineSettings = field(default_factory=EngineSettings)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    group: TrainerGroupConfig = field(default_factory=TrainerGroupConfig)
     asynchrony: AsyncConfig = field(default_factory=AsyncConfig)
     eval: EvalSchedule = field(default_factory=EvalSchedule)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -158,22 +166,35 @@ def finalize(cfg: RunConfig) -> None:
     cfg.train.rollout_temperature = cfg.rollout.sampling.temperature
     cfg.train.seed = cfg.seed
     cfg.train.max_length_norm = float(cfg.rollout.max_context_tokens)
+    if cfg.group.world_size > 1:  # a trainer group is a set of Ray actors
+        cfg.cluster.use_ray = True
 
 
 def validate(cfg: RunConfig) -> list[str]:
     """Every problem found before loading anything, each with how to fix it: each subsystem's own, then the
     ones that span subsystems."""
-    problems = [p for f in dataclasses.fields(cfg) if hasattr(getattr(cfg, f.name), "problems")
-                for p in getattr(cfg, f.name).problems()]
-    problems += _loop_problems(cfg) + _objective_problems(cfg) + _input_problems(cfg) + _backend_problems(cfg)
-    problems += _earlier_run_problems(cfg)
+    # --dry-run reads only the model's config: the files of prompts, evaluation and outputs are not checked
+    owners = DRY_RUN_CHECKS if cfg.group.dry_run else [f.name for f in dataclasses.fields(cfg)]
+    problems = [p for name in owners if hasattr(getattr(cfg, name), "problems") for p in getattr(cfg, name).problems()]
+    problems += _loop_problems(cfg) + _objective_problems(cfg) + _backend_problems(cfg) + _layout_problems(cfg)
+    if not cfg.group.dry_run:
+        problems += _input_problems(cfg) + _earlier_run_problems(cfg)
     return problems
+
+
+DRY_RUN_CHECKS = ["algo", "train", "megatron", "cluster", "group"]
+"""The subsystems whose own checks ``--dry-run`` runs (the ones the layout and the memory estimate read)."""
 
 
 def _loop_problems(cfg: RunConfig) -> list[str]:
     problems = [f"{flag} must be >= 1; got {value}" for flag, value in (
-        ("--num-rollout", cfg.num_rollout), ("--rollout-batch-size", cfg.rollout_batch_size),
+        ("--rollout-batch-size", cfg.rollout_batch_size),
         ("--num-steps-per-rollout", cfg.num_steps_per_rollout)) if value is None or value < 1]
+    if cfg.num_rollout is None or cfg.num_rollout < (0 if cfg.sft.data else 1):
+        problems.append(f"--num-rollout must be >= 1 (0 with --sft-data: the warm start alone); got {cfg.num_rollout}")
+    if cfg.sft.data and cfg.algo.advantage_estimator == "gae":
+        problems.append("--sft-data with --advantage-estimator gae: the warm start has no value targets for the critic; "
+                        "warm-start in a run of its own with another estimator (--num-rollout 0) and --load its checkpoint")
     if cfg.global_batch_size is not None and cfg.global_batch_size >= 1 and cfg.num_steps_per_rollout >= 1:
         if cfg.episodes_per_rollout != cfg.global_batch_size * cfg.num_steps_per_rollout:
             problems.append(
@@ -232,10 +253,6 @@ def _backend_problems(cfg: RunConfig) -> list[str]:
     problems = []
     if cfg.trainer == "megatron" and importlib.util.find_spec("megatron") is None:
         problems.append("--trainer megatron needs megatron-core: pip install 'agentrl[megatron]'")
-    ranks = cfg.megatron.tensor_parallel * cfg.megatron.pipeline_parallel
-    if ranks > 1:
-        problems.append(f"--tensor-model-parallel-size {cfg.megatron.tensor_parallel} x --pipeline-model-parallel-size "
-                        f"{cfg.megatron.pipeline_parallel} needs {ranks} trainer ranks; train.py trains on one")
     if cfg.engine.kind == "sglang" and not cfg.engine.sglang_url and importlib.util.find_spec("sglang") is None:
         problems.append("--engine sglang without --sglang-url launches SGLang servers, but sglang is not "
                         "installed: pip install 'agentrl[sglang]' or give --sglang-url URL")
@@ -255,6 +272,21 @@ def _backend_problems(cfg: RunConfig) -> list[str]:
     if cfg.cluster.ray_weight_sync != "object_store" and cfg.engine.kind == "sglang":
         problems.append("--ray-weight-sync nccl/gloo broadcasts to embedded-engine actors; SGLang servers load "
                         "weights from disk: leave --ray-weight-sync object_store with --engine sglang")
+    return problems
+
+
+def _layout_problems(cfg: RunConfig) -> list[str]:
+    """The trainer's ranks against the model (its config.json only) and the batch: agentrl.train.layout."""
+    import importlib.util
+
+    from agentrl.train.layout import TrainerLayout, layout_problems, model_config, model_dims
+
+    layout = TrainerLayout.of(cfg)
+    if layout.world == 1 and layout.model_parallel == 1:
+        return []
+    problems = layout_problems(layout, model_dims(model_config(cfg.model_path)), cfg.global_batch_size)
+    if layout.world > 1 and importlib.util.find_spec("ray") is None:
+        problems.append(f"{layout.world} trainer ranks run as Ray actors: pip install 'agentrl[ray]'")
     return problems
 
 

@@ -21,13 +21,17 @@ from agentrl.checkpoint import find_checkpoint, read_state, save_checkpoint
 from agentrl.cluster.build import build_ray_components
 from agentrl.components import (Components, build_components, clear_earlier_run, compute_advantages, output_dir,
                                 seed_everything)
+from agentrl.data.curriculum import CurriculumSampler
 from agentrl.config import ConfigError, RunConfig, to_dict, validate
 from agentrl.engine.base import EngineError
 from agentrl.eval import evaluate
+from agentrl.eval.report import timeout_notice
 from agentrl.obs import MetricsLogger, Timer, plot_run, progress
 from agentrl.obs.dumper import RolloutDumper
+from agentrl.rollout.signal import SignalGuard
 from agentrl.sync import sync_weights
 from agentrl.train.batch import RolloutBatch
+from agentrl.train.sft import train_sft
 from agentrl.utils.memory import release_freed_memory
 
 log = logging.getLogger(__name__)
@@ -49,8 +53,12 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     c = build_ray_components(cfg) if cfg.cluster.use_ray else build_components(cfg)
-    start, version = resume(c, cfg) if cfg.checkpoint.load else (0, 0)
-    if start:
+    curriculum = CurriculumSampler(c.sampler, cfg.curriculum) if cfg.curriculum.enabled else None
+    if curriculum is not None:  # training rows carry the difficulty the success rate has reached
+        c.sampler = curriculum
+    guard = SignalGuard(cfg.signal)
+    start, version = resume(c, cfg, guard) if cfg.checkpoint.load else (0, 0)
+    if cfg.checkpoint.load:
         await sync_weights(c.engine, c.trainer, staging_dir=out / "weights", version=version)
     metrics = MetricsLogger(out, wandb_project=cfg.output.wandb_project if cfg.output.use_wandb else None,
                             run_config=to_dict(cfg), resume=start > 0)
@@ -58,7 +66,9 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
     dumps = RolloutDumper(out, c.template.tokenizer, cfg.output.dump_max_samples_per_rollout) \
         if cfg.output.save_debug_rollout_data else None
     if c.eval_tasks and start == 0:
-        metrics.log(await run_eval(c, dumps, step=0), step=0)
+        metrics.log(await run_eval(c, cfg, dumps, step=0), step=0)
+    if cfg.sft.data and not cfg.checkpoint.load:  # supervised warm start, then its checkpoint and evaluation
+        metrics.log(await warm_start(c, cfg, dumps, guard), step=0)
     bar = progress(cfg.num_rollout, "rollouts", unit="rollout", iterable=range(start, cfg.num_rollout), initial=start)
     async with RolloutStream(c, cfg, start) as rollouts:  # async: rollout k+1 is generated during step k
         for rollout_id in bar:
@@ -67,31 +77,55 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
             if not result.groups and result.metrics.get("rollout/engine_failed") == 1.0:
                 raise EngineError(f"rollout {rollout_id}: the engine failed every episode (first: "
                                   f"{result.engine_error}); stopping (--load a checkpoint to go on)")
-            step = dict(result.metrics)
+            step = dict(result.metrics) | guard.observe(result.finished, result.metrics.get("rollout/status_truncated"))
+            step |= curriculum.update(result.finished) if curriculum is not None else {}
             batch = RolloutBatch.from_samples(result.samples) if result.groups else None
             if batch is not None:
                 steps = train_steps(cfg, len(batch))
                 with timer("logprobs"):
-                    await rollouts.run(prepare_batch, c, cfg, batch, steps)
-                with timer("train"):
-                    step |= await rollouts.run(c.trainer.train_step, batch, num_steps=steps)
-                with timer("sync"):
-                    step["perf/weight_version"] = await rollouts.sync_weights(out / "weights")
+                    signal = await rollouts.run(prepare_batch, c, cfg, batch, steps)
+                step["train/skipped_no_signal"] = float(not signal)  # every advantage 0: nothing to learn
+                if signal:
+                    with timer("train"):
+                        step |= await rollouts.run(c.trainer.train_step, batch, num_steps=steps)
+                    with timer("sync"):
+                        step["perf/weight_version"] = await rollouts.sync_weights(out / "weights")
             if dumps is not None:  # every episode, with the advantages and logprobs the step used
                 with timer("dump"):
                     await asyncio.to_thread(dumps.write_rollout, rollout_id, result, batch)
             step |= timer.pop()
             if cfg.eval.eval_interval and (rollout_id + 1) % cfg.eval.eval_interval == 0 or rollout_id + 1 == cfg.num_rollout:
-                step |= await run_eval(c, dumps, step=rollout_id + 1) if c.eval_tasks else {}
+                step |= await run_eval(c, cfg, dumps, step=rollout_id + 1) if c.eval_tasks else {}
             metrics.log(step, step=rollout_id + 1)
             bar.set_postfix(reward=f"{step.get('rollout/reward_mean', float('nan')):.3f}",
                             step_s=f"{step['perf/step_time']:.1f}")
             if cfg.checkpoint.save and (cfg.checkpoint.save_interval and (rollout_id + 1) % cfg.checkpoint.save_interval == 0
                              or rollout_id + 1 == cfg.num_rollout or rollouts.stopping):
-                save(c, cfg, rollout_id + 1)
+                save(c, cfg, rollout_id + 1, guard)
             if rollouts.stopping:  # Ctrl-C: checkpoint saved, stop here
                 break
     return finish(c, cfg, metrics)
+
+
+async def warm_start(c: Components, cfg: RunConfig, dumps: RolloutDumper | None, guard: SignalGuard) -> dict[str, Any]:
+    """The supervised warm start (:mod:`agentrl.train.sft`) on ``--sft-data``, its weights synced to the engine, its
+    checkpoint (``rollout_00000`` in ``--save``) and its held-out evaluation (``sft/eval/...``)."""
+    from agentrl.data.demos import ORACLE, demo_samples, load_demos, oracle_demos
+
+    if cfg.sft.data == ORACLE:
+        demos = await oracle_demos(c.rollout, c.dataset.rows[: cfg.sft.max_demos])
+    else:
+        assert cfg.sft.data is not None  # called only with --sft-data
+        demos = load_demos(cfg.sft.data)[: cfg.sft.max_demos]
+    log.info("warm start: %d demonstrations from %s, %d epoch(s)", len(demos), cfg.sft.data, cfg.sft.epochs)
+    step = train_sft(c.trainer, demo_samples(c.template, demos), cfg.sft, seed=cfg.seed,
+                     use_kl_loss=cfg.train.use_kl_loss, use_tis=cfg.train.use_tis)
+    await sync_weights(c.engine, c.trainer, staging_dir=output_dir(cfg) / "weights")
+    if cfg.checkpoint.save:
+        save(c, cfg, 0, guard)
+    if c.eval_tasks:
+        step |= {f"sft/{k}": v for k, v in (await run_eval(c, cfg, dumps, step=0)).items()}
+    return step
 
 
 def rollout_seed(cfg: RunConfig, rollout_id: int) -> int:
@@ -100,16 +134,23 @@ def rollout_seed(cfg: RunConfig, rollout_id: int) -> int:
     return cfg.seed * 1_000_003 + rollout_id * 7_919
 
 
-def prepare_batch(c: Components, cfg: RunConfig, batch: RolloutBatch, steps: int) -> None:
-    """Old-policy logprobs (when the trainer cannot take them from its own forward pass),
-    reference logprobs and values, then advantages."""
+def prepare_batch(c: Components, cfg: RunConfig, batch: RolloutBatch, steps: int) -> bool:
+    """Advantages, old-policy logprobs (when the trainer cannot take them from its own forward pass),
+    reference logprobs and values. Returns False, having computed nothing but the advantages, when the
+    step would have no gradient: every advantage 0 and no other term in the loss (no KL, no entropy bonus,
+    no critic), e.g. a rollout whose every group had equal rewards."""
+    if not cfg.train.use_critic:  # without a critic the advantages need only the rewards
+        compute_advantages(batch, cfg)
+        if not (batch.advantages is None or batch.advantages.any() or cfg.train.use_kl_loss or cfg.train.entropy_coef):
+            return False
     if c.trainer.needs_old_logprobs(steps):
         batch.old_logprobs = c.trainer.compute_logprobs(batch)
     if cfg.train.use_kl_loss:
         batch.ref_logprobs = c.trainer.compute_ref_logprobs(batch)
     if cfg.train.use_critic:
         batch.values = c.trainer.compute_values(batch)
-    compute_advantages(batch, cfg)
+        compute_advantages(batch, cfg)
+    return True
 
 
 def train_steps(cfg: RunConfig, n: int) -> int:
@@ -130,7 +171,7 @@ async def _require_servers(urls: list[str]) -> None:
         await engine.aclose()
 
 
-async def run_eval(c: Components, dumps: RolloutDumper | None = None, step: int = 0) -> dict[str, float]:
+async def run_eval(c: Components, cfg: RunConfig, dumps: RolloutDumper | None = None, step: int = 0) -> dict[str, float]:
     with progress(sum(len(t.rows) for t in c.eval_tasks), "held-out eval", unit="prompt", leave=False) as bar:
         results = await evaluate(c.engine, c.template, c.eval_tasks, c.eval_config,
                                  on_group=lambda task, row, group: bar.update())
@@ -140,25 +181,30 @@ async def run_eval(c: Components, dumps: RolloutDumper | None = None, step: int 
         if r["engine_failures"]:  # left out of the metrics, which then cover fewer prompts
             log.warning("eval %s: %d prompt(s) not scored, the engine failed them (first: %s)", name,
                         len(r["engine_failures"]), r["engine_failures"][0][1])
+    notice = timeout_notice({name: r["metrics"] for name, r in results.items()}, cfg.rollout.episode_timeout)
+    if notice:
+        log.warning("held-out evaluation at rollout %d: %s", step, notice)
     return {f"eval/{name}/{k}": v for name, r in results.items() for k, v in r["metrics"].items()} | {
         f"eval/{name}/engine_failures": float(len(r["engine_failures"])) for name, r in results.items()}
 
 
-def save(c: Components, cfg: RunConfig, next_rollout: int) -> None:
+def save(c: Components, cfg: RunConfig, next_rollout: int, guard: SignalGuard) -> None:
     assert cfg.checkpoint.save is not None  # called only with --save
     path = save_checkpoint(cfg.checkpoint.save, next_rollout, c.trainer, {
-        "next_rollout": next_rollout, "sampler": c.sampler.state_dict(),
+        "next_rollout": next_rollout, "sampler": c.sampler.state_dict(), "signal": guard.state_dict(),
         "weight_version": c.engine.weight_version, "config": to_dict(cfg)})
     log.info("saved checkpoint %s", path)
 
 
-def resume(c: Components, cfg: RunConfig) -> tuple[int, int]:
-    """Restore trainer, data position and engine weights from ``--load``; return the next rollout."""
+def resume(c: Components, cfg: RunConfig, guard: SignalGuard) -> tuple[int, int]:
+    """Restore trainer, data position, the signal guard and engine weights from ``--load``; return the next
+    rollout (0 for the checkpoint of a warm start) and the weight version."""
     assert cfg.checkpoint.load is not None  # called only with --load
     ckpt = find_checkpoint(cfg.checkpoint.load)
     state = read_state(ckpt)
     c.trainer.load(ckpt)
     c.sampler.load_state_dict(state["sampler"])
+    guard.load_state_dict(state.get("signal", {}))
     log.info("resuming from %s at rollout %d", ckpt, state["next_rollout"])
     return int(state["next_rollout"]), int(state.get("weight_version", 0))
 
@@ -173,15 +219,22 @@ def finish(c: Components, cfg: RunConfig, metrics: MetricsLogger) -> dict[str, A
 
 
 def run_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
-    evals = [r for r in history if any(k.startswith("eval/") for k in r)]
+    """Rollouts, the first and last training reward, and each held-out score before training, after the
+    warm start (when there was one) and at the end."""
+    evals = [i for i, r in enumerate(history) if any(k.startswith("eval/") for k in r)]
+    warm = next((i for i, r in enumerate(history) if any(k.startswith("sft/eval/") for k in r)), None)
     rewards = [r["rollout/reward_mean"] for r in history if r.get("rollout/reward_mean") is not None]
     out: dict[str, Any] = {"rollouts": sum(1 for r in history if "perf/step_time" in r),
                            "reward_first": rewards[0] if rewards else None,
                            "reward_last": rewards[-1] if rewards else None}
     if evals:
-        first, last = evals[0], evals[-1]
+        first, last = history[evals[0]], history[evals[-1]]
+        if warm is not None and warm > evals[-1]:  # nothing was evaluated after the warm start's own evaluation
+            last = {k[4:]: v for k, v in history[warm].items() if k.startswith("sft/eval/")}
         for k in sorted(k for k in last if k.startswith("eval/") and k.endswith(("/success", "/reward_mean"))):
             out[k] = {"before": first.get(k), "after": last.get(k)}
+            if warm is not None:
+                out[k]["after_warm_start"] = history[warm].get(f"sft/{k}")
     return out
 
 
@@ -191,6 +244,7 @@ def print_summary(summary: dict[str, Any], plots: list) -> None:
         lines.append(f"train reward: {summary['reward_first']:.3f} (first rollout) -> {summary['reward_last']:.3f} (last)")
     for k, v in summary.items():
         if k.startswith("eval/") and v["before"] is not None:
-            lines.append(f"held-out {k[5:]}: {v['before']:.3f} before -> {v['after']:.3f} after")
+            warm = f"{v['after_warm_start']:.3f} after the warm start -> " if v.get("after_warm_start") is not None else ""
+            lines.append(f"held-out {k[5:]}: {v['before']:.3f} before -> {warm}{v['after']:.3f} after")
     lines += [f"plot: {p}" for p in plots]
     print("\n".join(lines), flush=True)

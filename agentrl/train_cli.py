@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
+from agentrl.cluster.trainer_group import TrainerRankFailed
 from agentrl.config import ConfigError, parse_args, validate
 from agentrl.engine.base import EngineError
 
@@ -22,6 +23,11 @@ def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
     except ConfigError as e:
         print(f"{prog}: {e}", file=sys.stderr)
         return 2
+    if cfg.group.dry_run:  # the layout and its memory per GPU; nothing loads
+        from agentrl.train.estimate import dry_run_report
+
+        print(dry_run_report(cfg))
+        return 0
     from agentrl.loop import train
 
     try:
@@ -33,6 +39,10 @@ def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
     except EngineError as e:  # servers that do not answer, or an engine that failed a whole rollout
         logging.getLogger(__name__).debug("engine failure", exc_info=True)
         print(f"{prog}: engine error: {e}", file=sys.stderr)
+        return 1
+    except TrainerRankFailed as e:  # a rank actor of the trainer group died or raised: which one, in one line
+        logging.getLogger(__name__).debug("trainer rank failure", exc_info=True)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 1
     return 0
 

@@ -5,6 +5,14 @@ followed (model output and observations interleaved), with a ``loss_mask`` that 
 on the tokens the engine produced. Tokens are the truth; ``messages`` is a text view of the
 same episode, kept for logs, transcripts and reward functions.
 
+**Per turn.** An episode of several assistant turns also records, one entry per turn:
+``turn_starts`` (where the turn's first generated token sits in ``response_ids``: the turn
+boundaries in token positions), ``turn_rewards`` (what the environment's ``step`` returned for
+it; ``reward`` is their sum) and ``state_keys`` (the environment's ``info["state_key"]`` for the
+state the turn's action was taken in, or None). Turn-level estimators (GiGPO, the turn baseline;
+``agentrl.algo.turns``) read them. Empty lists mean "not recorded" (a custom generate function,
+an older record): the whole ``reward`` then counts as the last turn's.
+
 A :class:`Group` holds the ``n_samples_per_prompt`` samples of one prompt; group-relative
 advantages (GRPO, RLOO) are computed within it.
 
@@ -41,7 +49,11 @@ class Sample:
       * ``len(response_ids) == len(loss_mask) == len(rollout_logprobs)``;
       * ``loss_mask`` holds only 0 and 1; ``rollout_logprobs`` are finite and <= 0 where mask is 1;
       * ``reward`` and every value in ``rewards`` is finite;
-      * ``status`` is one of ok / truncated / aborted / failed.
+      * ``status`` is one of ok / truncated / aborted / failed;
+      * ``turn_starts``, ``turn_rewards`` and ``state_keys`` are each empty or hold one entry per
+        turn (``num_turns``); turn starts are non-decreasing positions in ``response_ids`` with
+        no generated token before the first; turn rewards are finite and add up to ``reward``;
+        state keys are strings or None.
     """
 
     prompt_ids: list[int] = field(default_factory=list)
@@ -74,6 +86,14 @@ class Sample:
     """Assistant turns taken."""
     weight_versions: list[int] = field(default_factory=list)
     """Engine weight version of each assistant turn."""
+    turn_starts: list[int] = field(default_factory=list)
+    """Position in ``response_ids`` of the first generated token of each assistant turn (turn ``k``
+    runs to the next turn's start; its observation tokens, mask 0, are inside that span)."""
+    turn_rewards: list[float] = field(default_factory=list)
+    """The reward of each turn (the environment's ``step`` for it); ``reward`` is their sum."""
+    state_keys: list[str | None] = field(default_factory=list)
+    """For each turn, the environment's ``info["state_key"]`` of the state the turn acted in
+    (the reset's for turn 0, the previous step's after), as a string; None where it gave none."""
     metrics: dict[str, float] = field(default_factory=dict)
     """Per-episode numbers: timings, tool calls, tool errors, ..."""
     metadata: dict[str, Any] = field(default_factory=dict)
@@ -127,6 +147,47 @@ class Sample:
                 raise InvalidSampleError(f"rollout_logprobs[{i}] must be finite; got {lp!r}")
             if m and lp > 1e-4:
                 raise InvalidSampleError(f"rollout_logprobs[{i}] must be <= 0; got {lp!r}")
+        self._validate_turns()
+
+    def _validate_turns(self) -> None:
+        for name in ("turn_starts", "turn_rewards", "state_keys"):
+            values = getattr(self, name)
+            if values and len(values) != self.num_turns:
+                raise InvalidSampleError(
+                    f"{name} must be empty or hold one entry per turn ({self.num_turns}); got {len(values)}")
+        previous = 0
+        for k, start in enumerate(self.turn_starts):
+            if not isinstance(start, int) or isinstance(start, bool) or not previous <= start <= len(self.response_ids):
+                raise InvalidSampleError(
+                    f"turn_starts[{k}] must be an int in [{previous}, {len(self.response_ids)}] (non-decreasing "
+                    f"positions in response_ids); got {start!r}")
+            previous = start
+        if self.turn_starts and any(self.loss_mask[: self.turn_starts[0]]):
+            raise InvalidSampleError(f"a generated token (loss_mask 1) comes before the first turn's start "
+                                     f"{self.turn_starts[0]}")
+        for k, value in enumerate(self.turn_rewards):
+            if not _finite(value):
+                raise InvalidSampleError(f"turn_rewards[{k}] must be finite; got {value!r}")
+        if self.turn_rewards and not math.isclose(sum(self.turn_rewards), self.reward, rel_tol=1e-9, abs_tol=1e-9):
+            raise InvalidSampleError(
+                f"turn_rewards must add up to reward {self.reward!r}; they add up to {sum(self.turn_rewards)!r}")
+        for k, key in enumerate(self.state_keys):
+            if key is not None and not isinstance(key, str):
+                raise InvalidSampleError(f"state_keys[{k}] must be a string or None; got {type(key).__name__}")
+
+    def set_outcome_reward(self, reward: float) -> None:
+        """Replace the reward by ``reward`` earned at the end: the last turn's, every earlier turn 0
+        (a reward function or a filter scoring the whole episode).
+
+        Example::
+
+            >>> s = Sample(num_turns=2, turn_rewards=[0.5, 0.5], reward=1.0)
+            >>> s.set_outcome_reward(-1.0); s.turn_rewards
+            [0.0, -1.0]
+        """
+        self.reward = reward
+        if self.turn_rewards:
+            self.turn_rewards = [0.0] * (len(self.turn_rewards) - 1) + [reward]
 
     # -- JSON ----------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

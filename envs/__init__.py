@@ -19,6 +19,8 @@ register("Search-v0", "envs.search:SearchEnv", max_turns=4, retriever="auto")
 register("ToolUse-v0", "envs.tool_use:ToolUseEnv", max_turns=4)
 # the README's example: guess a digit with higher/lower hints (see envs/guess.py, recipes/guess/)
 register("Guess-v0", "envs.guess:GuessEnv", max_turns=3)
+# environments of other ecosystems (agentrl/env/adapters/, docs/environments.md): skyrl-gym's GSM8K
+register("SkyRL-v0", "agentrl.env.adapters.skyrl_gym:SkyRLGymEnv", max_turns=1, env="gsm8k")
 # benchmarks with their packages' own data and grading (see envs/benchmarks/; extras bfcl, code, games)
 register("BFCL-v0", "envs.benchmarks.bfcl:BFCLEnv", max_turns=1, category="simple_python")
 register("BFCL-MultiTurn-v0", "envs.benchmarks.bfcl:BFCLMultiTurnEnv", max_turns=40, category="multi_turn_base")

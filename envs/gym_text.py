@@ -18,13 +18,35 @@ game state as text and answers with a move; the game's own reward passes through
 * **Ends.** ``terminated`` is the game's; the game's own ``TimeLimit`` (FrozenLake 100 moves,
   Taxi 200) gives ``truncated``; the registered ``max_turns`` (invalid replies included)
   truncates through ``TurnLimit``.
+* **State keys.** ``info["state_key"]`` (reset and every step) names the state the next move is
+  made from: the game's observation as text (FrozenLake and CliffWalking: the position; Taxi: the
+  encoded taxi position, passenger and destination; Blackjack: the player's total, the dealer's
+  card and the usable ace). A reply without a valid move leaves it unchanged. With the same seed
+  (one map, one deal) equal keys are the same state, which step-level estimators (GiGPO) compare.
 * **Seeding.** ``reset(seed=s)`` resets the game with ``seed=s`` (the same start as
   ``gymnasium.make(game_id).reset(seed=s)``); ``reset()`` draws the game's seed from the env's RNG.
 * **FrozenLake.** ``is_slippery`` defaults to False here (gymnasium's default is True): a
   text agent's plan should do what it says; pass ``game_kwargs={"is_slippery": True}`` for the
   stochastic lake. ``map_name`` (``"4x4"``, ``"8x8"``) and ``desc`` pass through; with
   ``random_map_size=n`` every reset plays a fresh solvable ``n x n`` map from
-  ``generate_random_map(n, random_map_p, seed)``.
+  ``generate_random_map(n, random_map_p, seed)``; the reset option ``map_size`` overrides ``n`` for one
+  episode (a curriculum's lever: ``--curriculum-option map_size``). ``surroundings=True`` adds a line
+  to every state that names the four tiles next to the player and where the goal lies, e.g. "Around
+  you: left edge, down safe, right hole, up edge. The goal is 3 down and 2 right." (the same facts
+  as the map, read for the model: a small model that cannot yet find its row and column in the grid
+  can still learn to step around a hole).
+* **Oracle and shaping (FrozenLake).** ``oracle()`` is the next move of a shortest path to the goal
+  around the holes (breadth-first search on the map), as a reply: the demonstrations of a warm start
+  (``--sft-data oracle``). ``shaping={"progress": w}`` adds ``w * (phi(s') - phi(s))`` to every move,
+  with ``phi = 1 - d / d0`` (``d`` the shortest-path distance to the goal, ``d0`` the start's; 0 in a
+  hole or where the goal cannot be reached): potential-based shaping (Ng, Harada and Russell 1999,
+  "Policy invariance under reward transformations"), which keeps the optimal policies. How it can be
+  gamed: walking towards the goal and stopping short earns up to ``w * (1 - 1/d0)`` without reaching
+  it; walking back, in circles or into a hole gives that back (the terms telescope to ``w * phi`` of
+  where the episode ends), so an episode earns at most ``w`` from it, and with ``w < 1`` never the
+  goal's reward. Every step's ``info["reward_components"]`` holds ``task`` (the scaled game reward),
+  ``invalid_action`` (minus the penalty) and the shaping terms (:mod:`agentrl.env.shaping`);
+  ``exploits()`` are the scripted policies that collect the shaping without reaching the goal.
 
 Other games: pass ``adapter=GameAdapter(...)`` for any gymnasium env with a ``Discrete`` action
 space (rules text, state rendering, move words).
@@ -51,12 +73,16 @@ import gymnasium
 import numpy as np
 
 from agentrl.env.core import TextEnv
+from agentrl.env.shaping import combine, shaping_weights
 from envs._math_grading import last_tag
 
-__all__ = ["GAMES", "MAX_REPLY_CHARS", "GameAdapter", "GymTextEnv", "parse_move"]
+__all__ = ["GAMES", "MAX_REPLY_CHARS", "SHAPING_TERMS", "GameAdapter", "GymTextEnv", "parse_move"]
 
 MAX_REPLY_CHARS = 65_536
 """Default characters read at the end of a reply for its move."""
+SHAPING_TERMS = {"progress": "FrozenLake: w * the change of 1 - (shortest-path distance to the goal) / (the start's), "
+                             "potential-based; at most w an episode"}
+"""The shaping terms ``GymTextEnv(shaping=...)`` takes (see the module doc)."""
 
 
 @dataclass(frozen=True)
@@ -240,6 +266,9 @@ class GymTextEnv(TextEnv):
         random_map_p: the probability that a tile of a random map is frozen (not a hole).
         system_prompt: an optional system message.
         max_reply_chars: only this many characters at the end of a reply are read for its move.
+        shaping: shaping term -> weight (:data:`SHAPING_TERMS`; FrozenLake's ``progress``).
+        surroundings: FrozenLake only: name the tiles next to the player and the goal's direction in
+            every state (module doc).
     """
 
     def __init__(
@@ -254,6 +283,8 @@ class GymTextEnv(TextEnv):
         random_map_p: float = 0.8,
         system_prompt: str | None = None,
         max_reply_chars: int = MAX_REPLY_CHARS,
+        shaping: dict[str, float] | None = None,
+        surroundings: bool = False,
     ):
         super().__init__()
         self.game_id = _resolve_game_id(game_id)
@@ -264,6 +295,7 @@ class GymTextEnv(TextEnv):
                 f"{sorted(a.name for a in GAMES.values())}. Pass adapter=GameAdapter(...)"
             )
         self.adapter = adapter or GAMES[kind]
+        self.frozen_lake = kind == "FrozenLakeEnv"
         self.game_kwargs = dict(self.adapter.default_kwargs) | dict(game_kwargs or {})
         self.game = gymnasium.make(self.game_id, disable_env_checker=True, **self.game_kwargs)
         if random_map_size is not None and kind != "FrozenLakeEnv":
@@ -280,6 +312,13 @@ class GymTextEnv(TextEnv):
         if max_reply_chars < 1:
             raise ValueError(f"max_reply_chars must be >= 1; got {max_reply_chars!r}")
         self.max_reply_chars = max_reply_chars
+        self.shaping = shaping_weights(shaping, SHAPING_TERMS, self.adapter.name)
+        self._distance: dict[int, int] = {}
+        if self.shaping and not self.frozen_lake:
+            raise ValueError(f"shaping {sorted(self.shaping)} is for FrozenLake; got game {self.game_id}")
+        if surroundings and not self.frozen_lake:
+            raise ValueError(f"surroundings is for FrozenLake; got game {self.game_id}")
+        self.surroundings = surroundings
         self._reset_counters()
 
     def _reset_counters(self) -> None:
@@ -296,19 +335,24 @@ class GymTextEnv(TextEnv):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         game_seed = seed if seed is not None else int(self.np_random.integers(0, 2**31 - 1))
-        if self.random_map_size is not None:
+        size = (options or {}).get("map_size", self.random_map_size)
+        if size is not None:
             from gymnasium.envs.toy_text.frozen_lake import generate_random_map
 
-            desc = generate_random_map(self.random_map_size, self.random_map_p, seed=game_seed)
+            if not self.frozen_lake:
+                raise ValueError(f"the map_size option is for FrozenLake; got game {self.game_id}")
+            desc = generate_random_map(int(size), self.random_map_p, seed=game_seed)
             self.game.close()
             self.game = gymnasium.make(self.game_id, disable_env_checker=True, **(self.game_kwargs | {"desc": desc}))
         self._reset_counters()
         self.obs, _ = self.game.reset(seed=game_seed)
         game = self.game.unwrapped
-        text = f"{self.adapter.rules(game)}\n\n{self.adapter.render(game, self.obs, False)}\n\n{self._answer_hint()}"
+        self._distance = _distances_to_goal(game) if self.frozen_lake else {}
+        text = f"{self.adapter.rules(game)}\n\n{self._render(game, False)}\n\n{self._answer_hint()}"
         messages = [{"role": "system", "content": self.system_prompt}] if self.system_prompt else []
         messages.append({"role": "user", "content": text})
-        return messages, {"game": self.adapter.name, "game_seed": game_seed, "state": _json_safe(self.obs)}
+        return messages, {"game": self.adapter.name, "game_seed": game_seed, "state": _json_safe(self.obs),
+                          "state_key": _state_key(self.obs)}
 
     def step(self, action: str):
         if self.obs is None:
@@ -322,7 +366,10 @@ class GymTextEnv(TextEnv):
             got = action.strip()
             shown = repr(got[:60] + "...") if len(got) > 60 else repr(got)
             msg = f"{shown} is not a valid move; nothing happened. {self._answer_hint()}"
-            return [{"role": "user", "content": msg}], 0.0 - self.invalid_action_penalty, False, False, self._info(None, 0.0)
+            info = self._info(None, 0.0)
+            reward, info["reward_components"] = self._reward(0.0, invalid=True)
+            return [{"role": "user", "content": msg}], reward, False, False, info
+        before = self.obs
         self.obs, game_reward, terminated, truncated, _ = self.game.step(move)
         game_reward = float(game_reward)
         self.moves_made += 1
@@ -330,7 +377,7 @@ class GymTextEnv(TextEnv):
         self.over = bool(terminated or truncated)
         self._ended = (bool(terminated), bool(truncated))
         game = self.game.unwrapped
-        text = f"You chose {self.adapter.moves[move]}. Reward: {game_reward:g}.\n{self.adapter.render(game, self.obs, self.over)}"
+        text = f"You chose {self.adapter.moves[move]}. Reward: {game_reward:g}.\n{self._render(game, self.over)}"
         if terminated:
             text += f"\nThe game is over. Total reward: {self.episode_return:g}."
         elif truncated:
@@ -338,18 +385,109 @@ class GymTextEnv(TextEnv):
         else:
             text += f"\n{self._answer_hint()}"
         info = self._info(self.adapter.moves[move], game_reward)
-        return [{"role": "user", "content": text}], self.reward_scale * game_reward, bool(terminated), bool(truncated), info
+        reward, info["reward_components"] = self._reward(self.reward_scale * game_reward, before=before)
+        return [{"role": "user", "content": text}], reward, bool(terminated), bool(truncated), info
+
+    def _render(self, game: Any, over: bool) -> str:
+        """The adapter's state text, and with ``surroundings`` (FrozenLake, the game not over) the tiles
+        next to the player and the goal's direction."""
+        text = self.adapter.render(game, self.obs, over)
+        if not self.surroundings or over:
+            return text
+        rows, cols = game.desc.shape
+        r, c = divmod(int(self.obs), cols)
+        names = {b"H": "hole", b"G": "goal"}
+        around = []
+        for move, (dr, dc) in zip(self.adapter.moves, _STEPS):
+            inside = 0 <= r + dr < rows and 0 <= c + dc < cols
+            around.append(f"{move} {names.get(game.desc[r + dr, c + dc], 'safe') if inside else 'edge'}")
+        goal = np.argwhere(game.desc == b"G")[0]
+        down, right = int(goal[0]) - r, int(goal[1]) - c
+        parts = [f"{abs(down)} {'down' if down > 0 else 'up'}" if down else "",
+                 f"{abs(right)} {'right' if right > 0 else 'left'}" if right else ""]
+        return f"{text}\nAround you: {', '.join(around)}. The goal is {' and '.join(p for p in parts if p)}."
+
+    def _reward(self, task: float, *, invalid: bool = False, before: Any = None) -> tuple[float, dict[str, float]]:
+        """The step's reward and its components: the task's, the invalid-move penalty, the shaping terms."""
+        earned = {"progress": self._potential(self.obs) - self._potential(before)} if before is not None else {}
+        reward, parts = combine(task, earned, self.shaping)
+        parts["invalid_action"] = -self.invalid_action_penalty if invalid else 0.0
+        return reward + parts["invalid_action"], parts
+
+    # -- FrozenLake's oracle and exploits ------------------------------------------------------------------
+    def _potential(self, obs: Any) -> float:
+        """``1 - d / d0`` (module doc): 0 at the start, 1 at the goal, 0 in a hole or where the goal is out of reach."""
+        if not self._distance:
+            return 0.0
+        game: Any = self.game.unwrapped
+        start = self._distance.get(int(np.argwhere(game.desc.flatten() == b"S")[0][0]))
+        d = self._distance.get(int(obs))
+        return 0.0 if d is None or not start else 1.0 - d / start
+
+    def oracle(self) -> str:
+        """FrozenLake: the reply that takes the next move of a shortest path to the goal around the holes."""
+        if not self.frozen_lake:
+            raise NotImplementedError(f"no oracle for {self.adapter.name}: only FrozenLake has one")
+        here = int(self.obs)
+        best = min(((self._distance[to], move) for move, to in _neighbours(self.game.unwrapped, here)
+                    if to in self._distance), default=None)
+        move = best[1] if best is not None else 0
+        return f"<action>{self.adapter.moves[move]}</action>"
+
+    def exploits(self) -> dict[str, Callable[[], str]]:
+        """FrozenLake: scripted policies that collect the progress shaping without reaching the goal
+        (:func:`agentrl.env.shaping.check_shaping`): walking back and forth, and walking to the goal's
+        neighbour and stalling there."""
+        back = {0: 2, 1: 3, 2: 0, 3: 1}
+
+        def oscillate() -> str:
+            self._last = back.get(getattr(self, "_last", 2), 0) if self.moves_made else 2
+            return f"<action>{self.adapter.moves[self._last]}</action>"
+
+        def approach_and_wait() -> str:  # next to the goal, it only stalls (a reply without a move)
+            return self.oracle() if self._distance.get(int(self.obs), 0) > 1 else "I wait here."
+
+        return {"oscillate": oscillate, "approach_and_wait": approach_and_wait}
 
     def _info(self, move: str | None, game_reward: float) -> dict[str, Any]:
         return {
             "game": self.adapter.name, "action": move, "valid_action": move is not None,
             "invalid_actions": self.invalid_actions, "moves": self.moves_made, "game_reward": game_reward,
-            "episode_return": self.episode_return, "state": _json_safe(self.obs),
+            "episode_return": self.episode_return, "state": _json_safe(self.obs), "state_key": _state_key(self.obs),
         }
 
     def close(self) -> None:
         self.game.close()
         super().close()
+
+
+_STEPS = ((0, -1), (1, 0), (0, 1), (-1, 0))
+"""FrozenLake's actions (left, down, right, up) as (row, column) steps."""
+
+
+def _neighbours(game: Any, state: int) -> list[tuple[int, int]]:
+    """``(action, next state)`` of the moves from ``state`` that leave it (not into the edge)."""
+    rows, cols = game.desc.shape
+    r, c = divmod(state, cols)
+    return [(a, (r + dr) * cols + c + dc) for a, (dr, dc) in enumerate(_STEPS)
+            if 0 <= r + dr < rows and 0 <= c + dc < cols]
+
+
+def _distances_to_goal(game: Any) -> dict[int, int]:
+    """Moves from each state to the goal over tiles that are not holes (breadth-first from the goal);
+    states that cannot reach it are left out."""
+    flat = game.desc.flatten()
+    goal = int(np.argwhere(flat == b"G")[0][0])
+    distance, frontier = {goal: 0}, [goal]
+    while frontier:
+        nxt = []
+        for state in frontier:
+            for _, other in _neighbours(game, state):
+                if other not in distance and flat[other] != b"H":
+                    distance[other] = distance[state] + 1
+                    nxt.append(other)
+        frontier = nxt
+    return distance
 
 
 def _resolve_game_id(game_id: str) -> str:
@@ -373,6 +511,11 @@ def _class_name(entry_point: Any) -> str:
     if isinstance(entry_point, str):
         return entry_point.rsplit(":", 1)[-1]
     return getattr(entry_point, "__name__", type(entry_point).__name__)
+
+
+def _state_key(obs: Any) -> str:
+    """The observation as a string: toy-text observations are the game's whole state."""
+    return str(_json_safe(obs))
 
 
 def _json_safe(obs: Any) -> Any:

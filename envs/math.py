@@ -201,6 +201,13 @@ class MathEnv(TextEnv):
         messages.append({"role": "user", "content": self.prompt_template.replace("{question}", str(question))})
         return messages
 
+    def oracle(self, seed: int | None = None) -> list[str]:
+        """The reference solution of the episode just reset: the label in ``\\boxed{}`` (``agentrl
+        check-env --exploits`` requires it to earn reward 1)."""
+        if self.label is None:
+            raise RuntimeError("call reset() before oracle()")
+        return [f"\\boxed{{{parse_label(self.label)}}}"]
+
     async def astep(self, action: str):
         """:meth:`step` in a worker thread: a symbolic check may take seconds (see :mod:`envs._math_grading`)."""
         return await asyncio.to_thread(self.step, action)

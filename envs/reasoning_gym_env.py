@@ -137,6 +137,13 @@ class ReasoningGymEnv(TextEnv):
         info = {"task": self.task, "index": self.index, "dataset_seed": self.dataset_seed, "split": self.split}
         return messages, info
 
+    def oracle(self, seed: int | None = None) -> list[str]:
+        """The reference solution of the episode just reset: the entry's answer in ``<answer>`` tags
+        (``agentrl check-env --exploits`` requires the task's scorer to give it 1)."""
+        if self.entry is None:
+            raise RuntimeError("call reset() before oracle()")
+        return [f"<answer>{self.entry.get('answer')}</answer>"]
+
     async def astep(self, action: str):
         """:meth:`step` in a worker thread: the scorer may take up to ``score_timeout`` seconds."""
         return await asyncio.to_thread(self.step, action)

@@ -17,6 +17,16 @@ or token ``F1`` (``reward="f1"``), both from :mod:`envs._qa_metrics`; with
 That gives Search-R1's ``qa_em_format`` values for EM: 1 (right, well formed), 1 - λ (right,
 badly formed), λ (wrong, well formed), 0.
 
+Named reward components (:mod:`agentrl.env.shaping`), in the answer turn's
+``info["reward_components"]`` when ``format_reward`` or ``shaping`` is set: ``task`` (the score),
+``format`` (``λ * (well_formed - score)``: Search-R1's formula written as a correction of the score) and
+the shaping terms. ``shaping={"search": w}`` adds ``w`` on the first turn that searches with a non-empty
+query, once an episode. How it can be gamed: a search followed by any answer collects it; paid once, an
+episode earns at most ``w`` from it. Held-out success counts the task alone. ``oracle()`` (the warm
+start's demonstrations, ``--sft-data oracle``) searches for the question, then answers with the first
+gold answer that the retrieved documents contain (else the first gold answer); ``exploits()`` collect
+the shaping without answering right.
+
 Retrieval, first match wins:
   1. ``retriever_url=`` a server speaking Search-R1's retrieval protocol (``agentrl retriever``,
      Search-R1's own ``retrieval_server.py``...), over a persistent ``httpx.AsyncClient``;
@@ -60,9 +70,10 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.env.core import TextEnv
+from agentrl.env.shaping import combine, shaping_weights
 from envs._qa_metrics import exact_match, f1_score
 
-__all__ = ["BUILTIN_QUESTIONS", "DEFAULT_URL", "INSTRUCTION", "MINI_CORPUS", "URL_ENV_VAR", "RetrievalError",
+__all__ = ["BUILTIN_QUESTIONS", "SHAPING_TERMS", "DEFAULT_URL", "INSTRUCTION", "MINI_CORPUS", "URL_ENV_VAR", "RetrievalError",
            "SearchEnv", "format_documents", "parse_action", "parse_answers", "parse_response", "parse_row"]
 
 log = logging.getLogger(__name__)
@@ -71,6 +82,8 @@ DEFAULT_URL = "http://127.0.0.1:8000/retrieve"
 URL_ENV_VAR = "AGENTRL_RETRIEVER_URL"
 MINI_CORPUS = Path(__file__).parent / "data" / "search_mini.jsonl"
 REWARDS = ("em", "f1")
+SHAPING_TERMS = {"search": "w on the first turn that searches with a non-empty query, once an episode"}
+"""The shaping terms ``SearchEnv(shaping=...)`` takes (see the module doc)."""
 MAX_QUERY_CHARS = 2000  # longer queries are cut: a runaway generation must not flood the server
 
 INSTRUCTION = (
@@ -118,6 +131,7 @@ class SearchEnv(TextEnv):
         format_reward: float = 0.0,
         timeout: float = 10.0,
         record_latency: bool = False,
+        shaping: Mapping[str, float] | None = None,
     ):
         super().__init__()
         if reward not in REWARDS:
@@ -130,6 +144,7 @@ class SearchEnv(TextEnv):
             raise ValueError(f"timeout must be a positive number of seconds; got {timeout!r}")
         self.topk, self.reward_kind, self.format_reward = topk, reward, float(format_reward)
         self.timeout, self.record_latency = float(timeout), record_latency
+        self.shaping = shaping_weights(shaping, SHAPING_TERMS, "Search")
         self.retriever_url, self.retriever = _resolve_retrieval(retriever_url, retriever)
         self.retriever_name = self.retriever_url or _describe(self.retriever)
         self._client: Any = None  # httpx.AsyncClient, made on the first remote search
@@ -141,6 +156,7 @@ class SearchEnv(TextEnv):
         self.search_count = self.tool_error_count = self.invalid_count = 0
         self.retrieval_latency_s = 0.0
         self._well_formed: list[bool] = []
+        self._last_documents = ""
 
     # -- the episode ---------------------------------------------------------------------
     async def areset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -167,21 +183,47 @@ class SearchEnv(TextEnv):
             return self._finish(action, content)
         if kind == "search" and content:
             self._well_formed.append(_well_formed(action, "search"))
-            return await self._search(content)
+            first = self.search_count == 0
+            messages, _, terminated, truncated, info = await self._search(content)
+            return messages, self._shaped(0.0, {"search": float(first)}, info), terminated, truncated, info
         self._well_formed.append(False)
         self.invalid_count += 1
         message = INVALID_ACTION if kind is None else "\nYour search query was empty. " + INVALID_ACTION.lstrip()
-        return [{"role": "user", "content": message}], 0.0, False, False, self._info("invalid")
+        info = self._info("invalid")
+        return [{"role": "user", "content": message}], self._shaped(0.0, {}, info), False, False, info
 
     def _finish(self, action: str, prediction: str):
         em = exact_match(prediction, self.golden_answers)
         f1 = f1_score(prediction, self.golden_answers)
         score = em if self.reward_kind == "em" else f1
         well_formed = all(self._well_formed) and _well_formed(action, "answer")
-        reward = (1.0 - self.format_reward) * score + self.format_reward * float(well_formed)
         info = self._info("answer", prediction=prediction, em=em, f1=f1, well_formed=well_formed,
                           golden_answers=list(self.golden_answers))
+        reward = self._shaped(score, {}, info, format_term=self.format_reward * (float(well_formed) - score))
         return [], reward, True, False, info
+
+    # -- demonstrations and exploits --------------------------------------------------------
+    def oracle(self) -> str:
+        """The reply that solves the current state: search for the question, then answer with the first gold
+        answer found in the retrieved documents (else the first gold answer)."""
+        if not self.search_count:
+            return f"<think>I need to look this up.</think>\n<search> {self.question.strip()} </search>"
+        found = [a for a in self.golden_answers if a.lower() in self._last_documents.lower()]
+        return f"<think>The documents answer it.</think>\n<answer> {(found or self.golden_answers)[0]} </answer>"
+
+    def exploits(self) -> dict[str, Any]:
+        """Scripted policies that collect the shaping without a right answer
+        (:func:`agentrl.env.shaping.check_shaping`): one search then a wrong answer; searches every turn."""
+        search = "<think>Search.</think>\n<search> anything </search>"
+        wrong = "<think>Answer.</think>\n<answer> no idea at all </answer>"
+        return {"search_then_wrong": lambda: wrong if self.search_count else search, "search_forever": lambda: search}
+
+    def _shaped(self, task: float, earned: Mapping[str, float], info: dict[str, Any], format_term: float = 0.0) -> float:
+        """The step's reward; its components go into ``info`` when the episode has any (module doc)."""
+        reward, parts = combine(task, earned, self.shaping)
+        if self.shaping or self.format_reward:
+            info["reward_components"] = parts | {"format": format_term}
+        return reward + format_term
 
     async def _search(self, query: str):
         query = query[:MAX_QUERY_CHARS]
@@ -194,6 +236,7 @@ class SearchEnv(TextEnv):
             body = f"retrieval failed: {error}"
             log.warning("search %r failed: %s", query[:80], error)
         latency = time.perf_counter() - start
+        self._last_documents = body
         self.search_count += 1
         self.tool_error_count += error is not None
         self.retrieval_latency_s += latency

@@ -25,6 +25,16 @@ minus ``p`` per failed call; the penalty is given on the turn of the error, so a
 the turn limit is penalised too). With the default limits a turn costs at most
 ``p * (max_tool_calls_per_turn + 1)``.
 
+Shaping (:mod:`agentrl.env.shaping`): ``shaping={"tool_call": w}`` adds ``w`` on the first turn
+whose tool calls all run without an error, once an episode. How it can be gamed: any valid call (``1+1``)
+followed by any answer collects it; it is paid once, so an episode earns at most ``w`` from it, and with
+``w < 1`` a wrong answer never earns what a right one does. Every step's ``info["reward_components"]``
+holds ``task`` (1 for a correct answer, else 0), ``format`` (``format_reward`` for a wrong answer in an
+explicit format), ``tool_errors`` (minus the penalty) and the shaping terms; held-out success counts the
+task alone. ``oracle()`` (the warm start's demonstrations, ``--sft-data oracle``) calls the calculator
+on the row's ``expression`` when the row has one, then answers ``\\boxed{<answer>}``; ``exploits()`` are
+scripted policies that collect the shaping without answering right.
+
 ``info`` of every step has ``tool_calls`` (calls found in the reply, those not run included)
 and ``tool_errors`` (tool messages reporting an error), the counts the rollout sums into
 episode metrics; ``extracted`` is the graded answer on the answer turn (None before);
@@ -82,12 +92,13 @@ from pathlib import Path
 from typing import Any
 
 from agentrl.env.core import TextEnv
+from agentrl.env.shaping import combine, shaping_weights
 from agentrl.tool import HermesParser, ToolExecutor, function_schema, tool_name
 from agentrl.tool.schema import type_hints
 from envs._math_grading import grade, parse_label
 from envs.math import load_samples
 
-__all__ = ["BUILTIN_TOOLS", "SAMPLES", "SYSTEM_PROMPT", "ToolUseEnv", "describe_tools"]
+__all__ = ["BUILTIN_TOOLS", "SAMPLES", "SHAPING_TERMS", "SYSTEM_PROMPT", "ToolUseEnv", "describe_tools"]
 
 SAMPLES = Path(__file__).parent / "data" / "tool_use_sample.jsonl"
 """The built-in word problems (``{"question", "answer"}`` a line)."""
@@ -99,6 +110,8 @@ SYSTEM_PROMPT = (
 )
 """The default system message (the tool block follows it when ``describe_tools``)."""
 _EXPLICIT_FORMATS = ("boxed", "answer_tag", "####")
+SHAPING_TERMS = {"tool_call": "w on the first turn whose tool calls all run without an error, once an episode"}
+"""The shaping terms ``ToolUseEnv(shaping=...)`` takes (see the module doc)."""
 
 
 def describe_tools(schemas: Sequence[Mapping[str, Any]]) -> str:
@@ -142,6 +155,7 @@ class ToolUseEnv(TextEnv):
         fallback_last_number: Grade the last number of an answer with no explicit format.
         samples: What ``reset`` without a question draws from: None (the built-in problems),
             a JSONL path or a list of ``{"question", "answer"}`` dicts.
+        shaping: Shaping term -> weight (:data:`SHAPING_TERMS`).
     """
 
     def __init__(
@@ -159,6 +173,7 @@ class ToolUseEnv(TextEnv):
         tool_error_penalty: float = 0.0,
         fallback_last_number: bool = True,
         samples: str | Sequence[Mapping[str, Any]] | None = None,
+        shaping: Mapping[str, float] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(max_tool_calls_per_turn, bool) or not isinstance(max_tool_calls_per_turn, int) \
@@ -186,9 +201,12 @@ class ToolUseEnv(TextEnv):
         self.format_reward, self.tool_error_penalty = float(format_reward), float(tool_error_penalty)
         self.fallback_last_number = fallback_last_number
         self.samples = load_samples(str(SAMPLES) if samples is None else samples)
+        self.shaping = shaping_weights(shaping, SHAPING_TERMS, "ToolUse")
         self.label: str | None = None
+        self.expression: str | None = None
         self.done = False
         self.episode_tool_calls = self.episode_tool_errors = 0
+        self.paid_tool_call = False
 
     @property
     def tool_names(self) -> list[str]:
@@ -212,7 +230,9 @@ class ToolUseEnv(TextEnv):
                 raise IndexError(f"options['index'] must be in [0, {n}); got {index}")
             question, label = self.samples[index]["question"], self.samples[index]["answer"]
         self.label, self.done = str(label), False
+        self.expression = options.get("expression") if index is None else self.samples[index].get("expression")
         self.episode_tool_calls = self.episode_tool_errors = 0
+        self.paid_tool_call = False
         return self._opening(question), {"gold": parse_label(self.label), "index": index, "tools": self.tool_names}
 
     async def astep(self, action: str):
@@ -239,23 +259,44 @@ class ToolUseEnv(TextEnv):
         errors = sum(kinds.values())
         self.episode_tool_calls += len(calls)
         self.episode_tool_errors += errors
-        reward = -self.tool_error_penalty * errors if errors and self.tool_error_penalty else 0.0
+        earned = {"tool_call": 0.0 if errors or self.paid_tool_call else 1.0}
+        self.paid_tool_call = self.paid_tool_call or not errors
+        reward, parts = combine(0.0, earned, self.shaping)
+        parts |= {"format": 0.0, "tool_errors": -self.tool_error_penalty * errors if errors else 0.0}
         info = _info(len(calls), errors, None, tool_error_kinds=dict(sorted(kinds.items())),
-                     tool_calls_skipped=len(skipped))
-        return messages, reward, False, False, info
+                     tool_calls_skipped=len(skipped), reward_components=parts)
+        return messages, reward + parts["tool_errors"], False, False, info
 
     def _answer(self, action: str) -> tuple:
         self.done = True
         correct, graded = grade(action, self.label or "", fallback_last_number=self.fallback_last_number)
-        if correct:
-            reward = 1.0
-        elif graded["answer_format"] in _EXPLICIT_FORMATS:
-            reward = self.format_reward
-        else:
-            reward = 0.0
+        formatted = not correct and graded["answer_format"] in _EXPLICIT_FORMATS
+        reward, parts = combine(1.0 if correct else 0.0, {}, self.shaping)
+        parts |= {"format": self.format_reward if formatted else 0.0, "tool_errors": 0.0}
         info = _info(0, 0, graded.pop("extracted"), **graded, episode_tool_calls=self.episode_tool_calls,
-                     episode_tool_errors=self.episode_tool_errors)
-        return [], reward, True, False, info
+                     episode_tool_errors=self.episode_tool_errors, reward_components=parts)
+        return [], reward + parts["format"], True, False, info
+
+    # -- demonstrations and exploits -------------------------------------------------------------
+    def oracle(self) -> str:
+        """The reply that solves the current state: a calculator call on the row's ``expression`` (when it
+        has one and no call was made yet), then the answer in ``\\boxed{}``."""
+        if self.label is None:
+            raise RuntimeError("call reset() before oracle()")
+        if self.expression and not self.episode_tool_calls and "calculator" in self.tool_names:
+            call = {"name": "calculator", "arguments": {"expression": str(self.expression)}}
+            return f"<tool_call>\n{json.dumps(call)}\n</tool_call>"
+        return f"\\boxed{{{parse_label(self.label)}}}"
+
+    def exploits(self) -> dict[str, Callable[[], str]]:
+        """Scripted policies that collect the shaping without a right answer
+        (:func:`agentrl.env.shaping.check_shaping`): one valid call then a wrong answer; calls every turn."""
+        name = self.tool_names[0]
+        argument = "expression" if name == "calculator" else "code"
+        value = "1+1" if name == "calculator" else "print(2)"
+        call = f'<tool_call>{{"name": "{name}", "arguments": {{"{argument}": "{value}"}}}}</tool_call>'
+        wrong = f"\\boxed{{{parse_label(self.label or '0')}1}}"
+        return {"call_then_wrong": lambda: wrong if self.episode_tool_calls else call, "call_forever": lambda: call}
 
     def _opening(self, question: str | list[dict[str, Any]]) -> list[dict[str, Any]]:
         if isinstance(question, list):  # already a chat prompt

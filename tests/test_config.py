@@ -83,6 +83,18 @@ def test_all_problems_reported_together(tmp_path):
         assert needle in text, (needle, text)
 
 
+def test_turn_level_and_retry_flags_are_checked():
+    cfg = parse_args(["--advantage-estimator", "reinforce_plus_plus", "--turn-baseline", "--max-episode-retries", "-1"])
+    text = "\n".join(validate(cfg))
+    assert "--turn-baseline is for dr_grpo, grpo, rloo; --advantage-estimator reinforce_plus_plus" in text
+    assert "--max-episode-retries must be >= 0; got -1" in text
+    cfg = parse_args(["--advantage-estimator", "gigpo", "--n-samples-per-prompt", "1"])
+    assert any("gigpo compares episodes of the same prompt" in p for p in validate(cfg))
+    cfg = parse_args(["--advantage-estimator", "rloo", "--turn-baseline", "--policy-loss", "cispo", "--gamma", "0.95"])
+    assert (cfg.algo.turn_baseline, cfg.rollout.max_episode_retries, cfg.train.policy_loss) == (True, 2, "cispo")
+    assert not [p for p in validate(cfg) if "turn" in p or "policy loss" in p]
+
+
 def test_train_py_reports_problems_before_loading_anything(tmp_path):
     out = subprocess.run([sys.executable, "train.py", "--rollout-batch-size", "0", "--env", "Nope-v0"],
                          capture_output=True, text=True, timeout=60)

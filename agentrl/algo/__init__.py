@@ -41,13 +41,17 @@ if TYPE_CHECKING:
                                         masked_mean)
     from agentrl.algo.entropy import (entropy_from_logits, logprobs_and_entropy, logprobs_from_logits)
     from agentrl.algo.kl import (KL_ESTIMATORS, kl_penalty)
-    from agentrl.algo.losses import (PolicyLossConfig, PolicyLossFn, gspo_loss, ppo_clip_loss, value_loss)
+    from agentrl.algo.gigpo import gigpo
+    from agentrl.algo.losses import (PolicyLossConfig, PolicyLossFn, cispo_loss, gspo_loss, ppo_clip_loss,
+                                     value_loss)
     from agentrl.algo.objective import (ObjectiveConfig, mean_over_steps, merge_metric_parts, rl_objective,
                                         value_objective)
     from agentrl.algo.returns import (compute_gae, discounted_returns, masked_whiten, place_rewards_at_turn_ends)
     from agentrl.algo.registry import (ADVANTAGE_ESTIMATORS, CRITIC_ESTIMATORS, POLICY_LOSSES,
-                                       get_advantage_estimator, get_policy_loss)
+                                       TURN_BASELINE_ESTIMATORS, TURN_ESTIMATORS, get_advantage_estimator,
+                                       get_policy_loss)
     from agentrl.algo.tis import (rollout_mismatch_metrics, tis_weights)
+    from agentrl.algo.turns import (Turns, turn_returns, turn_token_rewards)
 
 MODULES = {
     ".advantages": ["AdvantageConfig", "dr_grpo", "gae", "grpo", "reinforce_plus_plus",
@@ -55,12 +59,14 @@ MODULES = {
     ".aggregate": ["AGGREGATIONS", "aggregate", "aggregation_denominator", "check_aggregation", "masked_mean"],
     ".entropy": ["entropy_from_logits", "logprobs_and_entropy", "logprobs_from_logits"],
     ".kl": ["KL_ESTIMATORS", "kl_penalty"],
-    ".losses": ["PolicyLossConfig", "PolicyLossFn", "gspo_loss", "ppo_clip_loss", "value_loss"],
+    ".gigpo": ["gigpo"],
+    ".losses": ["PolicyLossConfig", "PolicyLossFn", "cispo_loss", "gspo_loss", "ppo_clip_loss", "value_loss"],
     ".objective": ["ObjectiveConfig", "mean_over_steps", "merge_metric_parts", "rl_objective", "value_objective"],
     ".returns": ["compute_gae", "discounted_returns", "masked_whiten", "place_rewards_at_turn_ends"],
-    ".registry": ["ADVANTAGE_ESTIMATORS", "CRITIC_ESTIMATORS", "POLICY_LOSSES", "get_advantage_estimator",
-                  "get_policy_loss"],
+    ".registry": ["ADVANTAGE_ESTIMATORS", "CRITIC_ESTIMATORS", "POLICY_LOSSES", "TURN_BASELINE_ESTIMATORS",
+                  "TURN_ESTIMATORS", "get_advantage_estimator", "get_policy_loss"],
     ".tis": ["rollout_mismatch_metrics", "tis_weights"],
+    ".turns": ["Turns", "turn_returns", "turn_token_rewards"],
 }
 __all__ = sorted(n for names in MODULES.values() for n in names)
 lazy_package(__name__, MODULES)

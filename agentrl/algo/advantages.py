@@ -2,7 +2,7 @@
 
 Every estimator in :data:`agentrl.algo.ADVANTAGE_ESTIMATORS` has one signature::
 
-    advantages = fn(rewards, group_ids, loss_mask, *, config, values=None, token_rewards=None)
+    advantages = fn(rewards, group_ids, loss_mask, *, config, values=None, token_rewards=None, turns=None)
 
 * ``rewards``: ``[N]`` one scalar reward per episode;
 * ``group_ids``: ``[N]`` long, episodes with the same id answered the same prompt (any values,
@@ -11,11 +11,25 @@ Every estimator in :data:`agentrl.algo.ADVANTAGE_ESTIMATORS` has one signature::
 * ``values``: ``[N, T]`` critic values (``gae`` only);
 * ``token_rewards``: ``[N, T]`` per-token rewards, e.g. per-turn rewards or KL reward shaping
   (``gae`` and ``reinforce_plus_plus``); when ``None`` they are built from ``rewards`` with
-  :func:`place_rewards_at_turn_ends`.
+  :func:`place_rewards_at_turn_ends`;
+* ``turns``: :class:`~agentrl.algo.turns.Turns`, per-turn rewards, state ids and the turn of each
+  token (``gigpo``; ``grpo``, ``dr_grpo`` and ``rloo`` with ``turn_baseline``).
 
 The result is ``[N, T]``, zero wherever ``loss_mask`` is 0. Episode-level estimators broadcast
 one number over all the model's tokens of the episode, across all its assistant turns.
 Passing an input an estimator does not use is an error, not silently ignored.
+
+**Turn-level baseline** (``AdvantageConfig.turn_baseline``, for ``grpo``, ``dr_grpo``, ``rloo``):
+every turn ``k`` of episode ``i`` gets its own return ``G_ik = sum_{k' >= k} gamma^(k'-k) r_ik'``
+(the rewards from that turn on), compared with the same turn's returns of the other episodes of
+the group (an episode past its end has ``G = 0`` there)::
+
+    rloo:     A_ik = G_ik - (1/(n-1)) sum_{j != i} G_jk           # unbiased (docs/training.md)
+    dr_grpo:  A_ik = G_ik - (1/n) sum_j G_jk  = (n-1)/n * rloo's  # unbiased up to the constant (n-1)/n
+    grpo:     A_ik = (G_ik - mean_k) / (std_k + eps)              # the std holds G_ik: GRPO's own bias
+
+A turn at which the whole group has equal returns gets exactly 0. With one turn and ``gamma``
+any value these are the episode-level estimators.
 
 Multi-turn credit for the token-level estimators (``reinforce_plus_plus``, ``gae``): the
 tokens where ``loss_mask`` is 0 are not actions and are skipped by the recursions (see
@@ -32,6 +46,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from agentrl.algo.turns import Turns, check_turns, per_token, turn_returns
 from agentrl.algo.returns import (
     as_float,
     check_token_rewards,
@@ -47,15 +62,22 @@ class AdvantageConfig:
     """Settings of the advantage estimators. Validated on construction."""
 
     normalize_std: bool = True
-    """GRPO: divide by the group's standard deviation; False gives Dr. GRPO (arXiv 2503.20783)."""
+    """GRPO: divide by the group's standard deviation; False gives Dr. GRPO (arXiv 2503.20783).
+    GiGPO: the same at both levels (False is the paper's "w/o std")."""
     gamma: float = 1.0
-    """Discount per generated token (``gae``, ``reinforce_plus_plus``)."""
+    """Discount per generated token (``gae``, ``reinforce_plus_plus``); per turn for ``gigpo`` (the
+    paper uses 0.95) and ``turn_baseline``."""
     lam: float = 1.0
     """GAE's lambda (arXiv 1506.02438)."""
     eps: float = 1e-6
     """Added to standard deviations before dividing."""
     whiten_gae: bool = True
     """Whiten ``gae`` advantages over the batch's unmasked tokens (as PPO implementations do)."""
+    turn_baseline: bool = False
+    """``grpo``, ``dr_grpo``, ``rloo``: per-turn returns against the group's returns at the same
+    turn (module doc) instead of one episode reward against the group's; needs ``turns``."""
+    step_advantage_weight: float = 1.0
+    """GiGPO's omega: the weight of the step-level (anchor-state) advantage."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.gamma <= 1:
@@ -64,6 +86,8 @@ class AdvantageConfig:
             raise ValueError(f"lam must be in [0, 1]; got {self.lam}")
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0; got {self.eps}")
+        if self.step_advantage_weight < 0:
+            raise ValueError(f"step_advantage_weight must be >= 0; got {self.step_advantage_weight}")
 
 
 AdvantageFn = Callable[..., Tensor]
@@ -84,10 +108,16 @@ def _check_episode_inputs(rewards: Tensor, group_ids: Tensor, loss_mask: Tensor)
         raise ValueError("rewards must be finite; got NaN or inf")
 
 
-def _reject_unused(name: str, **unused: Tensor | None) -> None:
+def _reject_unused(name: str, **unused: object) -> None:
     given = [k for k, v in unused.items() if v is not None]
     if given:
         raise ValueError(f"advantage estimator {name!r} does not use {', '.join(given)}; got them")
+
+
+def _no_turn_baseline(name: str, config: AdvantageConfig) -> None:
+    if config.turn_baseline:
+        raise ValueError(f"turn_baseline is for the group estimators grpo, dr_grpo and rloo; {name!r} takes per-turn "
+                         "rewards as token_rewards (agentrl.algo.turn_token_rewards) instead")
 
 
 def _broadcast(per_episode: Tensor, loss_mask: Tensor) -> Tensor:
@@ -97,17 +127,43 @@ def _broadcast(per_episode: Tensor, loss_mask: Tensor) -> Tensor:
 
 
 def _group_stats(rewards: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Per-episode ``(group mean, group unbiased std, group size, group has spread)``, each ``[N]``."""
+    """Per-episode ``(group mean, group unbiased std, group size, group has spread)``, each shaped
+    like ``rewards``: ``[N]``, or ``[N, K]`` for statistics of each column (turn) over the group."""
     unique_ids, inverse = torch.unique(group_ids, return_inverse=True)  # inverse: [N] in 0..G-1
-    zeros = rewards.new_zeros(len(unique_ids))
-    count = zeros.index_add(0, inverse, torch.ones_like(rewards))  # [G]
-    mean = zeros.index_add(0, inverse, rewards) / count  # [G]
+    zeros = rewards.new_zeros((len(unique_ids), *rewards.shape[1:]))
+    count = zeros.index_add(0, inverse, torch.ones_like(rewards))  # [G(, K)]
+    mean = zeros.index_add(0, inverse, rewards) / count  # [G(, K)]
     sq_dev = (rewards - mean[inverse]).square()
     var = zeros.index_add(0, inverse, sq_dev) / (count - 1).clamp(min=1)  # Bessel-corrected
-    high = zeros.scatter_reduce(0, inverse, rewards, "amax", include_self=False)
-    low = zeros.scatter_reduce(0, inverse, rewards, "amin", include_self=False)
+    index = inverse.view(-1, *[1] * (rewards.dim() - 1)).expand_as(rewards)
+    high = zeros.scatter_reduce(0, index, rewards, "amax", include_self=False)
+    low = zeros.scatter_reduce(0, index, rewards, "amin", include_self=False)
     spread = high > low  # an exact test: equal rewards give exactly 0, never eps-amplified noise
     return mean[inverse], var.sqrt()[inverse], count[inverse], spread[inverse]
+
+
+def _turn_level(name: str, rewards: Tensor, group_ids: Tensor, loss_mask: Tensor, config: AdvantageConfig,
+                turns: Turns | None) -> Tensor:
+    """The ``turn_baseline`` form of ``grpo`` / ``dr_grpo`` / ``rloo`` (module doc), ``[N, T]``."""
+    if turns is None:
+        raise ValueError(f"advantage estimator {name!r} with turn_baseline needs turns= (agentrl.algo.Turns); got None")
+    check_turns(turns, loss_mask)
+    returns = turn_returns(turns.rewards, config.gamma).to(as_float(rewards).dtype)  # [N, K]
+    mean, std, count, spread = _group_stats(returns, group_ids)  # each [N, K]
+    if name == "rloo":
+        adv = (returns - mean) * count / (count - 1).clamp(min=1)  # = G - mean of the others
+        spread = spread & (count > 1)
+    else:
+        adv = returns - mean
+        if name == "grpo" and config.normalize_std:
+            adv = adv / (std + config.eps)
+    adv = torch.where(spread, adv, torch.zeros_like(adv))
+    return per_token(adv, turns, loss_mask)
+
+
+def _check_turn_use(name: str, config: AdvantageConfig, turns: Turns | None) -> None:
+    if turns is not None and not config.turn_baseline:
+        raise ValueError(f"advantage estimator {name!r} uses turns only with turn_baseline=True; got turns")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,6 +178,7 @@ def grpo(
     config: AdvantageConfig | None = None,
     values: Tensor | None = None,
     token_rewards: Tensor | None = None,
+    turns: Turns | None = None,
 ) -> Tensor:
     """GRPO's group-relative advantage (DeepSeekMath, arXiv 2402.03300, Sec. 4.1.2).
 
@@ -132,6 +189,7 @@ def grpo(
 
     ``std`` is the unbiased (Bessel-corrected) group standard deviation. A group whose
     rewards are all equal (including a group of one) gets exactly 0: no NaN, no eps noise.
+    With ``config.turn_baseline``, per turn (module doc; needs ``turns``).
 
     Shapes: ``rewards [N]``, ``group_ids [N]``, ``loss_mask [N, T]`` -> ``[N, T]``.
 
@@ -143,7 +201,10 @@ def grpo(
     """
     config = config or AdvantageConfig()
     _reject_unused("grpo", values=values, token_rewards=token_rewards)
+    _check_turn_use("grpo", config, turns)
     _check_episode_inputs(rewards, group_ids, loss_mask)
+    if config.turn_baseline:
+        return _turn_level("grpo" if config.normalize_std else "dr_grpo", rewards, group_ids, loss_mask, config, turns)
     r = as_float(rewards)
     mean, std, _, spread = _group_stats(r, group_ids)
     adv = r - mean
@@ -161,6 +222,7 @@ def dr_grpo(
     config: AdvantageConfig | None = None,
     values: Tensor | None = None,
     token_rewards: Tensor | None = None,
+    turns: Turns | None = None,
 ) -> Tensor:
     """Dr. GRPO (Liu et al., arXiv 2503.20783): ``A_i = r_i - mean_g(r)``, no std division.
 
@@ -174,7 +236,7 @@ def dr_grpo(
     """
     config = config or AdvantageConfig()
     return grpo(
-        rewards, group_ids, loss_mask, values=values, token_rewards=token_rewards,
+        rewards, group_ids, loss_mask, values=values, token_rewards=token_rewards, turns=turns,
         config=dataclasses.replace(config, normalize_std=False),
     )
 
@@ -187,6 +249,7 @@ def rloo(
     config: AdvantageConfig | None = None,
     values: Tensor | None = None,
     token_rewards: Tensor | None = None,
+    turns: Turns | None = None,
 ) -> Tensor:
     """REINFORCE Leave-One-Out (Ahmadian et al., arXiv 2402.14740, Eq. 6; Kool et al. 2019).
 
@@ -194,7 +257,7 @@ def rloo(
 
         A_i = r_i - (1/(n-1)) sum_{j != i} r_j  =  n/(n-1) * (r_i - mean_g(r))
 
-    A group of one has no baseline and gets 0.
+    A group of one has no baseline and gets 0. With ``config.turn_baseline``, per turn (module doc).
 
     Shapes: ``rewards [N]``, ``group_ids [N]``, ``loss_mask [N, T]`` -> ``[N, T]``.
 
@@ -203,8 +266,12 @@ def rloo(
         >>> rloo(torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0, 0, 0]), torch.ones(3, 1))[:, 0]
         tensor([ 1.0000, -0.5000, -0.5000])
     """
+    config = config or AdvantageConfig()
     _reject_unused("rloo", values=values, token_rewards=token_rewards)
+    _check_turn_use("rloo", config, turns)
     _check_episode_inputs(rewards, group_ids, loss_mask)
+    if config.turn_baseline:
+        return _turn_level("rloo", rewards, group_ids, loss_mask, config, turns)
     r = as_float(rewards)
     mean, _, count, spread = _group_stats(r, group_ids)
     adv = (r - mean) * count / (count - 1).clamp(min=1)
@@ -220,6 +287,7 @@ def reinforce_plus_plus(
     config: AdvantageConfig | None = None,
     values: Tensor | None = None,
     token_rewards: Tensor | None = None,
+    turns: Turns | None = None,
 ) -> Tensor:
     """REINFORCE++ (Hu, arXiv 2501.03262, Sec. 3): discounted returns, whitened over the batch.
 
@@ -242,7 +310,8 @@ def reinforce_plus_plus(
                 [-0.8660, -0.8660]])
     """
     config = config or AdvantageConfig()
-    _reject_unused("reinforce_plus_plus", values=values)
+    _reject_unused("reinforce_plus_plus", values=values, turns=turns)
+    _no_turn_baseline("reinforce_plus_plus", config)
     _check_episode_inputs(rewards, group_ids, loss_mask)
     if token_rewards is None:
         token_rewards = place_rewards_at_turn_ends(rewards, loss_mask)
@@ -259,6 +328,7 @@ def reinforce_plus_plus_baseline(
     config: AdvantageConfig | None = None,
     values: Tensor | None = None,
     token_rewards: Tensor | None = None,
+    turns: Turns | None = None,
 ) -> Tensor:
     """REINFORCE++-baseline (arXiv 2501.03262, v2+): group mean baseline, then batch whitening.
 
@@ -276,7 +346,8 @@ def reinforce_plus_plus_baseline(
         tensor([ 1.2247, -1.2247,  0.0000,  0.0000])
     """
     config = config or AdvantageConfig()
-    _reject_unused("reinforce_plus_plus_baseline", values=values, token_rewards=token_rewards)
+    _reject_unused("reinforce_plus_plus_baseline", values=values, token_rewards=token_rewards, turns=turns)
+    _no_turn_baseline("reinforce_plus_plus_baseline", config)
     _check_episode_inputs(rewards, group_ids, loss_mask)
     r = as_float(rewards)
     mean, _, _, spread = _group_stats(r, group_ids)
@@ -296,6 +367,7 @@ def gae(
     config: AdvantageConfig | None = None,
     values: Tensor | None = None,
     token_rewards: Tensor | None = None,
+    turns: Turns | None = None,
 ) -> Tensor:
     """PPO's advantages with a critic: :func:`compute_gae`, then batch whitening (``whiten_gae``).
 
@@ -315,6 +387,8 @@ def gae(
                 [-0.5000, -0.5000]])
     """
     config = config or AdvantageConfig()
+    _reject_unused("gae", turns=turns)
+    _no_turn_baseline("gae", config)
     if values is None:
         raise ValueError("advantage estimator 'gae' needs values=[N, T] from a critic; got None")
     _check_episode_inputs(rewards, group_ids, loss_mask)

@@ -1,4 +1,4 @@
-"""Policy losses (PPO-clip with clip-higher and dual clip, GSPO) and the PPO value loss.
+"""Policy losses (PPO-clip with clip-higher and dual clip, GSPO, CISPO) and the PPO value loss.
 
 Every policy loss has the same signature, so trainers select one by name from
 :data:`agentrl.algo.POLICY_LOSSES`::
@@ -13,7 +13,9 @@ scalar reduced with :func:`agentrl.algo.aggregate` (``cfg.aggregation``); metric
 
 ``pg_loss``, ``pg_clipfrac`` (any clip active), ``pg_clipfrac_low`` (``A < 0``, ratio below
 ``1 - eps_clip``), ``pg_clipfrac_high`` (``A > 0``, ratio above ``1 + eps_clip_high``),
-``pg_clipfrac_dual`` (``A < 0``, ratio above ``eps_clip_c``), ``ppo_kl`` (``mean(old - new)``,
+``pg_clipfrac_dual`` (``A < 0``, ratio above ``eps_clip_c``); for CISPO the fraction of tokens whose
+importance weight was clipped (``_high``: above ``1 + eps_clip_high``; ``_low`` and ``_dual`` are 0);
+``ppo_kl`` (``mean(old - new)``,
 the k1 estimate of ``KL(pi_old || pi)``), ``ratio_mean``, ``ratio_max``, ``ratio_min``;
 ``entropy`` when per-token entropies are passed; ``rollout_train_abs_diff`` and
 ``rollout_train_kl`` when ``rollout_logprobs`` are passed; ``tis_weight_mean`` and
@@ -127,6 +129,8 @@ def _clipped_surrogate(
 
 
 def _finish(
+    per_token: Tensor,
+    clipped: dict[str, Tensor],
     ratio: Tensor,
     log_ratio: Tensor,
     advantages: Tensor,
@@ -137,9 +141,8 @@ def _finish(
     entropy: Tensor | None,
     denominator: float | Tensor | None,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """Clip, apply TIS, aggregate and collect the metrics (shared by PPO and GSPO)."""
+    """Apply TIS to the per-token loss, aggregate and collect the metrics (shared by every loss)."""
     mask = loss_mask.bool()
-    per_token, clipped = _clipped_surrogate(ratio, advantages, config)  # [B, T]
     metrics: dict[str, Tensor] = {}
     if rollout_logprobs is not None:
         if config.use_tis:
@@ -229,8 +232,10 @@ def ppo_clip_loss(
     # where, not multiply: padded positions may hold anything, exp() of it must not overflow.
     log_ratio = torch.where(mask, logprobs - old_logprobs, torch.zeros_like(logprobs))  # [B, T]
     ratio = torch.exp(log_ratio)
+    per_token, clipped = _clipped_surrogate(ratio, advantages, config)  # [B, T]
     return _finish(
-        ratio, log_ratio, advantages, old_logprobs, loss_mask, config, rollout_logprobs, entropy, denominator
+        per_token, clipped, ratio, log_ratio, advantages, old_logprobs, loss_mask, config, rollout_logprobs,
+        entropy, denominator,
     )
 
 
@@ -283,8 +288,71 @@ def gspo_loss(
     log_ratio = seq_log_ratio.unsqueeze(-1) + safe_logprobs - safe_logprobs.detach()  # [B, T]
     log_ratio = torch.where(mask, log_ratio, torch.zeros_like(log_ratio))
     ratio = torch.exp(log_ratio)
+    per_token, clipped = _clipped_surrogate(ratio, advantages, config)  # [B, T]
     return _finish(
-        ratio, log_ratio, advantages, old_logprobs, loss_mask, config, rollout_logprobs, entropy, denominator
+        per_token, clipped, ratio, log_ratio, advantages, old_logprobs, loss_mask, config, rollout_logprobs,
+        entropy, denominator,
+    )
+
+
+def cispo_loss(
+    logprobs: Tensor,
+    old_logprobs: Tensor,
+    advantages: Tensor,
+    loss_mask: Tensor,
+    *,
+    config: PolicyLossConfig | None = None,
+    rollout_logprobs: Tensor | None = None,
+    entropy: Tensor | None = None,
+    denominator: float | Tensor | None = None,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """CISPO: clip the importance weight, not the update (MiniMax-M1, arXiv 2506.13585, Eq. 4-5).
+
+    Formula, per token (``r = exp(logp - logp_old)``)::
+
+        w = min(r, 1 + eps_clip_high)                        # the clipped IS weight, no gradient
+        J = sg(w) * A * log pi(y_t)                          # Eq. 4: its gradient is w * A * grad log pi
+        l = -A * sg(w) * exp(logp - sg(logp))                # what is computed: the same gradient,
+                                                             # value -A w (PPO's surrogate value)
+        l = l * min(exp(logp_old - logp_rollout), tis_cap)   # TIS, as in the other losses
+        loss = aggregate(l, loss_mask, aggregation)
+
+    PPO drops the gradient of a token whose ratio left the trust region; CISPO keeps every token's
+    gradient and only bounds its weight, so rare tokens that the first update made likelier go on
+    learning. As in the paper there is no lower bound on the weight (MiniMax-M1 sets
+    ``eps_low`` large and tunes only ``eps_high``): ``eps_clip`` and the dual clip ``eps_clip_c``
+    are not used. With ratio 1 (the first step on a rollout) the gradient is PPO's. The paper
+    aggregates with ``token_mean``.
+
+    Args and returns: as :func:`ppo_clip_loss`; ``pg_clipfrac`` counts clipped weights.
+
+    Example::
+
+        >>> lp = torch.tensor([[-1.0, -1.0]], requires_grad=True)
+        >>> old = torch.tensor([[-1.0, -2.0]])             # ratios 1 and e = 2.718 -> weight 1.28
+        >>> cfg = PolicyLossConfig(eps_clip_high=0.28)
+        >>> loss, m = cispo_loss(lp, old, torch.ones(1, 2), torch.ones(1, 2), config=cfg)
+        >>> loss.backward(); round(loss.item(), 4), lp.grad, m["pg_clipfrac"]   # PPO's grad would be [-0.5, 0]
+        (-1.14, tensor([[-0.5000, -0.6400]]), tensor(0.5000))
+    """
+    config = config or PolicyLossConfig()
+    _check_shapes(
+        logprobs=logprobs, old_logprobs=old_logprobs, advantages=advantages, loss_mask=loss_mask,
+        rollout_logprobs=rollout_logprobs, entropy=entropy,
+    )
+    mask = loss_mask.bool()
+    log_ratio = torch.where(mask, logprobs - old_logprobs, torch.zeros_like(logprobs))  # [B, T]
+    ratio = torch.exp(log_ratio)
+    high = 1.0 + config.clip_high
+    clipped_high = ratio.detach() > high
+    weight = ratio.detach().clamp(max=high)  # [B, T], sg(w)
+    safe_logprobs = torch.where(mask, logprobs, torch.zeros_like(logprobs))
+    per_token = -advantages * weight * torch.exp(safe_logprobs - safe_logprobs.detach())  # value -A w
+    none = torch.zeros_like(clipped_high)
+    clipped = {"low": none, "high": clipped_high, "dual": none}
+    return _finish(
+        per_token, clipped, ratio, log_ratio, advantages, old_logprobs, loss_mask, config, rollout_logprobs,
+        entropy, denominator,
     )
 
 

@@ -6,7 +6,7 @@ micro-batches and ranks, the optimiser). Formula, per micro-batch, with ``agg`` 
 :func:`agentrl.algo.aggregate` in ``config.policy.aggregation`` over the step's **global**
 denominator ``D``::
 
-    loss = policy_loss(logp, logp_old, A; clip, TIS)                  # PPO / GSPO (agentrl.algo.losses)
+    loss = policy_loss(logp, logp_old, A; clip, TIS)                  # PPO / GSPO / CISPO (agentrl.algo.losses)
          + kl_loss_coef * agg(kl(logp, logp_ref), D)                  # Schulman 2020; GRPO arXiv 2402.03300 Eq. 3
          - entropy_coef * agg(H, D)                                   # entropy bonus, PPO arXiv 1707.06347 Eq. 9
 
@@ -57,7 +57,7 @@ class ObjectiveConfig:
     """What the objective adds up and with which weights. Validated on construction."""
 
     policy_loss: str = "ppo"
-    """Name in :data:`agentrl.algo.POLICY_LOSSES` (ppo | gspo)."""
+    """Name in :data:`agentrl.algo.POLICY_LOSSES` (ppo | gspo | cispo)."""
     policy: PolicyLossConfig = field(default_factory=PolicyLossConfig)
     """Clip ranges, aggregation (also of the KL, entropy and value terms), TIS."""
     use_kl_loss: bool = False

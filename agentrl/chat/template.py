@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -274,11 +275,12 @@ class ChatTemplate:
                 f"got {type(messages).__name__}"
             )
         if tools and not self.supports_tools and not self._warned_tools:
-            self._warned_tools = True
-            log.warning(
-                "tools were given but this chat template never reads 'tools': the model will not see "
-                "the tool declarations; declare them in the system prompt or use a template with tools"
-            )
+            self._warned_tools = True  # decided on the first render with tools: the opening messages
+            if not _names_tools(messages, tools):  # else the environment declares them in its prompt
+                log.warning(
+                    "tools were given but this chat template never reads 'tools': the model will not see "
+                    "the tool declarations; declare them in the system prompt or use a template with tools"
+                )
         kwargs: dict[str, Any] = dict(self.template_kwargs)
         if tools:
             kwargs["tools"] = tools
@@ -293,6 +295,14 @@ class ChatTemplate:
         except Exception as exc:  # jinja2 errors, raise_exception() in templates
             roles = [m.get("role") for m in messages]
             raise TemplateRenderError(f"chat template failed on roles {roles}: {exc}") from exc
+
+
+def _names_tools(messages: list[Message], tools: Any) -> bool:
+    """Whether the messages' text names every tool of ``tools`` (OpenAI-style schemas): an environment that
+    declares its tools in the system prompt (``ToolUseEnv(describe_tools=True)``) needs no template support."""
+    text = "\n".join(m["content"] for m in messages if isinstance(m.get("content"), str))
+    names = [(t.get("function") or t).get("name") if isinstance(t, dict) else None for t in tools]
+    return all(isinstance(n, str) and re.search(rf"\b{re.escape(n)}\b", text) for n in names)
 
 
 def _load_source(tokenizer: Any, chat_template: str | os.PathLike | None) -> str:

@@ -59,20 +59,42 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
 
     from agentrl.cluster.placement import create_placement, init_ray, plan_placement
     from agentrl.cluster.ray_trainer import RayTrainer
+    from agentrl.cluster.trainer_group import TrainerGroup, check_cluster
     from agentrl.data import PromptSampler, load_prompts
     from agentrl.rollout import load_generate_fn
 
     started = init_ray(cfg.cluster.ray_address)
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0 and cfg.device != "cpu"
-    actors = 1 + cfg.cluster.num_engines
+    ranks = cfg.group.world_size
+    problems = check_cluster(ranks, resources, use_gpu)
+    if problems:
+        if started:
+            ray.shutdown()
+        raise ConfigError(problems)
+    actors = ranks + cfg.cluster.num_engines
     cpus = cpus_per_actor(resources.get("CPU", 1.0), actors + cfg.cluster.num_env_workers)
-    plan = plan_placement(cfg.cluster.num_engines, cfg.cluster.rollout_num_gpus_per_engine, colocate=cfg.engine.colocate, use_gpu=use_gpu,
-                          cpus_per_actor=cpus)
+    plan = plan_placement(cfg.cluster.num_engines, cfg.cluster.rollout_num_gpus_per_engine, colocate=cfg.engine.colocate,
+                          use_gpu=use_gpu, cpus_per_actor=cpus, trainer_ranks=ranks)
     placement = create_placement(plan)
-    # the RayTrainer, or the DiskWeightsTrainer around it: both serve the trainer's calls
-    trainer: Any = RayTrainer.spawn(cfg, options=placement.trainer_options(), weight_sync=cfg.cluster.ray_weight_sync)
-    if cfg.engine.kind == "sglang":
+    # the RayTrainer (one rank) or the TrainerGroup, with SGLang wrapped to send weights: all serve the calls
+    trainer: Any
+    try:
+        if ranks > 1:
+            trainer = TrainerGroup.spawn(cfg, options=[placement.trainer_options(r) for r in range(ranks)])
+        else:
+            trainer = RayTrainer.spawn(cfg, options=placement.trainer_options(), weight_sync=cfg.cluster.ray_weight_sync)
+    except BaseException:  # a trainer that failed to start: its actors go with the placement group
+        placement.remove()
+        if started:
+            ray.shutdown()
+        raise
+    if cfg.engine.kind == "sglang" and ranks > 1:  # SGLang's in-memory path from the group's rank 0
+        from agentrl.cluster.sglang_servers import InMemoryWeightsTrainer
+
+        trainer = InMemoryWeightsTrainer(trainer, backend="nccl" if use_gpu else "gloo",
+                                         bucket_bytes=cfg.group.update_weight_buffer_size)
+    elif cfg.engine.kind == "sglang":
         from agentrl.cluster.sglang_servers import DiskWeightsTrainer
 
         trainer = DiskWeightsTrainer(trainer, output_dir(cfg) / "weights")

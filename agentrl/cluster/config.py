@@ -55,3 +55,35 @@ class ClusterConfig:
         elif importlib.util.find_spec("ray") is None:
             out.append("--use-ray needs Ray: pip install 'agentrl[ray]'")
         return out
+
+
+@dataclass
+class TrainerGroupConfig:
+    """Trainer group: the trainer as several ranks, one Ray actor each (docs/scaling.md)."""
+
+    FLAGS: ClassVar[dict[str, str]] = {
+        "--actor-num-nodes": "actor_num_nodes", "--actor-num-gpus-per-node": "actor_num_gpus_per_node",
+        "--update-weight-buffer-size": "update_weight_buffer_size", "--dry-run": "dry_run",
+    }
+
+    actor_num_nodes: int = 1
+    """Nodes the trainer ranks span; ranks = --actor-num-nodes x --actor-num-gpus-per-node."""
+    actor_num_gpus_per_node: int = 1
+    """Trainer ranks per node, one GPU each (CPU bundles with gloo on a cluster without GPUs). More than one rank in
+    all runs the trainer as a group of Ray actors: data parallel = ranks / (TP x PP x CP)."""
+    update_weight_buffer_size: int = 512 * 1024**2
+    """Bytes of gathered HF-named tensors sent to the engines at a time in a weight sync from a trainer group (slime's
+    name); no process holds more of the full model than this."""
+    dry_run: bool = False
+    """Print the trainer layout and the memory per GPU it needs (weights, gradients, optimiser state, activations),
+    then exit without loading anything."""
+
+    @property
+    def world_size(self) -> int:
+        """Trainer ranks in all."""
+        return self.actor_num_nodes * self.actor_num_gpus_per_node
+
+    def problems(self) -> list[str]:
+        return [f"{flag} must be >= {low}; got {value}" for flag, value, low in (
+            ("--actor-num-nodes", self.actor_num_nodes, 1), ("--actor-num-gpus-per-node", self.actor_num_gpus_per_node, 1),
+            ("--update-weight-buffer-size", self.update_weight_buffer_size, 1)) if value is None or value < low]

@@ -12,7 +12,9 @@ and :meth:`Placement.options` gives an actor's ``.options(...)`` for its bundle.
 * **CPU clusters** (no GPUs): one bundle of ``cpus_per_actor`` CPUs per actor; colocation does
   not apply.
 
-The torch trainer runs as one rank (one bundle); several engines scale generation.
+A trainer group (``--actor-num-gpus-per-node`` > 1, :mod:`agentrl.cluster.trainer_group`) gets one
+bundle per rank (``trainer_bundles``); colocated engines share the first ranks' GPUs, one engine per
+rank's GPU. Several engines scale generation.
 
 Example::
 
@@ -21,6 +23,9 @@ Example::
     ([{'GPU': 1.0, 'CPU': 1.0}, {'GPU': 1.0, 'CPU': 1.0}, {'GPU': 1.0, 'CPU': 1.0}], 0, [1, 2])
     >>> plan_placement(num_engines=1, gpus_per_engine=1, colocate=True, use_gpu=True).engine_gpus
     0.5
+    >>> plan = plan_placement(num_engines=1, colocate=False, use_gpu=False, trainer_ranks=2, cpus_per_actor=0.5)
+    >>> plan.bundles, plan.trainer_bundles, plan.engine_bundles
+    ([{'CPU': 0.5}, {'CPU': 0.5}, {'CPU': 0.5}], [0, 1], [2])
 """
 
 from __future__ import annotations
@@ -46,17 +51,34 @@ class PlacementPlan:
     cpus_per_actor: float
     colocate: bool
     strategy: str = "PACK"
+    trainer_bundles: list[int] = field(default_factory=lambda: [0])
+    """The bundle of each trainer rank (rank r in ``trainer_bundles[r]``)."""
 
 
 def plan_placement(num_engines: int, gpus_per_engine: int = 1, *, colocate: bool, use_gpu: bool,
-                   cpus_per_actor: float = 1.0) -> PlacementPlan:
-    """Bundles for one trainer rank and ``num_engines`` engines (see the module doc)."""
-    if num_engines < 1 or gpus_per_engine < 1:
-        raise ValueError(f"num_engines and gpus_per_engine must be >= 1; got {num_engines}, {gpus_per_engine}")
+                   cpus_per_actor: float = 1.0, trainer_ranks: int = 1) -> PlacementPlan:
+    """Bundles for ``trainer_ranks`` trainer ranks and ``num_engines`` engines (see the module doc)."""
+    if num_engines < 1 or gpus_per_engine < 1 or trainer_ranks < 1:
+        raise ValueError(f"num_engines, gpus_per_engine and trainer_ranks must be >= 1; got {num_engines}, "
+                         f"{gpus_per_engine}, {trainer_ranks}")
     cpu = float(cpus_per_actor)
+    ranks = list(range(trainer_ranks))
     if not use_gpu:
-        bundles = [{"CPU": cpu} for _ in range(num_engines + 1)]
-        return PlacementPlan(bundles, 0, list(range(1, num_engines + 1)), 0.0, 0.0, cpu, colocate=False)
+        bundles = [{"CPU": cpu} for _ in range(num_engines + trainer_ranks)]
+        return PlacementPlan(bundles, 0, list(range(trainer_ranks, trainer_ranks + num_engines)), 0.0, 0.0, cpu,
+                             colocate=False, trainer_bundles=ranks)
+    if colocate and trainer_ranks > 1:
+        if gpus_per_engine != 1 or num_engines > trainer_ranks:
+            raise ValueError(f"--colocate puts each engine on one trainer rank's GPU; {num_engines} engine(s) x "
+                             f"{gpus_per_engine} GPU(s) do not fit {trainer_ranks} ranks' GPUs one each")
+        bundles = [{"GPU": 1.0, "CPU": cpu * (2 if r < num_engines else 1)} for r in ranks]
+        return PlacementPlan(bundles, 0, list(range(num_engines)), 0.5, 0.5, cpu, colocate=True,
+                             trainer_bundles=ranks)
+    if trainer_ranks > 1:
+        bundles = [{"GPU": 1.0, "CPU": cpu} for _ in ranks]
+        bundles += [{"GPU": float(gpus_per_engine), "CPU": cpu} for _ in range(num_engines)]
+        return PlacementPlan(bundles, 0, list(range(trainer_ranks, trainer_ranks + num_engines)), 1.0,
+                             float(gpus_per_engine), cpu, colocate=False, trainer_bundles=ranks)
     if colocate:
         if num_engines * gpus_per_engine != 1:
             raise ValueError(
@@ -84,9 +106,9 @@ class Placement:
         strategy = PlacementGroupSchedulingStrategy(placement_group=self.group, placement_group_bundle_index=bundle)
         return {"num_gpus": num_gpus, "num_cpus": num_cpus, "scheduling_strategy": strategy}
 
-    def trainer_options(self) -> dict[str, Any]:
+    def trainer_options(self, rank: int = 0) -> dict[str, Any]:
         p = self.plan
-        return self.options(p.trainer_bundle, num_gpus=p.trainer_gpus, num_cpus=self._cpus())
+        return self.options(p.trainer_bundles[rank], num_gpus=p.trainer_gpus, num_cpus=self._cpus())
 
     def engine_options(self, index: int) -> dict[str, Any]:
         p = self.plan

@@ -9,9 +9,11 @@ server with its own :class:`~agentrl.engine.sglang.SGLangEngine`; the
 routing, failover) and more: it health-checks every server with ``/health_generate``, restarts a
 dead or hung one and loads the current weights into it (``/update_weights_from_disk``).
 
-Weights reach the servers from disk: the trainer actor writes an HF folder per version under the
-run's ``weights`` folder (on storage every node sees) and each server loads it
-(:class:`DiskWeights`). For an sglang-router in front of the servers instead of the pool, start
+Weights reach the servers from a trainer group (several ranks) by SGLang's in-memory path
+(:class:`InMemoryWeightsTrainer`: ``/init_weights_update_group`` once, ``/update_weights_from_distributed``
+per sync, NCCL on GPUs, gloo on CPUs); from a one-rank trainer, from disk: the trainer actor writes an
+HF folder per version under the run's ``weights`` folder (on storage every node sees) and each server
+loads it (:class:`DiskWeights`). For an sglang-router in front of the servers instead of the pool, start
 them with :func:`agentrl.engine.sglang.launch_sglang` (``router=True``) and pass
 ``--sglang-url ROUTER``.
 
@@ -143,6 +145,57 @@ class DiskWeightsTrainer:
         for old in sorted(self.staging.glob("weights_*"))[:-2]:
             shutil.rmtree(old, ignore_errors=True)
         return DiskWeights(str(target))
+
+
+class InMemoryWeightsTrainer:
+    """Wraps a :class:`~agentrl.cluster.trainer_group.TrainerGroup` so that its weights reach the SGLang servers
+    by SGLang's in-memory path, with no HF folder per sync: the first sync forms the weight-update group
+    (``/init_weights_update_group`` on each server), every sync sends the gathered tensors bucket by bucket
+    from rank 0 (``/update_weights_from_distributed``). When the pool's servers change (one restarted), the
+    group is formed again with the ones the pool hands over."""
+
+    def __init__(self, group: Any, *, backend: str, bucket_bytes: int) -> None:
+        import asyncio
+
+        self._trainer = group
+        self.backend, self.bucket_bytes = backend, bucket_bytes
+        self.members: list[Any] = []
+        self.formed = 0
+        self.lock = asyncio.Lock()  # one sync at a time: each is a collective of every rank
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trainer, name)
+
+    def weights(self) -> "InMemoryWeights":
+        return InMemoryWeights(self)
+
+    def form(self, engines: list[Any]) -> None:
+        """(Re-)form the weight-update group with ``engines`` (blocking)."""
+        if self.members:
+            self._trainer.disconnect_servers()
+        self.formed += 1
+        urls = [getattr(e, "url", None) or e.urls[0] for e in engines]  # SGLangServer, or an --sglang-url client
+        self._trainer.connect_servers(urls, group_name=f"agentrl_weights_{self.formed}", backend=self.backend)
+        self.members = list(engines)
+
+
+class InMemoryWeights:
+    """What :meth:`InMemoryWeightsTrainer.weights` returns: the :class:`~agentrl.cluster.EnginePool` hands it every
+    server at once (``push_to``, a :class:`~agentrl.cluster.engine_pool.CollectiveWeights`)."""
+
+    def __init__(self, owner: InMemoryWeightsTrainer) -> None:
+        self.owner = owner
+
+    async def push_to(self, engines: list[Any], version: int) -> None:
+        import asyncio
+
+        owner = self.owner
+        async with owner.lock:
+            if [id(e) for e in engines] != [id(e) for e in owner.members]:
+                await asyncio.to_thread(owner.form, engines)
+            await asyncio.to_thread(owner._trainer.update_servers, version, bucket_bytes=owner.bucket_bytes)
+        for e in engines:
+            e.note_weight_version(version)
 
 
 async def spawn_server(model_path: str, index: int, *, options: dict[str, Any], base_port: int, tp: int,

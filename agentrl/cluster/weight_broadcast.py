@@ -141,3 +141,107 @@ async def _gather(*aws: Any) -> list[Any]:
     import asyncio
 
     return await asyncio.gather(*aws)
+
+
+# -- SGLang's in-memory weight update: /init_weights_update_group + /update_weights_from_distributed --------
+# The trainer (rank 0) and every server (ranks rank_offset..) join a process group made the way SGLang makes it
+# (``init_custom_process_group`` in sglang/srt/utils: a ``tcp://`` rendezvous, a ``PrefixStore`` named after the
+# group, torch's process-group helper), so a real SGLang server and ``agentrl serve`` join the same group. Each
+# bucket of weights is one ``/update_weights_from_distributed`` request (``names``, ``dtypes``, ``shapes``) answered
+# after the server has received the tensors that follow it, broadcast from rank 0 in that order.
+def init_update_group(address: str, port: int, rank: int, world_size: int, group_name: str = "weight_update_group",
+                      backend: str = "nccl", timeout_s: float = 600.0) -> Any:
+    """Join the weight-update group ``group_name`` as ``rank`` (blocks until all ``world_size`` ranks joined)."""
+    import inspect
+
+    from torch.distributed.distributed_c10d import Backend, PrefixStore, _new_process_group_helper, _world, rendezvous
+
+    timeout = datetime.timedelta(seconds=timeout_s)
+    store, rank, world_size = next(rendezvous(f"tcp://{address}:{port}", rank, world_size, timeout=timeout))
+    store.set_timeout(timeout)
+    store = PrefixStore(group_name, store)
+    options = "backend_options" if "backend_options" in inspect.signature(_new_process_group_helper).parameters \
+        else "pg_options"
+    pg, _ = _new_process_group_helper(world_size, rank, [], Backend(backend), store,
+                                      group_name=group_name, timeout=timeout, **{options: None})  # type: ignore[arg-type]
+    _world.pg_group_ranks[pg] = {i: i for i in range(world_size)}
+    return pg
+
+
+def destroy_update_group(pg: Any) -> None:
+    import torch.distributed as dist
+
+    dist.destroy_process_group(pg)
+
+
+def receive_bucket(pg: Any, names: list[str], dtypes: list[str], shapes: list[list[int]], device: Any) -> dict[str, Any]:
+    """A server's side of one ``/update_weights_from_distributed``: the tensors rank 0 broadcasts, in order."""
+    import torch
+    import torch.distributed as dist
+
+    out = {}
+    for name, dtype, shape in zip(names, dtypes, shapes):
+        buf = torch.empty(shape, dtype=getattr(torch, dtype.removeprefix("torch.")), device=device)
+        dist.broadcast(buf, src=0, group=pg)
+        out[name] = buf
+    return out
+
+
+def buckets(named_tensors: Any, max_bytes: int) -> Any:
+    """``[(name, tensor)]`` lists of at most ``max_bytes`` (a larger tensor is a bucket of its own).
+
+    Example::
+
+        >>> import torch
+        >>> ts = [("a", torch.zeros(4)), ("b", torch.zeros(4)), ("c", torch.zeros(8))]
+        >>> [[n for n, _ in b] for b in buckets(ts, max_bytes=32)]
+        [['a', 'b'], ['c']]
+    """
+    bucket: list[tuple[str, Any]] = []
+    size = 0
+    for name, t in named_tensors:
+        n = t.numel() * t.element_size()
+        if bucket and size + n > max_bytes:
+            yield bucket
+            bucket, size = [], 0
+        bucket.append((name, t))
+        size += n
+    if bucket:
+        yield bucket
+
+
+def push_to_servers(named_tensors: Any, urls: list[str], pg: Any, *, group_name: str = "weight_update_group",
+                    bucket_bytes: int = 512 * 1024**2, weight_version: str | None = None,
+                    timeout_s: float = 600.0) -> dict[str, float]:
+    """Rank 0: send ``named_tensors`` (HF names, full tensors) to the servers at ``urls`` bucket by bucket; only
+    one bucket is held at a time. Returns ``{"seconds", "bytes", "buckets"}``."""
+    import concurrent.futures as cf
+    import time
+
+    import httpx
+    import torch.distributed as dist
+
+    start, sent, count = time.perf_counter(), 0, 0
+    with httpx.Client(timeout=timeout_s) as client, cf.ThreadPoolExecutor(max(len(urls), 1)) as pool:
+        for bucket in buckets(named_tensors, bucket_bytes):
+            body = {"names": [n for n, _ in bucket], "dtypes": [str(t.dtype).removeprefix("torch.") for _, t in bucket],
+                    "shapes": [list(t.shape) for _, t in bucket], "group_name": group_name, "flush_cache": True,
+                    "weight_version": weight_version}
+            answers = [pool.submit(client.post, f"{u.rstrip('/')}/update_weights_from_distributed", json=body)
+                       for u in urls]
+            for _, t in bucket:
+                t = t.detach().contiguous()
+                dist.broadcast(t if pg_backend(pg) != "gloo" else t.cpu(), src=0, group=pg)
+                sent += t.numel() * t.element_size()
+            for url, answer in zip(urls, answers):
+                reply = answer.result()
+                if reply.status_code != 200 or not reply.json().get("success", False):
+                    raise RuntimeError(f"{url}/update_weights_from_distributed failed: {reply.text[:300]}")
+            count += 1
+    return {"seconds": time.perf_counter() - start, "bytes": float(sent), "buckets": float(count)}
+
+
+def pg_backend(pg: Any) -> str:
+    import torch.distributed as dist
+
+    return str(dist.get_backend(pg))

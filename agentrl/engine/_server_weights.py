@@ -110,3 +110,80 @@ def read_weight_files(path: Path) -> dict[str, Any]:
     return weights
 
 
+
+
+# -- /init_weights_update_group, /update_weights_from_distributed, /destroy_weights_update_group ------------------
+# SGLang's in-memory path (its io_struct's InitWeightsUpdateGroupReqInput, UpdateWeightsFromDistributedReqInput):
+# the server joins a process group with the trainer (agentrl.cluster.weight_broadcast.init_update_group) and
+# receives each bucket of tensors broadcast from rank 0. The blocking collectives run in worker threads.
+async def init_weights_update_group(state: Any, body: dict[str, Any]) -> JSONResponse:
+    from agentrl.cluster.weight_broadcast import init_update_group
+
+    try:
+        address, port = str(body["master_address"]), int(body["master_port"])
+        rank, world = int(body["rank_offset"]), int(body["world_size"])
+    except (KeyError, TypeError, ValueError) as exc:
+        return _fail(f"give master_address, master_port, rank_offset and world_size: {exc}")
+    name, backend = str(body.get("group_name", "weight_update_group")), str(body.get("backend", "nccl"))
+    if backend not in ("nccl", "gloo"):
+        return _fail(f"backend must be nccl or gloo; got {backend!r}")
+    device = getattr(state.engine, "device", None)
+    if backend == "nccl" and (device.type != "cuda" if device is not None else not _cuda_available()):
+        return _fail("backend nccl needs the engine on a CUDA GPU; this server runs on the CPU: use backend gloo")
+    if name in state.update_groups:
+        return _fail(f"weight update group {name!r} exists; destroy it first (/destroy_weights_update_group)")
+    try:
+        state.update_groups[name] = await asyncio.to_thread(init_update_group, address, port, rank, world, name,
+                                                            backend, state.weight_load_timeout)
+    except Exception as exc:  # noqa: BLE001 - the client gets the reason
+        return _fail(f"Failed to init group {name!r}: {type(exc).__name__}: {exc}")
+    log.info("joined weight update group %s (%s) as rank %d of %d at %s:%d", name, backend, rank, world, address, port)
+    return JSONResponse({"success": True, "message": f"Succeeded to initialize group {name}."})
+
+
+async def update_weights_from_distributed(state: Any, body: dict[str, Any]) -> JSONResponse:
+    from agentrl.cluster.weight_broadcast import pg_backend, receive_bucket
+
+    names, dtypes, shapes = body.get("names"), body.get("dtypes"), body.get("shapes")
+    if not (isinstance(names, list) and isinstance(dtypes, list) and isinstance(shapes, list)
+            and len(names) == len(dtypes) == len(shapes)):
+        return _fail("give names, dtypes and shapes: lists of the same length")
+    name = str(body.get("group_name", "weight_update_group"))
+    pg = state.update_groups.get(name)
+    if pg is None:
+        return _fail(f"no weight update group {name!r}: call /init_weights_update_group first")
+    label = body.get("weight_version")
+    version = int(label) if isinstance(label, int) or (isinstance(label, str) and label.isdigit()) else None
+    device = "cpu" if pg_backend(pg) == "gloo" else getattr(state.engine, "device", "cuda")
+    try:
+        weights = await asyncio.to_thread(receive_bucket, pg, names, dtypes, shapes, device)
+        if body.get("abort_all_requests", False):
+            await state.abort(None)
+        new_version = await state.engine.update_weights(weights, version=version)
+    except Exception as exc:  # noqa: BLE001
+        log.exception("update_weights_from_distributed failed")
+        return _fail(f"Failed to update weights: {type(exc).__name__}: {exc}")
+    if label is not None:
+        state.version_labels[new_version] = str(label)
+    return JSONResponse({"success": True, "message": "Succeeded to update parameter online."})
+
+
+async def destroy_weights_update_group(state: Any, body: dict[str, Any]) -> JSONResponse:
+    from agentrl.cluster.weight_broadcast import destroy_update_group
+
+    name = str(body.get("group_name", "weight_update_group"))
+    pg = state.update_groups.pop(name, None)
+    if pg is None:
+        return _fail(f"no weight update group {name!r}")
+    await asyncio.to_thread(destroy_update_group, pg)
+    return JSONResponse({"success": True, "message": f"Succeeded to destroy group {name}."})
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _fail(message: str) -> JSONResponse:
+    return JSONResponse({"success": False, "message": message}, status_code=400)

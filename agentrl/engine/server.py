@@ -104,6 +104,8 @@ class _ServerState:
         self.max_request_bytes = max_request_bytes
         self.max_prompt_chars = max_prompt_chars
         self.weight_load_timeout = weight_load_timeout
+        self.update_groups: dict[str, Any] = {}
+        """Weight update groups joined through /init_weights_update_group, by name."""
         self.weight_read: concurrent.futures.Future | None = None
         """The latest weight-file read (a daemon thread of its own: one stuck on a file system holds no other)."""
         self.model_info = _model_config_info(model_path)
@@ -258,8 +260,11 @@ def create_app(
         state.version_labels[state.engine.weight_version] = new
         return JSONResponse({"success": True, "message": f"Weight version updated to {new}", "new_version": new})
 
-    for path in ("/update_weights_from_tensor", "/update_weights_from_distributed",
-                 "/init_weights_update_group", "/destroy_weights_update_group", "/update_weights_from_ipc"):
+    for path, handler in (("/init_weights_update_group", _server_weights.init_weights_update_group),
+                          ("/update_weights_from_distributed", _server_weights.update_weights_from_distributed),
+                          ("/destroy_weights_update_group", _server_weights.destroy_weights_update_group)):
+        app.add_api_route(path, _with_body(state, handler), methods=["POST"])
+    for path in ("/update_weights_from_tensor", "/update_weights_from_ipc"):
         app.add_api_route(path, _not_supported(path), methods=["POST"])
 
     @app.api_route("/generate", methods=["POST", "PUT"])
@@ -431,12 +436,22 @@ async def _health_generate(state: _ServerState) -> bool:
         return False
 
 
+def _with_body(state: _ServerState, handler: Any):
+    async def route(request: Request) -> Response:
+        body = await _json_body(request, state)
+        if isinstance(body, JSONResponse):
+            return body
+        return await handler(state, body)
+    return route
+
+
 def _not_supported(path: str):
     async def handler() -> JSONResponse:
         return JSONResponse({
             "success": False,
             "message": f"{path} is SGLang-only (it needs SGLang's tensor serialisation or NCCL groups); "
-                       "this server loads new weights through /update_weights_from_disk",
+                       "this server loads new weights through /update_weights_from_disk or "
+                       "/update_weights_from_distributed",
         }, status_code=400)
     return handler
 

@@ -263,6 +263,11 @@ class SGLangEngine:
         self._weight_version = new
         return new
 
+    def note_weight_version(self, version: int) -> None:
+        """The servers now hold weight version ``version``, sent by someone else (a trainer that posts
+        ``/update_weights_from_distributed`` to them itself)."""
+        self._weight_version = int(version)
+
     async def close(self) -> None:
         """Close the HTTP client (the servers keep running); as :meth:`aclose` (``Closable``)."""
         await self.aclose()

@@ -9,6 +9,7 @@ import sys
 import time
 
 from agentrl.env.checker import check_env
+from agentrl.env.exploits import check_exploits
 from agentrl.env.registry import EnvNotFoundError, make, registered_ids, resolve_id
 from agentrl.utils.extras import MissingExtra
 
@@ -19,19 +20,38 @@ def build_parser() -> argparse.ArgumentParser:
         description="Check environments against the TextEnv contract: gymnasium's checker, seeding "
         "determinism, JSON-serialisable info, close() twice, and fuzzing with malformed actions. "
         "Prints one line per environment; exits 1 when any fails. With --all, environments whose optional "
-        "dependencies are not installed are listed as skipped, with the pip command that installs them.",
+        "dependencies are not installed are listed as skipped, with the pip command that installs them. With "
+        "--exploits, also plays scripted cheats (empty, echoed, spammed and junk answers, junk tool calls, "
+        "stopping at once) that must earn no reward, and the environment's oracle, which must earn full reward "
+        "(agentrl.env.exploits).",
     )
     p.add_argument("env_ids", nargs="*", metavar="ID", help="environment ids, e.g. agentrl/Math-v0 or Math-v0")
     p.add_argument("--all", action="store_true", help="check every registered agentrl/ environment")
     p.add_argument("--seed", type=int, default=0, help="seed for resets and fuzz sampling")
     p.add_argument("--fuzz-samples", type=int, default=8, help="random fuzz actions per env, beside the fixed ones")
+    p.add_argument("--exploits", action="store_true",
+                   help="also check that scripted cheats earn no reward (and an oracle(seed), if defined, earns full "
+                   "reward); a cheat that earns reward fails the environment and its transcript is printed")
+    p.add_argument("--exploit-seeds", type=int, default=3, help="seeds each cheat is played on, with --exploits")
     p.add_argument("-v", "--verbose", action="store_true", help="also print gymnasium's warnings")
+    p.add_argument("--signal", action="store_true",
+                   help="instead of the contract checks, play a few rollouts of one environment with the real model "
+                   "and report whether any group of episodes earned unequal rewards (GRPO's learning signal); "
+                   "training flags after the id (--config, --model-path, --env-kwargs, --prompt-data, "
+                   "--rollout-batch-size, --n-samples-per-prompt, ...) set the rollouts up as in training")
+    p.add_argument("--signal-rollouts", type=int, default=2, help="rollouts to play with --signal")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args, rest = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.signal:
+        return signal_main(args, rest)
+    if rest:
+        print(f"agentrl check-env: unrecognized arguments: {' '.join(rest)} (training flags go with --signal)",
+              file=sys.stderr)
+        return 2
     if args.all == bool(args.env_ids):
         print("agentrl check-env: give environment ids or --all (not both)", file=sys.stderr)
         return 2
@@ -43,8 +63,16 @@ def main(argv: list[str] | None = None) -> int:
     failed = skipped = 0
     for env_id in ids:
         start = time.perf_counter()
+        oracle_checked, allowed = False, []
         try:
-            report = check_env(functools.partial(make, env_id), seed=args.seed, fuzz_samples=args.fuzz_samples)
+            factory = functools.partial(make, env_id)
+            report = check_env(factory, seed=args.seed, fuzz_samples=args.fuzz_samples)
+            if args.exploits:
+                exploits = check_exploits(factory, seeds=range(args.seed, args.seed + args.exploit_seeds))
+                report.problems += [f"exploit check: {line}" for line in exploits.summary() if
+                                    not line.startswith("allowed: ")]
+                allowed = [line for line in exploits.summary() if line.startswith("allowed: ")]
+                oracle_checked = exploits.oracle_checked
         except MissingExtra as e:  # an optional dependency: with --all, not this install's environment
             if not args.all:
                 failed += 1
@@ -60,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         took = time.perf_counter() - start
         if report.ok:
             note = f", {len(report.warnings)} warnings" if report.warnings else ""
+            note += (", no cheat earned reward" + (", oracle earned full reward" if oracle_checked else "")
+                     if args.exploits else "")
             print(f"ok    {env_id}  ({took:.1f}s{note})")
+            for line in allowed:
+                print(f"      {line}")
         else:
             failed += 1
             print(f"FAIL  {env_id}  ({took:.1f}s)")
@@ -72,3 +104,37 @@ def main(argv: list[str] | None = None) -> int:
     tail = f", {skipped} skipped (optional dependencies not installed)" if skipped else ""
     print(f"{len(ids) - failed - skipped} passed, {failed} failed{tail}")
     return 1 if failed else 0
+
+
+def signal_main(args: argparse.Namespace, rest: list[str]) -> int:
+    """``--signal``: :func:`agentrl.rollout.signal.check_signal` on one environment; exit 0 when some group had
+    unequal rewards, 1 when none had, 2 for a bad command line."""
+    import asyncio
+
+    from agentrl.config import ConfigError, parse_args
+    from agentrl.rollout.signal import check_signal, signal_verdict
+
+    if len(args.env_ids) > 1 or args.all or args.signal_rollouts < 1:
+        print("agentrl check-env --signal: give at most one environment id (none: the --config's) and "
+              "--signal-rollouts >= 1", file=sys.stderr)
+        return 2
+    try:
+        env = [] if not args.env_ids else ["--env", resolve_id(args.env_ids[0])]
+        cfg = parse_args([*rest, *env, "--seed", str(args.seed)], prog="agentrl check-env --signal")
+    except (ConfigError, EnvNotFoundError) as e:
+        print(f"agentrl check-env --signal: {e}", file=sys.stderr)
+        return 2
+    if cfg.env is None:
+        print("agentrl check-env --signal: name the environment (an id, or --config with env:)", file=sys.stderr)
+        return 2
+    print(f"{cfg.env}: {args.signal_rollouts} rollout(s) of {cfg.rollout_batch_size} prompts x "
+          f"{cfg.rollout.n_samples_per_prompt} episodes with {cfg.model_path}, no training")
+    rows = asyncio.run(check_signal(cfg, args.signal_rollouts))
+    for k, m in enumerate(rows):
+        print(f"rollout {k}: reward {m.get('rollout/reward_mean', 0.0):.3f}, groups with equal rewards "
+              f"{m.get('signal/equal_reward_groups', 1.0):.0%} (all 0: {m.get('signal/all_zero_groups', 0.0):.0%}), "
+              f"truncated {m.get('rollout/status_truncated', 0.0):.0%}, timed out {m.get('rollout/timed_out', 0.0):.0%}, "
+              f"{m.get('rollout/time', 0.0):.0f} s")
+    ok, line = signal_verdict(rows)
+    print(line)
+    return 0 if ok else 1

@@ -245,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(report.format_table(summary))
     print(f"\nwrote {args.out}/summary.json, {args.out}/episodes.jsonl, {args.out}/report.md")
+    notice = report.timeout_notice(summary["tasks"], args.episode_timeout)
+    if notice:
+        print(f"\nagentrl eval: {notice}", file=sys.stderr)
     if summary.get("engine_failures"):
         counts = ", ".join(f"{task}: {n}" for task, n in summary["engine_failures"].items())
         print(f"\nagentrl eval: the engine failed some prompts ({counts}); they are not scored above. "

@@ -30,7 +30,7 @@ from agentrl.types import Sample
 
 log = logging.getLogger(__name__)
 
-_COUNTS = ("prompts", "episodes", "status_ok", "status_truncated", "status_aborted", "status_failed")
+_COUNTS = ("prompts", "episodes", "status_ok", "status_truncated", "status_aborted", "status_failed", "timed_out")
 """Metrics summed (not averaged) over tasks in the overall row."""
 
 
@@ -73,12 +73,25 @@ def columns(summary: dict[str, Any]) -> list[Column]:
     cols += [
         Column("ok/trunc/fail", lambda m: "/".join(f"{m.get(f'status_{s}', 0):.0f}" for s in ("ok", "truncated"))
                + f"/{m.get('status_failed', 0) + m.get('status_aborted', 0):.0f}"),
+        *([Column("timed out", _num("timed_out", 0))] if any(m.get("timed_out") for m in rows) else []),
         Column("turns", _num("turns_mean", 1)),
         Column("tokens", _num("generated_tokens_mean", 0)),
         Column("tools", _num("tool_calls_mean", 2)),
         Column("tool err", _num("tool_errors_mean", 2)),
     ]
     return cols
+
+
+def timeout_notice(task_metrics: dict[str, dict[str, float]], timeout: float | None) -> str | None:
+    """A line saying which tasks had episodes stopped by ``--episode-timeout`` (None: none were): their
+    success is not a wrong answer's, and a busy machine needs a longer limit."""
+    hit = {task: m for task, m in task_metrics.items() if m.get("timed_out")}
+    if not hit:
+        return None
+    counts = ", ".join(f"{task}: {m['timed_out']:.0f} of {m.get('episodes', 0):.0f}" for task, m in hit.items())
+    limit = f"{timeout:g} s" if timeout else "its limit"
+    return (f"episodes stopped by --episode-timeout ({limit}) before they ended ({counts}): they count as failures "
+            "above, not as wrong answers; on a busy machine raise --episode-timeout (none: no limit)")
 
 
 def _num(key: str, digits: int = 3) -> Callable[[dict[str, float]], str]:

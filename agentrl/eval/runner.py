@@ -33,7 +33,8 @@ from typing import Any
 from agentrl.data.prompts import PromptRow
 from agentrl.engine.base import Engine, SamplingParams
 from agentrl.eval.metrics import group_metrics
-from agentrl.rollout import Rollout, RolloutConfig, engine_failed
+from agentrl.env.shaping import task_reward
+from agentrl.rollout import Rollout, RolloutConfig, engine_failed, timed_out
 from agentrl.types import Group, Sample
 
 
@@ -162,17 +163,21 @@ def task_metrics(groups: Sequence[Sequence[Sample]], config: EvalConfig) -> dict
 
     Keys: ``reward_mean`` (avg@n), ``success``, ``pass@k``, ``pass^k``, ``maj@k`` (when the
     environment reports an extracted answer, ``info["extracted"]`` or ``info["answer"]``),
-    ``status_{ok,truncated,aborted,failed}`` (counts), ``prompts``, ``episodes`` and per-episode
+    ``status_{ok,truncated,aborted,failed}`` (counts), ``timed_out`` (the failed episodes that
+    ``--episode-timeout`` stopped: out of time, not wrong), ``prompts``, ``episodes`` and per-episode
     means ``turns_mean``, ``prompt_tokens_mean``, ``generated_tokens_mean``,
-    ``response_tokens_mean``, ``tool_calls_mean``, ``tool_errors_mean``.
+    ``response_tokens_mean``, ``tool_calls_mean``, ``tool_errors_mean``. Success (and pass@k, pass^k,
+    maj@k) counts the task's reward alone (:func:`agentrl.env.shaping.task_reward`): shaping terms add to
+    ``reward_mean`` but never make a success; with named components ``task_reward_mean`` is reported too.
     """
     if not groups:
         return {}
     samples = [s for g in groups for s in g]
     extractable = any(_answer_key(s) is not None for s in samples)
     per_prompt = [
-        group_metrics([s.reward for s in g], config.ks, config.success_threshold,
-                      answers=[_answer(s) for s in g] if extractable else None)
+        group_metrics([task_reward(s) for s in g], config.ks, config.success_threshold,
+                      answers=[_answer(s) for s in g] if extractable else None) | {"avg": statistics.fmean(
+                          s.reward for s in g)}
         for g in groups
     ]
     keys = sorted({k for m in per_prompt for k in m})
@@ -184,6 +189,9 @@ def task_metrics(groups: Sequence[Sequence[Sample]], config: EvalConfig) -> dict
     statuses = Counter(s.status for s in samples)
     for status in ("ok", "truncated", "aborted", "failed"):
         out[f"status_{status}"] = float(statuses.get(status, 0))
+    out["timed_out"] = float(sum(map(timed_out, samples)))
+    if any(s.rewards for s in samples):
+        out["task_reward_mean"] = statistics.fmean(task_reward(s) for s in samples)
     out["prompts"] = float(len(groups))
     out["episodes"] = float(len(samples))
     for key, fn in (("turns", lambda s: s.num_turns), ("prompt_tokens", lambda s: len(s.prompt_ids)),

@@ -19,7 +19,8 @@ class RolloutConfig:
         "--rollout-max-context-len": "max_context_tokens", "--rollout-max-response-len": "max_new_tokens_per_turn",
         "--rollout-temperature": "sampling.temperature", "--rollout-top-p": "sampling.top_p",
         "--rollout-top-k": "sampling.top_k", "--rollout-stop": "sampling.stop",
-        "--rollout-concurrency": "concurrency", "--episode-timeout": "episode_timeout", "--env-kwargs": "env_kwargs",
+        "--rollout-concurrency": "concurrency", "--episode-timeout": "episode_timeout",
+        "--max-episode-retries": "max_episode_retries", "--env-kwargs": "env_kwargs",
     }
 
     n_samples_per_prompt: int = 4
@@ -36,6 +37,9 @@ class RolloutConfig:
     """Episodes in flight at once, across all groups."""
     episode_timeout: float | None = 600.0
     """Seconds before an episode is stopped and recorded as failed (none: no limit)."""
+    max_episode_retries: int = 2
+    """Times a failed episode (an environment, tool or engine error) is run again with the same seeds; one
+    that still fails is left out of its group's statistics and of the batch (rollout/failed_excluded)."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
     """Constructor arguments for every environment made."""
 
@@ -46,6 +50,8 @@ class RolloutConfig:
             ("--max-turns", 1 if self.max_turns is None else self.max_turns)) if value is None or value < 1]
         if self.episode_timeout is not None and not self.episode_timeout > 0:
             out.append(f"--episode-timeout must be > 0 seconds (none: no limit); got {self.episode_timeout}")
+        if self.max_episode_retries is None or self.max_episode_retries < 0:
+            out.append(f"--max-episode-retries must be >= 0; got {self.max_episode_retries}")
         try:
             self.sampling.validate()
         except ValueError as e:

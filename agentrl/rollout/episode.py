@@ -66,6 +66,17 @@ def engine_failed(sample: Sample) -> bool:
     return sample.status == "failed" and (sample.error or "").startswith(f"{EngineError.__name__}: ")
 
 
+TIMEOUT_ERROR = "episode timed out"
+"""How the error of an episode stopped by ``episode_timeout`` begins."""
+
+
+def timed_out(sample: Sample) -> bool:
+    """Whether the episode was stopped by ``--episode-timeout``: time ran out (a busy machine, a slow
+    tool), which says nothing about whether the answer would have been right; training and evaluation
+    report these episodes apart from wrong answers."""
+    return sample.status == "failed" and (sample.error or "").startswith(TIMEOUT_ERROR)
+
+
 class _Partial:
     """What an episode has produced so far; survives a timeout or a crash."""
 
@@ -77,6 +88,19 @@ class _Partial:
         self.metrics: dict[str, float] = {"time_generate": 0.0, "time_env": 0.0, "tool_calls": 0.0,
                                           "tool_errors": 0.0}
         self.turns = 0
+        self.turn_starts: list[int] = []
+        self.turn_rewards: list[float] = []
+        self.state_keys: list[str | None] = []
+        self.state_key: str | None = None
+        """The state the next turn acts in (``info["state_key"]`` of the latest reset or step)."""
+        self.components: dict[str, float] = {}
+        """The environment's named reward components (``info["reward_components"]``), summed over the turns."""
+
+
+def state_key(info: dict[str, Any]) -> str | None:
+    """An environment's ``info["state_key"]`` as the string a :class:`Sample` records (None: none given)."""
+    key = info.get("state_key")
+    return None if key is None else str(key)
 
 
 async def run_episode(
@@ -103,7 +127,7 @@ async def run_episode(
         coro = _loop(engine, template, env, request, config, partial)
         status = await (asyncio.wait_for(coro, config.episode_timeout) if config.episode_timeout else coro)
     except asyncio.TimeoutError:
-        status, error = "failed", f"episode timed out after {config.episode_timeout:.0f}s"
+        status, error = "failed", f"{TIMEOUT_ERROR} after {config.episode_timeout:.0f}s"
     except asyncio.CancelledError:
         raise
     except Exception as e:  # an env, tool or engine failure is data
@@ -131,8 +155,10 @@ async def _loop(engine: Engine, template: Any, env: TextEnv, request: EpisodeReq
     messages, info = await env.areset(seed=request.env_seed, options=request.options)
     partial.metrics["time_env"] += time.perf_counter() - t
     partial.info = dict(info)
+    partial.state_key = state_key(info)
     conv = TokenConversation(template, messages, tools=env.tool_schemas() or None)
     partial.conversation = conv
+    prompt_length = conv.num_tokens
     stop_ids = sorted(set(config.sampling.stop_token_ids) | set(template.stop_token_ids))
     # request ids unique per episode, even when several rollouts (training, eval) share an engine
     episode_id = f"g{request.group_id}-s{request.sample_index}-{secrets.token_hex(4)}"
@@ -151,6 +177,8 @@ async def _loop(engine: Engine, template: Any, env: TextEnv, request: EpisodeReq
         partial.metrics["time_generate"] += time.perf_counter() - t
         if completion.finish_reason == "abort":
             return "aborted"
+        partial.turn_starts.append(conv.num_tokens - prompt_length)
+        partial.state_keys.append(partial.state_key)
         conv.add_completion(completion.token_ids, completion.logprobs)
         partial.weight_versions.append(completion.weight_version)
         partial.turns += 1
@@ -159,9 +187,13 @@ async def _loop(engine: Engine, template: Any, env: TextEnv, request: EpisodeReq
         observation, reward, terminated, truncated, info = await env.astep(action)
         partial.metrics["time_env"] += time.perf_counter() - t
         partial.reward += float(reward)
+        partial.turn_rewards.append(float(reward))
         partial.info = dict(info)
+        partial.state_key = state_key(info)
         partial.metrics["tool_calls"] += float(info.get("tool_calls", 0) or 0)
         partial.metrics["tool_errors"] += float(info.get("tool_errors", 0) or 0)
+        for name, value in (info.get("reward_components") or {}).items():  # agentrl.env.shaping
+            partial.components[name] = partial.components.get(name, 0.0) + float(value)
         if terminated:  # an answer cut by the token budget still counts as truncated (overlong filters)
             return "truncated" if completion.finish_reason == "length" else "ok"
         if truncated:
@@ -182,9 +214,12 @@ def _to_sample(p: _Partial, request: EpisodeRequest, status: str, error: str | N
         metrics["generated_tokens"] = float(sum(conv.loss_mask))
         metrics["observation_tokens"] = float(len(conv.loss_mask) - sum(conv.loss_mask))
     metrics["turns"] = float(p.turns)
+    # a failed episode scores nothing; a turn whose step never returned earned nothing
+    turn_rewards = p.turn_rewards if status != "failed" else []
     return Sample(
         **fields,
         reward=p.reward if status != "failed" else 0.0,
+        rewards=dict(p.components) if status != "failed" else {},
         status=status,
         error=error,
         group_id=request.group_id,
@@ -193,6 +228,9 @@ def _to_sample(p: _Partial, request: EpisodeRequest, status: str, error: str | N
         label=request.label,
         messages=list(conv.messages) if conv is not None else [],
         num_turns=p.turns,
+        turn_starts=p.turn_starts,
+        turn_rewards=turn_rewards + [0.0] * (p.turns - len(turn_rewards)),
+        state_keys=p.state_keys,
         weight_versions=p.weight_versions,
         metrics=metrics,
         metadata={**request.metadata, "env_info": _jsonable(p.info)},
@@ -212,9 +250,10 @@ async def _apply_reward_fn(reward_fn: RewardFn, sample: Sample) -> None:
             sample.reward = float(value)
         if not all(math.isfinite(v) for v in [sample.reward, *sample.rewards.values()]):
             raise ValueError(f"non-finite reward {sample.reward!r} / {sample.rewards!r}")
+        sample.set_outcome_reward(sample.reward)  # it scores the whole episode: the last turn's
     except Exception as e:
         sample.status, sample.error = "failed", f"reward function failed: {type(e).__name__}: {e}"
-        sample.reward = 0.0
+        sample.set_outcome_reward(0.0)
 
 
 def _jsonable(info: dict[str, Any]) -> dict[str, Any]:

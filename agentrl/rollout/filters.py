@@ -48,7 +48,7 @@ def overlong_penalty(penalty: float = -1.0) -> GroupFilter:
         for s in group.samples:
             if s.status == "truncated":
                 s.rewards = {**s.rewards, "overlong_penalty": penalty}
-                s.reward = penalty
+                s.set_outcome_reward(penalty)
         return group
 
     return overlong_penalty

@@ -5,6 +5,14 @@ most ``concurrency`` episodes in flight, runs the filters on each finished group
 drawing prompts until ``batch_size`` groups survive (or the over-sampling cap is reached).
 Surplus groups still in flight at that point are cancelled and counted, never half-kept.
 
+**Failed episodes** (status ``failed``: an environment, tool, reward-function or engine error, a
+timeout) are run again with the same request, hence the same environment and sampling seeds, up
+to ``config.max_episode_retries`` times. One that still fails is left out: the first filter is
+always :func:`~agentrl.rollout.filters.drop_failed`, so it takes no part in its group's statistics
+(the group is compared over the episodes that finished) and never reaches the batch; it is never
+scored as a zero reward. ``rollout/episode_retries`` counts the retries and
+``rollout/failed_excluded`` the episodes left out.
+
 Example::
 
     rollout = Rollout(engine, ChatTemplate(tokenizer), RolloutConfig(n_samples_per_prompt=4),
@@ -26,7 +34,7 @@ from typing import Any
 
 from agentrl.data.prompts import PromptRow
 from agentrl.engine.base import Engine
-from agentrl.rollout.episode import EpisodeRequest, RewardFn, RolloutConfig, engine_failed, run_episode
+from agentrl.rollout.episode import EpisodeRequest, RewardFn, RolloutConfig, engine_failed, run_episode, timed_out
 from agentrl.rollout.filters import GroupFilter, drop_failed
 from agentrl.types import Group, Sample
 
@@ -117,7 +125,7 @@ class Rollout:
         self.template = template
         self.config = config
         self.default_env_id = default_env_id
-        self.filters = list(filters)
+        self.filters = [drop_failed] + [f for f in filters if f is not drop_failed]  # failures never count
         self.generate_fn = generate_fn or run_episode
         self.reward_fn = reward_fn
         self.seed = seed
@@ -154,6 +162,19 @@ class Rollout:
                 progress._add(-1)
 
     async def _run_episode(self, request: EpisodeRequest) -> Sample:
+        """The episode, run again (same request, same seeds) while it fails, at most ``max_episode_retries`` times."""
+        retries = 0
+        while True:
+            sample = await self._attempt(request)
+            if sample.status != "failed" or retries >= self.config.max_episode_retries:
+                break
+            retries += 1
+            log.info("episode g%d/s%d failed (%s); retry %d of %d", request.group_id, request.sample_index,
+                     sample.error, retries, self.config.max_episode_retries)
+        sample.metrics["retries"] = float(retries)
+        return sample
+
+    async def _attempt(self, request: EpisodeRequest) -> Sample:
         if self._semaphore is None:
             self._semaphore = asyncio.Semaphore(self.config.concurrency)
         async with self._semaphore:
@@ -262,17 +283,21 @@ def rollout_metrics(finished: list[Group], kept: list[Group], dropped: Counter, 
     statuses = Counter(s.status for s in samples)
     for status in ("ok", "truncated", "aborted", "failed"):
         m[f"rollout/status_{status}"] = statuses.get(status, 0) / len(samples)
+    m["rollout/failed_excluded"] = float(statuses.get("failed", 0))  # after retries; never scored
+    m["rollout/episode_retries"] = sum(s.metrics.get("retries", 0.0) for s in samples)
     m["rollout/engine_failed"] = sum(map(engine_failed, samples)) / len(samples)  # of the failed: the engine's
     rewards = [s.reward for s in samples if s.trainable]
     if rewards:
         m["rollout/reward_mean"] = statistics.fmean(rewards)
         m["rollout/reward_std"] = statistics.pstdev(rewards)
     m["rollout/response_len_mean"] = statistics.fmean(len(s.response_ids) for s in samples)
+    m["rollout/timed_out"] = sum(map(timed_out, samples)) / len(samples)  # of the failed: --episode-timeout's
     m["rollout/generated_tokens"] = float(sum(s.num_generated_tokens for s in samples))
     for key in ("turns", "tool_calls", "tool_errors", "time_generate", "time_env", "time_total"):
         m[f"rollout/{key}_mean"] = statistics.fmean(s.metrics.get(key, 0.0) for s in samples)
     m["rollout/tokens_per_s"] = m["rollout/generated_tokens"] / max(seconds, 1e-9)
-    zero_var = sum(1 for g in finished if len(g.samples) > 1 and len(set(g.rewards)) == 1)
+    trained = [[s.reward for s in g.samples if s.trainable] for g in finished]
+    zero_var = sum(1 for rewards in trained if len(rewards) > 1 and len(set(rewards)) == 1)
     m["rollout/zero_variance_groups"] = zero_var / len(finished)
     for reason, n in dropped.items():
         m[f"rollout/dropped_{reason}"] = float(n)

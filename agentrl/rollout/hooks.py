@@ -10,6 +10,12 @@
       def my_reward(sample: Sample) -> float | dict[str, float]     # or async def
 
   A dict gives named components; its ``"reward"`` key (or the sum) becomes ``sample.reward``.
+
+slime's own contracts are accepted too, recognised by signature and adapted by
+:mod:`agentrl.rollout.slime_hooks` (which documents what maps and what does not)::
+
+      async def generate(args, sample, sampling_params) -> Sample      # slime's Sample
+      async def reward(args, sample, **kwargs) -> float
 """
 
 from __future__ import annotations
@@ -21,18 +27,29 @@ from agentrl.utils.imports import HookLoadError, load_object
 
 
 def load_generate_fn(spec: str) -> Any:
+    from agentrl.rollout import slime_hooks
+
+    slime_hooks.install_stand_ins()  # a slime hook file imports slime.utils.types etc.
     fn = load_object(spec, what="--custom-generate-function-path")
+    if slime_hooks.is_slime_generate(fn):
+        return slime_hooks.adapt_generate(fn)
     if not inspect.iscoroutinefunction(fn):
         raise HookLoadError(f"--custom-generate-function-path {spec!r} must be an `async def` function "
-                            "(engine, template, request, config, *, reward_fn=None) -> Sample")
+                            "(engine, template, request, config, *, reward_fn=None) -> Sample, or slime's "
+                            "(args, sample, sampling_params) -> Sample")
     _check_arity(fn, 4, spec, "--custom-generate-function-path")
     return fn
 
 
 def load_reward_fn(spec: str) -> Any:
+    from agentrl.rollout import slime_hooks
+
+    slime_hooks.install_stand_ins()
     fn = load_object(spec, what="--custom-rm-path")
     if not callable(fn):
         raise HookLoadError(f"--custom-rm-path {spec!r} is not callable")
+    if slime_hooks.is_slime_reward(fn):
+        return slime_hooks.adapt_reward(fn)
     _check_arity(fn, 1, spec, "--custom-rm-path")
     return fn
 

@@ -17,6 +17,13 @@ WORDS = ("apple", "river", "orange", "mountain", "cloud", "piano")
 
 
 class EchoEnv(TextEnv):
+    exploits_allowed = {
+        "prompt echoed": "the task is to repeat a word of the prompt",
+        "many candidates": "the task is to say a word of the prompt; any reply containing it succeeds",
+        "tool results as candidates": "the same: the word is in every message the environment sends",
+    }
+    """Cheats of ``agentrl check-env --exploits`` that are this environment's task (see agentrl.env.exploits)."""
+
     def __init__(self, words: tuple[str, ...] = WORDS):
         super().__init__()
         self.words = tuple(words)
@@ -28,6 +35,10 @@ class EchoEnv(TextEnv):
         self.target = str(options.get("target") or self.words[int(self.np_random.integers(0, len(self.words)))])
         messages = [{"role": "user", "content": f"Say the word '{self.target}'."}]
         return messages, {"target": self.target}
+
+    def oracle(self, seed: int | None = None) -> list[str]:
+        """The reference solution: say the target."""
+        return [self.target]
 
     def step(self, action: str):
         said = self.target.lower() in action.lower()

@@ -7,6 +7,11 @@ sequences every response ends in the last column, so a model's last ``R`` logits
 the columns without any gather (see ``TorchTrainer``). Every algorithm in ``agentrl.algo`` is
 mask-aware and padding-invariant, so the alignment changes no loss value.
 
+``turns`` carries the per-turn data of the samples (:class:`agentrl.algo.Turns`): the turn of
+each response token (from ``Sample.turn_starts``), the per-turn rewards and an id per state key
+(equal keys, equal ids), for the turn-level estimators. A sample that recorded no turns gets
+them from its mask (each run of generated tokens is a turn) with its reward on the last one.
+
 Example::
 
     >>> from agentrl.types import Sample
@@ -25,6 +30,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from agentrl.algo.turns import Turns
 from agentrl.types import Sample
 
 
@@ -33,8 +39,8 @@ class RolloutBatch:
     samples: list[Sample]
     loss_mask: Tensor
     """``[N, R]`` float, 1 on engine-produced response tokens."""
-    rollout_logprobs: Tensor
-    """``[N, R]`` engine logprobs (0 where masked)."""
+    rollout_logprobs: Tensor | None
+    """``[N, R]`` engine logprobs (0 where masked); None for demonstrations (no engine sampled them)."""
     rewards: Tensor
     """``[N]`` episode rewards."""
     group_ids: Tensor
@@ -49,6 +55,8 @@ class RolloutBatch:
     """``[N, R]``."""
     returns: Tensor | None = None
     """``[N, R]`` value targets (``gae``)."""
+    turns: Turns | None = None
+    """Per-turn rewards, state ids and the turn of each column (``index`` ``[N, R]``)."""
     extra: dict[str, Tensor] = field(default_factory=dict)
 
     @classmethod
@@ -70,6 +78,7 @@ class RolloutBatch:
             rollout_logprobs=logprobs,
             rewards=torch.tensor([float(s.reward) for s in samples]),
             group_ids=torch.tensor([s.group_id for s in samples], dtype=torch.long),
+            turns=turns_of(samples, width),
         )
 
     def __len__(self) -> int:
@@ -93,7 +102,7 @@ class RolloutBatch:
         return RolloutBatch(
             samples=[self.samples[i] for i in idx],
             loss_mask=cut(self.loss_mask),
-            rollout_logprobs=cut(self.rollout_logprobs),
+            rollout_logprobs=cut_set(self.rollout_logprobs),
             rewards=self.rewards[rows],
             group_ids=self.group_ids[rows],
             old_logprobs=cut_set(self.old_logprobs),
@@ -101,8 +110,47 @@ class RolloutBatch:
             values=cut_set(self.values),
             advantages=cut_set(self.advantages),
             returns=cut_set(self.returns),
+            turns=None if self.turns is None else Turns(
+                index=cut(self.turns.index), rewards=self.turns.rewards[rows],
+                states=None if self.turns.states is None else self.turns.states[rows]),
             extra={k: cut(v) for k, v in self.extra.items()},
         )
+
+
+def turns_of(samples: Sequence[Sample], width: int) -> Turns:
+    """The :class:`~agentrl.algo.Turns` of right-aligned samples ``width`` columns wide.
+
+    Example::
+
+        >>> s = Sample(response_ids=[5, 6, 7, 8], loss_mask=[1, 0, 1, 1], rollout_logprobs=[-1.0, 0, -1.0, -1.0],
+        ...            num_turns=2, turn_starts=[0, 2], turn_rewards=[0.0, 1.0], state_keys=["a", None], reward=1.0)
+        >>> t = turns_of([s], 5)
+        >>> t.index.tolist(), t.rewards.tolist(), t.states.tolist()
+        ([[-1, 0, 0, 1, 1]], [[0.0, 1.0]], [[0, -1]])
+    """
+    per_sample = [_sample_turns(s) for s in samples]
+    k = max(1, max(len(starts) for starts, _, _ in per_sample))
+    index = torch.full((len(samples), width), -1, dtype=torch.long)
+    rewards = torch.zeros(len(samples), k)
+    states = torch.full((len(samples), k), -1, dtype=torch.long)
+    ids: dict[str, int] = {}
+    for i, (s, (starts, turn_rewards, keys)) in enumerate(zip(samples, per_sample)):
+        offset = width - len(s.response_ids)
+        bounds = [*starts, len(s.response_ids)]
+        for turn in range(len(starts)):
+            index[i, offset + bounds[turn]:offset + bounds[turn + 1]] = turn
+        rewards[i, :len(turn_rewards)] = torch.tensor(turn_rewards, dtype=torch.float32)
+        for turn, key in enumerate(keys):
+            if key is not None:
+                states[i, turn] = ids.setdefault(key, len(ids))
+    return Turns(index=index, rewards=rewards, states=states)
+
+
+def _sample_turns(s: Sample) -> tuple[list[int], list[float], list[str | None]]:
+    """``(turn starts, turn rewards, state keys)``; read off the mask when the sample recorded none."""
+    starts = list(s.turn_starts) or [j for j, m in enumerate(s.loss_mask) if m and (j == 0 or not s.loss_mask[j - 1])]
+    rewards = list(s.turn_rewards) or ([0.0] * (len(starts) - 1) + [float(s.reward)] if starts else [])
+    return starts, rewards, list(s.state_keys)
 
 
 def micro_batches(samples: Sequence[Sample], max_tokens: int) -> list[list[int]]:

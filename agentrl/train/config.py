@@ -52,7 +52,7 @@ class TrainConfig:
     gradient_checkpointing: bool = False
     """Recompute activations in backward to save memory."""
     policy_loss: str = "ppo"
-    """ppo | gspo (see agentrl.algo.POLICY_LOSSES)."""
+    """ppo | gspo | cispo (see agentrl.algo.POLICY_LOSSES)."""
     eps_clip: float = 0.2
     """PPO clip range: the ratio is clipped below at 1 - eps_clip (and above at 1 + eps_clip_high)."""
     eps_clip_high: float | None = None

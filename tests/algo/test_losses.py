@@ -19,7 +19,7 @@ def leaf(values, dtype=torch.float32):
 # ----------------------------------------------------------------------------------- PPO-clip
 
 
-@pytest.mark.parametrize("name", ["ppo", "gspo"])
+@pytest.mark.parametrize("name", ["ppo", "gspo", "cispo"])
 def test_on_policy_first_step(name):
     lp = leaf([[-1.0, -2.0, -0.5], [-0.3, -0.7, -9.0]])
     adv = T([[1.0, 1.0, 1.0], [-2.0, -2.0, 0.0]])
@@ -106,7 +106,7 @@ def test_clipping_at_exactly_the_bounds():
     torch.testing.assert_close(loss, T((-2 * r_high + 2 * r_low - 2 * r_high + 2 * r_low) / 4, dtype=F64))
 
 
-@pytest.mark.parametrize("name", ["ppo", "gspo"])
+@pytest.mark.parametrize("name", ["ppo", "gspo", "cispo"])
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
 def test_masked_tokens_have_no_effect_on_loss_or_gradient(name, aggregation):
     cfg = PolicyLossConfig(aggregation=aggregation, max_length_norm=8, eps_clip_c=3.0, use_tis=True)
@@ -229,6 +229,44 @@ def test_gspo_differs_from_token_ppo():
     _, m_ppo = algo.ppo_clip_loss(lp, old, adv, torch.ones(1, 2))
     assert m_gspo["pg_clipfrac"].item() == 0.0
     assert m_ppo["pg_clipfrac"].item() == 0.5
+
+
+# ---------------------------------------------------------------------------------------- CISPO
+
+
+def test_cispo_by_hand_keeps_the_gradient_of_clipped_tokens():
+    # ratios .5, 1, 2, .1 with advantages +1, -1, +1, -1; eps_clip_high .28 -> weights .5, 1, 1.28, .1
+    lp = leaf([[math.log(0.5), 0.0, math.log(2.0), math.log(0.1)]], F64)
+    old = torch.zeros(1, 4, dtype=F64)
+    adv = T([[1.0, -1.0, 1.0, -1.0]], dtype=F64)
+    cfg = PolicyLossConfig(eps_clip_high=0.28)
+    loss, m = algo.cispo_loss(lp, old, adv, torch.ones(1, 4), config=cfg)
+    w = T([[0.5, 1.0, 1.28, 0.1]], dtype=F64)
+    torch.testing.assert_close(loss, (-adv * w).mean())  # the value is -A w
+    loss.backward()
+    torch.testing.assert_close(lp.grad, -adv * w / 4)  # the gradient of -sg(w) A log pi
+    torch.testing.assert_close(m["pg_clipfrac"], T(0.25, dtype=F64))
+    assert m["pg_clipfrac_high"].item() == 0.25 and m["pg_clipfrac_low"].item() == 0.0
+    # PPO drops the gradient where it clips: token 2 (A > 0, r > 1.28) and token 3 (A < 0, r < .8)
+    lp_ppo = lp.detach().clone().requires_grad_()
+    algo.ppo_clip_loss(lp_ppo, old, adv, torch.ones(1, 4), config=cfg)[0].backward()
+    assert lp_ppo.grad[0, 2] == 0 and lp_ppo.grad[0, 3] == 0 and lp.grad[0, 2] != 0 and lp.grad[0, 3] != 0
+    torch.testing.assert_close(lp_ppo.grad[0, :2], lp.grad[0, :2])  # in the trust region they agree
+
+
+def test_cispo_weight_has_no_gradient_and_takes_tis():
+    lp = leaf([[-1.0, -1.0]], F64)
+    old = T([[-1.2, -3.0]], dtype=F64)  # ratios e^.2 = 1.221 (unclipped), e^2 (clipped at 1.28)
+    rollout = T([[-1.2, -3.5]], dtype=F64)  # TIS weights 1 and min(e^.5, 1.5) = 1.5
+    cfg = PolicyLossConfig(eps_clip_high=0.28, use_tis=True, tis_cap=1.5, aggregation="seq_mean_token_sum_norm",
+                           max_length_norm=4)
+    loss, m = algo.cispo_loss(lp, old, T([[2.0, 2.0]], dtype=F64), torch.ones(1, 2), config=cfg,
+                              rollout_logprobs=rollout)
+    loss.backward()
+    r0 = math.exp(0.2)
+    torch.testing.assert_close(lp.grad, T([[-2 * r0 / 4, -2 * 1.28 * 1.5 / 4]], dtype=F64))
+    torch.testing.assert_close(loss, T(-(2 * r0 + 2 * 1.28 * 1.5) / 4, dtype=F64))
+    torch.testing.assert_close(m["tis_clipfrac"], T(0.5, dtype=F64))
 
 
 # ----------------------------------------------------------------------------------- value loss

@@ -112,7 +112,7 @@ def _config(mode, loss_name="ppo", tis=False, dual=False):
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), b=st.integers(1, 6), t=st.integers(1, 6), mode=st.sampled_from(MODES),
-       loss_name=st.sampled_from(["ppo", "gspo"]), tis=st.booleans(), data=st.data())
+       loss_name=st.sampled_from(["ppo", "gspo", "cispo"]), tis=st.booleans(), data=st.data())
 def test_micro_batch_parts_add_up_to_the_full_batch(seed, b, t, mode, loss_name, tis, data):
     """What both trainers rely on: micro-batches (each cut to its own width, right-aligned as
     ``RolloutBatch.select`` cuts them) with the global denominator and token count give the
@@ -156,7 +156,7 @@ def test_micro_batch_parts_add_up_to_the_full_batch(seed, b, t, mode, loss_name,
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), b=st.integers(1, 5), t=st.integers(1, 6), pad_rows=st.integers(0, 2),
-       pad_cols=st.integers(0, 3), mode=st.sampled_from(MODES), loss_name=st.sampled_from(["ppo", "gspo"]),
+       pad_cols=st.integers(0, 3), mode=st.sampled_from(MODES), loss_name=st.sampled_from(["ppo", "gspo", "cispo"]),
        tis=st.booleans(), dual=st.booleans(), data=st.data())
 def test_invariant_to_padding_and_episode_order(seed, b, t, pad_rows, pad_cols, mode, loss_name, tis, dual, data):
     gen = torch.Generator().manual_seed(seed)
@@ -194,7 +194,8 @@ def test_invariant_to_padding_and_episode_order(seed, b, t, pad_rows, pad_cols, 
 
 
 @pytest.mark.parametrize("mode", MODES)
-def test_gradcheck(mode):
+@pytest.mark.parametrize("loss_name", ["ppo", "cispo"])
+def test_gradcheck(mode, loss_name):
     gen = torch.Generator().manual_seed(3)
     # ratios near 1 with eps_clip 0.5: no finite difference crosses a clip bound
     old = -torch.rand(2, 4, generator=gen, dtype=F64) - 0.5
@@ -203,7 +204,7 @@ def test_gradcheck(mode):
     adv = torch.tensor([[1.0, -1.0, 0.5, -2.0], [-1.5, 2.0, -1.0, 1.0]], dtype=F64)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
     ref = old - 0.2
-    cfg = ObjectiveConfig(policy=PolicyLossConfig(aggregation=mode, max_length_norm=6, eps_clip=0.5),
+    cfg = ObjectiveConfig(policy_loss=loss_name, policy=PolicyLossConfig(aggregation=mode, max_length_norm=6, eps_clip=0.5),
                           use_kl_loss=True, kl_loss_coef=0.3, kl_loss_type="k3", entropy_coef=0.1)
     fn = lambda x, h: algo.rl_objective(x, adv, mask, config=cfg, old_logprobs=old, ref_logprobs=ref,  # noqa: E731
                                         entropy=h, denominator=5)[0]

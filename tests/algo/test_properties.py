@@ -26,7 +26,7 @@ def _embed(x, rows, cols, row_index, col_offset, garbage):
     pad_rows=st.integers(0, 2),
     pad_cols=st.integers(0, 3),
     mode=st.sampled_from(MODES),
-    loss_name=st.sampled_from(["ppo", "gspo"]),
+    loss_name=st.sampled_from(["ppo", "gspo", "cispo"]),
     dual_clip=st.booleans(),
     use_tis=st.booleans(),
     data=st.data(),
@@ -73,26 +73,35 @@ def test_policy_loss_invariant_to_padding_and_episode_order(
     assert (lp_big.grad[outside] == 0).all()
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(
     seed=st.integers(0, 2**31 - 1),
     groups=st.integers(1, 3),
     group_size=st.integers(1, 4),
     t=st.integers(1, 5),
     pad_cols=st.integers(0, 2),
-    name=st.sampled_from(sorted(algo.ADVANTAGE_ESTIMATORS)),
+    name=st.sampled_from(sorted(algo.ADVANTAGE_ESTIMATORS) + ["grpo+turn", "dr_grpo+turn", "rloo+turn"]),
     data=st.data(),
 )
 def test_advantages_follow_their_episodes_under_shuffling_and_padding(seed, groups, group_size, t, pad_cols, name, data):
     gen = torch.Generator().manual_seed(seed)
     n = groups * group_size
-    rewards = torch.randint(0, 3, (n,), generator=gen).to(F64)  # ties and zero-spread groups happen
-    group_ids = torch.arange(groups).repeat_interleave(group_size) * 5 + 2
+    name, _, turn_level = name.partition("+")
     mask = (torch.rand(n, t, generator=gen) > 0.3).long()
     mask[:, 0] = 1  # every episode has a token to carry its reward
+    turns = algo.Turns.from_loss_mask(mask, torch.zeros(n, dtype=F64))
+    k = turns.rewards.shape[1]
+    in_episode = torch.arange(k) <= turns.index.max(-1, keepdim=True).values  # [n, k]: turns the episode has
+    turn_rewards = torch.randint(0, 3, (n, k), generator=gen).to(F64) * in_episode  # ties happen
+    states = torch.where(in_episode, torch.randint(-1, 3, (n, k), generator=gen), -1)  # shared, unique and no keys
+    turns = algo.Turns(index=turns.index, rewards=turn_rewards, states=states)
+    rewards = turn_rewards.sum(-1)
+    group_ids = torch.arange(groups).repeat_interleave(group_size) * 5 + 2
     values = torch.randn(n, t, generator=gen, dtype=F64)
-    cfg = AdvantageConfig(gamma=data.draw(st.sampled_from([1.0, 0.9])), lam=0.95)
+    cfg = AdvantageConfig(gamma=data.draw(st.sampled_from([1.0, 0.9])), lam=0.95, turn_baseline=bool(turn_level))
     kwargs = {"values": values} if name in algo.CRITIC_ESTIMATORS else {}
+    if name in algo.TURN_ESTIMATORS or turn_level:
+        kwargs["turns"] = turns
     fn = algo.get_advantage_estimator(name)
     base = fn(rewards, group_ids, mask, config=cfg, **kwargs)
     assert torch.isfinite(base).all()
@@ -102,10 +111,16 @@ def test_advantages_follow_their_episodes_under_shuffling_and_padding(seed, grou
     offset = data.draw(st.integers(0, pad_cols))
     big_mask = torch.zeros(n, t + pad_cols, dtype=torch.long)
     big_mask[:, offset : offset + t] = mask[perm]
-    if kwargs:
+    if "values" in kwargs:
         big_values = 9 * torch.randn(n, t + pad_cols, generator=gen, dtype=F64)
         big_values[:, offset : offset + t] = values[perm]
-        kwargs = {"values": big_values}
+        kwargs["values"] = big_values
+    if "turns" in kwargs:  # padding columns are in no turn; state ids are relabelled (only equality matters)
+        big_index = torch.full((n, t + pad_cols), -1, dtype=torch.long)
+        big_index[:, offset : offset + t] = turns.index[perm]
+        relabel = torch.tensor([7, 3, 11])
+        big_states = torch.where(states[perm] >= 0, relabel[states[perm].clamp(min=0)], -1)
+        kwargs["turns"] = algo.Turns(index=big_index, rewards=turn_rewards[perm], states=big_states)
     shuffled = fn(rewards[perm], group_ids[perm], big_mask, config=cfg, **kwargs)
     torch.testing.assert_close(shuffled[:, offset : offset + t], base[perm])
     assert (shuffled[:, :offset] == 0).all() and (shuffled[:, offset + t :] == 0).all()

@@ -7,10 +7,12 @@ from agentrl import algo
 
 def test_registries_hold_every_named_algorithm():
     assert set(algo.ADVANTAGE_ESTIMATORS) == {
-        "grpo", "dr_grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "gae",
+        "grpo", "dr_grpo", "rloo", "reinforce_plus_plus", "reinforce_plus_plus_baseline", "gae", "gigpo",
     }
-    assert set(algo.POLICY_LOSSES) == {"ppo", "gspo"}
+    assert set(algo.POLICY_LOSSES) == {"ppo", "gspo", "cispo"}
     assert algo.CRITIC_ESTIMATORS <= set(algo.ADVANTAGE_ESTIMATORS)
+    assert algo.TURN_ESTIMATORS | algo.TURN_BASELINE_ESTIMATORS <= set(algo.ADVANTAGE_ESTIMATORS)
+    assert algo.get_advantage_estimator("gigpo") is algo.gigpo and algo.get_policy_loss("cispo") is algo.cispo_loss
     assert algo.get_advantage_estimator("rloo") is algo.rloo
     assert algo.get_policy_loss("gspo") is algo.gspo_loss
 
@@ -19,7 +21,7 @@ def test_uniform_signatures():
     for fn in algo.ADVANTAGE_ESTIMATORS.values():
         params = inspect.signature(fn).parameters
         assert list(params)[:3] == ["rewards", "group_ids", "loss_mask"]
-        assert {"config", "values", "token_rewards"} <= set(params)
+        assert {"config", "values", "token_rewards", "turns"} <= set(params)
     for fn in algo.POLICY_LOSSES.values():
         params = inspect.signature(fn).parameters
         assert list(params)[:4] == ["logprobs", "old_logprobs", "advantages", "loss_mask"]
@@ -44,7 +46,7 @@ def test_unknown_name_lists_valid_names_and_closest(getter, bad, suggestion):
 
 
 def test_unknown_name_without_close_match_still_lists_names():
-    with pytest.raises(ValueError, match="expected one of: gspo, ppo.$"):
+    with pytest.raises(ValueError, match="expected one of: cispo, gspo, ppo.$"):
         algo.get_policy_loss("zzzzzz")
 
 

@@ -152,3 +152,11 @@ def test_template_kwargs_reach_the_template(llama_tok):
     dated = ChatTemplate(llama_tok, TEMPLATES / "llama3.jinja", template_kwargs={"date_string": "01 Jan 2025"})
     assert "Today Date: 26 Jul 2024" in default.render(USER)
     assert "Today Date: 01 Jan 2025" in dated.render(USER)
+
+
+def test_no_tools_warning_when_the_prompt_declares_the_tools(smol, caplog):
+    declared = [{"role": "system", "content": 'Tools:\n{"name": "search", "description": "Search."}'}, *USER]
+    with caplog.at_level(logging.WARNING, logger="agentrl.chat.template"):
+        smol.render(declared, tools=[SEARCH_TOOL])
+        smol.render(USER, tools=[SEARCH_TOOL])  # later renders (observations) are not checked again
+    assert not [r for r in caplog.records if "never reads 'tools'" in r.message]

@@ -328,3 +328,57 @@ def test_same_gpu():
 
     assert _same_gpu("cuda:0", "cuda:0") is True and _same_gpu("cuda:1", "cuda:0") is False
     assert _same_gpu("cpu", "cuda:0") is None and _same_gpu("cpu", "cpu") is None
+
+
+def test_max_staleness_0_in_the_async_loop_is_bit_identical_to_the_synchronous_loop(tmp_path, monkeypatch):
+    """The async machinery (the producer task, the trainer on its worker thread, the interruptible engine
+    around every weight sync, the checkpoint sampler) at bound 0 changes nothing: over 3 rollouts the
+    weights and every metric equal the synchronous loop's. Episodes run one at a time (as in
+    tests/test_resume.py), so no two requests share an engine step by chance."""
+    import functools
+
+    import torch
+    from safetensors.torch import load_file
+
+    from agentrl import components, loop
+    from agentrl.async_loop import RolloutStream
+
+    monkeypatch.chdir(ROOT)
+    args = [*TOY, "--num-rollout", "3", "--rollout-concurrency", "1", "--eval-interval", "0", "--max-staleness", "0",
+            "--num-steps-per-rollout", "2", "--save-interval", "1"]
+    sync, asynchronous = tmp_path / "sync", tmp_path / "async"
+    train(parse_args([*args, "--output-dir", str(sync), "--save", str(sync / "ckpt")]))
+    started = []
+
+    def async_stream(*a, **kw):
+        stream = RolloutStream(*a, **kw, asynchronous=True)
+        started.append(stream)
+        return stream
+
+    monkeypatch.setattr(loop, "RolloutStream", async_stream)
+    monkeypatch.setattr(components, "build_interruptible", functools.partial(components.build_interruptible,
+                                                                             asynchronous=True))
+    train(parse_args([*args, "--output-dir", str(asynchronous), "--save", str(asynchronous / "ckpt")]))
+    assert started and started[0].asynchronous and started[0].engine is not None and started[0]._producer is not None
+
+    def weights(run, rollout):
+        return load_file(run / "ckpt" / f"rollout_{rollout:05d}" / "model" / "model.safetensors")
+
+    for rollout in (1, 2, 3):
+        a, b = weights(sync, rollout), weights(asynchronous, rollout)
+        assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a), rollout
+    assert any(not torch.equal(weights(sync, 1)[n], a[n]) for n in a)  # and training moved them
+    timing = ("perf/", "rollout/time", "rollout/tokens_per_s", "async/")  # seconds, and the async run's own
+
+    def counted(key):  # the engine's counters stay (steps, prefills, tokens); its seconds go
+        return key != "time" and not key.startswith(timing) and not (key.startswith("engine/") and key.endswith("_s"))
+
+    rows = [{r["step"]: {k: v for k, v in r.items() if counted(k)} for r in _rows(run)} for run in (sync, asynchronous)]
+    assert "engine/decode_steps" in rows[0][1] and "train/loss" in rows[0][1]
+    assert sorted(rows[0]) == sorted(rows[1]) == [1, 2, 3]
+    for step in rows[0]:
+        diff = {k: (rows[0][step].get(k), rows[1][step].get(k)) for k in rows[0][step].keys() | rows[1][step].keys()
+                if rows[0][step].get(k) != rows[1][step].get(k)}
+        assert not diff, (step, diff)
+    steps = [r for r in _rows(asynchronous) if "perf/step_time" in r]
+    assert [r["async/staleness_max"] for r in steps] == [0.0] * 3 and all(r["async/dropped_stale"] == 0 for r in steps)

@@ -141,7 +141,7 @@ def _simulate_graphs(engine):
     runner._record_graph = lambda step, tok: SimpleNamespace(replay=step)
     runner.captured = []  # token buckets of the mixed steps' "graphs"
     runner._record_mixed = lambda step, tok: runner.captured.append(len(tok)) or SimpleNamespace(replay=step)
-    runner.capture_after = 2
+    runner.capture_after = runner.capture_mixed_after = 2
     return runner
 
 

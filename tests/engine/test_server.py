@@ -352,9 +352,14 @@ def test_update_weights_from_disk_failures_are_400_success_false(served, body, c
 
 def test_sglang_only_weight_paths_answer_400(served):
     engine, client = served
-    for path in ("/update_weights_from_tensor", "/update_weights_from_distributed", "/init_weights_update_group"):
+    for path in ("/update_weights_from_tensor", "/update_weights_from_ipc"):
         r = client.post(path, json={})
         assert r.status_code == 400 and "SGLang-only" in r.json()["message"]
+    # the distributed path exists (tests/cluster/test_server_weight_sync.py); bad requests are 400s
+    r = client.post("/init_weights_update_group", json={})
+    assert r.status_code == 400 and "master_address" in r.json()["message"]
+    r = client.post("/update_weights_from_distributed", json={"names": ["w"], "dtypes": ["float32"], "shapes": [[1]]})
+    assert r.status_code == 400 and "/init_weights_update_group first" in r.json()["message"]
 
 
 def _post_in_thread(url: str, body: dict, results: list) -> threading.Thread:

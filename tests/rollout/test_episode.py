@@ -37,6 +37,42 @@ def test_two_turn_episode_has_exact_tokens_mask_and_logprobs(template, say):
     assert template.end_of_turn_ids[-1] in engine.requests[0][1].stop_token_ids
 
 
+def test_turns_record_their_starts_rewards_and_state_keys(template, say):
+    from envs.gym_text import GymTextEnv
+
+    # FrozenLake's default map: right, right, then an invalid reply, then down, down, down, right to the goal
+    moves = ["right", "right", "nowhere", "down", "down", "down", "right"]
+    engine = FakeEngine(script=[say(f"<action>{m}</action>") for m in moves])
+    request = EpisodeRequest(env_id="agentrl/FrozenLake-v0", env_seed=0)
+    sample = asyncio.run(run_episode(engine, template, request, RolloutConfig(), env=GymTextEnv("FrozenLake-v1")))
+    assert sample.status == "ok" and sample.reward == 1.0 and sample.num_turns == 7
+    assert sample.turn_rewards == [0.0] * 6 + [1.0]
+    # the state each turn acted in: positions 0, 1, 2, 2 (the invalid reply left it), 6, 10, 14
+    assert sample.state_keys == ["0", "1", "2", "2", "6", "10", "14"]
+    # each turn starts at its own generated tokens, right after the previous observation
+    for k, start in enumerate(sample.turn_starts):
+        reply = say(f"<action>{moves[k]}</action>")
+        assert sample.response_ids[start:start + len(reply)] == reply
+        assert sample.loss_mask[start:start + len(reply)] == [1] * len(reply)
+        assert start == 0 or sample.loss_mask[start - 1] == 0
+
+
+def test_a_reward_fn_scores_the_last_turn_and_a_failure_scores_nothing(template, say):
+    engine = FakeEngine(script=[say("pear"), say("apple")])
+    sample = asyncio.run(run_episode(engine, template, _request(), RolloutConfig(), reward_fn=lambda s: 0.5))
+    assert sample.turn_rewards == [0.0, 0.5] and sample.state_keys == [None, None]
+
+    class Exploding(EchoEnv):
+        def step(self, action):
+            if "apple" in action:
+                raise RuntimeError("crashed")
+            return super().step(action)
+
+    sample = asyncio.run(run_episode(FakeEngine(script=[say("pear"), say("apple")]), template, _request(),
+                                     RolloutConfig(), env=Exploding()))
+    assert sample.status == "failed" and sample.num_turns == 2 and sample.turn_rewards == [0.0, 0.0]
+
+
 def test_turn_budget_truncates(template, say):
     engine = FakeEngine(script=[say("no")] * 3)
     sample = asyncio.run(run_episode(engine, template, _request(), RolloutConfig(max_turns=2)))

@@ -39,8 +39,8 @@ class EngineConfig:
     graphs); ``hf``: the HF model's own forward with one ``DynamicCache`` per request (any causal
     LM, slower); ``auto``: ``fast`` when the architecture allows it, else ``hf``."""
     cuda_graphs: bool | None = None
-    """Capture the decode step in CUDA graphs, one per (batch bucket, length bucket). Default: on
-    for CUDA."""
+    """Capture the decode step in CUDA graphs, one per (batch bucket, length bucket), or with the
+    Triton decode kernel one per (batch bucket, split count). Default: on for CUDA."""
     compile: bool | None = None
     """``torch.compile`` the small element-wise blocks (RMSNorm + residual, RoPE, SwiGLU) of the
     fast path. Default: on for CUDA with CUDA graphs, off on CPU."""

@@ -407,9 +407,12 @@ class FastLM:
             h = self._layers(x, cos, sin, attend)
         return h.index_select(0, torch.tensor(lengths, device=dev).cumsum(0) - 1)
 
-    def decode(self, kv, tokens: torch.Tensor, positions: torch.Tensor, length: int) -> torch.Tensor:
+    def decode(self, kv, tokens: torch.Tensor, positions: torch.Tensor, length: int, *, splits: int | None = None,
+               skip_at: int = -1) -> torch.Tensor:
         """One token for each of slots ``[0, b)``. tokens/positions [b]; ``length`` >= max(positions) + 1
-        -> logits [b, V]. Traceable into a CUDA graph (no host syncs)."""
+        -> logits [b, V]. Traceable into a CUDA graph (no host syncs). With the Triton kernel,
+        ``splits`` and ``skip_at`` go to :func:`~agentrl.engine.embedded.gpu_attention.decode_attention`
+        (rows at position ``skip_at`` read no cached position)."""
         b = tokens.shape[0]
         x = F.embedding(tokens, self.embed_w)  # [b, hidden]
         hd = self.n_heads * self.head_dim
@@ -418,7 +421,7 @@ class FastLM:
                 k_cache, v_cache = kv.caches(layer)
                 k, v = new_kv
                 return gpu_attention.decode_attention(q, k, v, k_cache, v_cache, positions, self.cos, self.sin,
-                                                      length, self.scale).view(b, hd)
+                                                      length, self.scale, splits=splits, skip_at=skip_at).view(b, hd)
 
             return self.logits(self._layers(x, None, None, attend_fused))
         cos, sin = self.cos[positions], self.sin[positions]

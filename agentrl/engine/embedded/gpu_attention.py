@@ -89,8 +89,10 @@ def _self_check(device: torch.device, dtype: torch.dtype) -> str | None:
             angles = torch.arange(max_len, device=device)[:, None] * torch.linspace(1e-3, 1, d // 2, device=device)
             cos, sin = angles.cos().repeat(1, 2).to(dtype), angles.sin().repeat(1, 2).to(dtype)
             want_caches = caches.clone()
-            want = reference(q, k, v, want_caches[0], want_caches[1], positions, cos, sin, length, d**-0.5)
-            got = decode_attention(q, k, v, caches[0], caches[1], positions, cos, sin, length, d**-0.5, splits=splits)
+            want = reference(q, k, v, want_caches[0], want_caches[1], positions, cos, sin, length, d**-0.5,
+                             skip_at=max_len - 1)
+            got = decode_attention(q, k, v, caches[0], caches[1], positions, cos, sin, length, d**-0.5, splits=splits,
+                                   skip_at=max_len - 1)
             tol = 1e-4 if dtype == torch.float32 else 2e-2
             err = max((got.float() - want.float()).abs().max().item(),
                       (caches.float() - want_caches.float()).abs().max().item())
@@ -104,7 +106,7 @@ def _self_check(device: torch.device, dtype: torch.dtype) -> str | None:
 
 def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
               positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, length: int,
-              scale: float) -> torch.Tensor:
+              scale: float, skip_at: int = -1) -> torch.Tensor:
     """What :func:`decode_attention` computes, in plain PyTorch (float32 math, one row at a time)."""
     b, heads, d = q.shape
     kv_heads, half = k.shape[1], d // 2
@@ -119,7 +121,7 @@ def reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.
                               x[..., half:] * c[half:] + x[..., :half] * s[half:]), -1).to(q.dtype)
 
         new_k = rope(k[row])
-        n = min(p, length)
+        n = 0 if p == skip_at else min(p, length)
         keys = torch.cat((k_cache[row, :, :n], new_k[:, None]), 1).float()  # [Hkv, n + 1, D]
         values = torch.cat((v_cache[row, :, :n], v[row][:, None]), 1).float()
         qg = rope(q[row]).float().view(kv_heads, group, d)
@@ -140,6 +142,22 @@ def splits_for(rows: int, kv_heads: int, length: int, processors: int) -> int:
     return max(1, min(-(-processors // programs), length // _MIN_POSITIONS_PER_SPLIT, 16))
 
 
+def graph_splits(rows: int, kv_heads: int, length: int, device: torch.device) -> int:
+    """:func:`splits_for` on ``device``, rounded down to a power of two. A CUDA graph of the decode
+    step is keyed by its split count, not by its length (each row reads its own positions at run
+    time), so a handful of graphs per batch size serve every length.
+
+    Example::
+
+        >>> graph_splits(1, 2, 300, torch.device("cpu")), graph_splits(64, 2, 4096, torch.device("cpu"))
+        (1, 1)
+    """
+    if device.type != "cuda":
+        return 1
+    s = splits_for(rows, kv_heads, length, _processors(device.index if device.index is not None else torch.cuda.current_device()))
+    return 1 << (s.bit_length() - 1)
+
+
 @functools.lru_cache(maxsize=8)
 def _processors(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -147,7 +165,7 @@ def _processors(index: int) -> int:
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
                      v_cache: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                     length: int, scale: float, *, splits: int | None = None) -> torch.Tensor:
+                     length: int, scale: float, *, splits: int | None = None, skip_at: int = -1) -> torch.Tensor:
     """One decode step of attention for rows ``[0, B)``, writing the new keys/values into the cache.
 
     ``q`` [B, H, D], ``k``/``v`` [B, Hkv, D]: the step's projections before RoPE (any row and head
@@ -157,7 +175,9 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
     positions ``[0, min(positions[b], length))`` and to itself. ``cos``/``sin`` [max_len, D]: the
     RoPE tables by position (each half repeated, as Hugging Face builds them). Returns [B, H, D] in
     ``q``'s dtype. Traceable into a CUDA graph (no host syncs). ``splits``: programs per (row, KV
-    head) over the positions (default: :func:`splits_for`)."""
+    head) over the positions (default: :func:`splits_for`). A row at position ``skip_at`` (the
+    padding rows of a CUDA graph's batch bucket) reads no cached position: it attends to itself only,
+    so that ``length`` can be the whole cache without padding rows streaming it."""
     b, heads, d = q.shape
     kv_heads = k.shape[1]
     if heads % kv_heads or k.shape != (b, kv_heads, d) or v.shape != k.shape:
@@ -184,8 +204,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache:
         _decode[(b, kv_heads, splits)](
             q, k, v, q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
             k_cache, v_cache, *k_cache.stride()[:3], *v_cache.stride()[:3],
-            cos, sin, cos.stride(0), positions, out, out.stride(0), out.stride(1), part, length, float(scale),
-            G=group, HALF=d // 2, BLOCK_G=block_g, BLOCK_N=BLOCK_N, SPLITS=splits,
+            cos, sin, cos.stride(0), positions, out, out.stride(0), out.stride(1), part, length, skip_at,
+            float(scale), G=group, HALF=d // 2, BLOCK_G=block_g, BLOCK_N=BLOCK_N, SPLITS=splits,
             IEEE=q.dtype == torch.float32, num_warps=4,
         )
         if splits > 1:
@@ -210,7 +230,7 @@ if triton is not None:  # the kernels (module level: Triton resolves the helpers
     @triton.jit
     def _decode(q_ptr, k_ptr, v_ptr, sq_b, sq_h, sk_b, sk_h, sv_b, sv_h,
                 kc_ptr, vc_ptr, skc_s, skc_h, skc_l, svc_s, svc_h, svc_l,
-                cos_ptr, sin_ptr, s_cs, pos_ptr, o_ptr, so_b, so_h, part_ptr, length, scale,
+                cos_ptr, sin_ptr, s_cs, pos_ptr, o_ptr, so_b, so_h, part_ptr, length, skip_at, scale,
                 G: tl.constexpr, HALF: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
                 SPLITS: tl.constexpr, IEEE: tl.constexpr):
         row = tl.program_id(0)
@@ -255,7 +275,7 @@ if triton is not None:  # the kernels (module level: Triton resolves the helpers
         acc1 = tl.where(first, 1.0, 0.0) * v1.to(tl.float32)[None, :] + tl.zeros([BLOCK_G, HALF], tl.float32)
         acc2 = tl.where(first, 1.0, 0.0) * v2.to(tl.float32)[None, :] + tl.zeros([BLOCK_G, HALF], tl.float32)
         # this split's share of the cached positions [0, min(p, length))
-        n_ctx = tl.minimum(p, length)
+        n_ctx = tl.where(p == skip_at, 0, tl.minimum(p, length))
         per = tl.cdiv(tl.cdiv(n_ctx, BLOCK_N), SPLITS) * BLOCK_N
         start = split * per
         end = tl.minimum(start + per, n_ctx)

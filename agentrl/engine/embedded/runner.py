@@ -4,7 +4,8 @@ Two runners share one interface (slots ``0 .. n-1`` are the running requests, in
 
 * :class:`FastRunner`: :class:`~agentrl.engine.embedded.fast_model.FastLM` over a
   :class:`~agentrl.engine.embedded.kv_cache.KVCache`; on CUDA the decode step is captured in
-  CUDA graphs, one per (batch bucket, length bucket), replayed with one small host-to-device
+  CUDA graphs, one per (batch bucket, length bucket) (with the Triton decode kernel, per (batch
+  bucket, split count): it reads each row's own positions), replayed with one small host-to-device
   copy of (token, position) per row;
 * :class:`HFRunner`: the HF model's own forward with one ``DynamicCache`` per request, for any
   causal LM (one forward per request per step: correct everywhere, not fast).
@@ -29,6 +30,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from agentrl.engine.embedded import gpu_attention
 from agentrl.engine.embedded import mixed as mixed_step
 from agentrl.engine.embedded import prefill_attention
 from agentrl.engine.embedded.fast_model import FastLM
@@ -127,9 +129,15 @@ class FastRunner:
         # keyed by (batch, length, mode) for decode steps, ("mixed", tokens, mode) for mixed ones
         self._graphs: dict[tuple[int | str, int, str], Any] = {}
         self._uses: dict[tuple[int | str, int, str], int] = {}
-        self.capture_after = 3
-        """A (batch, length, mode) shape is captured on its third use; rarer ones run eagerly, so
-        the many batch sizes seen while requests trickle in do not each cost a capture."""
+        self.capture_after = 1 if attention == "triton" else 3
+        """A decode shape is captured on this use. With SDPA, one graph per (batch, length, mode)
+        bucket, the third: rarer ones run eagerly, so the many shapes seen while requests trickle in
+        do not each cost a capture. With the Triton kernel the graphs are few (a split count or
+        two per batch bucket), so the first: a steady workload stops capturing once each batch size
+        has been seen, instead of capturing (and running eager steps) whenever it first reaches a
+        length three times."""
+        self.capture_mixed_after = 1
+        """A mixed step's token bucket (at most 16 per sampling mode) is captured on this use."""
         self._tok: torch.Tensor | None = None  # [b] input tokens; each graph writes its samples back
         self._par: torch.Tensor | None = None  # [4, b] float64: position, temperature, greedy, uniform
         self._out: torch.Tensor | None = None  # [2, b] float64: sampled id, logprob
@@ -268,7 +276,7 @@ class FastRunner:
         graph = self._graphs.get(key)
         if graph is None:
             self._uses[key] = uses = self._uses.get(key, 0) + 1
-            if uses >= self.capture_after:
+            if uses >= self.capture_mixed_after:
                 graph = self._record_mixed(self._mixed_fn(t, mode), self._mmeta[:t])
                 if graph is not None:
                     self._graphs[key] = graph
@@ -348,6 +356,9 @@ class FastRunner:
         b = batch_bucket(n, self.max_slots)
         length = length_bucket(need, self.max_seq_len)
         self.kv.ensure_clean(b, length)  # a no-op on CUDA, where the cache starts zeroed
+        if self.attention == "triton":  # the kernel reads each row's own positions: the graph depends on
+            # the split count only (see _step_fn)
+            length = gpu_attention.graph_splits(b, self.lm.n_kv_heads, length, self.device)
         mode = "greedy" if rows.all_greedy else "logits" if rows.filtered.any() else "plain"
         ring, self._ring = self._ring, self._ring ^ 1  # this ring's last copies finished a step ago
         par = self._pin_par[ring][: 4 * b]
@@ -374,8 +385,8 @@ class FastRunner:
                 if graph is not None:
                     self._graphs[key] = graph
                     self.graphs_captured += 1
-                    log.debug("captured decode graph batch=%d length=%d %s (%d graphs)", b, length, mode,
-                              len(self._graphs))
+                    log.debug("captured decode graph batch=%d %s=%d %s (%d graphs)", b,
+                              "splits" if self.attention == "triton" else "length", length, mode, len(self._graphs))
         self.last_step_graphed = graph is not None
         if graph is not None:
             graph.replay()
@@ -404,12 +415,20 @@ class FastRunner:
 
     def _step_fn(self, b: int, length: int, mode: str):
         """The decode step of batch bucket ``b`` over ``length`` positions, as a closure over the
-        static buffers (what a CUDA graph captures; also run eagerly for rarely seen shapes)."""
+        static buffers (what a CUDA graph captures; also run eagerly for rarely seen shapes).
+
+        With the Triton kernel ``length`` is its split count instead: every row attends to its own
+        positions whatever the length, so the step reads up to the whole cache, and the padding rows
+        (at its last position, which no request's keys/values reach) read nothing. One graph then
+        serves every length of a batch bucket (with SDPA the mask spans ``length`` positions)."""
         assert self._tok is not None and self._par is not None and self._out is not None and self._logits is not None
         tok, par, out, logits_out = self._tok[:b], self._par[: 4 * b].view(4, b), self._out[: 2 * b].view(2, b), self._logits
+        span, splits, skip_at = length, None, -1
+        if self.attention == "triton":
+            span, splits, skip_at = self.max_seq_len, length, self.max_seq_len - 1
 
         def step() -> None:
-            logits = self.lm.decode(self.kv, tok, par[0].long(), length)  # [b, V], model dtype
+            logits = self.lm.decode(self.kv, tok, par[0].long(), span, splits=splits, skip_at=skip_at)  # [b, V]
             ids = self._sample_into(logits, mode, par[1:], out, logits_out)
             if ids is not None:
                 tok.copy_(ids)  # the next step's input tokens stay on the device

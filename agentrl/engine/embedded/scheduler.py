@@ -110,6 +110,7 @@ class Scheduler:
         self._step_t0: float | None = None  # when the step now running began
         self._ahead = 0  # launched, unread decode steps (0 or 1)
         self._zombies: set[int] = set()  # finished rows that an in-flight step still computes
+        self._zombie_step = 0  # stats.steps when the oldest of them finished
         self._chunk: _Chunk | None = None  # a prompt prefilled in part (mixed steps), in slot n
         self._thread: threading.Thread | None = None
 
@@ -479,19 +480,37 @@ class Scheduler:
         self.ignore_eos[slot] = sp.ignore_eos
         self.custom[slot] = bool(sp.stop or sp.stop_token_ids)
 
+    ZOMBIE_STEPS = 8
+    """Decode steps a finished row may ride along in (see :meth:`_decode`) before it is compacted away."""
+
     def _decode(self) -> None:
         """Read one decode step's tokens. With ``overlap``, the next step is launched first (its
         input tokens stay on the device), so the GPU computes while the host does bookkeeping;
-        rows that finish meanwhile are computed once more and dropped ("zombies")."""
+        rows that finish meanwhile are computed on and dropped ("zombies") until a step is not
+        launched ahead (:meth:`_zombies_ride`), whose end frees their slots."""
         if self._inflight is None:
             self._inflight = self._launch(self.last[: self.n])
         ahead = None
-        if self.overlap and not (self._zombies or self._admittable() or self._abort or self._commands):
+        if self.overlap and not (self._admittable() or self._abort or self._commands) and self._zombies_ride():
             ahead = self._launch(None)
         current, self._inflight = self._inflight, ahead
         self._collect(current)
         if self._inflight is None:
             self._compact()
+
+    def _zombies_ride(self) -> bool:
+        """Whether the next step may be launched while finished rows still sit among the running ones.
+        Freeing their slots needs a step that is not launched ahead, and the GPU idles while the host
+        reads it and compacts; in a multi-turn rollout some request finishes at most steps, so the
+        rows ride along (each costs one row of the batch) until an admission reads the pipeline
+        anyway, ``ZOMBIE_STEPS`` steps have passed, or they are half the batch. A row's position
+        never passes the cache's last one, where the decode kernel leaves a padding row's keys
+        unread and parked prefixes never reach."""
+        if not self._zombies:
+            return True
+        if 2 * len(self._zombies) > self.n or self.stats.steps - self._zombie_step >= self.ZOMBIE_STEPS:
+            return False
+        return int(self.length[list(self._zombies)].max()) < self.max_seq_len
 
     def _launch(self, tokens: np.ndarray | None) -> tuple:
         n = self.n
@@ -601,7 +620,12 @@ class Scheduler:
         self.stats.finished += 1
         with self._cv:
             self._by_rid.pop(req.rid, None)
+        if not self._zombies:
+            self._zombie_step = self.stats.steps
         self._zombies.add(slot)
+        # while it rides along (_zombies_ride), a finished row samples greedily: top-k/top-p would keep
+        # every step's sampling out of the CUDA graph for a row whose tokens are dropped
+        self.temperature[slot], self.top_p[slot], self.top_k[slot] = 0.0, 1.0, -1
 
     def _compact(self) -> None:
         """Free finished slots, moving the last running request into each hole (slots stay dense).

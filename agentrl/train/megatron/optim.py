@@ -25,11 +25,13 @@ from agentrl.train.base import TrainConfig
 OPTIMIZERS = ("auto", "megatron", "torch")
 
 
-def resolve_optimizer(kind: str) -> str:
+def resolve_optimizer(kind: str, replicas: int = 1) -> str:
+    """``auto``: megatron-core's optimizer on CUDA or with data / pipeline parallelism (``replicas`` = DP x PP > 1,
+    which the torch fallback cannot run), else torch's AdamW."""
     if kind not in OPTIMIZERS:
         raise ValueError(f"optimizer must be one of {OPTIMIZERS}; got {kind!r}")
     if kind == "auto":
-        return "megatron" if torch.cuda.is_available() else "torch"
+        return "megatron" if torch.cuda.is_available() or replicas > 1 else "torch"
     return kind
 
 
@@ -102,6 +104,25 @@ class MegatronOptimizer:
     def _inner(self) -> list:
         return list(getattr(self.optimizer, "chained_optimizers", None) or [self.optimizer])
 
+    def param_states(self) -> dict[torch.nn.Parameter, dict[str, Any]] | None:
+        """Each model parameter's optimizer state (moments of its main copy, the parameter's shape), or None with
+        the distributed optimizer (its state is a slice of flat buffers per data-parallel rank)."""
+        from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+
+        out: dict[torch.nn.Parameter, dict[str, Any]] = {}
+        for inner in self._inner():
+            if isinstance(inner, DistributedOptimizer):
+                return None
+            if hasattr(inner, "float16_groups"):  # 16-bit model params, float32 main copies
+                pairs = [(m, main) for g, mg in zip(inner.float16_groups, inner.fp32_from_float16_groups)
+                         for m, main in zip(g, mg)]
+                pairs += [(p, p) for g in inner.fp32_from_fp32_groups for p in g]
+            else:  # float32 params are their own main copies
+                pairs = [(p, p) for g in inner.optimizer.param_groups for p in g["params"]]
+            for model_param, main in pairs:
+                out[model_param] = inner.optimizer.state[main]
+        return out
+
 
 class TorchOptimizer:
     """``torch.optim.AdamW`` over the model's trainable parameters (one process, no DDP)."""
@@ -139,6 +160,9 @@ class TorchOptimizer:
 
     def reload_from_model(self) -> None:
         pass  # AdamW updates the model's own tensors
+
+    def param_states(self) -> dict[torch.nn.Parameter, dict[str, Any]]:
+        return {p: self.optimizer.state[p] for p in self.params}
 
     def save(self, path: Path, tag: str, write: bool = True) -> None:
         if write:

@@ -108,7 +108,7 @@ class MegatronTrainer:
 
         policy = self._build(build_gpt_model)
         load_hf_weights(policy, self.shape, self.model_path)
-        kind = resolve_optimizer(mcfg.optimizer)
+        kind = resolve_optimizer(mcfg.optimizer, self.layout.data_parallel * self.layout.pipeline_parallel)
         opt_cls = MegatronOptimizer if kind == "megatron" else TorchOptimizer
         self.optimizer = opt_cls(policy, config, lr=config.lr * self._lr_factor(0),
                                  distributed=mcfg.distributed_optimizer)
@@ -315,12 +315,18 @@ class MegatronTrainer:
             self.tokenizer.save_pretrained(path)
 
     def save(self, path: str | os.PathLike) -> None:
-        """HF export under ``path/model`` plus optimizer / critic state per model-parallel rank."""
+        """HF export under ``path/model``, optimizer / critic state per model-parallel rank, and the optimizer's
+        moments in the HF layout (``reshard.py``: a resume on another layout reads those). Collective."""
+        from agentrl.train.megatron.reshard import save_hf_optimizer_state, write_layout
         from agentrl.train.torch_trainer import rng_state
 
         path = Path(path)
         self.export_hf(path / "model")
         path.mkdir(parents=True, exist_ok=True)
+        main = torch.distributed.get_rank() == 0
+        save_hf_optimizer_state(self.policy, self.shape, self.optimizer, path, is_main=main)
+        if main:
+            write_layout(path, self.layout, self.optimizer)
         tag = self._rank_tag()
         self.optimizer.save(path, tag, write=self.layout.dp_rank == 0)
         if self.layout.dp_rank == 0:
@@ -334,13 +340,25 @@ class MegatronTrainer:
         torch.distributed.barrier()
 
     def load(self, path: str | os.PathLike) -> None:
+        """Resume from :meth:`save`: on the same layout from each rank's shard, on another one (TP, PP or DP
+        changed) from the HF-layout weights and moments. Collective."""
+        from agentrl.train.megatron.reshard import describe, load_hf_optimizer_state, read_layout
         from agentrl.train.torch_trainer import set_rng_state
 
         path = Path(path)
         tag = self._rank_tag()
+        saved, here = read_layout(path), describe(self.layout, self.optimizer)
+        same = saved is None or saved == here
         load_hf_weights(self.policy, self.shape, path / "model")
         self.optimizer.reload_from_model()
-        self.optimizer.load(path, tag)
+        if same:
+            self.optimizer.load(path, tag)
+        else:
+            assert saved is not None  # not same
+            _check_reshard(saved, here, path, critic=self.critic is not None)
+            log.info("resuming a checkpoint of layout %s on layout %s", saved, here)
+            load_hf_optimizer_state(self.policy, self.shape, self.optimizer, path)
+            tag = "tp0_pp0"  # steps and RNG state: the same on every rank
         state = torch.load(path / f"trainer_{tag}.pt", map_location="cpu", weights_only=False)
         self.steps = state["steps"]
         if self.critic is not None and self.critic_optimizer is not None and "critic" in state:
@@ -376,6 +394,22 @@ def broadcast_batch(batch: RolloutBatch | None, src: int = 0) -> RolloutBatch:
 
 
 # -- helpers ---------------------------------------------------------------------------------------
+def _check_reshard(saved: dict[str, Any], here: dict[str, Any], path: Path, *, critic: bool) -> None:
+    """A checkpoint of another layout resumes only from per-parameter optimiser state (reshard.py)."""
+    from agentrl.train.megatron.reshard import STATE_DIR
+
+    def layout(d: dict[str, Any]) -> str:
+        return (f"TP {d['tensor_parallel']} x PP {d['pipeline_parallel']} x DP {d['data_parallel']}, "
+                f"{d['optimizer']} optimizer{' (distributed)' if d['distributed_optimizer'] else ''}")
+
+    if not (path / STATE_DIR / "meta.json").is_file():
+        raise ValueError(f"{path} was saved at {layout(saved)}, whose optimiser state resumes only on that layout "
+                         f"(this run: {layout(here)}); resume there, or save with --no-use-distributed-optimizer")
+    if critic:
+        raise ValueError(f"{path}: a critic's optimiser state resumes only on the layout it was saved on "
+                         f"({layout(saved)})")
+
+
 def _value_of(inputs: ModelInputs, output: Tensor) -> Tensor:
     return gather_response(output[..., 0].float(), inputs)  # [rows, L, 1] -> [b, R]
 
