@@ -30,3 +30,9 @@ _RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "openai_agent"
 if (_RECIPE / "agent.py").exists():
     register("Agent-v0", "agentrl.env.agent:AgentEnv", max_turns=3, agent=f"{_RECIPE / 'agent.py'}:solve",
              tasks=str(_RECIPE / "test.jsonl"))
+# benchmarks with their packages' own data and grading (see envs/benchmarks/; extras bfcl, code, games)
+register("BFCL-v0", "envs.benchmarks.bfcl:BFCLEnv", max_turns=1, category="simple_python")
+register("BFCL-MultiTurn-v0", "envs.benchmarks.bfcl:BFCLMultiTurnEnv", max_turns=40, category="multi_turn_base")
+register("HumanEval-v0", "envs.benchmarks.humaneval:HumanEvalEnv", max_turns=3, max_attempts=3)
+register("TextArena-v0", "envs.benchmarks.textarena_env:TextArenaEnv", max_turns=30, game="Sokoban-v0")
+register("Tau2-v0", "envs.benchmarks.tau2_env:Tau2Env", max_turns=30, domain="airline")

