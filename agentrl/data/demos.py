@@ -6,7 +6,8 @@ A demonstration is a conversation whose assistant turns show what to do. It come
   schemas given to the chat template, as an environment's ``tool_schemas()`` are); or
 * an environment's scripted **oracle** (:func:`oracle_demos`): an environment may define
   ``oracle() -> str``, the reply that solves its current state (a shortest path's next move, the
-  right tool call, the gold answer). Each training row's episode is played with it through the
+  right tool call, the gold answer), or ``oracle(seed) -> list[str]``, the episode's replies
+  (:func:`agentrl.env.exploits.oracle_policy`). Each training row's episode is played with it through the
   environment's own ``reset``/``step``, with the run's seeds, and kept only when the environment
   rewards it as a success: the environment checks every demonstration it gives.
 
@@ -141,12 +142,16 @@ def has_oracle(env: Any) -> bool:
 async def play_oracle(env: Any, request: Any, max_turns: int) -> tuple[Demo | None, float]:
     """Play one episode of ``env`` with its ``oracle()`` (the ``request``'s reset options and seed); the
     demonstration and the reward the environment gave it (``None`` for an episode that never ended)."""
-    oracle = getattr(env, "unwrapped", env).oracle
+    from agentrl.env.exploits import oracle_policy
+
     messages, _ = await env.areset(seed=request.env_seed, options=request.options)
+    policy = oracle_policy(env, request.env_seed)
     tools = env.tool_schemas() or None
     conversation, total = [dict(m) for m in messages], 0.0
-    for _ in range(max_turns):
-        action = oracle()
+    for turn in range(max_turns):
+        action = policy(turn)
+        if action is None:
+            break
         conversation.append({"role": "assistant", "content": action})
         observation, reward, terminated, truncated, _ = await env.astep(action)
         total += float(reward)

@@ -128,7 +128,7 @@ def resolve_id(env_id: str) -> str:
         env_id.lower(), [k.lower() for k in known] + [k.split("/", 1)[1].lower() for k in known], n=3, cutoff=0.4
     )
     by_lower = {k.lower(): k for k in known} | {k.split("/", 1)[1].lower(): k for k in known}
-    hint = sorted({by_lower[c] for c in close})
+    hint = list(dict.fromkeys(by_lower[c] for c in close))  # the closest first
     msg = f"environment {env_id!r} is not registered"
     msg += f"; did you mean {' or '.join(repr(h) for h in hint)}?" if hint else ""
     msg += f" Registered: {', '.join(known) if known else '(none)'}"

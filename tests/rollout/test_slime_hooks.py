@@ -80,6 +80,7 @@ def test_slime_hooks_in_a_two_rollout_training_run(tmp_path, monkeypatch):
     code = main(["--config", "recipes/quickstart/config.yaml", "--model-path", "tiny-qwen2", "--num-rollout", "2",
                  "--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--global-batch-size", "4",
                  "--rollout-max-response-len", "8", "--eval-interval", "0", "--no-gradient-checkpointing",
+                 "--entropy-coef", "0.01",  # a step with equal rewards still trains (no-signal steps are skipped)
                  "--custom-generate-function-path", GENERATE, "--custom-rm-path", REWARD,
                  "--output-dir", str(out), "--save", str(out / "ckpt")], prog="train.py")
     assert code in (0, None)

@@ -24,7 +24,9 @@ def two_rollouts(tmp_path, monkeypatch):
         code = main(["--model-path", "tiny-qwen2", "--env", env_id, "--prompt-data", str(data), "--num-rollout", "2",
                      "--rollout-batch-size", "2", "--n-samples-per-prompt", "2", "--global-batch-size", "4",
                      "--rollout-max-response-len", "8", "--rollout-max-context-len", "1024", "--eval-interval", "0",
-                     "--no-gradient-checkpointing", "--output-dir", str(out), "--save", str(out / "ckpt"), *flags],
+                     "--no-gradient-checkpointing",
+                     "--entropy-coef", "0.01",  # a step with equal rewards still trains (no-signal steps are skipped)
+                     "--output-dir", str(out), "--save", str(out / "ckpt"), *flags],
                     prog="train.py")
         assert code in (0, None)
         steps = [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if "perf/step_time" in r]
