@@ -61,11 +61,11 @@ def test_header_is_the_first_line_and_indexes_every_episode(tmp_path):
 
 
 def test_unknown_fields_of_a_newer_sample_stay_beside_it(tmp_path):
-    record = {**_sample().to_dict(), "turn_rewards": [0.5, 0.5], "kept": True}
+    record = {**_sample().to_dict(), "judge_notes": ["fine", "late"], "kept": True}
     path = tmp_path / "episodes.jsonl"
     path.write_text(json.dumps(record) + "\n")
     back = read_dump(path).episodes[0]
-    assert back.extras == {"turn_rewards": [0.5, 0.5], "kept": True}
+    assert back.extras == {"judge_notes": ["fine", "late"], "kept": True}
     assert back.to_record() == record
 
 
