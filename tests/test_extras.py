@@ -21,6 +21,26 @@ def test_a_broken_installed_package_is_not_reported_as_missing(tmp_path, monkeyp
         require("agentrl_broken_pkg", extra="search", what="x")
 
 
+def test_an_installed_package_older_than_the_api_used_is_refused_before_its_import(monkeypatch):
+    import importlib.metadata
+
+    versions = {"pytest": "0.3.1"}
+    monkeypatch.setattr(importlib.metadata, "version", lambda name: versions[name])
+    monkeypatch.delitem(sys.modules, "json", raising=False)
+    with pytest.raises(MissingExtra, match=r"^the adapter needs pytest>=0.4, and 0.3.1 is installed: "
+                                           r"pip install -U 'agentrl\[test\]' \(or pip install -U 'pytest>=0.4'\)$"):
+        require("json", extra="test", what="the adapter", package="pytest", min_version="0.4")
+    assert "json" not in sys.modules  # refused before importing
+    for ok in ("0.4", "0.4.0", "0.4.0rc1", "0.10", "1.0+cpu"):
+        versions["pytest"] = ok
+        assert require("json", extra="test", what="the adapter", package="pytest", min_version="0.4").dumps(1) == "1"
+
+
+def test_a_minimum_version_of_a_package_that_is_not_installed_says_it_is_missing():
+    with pytest.raises(MissingExtra, match="which is not installed"):
+        require("agentrl_no_such_module", extra="search", what="x", package="agentrl-no-such-dist", min_version="1.0")
+
+
 def test_every_extra_named_exists_in_pyproject():
     import tomllib
     from pathlib import Path

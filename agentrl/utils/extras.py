@@ -15,11 +15,21 @@ Example::
     ... except MissingExtra as e:
     ...     print(e)
     BM25 retrieval needs bm25s, which is not installed: pip install 'agentrl[search]' (or pip install bm25s)
+
+An installed version older than the API agentrl is written against is the same kind of error::
+
+    >>> try:
+    ...     require("pytest", extra="test", what="this example", min_version="999")
+    ... except MissingExtra as e:
+    ...     print(e)  # doctest: +ELLIPSIS
+    this example needs pytest>=999, and ... is installed: pip install -U 'agentrl[test]' (or pip install -U 'pytest>=999')
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.metadata
+import re
 from types import ModuleType
 
 EXTRAS: dict[str, str] = {
@@ -47,20 +57,46 @@ class MissingExtra(ImportError):
     """An optional dependency is not installed; the message names the pip command that installs it."""
 
 
-def require(module: str, *, extra: str, what: str, package: str | None = None) -> ModuleType:
+def require(module: str, *, extra: str, what: str, package: str | None = None,
+            min_version: str | None = None) -> ModuleType:
     """Import ``module`` or raise :class:`MissingExtra` naming ``pip install 'agentrl[extra]'``.
 
     ``what`` says what needs it ("BM25 retrieval"); ``package`` is its name on PyPI when that
-    differs from the module's.
+    differs from the module's. ``min_version``: the oldest release of ``package`` whose API the
+    caller is written against; an older one installed is refused before the import, in one line.
     """
+    pkg = package or module.split(".")[0].replace("_", "-")
+    if min_version is not None:
+        installed = _installed_version(pkg)
+        if installed is not None and _release(installed) < _release(min_version):
+            raise MissingExtra(f"{what} needs {pkg}>={min_version}, and {installed} is installed: "
+                               f"pip install -U 'agentrl[{extra}]' (or pip install -U '{pkg}>={min_version}')")
     try:
         return importlib.import_module(module)
     except ImportError as e:
         if not _is_missing(e, module):  # the package is there but broken: that error is the news
             raise
-        pkg = package or module.split(".")[0].replace("_", "-")
         raise MissingExtra(f"{what} needs {pkg}, which is not installed: pip install 'agentrl[{extra}]' "
                            f"(or pip install {pkg})") from e
+
+
+def _installed_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """The release numbers of a version, trailing zeros dropped so that "0.4.0" equals "0.4".
+
+    >>> _release("0.4.0rc1"), _release("2.13.0+cpu"), _release("0.10.1")
+    ((0, 4), (2, 13), (0, 10, 1))
+    """
+    numbers = [int(n) for n in re.findall(r"\d+", re.split(r"[^\d.]", version, maxsplit=1)[0])]
+    while len(numbers) > 1 and numbers[-1] == 0:
+        numbers.pop()
+    return tuple(numbers)
 
 
 def _is_missing(error: ImportError, module: str) -> bool:

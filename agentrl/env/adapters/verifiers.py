@@ -58,6 +58,17 @@ from agentrl.utils.extras import require
 _TASKS: dict[tuple[type, str, int], list[Any]] = {}
 
 
+VERIFIERS_MIN_VERSION = "0.4"
+"""The verifiers release whose ``verifiers.v1`` API (tasksets, agent seats, ``AgentConfig``) the adapters follow."""
+
+
+def load_verifiers(what: str) -> Any:
+    """``verifiers.v1``, or :class:`~agentrl.utils.extras.MissingExtra` saying, in one line, that verifiers is
+    missing or older than :data:`VERIFIERS_MIN_VERSION`; ``what`` names what needs it."""
+    return require("verifiers.v1", extra="verifiers", what=what, package="verifiers",
+                   min_version=VERIFIERS_MIN_VERSION)
+
+
 class VerifiersEnv(TextEnv):
     """A verifiers taskset and its ``Env`` as an environment (see the module docstring).
 
@@ -78,7 +89,7 @@ class VerifiersEnv(TextEnv):
                  env_config: Mapping[str, Any] | None = None, seat: str | None = None, num_tasks: int = 64,
                  tool_timeout: float = 10.0, timeout: float = 60.0):
         super().__init__()
-        vf = require("verifiers.v1", extra="verifiers", what="verifiers environments", package="verifiers")
+        vf = load_verifiers("verifiers environments")
         from verifiers.v1.configs.agent import agent_config_fields
         from verifiers.v1.utils import loaders
         from verifiers.v1.utils.generic import concrete_type

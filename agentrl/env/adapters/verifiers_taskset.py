@@ -35,10 +35,9 @@ from typing import Any
 
 from pydantic import Field
 
-from agentrl.utils.extras import require
+from agentrl.env.adapters.verifiers import load_verifiers
 
-vf: Any = require("verifiers.v1", extra="verifiers", what="agentrl environments as a verifiers taskset",
-                  package="verifiers")
+vf: Any = load_verifiers("agentrl environments as a verifiers taskset")
 
 __all__ = ["AgentrlTaskset", "AgentrlEnv"]
 

@@ -7,10 +7,14 @@ from pathlib import Path
 import gymnasium
 import pytest
 
-pytest.importorskip("verifiers.v1", reason="pip install 'agentrl[verifiers]'")
-
 from agentrl.env import make, register  # noqa: E402
-from agentrl.env.adapters.verifiers import VerifiersEnv  # noqa: E402
+from agentrl.env.adapters.verifiers import VerifiersEnv, load_verifiers  # noqa: E402
+from agentrl.utils.extras import MissingExtra  # noqa: E402
+
+try:
+    load_verifiers("this test module")
+except MissingExtra as e:
+    pytest.skip(str(e), allow_module_level=True)
 from agentrl.env.cli import main as check_env_main  # noqa: E402
 
 TASKS = Path(__file__).with_name("vf_tasks.py")

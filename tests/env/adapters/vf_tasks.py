@@ -2,8 +2,11 @@
 calculator tool server and a rubric, and a guessing game whose ``Env`` plays the user turn by turn."""
 
 import random
+from typing import Any
 
-import verifiers.v1 as vf
+from agentrl.env.adapters.verifiers import load_verifiers
+
+vf: Any = load_verifiers("the test module of verifiers tasksets")
 
 
 class CalculatorToolset(vf.Toolset):
