@@ -285,8 +285,9 @@ def _layout_problems(cfg: RunConfig) -> list[str]:
     if layout.world == 1 and layout.model_parallel == 1:
         return []
     problems = layout_problems(layout, model_dims(model_config(cfg.model_path)), cfg.global_batch_size)
-    if layout.world > 1 and importlib.util.find_spec("ray") is None:
+    if layout.world > 1 and not cfg.cluster.use_ray and importlib.util.find_spec("ray") is None:
         problems.append(f"{layout.world} trainer ranks run as Ray actors: pip install 'agentrl[ray]'")
+    # (with use_ray set, as finalize() does for a group, the cluster's own check says it once)
     return problems
 
 

@@ -53,7 +53,8 @@ class ClusterConfig:
                 if value != default:
                     out.append(f"{flag} {value} needs --use-ray (several engines and env workers run as Ray actors)")
         elif importlib.util.find_spec("ray") is None:
-            out.append("--use-ray needs Ray: pip install 'agentrl[ray]'")
+            out.append("Ray is not installed, and --use-ray (or a trainer of several ranks) runs engines and ranks "
+                       "as Ray actors: pip install 'agentrl[ray]'")
         return out
 
 

@@ -28,8 +28,11 @@ def test_flags_parse_and_validate(monkeypatch):
     cfg = parse_args([*BASE, "--use-ray", "--num-engines", "3", "--max-staleness", "1", "--no-partial-rollouts",
                       "--ray-address", "auto", "--ray-weight-sync", "nccl", "--engine-health-interval", "5"])
     assert (cfg.cluster.num_engines, cfg.asynchrony.max_staleness, cfg.asynchrony.partial_rollouts, cfg.cluster.ray_weight_sync) == (3, 1, False, "nccl")
-    has_ray = importlib.util.find_spec("ray") is not None
-    assert validate(cfg) == ([] if has_ray else ["--use-ray needs Ray: pip install 'agentrl[ray]'"])
+    assert validate(cfg) == []
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find_spec(name, *a))
+    assert validate(cfg) == ["Ray is not installed, and --use-ray (or a trainer of several ranks) runs engines and "
+                             "ranks as Ray actors: pip install 'agentrl[ray]'"]
     problems = "\n".join(validate(parse_args([*BASE, "--num-engines", "2", "--max-staleness", "-1"])))
     assert "--num-engines 2 needs --use-ray" in problems
     assert "--max-staleness must be >= 0" in problems

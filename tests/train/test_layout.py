@@ -61,6 +61,21 @@ def test_each_bad_layout_is_one_line_and_exit_2(case, prompts, nothing_loads, ca
     assert expected in lines[0]
 
 
+def test_without_ray_a_group_of_ranks_says_so_once(prompts, nothing_loads, capsys, monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real_find_spec(name, *a))
+    argv = ["--model-path", "tiny-qwen2", "--prompt-data", prompts, "--rollout-batch-size", "2",
+            "--n-samples-per-prompt", "2", "--trainer", "megatron", "--actor-num-gpus-per-node", "3",
+            "--tensor-model-parallel-size", "2"]
+    assert train_cli.main(argv, prog="train.py") == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("  - ")]
+    assert len(lines) == 2, lines  # the layout's problem and the missing Ray, one line each
+    assert sum("does not divide the 3 trainer rank(s)" in line for line in lines) == 1
+    assert sum("pip install 'agentrl[ray]'" in line for line in lines) == 1
+
+
 def test_a_good_layout_has_no_problems():
     dims = ModelDims(num_layers=28, num_heads=28, num_kv_heads=4)
     for layout in (TrainerLayout("megatron", 8, tp=2), TrainerLayout("megatron", 16, tp=4, pp=2, nodes=2),
