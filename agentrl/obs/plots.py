@@ -61,11 +61,33 @@ def plot_run(metrics: MetricsLogger, out_dir: str | Path) -> list[Path]:
     timing = {label: series for key, label in TIMING.items() if (series := metrics.series(key))[0]}
     if timing:  # where each step's seconds went; async runs add the rollouts' own generation time
         written.append(_line_chart(out_dir / "timing.png", timing, "time per step", "seconds"))
-    eval_keys = sorted({k for row in metrics.history for k in row if k.startswith("eval/") and k.endswith("/reward_mean")})
+    eval_keys = sorted({k for row in metrics.history for k in row
+                        if k.startswith("eval/") and k.endswith(("/reward_mean", "/success"))})
     if eval_keys:
-        written.append(_line_chart(out_dir / "eval.png", {k: metrics.series(k) for k in eval_keys}, "evaluation",
-                                   "held-out mean reward"))
+        warm = any(metrics.series("sft/" + k)[0] for k in eval_keys)
+        title = "evaluation" + (" (the warm start's: the second point at rollout 0)" if warm else "")
+        written.append(_line_chart(out_dir / "eval.png", {k: eval_series(metrics, k) for k in eval_keys}, title,
+                                   "held-out mean reward / success"))
     return written
+
+
+def eval_series(metrics: MetricsLogger, key: str) -> tuple[list[int], list[float]]:
+    """An ``eval/*`` curve with the evaluation after a supervised warm start (``sft/eval/*``, logged at the
+    rollout it ran before) placed after that rollout's own evaluation, so the curve shows what the warm
+    start did: before training -> after the warm start -> after each evaluated rollout.
+
+    >>> from types import SimpleNamespace
+    >>> m = SimpleNamespace(series=lambda k: {"eval/t/success": ([0, 3], [0.0, 1.0]),
+    ...                                       "sft/eval/t/success": ([0], [0.9])}.get(k, ([], [])))
+    >>> eval_series(m, "eval/t/success")
+    ([0, 0, 3], [0.0, 0.9, 1.0])
+    """
+    x, y = metrics.series(key)
+    points = list(zip(x, y))
+    for step, value in zip(*metrics.series("sft/" + key)):
+        at = sum(1 for s, _ in points if s <= step)
+        points.insert(at, (step, value))
+    return [p[0] for p in points], [p[1] for p in points]
 
 
 def _line_chart(path: Path, series: dict[str, tuple[list[int], list[float]]], title: str, ylabel: str) -> Path:
