@@ -1,25 +1,28 @@
 """GRPO against GiGPO on FrozenLake (fresh random 4x4 maps), SmolLM2-135M-Instruct, the CPU, equal wall time.
 
 ``run`` trains one estimator with the settings below for ``--minutes`` of wall time (then Ctrl-C, and a
-kill if the step in progress has not ended a minute later), evaluating greedily on held-out maps (unseen
-seeds) every ``--eval-interval`` rollouts, and logs the machine's load average every 30 s; ``report``
-reads every run under a folder and writes held-out success and reward and the training reward against
-wall-clock minutes (the comparison; only points within each run's budget) to the folder
-``frozenlake_gigpo_cpu/``: ``report.md`` (the table), ``summary.json`` (the numbers, each run's commit,
-the machine, the date, the commands), ``curves.png`` (the plot) and each run's ``metrics.jsonl``. Run the
-estimators one after the other (two at once on two cores would each get less than a core)::
+kill if the step in progress has not ended a minute later), evaluating greedily on the first 20 held-out
+maps (unseen seeds) every ``--eval-interval`` rollouts, and logs the machine's load average every 30 s;
+``report`` reads every run under a folder and writes held-out success and reward and the training reward
+against wall-clock minutes (the comparison; only points within each run's budget) to the folder
+``frozenlake_gigpo_cpu[_<tag>]/``: ``report.md`` (the table), ``summary.json`` (the numbers, each run's
+commit, the machine, the date, the commands), ``curves.png`` (the plot) and each run's ``metrics.jsonl``.
 
-    python bench/frozenlake_gigpo.py run --estimator grpo --seed 0 --minutes 30 --out runs/fl_gigpo
-    python bench/frozenlake_gigpo.py run --estimator gigpo --seed 0 --minutes 30 --out runs/fl_gigpo
-    python bench/frozenlake_gigpo.py report runs/fl_gigpo --out bench/results
+Both estimators start from one warm-started model (the recipe's supervised warm start on the oracle, run
+once: ``--init``), so the comparison spends its minutes on RL alone. Run the estimators one after the other
+on an idle machine (two at once on two cores would each get less than a core)::
 
-On a machine shared with other work the runs do not see the same load: compare the load averages the
-report lists before reading a difference in rollouts per minute. Where the load is far above the core
-count, start the two runs at the same moment instead, each on one torch thread (``--threads 1``), so both
-see the same load and neither waits on a second thread the scheduler has parked::
+    python train.py --config recipes/frozenlake/config.yaml --num-rollout 0 --eval-interval 0 \
+        --output-dir runs/fl_gigpo/warm --save runs/fl_gigpo/warm/ckpt          # the shared warm start
+    python bench/frozenlake_gigpo.py run --estimator grpo --init runs/fl_gigpo/warm/ckpt --minutes 20 --out runs/fl_gigpo
+    python bench/frozenlake_gigpo.py run --estimator gigpo --init runs/fl_gigpo/warm/ckpt --minutes 20 --out runs/fl_gigpo
+    python bench/frozenlake_gigpo.py report runs/fl_gigpo --out bench/results --tag warm
 
-    python bench/frozenlake_gigpo.py run --estimator grpo --threads 1 --minutes 55 --out runs/fl_gigpo &
-    python bench/frozenlake_gigpo.py run --estimator gigpo --threads 1 --minutes 55 --out runs/fl_gigpo
+Without ``--init`` each run does the recipe's warm start itself. On a machine shared with other work the
+runs do not see the same load: compare the load averages the report lists before reading a difference in
+rollouts per minute. Where the load is far above the core count, start the two runs at the same moment
+instead, each on one torch thread (``--threads 1``), so both see the same load and neither waits on a
+second thread the scheduler has parked.
 
 Both estimators get the same prompts, seeds, budgets and optimiser; only ``--advantage-estimator``
 differs (GiGPO with ``--gamma 0.95``, the paper's per-turn discount; GRPO ignores ``--gamma``).
@@ -54,18 +57,18 @@ SETTINGS = [
     "--config", "recipes/frozenlake/config.yaml",
     "--env-kwargs", json.dumps({"random_map_size": 4, "invalid_action_penalty": INVALID_PENALTY}),
     "--max-turns", "8", "--rollout-max-response-len", "12", "--rollout-max-context-len", "1536",
-    "--rollout-batch-size", "1", "--n-samples-per-prompt", "4", "--lr", "3e-5", "--num-rollout", "200",
-    "--eval-prompt-data", "unseen_maps", "recipes/frozenlake/test.jsonl", "--eval-max-prompts", "4",
-    "--eval-temperature", "1.0",
+    "--rollout-batch-size", "2", "--n-samples-per-prompt", "4", "--lr", "3e-5", "--num-rollout", "200",
+    "--eval-prompt-data", "unseen_maps", "recipes/frozenlake/test.jsonl", "--eval-max-prompts", "20",
+    "--eval-temperature", "0.0",
     "--engine-prefix-cache", "--engine-max-batch-size", "8", "--max-tokens-per-gpu", "1024",
     "--episode-timeout", "none",
 ]
-"""The shared settings: small (one map of four episodes a rollout, four held-out maps), because the CPU is shared
-and a step costs minutes. No episode time limit: on a CPU this loaded (load average near 20 on 2 cores) the
-first four held-out episodes ran past the default 600 s and were retried, a failure of the machine, not of
-the episode, that would have spent the whole budget. The held-out episodes sample at
-the training temperature: untrained, the greedy reply names no move on any held-out map, so greedy success and
-reward stay flat until the mode itself changes, which takes more steps than fit here."""
+"""The shared settings: two maps of four episodes a rollout; the held-out score is the recipe's (greedy, the
+first 20 unseen 4x4 maps). No episode time limit: on a loaded CPU (load average near 20 on 2 cores) held-out
+episodes ran past the default limit, a failure of the machine, not of the episode. An earlier version of
+this comparison (results in ``frozenlake_gigpo_cpu/``) started from the untrained model, sampled 4 held-out
+maps at temperature 1 and gave no signal: untrained, the greedy reply names no move on any map."""
+
 
 ESTIMATORS = {"grpo": ["--advantage-estimator", "grpo"],
               "gigpo": ["--advantage-estimator", "gigpo", "--gamma", "0.95"]}
@@ -74,14 +77,16 @@ ESTIMATORS = {"grpo": ["--advantage-estimator", "grpo"],
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out) / f"{args.estimator}_seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "train.py", *SETTINGS, *ESTIMATORS[args.estimator], "--seed", str(args.seed),
+    init = ["--model-path", str(Path(args.init).resolve()), "--sft-data", ""] if args.init else []
+    cmd = [sys.executable, "train.py", *SETTINGS, *init, *ESTIMATORS[args.estimator], "--seed", str(args.seed),
            "--eval-interval", str(args.eval_interval), "--output-dir", str(out)]
     env = dict(os.environ)
     if args.threads:  # torch's intra-op threads (OpenMP), read when the trainer starts
         env["OMP_NUM_THREADS"] = str(args.threads)
     (out / "bench.json").write_text(json.dumps({"started": time.time(), "minutes": args.minutes, "command": cmd,
                                                 "estimator": args.estimator, "seed": args.seed, "commit": commit(),
-                                                "machine": _machine(), "threads": args.threads}, indent=2))
+                                                "machine": _machine(), "threads": args.threads, "init": args.init},
+                                               indent=2))
     deadline = time.time() + args.minutes * 60
     with open(out / "train.log", "w") as log, open(out / "load.jsonl", "w") as load:
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env)
@@ -145,6 +150,7 @@ def load(folder: Path) -> list[dict]:
                  for r in rows if "eval/unseen_maps/success" in r]
         steps = [r for r in rows if "rollout/reward_mean" in r]
         runs.append({**{k: meta[k] for k in ("estimator", "seed", "minutes")}, "folder": meta_path.parent.name,
+                     "init": meta.get("init"),
                      "commit": meta.get("commit", "not recorded"), "machine": meta.get("machine", "not recorded"),
                      "command": " ".join(meta["command"][1:]), "threads": meta.get("threads"), "exit": meta.get("exit"),
                      "evals": evals,
@@ -180,6 +186,7 @@ def report(args: argparse.Namespace) -> None:
             "date": min(r["started_utc"] for r in runs)[:10],
             "command": "; ".join(f"python bench/frozenlake_gigpo.py run --estimator {r['estimator']} --seed {r['seed']} "
                                  f"--minutes {r['minutes']:g}" + (f" --threads {r['threads']}" if r["threads"] else "")
+                                 + (f" --init {r['init']}" if r.get("init") else "")
                                  for r in runs)
             + f"; python bench/frozenlake_gigpo.py report {folder} --out {args.out}",
             "settings": SETTINGS, "estimators": ESTIMATORS}
@@ -188,7 +195,7 @@ def report(args: argparse.Namespace) -> None:
               f"- command: `{meta['command']}`", "",
               "Each run's command: " + "; ".join(f"`{r['command']}`" for r in runs), ""]
     md = "\n".join(header + lines) + "\n"
-    out = Path(args.out) / "frozenlake_gigpo_cpu"
+    out = Path(args.out) / ("frozenlake_gigpo_cpu" + (f"_{args.tag}" if args.tag else ""))
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.json").write_text(json.dumps({**meta, "runs": runs}, indent=2))
     (out / "report.md").write_text(md)
@@ -209,7 +216,8 @@ def _plot(runs: list[dict], path: Path) -> None:
 
     colors = {"grpo": "tab:blue", "gigpo": "tab:orange"}
     maps = SETTINGS[SETTINGS.index("--eval-max-prompts") + 1]
-    panels = [("evals", "success", f"held-out success (sampled, {maps} unseen maps)"),
+    how = "greedy" if float(SETTINGS[SETTINGS.index("--eval-temperature") + 1]) == 0 else "sampled"
+    panels = [("evals", "success", f"held-out success ({how}, {maps} unseen maps)"),
               ("evals", "reward", f"held-out reward (1 at the goal, -{INVALID_PENALTY:g} a reply without a move)"),
               ("train", "reward", "training reward (mean of the rollout)")]
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.2))
@@ -220,7 +228,7 @@ def _plot(runs: list[dict], path: Path) -> None:
                     markersize=4, linestyle=("-", "--", ":", "-.")[r["seed"] % 4], color=colors.get(r["estimator"]),
                     label=f"{r['estimator']} seed {r['seed']}"
                     + (f" (killed; last point at minute {r['minutes_run']:g})" if r.get("exit") == -9 else ""))
-        ax.set_xlabel("wall-clock minutes since the run started (a shared 2-core CPU)")
+        ax.set_xlabel("wall-clock minutes since the run started (2-core CPU)")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -236,13 +244,15 @@ def main() -> None:
     r.add_argument("--estimator", choices=sorted(ESTIMATORS), required=True)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--minutes", type=float, default=30.0)
-    r.add_argument("--eval-interval", type=int, default=2)
+    r.add_argument("--eval-interval", type=int, default=3)
+    r.add_argument("--init", default=None, help="start from this warm-started checkpoint (no warm start in the run)")
     r.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for the run (default: torch's own)")
     r.add_argument("--out", default="runs/fl_gigpo")
     r.set_defaults(fn=run)
     rep = sub.add_parser("report", help="plot and tabulate every run under a folder")
     rep.add_argument("folder")
     rep.add_argument("--out", default="bench/results")
+    rep.add_argument("--tag", default="", help="results folder frozenlake_gigpo_cpu_<tag>")
     rep.set_defaults(fn=report)
     args = p.parse_args()
     args.fn(args)
