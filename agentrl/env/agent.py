@@ -87,11 +87,15 @@ class AgentEnv(TextEnv):
         tool_parser: the tool-call parser of model output (:func:`agentrl.tool.get_parser`).
         tokenizer: tokenizer of the text-environment view (``reset``/``step``); the rollout uses the policy's.
         max_calls: model calls per episode when no turn limit wraps the env.
+        in_process: the agent's client reaches the endpoint's routes in process, without a socket (the
+            default: cheaper per call; a streamed answer arrives whole); ``False``: over TCP, event by
+            event. ``client.base_url`` is the TCP address either way (for programs in other processes).
     """
 
     def __init__(self, agent: str | AgentFn, *, tasks: list[dict[str, Any]] | str | None = None,
                  model_names: list[str] | tuple[str, ...] = (MODEL_NAME,), tool_parser: str = "hermes",
-                 tokenizer: str = "smollm2-135m-instruct", max_calls: int | None = None) -> None:
+                 tokenizer: str = "smollm2-135m-instruct", max_calls: int | None = None,
+                 in_process: bool = True) -> None:
         super().__init__()
         self.agent: AgentFn = _load(agent) if isinstance(agent, str) else agent
         if not callable(self.agent):
@@ -101,6 +105,7 @@ class AgentEnv(TextEnv):
         self.tool_parser = tool_parser
         self.tokenizer_name = tokenizer
         self.max_calls = max_calls
+        self.in_process = in_process
         self._text_run: _TextRun | None = None
 
     def task_for(self, seed: int | None, options: dict[str, Any] | None) -> dict[str, Any]:
@@ -133,7 +138,7 @@ class AgentEnv(TextEnv):
             async with shared_endpoint() as (endpoint, directory):  # one server for the loop's episodes
                 directory.add(service, key)
                 try:
-                    async with endpoint.client(key) as client:
+                    async with endpoint.client(key, in_process=self.in_process) as client:
                         result = await self.agent(client, task)
                 finally:
                     directory.finish(key)
@@ -204,7 +209,7 @@ class _TextRun:
                                    tool_parser=self.env.tool_parser, require_episode=True)
         self.key = self.service.open_episode(seed=self.seed)
         self.endpoint = await AgentEndpoint(self.service).start()
-        self.client = self.endpoint.client(self.key)
+        self.client = self.endpoint.client(self.key, in_process=self.env.in_process)
         self.agent_task = asyncio.create_task(self.env.agent(self.client, dict(self.task)))
         return await self._next_messages()
 

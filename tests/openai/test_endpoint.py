@@ -64,13 +64,15 @@ async def sync_client_agent(client, task):
     return await asyncio.to_thread(program)
 
 
-@pytest.mark.parametrize("agent", [streaming_agent, sync_client_agent])
-def test_streaming_and_the_sync_client_record_the_textenv_tokens(tokenizer, template, agent):
+@pytest.mark.parametrize("agent, in_process", [(streaming_agent, True), (streaming_agent, False),
+                                               (sync_client_agent, True)])
+def test_streaming_and_the_sync_client_record_the_textenv_tokens(tokenizer, template, agent, in_process):
+    """In process (httpx's ASGI transport) and over TCP alike; the sync program always goes over TCP."""
     config = RolloutConfig()
     expected = asyncio.run(run_episode(_engine(tokenizer), template, EpisodeRequest(env_id="tools"), config,
                                        env=ToolEnv()))
     got = asyncio.run(run_episode(_engine(tokenizer), template, EpisodeRequest(env_id="agent"), config,
-                                  env=AgentEnv(agent, tasks=[{}])))
+                                  env=AgentEnv(agent, tasks=[{}], in_process=in_process)))
     assert got.status == "ok" and got.reward == 1.0 and got.num_turns == 3, got.error
     assert _token_fields(got) == _token_fields(expected)
     assert got.metrics["tool_calls"] == 2 and got.metrics["segments"] == 1
@@ -108,9 +110,12 @@ def test_the_endpoint_answers_bad_requests_with_openai_errors_and_keeps_serving(
             async with endpoint.client(key) as client:
                 out = await client.chat.completions.create(**hi)
                 models = [m.id async for m in client.models.list()]
-            async with endpoint.client(done) as client:
-                with pytest.raises(openai.ConflictError):
-                    await client.chat.completions.create(**hi)
+            for in_process in (True, False):
+                async with endpoint.client(done, in_process=in_process) as client:
+                    with pytest.raises(openai.ConflictError):
+                        await client.chat.completions.create(**hi)
+            async with endpoint.client(key, in_process=False) as client:
+                assert (await client.chat.completions.create(**hi)).choices[0].message.content == "Fine."
             return seen, out.choices[0].message.content, models
 
     seen, content, models = asyncio.run(main())
