@@ -57,11 +57,24 @@ def aliases() -> list[str]:
     return sorted(_ALIASES) + list(_TINY_ALIASES)
 
 
+def checkpoint_model(path: Path) -> Path | None:
+    """The model folder of an agentrl checkpoint (``CKPT/model``), or of the latest one in a ``--save``
+    folder (``SAVE/latest`` names it); None when ``path`` is neither."""
+    if (path / "state.json").is_file():
+        model = path / "model"
+    elif (path / "latest").is_file():
+        model = path / (path / "latest").read_text().strip() / "model"
+    else:
+        return None
+    return model if (model / "config.json").is_file() else None
+
+
 def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     """Turn an alias, local folder or hub id into something ``from_pretrained`` accepts.
 
     * an alias is converted once and cached; the cached folder's path is returned;
-    * an existing local folder must hold a ``config.json``;
+    * an existing local folder must hold a ``config.json``, or be an agentrl checkpoint or ``--save``
+      folder (its latest checkpoint's model is used);
     * anything shaped like ``org/name`` that is not a local path is passed on as a hub id
       (``from_pretrained`` then downloads it, or fails clearly when offline).
     """
@@ -75,6 +88,9 @@ def resolve_model_path(name_or_path: str | os.PathLike) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if path.is_dir() and not (path / "config.json").exists():
+            model = checkpoint_model(path)
+            if model is not None:
+                return str(model)
             raise ModelNotFoundError(
                 f"{path} is a folder but has no config.json; expected a Hugging Face model folder "
                 f"(config.json + weights) or one of the aliases {aliases()}"

@@ -77,7 +77,7 @@ ESTIMATORS = {"grpo": ["--advantage-estimator", "grpo"],
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out) / f"{args.estimator}_seed{args.seed}"
     out.mkdir(parents=True, exist_ok=True)
-    init = ["--model-path", str(Path(args.init).resolve()), "--sft-data", ""] if args.init else []
+    init = ["--model-path", str(Path(args.init).resolve()), "--sft-data", "none"] if args.init else []
     cmd = [sys.executable, "train.py", *SETTINGS, *init, *ESTIMATORS[args.estimator], "--seed", str(args.seed),
            "--eval-interval", str(args.eval_interval), "--output-dir", str(out)]
     env = dict(os.environ)

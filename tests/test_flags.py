@@ -94,3 +94,13 @@ def test_help_needs_no_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_none_switches_off_an_optional_setting_a_config_gave():
+    """A recipe's optional setting (a warm start, an eval set) is switched off from the command line with 'none'."""
+    assert parse_args(["--config", "recipes/frozenlake/config.yaml"]).sft.data == "oracle"
+    for spelling in ("none", "None", "null"):
+        assert parse_args(["--config", "recipes/frozenlake/config.yaml", "--sft-data", spelling]).sft.data is None
+    assert parse_args(["--config", "recipes/frozenlake/config.yaml", "--episode-timeout", "none"]).rollout.episode_timeout is None
+    assert parse_args(["--prompt-data", "p.jsonl", "--label-key", "none"]).data.label_key is None  # like --label-key ''
+    assert parse_args(["--prompt-data", "p.jsonl", "--input-key", "none"]).data.input_key == "none"  # not optional: a name

@@ -178,8 +178,8 @@ class FlagTable:
             except json.JSONDecodeError as e:
                 raise ValueError(f"expected a JSON object, e.g. '{{\"k\": 1}}': {e}") from None
             return self.coerce(flag, parsed)
-        if value.lower() in ("none", "null") and not choices and kind is not str:
-            return None
+        if value.lower() in ("none", "null") and not choices and (kind is not str or field_optional(owner, name)):
+            return None  # an optional setting a config file gave is switched off from the command line
         if kind in (int, float) and not choices:
             try:
                 return kind(value)
@@ -347,6 +347,20 @@ def field_type(cls: type, name: str) -> tuple[type, tuple[Any, ...]]:
     if origin is dict:
         return dict, ()
     return (hint_, ()) if isinstance(hint_, type) else (str, ())
+
+
+def field_optional(cls: type, name: str) -> bool:
+    """Whether a field may be None (``str | None``): its flag then takes ``none`` for None.
+
+    >>> from dataclasses import dataclass
+    >>> @dataclass
+    ... class C:
+    ...     a: str | None = None
+    ...     b: str = ""
+    >>> field_optional(C, "a"), field_optional(C, "b")
+    (True, False)
+    """
+    return type(None) in typing.get_args(resolved_hints(cls)[name])
 
 
 @functools.cache

@@ -84,6 +84,23 @@ def test_checkpoint_of(tmp_path):
     assert checkpoint_of(str(tmp_path)) is None
 
 
+def test_a_checkpoint_or_save_folder_is_a_model_path_for_training_too(tmp_path):
+    """train.py --model-path takes what agentrl eval takes: a checkpoint, its model folder, or a --save folder."""
+    from agentrl.models import ModelNotFoundError, resolve_model_path
+
+    ckpt = tmp_path / "save" / "rollout_00004"
+    (ckpt / "model").mkdir(parents=True)
+    (ckpt / "state.json").write_text("{}")
+    (tmp_path / "save" / "latest").write_text("rollout_00004")
+    with pytest.raises(ModelNotFoundError, match="has no config.json"):  # a checkpoint without its model
+        resolve_model_path(tmp_path / "save")
+    (ckpt / "model" / "config.json").write_text("{}")
+    for path in (tmp_path / "save", ckpt, ckpt / "model"):
+        assert resolve_model_path(path) == str(ckpt / "model")
+    with pytest.raises(ModelNotFoundError, match="has no config.json"):
+        resolve_model_path(tmp_path)
+
+
 def test_a_config_without_held_out_sets_says_what_to_give(tmp_path, capsys):
     recipe = tmp_path / "r.yaml"
     recipe.write_text("env: agentrl/Echo-v0\nprompt-data: x.jsonl\n")
