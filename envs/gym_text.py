@@ -424,7 +424,13 @@ class GymTextEnv(TextEnv):
         d = self._distance.get(int(obs))
         return 0.0 if d is None or not start else 1.0 - d / start
 
-    def oracle(self) -> str:
+    @property
+    def oracle(self) -> Callable[[], str] | None:
+        """FrozenLake's oracle (:meth:`next_move`); None for the other games, which have none, so that
+        ``check-env --exploits`` and ``--sft-data oracle`` see an environment without one."""
+        return self.next_move if self.frozen_lake else None
+
+    def next_move(self) -> str:
         """FrozenLake: the reply that takes the next move of a shortest path to the goal around the holes."""
         if not self.frozen_lake:
             raise NotImplementedError(f"no oracle for {self.adapter.name}: only FrozenLake has one")
@@ -445,7 +451,7 @@ class GymTextEnv(TextEnv):
             return f"<action>{self.adapter.moves[self._last]}</action>"
 
         def approach_and_wait() -> str:  # next to the goal, it only stalls (a reply without a move)
-            return self.oracle() if self._distance.get(int(self.obs), 0) > 1 else "I wait here."
+            return self.next_move() if self._distance.get(int(self.obs), 0) > 1 else "I wait here."
 
         return {"oscillate": oscillate, "approach_and_wait": approach_and_wait}
 
