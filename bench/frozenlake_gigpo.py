@@ -179,7 +179,8 @@ def report(args: argparse.Namespace) -> None:
                                  f"--minutes {r['minutes']:g}" + (f" --threads {r['threads']}" if r["threads"] else "")
                                  + (f" --init {r['init']}" if r.get("init") else "")
                                  for r in runs)
-            + f"; python bench/frozenlake_gigpo.py report {folder} --out {args.out}",
+            + f"; python bench/frozenlake_gigpo.py report {folder} --out {args.out}"
+            + (f" --tag {args.tag}" if args.tag else ""),
             "settings": SETTINGS, "estimators": ESTIMATORS}
     header = ["# FrozenLake (random 4x4 maps): GRPO against GiGPO at equal wall time, SmolLM2-135M-Instruct, CPU", "",
               f"- commit: {meta['commit']}", f"- machine: {meta['machine']}", f"- date: {meta['date']}",
