@@ -59,12 +59,12 @@ def aliases() -> list[str]:
 
 def checkpoint_model(path: Path) -> Path | None:
     """The model folder of an agentrl checkpoint (``CKPT/model``), or of the latest one in a ``--save``
-    folder (``SAVE/latest`` names it); None when ``path`` is neither."""
-    if (path / "state.json").is_file():
-        model = path / "model"
-    elif (path / "latest").is_file():
-        model = path / (path / "latest").read_text().strip() / "model"
-    else:
+    folder (:func:`agentrl.checkpoint.find_checkpoint`); None when ``path`` is neither."""
+    from agentrl.checkpoint import find_checkpoint
+
+    try:
+        model = find_checkpoint(path) / "model"
+    except FileNotFoundError:
         return None
     return model if (model / "config.json").is_file() else None
 
