@@ -61,6 +61,9 @@ from agentrl.env.registry import register
 AgentFn = Callable[[Any, dict[str, Any]], Coroutine[Any, Any, Any]]
 """``async (client: openai.AsyncOpenAI, task: dict) -> float | dict | None``."""
 
+OracleFn = Callable[[dict[str, Any]], "list[str] | str"]
+"""``(task) -> replies``: the model output that answers each of the agent's calls on ``task``."""
+
 MODEL_NAME = "policy"
 """The model name agents use (``GET /v1/models`` lists it with the configured aliases)."""
 
@@ -90,12 +93,16 @@ class AgentEnv(TextEnv):
         in_process: the agent's client reaches the endpoint's routes in process, without a socket (the
             default: cheaper per call; a streamed answer arrives whole); ``False``: over TCP, event by
             event. ``client.base_url`` is the TCP address either way (for programs in other processes).
+        oracle: the model replies that solve a task, ``(task) -> list[str]`` (or its
+            ``"package.module:function"`` path): the reply to each of the agent's calls in turn, written
+            as model output (a tool call as the parser reads it). ``--sft-data oracle`` plays it for a
+            warm start on the agent's own conversations; ``check-env --exploits`` checks it wins.
     """
 
     def __init__(self, agent: str | AgentFn, *, tasks: list[dict[str, Any]] | str | None = None,
                  model_names: list[str] | tuple[str, ...] = (MODEL_NAME,), tool_parser: str = "hermes",
                  tokenizer: str = "smollm2-135m-instruct", max_calls: int | None = None,
-                 in_process: bool = True) -> None:
+                 in_process: bool = True, oracle: str | OracleFn | None = None) -> None:
         super().__init__()
         self.agent: AgentFn = _load(agent) if isinstance(agent, str) else agent
         if not callable(self.agent):
@@ -106,7 +113,25 @@ class AgentEnv(TextEnv):
         self.tokenizer_name = tokenizer
         self.max_calls = max_calls
         self.in_process = in_process
+        self._oracle: OracleFn | None = _load_oracle(oracle) if isinstance(oracle, str) else oracle
+        if self._oracle is not None and not callable(self._oracle):
+            raise TypeError(f"oracle must be a function (task) -> list of replies; got {oracle!r}")
         self._text_run: _TextRun | None = None
+
+    @property
+    def oracle(self) -> Callable[..., list[str]] | None:
+        """The replies that solve the task of the episode just reset (from ``oracle=``); None without one."""
+        if self._oracle is None:
+            return None
+        solver = self._oracle
+
+        def plan(seed: int | None = None) -> list[str]:
+            if self._text_run is None:
+                raise RuntimeError("the oracle's plan is asked for before reset()")
+            replies = solver(dict(self._text_run.task))
+            return [replies] if isinstance(replies, str) else [str(r) for r in replies]
+
+        return plan
 
     def task_for(self, seed: int | None, options: dict[str, Any] | None) -> dict[str, Any]:
         """The task of an episode: the options when given, else a task drawn with the seeded RNG."""
@@ -115,6 +140,14 @@ class AgentEnv(TextEnv):
         if not self.tasks:
             raise ValueError(f"{type(self).__name__}: no task; pass options (a dataset row) or tasks=")
         return dict(self.tasks[int(self.np_random.integers(0, len(self.tasks)))])
+
+    def tool_schemas(self) -> list[dict[str, Any]]:
+        """The tools the agent offered in its pending call (outside a rollout; ``[]`` before ``reset``)."""
+        run = self._text_run
+        capture = run.service.episodes.get(run.key) if run is not None and run.service is not None else None
+        if capture is None or not capture.calls:
+            return []
+        return json.loads(capture.segments[capture.calls[-1].segment].tools_key)
 
     # -- in a rollout: the rollout's engine behind an endpoint ------------------------------------
     async def run_agent(self, engine: Any, template: Any, request: Any, config: Any, partial: Any, *,
@@ -338,6 +371,12 @@ def _load(path: str) -> AgentFn:
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(f"agent {path!r} must be an async function (client, task) -> reward")
     return fn
+
+
+def _load_oracle(path: str) -> OracleFn:
+    from agentrl.utils.imports import load_object
+
+    return load_object(path, what="oracle")
 
 
 def _tasks(tasks: list[dict[str, Any]] | str | None) -> list[dict[str, Any]]:

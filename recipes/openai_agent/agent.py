@@ -4,8 +4,14 @@ The agent gets a client and a task (a row of ``train.jsonl``/``test.jsonl``: ``q
 ``answer``; ``model``, default ``policy``), offers the model two tools, the calculator (``tools/calculator.py``) and a search over
 51 Wikipedia lead sections (BM25, offline: ``envs/data/search_mini.jsonl``), runs the tool calls
 that come back as ``tool_calls`` and sends their results, until the model answers without a tool
-call or has made ``MAX_CALLS`` calls. Reward: 1.0 when the answer is right (the number for
-arithmetic, one of the accepted names for a question), else 0.
+call or has made ``MAX_CALLS`` calls. Reward: ``task`` 1.0 when the answer is right (the number for
+arithmetic, one of the accepted names for a question), else 0; plus ``tool_call`` ``TOOL_BONUS`` once
+an episode when a tool call ran without an error (a shaping term: gamed by any valid call, at most
+0.1, and held-out success counts ``task`` alone).
+
+``oracle(task)`` gives the replies that solve a task (a calculator call on the question's expression,
+or a search for the question, then the answer): ``--sft-data oracle`` warm-starts the policy on the
+agent's own conversations with them (``env-kwargs: {oracle: ...}`` in ``config.yaml``).
 
 SmolLM2's chat template does not declare ``tools``, so the system message describes them and the
 call format the endpoint parses (hermes ``<tool_call>``); a model whose template does declare them
@@ -28,6 +34,9 @@ from typing import Any
 
 MAX_CALLS = 3
 """Model calls per task (two tool rounds and the answer)."""
+
+TOOL_BONUS = 0.1
+"""The shaping reward for an episode with a tool call that ran (paid once)."""
 
 CALCULATOR = {"type": "function", "function": {
     "name": "calculator", "description": "Evaluate an arithmetic expression such as 37 * 48.",
@@ -71,7 +80,7 @@ async def solve(client: Any, task: dict[str, Any]) -> dict[str, Any]:
     """One task: the ReAct loop, then the answer graded against ``task["answer"]``."""
     messages: list[dict[str, Any]] = [{"role": "system", "content": SYSTEM}, *EXAMPLES,
                                       {"role": "user", "content": task["question"]}]
-    answer, tool_calls = "", 0
+    answer, tool_calls, tool_ran = "", 0, False
     for _ in range(MAX_CALLS):
         out = await client.chat.completions.create(model=task.get("model", "policy"), messages=messages,
                                                   tools=TOOLS)
@@ -82,10 +91,22 @@ async def solve(client: Any, task: dict[str, Any]) -> dict[str, Any]:
             break
         for call in message.tool_calls:
             tool_calls += 1
-            messages.append({"role": "tool", "tool_call_id": call.id,
-                             "content": run_tool(call.function.name, call.function.arguments)})
+            result = run_tool(call.function.name, call.function.arguments)
+            tool_ran = tool_ran or not result.startswith("Error")
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": result})
     correct = is_correct(answer, task["answer"])
-    return {"reward": float(correct), "info": {"answer": answer[:200], "tool_calls": tool_calls}}
+    return {"task": float(correct), "tool_call": TOOL_BONUS * tool_ran,
+            "info": {"answer": answer[:200], "tool_calls": tool_calls}}
+
+
+def oracle(task: dict[str, Any]) -> list[str]:
+    """The replies that solve ``task``: the calculator on an arithmetic question's expression, else a
+    search for the question; then the answer."""
+    gold = task["answer"] if isinstance(task["answer"], str) else task["answer"][0]
+    arithmetic = re.fullmatch(r"What is (-?\d+ [-+*/] -?\d+)\?", task["question"].strip())
+    if arithmetic:
+        return [_call("calculator", expression=arithmetic.group(1)), gold]
+    return [_call("search", query=task["question"].strip().rstrip("?")), gold]
 
 
 def run_tool(name: str, arguments: str) -> str:
@@ -158,7 +179,7 @@ def main() -> None:
         with open(args.tasks, encoding="utf-8") as f:
             tasks = [json.loads(line) for line in f if line.strip()]
         results = [await solve(client, {**t, "model": args.model}) for t in tasks]
-        print(f"success: {sum(r['reward'] for r in results) / len(results):.2f} on {len(results)} tasks")
+        print(f"success: {sum(r['task'] for r in results) / len(results):.2f} on {len(results)} tasks")
 
     asyncio.run(run())
 

@@ -4,13 +4,16 @@ budgets truncate; the in-rollout endpoint refuses calls without a valid episode 
 from __future__ import annotations
 
 import asyncio
+import json
 
 import openai
 import pytest
 
+from agentrl.data.demos import DemoError, demo_samples, oracle_demos
 from agentrl.data.prompts import PromptRow
 from agentrl.env import check_env, make
 from agentrl.env.agent import AgentEnv, register_agent
+from agentrl.env.exploits import check_exploits
 from agentrl.rollout.config import RolloutConfig
 from agentrl.rollout.episode import EpisodeRequest, run_episode
 from agentrl.rollout.generate import Rollout
@@ -132,3 +135,59 @@ def test_an_agent_without_a_reward_is_scored_by_the_reward_function(tokenizer, t
                                      env=AgentEnv(agent, tasks=[{}]),
                                      reward_fn=lambda s: float(s.messages[-1]["content"] == "apple")))
     assert sample.status == "ok" and sample.reward == 1.0
+
+
+ADD = {"type": "function", "function": {"name": "add", "parameters": {
+    "type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}}}}}
+
+
+async def adder_agent(client, task):
+    """Offers an ``add`` tool (declared to the template with ``tools=``), runs its calls, grades the answer."""
+    messages, called = [{"role": "user", "content": f"What is {task['a']} + {task['b']}?"}], 0.0
+    for _ in range(3):
+        message = (await client.chat.completions.create(model="policy", messages=messages, tools=[ADD])).choices[0].message
+        messages.append(message.model_dump(exclude_none=True))
+        if not message.tool_calls:
+            return {"task": float((message.content or "").strip() == str(task["a"] + task["b"])), "shaped": called}
+        called = 0.1
+        for call in message.tool_calls:
+            args = json.loads(call.function.arguments)
+            total = args.get("a", 0) + args.get("b", 0) if isinstance(args, dict) else "not an object"
+            messages.append({"role": "tool", "tool_call_id": call.id, "content": str(total)})
+    return 0.0
+
+
+def adder_oracle(task):
+    call = json.dumps({"name": "add", "arguments": {"a": task["a"], "b": task["b"]}})
+    return [f"<tool_call>{call}</tool_call>", str(task["a"] + task["b"])]
+
+
+def test_the_oracle_demonstrates_the_agents_own_conversations_token_for_token(tokenizer, template):
+    """--sft-data oracle on an agent: the demonstration is the sample a rollout of the same replies gives."""
+    register_agent("AdderAgentTest-v0", adder_agent, max_turns=3, oracle=adder_oracle, tokenizer="tiny-qwen2")
+    task = {"a": 12, "b": 30}
+    replies = [template.tokenize(r) + list(template.end_of_turn_ids) for r in adder_oracle(task)]
+    calls = iter(replies)
+    rollout = Rollout(FakeEngine(responder=lambda prompt, sampling: next(calls)), template,
+                      RolloutConfig(n_samples_per_prompt=1, max_turns=3), default_env_id="agentrl/AdderAgentTest-v0")
+    row = PromptRow(index=0, prompt=None, options=task)
+    played = asyncio.run(rollout.generate(lambda n: [row], batch_size=1)).samples[0]
+    assert played.status == "ok" and played.rewards == {"task": 1.0, "shaped": 0.1} and played.num_turns == 2
+
+    demos = asyncio.run(oracle_demos(rollout, [row]))
+    assert len(demos) == 1 and demos[0].tools == [ADD]  # the tools the agent offered reach the template
+    demo = demo_samples(template, demos)[0]
+    assert demo.prompt_ids + demo.response_ids == played.prompt_ids + played.response_ids
+    assert demo.loss_mask == played.loss_mask and demo.loss_mask.count(1) == sum(map(len, replies))
+
+    wrong = AgentEnv(adder_agent, tasks=[task], oracle=lambda t: ["41"], tokenizer="tiny-qwen2")
+    assert "oracle" in [f.cheat for f in check_exploits(lambda: wrong, seeds=[0]).findings]  # it did not win
+    report = check_exploits(lambda: AgentEnv(adder_agent, tasks=[task], oracle=adder_oracle, tokenizer="tiny-qwen2"),
+                            seeds=[0])
+    assert report.oracle_checked and report.returns["oracle"] == pytest.approx(1.1)
+    assert "oracle" not in [f.cheat for f in report.findings] and not report.problems
+    assert AgentEnv(adder_agent, tasks=[task]).oracle is None
+    with pytest.raises(DemoError, match="has no oracle"):
+        register_agent("AdderNoOracleTest-v0", adder_agent, max_turns=3)
+        asyncio.run(oracle_demos(Rollout(FakeEngine(script=[]), template, RolloutConfig(),
+                                         default_env_id="agentrl/AdderNoOracleTest-v0"), [row]))

@@ -26,7 +26,7 @@ RECIPES = {
     "search_r1/mini.yaml": [],
     "tool_calc/config.yaml": ["--sft-max-demos", "4"],
     "frozenlake/config.yaml": ["--max-turns", "6", "--sft-max-demos", "4"],  # the oracle needs 6 moves on 4x4 maps
-    "openai_agent/config.yaml": [],
+    "openai_agent/config.yaml": ["--sft-max-demos", "4"],
     "textarena/config.yaml": ["--max-turns", "2"],
     "humaneval/config.yaml": ["--max-turns", "2"],
     "bfcl/config.yaml": [],
