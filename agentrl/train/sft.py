@@ -91,12 +91,16 @@ def train_sft(trainer: Any, samples: Sequence[Any], config: SftConfig, *, seed: 
     ``tokens`` (assistant tokens per epoch), ``time``."""
     import numpy as np
 
+    from agentrl.obs.progress import progress
+
     if not samples:
         raise ValueError("train_sft needs at least one demonstration")
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
     nll: list[float] = []
     steps = 0
+    per_epoch = -(-len(samples) // config.batch_size)
+    bar = progress(config.epochs * per_epoch, "warm start", unit="step", leave=False)
     for epoch in range(config.epochs):
         order = rng.permutation(len(samples))
         for at in range(0, len(order), config.batch_size):
@@ -109,8 +113,11 @@ def train_sft(trainer: Any, samples: Sequence[Any], config: SftConfig, *, seed: 
             steps += 1
             if batch.old_logprobs is not None:  # the step's own forward pass (the torch trainer fills it)
                 nll.append(float(-(batch.old_logprobs * batch.loss_mask).sum() / batch.loss_mask.sum().clamp(min=1)))
+                bar.set_postfix(nll=f"{nll[-1]:.3f}", refresh=False)
+            bar.update()
         if nll:
             log.info("warm start: epoch %d of %d, nll %.3f", epoch + 1, config.epochs, nll[-1])
+    bar.close()
     metrics = {"sft/steps": float(steps), "sft/demos": float(len(samples)),
                "sft/tokens": float(sum(s.num_generated_tokens for s in samples)),
                "sft/time": time.perf_counter() - start}

@@ -16,6 +16,10 @@ gives for an invalid end, counts 0 and goes to ``info["reason"]``). ``terminated
 registered ``max_turns`` truncates. Games play without their TextArena observation wrappers
 (the ``-raw`` version of the id), because the chat history already holds the earlier turns.
 
+Oracle: for the games with a solver here (GuessTheNumber: bisection over the range the hints leave
+open), ``oracle()`` is the move that plays the current state well, so ``check-env --exploits`` checks
+that it wins and ``--sft-data oracle`` warm-starts on its games; ``None`` for the other games.
+
 Seeded instances: ``reset(seed=s)`` passes ``s`` to the game's reset, so the same seed deals the
 same board; ``reset()`` draws the seed from the env's RNG. TextArena seeds Python's global
 ``random`` in ``reset``, and some games draw from it while they play, so every call into a
@@ -38,6 +42,7 @@ Example (needs ``textarena``)::
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from agentrl.env.core import TextEnv
@@ -153,7 +158,30 @@ class TextArenaEnv(TextEnv):
         reply = self._text(observation)
         return ([{"role": "user", "content": reply}] if reply else []), reward, done, False, info
 
+    @property
+    def oracle(self) -> Callable[[], str] | None:
+        """The move the game's solver makes in the current state (module doc); None without a solver."""
+        solver = _SOLVERS.get(type(self._env).__name__)
+        if solver is None:
+            return None
+        return lambda: solver(self._env)
+
     @staticmethod
     def _text(observation: list[Any]) -> str:
         """The game's messages of one turn (the echo of the player's own move left out)."""
         return "\n\n".join(str(message) for sender, message, _ in observation if sender != _PLAYER).strip()
+
+
+def _guess_the_number(game: Any) -> str:
+    """Bisection: the middle of the range the hints so far leave open."""
+    low, high = int(game.min_number), int(game.max_number)
+    for guess, hint in game.state.game_state["guess_history"]:
+        if hint == "higher":
+            low = max(low, int(guess) + 1)
+        else:
+            high = min(high, int(guess) - 1)
+    return f"[{(low + high) // 2}]"
+
+
+_SOLVERS: dict[str, Callable[[Any], str]] = {"GuessTheNumberEnv": _guess_the_number}
+"""Solvers by the TextArena game's class name (every id and size of the game)."""

@@ -23,6 +23,26 @@ def test_guess_the_number_by_bisection_wins_with_the_games_reward():
     assert (reward, terminated, truncated) == (1.0, True, False) and info["game_reward"] == 1.0
 
 
+@pytest.mark.parametrize("game", ["GuessTheNumber-v0", "GuessTheNumber-v0-hardcore"])
+def test_the_guess_the_number_oracle_bisects_and_wins(game):
+    from agentrl.env.exploits import check_exploits
+
+    env = TextArenaEnv(game=game)
+    for seed in range(12):
+        env.reset(seed=seed)
+        moves = []
+        for _ in range(10):
+            moves.append(env.oracle())
+            _, reward, terminated, _, _ = env.step(moves[-1])
+            if terminated:
+                break
+        assert reward == 1.0 and len(moves) <= (5 if game == "GuessTheNumber-v0" else 6), (seed, moves)
+        assert moves[0] == ("[10]" if game == "GuessTheNumber-v0" else "[25]") and len(set(moves)) == len(moves)
+    report = check_exploits(lambda: TextArenaEnv(game=game), seeds=[0, 1])
+    assert report.oracle_checked and "oracle" not in [f.cheat for f in report.findings]
+    assert TextArenaEnv(game="Sokoban-v0").oracle is None  # no solver for it here
+
+
 def test_same_seed_same_board_and_invalid_moves_are_explained():
     env = TextArenaEnv(game="Sokoban-v0")
     first = env.reset(seed=1)[0][0]["content"]

