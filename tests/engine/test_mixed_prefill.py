@@ -145,6 +145,20 @@ def _simulate_graphs(engine):
     return runner
 
 
+def _watch_admissions(engine) -> list[bool]:
+    """Per admission, whether a step was in flight when it was launched."""
+    over: list[bool] = []
+    s = engine._scheduler
+    original = s._admit_mixed
+
+    def watched(new):
+        over.append(s._inflight is not None)
+        return original(new)
+
+    s._admit_mixed = watched
+    return over
+
+
 @pytest.mark.parametrize("budget,graphs,overlap", [(4096, False, False), (9, False, False), (9, True, True)])
 def test_mixed_steps_equal_separate_prefills(qwen2, budget, graphs, overlap):
     """Multi-turn episodes, three of them samples of one prompt, greedy: mixed steps (chunked prompts
@@ -203,15 +217,19 @@ def test_seeded_sampling_in_mixed_steps_is_independent_of_the_batch(qwen2, overl
     prompt = tok.encode(TEXTS[4] + " please" * 5)
     sp = SamplingParams(temperature=1.0, max_new_tokens=16, seed=1234, ignore_eos=True)
 
+    engine = EmbeddedEngine(model, tok, max_batch_size=8, max_seq_len=128, mixed_prefill=True, overlap=overlap,
+                            prefill_token_budget=12)
+    over = _watch_admissions(engine)
+
     async def main():
-        async with EmbeddedEngine(model, tok, max_batch_size=8, max_seq_len=128, mixed_prefill=True, overlap=overlap,
-                                  prefill_token_budget=12) as engine:
+        async with engine:
             alone = await engine.generate(prompt, sp)
             others = [engine.generate(tok.encode(t), sp.replace(seed=i, max_new_tokens=3 + 4 * i))
                       for i, t in enumerate(TEXTS)]
             batched, *_ = await asyncio.gather(engine.generate(prompt, sp), *others)
+            before = engine.stats.generated_tokens
             running = asyncio.ensure_future(engine.generate(tok.encode(TEXTS[0]), sp.replace(max_new_tokens=40)))
-            while engine.stats.generated_tokens < 3:
+            while engine.stats.generated_tokens < before + 3:
                 await asyncio.sleep(0.001)
             joined = await engine.generate(prompt, sp)  # admitted while another request decodes
             await running
@@ -221,6 +239,7 @@ def test_seeded_sampling_in_mixed_steps_is_independent_of_the_batch(qwen2, overl
     alone, batched, joined, other_seed = asyncio.run(main())
     assert alone.token_ids == batched.token_ids == joined.token_ids
     assert other_seed.token_ids != alone.token_ids
+    assert any(over) == overlap  # with overlap, the joining request's step was launched over a decode step
 
 
 def test_mixed_steps_through_the_triton_kernel(qwen2):
@@ -337,3 +356,74 @@ def test_abort_update_and_release_while_a_prompt_is_partial(qwen2):
     assert d.submit(long).done() is False
     d.until(lambda: d.s.n == 0 and d.s._chunk is None and not d.s._waiting)
     assert engine._scheduler.runner.kv.allocated  # the next request allocated it again
+
+
+@pytest.mark.parametrize("graphs", [False, True])
+def test_admissions_launched_over_a_decode_step_in_flight(qwen2, graphs):
+    """With ``overlap``, a mixed step is launched while the decode step before it is in flight (its
+    decode rows' inputs are that step's samples, still on the device) and the next decode step is
+    launched before the mixed step is read. Multi-turn episodes, a group among them, greedy, with the
+    prefix cache: the tokens equal those of the same engine without overlap (where every step is read
+    before the next), logprobs within 1e-5; sampled, each token's logprob is the teacher-forced one
+    (seeded draws that do not depend on the batch: the test above, whose joining request is admitted
+    over a decode step in flight)."""
+    model, tok = qwen2
+    prompts = _episodes(tok)
+
+    def engine(overlap):
+        e = EmbeddedEngine(model, tok, max_batch_size=12, max_seq_len=256, mixed_prefill=True, prefix_cache=True,
+                           prefill_token_budget=24, overlap=overlap)
+        if graphs:
+            _simulate_graphs(e)
+        return e
+
+    want = _run_episodes(engine(False), tok, prompts)
+    pipelined = engine(True)
+    over = _watch_admissions(pipelined)
+    got = _run_episodes(pipelined, tok, prompts)
+    assert any(over)  # some admissions were launched over a decode step in flight
+    for a_turns, b_turns in zip(want, got):
+        for (_, a), (_, b) in zip(a_turns, b_turns):
+            assert a.token_ids == b.token_ids
+            torch.testing.assert_close(torch.tensor(b.logprobs), torch.tensor(a.logprobs), atol=1e-5, rtol=0)
+    sampled = engine(True)
+    over = _watch_admissions(sampled)
+    for turns in _run_episodes(sampled, tok, prompts, temperature=1.0):
+        for prompt, c in turns:
+            torch.testing.assert_close(torch.tensor(c.logprobs), _teacher_forced(model, prompt, c.token_ids),
+                                       atol=1e-4, rtol=0)
+    assert any(over)
+
+
+def test_a_step_fits_the_largest_graph(qwen2, monkeypatch):
+    """With mixed steps in CUDA graphs (simulated) and a budget of at most the largest graph's tokens,
+    a step's running rows count toward it: every step fits a graph and replays it, a long prompt
+    going in chunks; the tokens equal those of whole-prompt prefills."""
+    from agentrl.engine.embedded.scheduler import Scheduler
+
+    model, tok = qwen2
+    monkeypatch.setattr(mixed_step, "GRAPH_TOKENS", 64)
+    monkeypatch.setattr(Scheduler, "MIN_STEP_PROMPT_TOKENS", 4)
+    prompts = _episodes(tok) + [tok.encode(TEXTS[3] + " more" * 80)[:100]]
+    want = _run_episodes(EmbeddedEngine(model, tok, max_batch_size=10, max_seq_len=256), tok, prompts)
+    engine = EmbeddedEngine(model, tok, max_batch_size=10, max_seq_len=256, mixed_prefill=True, prefix_cache=True,
+                            prefill_token_budget=64, overlap=True)
+    runner = _simulate_graphs(engine)
+    runner.graph_tokens = engine._scheduler.step_tokens = 64
+    totals, graphed = [], []
+    launch = runner.launch_mixed
+
+    def counted(tokens, positions, parts, rows):
+        handle = launch(tokens, positions, parts, rows)
+        totals.append(len(positions) + sum(len(p.tokens) for p in parts))
+        graphed.append(runner.last_step_graphed or runner._uses.get(("mixed", mixed_step.token_bucket(totals[-1]),
+                                                                      "greedy"), 0) == 1)
+        return handle
+
+    runner.launch_mixed = counted
+    got = _run_episodes(engine, tok, prompts)
+    assert max(totals) <= 64 and all(graphed)
+    assert engine.stats.prefills > len(prompts)  # the long prompt (and the first turn) went in several steps
+    for a_turns, b_turns in zip(want, got):
+        for (_, a), (_, b) in zip(a_turns, b_turns):
+            assert a.token_ids == b.token_ids

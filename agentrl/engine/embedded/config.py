@@ -70,7 +70,10 @@ class EngineConfig:
     and that token dropped. Default: on for CUDA (fast path), off on CPU, where it gains nothing."""
     prefill_token_budget: int | None = None
     """Prompt tokens prefilled in one engine step. With ``mixed_prefill`` a longer prompt is cut into
-    chunks over several steps; without, it goes alone. Default: 4096 on CPU, 8192 on CUDA."""
+    chunks over several steps; without, it goes alone. With mixed steps in CUDA graphs and a budget of
+    at most the largest graph's 2048 tokens, a step's running rows count too, so that every step
+    replays a graph (a larger budget asks for larger steps, which run eagerly). Default: 2048 on CUDA
+    with mixed steps and CUDA graphs, else 4096 on CPU and 8192 on CUDA."""
     mixed_prefill: bool | None = None
     """Prefill inside the decode step: one forward pass over the running requests' next tokens and
     the new prompt tokens of waiting ones (up to ``prefill_token_budget``, long prompts in chunks),

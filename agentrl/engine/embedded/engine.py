@@ -31,6 +31,7 @@ import torch
 
 from agentrl.engine.base import Completion, SamplingParams, current_request_priority
 from agentrl.engine.embedded import cpu_attention, gpu_attention, prefill_attention
+from agentrl.engine.embedded import mixed as mixed_step
 from agentrl.engine.embedded.config import DecodeAttention, EngineConfig, InvalidRequest
 from agentrl.engine.embedded.fast_model import fast_path_unsupported, packing_unsupported
 from agentrl.engine.embedded.kv_cache import KVCache
@@ -147,10 +148,11 @@ class EmbeddedEngine:
             cfg.decode_attention = self._default_decode_attention()
         if cfg.overlap is None:
             cfg.overlap = cuda
-        if cfg.prefill_token_budget is None:
-            cfg.prefill_token_budget = 8192 if cuda else 4096
         if cfg.mixed_prefill is None:
             cfg.mixed_prefill = cuda and prefill_attention.unsupported(self.device, self.dtype, self._head_dim()) is None
+        if cfg.prefill_token_budget is None:  # mixed steps in CUDA graphs: what the largest graph holds
+            cfg.prefill_token_budget = (mixed_step.GRAPH_TOKENS if cfg.mixed_prefill and cfg.cuda_graphs
+                                        else 8192 if cuda else 4096)
         if cfg.prefix_cache is None:  # reused keys/values differ from recomputed ones in the last bits, which
             cfg.prefix_cache = cuda   # can flip a seeded draw; on the CPU, exact repeatability comes first
         if cfg.admit_wait_steps is None:

@@ -25,6 +25,7 @@ import inspect
 import logging
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -65,6 +66,10 @@ class MixedRunner(Runner, Protocol):
 
     def mixed(self, tokens: np.ndarray, positions: np.ndarray, parts: list[mixed_step.Part],
               rows: SamplingRows) -> np.ndarray: ...
+    def launch_mixed(self, tokens: np.ndarray | None, positions: np.ndarray, parts: list[mixed_step.Part],
+                     rows: SamplingRows) -> Any:
+        """Start a mixed step (``tokens`` None: the decode rows' inputs are the last step's samples, on
+        the device); :meth:`collect` reads it. Its samples stay on the device as the next step's inputs."""
 
 
 class PrefixRunner(Runner, Protocol):
@@ -94,6 +99,14 @@ def length_bucket(n: int, cap: int) -> int:
 
 def _packed(ids: torch.Tensor, logprobs: torch.Tensor) -> torch.Tensor:
     return torch.stack((ids.double(), logprobs.double()))  # [2, n]
+
+
+@dataclass
+class _MixedHandle:
+    """A launched mixed step (CUDA graphs): its samples' pinned host copy [2, rows] and the event after it."""
+
+    host: torch.Tensor
+    event: Any
 
 
 class FastRunner:
@@ -157,6 +170,8 @@ class FastRunner:
         self.supports_pipeline = True
         self.supports_mixed = mixed
         """:meth:`mixed` serves steps that prefill and decode together (else the scheduler prefills apart)."""
+        self.graph_tokens = mixed_step.GRAPH_TOKENS if mixed and self.use_graphs else None
+        """The most tokens of a mixed step replayed from a CUDA graph (None: no graphs)."""
         # the Triton kernel where it runs (CUDA; the CPU with decode_attention="triton", in Triton's
         # interpreter), else one attention call per sequence
         kernel = mixed and (self.device.type == "cuda" or attention == "triton")
@@ -211,6 +226,7 @@ class FastRunner:
                 cached: list[int] | None = None) -> torch.Tensor:
         """Prefill ``prompts`` into ``slots``; ``cached[i]`` leading tokens of prompt ``i`` already
         have their keys/values in its slot (reused prefix), so only the rest is computed."""
+        self.kv.flush()  # queued moves first (a CUDA graph reads the cache without asking for it)
         cached = cached or [0] * len(prompts)
         full = [len(p) for p in prompts]
         self.kv.ensure_clean_slots(slots, full)
@@ -229,7 +245,20 @@ class FastRunner:
         """One step that decodes slots ``[0, n)`` (input ``tokens`` at ``positions``, [n] each) and
         prefills ``parts`` (:mod:`~agentrl.engine.embedded.mixed`). ``rows``: sampling of the decode
         rows, then of the parts whose prompt ends here. Returns their ids and logprobs, host [2, rows]."""
-        n = len(tokens)
+        return self.collect(self.launch_mixed(tokens, positions, parts, rows))
+
+    def launch_mixed(self, tokens: np.ndarray | None, positions: np.ndarray, parts: list[mixed_step.Part],
+                     rows: SamplingRows) -> Any:
+        """:meth:`mixed`, started: returns a handle for :meth:`collect`. ``tokens`` None: the decode rows'
+        inputs are the samples of the step launched before (on the device, not read yet). The sampled
+        ids of the decode rows and of the prompts that end here (slots ``[0, rows)`` in order) become
+        the next decode step's inputs on the device, so that it can be launched before these are read."""
+        self.kv.flush()
+        n = len(positions)
+        device_tokens = tokens is None
+        if device_tokens:
+            tokens = np.zeros(n, np.int64)  # placeholders, replaced on the device
+        assert tokens is not None
         if n:
             self.kv.ensure_clean(n, int(positions.max()) + 1)  # the CPU zeroes slots lazily
         self.kv.ensure_clean_slots([p.slot for p in parts], [p.start + len(p.tokens) for p in parts])
@@ -243,13 +272,17 @@ class FastRunner:
             dev = host.to(self.device, non_blocking=True)
             cut = np.cumsum([total, total, total, picked, step.tiles.size])
             tok, pos, slot, sel, tiles, seqs = torch.tensor_split(dev, cut.tolist())
+            if device_tokens and n:
+                tok[:n].copy_(self._last_samples(n))
             logits = mixed_step.forward(self.lm, self.kv, tok, pos, slot, sel, seqs.view(-1, prefill_attention.SEQ_FIELDS),
                                         tiles.view(-1, 2), kernel=self.varlen_kernel, seqs_host=step.seqs)
-            return _packed(*sample(logits.float(), rows)).cpu().numpy()
+            ids, lps = sample(logits.float(), rows)
+            self._keep_samples(ids)
+            return _packed(ids, lps)
         # allocate() made them (with graphs and mixed steps)
         assert self._mmeta is not None and self._pin_mmeta is not None and self._mout is not None
         assert self._mpar is not None and self._pin_mpar is not None and self._pin_mout is not None
-        assert self._logits is not None
+        assert self._logits is not None and self._tok is not None
         t = mixed_step.token_bucket(total)
         offsets = self._mixed_layout(t)
         s = offsets[4] - offsets[3]
@@ -266,6 +299,8 @@ class FastRunner:
         meta[o_tiles : o_tiles + step.tiles.size] = step.tiles.reshape(-1)
         meta[o_seqs : o_seqs + step.seqs.size] = step.seqs.reshape(-1)
         self._mmeta[:end].copy_(self._pin_mmeta[:end], non_blocking=True)
+        if device_tokens and n:
+            self._mmeta[o_tok : o_tok + n].copy_(self._tok[:n])
         par = self._pin_mpar[: 3 * s].view(3, s)
         par.zero_()
         par[0:2] = 1.0  # padding rows: greedy
@@ -291,11 +326,28 @@ class FastRunner:
             ids, lps = sample(self._logits[:picked], rows)
             out[0, :picked].copy_(ids)
             out[1, :picked].copy_(lps)
+        self._tok[:picked].copy_(out[0, :picked])  # the next decode step's inputs
         pin = self._pin_mout[: 2 * s]
         pin.copy_(self._mout[: 2 * s], non_blocking=True)
+        event = None
         if self.device.type == "cuda":
-            torch.cuda.current_stream(self.device).synchronize()
-        return pin.view(2, s)[:, :picked].numpy().copy()
+            event = torch.cuda.Event()
+            event.record()
+        return _MixedHandle(pin.view(2, s)[:, :picked], event)
+
+    def _last_samples(self, n: int) -> torch.Tensor:
+        """The last step's sampled ids of rows ``[0, n)``, on the device."""
+        if self.use_graphs:
+            assert self._tok is not None
+            return self._tok[:n]
+        assert self._prev_ids is not None  # launch(None, ...) / launch_mixed(None, ...) follow a step
+        return self._prev_ids[:n]
+
+    def _keep_samples(self, ids: torch.Tensor) -> None:
+        """Keep an eager step's sampled ids [rows] on the device as the next step's inputs."""
+        self._prev_ids = ids
+        if self._tok is not None:
+            self._tok[: ids.shape[0]].copy_(ids)
 
     def _mixed_layout(self, t: int) -> tuple[int, ...]:
         """Offsets in the int64 metadata of a step of bucket ``t``: tokens, positions, slots [t], sampled
@@ -340,6 +392,7 @@ class FastRunner:
         return self._timed_capture(step, tok)
 
     def launch(self, tokens: np.ndarray | None, positions: np.ndarray, rows: SamplingRows) -> Any:
+        self.kv.flush()
         n = len(positions)
         need = int(positions.max()) + 1
         if not self.use_graphs:
@@ -408,6 +461,10 @@ class FastRunner:
     def collect(self, handle: Any) -> np.ndarray:
         if isinstance(handle, torch.Tensor):
             return handle.cpu().numpy()
+        if isinstance(handle, _MixedHandle):
+            if handle.event is not None:
+                handle.event.synchronize()
+            return handle.host.numpy().copy()
         ring, n, b, event = handle
         if event is not None:
             event.synchronize()

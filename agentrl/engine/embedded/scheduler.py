@@ -12,7 +12,11 @@ forward pass instead (:meth:`Scheduler._admit_mixed`): the running rows' next to
 that does not fit is cut, and its rest goes first in the following steps (one such partial prompt
 at a time, kept in slot ``n`` just above the running rows). Requests of the step that share a
 prompt prefix (the n samples of one prompt) compute it once: the others read it from that
-request's slot and get a copy after the step.
+request's slot and get a copy after the step. With ``overlap``, a mixed step is launched while
+the decode step before it is still in flight (the decode rows' inputs are that step's samples, on
+the device), and the next decode step is launched before the mixed step is read, so the host's
+admission work (prefix matching, moving parked keys/values, recording finished requests) runs
+while the GPU computes.
 
 Per-slot state lives in numpy arrays, so the per-step bookkeeping is vectorised; Python loops
 touch only requests that carry stop strings or custom stop ids, and those that finish. The
@@ -64,6 +68,10 @@ class Scheduler:
     ) -> None:
         self.runner = runner
         self.mixed = mixed and getattr(runner, "supports_mixed", False)
+        # a mixed step the runner replays from a graph holds at most this many tokens, running rows
+        # included; a budget above it asks for larger steps, which run eagerly (None: no bound)
+        graph_tokens = getattr(runner, "graph_tokens", None) if self.mixed else None
+        self.step_tokens = graph_tokens if graph_tokens and prefill_token_budget <= graph_tokens else None
         self.high_priority_stream = high_priority_stream
         self.admit_wait_steps = admit_wait_steps
         self.prefix_cache = prefix_cache and getattr(runner, "supports_prefix", False)
@@ -105,10 +113,10 @@ class Scheduler:
         self._commands: deque[tuple[Callable[[], Any], cf.Future, bool]] = deque()
         self._stop = False
         self._allocated = False
-        self._inflight: tuple | None = None  # a launched decode step whose tokens are not read yet
+        self._inflight: _Launched | None = None  # a launched step whose tokens are not read yet
         self._decode_until = 0.0  # when the last collected decode step's tokens reached the host
         self._step_t0: float | None = None  # when the step now running began
-        self._ahead = 0  # launched, unread decode steps (0 or 1)
+        self._ahead = 0  # launched, unread steps (0, 1, or 2 while a mixed step is launched over a decode step)
         self._zombies: set[int] = set()  # finished rows that an in-flight step still computes
         self._zombie_step = 0  # stats.steps when the oldest of them finished
         self._chunk: _Chunk | None = None  # a prompt prefilled in part (mixed steps), in slot n
@@ -223,7 +231,7 @@ class Scheduler:
             self._drain()
 
     def _step(self, commands: list, aborts: set[str]) -> None:
-        if self._inflight is not None and (commands or aborts or self._admittable()):
+        if self._inflight is not None and (commands or aborts or (self._admittable() and not self._admit_ahead())):
             self._settle()  # the batch is about to change: read the step in flight first
         held = self._run_commands(commands)
         if aborts:
@@ -237,6 +245,13 @@ class Scheduler:
                 return  # a mixed step decoded the running rows too
         if self.n:
             self._decode()
+
+    def _admit_ahead(self) -> bool:
+        """Whether a mixed step may be launched while a decode step is in flight (its samples, still on
+        the device, are the decode rows' inputs): with ``overlap``, over a decode step (not a mixed
+        one), while the finished rows may ride along one more step (see :meth:`_zombies_ride`)."""
+        return (self.mixed and self.overlap and self._inflight is not None and not self._inflight.mixed
+                and self._zombies_ride())
 
     def _admittable(self) -> bool:
         """Whether to prefill waiting requests (or the rest of a prompt) before the next decode step."""
@@ -271,7 +286,7 @@ class Scheduler:
     def _admit(self, new: bool = True) -> bool:
         """Prefill waiting requests (``new``) and the rest of a partial prompt; True when this was a
         mixed step, which decoded the running rows as well."""
-        if self._inflight is not None:  # joins happen between steps, never under one in flight
+        if self._inflight is not None and not self._admit_ahead():  # joins happen between steps, or over a decode step
             return False
         if not self._allocate():
             return False
@@ -340,7 +355,11 @@ class Scheduler:
         """One forward pass for the running rows' next tokens and up to ``prefill_token_budget`` prompt
         tokens: first the rest of a partial prompt, then waiting requests in order (``new``), each in
         the next free slot, over its cached prefix. A prompt cut by the budget stays partial."""
+        t_plan = time.perf_counter()
+        under = self._inflight  # a decode step in flight (_admit_ahead): its samples are this step's inputs
         n, budget = self.n, self.prefill_token_budget
+        if self.step_tokens is not None:  # fit the largest graph (at least a few prompt tokens, so prompts move on)
+            budget = min(budget, max(self.step_tokens - n, self.MIN_STEP_PROMPT_TOKENS))
         plans: list[tuple[Request, int, int, int, int, int]] = []  # req, slot, start, stop, prefix slot, prefix len
         follows: list[tuple[int, int, int]] = []  # (source slot, slot, length): shared prefixes to copy after the step
         heads: dict[bytes, list[int]] = {}  # first MIN_PREFIX tokens -> plans that may share their prompt
@@ -380,12 +399,13 @@ class Scheduler:
             return False
         done = [p for p in plans if p[3] == len(p[0].prompt)]
         slots = np.concatenate([np.arange(n), [p[1] for p in done]]).astype(np.int64)
+        ahead = np.zeros(len(slots), np.int64)
+        ahead[:n] = self._ahead  # the decode rows' draws come after those of the step in flight
         try:
             parts = [Part(slot, req.tokens[start:stop], start, src, shared, stop == len(req.prompt))
                      for req, slot, start, stop, src, shared in plans]
-            t0 = time.perf_counter()
-            host = cast(MixedRunner, self.runner).mixed(  # self.mixed: the runner supports_mixed
-                self.last[:n], self.length[:n], parts, self._rows(slots))
+            handle = cast(MixedRunner, self.runner).launch_mixed(  # self.mixed: the runner supports_mixed
+                None if under is not None else self.last[:n], self.length[:n], parts, self._rows(slots, ahead))
             for src, slot, length in follows:
                 self.runner.move(src, slot, length)
         except Exception as exc:  # fail this step's prefills; running requests carry on
@@ -397,19 +417,34 @@ class Scheduler:
                     self._by_rid.pop(req.rid, None)
                 _fail(req.future, err)
             return False
-        self.stats.prefill_s += time.perf_counter() - t0
         self.stats.prefills += 1
         if n:
             self.length[:n] += 1
             self.stats.steps += 1
             self.stats.graph_steps += int(bool(getattr(self.runner, "last_step_graphed", False)))
             self.stats.graphs_captured = getattr(self.runner, "graphs_captured", 0)
+        self._ahead += 1
         self.n = n + len(done)
         if len(done) < len(plans):
             req, slot, _, stop, _, _ = plans[-1]
             self._chunk = _Chunk(req, slot, stop)
-        self._record(host, slots)
+        entry = _Launched(handle, slots, t_plan, mixed=True)
+        planned = time.perf_counter() - t_plan
+        if not self.overlap or not len(slots):  # read it now
+            self._collect(entry)
+            return True
+        # pipelined: the step stays in flight (the next decode step is launched before it is read);
+        # the step launched before it is read now, its finished rows riding along in this one
+        self._inflight = entry
+        if under is not None:
+            self._collect(under)
+            # the planning overlapped that decode step: count it as prefill time, not decode time
+            self.stats.decode_s -= planned
+            self.stats.prefill_s += planned
         return True
+
+    MIN_STEP_PROMPT_TOKENS = 64
+    """Prompt tokens a mixed step takes however many rows are running (with ``step_tokens``)."""
 
     def _lead(self, heads: dict[bytes, list[int]], index: int, req: Request) -> None:
         """Let later requests of the step share the prompt of plan ``index``."""
@@ -490,10 +525,15 @@ class Scheduler:
         launched ahead (:meth:`_zombies_ride`), whose end frees their slots."""
         if self._inflight is None:
             self._inflight = self._launch(self.last[: self.n])
+        current = self._inflight
         ahead = None
-        if self.overlap and not (self._admittable() or self._abort or self._commands) and self._zombies_ride():
+        # an admission can wait for the next step only when it can be launched over it (mixed steps)
+        admission = self._admittable() and not self.mixed
+        n = self.n  # (not when every row ends with the steps in flight: a step of max_new_tokens=1 prompts)
+        if (self.overlap and not (admission or self._abort or self._commands) and self._zombies_ride()
+                and bool((self.ngen[:n] + self._ahead < self.max_new[:n]).any())):
             ahead = self._launch(None)
-        current, self._inflight = self._inflight, ahead
+        self._inflight = ahead
         self._collect(current)
         if self._inflight is None:
             self._compact()
@@ -512,7 +552,7 @@ class Scheduler:
             return False
         return int(self.length[list(self._zombies)].max()) < self.max_seq_len
 
-    def _launch(self, tokens: np.ndarray | None) -> tuple:
+    def _launch(self, tokens: np.ndarray | None) -> _Launched:
         n = self.n
         t0 = time.perf_counter()
         rows = SamplingRows(
@@ -532,19 +572,23 @@ class Scheduler:
         self.stats.launch_s += launch
         if not graphed:
             self.stats.eager_s += launch
-        return handle, n, t0
+        return _Launched(handle, np.arange(n), t0)
 
-    def _collect(self, entry: tuple) -> None:
-        handle, n, t0 = entry
-        host = self.runner.collect(handle)  # [2, n]; the one sync per step
+    def _collect(self, entry: _Launched) -> None:
+        host = self.runner.collect(entry.handle)  # [2, rows]; the one sync per step
         self._ahead -= 1
         now = time.perf_counter()  # steps overlap under `overlap`: count the time any is in flight once
-        self.stats.decode_s += now - max(t0, self._decode_until)
+        span = now - max(entry.t0, self._decode_until)
+        if entry.mixed:
+            self.stats.prefill_s += span
+        else:
+            self.stats.decode_s += span
         self._decode_until = now
-        live = np.arange(n)
+        slots = entry.slots
         if self._zombies:
-            live = np.array([s for s in range(n) if s not in self._zombies], dtype=np.int64)
-        self._record(host[:, live], live)
+            keep = np.fromiter((s not in self._zombies for s in slots.tolist()), dtype=bool, count=len(slots))
+            host, slots = host[:, keep], slots[keep]
+        self._record(host, slots)
 
     def _settle(self) -> None:
         if self._inflight is not None:
@@ -552,10 +596,11 @@ class Scheduler:
             self._collect(current)
         self._compact()
 
-    def _rows(self, slots: np.ndarray) -> SamplingRows:
+    def _rows(self, slots: np.ndarray, ahead: np.ndarray | int = 0) -> SamplingRows:
+        """Sampling of ``slots``; ``ahead``: their tokens drawn in steps launched but not read yet."""
         return SamplingRows(
             temperature=self.temperature[slots], top_p=self.top_p[slots], top_k=self.top_k[slots],
-            u=uniforms(self.seed[slots], self.ngen[slots]),
+            u=uniforms(self.seed[slots], self.ngen[slots] + ahead),
         )
 
     def _record(self, host: np.ndarray, slots: np.ndarray) -> None:
@@ -801,6 +846,17 @@ class Scheduler:
         if not self._allocated:
             self.runner.allocate()
             self._allocated = True
+
+
+@dataclass(eq=False)
+class _Launched:
+    """A step launched on the runner whose samples are not read yet."""
+
+    handle: Any
+    slots: np.ndarray
+    """The rows it samples, in order: the decode rows ``[0, n)``, then the slots of prompts that end in it."""
+    t0: float
+    mixed: bool = False
 
 
 @dataclass(eq=False)
