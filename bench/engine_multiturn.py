@@ -13,6 +13,12 @@ running rows, and all of its time counts here), and ``wall_over_floor``, the wal
 *decode floor*: the rollout's decode steps (mixed ones included) times the median time of a
 decode step. ``prefill_extra_s`` is the admission steps' time beyond one median decode step each.
 
+Steps overlap (the next is launched before the last one's tokens are read), so a step's time is
+the engine's own account (``stats.prefill_s`` and ``stats.decode_s``): from the moment the previous
+step's tokens reached the host to the moment its own did, and for an admission also the host time
+spent preparing it while the step before it ran. (Before admissions were pipelined, this benchmark
+timed the scheduler's ``_admit`` and ``_decode`` calls, bookkeeping included.)
+
     python bench/engine_multiturn.py --shape qwen2.5-0.5b --out bench/results             # GPU
     python bench/engine_multiturn.py --shape tiny --batch 2 --samples 2 --max-len 128     # CPU smoke run
 """
@@ -144,7 +150,7 @@ async def run(args) -> dict:
             step_ms = 1e3 * statistics.median(clock.durations["_decode"]) if clock.durations["_decode"] else float("nan")
             floor = steps * step_ms / 1e3
             row = {"rollout": r, "wall_s": wall, "busy_s": st["busy_s"], "idle_s": wall - st["busy_s"],
-                   "prefill_s": t["_admit"], "decode_s": t["_decode"], "compact_s": t["_compact"],
+                   "prefill_s": st["prefill_s"], "decode_s": st["decode_s"], "compact_s": t["_compact"],
                    "commands_s": t["_run_commands"], "prefills": st["prefills"],
                    "prefill_tokens": st["prompt_tokens"] - st["cached_prompt_tokens"],
                    "cached_tokens": st["cached_prompt_tokens"], "decode_steps": steps,
@@ -153,8 +159,8 @@ async def run(args) -> dict:
                    "mean_batch": st["generated_tokens"] / max(steps, 1),
                    "ms_per_step": 1e3 * t["_decode"] / max(steps, 1), "median_step_ms": step_ms,
                    "decode_floor_s": floor, "wall_over_floor": wall / floor if floor else float("nan"),
-                   "prefill_share": t["_admit"] / wall,
-                   "prefill_extra_s": t["_admit"] - clock.mixed_decodes * step_ms / 1e3,
+                   "prefill_share": st["prefill_s"] / wall,
+                   "prefill_extra_s": st["prefill_s"] - clock.mixed_decodes * step_ms / 1e3,
                    "mixed_decode_steps": clock.mixed_decodes,
                    "admit_ms": [round(1e3 * x, 2) for x in clock.durations["_admit"]],
                    "by_batch": {b: {"steps": n, "ms": 1e3 * s / n} for b, (n, s) in sorted(clock.by_batch.items())}}
@@ -190,7 +196,8 @@ def markdown(result: dict, meta: dict) -> str:
               "| batch | steps | ms/step |", "|---:|---:|---:|"]
     lines += [f"| {b} | {v['steps']} | {v['ms']:.2f} |" for b, v in last["by_batch"].items()]
     lines.append("\nidle: wall time the worker waited for requests (episodes between turns). prefill_s: admission "
-                 "steps (with mixed steps they decode the running rows too); prefill_share: prefill_s / wall_s; "
+                 "steps (with mixed steps they decode the running rows too; a step's time runs from the last step's "
+                 "tokens reaching the host to its own, and an admission's also holds its preparation); prefill_share: prefill_s / wall_s; "
                  "prefill_extra_s: prefill_s less one median decode step per mixed step; decode_floor_s: decode "
                  "steps (mixed included) x median_step_ms; wall_over_floor: wall_s / decode_floor_s.")
     return "\n".join(lines) + "\n"

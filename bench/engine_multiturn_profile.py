@@ -1,7 +1,7 @@
 """Where an admission step's time goes: ``bench/engine_multiturn.py`` with timers around the engine's parts.
 
 Runs the multi-turn benchmark (same arguments) with wall-clock timers around the scheduler's and
-the fast runner's methods (class level: prefix matching, parking, KV moves, the mixed step, the
+the fast runner's methods (class level: prefix matching, parking, KV moves, the mixed step's launch, the
 waits for the GPU), and prints per rollout each one's total (inclusive), calls and mean, then every
 mixed step (running rows, prefills, tokens, bucket, graphed, captured, ms) and every decode step
 that ran eagerly or captured a graph. ``PROF_TRACE=1`` also records the last rollout with
@@ -46,7 +46,7 @@ OUT = Path(os.environ.get("PROF_OUT", "/tmp"))
 TAG = os.environ.get("PROF_TAG", "x")
 SCHEDULER = ("_admit", "_admit_mixed", "_decode", "_compact", "_settle", "_match", "_shared", "_reuse", "_evict",
              "_place", "_rows", "_record", "_launch", "_collect", "_park", "_complete", "_follow_chunk", "_run_commands")
-RUNNER = ("mixed", "launch", "collect", "_capture", "move", "swap")
+RUNNER = ("launch_mixed", "launch", "collect", "_capture", "move", "swap")
 
 
 def timed(owner, name: str, label: str | None = None) -> None:
@@ -77,17 +77,17 @@ def install() -> None:
     timed(torch.cuda.Stream, "synchronize", "Stream.synchronize")  # the mixed step's wait for the GPU
     timed(torch.cuda.Event, "synchronize", "Event.synchronize")  # a decode step's
 
-    mixed = rn.FastRunner.mixed
+    mixed = rn.FastRunner.launch_mixed  # (launched: its ms are the host's, up to the launch)
 
     def mixed_step(self, tokens, positions, parts, rows):
         before, t0 = self.graphs_captured, time.perf_counter()
         result = mixed(self, tokens, positions, parts, rows)
-        total = len(tokens) + sum(len(p.tokens) for p in parts)
+        total = len(positions) + sum(len(p.tokens) for p in parts)
         STEPS.append(("mixed", len(tokens), len(parts), total, mx.token_bucket(total), bool(self.last_step_graphed),
                       self.graphs_captured - before, round(1e3 * (time.perf_counter() - t0), 3)))
         return result
 
-    rn.FastRunner.mixed = mixed_step
+    rn.FastRunner.launch_mixed = mixed_step
     launch = rn.FastRunner.launch
 
     def decode_step(self, tokens, positions, rows):
@@ -146,7 +146,7 @@ def write_trace(prof) -> None:
     print("trace events kept", len(keep), flush=True)
 
 
-def busy_by_range(trace: str, names=("Scheduler._admit", "Scheduler._decode", "FastRunner.mixed")) -> dict:
+def busy_by_range(trace: str, names=("Scheduler._admit", "Scheduler._decode", "FastRunner.launch_mixed")) -> dict:
     """From a trace this script wrote: per timed range, its calls, wall ms and the ms in which a kernel
     or copy ran on the GPU (the union of their intervals inside each call)."""
     events = json.load(gzip.open(trace, "rt"))
