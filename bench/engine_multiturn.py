@@ -125,6 +125,8 @@ async def run(args) -> dict:
         options["mixed_prefill"] = args.mixed_prefill == "on"
     if args.prefill_token_budget is not None:
         options["prefill_token_budget"] = args.prefill_token_budget
+    if args.admit_ahead:
+        options["admit_ahead"] = True
     engine = EmbeddedEngine(str(model_dir), device=args.device, max_batch_size=args.batch * args.samples,
                             max_seq_len=context, admit_wait_steps=args.admit_wait_steps, **options)
     clock = StepClock(engine._scheduler)
@@ -224,6 +226,8 @@ def main() -> None:
     p.add_argument("--mixed-prefill", choices=["auto", "on", "off"], default="auto",
                    help="prefill inside decode steps (auto: the engine's default, on for CUDA)")
     p.add_argument("--prefill-token-budget", type=int, default=None, help="prompt tokens per engine step")
+    p.add_argument("--admit-ahead", action="store_true",
+                   help="launch admission steps over the decode step in flight (EngineConfig.admit_ahead)")
     p.add_argument("--tag", default="", help="suffix of the result files' names")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of the last rollout")
     p.add_argument("--out", default=None, help="folder for engine_multiturn_<device>.json/.md")

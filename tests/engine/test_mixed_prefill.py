@@ -169,7 +169,7 @@ def test_mixed_steps_equal_separate_prefills(qwen2, budget, graphs, overlap):
     prompts = _episodes(tok)
     want = _run_episodes(EmbeddedEngine(model, tok, max_batch_size=8, max_seq_len=256), tok, prompts)
     engine = EmbeddedEngine(model, tok, max_batch_size=8, max_seq_len=256, mixed_prefill=True, prefix_cache=True,
-                            prefill_token_budget=budget, overlap=overlap)
+                            prefill_token_budget=budget, overlap=overlap, admit_ahead=overlap)
     assert engine._scheduler.mixed and not engine._scheduler.runner.varlen_kernel
     runner = _simulate_graphs(engine) if graphs else None
     seen = []
@@ -218,7 +218,7 @@ def test_seeded_sampling_in_mixed_steps_is_independent_of_the_batch(qwen2, overl
     sp = SamplingParams(temperature=1.0, max_new_tokens=16, seed=1234, ignore_eos=True)
 
     engine = EmbeddedEngine(model, tok, max_batch_size=8, max_seq_len=128, mixed_prefill=True, overlap=overlap,
-                            prefill_token_budget=12)
+                            admit_ahead=overlap, prefill_token_budget=12)
     over = _watch_admissions(engine)
 
     async def main():
@@ -370,14 +370,20 @@ def test_admissions_launched_over_a_decode_step_in_flight(qwen2, graphs):
     model, tok = qwen2
     prompts = _episodes(tok)
 
-    def engine(overlap):
+    def engine(overlap, admit_ahead=None):
         e = EmbeddedEngine(model, tok, max_batch_size=12, max_seq_len=256, mixed_prefill=True, prefix_cache=True,
-                           prefill_token_budget=24, overlap=overlap)
+                           prefill_token_budget=24, overlap=overlap,
+                           admit_ahead=overlap if admit_ahead is None else admit_ahead)
         if graphs:
             _simulate_graphs(e)
         return e
 
     want = _run_episodes(engine(False), tok, prompts)
+    overlap_only = engine(True, admit_ahead=False)  # the default: decode steps overlap, admissions wait
+    over = _watch_admissions(overlap_only)
+    assert [[c.token_ids for _, c in t] for t in _run_episodes(overlap_only, tok, prompts)] == \
+        [[c.token_ids for _, c in t] for t in want]
+    assert over and not any(over)
     pipelined = engine(True)
     over = _watch_admissions(pipelined)
     got = _run_episodes(pipelined, tok, prompts)
@@ -407,7 +413,7 @@ def test_a_step_fits_the_largest_graph(qwen2, monkeypatch):
     prompts = _episodes(tok) + [tok.encode(TEXTS[3] + " more" * 80)[:100]]
     want = _run_episodes(EmbeddedEngine(model, tok, max_batch_size=10, max_seq_len=256), tok, prompts)
     engine = EmbeddedEngine(model, tok, max_batch_size=10, max_seq_len=256, mixed_prefill=True, prefix_cache=True,
-                            prefill_token_budget=64, overlap=True)
+                            prefill_token_budget=64, overlap=True, admit_ahead=True)
     runner = _simulate_graphs(engine)
     runner.graph_tokens = engine._scheduler.step_tokens = 64
     totals, graphed = [], []

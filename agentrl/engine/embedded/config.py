@@ -25,7 +25,7 @@ class EngineConfig:
 
     FLAGS: ClassVar[dict[str, str]] = {f"--engine-{name.replace('_', '-')}": name for name in (
         "max_batch_size", "max_seq_len", "backend", "cuda_graphs", "compile", "fuse_weights", "pack_weights",
-        "decode_attention", "overlap", "prefill_token_budget", "mixed_prefill", "prefix_cache", "admit_wait_steps",
+        "decode_attention", "overlap", "admit_ahead", "prefill_token_budget", "mixed_prefill", "prefix_cache", "admit_wait_steps",
         "high_priority_stream", "kv_memory_fraction", "seed")}
 
     max_batch_size: int | None = None
@@ -68,12 +68,18 @@ class EngineConfig:
     """Launch decode step t+1 before reading step t's tokens (they stay on the device), so the GPU
     works while the host does bookkeeping; a request that finishes at step t is computed once more
     and that token dropped. Default: on for CUDA (fast path), off on CPU, where it gains nothing."""
+    admit_ahead: bool = False
+    """With ``overlap`` and ``mixed_prefill``: launch a mixed (admission) step while the decode step
+    before it is still in flight, so that the host's admission work (prefix matching, moving parked
+    keys/values, recording) runs while the GPU computes; and, with CUDA graphs, a default
+    ``prefill_token_budget`` of the largest mixed graph's 2048 tokens, so that admissions replay graphs.
+    Off by default: its CPU tests pass, but it has not yet been measured on a GPU (docs/engine.md)."""
     prefill_token_budget: int | None = None
     """Prompt tokens prefilled in one engine step. With ``mixed_prefill`` a longer prompt is cut into
     chunks over several steps; without, it goes alone. With mixed steps in CUDA graphs and a budget of
     at most the largest graph's 2048 tokens, a step's running rows count too, so that every step
     replays a graph (a larger budget asks for larger steps, which run eagerly). Default: 2048 on CUDA
-    with mixed steps and CUDA graphs, else 4096 on CPU and 8192 on CUDA."""
+    with ``admit_ahead``, mixed steps and CUDA graphs, else 4096 on CPU and 8192 on CUDA."""
     mixed_prefill: bool | None = None
     """Prefill inside the decode step: one forward pass over the running requests' next tokens and
     the new prompt tokens of waiting ones (up to ``prefill_token_budget``, long prompts in chunks),

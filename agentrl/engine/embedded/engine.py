@@ -116,6 +116,7 @@ class EmbeddedEngine:
         self._scheduler = Scheduler(
             runner, max_slots=cfg.max_batch_size, max_seq_len=cfg.max_seq_len, eos_ids=self.eos_token_ids,
             tokenizer=tokenizer, prefill_token_budget=cfg.prefill_token_budget, overlap=cfg.overlap,
+            admit_ahead=cfg.admit_ahead,
             admit_wait_steps=cfg.admit_wait_steps, prefix_cache=bool(cfg.prefix_cache),
             high_priority_stream=cfg.high_priority_stream, mixed=bool(cfg.mixed_prefill),
         )
@@ -151,8 +152,8 @@ class EmbeddedEngine:
         if cfg.mixed_prefill is None:
             cfg.mixed_prefill = cuda and prefill_attention.unsupported(self.device, self.dtype, self._head_dim()) is None
         if cfg.prefill_token_budget is None:  # mixed steps in CUDA graphs: what the largest graph holds
-            cfg.prefill_token_budget = (mixed_step.GRAPH_TOKENS if cfg.mixed_prefill and cfg.cuda_graphs
-                                        else 8192 if cuda else 4096)
+            cfg.prefill_token_budget = (mixed_step.GRAPH_TOKENS if cfg.admit_ahead and cfg.mixed_prefill
+                                        and cfg.cuda_graphs else 8192 if cuda else 4096)
         if cfg.prefix_cache is None:  # reused keys/values differ from recomputed ones in the last bits, which
             cfg.prefix_cache = cuda   # can flip a seeded draw; on the CPU, exact repeatability comes first
         if cfg.admit_wait_steps is None:

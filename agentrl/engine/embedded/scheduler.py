@@ -12,7 +12,7 @@ forward pass instead (:meth:`Scheduler._admit_mixed`): the running rows' next to
 that does not fit is cut, and its rest goes first in the following steps (one such partial prompt
 at a time, kept in slot ``n`` just above the running rows). Requests of the step that share a
 prompt prefix (the n samples of one prompt) compute it once: the others read it from that
-request's slot and get a copy after the step. With ``overlap``, a mixed step is launched while
+request's slot and get a copy after the step. With ``overlap`` and ``admit_ahead``, a mixed step is launched while
 the decode step before it is still in flight (the decode rows' inputs are that step's samples, on
 the device), and the next decode step is launched before the mixed step is read, so the host's
 admission work (prefix matching, moving parked keys/values, recording finished requests) runs
@@ -61,6 +61,7 @@ class Scheduler:
         tokenizer: Any,
         prefill_token_budget: int,
         overlap: bool = False,
+        admit_ahead: bool = False,
         admit_wait_steps: int = 0,
         prefix_cache: bool = False,
         high_priority_stream: bool = False,
@@ -84,6 +85,7 @@ class Scheduler:
         self._plen = np.zeros(max_slots, np.int64)
         self._failed: set[int] = set()  # completed slots whose request failed (nothing to keep)
         self.overlap = overlap and getattr(runner, "supports_pipeline", False)
+        self.admit_ahead = admit_ahead
         self.max_slots = max_slots
         self.prefill_token_budget = prefill_token_budget
         self.eos_ids = np.array(sorted(eos_ids), dtype=np.int64)
@@ -250,7 +252,8 @@ class Scheduler:
         """Whether a mixed step may be launched while a decode step is in flight (its samples, still on
         the device, are the decode rows' inputs): with ``overlap``, over a decode step (not a mixed
         one), while the finished rows may ride along one more step (see :meth:`_zombies_ride`)."""
-        return (self.mixed and self.overlap and self._inflight is not None and not self._inflight.mixed
+        return (self.admit_ahead and self.mixed and self.overlap and self._inflight is not None
+                and not self._inflight.mixed
                 and self._zombies_ride())
 
     def _admittable(self) -> bool:
@@ -430,7 +433,7 @@ class Scheduler:
             self._chunk = _Chunk(req, slot, stop)
         entry = _Launched(handle, slots, t_plan, mixed=True)
         planned = time.perf_counter() - t_plan
-        if not self.overlap or not len(slots):  # read it now
+        if not (self.overlap and self.admit_ahead) or not len(slots):  # read it now
             self._collect(entry)
             return True
         # pipelined: the step stays in flight (the next decode step is launched before it is read);
@@ -528,7 +531,7 @@ class Scheduler:
         current = self._inflight
         ahead = None
         # an admission can wait for the next step only when it can be launched over it (mixed steps)
-        admission = self._admittable() and not self.mixed
+        admission = self._admittable() and not (self.mixed and self.admit_ahead)
         n = self.n  # (not when every row ends with the steps in flight: a step of max_new_tokens=1 prompts)
         if (self.overlap and not (admission or self._abort or self._commands) and self._zombies_ride()
                 and bool((self.ngen[:n] + self._ahead < self.max_new[:n]).any())):
