@@ -352,7 +352,10 @@ async def test_run_inside_a_loop_is_refused_and_cancellation_kills_the_child():
         await task
     children = set()
     for tid in os.listdir("/proc/self/task"):
-        children |= set(Path(f"/proc/self/task/{tid}/children").read_text().split())
+        try:
+            children |= set(Path(f"/proc/self/task/{tid}/children").read_text().split())
+        except FileNotFoundError:  # a thread (of the event loop's executor, say) that ended meanwhile
+            continue
     assert children == set()
 
 
