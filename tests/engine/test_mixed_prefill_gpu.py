@@ -75,13 +75,16 @@ PROMPTS = [[(7 * i + j) % 2000 + 3 for j in range(20 + 9 * i)] for i in range(8)
 PROMPTS += [PROMPTS[2]] * 4  # a group: samples of one prompt
 
 
+@pytest.mark.parametrize("admit_ahead", [False, True])
 @pytest.mark.parametrize("arch,budget", [("qwen2", 8192), ("qwen2", 24), ("llama", 24), ("qwen3", 24)])
-def test_cuda_mixed_steps_float32_equal_transformers(arch, budget):
+def test_cuda_mixed_steps_float32_equal_transformers(arch, budget, admit_ahead):
     """Greedy multi-turn episodes (a group of four among them) with mixed steps replayed from CUDA
     graphs, prompts chunked at 24 tokens per step: the tokens of ``generate()`` for each turn's
-    context, logprobs within 1e-4 of a teacher-forced forward."""
+    context, logprobs within 1e-4 of a teacher-forced forward; with ``admit_ahead`` too (admissions
+    launched over the decode step in flight)."""
     model = _model(arch)
-    engine = EmbeddedEngine(model, max_batch_size=16, max_seq_len=512, prefix_cache=True, prefill_token_budget=budget)
+    engine = EmbeddedEngine(model, max_batch_size=16, max_seq_len=512, prefix_cache=True, prefill_token_budget=budget,
+                            admit_ahead=admit_ahead)
     assert engine.config.mixed_prefill and engine._scheduler.mixed and engine._scheduler.runner.varlen_kernel
     engine._scheduler.runner.capture_after = 1
     results, buckets = _episodes(engine, PROMPTS)
@@ -98,12 +101,13 @@ def test_cuda_mixed_steps_float32_equal_transformers(arch, budget):
             torch.testing.assert_close(torch.tensor(c.logprobs), lp.squeeze(1).cpu(), atol=1e-4, rtol=0)
 
 
-def test_cuda_bf16_mixed_steps_sample_with_the_models_logprobs_and_release_memory():
+@pytest.mark.parametrize("admit_ahead", [False, True])
+def test_cuda_bf16_mixed_steps_sample_with_the_models_logprobs_and_release_memory(admit_ahead):
     """bf16, sampled, many episodes at once: logprobs close to teacher forcing; after a release of the
     KV cache (graphs dropped) and a weight update, a greedy run still equals itself."""
     model = _model("qwen2", torch.bfloat16, hidden_size=256, intermediate_size=512, num_attention_heads=8,
                    num_key_value_heads=2)
-    engine = EmbeddedEngine(model, max_batch_size=16, max_seq_len=512, prefill_token_budget=64)
+    engine = EmbeddedEngine(model, max_batch_size=16, max_seq_len=512, prefill_token_budget=64, admit_ahead=admit_ahead)
     results, _ = _episodes(engine, PROMPTS, temperature=1.0)
     diffs = []
     for turns in results:
@@ -115,7 +119,8 @@ def test_cuda_bf16_mixed_steps_sample_with_the_models_logprobs_and_release_memor
     assert torch.cat(diffs).mean() < 0.05
 
     sp = SamplingParams(temperature=0, max_new_tokens=12, ignore_eos=True)
-    engine = EmbeddedEngine(model, max_batch_size=16, max_seq_len=512, prefill_token_budget=64)  # (the last one is closed)
+    engine = EmbeddedEngine(model, max_batch_size=16, max_seq_len=512, prefill_token_budget=64,
+                            admit_ahead=admit_ahead)  # (the last one is closed)
 
     async def at_once():  # one admission for all (bf16 results depend on the batch)
         with engine._scheduler._cv:
