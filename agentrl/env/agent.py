@@ -57,6 +57,7 @@ from typing import Any
 
 from agentrl.env.core import ResetResult, StepResult, TextEnv
 from agentrl.env.registry import register
+from agentrl.utils.imports import load_object
 
 AgentFn = Callable[[Any, dict[str, Any]], Coroutine[Any, Any, Any]]
 """``async (client: openai.AsyncOpenAI, task: dict) -> float | dict | None``."""
@@ -113,7 +114,7 @@ class AgentEnv(TextEnv):
         self.tokenizer_name = tokenizer
         self.max_calls = max_calls
         self.in_process = in_process
-        self._oracle: OracleFn | None = _load_oracle(oracle) if isinstance(oracle, str) else oracle
+        self._oracle: OracleFn | None = load_object(oracle, what="oracle") if isinstance(oracle, str) else oracle
         if self._oracle is not None and not callable(self._oracle):
             raise TypeError(f"oracle must be a function (task) -> list of replies; got {oracle!r}")
         self._text_run: _TextRun | None = None
@@ -365,18 +366,10 @@ def _turn_limit(outer: Any, config: Any) -> int | None:
 
 
 def _load(path: str) -> AgentFn:
-    from agentrl.utils.imports import load_object
-
     fn = load_object(path, what="agent")
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(f"agent {path!r} must be an async function (client, task) -> reward")
     return fn
-
-
-def _load_oracle(path: str) -> OracleFn:
-    from agentrl.utils.imports import load_object
-
-    return load_object(path, what="oracle")
 
 
 def _tasks(tasks: list[dict[str, Any]] | str | None) -> list[dict[str, Any]]:
