@@ -117,6 +117,9 @@ def main() -> None:
     p.add_argument("--engine-admit-wait-steps", type=int, default=None,
                    help="decode steps a new turn may wait so that several share one prefill "
                         "(0: at once; default: the engine's, 8 on CUDA and 0 on the CPU)")
+    p.add_argument("--engine-admit-ahead", action="store_true",
+                   help="launch the engine's admission steps over the decode step in flight (EngineConfig.admit_ahead)")
+    p.add_argument("--tag", default="", help="suffix of the result files' names")
     p.add_argument("--engine-high-priority-stream", action="store_true",
                    help="run the embedded engine on a CUDA stream of the highest priority (ahead of the trainer)")
     p.add_argument("--next-rollout-at", default=None,
@@ -165,7 +168,7 @@ def main() -> None:
             "workload": workload, "rollouts": args.rollouts, "warmup": args.warmup,
             "switch_interval": sys.getswitchinterval(), "engine_device": args.engine_device,
             "engine_admit_wait_steps": args.engine_admit_wait_steps,  # None: the engine's default
-            "prefix_cache": args.prefix_cache,
+            "prefix_cache": args.prefix_cache, "engine_admit_ahead": args.engine_admit_ahead,
             "engine_high_priority_stream": args.engine_high_priority_stream,
             "trainer_sms": args.trainer_sms,  # async modes only; None: all SMs
             "next_rollout_at": args.next_rollout_at,  # async modes only; None: the loop's default
@@ -175,7 +178,7 @@ def main() -> None:
     print(md)
     if args.out:
         two_gpus = bool(args.engine_device and args.engine_device.startswith("cuda"))
-        save(args.out, f"async_speedup_{device_tag(device)}{'_2gpu' if two_gpus else ''}",
+        save(args.out, f"async_speedup_{device_tag(device)}{'_2gpu' if two_gpus else ''}{args.tag}",
              {"meta": meta, "modes": results}, md)
 
 
@@ -199,6 +202,7 @@ def run_mode(mode: str, args, model_dir: Path, prompts: Path, context: int, work
         *(["--engine-admit-wait-steps", str(args.engine_admit_wait_steps)]
           if args.engine_admit_wait_steps is not None else []),
         *({"on": ["--engine-prefix-cache"], "off": ["--no-engine-prefix-cache"]}.get(args.prefix_cache, [])),
+        *(["--engine-admit-ahead"] if args.engine_admit_ahead else []),
         *(["--engine-high-priority-stream"] if args.engine_high_priority_stream else []),
         *(["--trainer-sms", str(args.trainer_sms)] if args.trainer_sms and mode != "sync" else []),
         *(["--next-rollout-at", str(next_rollout_at)] if next_rollout_at is not None and mode != "sync" else []),
