@@ -72,6 +72,7 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
     bar = progress(cfg.num_rollout, "rollouts", unit="rollout", iterable=range(start, cfg.num_rollout), initial=start)
     async with RolloutStream(c, cfg, start) as rollouts:  # async: rollout k+1 is generated during step k
         for rollout_id in bar:
+            doing(bar, "generating")
             with timer("rollout"):
                 result = await rollouts.next(rollout_id)
             if not result.groups and result.metrics.get("rollout/engine_failed") == 1.0:
@@ -82,12 +83,15 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
             batch = RolloutBatch.from_samples(result.samples) if result.groups else None
             if batch is not None:
                 steps = train_steps(cfg, len(batch))
+                doing(bar, "logprobs")
                 with timer("logprobs"):
                     signal = await rollouts.run(prepare_batch, c, cfg, batch, steps)
                 step["train/skipped_no_signal"] = float(not signal)  # every advantage 0: nothing to learn
                 if signal:
+                    doing(bar, "training")
                     with timer("train"):
                         step |= await rollouts.run(c.trainer.train_step, batch, num_steps=steps)
+                    doing(bar, "syncing weights")
                     with timer("sync"):
                         step["perf/weight_version"] = await rollouts.sync_weights(out / "weights")
             if dumps is not None:  # every episode, with the advantages and logprobs the step used
@@ -97,14 +101,22 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
             if cfg.eval.eval_interval and (rollout_id + 1) % cfg.eval.eval_interval == 0 or rollout_id + 1 == cfg.num_rollout:
                 step |= await run_eval(c, cfg, dumps, step=rollout_id + 1) if c.eval_tasks else {}
             metrics.log(step, step=rollout_id + 1)
+            doing(bar, None)
             bar.set_postfix(reward=f"{step.get('rollout/reward_mean', float('nan')):.3f}",
                             step_s=f"{step['perf/step_time']:.1f}")
             if cfg.checkpoint.save and (cfg.checkpoint.save_interval and (rollout_id + 1) % cfg.checkpoint.save_interval == 0
                              or rollout_id + 1 == cfg.num_rollout or rollouts.stopping):
+                doing(bar, "saving")
                 save(c, cfg, rollout_id + 1, guard)
+                doing(bar, None)
             if rollouts.stopping:  # Ctrl-C: checkpoint saved, stop here
                 break
     return finish(c, cfg, metrics)
+
+
+def doing(bar: Any, phase: str | None) -> None:
+    """Name the step's current phase on the rollouts bar (a step can take minutes): ``rollouts (training)``."""
+    bar.set_description_str("rollouts" + (f" ({phase})" if phase else ""))
 
 
 async def warm_start(c: Components, cfg: RunConfig, dumps: RolloutDumper | None, guard: SignalGuard) -> dict[str, Any]:
