@@ -48,9 +48,10 @@ def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
-    """Errors about the run's inputs (folders, data rows, model folder, environment id, hook path, held-out tasks,
-    an optional dependency they need):
-    their message names the input and the fix, so the command prints it alone."""
+    """Errors about the run's inputs (folders, data rows, demonstrations, model folder, environment id, hook path,
+    held-out tasks, an optional dependency they need): their message names the input and the fix, so the command
+    prints it alone."""
+    from agentrl.data.demos import DemoError
     from agentrl.data.prompts import DataError
     from agentrl.env.registry import EnvNotFoundError
     from agentrl.eval.tasks import TaskError
@@ -58,4 +59,4 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from agentrl.utils.extras import MissingExtra
     from agentrl.utils.imports import HookLoadError
 
-    return ConfigError, DataError, EnvNotFoundError, TaskError, ModelNotFoundError, HookLoadError, MissingExtra
+    return ConfigError, DataError, DemoError, EnvNotFoundError, TaskError, ModelNotFoundError, HookLoadError, MissingExtra

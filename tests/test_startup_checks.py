@@ -27,3 +27,20 @@ def test_env_kwargs_the_environment_does_not_take(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "environment agentrl/Math-v0 with --env-kwargs {'prompt_templat': '{question}'}" in err
     assert "TypeError" in err and "Loading weights" not in err
+
+
+def test_demonstrations_the_warm_start_cannot_use(tmp_path, capsys):
+    """A bad --sft-data file is named with its line before the model loads, whatever is wrong with it."""
+    for content, says in [('{"messages": [{"role": "user", "content": "hi"}]}\n', ":1: no assistant message"),
+                          ('{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]}\n'
+                           "not json\n", ":2: not JSON"),
+                          ("\n", ": no demonstrations"),
+                          (b"\xff\xfe\x00", "cannot be read")]:
+        demos = tmp_path / "demos.jsonl"
+        demos.write_bytes(content if isinstance(content, bytes) else content.encode())
+        code = _run(tmp_path, [{"prompt": "1+1?", "label": "2"}], "--sft-data", str(demos))
+        err = capsys.readouterr().err
+        assert code == 2, err
+        line = next(ln for ln in err.splitlines() if "--sft-data" in ln)
+        assert str(demos) in line and says in line, err
+        assert "Traceback" not in err and "Loading weights" not in err

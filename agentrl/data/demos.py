@@ -170,7 +170,7 @@ async def oracle_demos(rollout: Any, rows: Sequence[Any], *, success: float = 1.
     from agentrl.env import make
 
     config = rollout.config
-    demos, failed = [], 0
+    demos, failed, errors = [], 0, []
     for row in rows:
         request = rollout.requests_for(row, group_id=0)[0]
         env = make(request.env_id, max_turns=config.max_turns, **config.env_kwargs)
@@ -179,6 +179,13 @@ async def oracle_demos(rollout: Any, rows: Sequence[Any], *, success: float = 1.
                 raise DemoError(f"--sft-data oracle: {request.env_id} has no oracle() to demonstrate its task; "
                                 "give a JSONL file of demonstrations instead")
             demo, reward = await play_oracle(env, request, config.max_turns or 64)
+        except DemoError:
+            raise
+        except Exception as e:  # an oracle (user code) that fails on a row: recorded, the row left out
+            where = f"{request.env_id} row {request.metadata.get('prompt_index')}"
+            errors.append(f"{where}: {type(e).__name__}: {e}")
+            log.debug("oracle failed on %s", where, exc_info=True)
+            continue
         finally:
             await asyncio.to_thread(env.close)
         if demo is None or reward < success:
@@ -187,6 +194,10 @@ async def oracle_demos(rollout: Any, rows: Sequence[Any], *, success: float = 1.
         demos.append(demo)
     if failed:
         log.info("oracle demonstrations: %d of %d episodes did not succeed and were left out", failed, len(rows))
+    if errors:
+        log.warning("oracle demonstrations: the oracle raised on %d of %d rows, left out (first: %s)",
+                    len(errors), len(rows), errors[0])
     if not demos:
-        raise DemoError(f"--sft-data oracle: the oracle succeeded on none of {len(rows)} training rows")
+        raise DemoError(f"--sft-data oracle: the oracle succeeded on none of {len(rows)} training rows"
+                        + (f" ({len(errors)} raised; first: {errors[0]})" if errors else ""))
     return demos

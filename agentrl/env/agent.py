@@ -130,7 +130,12 @@ class AgentEnv(TextEnv):
             if self._text_run is None:
                 raise RuntimeError("the oracle's plan is asked for before reset()")
             replies = solver(dict(self._text_run.task))
-            return [replies] if isinstance(replies, str) else [str(r) for r in replies]
+            if isinstance(replies, str):
+                return [replies]
+            if not isinstance(replies, (list, tuple)) or not all(isinstance(r, str) for r in replies):
+                raise TypeError(f"oracle {getattr(solver, '__name__', solver)!r} must return a reply string or a list "
+                                f"of reply strings; got {str(replies)[:80]!r} ({type(replies).__name__})")
+            return list(replies)
 
         return plan
 
@@ -212,14 +217,17 @@ class AgentEnv(TextEnv):
     def close(self) -> None:
         if self._text_run is not None:
             run, self._text_run = self._text_run, None
-            if self._loop is not None and not self._loop.is_closed() and not self._loop.is_running():
-                self._loop.run_until_complete(run.stop())
+            run.stop_from_sync(self._loop)
         super().close()
 
     async def _stop_run(self) -> None:
         if self._text_run is not None:
             run, self._text_run = self._text_run, None
             await run.stop()
+
+
+_STOPPING: set[asyncio.Task] = set()
+"""Text runs being stopped by a ``close()`` called on their own event loop (a reference until they end)."""
 
 
 class _TextRun:
@@ -274,6 +282,27 @@ class _TextRun:
         capture = self.service.episodes[self.key]
         call = capture.calls[-1]
         return capture.segments[call.segment].conv.messages[-call.new_messages:]
+
+    def stop_from_sync(self, fallback: asyncio.AbstractEventLoop | None) -> None:
+        """:meth:`stop` from synchronous code (``close()``), on the event loop the agent runs on: at once when
+        that loop is idle or runs in another thread (e.g. ``close`` sent to a worker thread), else as soon as
+        the caller, which runs on it, yields."""
+        loop = self.agent_task.get_loop() if self.agent_task is not None else fallback
+        if loop is None or loop.is_closed():
+            return
+        if not loop.is_running():
+            loop.run_until_complete(self.stop())
+            return
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:
+            here = None
+        if here is loop:
+            task = loop.create_task(self.stop())
+            _STOPPING.add(task)
+            task.add_done_callback(_STOPPING.discard)
+        else:
+            asyncio.run_coroutine_threadsafe(self.stop(), loop).result(timeout=60)
 
     async def stop(self) -> None:
         if self.agent_task is not None and not self.agent_task.done():

@@ -64,6 +64,15 @@ class SftConfig:
 
             if not Path(self.data).expanduser().is_file():
                 out.append(f"--sft-data {self.data}: no such file (a JSONL file of demonstrations, or 'oracle')")
+            else:  # a bad line is found before the model loads
+                from agentrl.data.demos import DemoError, load_demos
+
+                try:
+                    load_demos(self.data)
+                except DemoError as e:
+                    out.append(f"--sft-data: {e}")
+                except (OSError, UnicodeDecodeError) as e:
+                    out.append(f"--sft-data {self.data}: cannot be read ({e})")
         return out
 
 

@@ -187,7 +187,50 @@ def test_the_oracle_demonstrates_the_agents_own_conversations_token_for_token(to
     assert report.oracle_checked and report.returns["oracle"] == pytest.approx(1.1)
     assert "oracle" not in [f.cheat for f in report.findings] and not report.problems
     assert AgentEnv(adder_agent, tasks=[task]).oracle is None
+
+    # an oracle that raises or returns something else is recorded per row and the row left out
+    def oracle_of(fn):
+        name = f"AdderBadOracleTest{next(ids)}-v0"
+        register_agent(name, adder_agent, max_turns=3, oracle=fn, tokenizer="tiny-qwen2")
+        return Rollout(FakeEngine(script=[]), template, RolloutConfig(max_turns=3), default_env_id=f"agentrl/{name}")
+
+    def flaky(t):
+        if t["a"] == 1:
+            raise RuntimeError("no answer for this one")
+        return adder_oracle(t)
+
+    ids = iter(range(10))
+    other = PromptRow(index=1, prompt=None, options={"a": 1, "b": 2})
+    assert len(asyncio.run(oracle_demos(oracle_of(flaky), [other, row]))) == 1  # the row it could play is kept
+    for bad, says in [(flaky, "RuntimeError: no answer for this one"), (lambda t: 42, "must return a reply string"),
+                      (lambda t: [1, 2], "must return a reply string")]:
+        with pytest.raises(DemoError, match="succeeded on none of 1 training rows") as err:
+            asyncio.run(oracle_demos(oracle_of(bad), [other]))
+        assert "1 raised; first: agentrl/AdderBadOracleTest" in str(err.value) and "-v0 row 1: " in str(err.value)
+        assert says in str(err.value)
     with pytest.raises(DemoError, match="has no oracle"):
         register_agent("AdderNoOracleTest-v0", adder_agent, max_turns=3)
         asyncio.run(oracle_demos(Rollout(FakeEngine(script=[]), template, RolloutConfig(),
                                          default_env_id="agentrl/AdderNoOracleTest-v0"), [row]))
+
+
+@pytest.mark.parametrize("where", ["worker thread", "event loop"])
+def test_close_stops_the_agent_of_an_episode_in_progress(where):
+    """close() mid-episode ends the agent's task and its endpoint on the agent's own event loop, whether it is
+    called from a worker thread (as the oracle's demonstrations close their environments) or on that loop."""
+    async def main():
+        env = AgentEnv(adder_agent, tasks=[{"a": 1, "b": 2}], tokenizer="tiny-qwen2")
+        messages, _ = await env.areset(seed=0)
+        assert "1 + 2" in messages[-1]["content"]
+        run = env._text_run
+        if where == "worker thread":
+            await asyncio.to_thread(env.close)
+        else:
+            env.close()
+            for _ in range(100):
+                if run.endpoint is None:
+                    break
+                await asyncio.sleep(0.01)
+        assert run.agent_task.done() and run.endpoint is None and env._text_run is None
+
+    asyncio.run(main())  # an agent task left running would be reported at shutdown
