@@ -104,3 +104,11 @@ def test_none_switches_off_an_optional_setting_a_config_gave():
     assert parse_args(["--config", "recipes/frozenlake/config.yaml", "--episode-timeout", "none"]).rollout.episode_timeout is None
     assert parse_args(["--prompt-data", "p.jsonl", "--label-key", "none"]).data.label_key is None  # like --label-key ''
     assert parse_args(["--prompt-data", "p.jsonl", "--input-key", "none"]).data.input_key == "none"  # not optional: a name
+
+
+def test_python_dash_m_agentrl_is_the_agentrl_command():
+    """``python -m agentrl`` works where the ``agentrl`` script is not on the PATH."""
+    out = subprocess.run([sys.executable, "-m", "agentrl", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 0 and "commands:" in out.stdout and "check-env" in out.stdout, out.stderr
+    bad = subprocess.run([sys.executable, "-m", "agentrl", "trian"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "Did you mean 'train'?" in bad.stderr
