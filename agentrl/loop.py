@@ -104,6 +104,7 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
             doing(bar, None)
             bar.set_postfix(reward=f"{step.get('rollout/reward_mean', float('nan')):.3f}",
                             step_s=f"{step['perf/step_time']:.1f}")
+            guard.stop_if_failing()  # every episode of the last few rollouts failed: a reward function, env or tool bug
             if cfg.checkpoint.save and (cfg.checkpoint.save_interval and (rollout_id + 1) % cfg.checkpoint.save_interval == 0
                              or rollout_id + 1 == cfg.num_rollout or rollouts.stopping):
                 doing(bar, "saving")

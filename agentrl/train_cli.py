@@ -8,6 +8,7 @@ import sys
 from agentrl.cluster.trainer_group import TrainerRankFailed
 from agentrl.config import ConfigError, parse_args, validate
 from agentrl.engine.base import EngineError
+from agentrl.rollout.signal import RolloutsFailed
 
 
 def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
@@ -39,6 +40,10 @@ def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
     except EngineError as e:  # servers that do not answer, or an engine that failed a whole rollout
         logging.getLogger(__name__).debug("engine failure", exc_info=True)
         print(f"{prog}: engine error: {e}", file=sys.stderr)
+        return 1
+    except RolloutsFailed as e:  # a reward function, environment or tool that fails every episode
+        logging.getLogger(__name__).debug("rollouts failed", exc_info=True)
+        print(f"{prog}: {e}", file=sys.stderr)
         return 1
     except TrainerRankFailed as e:  # a rank actor of the trainer group died or raised: which one, in one line
         logging.getLogger(__name__).debug("trainer rank failure", exc_info=True)

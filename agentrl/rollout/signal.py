@@ -10,7 +10,10 @@ answers in the format), the run changes nothing while it looks busy. The guard
   ``signal/all_zero_groups`` (the fraction whose rewards are all 0), and ``signal/flat_rollouts``, how
   many rollouts in a row had at least ``--signal-guard-fraction`` of their groups equal;
 * warns once, with what to try, when that count reaches ``--signal-guard-rollouts``
-  (``signal/warned`` is 1 on that rollout).
+  (``signal/warned`` is 1 on that rollout);
+* counts the rollouts in a row whose every episode failed (``signal/failed_rollouts``: a reward function,
+  environment or tool that raises on every episode) and stops the run with the first error when that count
+  reaches ``--stop-after-failed-rollouts`` (:class:`RolloutsFailed`).
 
 With a batch whose every advantage is 0 the loop also skips the training step and the weight sync
 (``train/skipped_no_signal``, see :func:`agentrl.loop.prepare_batch`).
@@ -48,15 +51,21 @@ TRY = FIXES + "; `agentrl check-env --signal ID` tells in a few rollouts whether
 class SignalConfig:
     """Learning-signal guard: a warning when rollouts give GRPO nothing to learn from."""
 
-    FLAGS: ClassVar[dict[str, str]] = {"--signal-guard-rollouts": "rollouts", "--signal-guard-fraction": "fraction"}
+    FLAGS: ClassVar[dict[str, str]] = {"--signal-guard-rollouts": "rollouts", "--signal-guard-fraction": "fraction",
+                                       "--stop-after-failed-rollouts": "failed_rollouts"}
 
     rollouts: int = 5
     """Warn once when this many rollouts in a row had nearly every group's rewards equal (0: never warn)."""
     fraction: float = 0.9
     """A rollout counts as flat when at least this fraction of its groups had equal rewards."""
+    failed_rollouts: int = 3
+    """Stop the run, with the first error, when this many rollouts in a row had every episode fail (a reward
+    function, environment or tool that raises each time; 0: never stop)."""
 
     def problems(self) -> list[str]:
         out = []
+        if self.failed_rollouts is None or self.failed_rollouts < 0:
+            out.append(f"--stop-after-failed-rollouts must be >= 0; got {self.failed_rollouts}")
         if self.rollouts is None or self.rollouts < 0:
             out.append(f"--signal-guard-rollouts must be >= 0; got {self.rollouts}")
         if self.fraction is None or not 0 < self.fraction <= 1:
@@ -76,18 +85,27 @@ def group_signal(groups: Sequence[Group], tol: float = 1e-6) -> dict[str, float]
     return {"signal/equal_reward_groups": equal / len(rewards), "signal/all_zero_groups": zero / len(rewards)}
 
 
+class RolloutsFailed(RuntimeError):
+    """Every episode of ``--stop-after-failed-rollouts`` rollouts in a row failed; the message quotes the first error."""
+
+
 class SignalGuard:
-    """Counts flat rollouts and warns once (module doc); its state goes into checkpoints."""
+    """Counts flat rollouts and warns once, counts failed rollouts and stops the run (module doc); its state goes
+    into checkpoints."""
 
     def __init__(self, config: SignalConfig) -> None:
         self.config = config
         self.flat = 0
         self.warned = False
+        self.failed = 0
+        self.last_error: str | None = None
 
     def observe(self, groups: Sequence[Group], truncated: float | None = None) -> dict[str, float]:
         """This rollout's signal metrics; ``truncated`` (the fraction of truncated episodes) goes into the
         warning."""
         metrics = group_signal(groups)
+        self._count_failures(groups)
+        metrics["signal/failed_rollouts"] = float(self.failed)
         flat = metrics.get("signal/equal_reward_groups", 1.0) >= self.config.fraction
         self.flat = self.flat + 1 if flat else 0
         metrics["signal/flat_rollouts"] = float(self.flat)
@@ -101,11 +119,27 @@ class SignalGuard:
                         100 * metrics.get("signal/all_zero_groups", 0.0), cut, TRY)
         return metrics
 
+    def _count_failures(self, groups: Sequence[Group]) -> None:
+        samples = [s for g in groups for s in g.samples]
+        if not samples or any(s.status != "failed" for s in samples):
+            self.failed = 0
+            return
+        self.failed += 1
+        self.last_error = samples[0].error
+
+    def stop_if_failing(self) -> None:
+        """Raise :class:`RolloutsFailed` once ``--stop-after-failed-rollouts`` rollouts in a row failed whole."""
+        limit = self.config.failed_rollouts
+        if limit and self.failed >= limit:
+            raise RolloutsFailed(f"every episode of the last {self.failed} rollouts failed (the last one's first error: "
+                                 f"{self.last_error}); stopping (--stop-after-failed-rollouts {limit}; 0: never stop)")
+
     def state_dict(self) -> dict[str, Any]:
-        return {"flat": self.flat, "warned": self.warned}
+        return {"flat": self.flat, "warned": self.warned, "failed": self.failed, "last_error": self.last_error}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.flat, self.warned = int(state.get("flat", 0)), bool(state.get("warned", False))
+        self.failed, self.last_error = int(state.get("failed", 0)), state.get("last_error")
 
 
 # -- agentrl check-env --signal ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import pytest
 
 from agentrl.config import parse_args
 from agentrl.loop import train
-from agentrl.rollout.signal import SignalConfig, SignalGuard, group_signal
+from agentrl.rollout.signal import RolloutsFailed, SignalConfig, SignalGuard, group_signal
 from agentrl.types import Group, Sample
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,6 +38,43 @@ def test_the_guard_warns_once_after_flat_rollouts_and_resets_on_signal(caplog):
     restored = SignalGuard(SignalConfig(rollouts=5))
     restored.load_state_dict(guard.state_dict())
     assert restored.warned and restored.flat == 0
+
+
+def test_the_guard_counts_rollouts_whose_every_episode_failed_and_stops_at_the_limit():
+    guard = SignalGuard(SignalConfig(failed_rollouts=2))
+    failed = [Group(0, [Sample(group_id=0, status="failed", error="ValueError: bad tool") for _ in range(2)])]
+    half = [Group(0, [Sample(group_id=0, status="failed", error="x"), Sample(group_id=0, reward=1.0)])]
+    assert guard.observe(failed)["signal/failed_rollouts"] == 1
+    guard.stop_if_failing()
+    assert guard.observe(half)["signal/failed_rollouts"] == 0  # one episode ran: not a bug of every episode
+    assert guard.observe([])["signal/failed_rollouts"] == 0
+    guard.observe(failed)
+    restored = SignalGuard(SignalConfig(failed_rollouts=2))
+    restored.load_state_dict(guard.state_dict())
+    assert restored.observe(failed)["signal/failed_rollouts"] == 2
+    with pytest.raises(RolloutsFailed, match="last 2 rollouts failed .*ValueError: bad tool.*--stop-after-failed"):
+        restored.stop_if_failing()
+    never = SignalGuard(SignalConfig(failed_rollouts=0))
+    for _ in range(5):
+        never.observe(failed)
+    never.stop_if_failing()
+    assert SignalConfig(failed_rollouts=-1).problems() == ["--stop-after-failed-rollouts must be >= 0; got -1"]
+
+
+def test_a_reward_function_that_fails_every_episode_stops_the_run(tmp_path, monkeypatch, capsys):
+    """One line and exit 1 after --stop-after-failed-rollouts rollouts, their metrics logged; not 5 rollouts of nothing."""
+    from agentrl.train_cli import main
+
+    monkeypatch.chdir(ROOT)
+    code = main([*ARGS, "--custom-rm-path", "tests/_failing_reward.py:reward", "--output-dir", str(tmp_path),
+                 "--save", "", "--stop-after-failed-rollouts", "2"])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    (line,) = [ln for ln in err.splitlines() if "stopping" in ln]
+    assert line.startswith("agentrl train: every episode of the last 2 rollouts failed") and "KeyError" in line
+    assert "Traceback" not in err
+    rows = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["signal/failed_rollouts"] for r in rows if "signal/failed_rollouts" in r] == [1.0, 2.0]
 
 
 ARGS = ["--config", "recipes/quickstart/config.yaml", "--model-path", "tiny-qwen2", "--rollout-batch-size", "2",
