@@ -25,6 +25,7 @@ import shlex
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from agentrl.config import ConfigError
@@ -178,6 +179,11 @@ class EvalArgs:
             self.sampling.validate()
         except ValueError as e:
             problems.append(str(e))
+        if not problems and self.out:  # made now, so that a path that cannot be a folder stops the run before it loads
+            try:
+                Path(self.out).expanduser().mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                problems.append(f"--output-dir {self.out}: cannot create it ({e.strerror or e})")
         if self.temperature == 0 and self.n_samples > 1:
             log.warning("--eval-temperature 0 with --n-samples-per-eval-prompt %d: greedy episodes of a prompt are alike, so "
                         "pass@k says little beyond pass@1", self.n_samples)

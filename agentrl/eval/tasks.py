@@ -112,21 +112,32 @@ class TaskSpec:
     """This task's tokens per episode (None: the run's ``--rollout-max-context-len``)."""
 
     def validate(self) -> None:
-        if not _NAME.fullmatch(self.name):
+        """Raise :class:`TaskError` naming the first field of the wrong type or value (from a ``--task`` string or
+        a YAML task file, where any value may come)."""
+        if not isinstance(self.name, str) or not _NAME.fullmatch(self.name):
             raise TaskError(f"task name {self.name!r} must be letters, digits, '_', '.' or '-' (it names files)")
-        if not self.env:
-            raise TaskError(f"task {self.name!r} names no environment")
-        if self.limit is not None and self.limit < 1:
-            raise TaskError(f"task {self.name!r}: limit must be >= 1; got {self.limit}")
-        if self.offset < 0:
-            raise TaskError(f"task {self.name!r}: offset must be >= 0; got {self.offset}")
-        for key in ("max_turns", "max_response_len", "max_context_len"):
+        if not isinstance(self.env, str) or not self.env:
+            raise TaskError(f"task {self.name!r} names no environment (env must be an id such as Math-v0; "
+                            f"got {self.env!r})")
+        for key, kinds, what in (("data", (str, type(None)), "a file, folder or source name"),
+                                 ("env_kwargs", (dict,), "a mapping of the environment's arguments"),
+                                 ("input_key", (str,), "a row key"), ("label_key", (str, type(None)), "a row key")):
             value = getattr(self, key)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise TaskError(f"task {self.name!r}: {key} must be an integer >= 1; got {value!r}")
+            if not isinstance(value, kinds):
+                raise TaskError(f"task {self.name!r}: {key} must be {what}; got {value!r}")
+        for key, least in (("limit", 1), ("offset", 0), ("max_turns", 1), ("max_response_len", 1),
+                           ("max_context_len", 1)):
+            value = getattr(self, key)
+            if (value is None and key != "offset") or (_is_int(value) and value >= least):
+                continue
+            raise TaskError(f"task {self.name!r}: {key} must be an integer >= {least}; got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # -- parsing ---------------------------------------------------------------------------------
@@ -182,10 +193,15 @@ def load_task_file(path: str | Path) -> list[TaskSpec]:
         if "name" not in entry or "env" not in entry:
             raise TaskError(f"{path}: task {i} needs 'name' and 'env'; got keys {sorted(entry)}")
         spec = TaskSpec(**entry)
-        spec.env_kwargs = dict(spec.env_kwargs or {})
+        if spec.env_kwargs is None:
+            spec.env_kwargs = {}
+        try:
+            spec.validate()
+        except TaskError as e:
+            raise TaskError(f"{path}: {e}") from None
+        spec.env_kwargs = dict(spec.env_kwargs)
         if spec.data and spec.data not in SOURCES and not Path(spec.data).is_absolute():
             spec.data = str(path.parent / spec.data)
-        spec.validate()
         specs.append(spec)
     return specs
 

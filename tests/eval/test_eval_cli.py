@@ -133,6 +133,17 @@ def test_argument_problems_are_reported_together(capsys):
     assert "--n-samples-per-eval-prompt" in build_parser().format_help()
 
 
+def test_an_output_folder_that_cannot_be_made_is_an_argument_problem(tmp_path, capsys):
+    """A file, or a folder under a file, as --output-dir: one line and exit 2 before the model loads."""
+    (tmp_path / "a_file").write_text("x")
+    for out in (tmp_path / "a_file", tmp_path / "a_file" / "run"):
+        assert main(["--model-path", "tiny-qwen2", "--task", "echo=Echo-v0", "--output-dir", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"--output-dir {out}: cannot create it" in err and "Traceback" not in err and "Loading" not in err
+    assert main(["--model-path", "tiny-qwen2", "--task", "echo=Echo-v0,limit=abc", "--output-dir", str(tmp_path / "e")]) == 2
+    assert "task 'echo': limit must be an integer >= 1; got 'abc'" in capsys.readouterr().err
+
+
 def test_compare_two_runs(tmp_path, scripted, template, capsys):
     run(echo_args(tmp_path / "a"), engine=scripted(echo_reply), template=template)
     def better(row, i, prompt):  # one more success on rows 0..2, row 3 -> 0

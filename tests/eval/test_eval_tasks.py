@@ -22,6 +22,9 @@ def test_parse_task_arg_forms(tmp_path):
 @pytest.mark.parametrize("bad,match", [
     ("FrozenLake-v0", "NAME=ENV_ID"), ("=FrozenLake-v0", "NAME=ENV_ID"), ("a b=Echo-v0", "must be letters"),
     ("x=Echo-v0,oops", "KEY=VALUE"),
+    ("x=Math-v0,limit=abc", "limit must be an integer >= 1; got 'abc'"), ("x=Math-v0,limit=2.5", "limit must be"),
+    ("x=Math-v0,limit=true", "limit must be"), ("x=Math-v0,offset=-1", "offset must be an integer >= 0"),
+    ("x=Math-v0,offset=[1]", "offset must be"), ("x=Math-v0,max_context_len=big", "max_context_len must be"),
 ])
 def test_parse_task_arg_errors(bad, match):
     with pytest.raises(TaskError, match=match):
@@ -93,6 +96,15 @@ def test_yaml_file(tmp_path):
     path.write_text("- {name: q, env: Math-v0, limt: 3}\n")
     with pytest.raises(TaskError, match="unknown key 'limt' \\(did you mean 'limit'\\?\\)"):
         load_task_file(path)
+    for entry, says in [("{name: 5, env: Math-v0}", "task name 5 must be"), ("{name: q, env: [Math-v0]}", "names no env"),
+                        ("{name: q, env: Math-v0, env_kwargs: 3}", "env_kwargs must be a mapping"),
+                        ("{name: q, env: Math-v0, data: 7}", "data must be a file"),
+                        ("{name: q, env: Math-v0, input_key: [a]}", "input_key must be a row key"),
+                        ("{name: q, env: Math-v0, limit: '3'}", "limit must be an integer >= 1; got '3'"),
+                        ("{name: q, env: Math-v0, offset: null}", "offset must be an integer >= 0; got None")]:
+        path.write_text(f"- {entry}\n")
+        with pytest.raises(TaskError, match=says):
+            load_task_file(path)
     with pytest.raises(TaskError, match="used twice"):
         check_unique([TaskSpec("a", "Echo-v0"), TaskSpec("a", "Math-v0")])
 
