@@ -12,7 +12,7 @@ answers in the format), the run changes nothing while it looks busy. The guard
 * warns once, with what to try, when that count reaches ``--signal-guard-rollouts``
   (``signal/warned`` is 1 on that rollout);
 * counts the rollouts in a row whose every episode failed (``signal/failed_rollouts``: a reward function,
-  environment or tool that raises on every episode) and stops the run with the first error when that count
+  environment or tool that raises on every episode) and stops the run, quoting an error, when that count
   reaches ``--stop-after-failed-rollouts`` (:class:`RolloutsFailed`).
 
 With a batch whose every advantage is 0 the loop also skips the training step and the weight sync
@@ -86,7 +86,8 @@ def group_signal(groups: Sequence[Group], tol: float = 1e-6) -> dict[str, float]
 
 
 class RolloutsFailed(RuntimeError):
-    """Every episode of ``--stop-after-failed-rollouts`` rollouts in a row failed; the message quotes the first error."""
+    """Every episode of ``--stop-after-failed-rollouts`` rollouts in a row failed; the message quotes the last
+    rollout's first error."""
 
 
 class SignalGuard:
