@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentrl.engine.base import GREEDY_BELOW, Completion, SamplingParams
+from agentrl.utils.safe_json import is_int
 
 DEFAULT_MAX_NEW_TOKENS = 128
 """SGLang's default ``max_new_tokens`` when a request does not set it."""
@@ -236,11 +237,11 @@ def _prompts(body: dict[str, Any], tokenizer: Any, max_chars: int | None) -> tup
     if input_ids is not None:
         if not isinstance(input_ids, list) or not input_ids:
             raise RequestError(f"'input_ids' must be a non-empty list of token ids (or a list of such lists); got {_short(input_ids)}")
-        if all(_is_int(t) for t in input_ids):
+        if all(is_int(t) for t in input_ids):
             return [list(input_ids)], True
         if all(isinstance(row, list) for row in input_ids):
             for i, row in enumerate(input_ids):
-                if not row or not all(_is_int(t) for t in row):
+                if not row or not all(is_int(t) for t in row):
                     raise RequestError(f"input_ids[{i}] must be a non-empty list of integer token ids; got {_short(row)}")
             return [list(r) for r in input_ids], False
         raise RequestError(f"'input_ids' must be a list of integer token ids or a list of such lists; got {_short(input_ids)}")
@@ -284,7 +285,7 @@ def _sampling_dicts(raw: Any, batch: int) -> list[dict[str, Any]]:
 
 def _parallel_n(params: list[dict[str, Any]]) -> int:
     ns = [d.get("n", 1) for d in params]
-    bad = next((n for n in ns if not _is_int(n) or n < 1), None)
+    bad = next((n for n in ns if not is_int(n) or n < 1), None)
     if bad is not None:
         raise RequestError(f"sampling_params 'n' must be an integer >= 1; got {_short(bad)}")
     if len(set(ns)) > 1:
@@ -356,7 +357,7 @@ def _check_types(d: dict[str, Any]) -> None:
         value = d.get(key)
         if value is None:
             continue
-        ok = _is_int(value) if kind is int else (isinstance(value, (int, float)) and not isinstance(value, bool))
+        ok = is_int(value) if kind is int else (isinstance(value, (int, float)) and not isinstance(value, bool))
         if not ok or (kind is float and not math.isfinite(value)):
             raise RequestError(f"sampling_params {key!r} must be {'an integer' if kind is int else 'a finite number'}; got {value!r}")
         if kind is int and not -(2**63) <= value < 2**63:
@@ -370,7 +371,7 @@ def _check_types(d: dict[str, Any]) -> None:
     if stop is not None and not (isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop))):
         raise RequestError(f"sampling_params 'stop' must be a string or a list of non-empty strings; got {stop!r}")
     stop_ids = d.get("stop_token_ids")
-    if stop_ids is not None and not (isinstance(stop_ids, list) and all(_is_int(t) for t in stop_ids)):
+    if stop_ids is not None and not (isinstance(stop_ids, list) and all(is_int(t) for t in stop_ids)):
         raise RequestError(f"sampling_params 'stop_token_ids' must be a list of integers; got {stop_ids!r}")
     if "ignore_eos" in d and not isinstance(d["ignore_eos"], bool):
         raise RequestError(f"sampling_params 'ignore_eos' must be true or false; got {d['ignore_eos']!r}")
@@ -382,7 +383,7 @@ def _check_types(d: dict[str, Any]) -> None:
 def _output_text(item: GenerateItem, completion: Completion, tokenizer: Any, finished: bool) -> str:
     ids = list(completion.token_ids)
     matched = completion.matched_stop
-    stop_token = finished and completion.finish_reason == "stop" and _is_int(matched)
+    stop_token = finished and completion.finish_reason == "stop" and is_int(matched)
     if stop_token and ids and ids[-1] == matched and not item.no_stop_trim:
         ids = ids[:-1]  # SGLang trims the matched stop token from the text (not from output_ids)
     text = _decode(tokenizer, ids, item.skip_special_tokens)
@@ -400,10 +401,6 @@ def _decode(tokenizer: Any, ids: list[int], skip_special_tokens: bool) -> str:
 def _finite(x: float) -> float | None:
     """JSON has no infinities: a non-finite logprob goes out as null (as SGLang's orjson does)."""
     return float(x) if math.isfinite(x) else None
-
-
-def _is_int(x: Any) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _short(x: Any, limit: int = 80) -> str:

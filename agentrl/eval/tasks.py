@@ -71,6 +71,7 @@ from typing import Any
 
 from agentrl.data.prompts import DataConfig, PromptRow, load_prompts
 from agentrl.eval.runner import EvalTask
+from agentrl.utils.safe_json import is_int
 
 log = logging.getLogger(__name__)
 
@@ -128,16 +129,12 @@ class TaskSpec:
         for key, least in (("limit", 1), ("offset", 0), ("max_turns", 1), ("max_response_len", 1),
                            ("max_context_len", 1)):
             value = getattr(self, key)
-            if (value is None and key != "offset") or (_is_int(value) and value >= least):
+            if (value is None and key != "offset") or (is_int(value) and value >= least):
                 continue
             raise TaskError(f"task {self.name!r}: {key} must be an integer >= {least}; got {value!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 # -- parsing ---------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MAX_DEPTH", "BodyTooLargeError", "JSONLimitError", "check_depth", "loads", "nesting_depth",
+__all__ = ["MAX_DEPTH", "BodyTooLargeError", "JSONLimitError", "check_depth", "is_int", "loads", "nesting_depth",
            "read_request_json"]
 
 MAX_DEPTH = 64
@@ -52,6 +52,11 @@ class JSONLimitError(ValueError):
 
 class BodyTooLargeError(JSONLimitError):
     """A request body larger than the server accepts (HTTP 413)."""
+
+
+def is_int(value: Any) -> bool:
+    """Whether a decoded value (JSON, YAML) is an integer: ``True`` and ``False`` are not, though Python's bool is an int."""
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def nesting_depth(text: str) -> int:
