@@ -7,17 +7,29 @@ Layout of ``--save DIR``::
     DIR/rollout_00004/state.json    next rollout, data position, weight version, config
     DIR/latest                      name of the newest complete checkpoint
 
-A checkpoint is written to a temporary folder and renamed when complete, so ``latest`` never
-points at half a checkpoint.
+A checkpoint is written to a temporary folder and renamed when complete, and ``latest`` is replaced
+atomically, so a run killed while saving leaves the checkpoints it had. A ``latest`` that is missing,
+empty or names no complete checkpoint (a copy that lost it) is not fatal: the newest complete
+``rollout_*`` folder is used, with a warning. A checkpoint whose ``state.json`` cannot be read is
+refused at start-up with one line (:class:`CheckpointError`), before any model loads.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(FileNotFoundError):
+    """A ``--load`` (or ``--model-path``) folder that holds no usable checkpoint: says which file and why."""
 
 
 @dataclass
@@ -43,8 +55,11 @@ class CheckpointConfig:
             out.append(f"--load {self.load}: no such checkpoint folder")
         elif self.load is not None:
             try:
-                find_checkpoint(self.load)
-            except FileNotFoundError as e:  # a folder, but neither a checkpoint nor one with a 'latest'
+                ckpt = find_checkpoint(self.load)
+                read_state(ckpt)
+                if not (ckpt / "model").is_dir():
+                    out.append(f"--load: {ckpt} has no model/ folder (an incomplete checkpoint); load an earlier one")
+            except CheckpointError as e:  # a folder, but no checkpoint in it, or one whose state is unreadable
                 out.append(f"--load: {e}")
         return out
 
@@ -58,17 +73,28 @@ def save_checkpoint(root: str | Path, rollout_id: int, trainer: Any, state: dict
     tmp.mkdir(parents=True)
     trainer.save(tmp)
     (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
-    shutil.rmtree(final, ignore_errors=True)
+    old = root / f".old_rollout_{rollout_id:05d}"
+    if final.exists():  # saving the same rollout again: the old copy goes only once the new one is in place
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
     tmp.rename(final)
-    (root / "latest").write_text(final.name)
+    _write_atomically(root / "latest", final.name)
+    shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def delete_checkpoints(root: str | Path) -> int:
     """Delete the checkpoints in ``root`` (``rollout_*`` folders, unfinished ones, ``latest``); other files
     stay. Returns how many checkpoints were deleted."""
     root = Path(root).expanduser()
-    folders = [p for p in (*root.glob("rollout_[0-9]*"), *root.glob(".tmp_rollout_[0-9]*")) if p.is_dir()]
+    folders = [p for p in (*root.glob("rollout_[0-9]*"), *root.glob(".tmp_rollout_[0-9]*"),
+                           *root.glob(".old_rollout_[0-9]*")) if p.is_dir()]
     for folder in folders:
         shutil.rmtree(folder)
     (root / "latest").unlink(missing_ok=True)
@@ -76,17 +102,37 @@ def delete_checkpoints(root: str | Path) -> int:
 
 
 def find_checkpoint(path: str | Path) -> Path:
-    """``path`` itself if it is a checkpoint, else the one ``path/latest`` names."""
+    """``path`` itself if it is a checkpoint, else the one ``path/latest`` names, else (``latest`` missing or
+    broken) the newest ``rollout_*`` folder inside ``path`` that holds a ``state.json``."""
     path = Path(path).expanduser()
-    if (path / "state.json").exists():
+    if (path / "state.json").is_file():
         return path
-    latest = path / "latest"
-    if latest.exists():
-        ckpt = path / latest.read_text().strip()
-        if (ckpt / "state.json").exists():
-            return ckpt
-    raise FileNotFoundError(f"{path} holds no checkpoint (no state.json and no 'latest' file)")
+    latest, named = path / "latest", ""
+    if latest.is_file():
+        try:
+            named = latest.read_text(errors="replace").strip()
+        except OSError:
+            named = ""
+        if named and "/" not in named and named not in (".", "..") and (path / named / "state.json").is_file():
+            return path / named
+    complete = sorted((int(m[1]), p) for p in path.glob("rollout_*")
+                      if (m := re.fullmatch(r"rollout_(\d+)", p.name)) and (p / "state.json").is_file())
+    if not complete:
+        raise CheckpointError(f"{path} holds no checkpoint (no state.json, and no rollout_* folder with one)")
+    why = f"names {named!r}, which holds no state.json" if named else "is missing or empty"
+    log.warning("%s: 'latest' %s; using the newest complete checkpoint, %s", path, why, complete[-1][1].name)
+    return complete[-1][1]
 
 
 def read_state(checkpoint: Path) -> dict[str, Any]:
-    return json.loads((checkpoint / "state.json").read_text())
+    """The checkpoint's ``state.json``, checked enough to resume from: a JSON object with ``next_rollout``."""
+    file = checkpoint / "state.json"
+    try:
+        state = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: cannot be read ({e})") from None
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"{file}: not valid JSON (line {e.lineno}: {e.msg}); the checkpoint is damaged") from None
+    if not isinstance(state, dict) or not isinstance(state.get("next_rollout"), int):
+        raise CheckpointError(f"{file}: not a checkpoint's state (a JSON object with an integer 'next_rollout')")
+    return state

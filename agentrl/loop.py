@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import pickle
 from typing import Any
 
 from agentrl.async_loop import RolloutStream
-from agentrl.checkpoint import find_checkpoint, read_state, save_checkpoint
+from agentrl.checkpoint import CheckpointError, find_checkpoint, read_state, save_checkpoint
 from agentrl.cluster.build import build_ray_components
 from agentrl.components import (Components, build_components, clear_earlier_run, compute_advantages, output_dir,
                                 seed_everything)
@@ -215,9 +216,14 @@ def resume(c: Components, cfg: RunConfig, guard: SignalGuard) -> tuple[int, int]
     assert cfg.checkpoint.load is not None  # called only with --load
     ckpt = find_checkpoint(cfg.checkpoint.load)
     state = read_state(ckpt)
-    c.trainer.load(ckpt)
-    c.sampler.load_state_dict(state["sampler"])
-    guard.load_state_dict(state.get("signal", {}))
+    try:
+        c.trainer.load(ckpt)
+        c.sampler.load_state_dict(state["sampler"])
+        guard.load_state_dict(state.get("signal", {}))
+    except (OSError, EOFError, KeyError, TypeError, ValueError, RuntimeError, pickle.UnpicklingError) as e:
+        # a truncated trainer.pt, a checkpoint of another model, a state.json edited by hand: one line
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise CheckpointError(f"{ckpt}: the training state cannot be loaded ({type(e).__name__}: {first})") from e
     log.info("resuming from %s at rollout %d", ckpt, state["next_rollout"])
     return int(state["next_rollout"]), int(state.get("weight_version", 0))
 

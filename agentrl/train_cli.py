@@ -56,6 +56,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     """Errors about the run's inputs (folders, data rows, demonstrations, model folder, environment id, hook path,
     held-out tasks, an optional dependency they need): their message names the input and the fix, so the command
     prints it alone."""
+    from agentrl.checkpoint import CheckpointError
     from agentrl.data.demos import DemoError
     from agentrl.data.prompts import DataError
     from agentrl.env.registry import EnvNotFoundError
@@ -64,4 +65,5 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     from agentrl.utils.extras import MissingExtra
     from agentrl.utils.imports import HookLoadError
 
-    return ConfigError, DataError, DemoError, EnvNotFoundError, TaskError, ModelNotFoundError, HookLoadError, MissingExtra
+    return (ConfigError, CheckpointError, DataError, DemoError, EnvNotFoundError, TaskError, ModelNotFoundError,
+            HookLoadError, MissingExtra)

@@ -46,7 +46,7 @@ def test_a_config_file_that_is_not_yaml_is_one_problem(tmp_path):
 
 def test_load_must_name_a_checkpoint(tmp_path):
     problems = validate(parse_args(["--load", str(tmp_path)]))
-    assert f"--load: {tmp_path} holds no checkpoint (no state.json and no 'latest' file)" in problems
+    assert f"--load: {tmp_path} holds no checkpoint (no state.json, and no rollout_* folder with one)" in problems
     assert f"--load {tmp_path / 'x'}: no such checkpoint folder" in validate(parse_args(["--load", str(tmp_path / "x")]))
 
 

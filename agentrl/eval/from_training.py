@@ -25,7 +25,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from agentrl.checkpoint import find_checkpoint, read_state
+from agentrl.checkpoint import CheckpointError, find_checkpoint, read_state
 from agentrl.config import ConfigError, RunConfig, from_mapping, parse_args
 
 if TYPE_CHECKING:
@@ -57,10 +57,10 @@ def checkpoint_of(model_path: str | None) -> Path | None:
     path = Path(model_path).expanduser()
     if path.name == "model" and (path.parent / "state.json").is_file():
         return path.parent
-    if (path / "state.json").is_file() or (path / "latest").is_file():
+    if path.is_dir():
         try:
             return find_checkpoint(path)
-        except FileNotFoundError:
+        except FileNotFoundError:  # a model folder, not a checkpoint
             return None
     return None
 
@@ -70,7 +70,11 @@ def training_config(source: str | Path) -> RunConfig:
     path = Path(source).expanduser()
     ckpt = checkpoint_of(str(path)) if path.is_dir() else None
     if ckpt is not None:
-        return from_mapping(read_state(ckpt).get("config", {}), f"{ckpt / 'state.json'}")
+        try:
+            state = read_state(ckpt)
+        except CheckpointError as e:
+            raise ConfigError([str(e)]) from None
+        return from_mapping(state.get("config", {}), f"{ckpt / 'state.json'}")
     if path.is_dir():
         raise ConfigError([f"--config {source}: a folder, but not a checkpoint (no state.json or 'latest')"])
     return parse_args(["--config", str(path)])
