@@ -187,9 +187,12 @@ DRY_RUN_CHECKS = ["algo", "train", "megatron", "cluster", "group"]
 
 
 def _loop_problems(cfg: RunConfig) -> list[str]:
+    derived = cfg.global_batch_size is None  # (left out: derived; 0 or less given is a problem)
     problems = [f"{flag} must be >= 1; got {value}" for flag, value in (
-        ("--rollout-batch-size", cfg.rollout_batch_size),
-        ("--num-steps-per-rollout", cfg.num_steps_per_rollout)) if value is None or value < 1]
+        ("--rollout-batch-size", cfg.rollout_batch_size), ("--num-steps-per-rollout", cfg.num_steps_per_rollout),
+        ("--global-batch-size", 1 if derived else cfg.global_batch_size)) if value is None or value < 1]
+    if not 0 <= cfg.seed < 2**32:  # what numpy's global generator takes
+        problems.append(f"--seed must be in [0, 2**32); got {cfg.seed}")
     if cfg.num_rollout is None or cfg.num_rollout < (0 if cfg.sft.data else 1):
         problems.append(f"--num-rollout must be >= 1 (0 with --sft-data: the warm start alone); got {cfg.num_rollout}")
     if cfg.sft.data and cfg.algo.advantage_estimator == "gae":
@@ -223,7 +226,7 @@ def _objective_problems(cfg: RunConfig) -> list[str]:
 def _input_problems(cfg: RunConfig) -> list[str]:
     """The files and names the run reads: prompts, environment, model, chat template."""
     problems = []
-    if cfg.prompt_data is None:
+    if cfg.prompt_data is None or not cfg.prompt_data.strip():
         problems.append("--prompt-data is required (a .jsonl/.parquet file of prompts)")
     elif not cfg.prompt_data.startswith("hf:") and not Path(cfg.prompt_data).expanduser().exists():
         problems.append(f"--prompt-data {cfg.prompt_data}: no such file or folder")
@@ -282,6 +285,8 @@ def _layout_problems(cfg: RunConfig) -> list[str]:
     from agentrl.train.layout import TrainerLayout, layout_problems, model_config, model_dims
 
     layout = TrainerLayout.of(cfg)
+    if min(layout.tp, layout.pp, layout.cp, layout.nodes, layout.world) < 1:
+        return []  # a size below 1: the megatron and group settings' own checks name it
     if layout.world == 1 and layout.model_parallel == 1:
         return []
     problems = layout_problems(layout, model_dims(model_config(cfg.model_path)), cfg.global_batch_size)

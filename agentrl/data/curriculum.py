@@ -109,5 +109,8 @@ class CurriculumSampler:
         return {**self.sampler.state_dict(), "curriculum_level": self.level}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        level = int(state.get("curriculum_level", 0))
+        if not 0 <= level < len(self.levels):
+            raise ValueError(f"cannot resume at curriculum level {level}: --curriculum-levels has {len(self.levels)}")
         self.sampler.load_state_dict({k: v for k, v in state.items() if k != "curriculum_level"})
-        self.level = int(state.get("curriculum_level", 0))
+        self.level = level

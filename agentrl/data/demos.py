@@ -68,7 +68,7 @@ def load_demos(path: str | Path) -> list[Demo]:
     names the first bad line)."""
     path = Path(path).expanduser()
     demos = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:  # a byte-order mark opens some files
         for n, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -79,7 +79,12 @@ def load_demos(path: str | Path) -> list[Demo]:
                 raise DemoError(f"{where}: not JSON ({e.msg})") from None
             if not isinstance(row, dict) or not isinstance(row.get("messages"), list):
                 raise DemoError(f'{where}: expected {{"messages": [...]}}; got {str(row)[:80]}')
-            demo = Demo(row["messages"], row.get("tools"), where, row.get("metadata") or {})
+            tools, metadata = row.get("tools"), row.get("metadata") or {}
+            if tools is not None and not (isinstance(tools, list) and all(isinstance(t, dict) for t in tools)):
+                raise DemoError(f"{where}: tools must be a list of tool schemas (objects); got {str(tools)[:80]}")
+            if not isinstance(metadata, dict):
+                raise DemoError(f"{where}: metadata must be an object; got {str(metadata)[:80]}")
+            demo = Demo(row["messages"], tools, where, metadata)
             check_demo(demo)
             demos.append(demo)
     if not demos:

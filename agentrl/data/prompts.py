@@ -74,6 +74,11 @@ class DataConfig:
     limit: int | None = None
     """Use only the first this many good rows of --prompt-data."""
 
+    def problems(self) -> list[str]:
+        if self.limit is not None and self.limit < 1:
+            return [f"--prompt-data-limit must be >= 1; got {self.limit}"]
+        return []
+
 
 @dataclass
 class PromptRow:
@@ -148,6 +153,8 @@ def _to_row(raw: Any, index: int, location: str, c: DataConfig) -> PromptRow:
     if prompt is None:
         pass  # the environment makes the task (if it needs a prompt, its reset says so at start-up)
     elif isinstance(prompt, list):
+        if not prompt:
+            raise DataError(f"{location}: {c.input_key!r} is an empty list of chat messages")
         for i, m in enumerate(prompt):
             why = _message_problem(m)
             if why:
@@ -205,14 +212,13 @@ def _read_records(source: str) -> Iterator[tuple[str, Any]]:
             yield from _read_records(str(f))
         return
     suffix = path.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        yield from _read_jsonl(path)
-    elif suffix == ".json":
-        yield from _read_json(path)
-    elif suffix == ".parquet":
-        yield from _read_parquet(path)
-    else:
+    readers = {".jsonl": _read_jsonl, ".ndjson": _read_jsonl, ".json": _read_json, ".parquet": _read_parquet}
+    if suffix not in readers:
         raise DataError(f"{path}: unknown data format {suffix!r}; use .jsonl, .json or .parquet")
+    try:
+        yield from readers[suffix](path)
+    except OSError as e:  # unreadable, or a file that vanished
+        raise DataError(f"{path}: cannot be read ({e.strerror or e})") from None
 
 
 def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
@@ -220,7 +226,7 @@ def _read_jsonl(path: Path) -> Iterator[tuple[str, Any]]:
         for lineno, raw in enumerate(f, 1):
             location = f"{path}:{lineno}"
             try:
-                line = raw.decode("utf-8")
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark opens some files
             except UnicodeDecodeError as e:
                 yield location, _BadJson(f"{location}: not UTF-8 ({e.reason}: byte 0x{raw[e.start]:02x} at column "
                                          f"{e.start + 1})")
@@ -245,7 +251,7 @@ def _read_json(path: Path) -> Iterator[tuple[str, Any]]:
 
     raw = path.read_bytes()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = raw.count(b"\n", 0, e.start) + 1
         raise DataError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
@@ -268,7 +274,12 @@ def _read_parquet(path: Path) -> Iterator[tuple[str, Any]]:
         import pyarrow.parquet as pq
     except ImportError as e:
         raise DataError(f"reading {path} needs pyarrow: pip install pyarrow") from e
-    table = pq.read_table(path)
+    import pyarrow as pa
+
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowException, ValueError) as e:  # not parquet, empty, cut short
+        raise DataError(f"{path}: not a readable parquet file ({' '.join(str(e).split())})") from None
     for i, record in enumerate(table.to_pylist()):
         yield f"{path}:row {i}", record
 

@@ -173,8 +173,15 @@ class EvalArgs:
                             ("--rollout-max-context-len", self.max_context_len), ("--rollout-concurrency", self.concurrency)):
             if value < 1:
                 problems.append(f"{flag} must be >= 1; got {value}")
-        if self.limit is not None and self.limit < 1:
-            problems.append(f"--eval-max-prompts must be >= 1; got {self.limit}")
+        optional: list[tuple[str, float | None, int]] = [
+            ("--eval-max-prompts", self.limit, 1), ("--max-turns", self.max_turns, 1),
+            ("--engine-max-batch-size", self.engine_max_batch_size, 1), ("--episode-timeout", self.episode_timeout, 0),
+            ("--examples", self.examples, 0)]
+        for flag, given, low in optional:
+            if given is not None and given < low:
+                problems.append(f"{flag} must be >= {low}; got {given}")
+        if self.chat_template is not None and not Path(self.chat_template).expanduser().is_file():
+            problems.append(f"--chat-template {self.chat_template}: no such file")
         try:
             self.sampling.validate()
         except ValueError as e:

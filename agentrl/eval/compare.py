@@ -34,13 +34,45 @@ class CompareError(ValueError):
 
 
 def load_summary(path: str | Path) -> dict[str, Any]:
+    """The ``summary.json`` of an evaluation folder (or the file itself); a :class:`CompareError` for a folder
+    without one, and for a file that is cut short, not JSON, or not an evaluation's summary."""
     path = Path(path)
     file = path / "summary.json" if path.is_dir() else path
-    if not file.exists():
+    if not file.is_file():
         hint = (" It has episodes.jsonl: rerun its `agentrl eval` command to finish it and write the summary."
                 if (path / "episodes.jsonl").exists() else "")
         raise CompareError(f"{file} not found; expected the --out folder of an `agentrl eval` run.{hint}")
-    return json.loads(file.read_text(encoding="utf-8"))
+    try:
+        summary = json.loads(file.read_bytes().decode("utf-8"))
+    except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON (cut short by a kill)
+        raise CompareError(f"{file} cannot be read ({e}); rerun its `agentrl eval` command to write it again") from None
+    problem = _summary_problem(summary)
+    if problem:
+        raise CompareError(f"{file} is not the summary of an `agentrl eval` run: {problem}")
+    return summary
+
+
+def _summary_problem(summary: Any) -> str | None:
+    """Why ``summary`` cannot be compared (None: it can): tasks and overall hold metric -> number."""
+    if not isinstance(summary, dict):
+        return f"expected a JSON object, got {type(summary).__name__}"
+    tasks, overall = summary.get("tasks"), summary.get("overall")
+    if not isinstance(tasks, dict) or not isinstance(overall, dict):
+        return "expected 'tasks' and 'overall' objects"
+    for name, metrics in [*tasks.items(), ("overall", overall)]:
+        if not isinstance(metrics, dict):
+            return f"the metrics of {name!r} are not an object"
+        bad = next((k for k, v in metrics.items() if v is not None and not _is_number(v)), None)
+        if bad is not None:
+            return f"{name!r} {bad} is {metrics[bad]!r}, not a number"
+    ks = summary.get("ks", [])
+    if not isinstance(ks, list) or not all(_is_number(k) for k in ks):
+        return f"'ks' is {ks!r}, not a list of numbers"
+    return None
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def metric_order(summary_a: dict[str, Any], summary_b: dict[str, Any]) -> list[str]:
@@ -119,7 +151,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(format_compare(args.dir_a, args.dir_b, a, b), end="")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(format_compare(args.dir_a, args.dir_b, a, b, markdown=True), encoding="utf-8")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(format_compare(args.dir_a, args.dir_b, a, b, markdown=True), encoding="utf-8")
+    except OSError as e:
+        print(f"agentrl eval compare: --out {out}: cannot write it ({e.strerror or e})", file=sys.stderr)
+        return 2
     print(f"\nwrote {out}")
     return 0

@@ -71,7 +71,11 @@ class RunStore:
         if self.run_path.exists() and not has_episodes:  # an earlier attempt stored nothing: nothing to keep
             self.run_path.unlink()
         if self.run_path.exists():
-            old = json.loads(self.run_path.read_text(encoding="utf-8")).get("settings", {})
+            old = _read_settings(self.run_path)
+            if old is None:
+                raise SettingsChanged(f"{self.run_path} cannot be read (cut short or not JSON), so the settings of the "
+                                      f"episodes in {self.episodes_path} are unknown; pick another --output-dir or "
+                                      "pass --overwrite")
             changes = diff_settings(old, settings)
             if changes:
                 raise SettingsChanged(
@@ -107,18 +111,20 @@ class RunStore:
         """
         if not self.episodes_path.exists():
             return {}
-        raw = self.episodes_path.read_text(encoding="utf-8")
+        raw = self.episodes_path.read_bytes()
+        raw_lines = raw.split(b"\n")  # bytes: a kill can cut a line inside a multi-byte character
         groups: dict[tuple[str, int], dict[int, tuple[str, Sample]]] = defaultdict(dict)
         bad = 0
-        for lineno, line in enumerate(raw.splitlines(), 1):
-            if not line.strip():
+        for lineno, raw_line in enumerate(raw_lines, 1):
+            if not raw_line.strip():
                 continue
             try:
+                line = raw_line.decode("utf-8").rstrip("\r")
                 task, row, sample = parse_episode(json.loads(line))
-            except (ValueError, KeyError, TypeError) as e:
+            except (ValueError, KeyError, TypeError, AttributeError) as e:  # UnicodeDecodeError is a ValueError
                 bad += 1
                 log.warning("%s:%d: dropping an unreadable episode line (%s)", self.episodes_path, lineno,
-                            "cut off by an interrupted run" if lineno == raw.count("\n") + 1 else e)
+                            "cut off by an interrupted run" if lineno == len(raw_lines) else e)
                 continue
             groups[(task, row)].setdefault(sample.sample_index, (line, sample))
         done: dict[str, dict[int, list[Sample]]] = defaultdict(dict)
@@ -130,7 +136,7 @@ class RunStore:
                 continue
             done[task][row] = [by_index[i][1] for i in range(n_samples)]
             kept_lines += [by_index[i][0] for i in range(n_samples)]
-        if bad or incomplete or len(kept_lines) != sum(1 for ln in raw.splitlines() if ln.strip()):
+        if bad or incomplete or len(kept_lines) != sum(1 for ln in raw_lines if ln.strip()):
             log.info("resuming: kept %d complete groups; dropped %d incomplete groups and %d unreadable lines",
                      sum(map(len, done.values())), incomplete, bad)
             _atomic_write(self.episodes_path, "".join(ln + "\n" for ln in kept_lines))
@@ -140,11 +146,11 @@ class RunStore:
         """``(task, row, Sample)`` of every readable line, in file order."""
         if not self.episodes_path.exists():
             return
-        with open(self.episodes_path, encoding="utf-8") as f:
+        with open(self.episodes_path, "rb") as f:
             for line in f:
                 try:
-                    yield parse_episode(json.loads(line))
-                except (ValueError, KeyError, TypeError):
+                    yield parse_episode(json.loads(line.decode("utf-8")))
+                except (ValueError, KeyError, TypeError, AttributeError):  # bytes that are not UTF-8 among them
                     continue
 
 
@@ -178,6 +184,16 @@ def diff_settings(old: Any, new: Any, prefix: str = "") -> list[str]:
     if isinstance(old, list) and isinstance(new, list) and len(old) == len(new):
         return [c for i, (a, b) in enumerate(zip(old, new)) for c in diff_settings(a, b, f"{prefix}[{i}]")]
     return [] if old == new else [f"{prefix}: {json.dumps(old)} -> {json.dumps(new)}"]
+
+
+def _read_settings(path: Path) -> dict[str, Any] | None:
+    """The settings in a ``run.json``, or None when the file is cut short, not JSON or not a run record."""
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):
+        return None
+    settings = record.get("settings", {}) if isinstance(record, dict) else None
+    return settings if isinstance(settings, dict) else None
 
 
 def _atomic_write(path: Path, text: str) -> None:

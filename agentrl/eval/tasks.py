@@ -156,7 +156,11 @@ def parse_task_arg(text: str) -> TaskSpec:
         key, eq, value = pair.partition("=")
         if not eq or not key.strip():
             raise TaskError(f"--task {text!r}: environment arguments must be KEY=VALUE; got {pair!r}")
-        kwargs[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        try:
+            kwargs[key.strip()] = yaml.safe_load(value) if value.strip() else ""
+        except yaml.YAMLError as e:
+            raise TaskError(f"--task {text!r}: {key.strip()}={value!r} is not a YAML value "
+                            f"({' '.join(str(e).split())})") from None
     own = {key: kwargs.pop(key) for key in TASK_KEYS if key in kwargs}
     spec = TaskSpec(name=name.strip(), env=env.strip(), data=data.strip() or None, env_kwargs=kwargs, **own)
     spec.validate()
@@ -165,15 +169,15 @@ def parse_task_arg(text: str) -> TaskSpec:
 
 def load_task_file(path: str | Path) -> list[TaskSpec]:
     """Task specs from a YAML file: ``{"tasks": [...]}`` or a bare list (see the module doc)."""
-    import yaml
+    from agentrl.utils.flags import read_yaml
 
     path = Path(path)
+    if not path.exists():
+        raise TaskError(f"task file {path} not found")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TaskError(f"task file {path} not found") from None
-    except yaml.YAMLError as e:
-        raise TaskError(f"{path}: invalid YAML: {e}") from None
+        doc = read_yaml(path)
+    except ValueError as e:
+        raise TaskError(str(e)) from None
     entries = doc.get("tasks") if isinstance(doc, dict) else doc
     if not isinstance(entries, list) or not entries:
         raise TaskError(f"{path}: expected a list of tasks (or a 'tasks:' key holding one); got {type(doc).__name__}")
@@ -182,7 +186,7 @@ def load_task_file(path: str | Path) -> list[TaskSpec]:
     for i, entry in enumerate(entries):
         if not isinstance(entry, dict):
             raise TaskError(f"{path}: task {i} must be a mapping; got {entry!r}")
-        unknown = sorted(set(entry) - known)
+        unknown = sorted(map(str, set(entry) - known))
         if unknown:
             close = difflib.get_close_matches(unknown[0], known, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""

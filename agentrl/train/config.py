@@ -100,9 +100,13 @@ class TrainConfig:
                                  ("--lr-warmup-steps", self.lr_warmup_steps, 0), ("--lr", self.lr, 0),
                                  ("--min-lr", self.min_lr, 0), ("--weight-decay", self.weight_decay, 0),
                                  ("--clip-grad", self.clip_grad, 0), ("--critic-lr", self.critic_lr, 0),
-                                 ("--lora-rank", self.lora_rank, 0), ("--entropy-coef", self.entropy_coef, 0)):
+                                 ("--lora-rank", self.lora_rank, 0), ("--entropy-coef", self.entropy_coef, 0),
+                                 ("--kl-loss-coef", self.kl_loss_coef, 0), ("--adam-eps", self.adam_eps, 0)):
             if value is None or not value >= low:
                 out.append(f"{flag} must be >= {low}; got {value}")
+        for flag, value in (("--adam-beta1", self.adam_beta1), ("--adam-beta2", self.adam_beta2)):
+            if value is None or not 0 <= value < 1:  # what torch.optim.AdamW accepts, said before the model loads
+                out.append(f"{flag} must be in [0, 1); got {value}")
         if self.lr_decay_steps is not None and self.lr_decay_steps < 1:
             out.append(f"--lr-decay-steps must be >= 1; got {self.lr_decay_steps}")
         if self.use_kl_loss and self.kl_loss_coef == 0:

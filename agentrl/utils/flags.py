@@ -9,7 +9,8 @@ Old spellings are kept as aliases (``Flag(..., aliases=("--out",))``): they work
 deprecation notice.
 
 :class:`FlagTable` builds the parser, reads a ``--config`` YAML file of ``{flag-name: value}`` (flags on
-the command line win), writes the flag view back (:meth:`FlagTable.to_dict`), and lists fields no
+the command line win; a key given twice, a value of the wrong shape and a number that is not finite are
+problems, on the command line too), writes the flag view back (:meth:`FlagTable.to_dict`), and lists fields no
 flag reaches (a test keeps that list empty).
 
 Example (a settings class of agentrl's, alone)::
@@ -34,6 +35,7 @@ import difflib
 import functools
 import inspect
 import json
+import math
 import sys
 import textwrap
 import types
@@ -150,7 +152,7 @@ class FlagTable:
         every one of them can be reported at once.
         """
         parser = self.parser(prog, description, config_file=config_file)
-        ns = vars(parser.parse_args(argv))
+        ns = vars(parser.parse_args(self._attach_negative_numbers(argv)))
         self._notice_aliases(argv, prog)
         cfg = self.root()
         problems: list[str] = []
@@ -165,6 +167,23 @@ class FlagTable:
             except (TypeError, ValueError) as e:
                 problems.append(f"{flag.name if flag else path}: {e}")
         return cfg, set(ns), problems
+
+    def _attach_negative_numbers(self, argv: list[str]) -> list[str]:
+        """``--flag -1e-3`` as ``--flag=-1e-3`` for a number flag: argparse takes ``-1e-3`` (unlike ``-1``) for an
+        option."""
+        out: list[str] = []
+        i = 0
+        while i < len(argv):
+            arg, value = argv[i], argv[i + 1] if i + 1 < len(argv) else ""
+            flag = self.by_name.get(arg)
+            if flag is not None and flag.const is NO_CONST and value.startswith("-") and _is_number(value) \
+                    and field_type(*self.owner(flag.path))[0] in (int, float):
+                out.append(f"{arg}={value}")
+                i += 2
+                continue
+            out.append(arg)
+            i += 1
+        return out
 
     def from_text(self, flag: Flag, value: Any) -> Any:
         """A command-line value (text, or what a switch stored) converted to the field's type."""
@@ -182,9 +201,10 @@ class FlagTable:
             return None  # an optional setting a config file gave is switched off from the command line
         if kind in (int, float) and not choices:
             try:
-                return kind(value)
+                number = kind(value)
             except ValueError:
                 raise ValueError(f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+            return _finite(number)
         return self.coerce(flag, value)
 
     def _notice_aliases(self, argv: list[str], prog: str) -> None:
@@ -196,15 +216,11 @@ class FlagTable:
 
     def apply_file(self, cfg: Any, path: str | Path) -> list[str]:
         """Apply a YAML (or JSON) file of ``{flag-name: value}``; return the problems found."""
-        import yaml
-
-        file = Path(path).expanduser()
-        if not file.is_file():
-            return [f"--config {path}: no such file"]
         try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as e:  # its message names the line and column
-            return [f"--config {path}: not valid YAML: " + " ".join(str(e).split())]
+            data = read_yaml(path)
+        except ValueError as e:
+            return [f"--config {e}"]
+        data = {} if data is None else data
         if not isinstance(data, dict):
             return [f"--config {path}: expected a mapping of flag names to values"]
         return self.apply_mapping(cfg, data, f"--config {path}")
@@ -212,12 +228,17 @@ class FlagTable:
     def apply_mapping(self, cfg: Any, data: dict[str, Any], source: str) -> list[str]:
         """Apply ``{flag-name: value}`` (dashes or underscores; old spellings too); return the problems."""
         problems = []
+        seen: dict[str, Any] = {}  # flag path -> the key that set it
         for key, value in data.items():
             name = "--" + str(key).replace("_", "-")
             flag = self.by_name.get(name)
             if flag is None:
                 problems.append(f"{source}: unknown key {key!r}{hint(name, self.by_name)}")
                 continue
+            if flag.path in seen:  # rollout-batch-size and rollout_batch_size, or a name and its old spelling
+                problems.append(f"{source}: {key!r} and {seen[flag.path]!r} both set {flag.name}: keep one")
+                continue
+            seen[flag.path] = key
             try:
                 set_path(cfg, flag.path, self.coerce(flag, value))
             except (TypeError, ValueError) as e:
@@ -235,7 +256,9 @@ class FlagTable:
         if value is None:
             return None
         if kind is list:
-            return list(value) if isinstance(value, (list, tuple)) else [value]
+            items = list(value) if isinstance(value, (list, tuple)) else [value]
+            item_kind = list_item_type(owner, name)  # list[Any] (curriculum levels) takes any value
+            return items if item_kind is None else [_scalar(item_kind, v, f"item {i}: ") for i, v in enumerate(items)]
         if kind is dict:
             if not isinstance(value, dict):
                 raise TypeError(f"expected a mapping, got {value!r}")
@@ -248,11 +271,7 @@ class FlagTable:
             if value not in choices:
                 raise ValueError(f"expected one of {', '.join(map(str, choices))}; got {value!r}{hint(value, choices)}")
             return value
-        if kind in (int, float) and isinstance(value, bool):
-            raise TypeError(f"expected a number, got {value!r}")
-        if kind is int and isinstance(value, float) and not value.is_integer():
-            raise ValueError(f"expected an integer, got {value!r}")
-        return kind(value)
+        return _scalar(kind, value)
 
     # -- views -------------------------------------------------------------------------------
     def to_dict(self, cfg: Any) -> dict[str, Any]:
@@ -273,6 +292,29 @@ class FlagTable:
 
     def owner(self, path: str) -> tuple[type, str]:
         return owner_of(self.root, path)
+
+
+def read_yaml(path: str | Path) -> Any:
+    """The value of a YAML (or JSON) file; a :class:`ValueError` of one line naming the file for a folder, a missing
+    or unreadable file, bytes that are not UTF-8 (a byte-order mark is fine), invalid YAML, or a key given twice."""
+    import yaml
+
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise ValueError(f"{path}: is a folder; expected a YAML file")
+    if not file.is_file():
+        raise ValueError(f"{path}: no such file")
+    try:
+        text = file.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise ValueError(f"{path}: cannot be read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        line = e.object.count(b"\n", 0, e.start) + 1
+        raise ValueError(f"{path}:{line}: not UTF-8 ({e.reason} at byte {e.start})") from None
+    try:
+        return yaml.load(text, Loader=_unique_key_loader())
+    except yaml.YAMLError as e:  # its message names the line and column
+        raise ValueError(f"{path}: not valid YAML: " + " ".join(str(e).split())) from None
 
 
 # -- composition ---------------------------------------------------------------------------------
@@ -349,6 +391,53 @@ def field_type(cls: type, name: str) -> tuple[type, tuple[Any, ...]]:
     return (hint_, ()) if isinstance(hint_, type) else (str, ())
 
 
+def list_item_type(cls: type, name: str) -> type | None:
+    """The item type of a ``list[...]`` field (``list[str]`` -> ``str``); None for ``list[Any]``."""
+    hint_ = resolved_hints(cls)[name]
+    for candidate in (hint_, *typing.get_args(hint_)):  # list[str] | None -> list[str]
+        if typing.get_origin(candidate) in (list, tuple, set, frozenset):
+            args = typing.get_args(candidate)
+            return args[0] if args and args[0] in (str, int, float) else None
+    return None
+
+
+def _scalar(kind: type, value: Any, where: str = "") -> Any:
+    """A value from a file as ``kind`` (str, int, float, or another type that converts it), or an error saying
+    what came instead."""
+    import datetime
+
+    if isinstance(value, (dict, list, tuple, set, bytes, bool)):
+        what = "true or false" if isinstance(value, bool) else f"a {type(value).__name__}"
+        expected = {int: "an integer", float: "a number"}.get(kind, "a string")
+        raise TypeError(f"{where}expected {expected}, got {what}: {value!r:.80}")
+    if kind is str:
+        if not isinstance(value, (str, int, float, datetime.date)):
+            raise TypeError(f"{where}expected a string, got {value!r:.80}")
+        return str(value)
+    if kind is int and isinstance(value, float) and not value.is_integer():
+        raise ValueError(f"{where}expected an integer, got {value!r}")
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}expected {'an integer' if kind is int else 'a number'}, got {value!r:.80}") from None
+    return _finite(number) if kind in (int, float) else number
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _finite(number: Any) -> Any:
+    """``number`` unless it is NaN or infinite, which no setting takes."""
+    if isinstance(number, float) and not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {number}")
+    return number
+
+
 def field_optional(cls: type, name: str) -> bool:
     """Whether a field may be None (``str | None``): its flag then takes ``none`` for None.
 
@@ -385,6 +474,28 @@ def hint(value: Any, choices: Any) -> str:
     """`` (did you mean 'x'?)`` for the closest choice, or nothing."""
     close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+@functools.cache
+def _unique_key_loader() -> type:
+    """yaml's safe loader, refusing a mapping that names one key twice (YAML itself keeps the last silently)."""
+    import yaml
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                if not isinstance(key, typing.Hashable):
+                    continue  # yaml's own construct_mapping says so
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} given twice (the second is at line {key_node.start_mark.line + 1})",
+                        key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return UniqueKeyLoader
 
 
 _METAVARS: dict[type, str] = {int: "N", float: "X", str: "STR"}

@@ -23,13 +23,24 @@ def build_parser() -> argparse.ArgumentParser:
         "side-by-side comparisons. Works offline; links keep the page's state.")
     p.add_argument("dirs", nargs="+", metavar="RUN_OR_EVAL_DIR",
                    help="a training run's --output-dir or an evaluation's --out (several: compare them)")
-    p.add_argument("--port", type=int, default=8765, help="port to serve on (0: any free port) (default: 8765)")
+    p.add_argument("--port", type=_port, default=8765, help="port to serve on (0: any free port) (default: 8765)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 shares it on the network)")
     p.add_argument("--export", metavar="FILE.html",
                    help="write one self-contained HTML file with every episode in it, and exit")
     p.add_argument("--open", action="store_true", help="open the page in the default browser")
     return p
+
+
+def _port(text: str) -> int:
+    """A TCP port number, 0 to 65535 (argparse's type: a bad one is a usage error, exit 2)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535 (0: any free one); got {port}")
+    return port
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.export:
         from agentrl.view.export import export_html
 
-        path = export_html(sources, args.export)
+        try:
+            path = export_html(sources, args.export)
+        except OSError as e:  # a folder, or a place that cannot be written
+            print(f"agentrl view: --export {args.export}: cannot write it ({e.strerror or e})", file=sys.stderr)
+            return 2
         print(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)")
         return 0
     from agentrl.view.server import make_server

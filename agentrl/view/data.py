@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import math
@@ -42,7 +43,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs
 
-from agentrl.obs.dump import DUMP_DIR, FORMAT, open_dump, read_header
+from agentrl.obs.dump import DUMP_DIR, FORMAT, episode_summary
 
 log = logging.getLogger(__name__)
 
@@ -125,19 +126,15 @@ class Sources:
 
     def run(self, src: Source) -> dict[str, Any]:
         """Config, metrics rows (numbers only) and summary of a source."""
-        config = _read_json(src.path / "config.json")
-        if config is None:
-            config = (_read_json(src.path / "run.json") or {}).get("settings")
         metrics = []
-        path = src.path / "metrics.jsonl"
-        if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
+        for line in _read_lines(src.path / "metrics.jsonl"):  # a line cut short by a kill, or garbled: skipped
+            try:
+                row = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(row, dict):
                 metrics.append({k: v for k, v in row.items() if _number(v)})
-        return {"name": src.name, "kind": src.kind, "config": config, "metrics": metrics,
+        return {"name": src.name, "kind": src.kind, "config": _settings(src), "metrics": metrics,
                 "summary": _read_json(src.path / "summary.json")}
 
     def index(self, src: Source, dump: str) -> dict[str, Any]:
@@ -147,12 +144,14 @@ class Sources:
         with self._lock:
             head = self._headers.get(key)
         if head is None:
-            head = read_header(path)
+            head = self._header(path)
             with self._lock:
                 self._headers[key] = head
         out = {k: v for k, v in head.items() if k != "index"}
         out["name"] = dump
-        out["index"] = [{"i": i, **e} for i, e in enumerate(head.get("index", []))]
+        index = head.get("index")
+        out["index"] = [{"i": i, **e} for i, e in enumerate(index if isinstance(index, list) else [])
+                        if isinstance(e, dict)]
         return out
 
     def episode(self, src: Source, dump: str, i: int) -> dict[str, Any]:
@@ -160,8 +159,13 @@ class Sources:
         lines, texts = self._file(src.dump(dump))
         if not 0 <= i < len(lines):
             raise ViewError(f"{dump} has {len(lines)} episodes; no episode {i}")
-        record = json.loads(lines[i])
-        ids = sorted({t for key in ("prompt_ids", "response_ids") for t in record.get(key) or []})
+        try:
+            record = json.loads(lines[i])
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            raise ViewError(f"{dump}: episode {i} is not a JSON object (a line cut short by a kill?)")
+        ids = sorted({t for key in ("prompt_ids", "response_ids") for t in _ids(record.get(key))})
         missing = [t for t in ids if t not in texts]
         if missing:
             texts = {**texts, **self._decode(src, missing)}
@@ -175,12 +179,19 @@ class Sources:
         count = 0
         if needle:
             for name, path in src.dumps.items():
-                lines, _ = self._file(path)
+                try:
+                    lines, _ = self._file(path)
+                except ViewError as e:  # one unreadable dump: the others are still searched
+                    log.warning("viewer search: %s", e)
+                    continue
                 for i, line in enumerate(lines):
                     if needle not in line.lower():  # cheap test on the raw line first
                         continue
-                    record = json.loads(line)
-                    if needle in _searchable(record).lower():
+                    try:
+                        record = json.loads(line)
+                    except ValueError:
+                        continue
+                    if isinstance(record, dict) and needle in _searchable(record).lower():
                         matches.setdefault(name, []).append(i)
                         count += 1
                         if count >= MAX_SEARCH_MATCHES:
@@ -188,6 +199,29 @@ class Sources:
         return {"q": q, "matches": matches, "truncated": False}
 
     # -- files -----------------------------------------------------------------------------------
+    def _header(self, path: Path) -> dict[str, Any]:
+        """A dump's header line, or for an evaluation's ``episodes.jsonl`` (which has none) one built from its lines;
+        an unreadable line gets no index entry, and the others keep their positions."""
+        try:
+            with _open_text(path) as f:
+                first = f.readline()
+            head = json.loads(first)
+        except OSError as e:  # not gzip, a folder, unreadable
+            raise ViewError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
+        except (EOFError, ValueError):  # cut short within its first line, or no header: an index from the lines
+            head = None
+        if isinstance(head, dict) and head.get("format") == FORMAT:
+            return head
+        index: list[dict[str, Any] | None] = []
+        for line in self._file(path)[0]:
+            try:
+                record = json.loads(line)
+                index.append(episode_summary(record) if isinstance(record, dict) else None)
+            except (ValueError, TypeError, AttributeError, KeyError):  # cut short, or fields of the wrong type
+                index.append(None)
+        readable = sum(e is not None for e in index)
+        return {"kind": "eval", "episodes_total": readable, "episodes_dumped": readable, "index": index}
+
     def _file(self, path: Path) -> tuple[list[str], dict[int, str]]:
         """A dump's episode lines (unparsed) and token texts, from a small cache of recent files."""
         key = _key(path)
@@ -196,16 +230,21 @@ class Sources:
                 self._lines.move_to_end(key)
                 return self._lines[key]
         lines, texts = [], {}
-        with open_dump(path) as f:
-            for n, line in enumerate(f):
-                if not line.strip():
-                    continue
-                if n < 2 and line.startswith('{"format": "' + FORMAT + '"'):
-                    continue
-                if n < 2 and line.startswith('{"token_text":'):
-                    texts = {int(k): v for k, v in json.loads(line)["token_text"].items()}
-                    continue
-                lines.append(line)
+        try:
+            with _open_text(path) as f:
+                for n, line in enumerate(f):
+                    if not line.strip():
+                        continue
+                    if n < 2 and line.startswith('{"format": "' + FORMAT + '"'):
+                        continue
+                    if n < 2 and line.startswith('{"token_text":'):
+                        texts = _token_texts(line)
+                        continue
+                    lines.append(line)
+        except EOFError:  # a gzip cut short by a kill: the episodes before the cut
+            log.warning("%s is cut short; showing the %d episodes before the cut", path, len(lines))
+        except OSError as e:  # not gzip, a folder, unreadable
+            raise ViewError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
         with self._lock:
             self._lines[key] = (lines, texts)
             while len(self._lines) > self._cache_files:
@@ -234,8 +273,9 @@ def _source(i: int, path: Path) -> Source:
     folder = path / DUMP_DIR
     for kind in ("rollout", "eval"):
         for f in sorted(folder.glob(f"{kind}_*.jsonl.gz")):
-            dumps[f.name[:-len(".jsonl.gz")]] = f
-    if (path / "episodes.jsonl").exists():
+            if f.is_file():
+                dumps[f.name[:-len(".jsonl.gz")]] = f
+    if (path / "episodes.jsonl").is_file():
         return Source(i, path, "eval", path.name, {"episodes": path / "episodes.jsonl", **dumps})
     if dumps or (path / "metrics.jsonl").exists():
         if not dumps:
@@ -245,9 +285,21 @@ def _source(i: int, path: Path) -> Source:
                     "(episodes.jsonl): give a run's --output-dir or an evaluation's --out")
 
 
+def _settings(src: Source) -> dict[str, Any] | None:
+    """A run's ``config.json``, or an evaluation's settings in ``run.json`` (None: neither is a readable object)."""
+    config = _read_json(src.path / "config.json")
+    if isinstance(config, dict):
+        return config
+    run = _read_json(src.path / "run.json")
+    settings = run.get("settings") if isinstance(run, dict) else None
+    return settings if isinstance(settings, dict) else None
+
+
 def _load_tokenizer(src: Source) -> Any:
-    settings = _read_json(src.path / "config.json") or (_read_json(src.path / "run.json") or {}).get("settings") or {}
+    settings = _settings(src) or {}
     name = settings.get("tokenizer") or settings.get("model-path") or settings.get("model_path")
+    if not isinstance(name, str):
+        return None
     if not name:
         return None
     try:
@@ -261,7 +313,10 @@ def _load_tokenizer(src: Source) -> Any:
 
 def _searchable(record: dict[str, Any]) -> str:
     parts = [str(record.get("error") or "")]
-    for m in record.get("messages") or []:
+    messages = record.get("messages")
+    for m in messages if isinstance(messages, list) else []:
+        if not isinstance(m, dict):
+            continue
         content = m.get("content")
         parts.append(content if isinstance(content, str) else json.dumps(content, ensure_ascii=False))
         if m.get("tool_calls"):
@@ -270,7 +325,10 @@ def _searchable(record: dict[str, Any]) -> str:
 
 
 def _key(path: Path) -> tuple:
-    st = path.stat()
+    try:
+        st = path.stat()
+    except OSError as e:  # deleted since the viewer started
+        raise ViewError(f"{path}: cannot be read ({e.strerror or e})") from None
     return (str(path), st.st_mtime_ns, st.st_size)
 
 
@@ -278,10 +336,42 @@ def _number(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _open_text(path: Path) -> Any:
+    """A dump (gzip) or an ``episodes.jsonl`` opened for reading text; bytes that are not UTF-8 are replaced, so a
+    garbled line is one unreadable episode, not an unreadable file."""
+    if path.suffix == ".gz":
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace")
+    return open(path, encoding="utf-8", errors="replace")
+
+
+def _ids(value: Any) -> list[int]:
+    """The token ids in a record's field (nothing for a field that is not a list of integers)."""
+    if not isinstance(value, list):
+        return []
+    return [t for t in value if isinstance(t, int) and not isinstance(t, bool)]
+
+
+def _token_texts(line: str) -> dict[int, str]:
+    """A dump's ``{"token_text": {id: text}}`` line (empty when it is garbled: the page then shows ids)."""
+    try:
+        texts = json.loads(line)["token_text"]
+        return {int(k): str(v) for k, v in texts.items()}
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return {}
+
+
+def _read_lines(path: Path) -> list[str]:
+    """The lines of a text file; bytes that are not UTF-8 are replaced, a missing or unreadable file has none."""
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace").splitlines()
+    except OSError:
+        return []
+
+
 def _read_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, ValueError):  # missing, a folder, not UTF-8, not JSON
         return None
 
 

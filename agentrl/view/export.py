@@ -12,25 +12,37 @@ Example::
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
-from agentrl.view.data import Sources, to_json
+from agentrl.view.data import Sources, ViewError, to_json
 from agentrl.view.server import asset
+
+log = logging.getLogger(__name__)
 
 EXPORT_CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
 
 
 def export_data(sources: Sources) -> dict[str, Any]:
-    """``{api path: answer}`` for every path the page can ask for (search aside)."""
+    """``{api path: answer}`` for every path the page can ask for (search aside). A dump or an episode that cannot be
+    read is left out with a warning (the page says it is not in the export); the rest is written."""
     data: dict[str, Any] = {"api/sources.json": sources.listing()}
     for src in sources.sources:
         data[f"api/{src.id}/run.json"] = sources.run(src)
         for name in src.dumps:
-            index = sources.index(src, name)
+            try:
+                index = sources.index(src, name)
+            except ViewError as e:
+                log.warning("export: leaving out %s (%s)", name, e)
+                continue
             data[f"api/{src.id}/{name}/index.json"] = index
-            for e in index["index"]:
-                data[f"api/{src.id}/{name}/{e['i']}.json"] = sources.episode(src, name, e["i"])
+            for entry in index["index"]:
+                i = entry["i"]
+                try:
+                    data[f"api/{src.id}/{name}/{i}.json"] = sources.episode(src, name, i)
+                except ViewError as e:
+                    log.warning("export: leaving out %s episode %d (%s)", name, i, e)
     return data
 
 

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 ASSETS = {"": ("index.html", "text/html; charset=utf-8"), "index.html": ("index.html", "text/html; charset=utf-8"),
           "app.js": ("app.js", "text/javascript; charset=utf-8"), "app.css": ("app.css", "text/css; charset=utf-8")}
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 CSP = "default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; connect-src 'self'"
 
 
@@ -57,6 +58,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        if not self._host_allowed():
+            self._send(HTTPStatus.FORBIDDEN, b"unexpected Host header", "text/plain; charset=utf-8")
+            return
         path = self.path.split("#", 1)[0]
         route = path.lstrip("/").split("?", 1)[0]
         if route in ASSETS:
@@ -73,6 +77,15 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, body.encode("utf-8"), "application/json; charset=utf-8")
         else:
             self._send(HTTPStatus.NOT_FOUND, b"not found", "text/plain; charset=utf-8")
+
+    def _host_allowed(self) -> bool:
+        """A server bound to this machine answers only requests addressed to it by a loopback name: a web page
+        elsewhere whose name is made to resolve to 127.0.0.1 (DNS rebinding) cannot read the runs."""
+        if self.server.server_address[0] not in LOOPBACK:  # --host 0.0.0.0 or an address: shared on purpose
+            return True
+        host = (self.headers.get("Host") or "").strip().lower()
+        name = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
+        return name in LOOPBACK
 
     def _send(self, status: HTTPStatus, body: bytes, kind: str) -> None:
         self.send_response(status)
