@@ -25,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from agentrl.utils.flags import blank_path
+
 log = logging.getLogger(__name__)
 
 
@@ -51,7 +53,10 @@ class CheckpointConfig:
             out.append(f"--save-interval must be >= 1; got {self.save_interval}")
         if self.save_interval and not self.save:
             out.append("--save-interval needs --save DIR")
-        if self.load is not None and not Path(self.load).expanduser().exists():
+        out += [p for p in (blank_path("--save", self.save), blank_path("--load", self.load)) if p]
+        if self.load is None or not self.load.strip():
+            pass
+        elif not Path(self.load).expanduser().exists():
             out.append(f"--load {self.load}: no such checkpoint folder")
         elif self.load is not None:
             try:

@@ -60,11 +60,12 @@ def build_components(cfg: RunConfig) -> Components:
     eval_tasks = load_eval_tasks(cfg)
     if not cfg.hooks.custom_generate_function_path:  # a custom episode loop may make no environment at all
         check_envs(cfg, [*dataset.rows, *(row for task in eval_tasks for row in task.rows)])
+    generate_fn, reward_fn = load_hooks(cfg)  # a hook that cannot be loaded stops the run before the model loads
     trainer = build_trainer(cfg)
     template = build_template(cfg, trainer.tokenizer)
     engine = build_engine(cfg, trainer)
     interruptible = build_interruptible(cfg, engine)
-    rollout = build_rollout(cfg, interruptible or engine, template)
+    rollout = build_rollout(cfg, interruptible or engine, template, generate_fn, reward_fn)
     return Components(engine, trainer, template, rollout, sampler, dataset, eval_tasks, build_eval_config(cfg),
                       interruptible)
 
@@ -140,17 +141,27 @@ def _start_episode(env_id: str, row: Any, env_kwargs: dict[str, Any]) -> None:
         env.close()
 
 
-def build_rollout(cfg: RunConfig, engine: Any, template: Any, generate_fn: Any = None) -> Rollout:
-    """The rollout with the run's filters and hooks (``generate_fn`` overrides the configured one)."""
-    if generate_fn is None and cfg.hooks.custom_generate_function_path:
-        generate_fn = load_generate_fn(cfg.hooks.custom_generate_function_path)
+def load_hooks(cfg: RunConfig) -> tuple[Any, Any]:
+    """The run's ``--custom-generate-function-path`` and ``--custom-rm-path`` functions (None where not given);
+    a :class:`~agentrl.utils.imports.HookLoadError` names the one that cannot be imported or has the wrong shape."""
+    hooks = cfg.hooks
+    return (load_generate_fn(hooks.custom_generate_function_path) if hooks.custom_generate_function_path else None,
+            load_reward_fn(hooks.custom_rm_path) if hooks.custom_rm_path else None)
+
+
+def build_rollout(cfg: RunConfig, engine: Any, template: Any, generate_fn: Any = None, reward_fn: Any = None) -> Rollout:
+    """The rollout with the run's filters and hooks (``generate_fn`` / ``reward_fn``, already loaded, stand for the
+    configured ones)."""
+    hooks = cfg.hooks
+    if generate_fn is None and hooks.custom_generate_function_path:
+        generate_fn = load_generate_fn(hooks.custom_generate_function_path)
+    if reward_fn is None and hooks.custom_rm_path:
+        reward_fn = load_reward_fn(hooks.custom_rm_path)
     return Rollout(
         engine, template, cfg.rollout, default_env_id=cfg.env,
         filters=default_filters(dynamic_sampling=cfg.filters.dynamic_sampling, overlong=cfg.filters.overlong,
                                 overlong_penalty_value=cfg.filters.overlong_penalty),
-        generate_fn=generate_fn,
-        reward_fn=load_reward_fn(cfg.hooks.custom_rm_path) if cfg.hooks.custom_rm_path else None,
-        seed=cfg.seed,
+        generate_fn=generate_fn, reward_fn=reward_fn, seed=cfg.seed,
     )
 
 

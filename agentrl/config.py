@@ -42,7 +42,7 @@ from agentrl.rollout.signal import SignalConfig
 from agentrl.train.config import TrainConfig
 from agentrl.train.megatron.config import MegatronTrainerConfig
 from agentrl.train.sft import SftConfig
-from agentrl.utils.flags import FlagTable
+from agentrl.utils.flags import FlagTable, blank_path
 
 __all__ = ["ENGINE_DTYPES", "ConfigError", "RunConfig", "finalize", "from_mapping", "parse_args", "to_dict", "validate"]
 
@@ -240,11 +240,15 @@ def _input_problems(cfg: RunConfig) -> list[str]:
     from agentrl.models import ModelNotFoundError, resolve_model_path
 
     try:
-        if not cfg.model_path.lower().startswith(("smollm2", "tiny-")):  # aliases are built on first use
+        if blank := blank_path("--model-path", cfg.model_path, optional=False):
+            problems.append(blank)
+        elif not cfg.model_path.lower().startswith(("smollm2", "tiny-")):  # aliases are built on first use
             resolve_model_path(cfg.model_path)
     except ModelNotFoundError as e:
         problems.append(f"--model-path: {e}")
-    if cfg.chat_template is not None and not Path(cfg.chat_template).expanduser().is_file():
+    if blank := blank_path("--chat-template", cfg.chat_template):
+        problems.append(blank)
+    elif cfg.chat_template is not None and not Path(cfg.chat_template).expanduser().is_file():
         problems.append(f"--chat-template {cfg.chat_template}: no such file")
     return problems
 

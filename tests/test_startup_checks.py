@@ -44,3 +44,28 @@ def test_demonstrations_the_warm_start_cannot_use(tmp_path, capsys):
         line = next(ln for ln in err.splitlines() if "--sft-data" in ln)
         assert str(demos) in line and says in line, err
         assert "Traceback" not in err and "Loading weights" not in err
+
+
+def test_hooks_that_cannot_load_stop_the_run_before_the_model_loads(tmp_path, capsys):
+    for flag, spec, says in [("--custom-rm-path", "os:nope", "'os' has no attribute 'nope'"),
+                             ("--custom-rm-path", "tests/_failing_reward.py:rewardx", "did you mean 'reward'?"),
+                             ("--custom-rm-path", "no_such_module_xyz:f", "module 'no_such_module_xyz' not found"),
+                             ("--custom-generate-function-path", "tests/_failing_reward.py:reward", "`async def`")]:
+        code = _run(tmp_path, [{"prompt": "1+1?", "label": "2"}], flag, spec)
+        err = capsys.readouterr().err
+        assert code == 2, err
+        assert says in err and flag in err, err
+        assert "Traceback" not in err and "Loading weights" not in err
+
+
+def test_empty_paths_are_named_not_taken_for_the_current_folder(tmp_path, capsys):
+    code = _run(tmp_path, [{"prompt": "1+1?", "label": "2"}], "--save", "", "--load", " ", "--sft-data", "",
+                "--chat-template", "")
+    err = capsys.readouterr().err
+    assert code == 2, err
+    for flag in ("--save", "--load", "--sft-data", "--chat-template"):
+        lines = [ln for ln in err.splitlines() if ln.strip().startswith(f"- {flag}")]
+        assert lines == [f"  - {flag} is an empty path; give one (or `{flag} none` to leave it out)"], err
+    code = main(["--model-path", "", "--output-dir", "", "--prompt-data", str(tmp_path / "p.jsonl")])
+    err = capsys.readouterr().err
+    assert code == 2 and "--model-path is an empty path; give one\n" in err and "--output-dir is an empty path" in err

@@ -21,7 +21,7 @@ from typing import Any
 
 from agentrl.cluster.engine_pool import EnginePool
 from agentrl.components import (Components, build_eval_config, build_interruptible, build_rollout, build_template,
-                                engine_config, load_eval_tasks, output_dir)
+                                engine_config, load_eval_tasks, load_hooks, output_dir)
 from agentrl.config import ConfigError, RunConfig
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,8 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
     from agentrl.cluster.ray_trainer import RayTrainer
     from agentrl.cluster.trainer_group import TrainerGroup, check_cluster
     from agentrl.data import PromptSampler, load_prompts
-    from agentrl.rollout import load_generate_fn
 
+    generate_fn, reward_fn = load_hooks(cfg)  # a hook that cannot be loaded stops the run before any actor starts
     started = init_ray(cfg.cluster.ray_address)
     resources = ray.cluster_resources()
     use_gpu = resources.get("GPU", 0) > 0 and cfg.device != "cpu"
@@ -103,7 +103,6 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
     dataset = load_prompts(cfg.prompt_data, cfg.data)
     sampler = PromptSampler(dataset.rows, seed=cfg.seed)
     template = build_template(cfg, trainer.tokenizer)
-    generate_fn = load_generate_fn(cfg.hooks.custom_generate_function_path) if cfg.hooks.custom_generate_function_path else None
     env_pool = None
     if cfg.cluster.num_env_workers:
         from agentrl.cluster.env_pool import RayEnvPool
@@ -115,7 +114,7 @@ def build_ray_components(cfg: RunConfig) -> RayComponents:
         else:
             generate_fn = env_pool.generate_fn()
     interruptible = build_interruptible(cfg, engine)
-    rollout = build_rollout(cfg, interruptible or engine, template, generate_fn)
+    rollout = build_rollout(cfg, interruptible or engine, template, generate_fn, reward_fn)
     eval_config = build_eval_config(cfg)
     log.info("Ray run: trainer %s, %d engine(s) (%s), %d env worker(s), %s", trainer.where(), cfg.cluster.num_engines,
              cfg.engine.kind, cfg.cluster.num_env_workers, "colocated" if plan.colocate else "disaggregated")

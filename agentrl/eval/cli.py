@@ -186,6 +186,11 @@ class EvalArgs:
             self.sampling.validate()
         except ValueError as e:
             problems.append(str(e))
+        if not self.out.strip():
+            problems.append("--output-dir is an empty path; give a folder for the evaluation")
+        elif (Path(self.out).expanduser() / "metrics.jsonl").is_file():  # its summary.json would be replaced
+            problems.append(f"--output-dir {self.out} holds a training run (metrics.jsonl); an evaluation needs a "
+                            "folder of its own, e.g. " + str(Path(self.out) / "eval"))
         if not problems and self.out:  # made now, so that a path that cannot be a folder stops the run before it loads
             try:
                 Path(self.out).expanduser().mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from agentrl.utils.flags import blank_path
+
 
 @dataclass
 class OutputConfig:
@@ -35,6 +37,7 @@ class OutputConfig:
     groups when a multiple of --n-samples-per-prompt; default: all)."""
 
     def problems(self) -> list[str]:
+        out = [p for p in (blank_path("--output-dir", self.output_dir, optional=False),) if p]
         if self.dump_max_samples_per_rollout is not None and self.dump_max_samples_per_rollout < 1:
-            return [f"--dump-max-samples-per-rollout must be >= 1; got {self.dump_max_samples_per_rollout}"]
-        return []
+            out.append(f"--dump-max-samples-per-rollout must be >= 1; got {self.dump_max_samples_per_rollout}")
+        return out

@@ -16,6 +16,9 @@ slime's own contracts are accepted too, recognised by signature and adapted by
 
       async def generate(args, sample, sampling_params) -> Sample      # slime's Sample
       async def reward(args, sample, **kwargs) -> float
+
+Both are loaded at start-up, before the model: a hook that cannot be imported, is missing from its module
+(with the close names it has) or has the wrong shape stops the run with one line (:class:`HookLoadError`).
 """
 
 from __future__ import annotations

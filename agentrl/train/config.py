@@ -101,7 +101,8 @@ class TrainConfig:
                                  ("--min-lr", self.min_lr, 0), ("--weight-decay", self.weight_decay, 0),
                                  ("--clip-grad", self.clip_grad, 0), ("--critic-lr", self.critic_lr, 0),
                                  ("--lora-rank", self.lora_rank, 0), ("--entropy-coef", self.entropy_coef, 0),
-                                 ("--kl-loss-coef", self.kl_loss_coef, 0), ("--adam-eps", self.adam_eps, 0)):
+                                 ("--kl-loss-coef", self.kl_loss_coef, 0), ("--adam-eps", self.adam_eps, 0),
+                                 ("--lora-alpha", self.lora_alpha, 1)):  # alpha 0 scales the adapter to nothing
             if value is None or not value >= low:
                 out.append(f"{flag} must be >= {low}; got {value}")
         for flag, value in (("--adam-beta1", self.adam_beta1), ("--adam-beta2", self.adam_beta2)):

@@ -35,6 +35,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from agentrl.utils.flags import blank_path
+
 log = logging.getLogger(__name__)
 
 
@@ -59,7 +61,9 @@ class SftConfig:
         out = [f"{flag} must be >= 1; got {value}" for flag, value in (
             ("--sft-epochs", self.epochs), ("--sft-batch-size", self.batch_size),
             ("--sft-max-demos", 1 if self.max_demos is None else self.max_demos)) if value is None or value < 1]
-        if self.data is not None and self.data != "oracle":
+        if blank := blank_path("--sft-data", self.data):
+            out.append(blank)
+        elif self.data is not None and self.data != "oracle":
             from pathlib import Path
 
             if not Path(self.data).expanduser().is_file():

@@ -294,6 +294,14 @@ class FlagTable:
         return owner_of(self.root, path)
 
 
+def blank_path(flag: str, value: str | None, optional: bool = True) -> str | None:
+    """The problem with a path setting given as ``''`` (the file system reads it as the current folder, which nobody
+    means), or None."""
+    if value is None or value.strip():
+        return None
+    return f"{flag} is an empty path; give one" + (f" (or `{flag} none` to leave it out)" if optional else "")
+
+
 def read_yaml(path: str | Path) -> Any:
     """The value of a YAML (or JSON) file; a :class:`ValueError` of one line naming the file for a folder, a missing
     or unreadable file, bytes that are not UTF-8 (a byte-order mark is fine), invalid YAML, or a key given twice."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
 import sys
@@ -45,7 +46,10 @@ def load_object(spec: str, *, what: str = "hook") -> Any:
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
-            names = [n for n in dir(module) if not n.startswith("_")]
-            raise HookLoadError(f"{what}: {module_part!r} has no attribute {attr!r}; it has {names[:20]}")
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=3)
+            listing = f"did you mean {', '.join(map(repr, close))}?" if close else (
+                f"it has {', '.join(names[:10])}{', ...' if len(names) > 10 else ''}" if names else "it has no public names")
+            raise HookLoadError(f"{what}: {module_part!r} has no attribute {attr!r}; {listing}")
         obj = getattr(obj, part)
     return obj

@@ -144,6 +144,22 @@ def test_an_output_folder_that_cannot_be_made_is_an_argument_problem(tmp_path, c
     assert "task 'echo': limit must be an integer >= 1; got 'abc'" in capsys.readouterr().err
 
 
+def test_an_output_folder_that_holds_a_training_run_is_refused(tmp_path, capsys):
+    """Its summary.json is the training run's: an evaluation there (even with --overwrite) would replace it."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.jsonl").write_text('{"step": 1}\n')
+    (run / "summary.json").write_text('{"rollouts": 1}')
+    for extra in ([], ["--overwrite"]):
+        assert main(["--model-path", "tiny-qwen2", "--task", "echo=Echo-v0", "--output-dir", str(run), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"--output-dir {run} holds a training run (metrics.jsonl)" in err and "Loading" not in err
+    assert (run / "summary.json").read_text() == '{"rollouts": 1}' and sorted(p.name for p in run.iterdir()) == [
+        "metrics.jsonl", "summary.json"]
+    assert main(["--model-path", "tiny-qwen2", "--task", "echo=Echo-v0", "--output-dir", ""]) == 2
+    assert "--output-dir is an empty path" in capsys.readouterr().err
+
+
 def test_compare_two_runs(tmp_path, scripted, template, capsys):
     run(echo_args(tmp_path / "a"), engine=scripted(echo_reply), template=template)
     def better(row, i, prompt):  # one more success on rows 0..2, row 3 -> 0
