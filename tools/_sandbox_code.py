@@ -103,6 +103,10 @@ def run_user_code(code: str, echo_last: bool) -> int:
 
         sys.stderr.write("".join(traceback.format_exception_only(type(e), e)))
         return 1
+    except (MemoryError, RecursionError):  # a program too large or too nested for the memory limit
+        sys.stderr.write(f"MemoryError: the program ({len(code)} characters) is too large to compile within "
+                         "the memory limit\n")
+        return 1
     last = None
     if echo_last and tree.body and isinstance(expr := tree.body[-1], ast.Expr):
         tree.body.pop()

@@ -156,6 +156,8 @@ def _evaluate(node: ast.AST) -> Number:
 
 def evaluate(expression: str) -> Number:
     """Evaluate ``expression``; raises :class:`CalculatorError` with a readable message."""
+    if not isinstance(expression, str):
+        raise CalculatorError(f"the expression must be a string, got {type(expression).__name__}")
     if len(expression) > MAX_EXPRESSION_CHARS:
         raise CalculatorError(f"expression is too long ({len(expression)} characters; limit {MAX_EXPRESSION_CHARS})")
     text = expression.strip().replace("^", "**").replace("×", "*").replace("÷", "/")

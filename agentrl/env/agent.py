@@ -371,6 +371,8 @@ def _outcome(result: Any) -> tuple[float, dict[str, float], dict[str, Any]]:
         return 0.0, {}, {}
     if isinstance(result, dict):
         info = result.get("info") or {}
+        if not isinstance(info, dict):
+            raise ValueError(f"the agent's 'info' must be a dict; got {type(info).__name__} {str(info)[:60]!r}")
         rewards = {k: float(v) for k, v in result.items()
                    if k not in ("reward", "info") and isinstance(v, (int, float)) and not isinstance(v, bool)}
         reward = result.get("reward")
@@ -405,6 +407,20 @@ def _tasks(tasks: list[dict[str, Any]] | str | None) -> list[dict[str, Any]]:
     if tasks is None:
         return []
     if isinstance(tasks, str):
-        lines = Path(tasks).read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        rows = []
+        for n, line in enumerate(Path(tasks).read_text(encoding="utf-8").splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise ValueError(f"tasks file {tasks}, line {n}: not valid JSON ({e})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"tasks file {tasks}, line {n}: a task must be a JSON object; got "
+                                 f"{type(row).__name__}")
+            rows.append(row)
+        return rows
+    if not all(isinstance(t, dict) for t in tasks):
+        bad = next(t for t in tasks if not isinstance(t, dict))
+        raise TypeError(f"tasks must be dicts (or a JSONL file of objects); got {type(bad).__name__} {str(bad)[:60]!r}")
     return [dict(t) for t in tasks]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
+import threading
 import traceback
 import warnings
 from collections.abc import Callable
@@ -32,7 +32,7 @@ from typing import Any
 import gymnasium
 
 from agentrl.env.core import TextEnv
-from agentrl.env.spaces import message_problem
+from agentrl.env.spaces import EnvResultError, check_reset_result, check_step_result
 from agentrl.env.wrappers import as_text_env
 
 FUZZ_ACTIONS: tuple[tuple[str, str], ...] = (
@@ -79,11 +79,15 @@ def check_env(
     fuzz_samples: int = 8,
     max_fuzz_steps: int = 4,
     gymnasium_checks: bool = True,
+    timeout: float | None = 300.0,
 ) -> EnvCheckReport:
     """Check ``env`` (or an env factory, used to build fresh instances) and report problems.
 
     ``gymnasium.Wrapper`` stacks around a TextEnv are checked as the rollout runs them
-    (:func:`~agentrl.env.wrappers.as_text_env`), the async API included."""
+    (:func:`~agentrl.env.wrappers.as_text_env`), the async API included. Each check may take
+    ``timeout`` seconds (None: no limit); one that takes longer is reported as a problem and the
+    checks after it are skipped (a stuck ``reset``/``step`` cannot be interrupted: it is left
+    running in a daemon thread)."""
     make = (lambda: _as_text_env(env())) if callable(env) and not isinstance(env, gymnasium.Env) else None
     first = make() if make else _as_text_env(env)
     report = EnvCheckReport(env_name=_name(first))
@@ -104,14 +108,41 @@ def check_env(
         checks.insert(0, ("gymnasium check_env", lambda: _check_gymnasium(fresh(), report)))
     for name, check in checks:
         try:
-            check()
+            if not _within(check, timeout):
+                report.problems.append(f"{name}: did not finish within {timeout:g} s (a reset() or step() that "
+                                       "hangs?); the remaining checks were skipped")
+                return report  # the stuck call may hold the env: closing it could hang too
         except _Problem as p:
             report.problems.append(f"{name}: {p}")
-        except Exception as e:  # an env that raises is a finding, not a checker crash
+        except (Exception, SystemExit) as e:  # an env that raises (or calls sys.exit) is a finding, not a crash
             report.problems.append(f"{name}: raised {type(e).__name__}: {e}\n{_short_tb(e)}")
     if make:
         first.close()
     return report
+
+
+def _within(check: Callable[[], None], timeout: float | None) -> bool:
+    """Run ``check``; False when it is still running after ``timeout`` seconds (its exception is re-raised)."""
+    if timeout is None:
+        check()
+        return True
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:
+        try:
+            check()
+            outcome.append(None)
+        except BaseException as e:  # noqa: BLE001 - handed to the caller's thread
+            outcome.append(e)
+
+    thread = threading.Thread(target=run, name="check_env", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if not outcome:
+        return False
+    if outcome[0] is not None:
+        raise outcome[0]
+    return True
 
 
 class _Problem(Exception):
@@ -191,7 +222,7 @@ def _check_fuzz(env: TextEnv, seed: int, samples: int, max_steps: int, report: E
                     break
         except _Problem as p:
             failures.append(f"{name} ({_preview(action)}): {p}")
-        except Exception as e:
+        except (Exception, SystemExit) as e:
             failures.append(f"{name} ({_preview(action)}): raised {type(e).__name__}: {e}\n{_short_tb(e)}")
     if failures:
         raise _Problem(f"{len(failures)} of {len(cases)} malformed actions broke the env:\n    " + "\n    ".join(failures))
@@ -208,37 +239,21 @@ def _check_async(env: TextEnv, seed: int) -> None:
 
 
 def _expect_reset(result: Any, where: str) -> tuple[list, dict]:
-    if not isinstance(result, tuple) or len(result) != 2:
-        raise _Problem(f"{where} must return (messages, info); got {_preview(result)}")
-    obs, info = result
-    _expect_messages(obs, where, allow_empty=False)
+    try:
+        obs, info = check_reset_result(result, where)
+    except EnvResultError as e:
+        raise _Problem(str(e)) from None
     _expect_json(info, f"{where} info")
     return obs, info
 
 
 def _expect_step(result: Any, where: str) -> tuple:
-    if not isinstance(result, tuple) or len(result) != 5:
-        raise _Problem(f"{where} must return (messages, reward, terminated, truncated, info); got {_preview(result)}")
-    obs, reward, terminated, truncated, info = result
-    _expect_messages(obs, where, allow_empty=True)
-    if isinstance(reward, bool) or not isinstance(reward, (int, float)) or not math.isfinite(float(reward)):
-        raise _Problem(f"{where}: reward must be a finite number; got {reward!r}")
-    for flag, value in (("terminated", terminated), ("truncated", truncated)):
-        if not isinstance(value, bool):
-            raise _Problem(f"{where}: {flag} must be a bool; got {type(value).__name__} {value!r}")
-    _expect_json(info, f"{where} info")
+    try:
+        checked = check_step_result(result, where)
+    except EnvResultError as e:
+        raise _Problem(str(e)) from None
+    _expect_json(checked[4], f"{where} info")
     return result
-
-
-def _expect_messages(obs: Any, where: str, *, allow_empty: bool) -> None:
-    if not isinstance(obs, list):
-        raise _Problem(f"{where}: the observation must be a list of chat messages; got {type(obs).__name__}")
-    if not obs and not allow_empty:
-        raise _Problem(f"{where}: the opening observation has no messages")
-    for i, m in enumerate(obs):
-        why = message_problem(m)
-        if why:
-            raise _Problem(f"{where}: message {i}: {why}")
 
 
 def _expect_json(info: Any, where: str) -> None:

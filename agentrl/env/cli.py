@@ -29,6 +29,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="check every registered agentrl/ environment")
     p.add_argument("--seed", type=int, default=0, help="seed for resets and fuzz sampling")
     p.add_argument("--fuzz-samples", type=int, default=8, help="random fuzz actions per env, beside the fixed ones")
+    p.add_argument("--check-timeout", type=float, default=300.0,
+                   help="seconds each check of an environment may take; one that takes longer (a reset() or step() "
+                   "that hangs) fails the environment")
     p.add_argument("--exploits", action="store_true",
                    help="also check that scripted cheats earn no reward (and an oracle(seed), if defined, earns full "
                    "reward); a cheat that earns reward fails the environment and its transcript is printed")
@@ -52,6 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agentrl check-env: unrecognized arguments: {' '.join(rest)} (training flags go with --signal)",
               file=sys.stderr)
         return 2
+    if not args.check_timeout > 0:
+        print(f"agentrl check-env: --check-timeout must be > 0; got {args.check_timeout:g}", file=sys.stderr)
+        return 2
     if args.all == bool(args.env_ids):
         print("agentrl check-env: give environment ids or --all (not both)", file=sys.stderr)
         return 2
@@ -66,13 +72,17 @@ def main(argv: list[str] | None = None) -> int:
         oracle_checked, allowed = False, []
         try:
             factory = functools.partial(make, env_id)
-            report = check_env(factory, seed=args.seed, fuzz_samples=args.fuzz_samples)
+            report = check_env(factory, seed=args.seed, fuzz_samples=args.fuzz_samples, timeout=args.check_timeout)
             if args.exploits:
-                exploits = check_exploits(factory, seeds=range(args.seed, args.seed + args.exploit_seeds))
-                report.problems += [f"exploit check: {line}" for line in exploits.summary() if
-                                    not line.startswith("allowed: ")]
-                allowed = [line for line in exploits.summary() if line.startswith("allowed: ")]
-                oracle_checked = exploits.oracle_checked
+                try:
+                    exploits = check_exploits(factory, seeds=range(args.seed, args.seed + args.exploit_seeds))
+                except (Exception, SystemExit) as e:  # the env (or its oracle) broke while playing: a finding
+                    report.problems.append(f"exploit check: raised {type(e).__name__}: {e}")
+                else:
+                    report.problems += [f"exploit check: {line}" for line in exploits.summary() if
+                                        not line.startswith("allowed: ")]
+                    allowed = [line for line in exploits.summary() if line.startswith("allowed: ")]
+                    oracle_checked = exploits.oracle_checked
         except MissingExtra as e:  # an optional dependency: with --all, not this install's environment
             if not args.all:
                 failed += 1
@@ -81,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
                 skipped += 1
                 print(f"skip  {env_id}: {e}")
             continue
-        except Exception as e:  # could not even build it
+        except (Exception, SystemExit) as e:  # could not even build it (sys.exit() in its module included)
             failed += 1
             print(f"FAIL  {env_id}: could not be created: {type(e).__name__}: {e}")
             continue

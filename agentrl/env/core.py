@@ -58,6 +58,8 @@ async def run_sync(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     token = _CALLER_LOOP.set(asyncio.get_running_loop())
     try:
         return await asyncio.to_thread(fn, *args, **kwargs)  # the thread gets a copy of this context
+    except SystemExit as e:  # sys.exit() in an env is its failure, not the caller's exit
+        raise RuntimeError(f"{getattr(fn, '__qualname__', fn)} called sys.exit({e.code!r})") from e
     finally:
         _CALLER_LOOP.reset(token)
 

@@ -17,6 +17,7 @@ docs/new_env.md walks from there to a trained model.
 from __future__ import annotations
 
 import argparse
+import keyword
 import re
 import sys
 from pathlib import Path
@@ -196,6 +197,9 @@ def names(raw: str) -> tuple[str, str, str]:
     module = re.sub(r"[^0-9a-zA-Z]+", "_", raw).strip("_").lower()
     if not module or not module[0].isalpha():
         raise ValueError(f"NAME must start with a letter and hold letters, digits, '-' or '_'; got {raw!r}")
+    if keyword.iskeyword(module):
+        raise ValueError(f"NAME {raw!r} would make the module envs/{module}.py, and {module!r} is a Python keyword "
+                         f"(`from envs.{module} import ...` cannot be written); pick another name")
     camel = "".join(part.capitalize() for part in module.split("_"))
     return module, f"{camel}Env", f"{camel}-v0"
 
@@ -242,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     if not registry.exists() or not (root / "recipes").is_dir():
         print(f"agentrl new-env: {root.resolve()} has no envs/__init__.py and recipes/: run it in the root of an "
               "agentrl checkout (or pass --root)", file=sys.stderr)
+        return 2
+    if (root / "envs" / module).is_dir():
+        print(f"agentrl new-env: {root / 'envs' / module} is a folder, so envs.{module} would not be the new "
+              "module; pick another name", file=sys.stderr)
         return 2
     line = f'register("{env_id}", "envs.{module}:{cls}", max_turns={4 if args.tools else 2})'
     files = {

@@ -20,7 +20,12 @@ from __future__ import annotations
 import difflib
 import functools
 import importlib
+import inspect
 import logging
+import numbers
+import os
+import types
+import typing
 from collections.abc import Sequence
 from importlib.metadata import entry_points
 from typing import Any
@@ -102,10 +107,15 @@ def make(env_id: str, *, max_turns: int | None = None, **kwargs: Any) -> TextEnv
     are reachable): the env itself, or the gymnasium wrappers of its registration (or of its entry
     point) seen as one (:func:`~agentrl.env.wrappers.as_text_env`); wrapped, outermost, in
     ``TurnLimit`` when ``max_turns`` is given or registered (instead of gymnasium's ``TimeLimit``).
+    ``kwargs`` are checked against the entry point first (:func:`check_kwargs`): a misspelt name is
+    refused with the closest one, a scalar parameter given a value of another type is refused too.
     """
     from agentrl.env.wrappers import TurnLimit, as_text_env
 
     full = resolve_id(env_id)
+    if max_turns is not None and (isinstance(max_turns, bool) or not isinstance(max_turns, int)):
+        raise TypeError(f"max_turns must be an int >= 1; got {type(max_turns).__name__} {max_turns!r}")
+    check_kwargs(full, kwargs)
     made = gymnasium.make(full, max_episode_steps=-1, disable_env_checker=True, **kwargs)
     if not isinstance(made.unwrapped, TextEnv):
         raise TypeError(f"{full} made a {type(made.unwrapped).__name__}, which is not an agentrl TextEnv")
@@ -114,6 +124,63 @@ def make(env_id: str, *, max_turns: int | None = None, **kwargs: Any) -> TextEnv
     if turns is not None:
         env = TurnLimit(env, turns)
     return env
+
+
+def check_kwargs(env_id: str, kwargs: dict[str, Any]) -> None:
+    """Raise ``TypeError`` when ``kwargs`` name a parameter the entry point of ``env_id`` does not take
+    (with the closest name and every accepted one), or give a number, string or bool parameter a
+    value of another type. Called by :func:`make` before the environment is built."""
+    from gymnasium.envs.registration import load_env_creator
+
+    entry_point = gymnasium.registry[env_id].entry_point
+    if entry_point is None:
+        return
+    creator: Any = load_env_creator(entry_point) if isinstance(entry_point, str) else entry_point
+    try:
+        params = inspect.signature(creator).parameters
+    except (TypeError, ValueError):  # a builtin or other callable without a signature: nothing to check
+        return
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    accepted = [n for n, p in params.items() if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = [k for k in kwargs if k not in accepted]
+    if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), accepted, n=1)
+        raise TypeError(f"{env_id} got unexpected keyword argument {unknown[0]!r}"
+                        + (f" (did you mean {close[0]!r}?)" if close else "")
+                        + f"; it accepts: {', '.join(accepted) if accepted else '(none)'}")
+    try:
+        params = inspect.signature(creator, eval_str=True).parameters
+    except Exception:  # unresolvable annotations are the constructor's business
+        return
+    for key, value in kwargs.items():
+        allowed = _scalar_types(params[key].annotation)
+        if allowed and not _fits(value, allowed):
+            names = " or ".join(sorted(t.__name__ for t in allowed))
+            raise TypeError(f"{env_id}: keyword argument {key!r} must be {names}; got {type(value).__name__} {value!r}")
+
+
+_SCALARS = (bool, int, float, str)
+
+
+def _scalar_types(hint: Any) -> tuple[type, ...]:
+    """The types a parameter annotated ``hint`` accepts when it is a plain scalar (``int``, ``str | None``...);
+    ``()`` for anything else (not checked)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    if not args or not all(a in _SCALARS or a is type(None) for a in args):
+        return ()
+    return tuple(args)
+
+
+def _fits(value: Any, allowed: tuple[type, ...]) -> bool:
+    """Does ``value`` fit one of ``allowed`` (an int fits ``float``; a bool is no number; numpy scalars count; a path
+    fits ``str``)?"""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return bool in allowed
+    if value is None:
+        return type(None) in allowed
+    return (isinstance(value, (str, os.PathLike)) and str in allowed or isinstance(value, numbers.Integral) and int in allowed
+            or isinstance(value, numbers.Real) and float in allowed)
 
 
 def resolve_id(env_id: str) -> str:
@@ -149,5 +216,5 @@ def load_builtin_envs() -> None:
             hook = ep.load()
             if callable(hook):
                 hook()
-        except Exception as e:  # a broken plugin must not hide the others
+        except (Exception, SystemExit) as e:  # a broken plugin must not hide the others
             log.warning("could not load environment plugin %s: %s", ep.name, e)

@@ -134,3 +134,79 @@ def message_problem(m: Any) -> str | None:
     if content is not None and not isinstance(content, str):
         return f"message content must be a str or None, got {type(content).__name__}"
     return None
+
+
+class EnvResultError(TypeError):
+    """An environment's ``reset``/``step`` returned something outside the ``TextEnv`` contract."""
+
+
+def check_reset_result(result: Any, where: str = "reset()") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """``result`` as ``(messages, info)`` when it keeps the contract; else :class:`EnvResultError` saying
+    what was expected and what came (the rollout records the episode as failed with that message)."""
+    if not isinstance(result, tuple) or len(result) != 2:
+        raise EnvResultError(f"{where} must return (messages, info); got {_preview(result)}")
+    messages, info = result
+    _check_messages(messages, where)
+    if not messages:
+        raise EnvResultError(f"{where}: the opening observation has no messages")
+    return messages, _check_info(info, where)
+
+
+def check_step_result(result: Any, where: str = "step()") -> tuple[list[dict[str, Any]], float, bool, bool,
+                                                                    dict[str, Any]]:
+    """``result`` as ``(messages, reward, terminated, truncated, info)`` (reward a finite float, flags
+    bools) when it keeps the contract; else :class:`EnvResultError` saying what was expected and what came."""
+    if not isinstance(result, tuple) or len(result) != 5:
+        raise EnvResultError(f"{where} must return (messages, reward, terminated, truncated, info); "
+                             f"got {_preview(result)}")
+    messages, reward, terminated, truncated, info = result
+    _check_messages(messages, where)
+    reward = _finite_number(reward, f"{where}: reward")
+    flags = []
+    for name, value in (("terminated", terminated), ("truncated", truncated)):
+        if not isinstance(value, (bool, np.bool_)):
+            raise EnvResultError(f"{where}: {name} must be a bool; got {type(value).__name__} {_preview(value)}")
+        flags.append(bool(value))
+    info = _check_info(info, where)
+    components = info.get("reward_components")
+    if components is not None:
+        if not isinstance(components, dict):
+            raise EnvResultError(f"{where}: info['reward_components'] must be a dict of numbers; got "
+                                 f"{type(components).__name__}")
+        for key, value in components.items():
+            _finite_number(value, f"{where}: info['reward_components'][{key!r}]")
+    for key in ("tool_calls", "tool_errors"):
+        if info.get(key) is not None:
+            _finite_number(info[key], f"{where}: info[{key!r}]")
+    return messages, reward, flags[0], flags[1], info
+
+
+def _check_messages(messages: Any, where: str) -> None:
+    if not isinstance(messages, list):
+        raise EnvResultError(f"{where}: the observation must be a list of chat messages; got "
+                             f"{type(messages).__name__} {_preview(messages)}")
+    for i, m in enumerate(messages):
+        why = message_problem(m)
+        if why:
+            raise EnvResultError(f"{where}: message {i}: {why}")
+
+
+def _check_info(info: Any, where: str) -> dict[str, Any]:
+    if not isinstance(info, dict):
+        raise EnvResultError(f"{where}: info must be a dict; got {type(info).__name__} {_preview(info)}")
+    return info
+
+
+def _finite_number(value: Any, what: str) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value):
+        raise EnvResultError(f"{what} must be a finite number; got {type(value).__name__} {_preview(value)}")
+    return float(value)
+
+
+def _preview(x: Any, n: int = 60) -> str:
+    try:
+        text = repr(x)
+    except Exception:  # a broken __repr__ (or an int too long to print) must not hide the real problem
+        return f"<{type(x).__name__}>"
+    return text if len(text) <= n else text[:n] + f"... ({len(text)} chars)"

@@ -35,6 +35,7 @@ from typing import Any
 from agentrl.engine.base import Engine, EngineError
 from agentrl.rollout.config import RolloutConfig
 from agentrl.env import TextEnv, as_text_env, make
+from agentrl.env.spaces import check_reset_result, check_step_result
 from agentrl.types import Sample
 
 log = logging.getLogger(__name__)
@@ -154,7 +155,8 @@ async def _loop(engine: Engine, template: Any, env: TextEnv, request: EpisodeReq
     from agentrl.chat import TokenConversation
 
     t = time.perf_counter()
-    messages, info = await env.areset(seed=request.env_seed, options=request.options)
+    messages, info = check_reset_result(await env.areset(seed=request.env_seed, options=request.options),
+                                        f"{request.env_id} reset()")
     partial.metrics["time_env"] += time.perf_counter() - t
     partial.info = dict(info)
     partial.state_key = state_key(info)
@@ -186,7 +188,8 @@ async def _loop(engine: Engine, template: Any, env: TextEnv, request: EpisodeReq
         partial.turns += 1
         action = conv.messages[-1]["content"]
         t = time.perf_counter()
-        observation, reward, terminated, truncated, info = await env.astep(action)
+        observation, reward, terminated, truncated, info = check_step_result(await env.astep(action),
+                                                                             f"{request.env_id} step()")
         partial.metrics["time_env"] += time.perf_counter() - t
         partial.reward += float(reward)
         partial.turn_rewards.append(float(reward))

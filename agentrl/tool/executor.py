@@ -48,6 +48,9 @@ from agentrl.tool.validation import ArgumentError, describe, to_python, validate
 
 logger = logging.getLogger(__name__)
 
+MAX_ERROR_CHARS = 2000
+"""Longest part of an error message that quotes the call or the tool (argument problems, an exception's
+text); a whole error message is cut to twice this, whatever ``max_result_chars`` says."""
 ERROR_KINDS: tuple[str, ...] = ("parse_error", "unknown_tool", "bad_arguments", "exception", "timeout")
 """Every ``ToolResult.error_kind`` (and ``stats`` key besides ``calls`` and ``errors``)."""
 
@@ -163,8 +166,9 @@ class ToolExecutor:
         return result
 
     async def _run(self, call: ToolCall, start: float) -> ToolResult:
-        def fail(kind: str, message: str) -> ToolResult:
-            return ToolResult(call, f"Error: {message}", False, kind, time.monotonic() - start)
+        def fail(kind: str, message: str) -> ToolResult:  # a message can quote the model's text: bounded too
+            return ToolResult(call, _clip(f"Error: {message}", 2 * MAX_ERROR_CHARS), False, kind,
+                              time.monotonic() - start)
 
         if call.error is not None:
             return fail("parse_error", f"malformed tool call: {call.error}")
@@ -172,12 +176,15 @@ class ToolExecutor:
         if tool is None:
             close = difflib.get_close_matches(call.name, self.names, n=1)
             hint = f" (did you mean {close[0]!r}?)" if close else ""
-            return fail("unknown_tool", f"unknown tool {call.name!r}{hint}. Available tools: {', '.join(self.names)}")
+            return fail("unknown_tool", f"unknown tool {_quote(call.name)}{hint}. Available tools: {', '.join(self.names)}")
         try:
             args = validate_arguments(tool.schema["function"]["parameters"], call.arguments)
             args = {k: to_python(v, tool.hints.get(k, Any)) for k, v in args.items()}
         except (ArgumentError, TypeError, ValueError) as e:
-            return fail("bad_arguments", f"bad arguments for tool {call.name!r}: {e}. Usage: {tool.usage}")
+            return fail("bad_arguments", f"bad arguments for tool {call.name!r}: {_says(e)}. "
+                                         f"Usage: {tool.usage}")
+        except RecursionError:  # a call built without a depth-capped parser
+            return fail("bad_arguments", f"bad arguments for tool {call.name!r}: nested too deeply. Usage: {tool.usage}")
         async with self._semaphore():
             try:
                 value = await asyncio.wait_for(self._invoke(tool, args), self.timeout)
@@ -187,8 +194,16 @@ class ToolExecutor:
                 if isinstance(e, _ToolRaised) and e.__cause__ is not None:
                     e = e.__cause__  # type: ignore[assignment]
                 logger.debug("tool %r raised", call.name, exc_info=True)
-                return fail("exception", f"tool {call.name!r} raised {type(e).__name__}: {_clip(str(e), 2000)}")
-        return ToolResult(call, self._format(value), True, None, time.monotonic() - start)
+                return fail("exception", f"tool {call.name!r} raised {type(e).__name__}: {_says(e)}")
+        try:
+            text = self._format(value)
+        except RecursionError:
+            return fail("exception", f"tool {call.name!r} returned a {type(value).__name__} nested too deeply to "
+                                     "show")
+        except Exception as e:  # noqa: BLE001 - a broken __str__, an int too long to print: the tool's failure
+            return fail("exception", f"tool {call.name!r} returned a {type(value).__name__} that cannot be shown as "
+                                     f"text ({type(e).__name__}: {_says(e)})")
+        return ToolResult(call, text, True, None, time.monotonic() - start)
 
     @staticmethod
     async def _invoke(tool: _Tool, args: dict[str, Any]) -> Any:
@@ -229,6 +244,20 @@ class _ToolRaised(Exception):
 
 def _is_async(fn: Callable[..., Any]) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def _says(e: BaseException) -> str:
+    """What an exception says, cut to :data:`MAX_ERROR_CHARS` (an exception whose ``__str__`` fails says nothing)."""
+    try:
+        return _clip(str(e), MAX_ERROR_CHARS)
+    except Exception:  # noqa: BLE001
+        return "(its message cannot be shown)"
+
+
+def _quote(name: str, limit: int = 100) -> str:
+    """``repr(name)``, cut to ``limit`` characters (a model can invent a name of any length)."""
+    text = repr(name)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(name)} characters)"
 
 
 def _clip(text: str, limit: int) -> str:

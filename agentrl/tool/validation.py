@@ -31,6 +31,10 @@ _JSON_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,),
                                             "object": (dict,)}
 
 
+MAX_PROBLEMS = 10
+"""Most problems one :class:`ArgumentError` lists (the rest are counted)."""
+
+
 class ArgumentError(ValueError):
     """Arguments that do not fit a tool's parameters; the message is meant for the model."""
 
@@ -87,7 +91,7 @@ def _check(value: Any, schema: dict[str, Any], where: str) -> tuple[Any, list[st
     elif isinstance(value, dict) and "additionalProperties" in schema and "properties" not in schema:
         value = dict(value)
         for k, v in value.items():
-            value[k], p = _check(v, schema["additionalProperties"], f"{where}[{k!r}]")
+            value[k], p = _check(v, schema["additionalProperties"], f"{where}[{_name(k)}]")
             problems += p
     return value, problems
 
@@ -95,7 +99,8 @@ def _check(value: Any, schema: dict[str, Any], where: str) -> tuple[Any, list[st
 def validate_arguments(parameters: dict[str, Any], arguments: Any) -> dict[str, Any]:
     """Validate ``arguments`` against a tool's ``parameters`` schema; returns converted arguments.
 
-    Raises :class:`ArgumentError` listing every problem (missing, unexpected, wrong type).
+    Raises :class:`ArgumentError` listing the problems (missing, unexpected, wrong type; the first
+    :data:`MAX_PROBLEMS`, then how many more).
     """
     if not isinstance(arguments, dict):
         raise ArgumentError(f"arguments must be a JSON object, got {_show(arguments)}")
@@ -105,13 +110,14 @@ def validate_arguments(parameters: dict[str, Any], arguments: Any) -> dict[str, 
     out: dict[str, Any] = {}
     for key, value in arguments.items():
         if key not in props:
-            close = difflib.get_close_matches(key, list(props), n=1)
-            problems.append(f"unexpected argument {key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            close = difflib.get_close_matches(key[:200], list(props), n=1)
+            problems.append(f"unexpected argument {_name(key)}" + (f" (did you mean {close[0]!r}?)" if close else ""))
             continue
         out[key], p = _check(value, props[key], f"argument {key!r}")
         problems += p
     if problems:
-        raise ArgumentError("; ".join(problems))
+        more = len(problems) - MAX_PROBLEMS
+        raise ArgumentError("; ".join(problems[:MAX_PROBLEMS]) + (f"; and {more} more problems" if more > 0 else ""))
     return out
 
 
@@ -144,6 +150,12 @@ def to_python(value: Any, tp: Any) -> Any:
     if origin is dict and isinstance(value, dict) and len(args) == 2:
         return {k: to_python(v, args[1]) for k, v in value.items()}
     return value
+
+
+def _name(key: str, limit: int = 60) -> str:
+    """``repr(key)``, cut to ``limit`` characters (a model can send an argument name of any length)."""
+    text = repr(key)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(key)} characters)"
 
 
 def _show(value: Any) -> str:

@@ -165,7 +165,7 @@ class HumanEvalEnv(TextEnv):
         self.seed_rng(seed)
         options = options or {}
         if "task_id" in options:
-            if options["task_id"] not in self.by_id:
+            if not isinstance(options["task_id"], str) or options["task_id"] not in self.by_id:
                 raise KeyError(f"no HumanEval problem {options['task_id']!r} in split {self.split!r}")
             index = self.by_id[options["task_id"]]
         else:

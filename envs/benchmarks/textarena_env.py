@@ -41,6 +41,7 @@ Example (needs ``textarena``)::
 
 from __future__ import annotations
 
+import numbers
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -108,7 +109,11 @@ class TextArenaEnv(TextEnv):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         super().reset(seed=seed)
         options = options or {}
-        game_seed = int(options["seed"]) if "seed" in options else seed
+        game_seed = options["seed"] if "seed" in options else seed
+        if game_seed is not None:
+            if isinstance(game_seed, bool) or not isinstance(game_seed, numbers.Integral):
+                raise ValueError(f"options['seed'] must be an integer; got {type(game_seed).__name__} {game_seed!r}")
+            game_seed = int(game_seed)
         if game_seed is None:
             game_seed = int(self.np_random.integers(0, 2**31 - 1))
         with _GAME_LOCK:

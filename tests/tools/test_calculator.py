@@ -123,3 +123,8 @@ def test_schema_and_use_through_the_executor():
         [ToolCall("calculator", {"expression": "6 * 7"}), ToolCall("calculator", {"expression": "1/0"})]))
     assert [r.content for r in results] == ["42", "Error: division by zero"]
     assert all(r.ok for r in results)  # an arithmetic error is the tool's answer, not a tool failure
+
+
+@pytest.mark.parametrize("value, kind", [(None, "NoneType"), (42, "int"), (["1+1"], "list")])
+def test_a_non_string_expression_is_an_error_message_not_an_exception(value, kind):
+    assert calculator(value) == f"Error: the expression must be a string, got {kind}"
