@@ -136,6 +136,8 @@ async def run_episode(
     except Exception as e:  # an env, tool or engine failure is data
         status, error = "failed", f"{type(e).__name__}: {e}"
         log.debug("episode failed", exc_info=True)
+    except SystemExit as e:  # an environment's constructor that calls sys.exit() fails its episode, not the run
+        status, error = "failed", f"{request.env_id} called sys.exit({e.code!r})"
     finally:
         if own_env and env is not None:
             try:
@@ -155,8 +157,8 @@ async def _loop(engine: Engine, template: Any, env: TextEnv, request: EpisodeReq
     from agentrl.chat import TokenConversation
 
     t = time.perf_counter()
-    messages, info = check_reset_result(await env.areset(seed=request.env_seed, options=request.options),
-                                        f"{request.env_id} reset()")
+    messages, info = check_reset_result(await _env_call(env.areset(seed=request.env_seed, options=request.options),
+                                                        f"{request.env_id} reset()"), f"{request.env_id} reset()")
     partial.metrics["time_env"] += time.perf_counter() - t
     partial.info = dict(info)
     partial.state_key = state_key(info)
@@ -188,8 +190,8 @@ async def _loop(engine: Engine, template: Any, env: TextEnv, request: EpisodeReq
         partial.turns += 1
         action = conv.messages[-1]["content"]
         t = time.perf_counter()
-        observation, reward, terminated, truncated, info = check_step_result(await env.astep(action),
-                                                                             f"{request.env_id} step()")
+        observation, reward, terminated, truncated, info = check_step_result(
+            await _env_call(env.astep(action), f"{request.env_id} step()"), f"{request.env_id} step()")
         partial.metrics["time_env"] += time.perf_counter() - t
         partial.reward += float(reward)
         partial.turn_rewards.append(float(reward))
@@ -259,6 +261,15 @@ async def _apply_reward_fn(reward_fn: RewardFn, sample: Sample) -> None:
     except Exception as e:
         sample.status, sample.error = "failed", f"reward function failed: {type(e).__name__}: {e}"
         sample.set_outcome_reward(0.0)
+
+
+async def _env_call(step: Any, what: str) -> Any:
+    """Await an environment's ``areset``/``astep``; its ``sys.exit()`` becomes its failure (a SystemExit that
+    reached the episode's task would stop the caller's event loop)."""
+    try:
+        return await step
+    except SystemExit as e:
+        raise RuntimeError(f"{what} called sys.exit({e.code!r})") from None
 
 
 def _jsonable(info: dict[str, Any]) -> dict[str, Any]:

@@ -90,6 +90,39 @@ def test_sys_exit_in_a_sync_step_fails_the_episode_not_the_process(template, tok
     assert sample.status == "failed" and "called sys.exit(3)" in sample.error
 
 
+class _AsyncExitEnv(TextEnv):
+    """An async environment whose ``astep`` (or ``areset``) calls sys.exit()."""
+
+    def __init__(self, where="step"):
+        super().__init__()
+        self.where = where
+
+    async def areset(self, *, seed=None, options=None):
+        if self.where == "reset":
+            raise SystemExit("bye")
+        return HI, {}
+
+    async def astep(self, action):
+        raise SystemExit(4)
+
+
+@pytest.mark.parametrize("where, says", [("step", "step() called sys.exit(4)"), ("reset", "reset() called sys.exit('bye')")])
+def test_sys_exit_in_an_async_env_fails_its_episode_and_spares_the_others(template, tokenizer, where, says):
+    """With an episode timeout the episode runs as a task of its own, where a SystemExit would stop the event loop."""
+    reply = tokenizer.encode("ok<|im_end|>", add_special_tokens=False)
+
+    async def both():
+        engine = FakeEngine(script=[reply] * 4)
+        config = RolloutConfig(episode_timeout=30)
+        return await asyncio.gather(
+            run_episode(engine, template, EpisodeRequest(env_id="x"), config, env=_AsyncExitEnv(where)),
+            run_episode(engine, template, EpisodeRequest(env_id="y"), config, env=_Env()))
+
+    broken, fine = asyncio.run(both())
+    assert broken.status == "failed" and says in broken.error
+    assert fine.status == "ok" and fine.reward == 1.0
+
+
 def test_good_results_pass_and_numpy_scalars_become_python_ones():
     messages, reward, terminated, truncated, info = check_step_result(
         (HI, np.float32(0.5), np.bool_(True), False, {"reward_components": {"a": np.int64(1)}}))
