@@ -108,7 +108,7 @@ def check_env(
         checks.insert(0, ("gymnasium check_env", lambda: _check_gymnasium(fresh(), report)))
     for name, check in checks:
         try:
-            if not _within(check, timeout):
+            if not within(check, timeout):
                 report.problems.append(f"{name}: did not finish within {timeout:g} s (a reset() or step() that "
                                        "hangs?); the remaining checks were skipped")
                 return report  # the stuck call may hold the env: closing it could hang too
@@ -121,7 +121,7 @@ def check_env(
     return report
 
 
-def _within(check: Callable[[], None], timeout: float | None) -> bool:
+def within(check: Callable[[], None], timeout: float | None) -> bool:
     """Run ``check``; False when it is still running after ``timeout`` seconds (its exception is re-raised)."""
     if timeout is None:
         check()

@@ -7,9 +7,10 @@ import functools
 import logging
 import sys
 import time
+from typing import Any
 
-from agentrl.env.checker import check_env
-from agentrl.env.exploits import check_exploits
+from agentrl.env.checker import check_env, within
+from agentrl.env.exploits import ExploitReport, check_exploits
 from agentrl.env.registry import EnvNotFoundError, make, registered_ids, resolve_id
 from agentrl.utils.extras import MissingExtra
 
@@ -46,6 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _play_exploits(factory: Any, seeds: range, into: list[ExploitReport]) -> None:
+    into.append(check_exploits(factory, seeds=seeds))
+
+
 def main(argv: list[str] | None = None) -> int:
     args, rest = build_parser().parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -74,11 +79,20 @@ def main(argv: list[str] | None = None) -> int:
             factory = functools.partial(make, env_id)
             report = check_env(factory, seed=args.seed, fuzz_samples=args.fuzz_samples, timeout=args.check_timeout)
             if args.exploits:
+                played: list[ExploitReport] = []
                 try:
-                    exploits = check_exploits(factory, seeds=range(args.seed, args.seed + args.exploit_seeds))
+                    play = functools.partial(_play_exploits, factory, range(args.seed, args.seed + args.exploit_seeds),
+                                             played)  # bound now: a timed-out check's thread outlives this loop pass
+                    finished = within(play, args.check_timeout)
                 except (Exception, SystemExit) as e:  # the env (or its oracle) broke while playing: a finding
                     report.problems.append(f"exploit check: raised {type(e).__name__}: {e}")
+                    finished = False
                 else:
+                    if not finished:
+                        report.problems.append(f"exploit check: did not finish within {args.check_timeout:g} s (a "
+                                               "reset(), step() or oracle that hangs; --check-timeout sets the limit)")
+                if finished:
+                    exploits = played[0]
                     report.problems += [f"exploit check: {line}" for line in exploits.summary() if
                                         not line.startswith("allowed: ")]
                     allowed = [line for line in exploits.summary() if line.startswith("allowed: ")]
