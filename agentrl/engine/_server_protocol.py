@@ -9,14 +9,17 @@ with a message for the client when the body is malformed; :func:`output_dict` bu
 Covered: ``text`` or ``input_ids`` (single or batch), ``sampling_params`` (one dict or one per
 prompt, ``n`` parallel samples), ``rid`` (string, list, or generated), ``return_logprob``,
 ``return_text_in_logprobs``, ``stream``, ``priority`` (an integer; higher values are admitted first,
-as in SGLang's default priority scheduling; streamed requests ignore it). A temperature below
-SGLang's ``1e-6`` means greedy, as in SGLang (the engine divides float32 logits by it: below
-about ``1e-38`` that gives NaN); temperatures and ``top_p`` values that float32 cannot hold (above
-3.4e38, or a ``top_p`` that rounds to 0) are refused. A ``text`` longer than ``max_prompt_chars``
-is refused before it is tokenized. Not covered (a clear 400, never silently wrong): prompt
+as in SGLang's default priority scheduling; streamed requests ignore it); ``stop`` holds at most
+64 strings of at most 1,024 characters. A temperature below SGLang's ``1e-6`` means greedy, as in
+SGLang (the engine divides float32 logits by it: below about ``1e-38`` that gives NaN);
+temperatures and ``top_p`` values that float32 cannot hold (above 3.4e38, or a ``top_p`` that
+rounds to 0) are refused. A ``text`` longer than ``max_prompt_chars`` is refused before it is
+tokenized. Flags must be JSON booleans. Not covered (a clear 400, never silently wrong): prompt
 logprobs (``logprob_start_len >= 0``), top logprobs, multimodal inputs, embeddings, LoRA,
-sessions, hidden states. Fields of ``GenerateReqInput`` that only tune routing or logging
-(``log_metrics``, ``routed_dp_rank``...) are accepted and ignored.
+sessions, hidden states, and the sampling parameters of :data:`NEUTRAL_SAMPLING` (penalties,
+``min_p``, ``min_new_tokens``, grammars) at any value but their neutral one. Fields of
+``GenerateReqInput`` that only tune routing or logging (``log_metrics``, ``routed_dp_rank``...)
+are accepted and ignored.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ DEFAULT_MAX_NEW_TOKENS = 128
 """SGLang's default ``max_new_tokens`` when a request does not set it."""
 MAX_ITEMS = 65_536
 """Most completions (prompts x ``n``) one request may ask for."""
+MAX_STOP_STRINGS = 64
+MAX_STOP_CHARS = 1024
+"""Most stop strings, and longest, one prompt may give (each is searched for after every generated token)."""
 FLOAT32_MAX = 3.4028234663852886e38
 FLOAT32_TINY = 1.1754943508222875e-38
 
@@ -64,6 +70,11 @@ IGNORED_FIELDS = frozenset({
 """``GenerateReqInput`` fields about routing, scheduling or logging: accepted, no effect here."""
 
 _TEXT_OPTIONS = ("skip_special_tokens", "no_stop_trim", "spaces_between_special_tokens")
+NEUTRAL_SAMPLING = {"min_new_tokens": 0, "frequency_penalty": 0, "presence_penalty": 0, "repetition_penalty": 1,
+                    "min_p": 0, "regex": None, "json_schema": None, "ebnf": None, "structural_tag": None,
+                    "custom_params": None, "logit_bias": None}
+"""SGLang ``sampling_params`` this server cannot honour, with the value that leaves sampling unchanged:
+accepted at that value (clients send SGLang's defaults), refused otherwise."""
 
 
 class RequestError(ValueError):
@@ -128,7 +139,9 @@ def parse_generate_request(
     if n > 1:
         is_single = False
     return_logprob = _per_prompt_bool(body, "return_logprob", batch)
-    text_in_logprobs = bool(body.get("return_text_in_logprobs") or False)
+    text_in_logprobs = body.get("return_text_in_logprobs")
+    if text_in_logprobs is not None and not isinstance(text_in_logprobs, bool):
+        raise RequestError(f"'return_text_in_logprobs' must be true or false; got {_short(text_in_logprobs)}")
     rids = _rids(body.get("rid"), batch * n, batch)
     priority = body.get("priority")
     if priority is not None and (isinstance(priority, bool) or not isinstance(priority, int)):
@@ -141,7 +154,7 @@ def parse_generate_request(
         for k in range(n):
             items.append(GenerateItem(
                 rid=rids[p * n + k], input_ids=list(ids), sampling=sampling.replace(),
-                return_logprob=return_logprob[p], return_text_in_logprobs=text_in_logprobs,
+                return_logprob=return_logprob[p], return_text_in_logprobs=bool(text_in_logprobs),
                 skip_special_tokens=options["skip_special_tokens"],
                 no_stop_trim=options["no_stop_trim"], priority=priority or 0,
             ))
@@ -326,15 +339,13 @@ def _rids(raw: Any, total: int, batch: int) -> list[str]:
 def _sampling(raw: dict[str, Any], default_max_new_tokens: int, where: int | None) -> tuple[SamplingParams, dict[str, bool]]:
     d = dict(raw)
     d.pop("n", None)
-    options = {
-        "skip_special_tokens": d.get("skip_special_tokens", True),
-        "no_stop_trim": d.get("no_stop_trim", False),
-    }
-    for key in _TEXT_OPTIONS:
-        d.pop(key, None)
+    options = {key: d.pop(key, None) for key in _TEXT_OPTIONS}
     for key, value in options.items():
-        if not isinstance(value, bool):
-            raise RequestError(f"sampling_params {key!r} must be true or false; got {value!r}")
+        if value is not None and not isinstance(value, bool):
+            raise RequestError(f"sampling_params {key!r} must be true or false; got {_short(value)}")
+    options["skip_special_tokens"] = options["skip_special_tokens"] is not False
+    options["no_stop_trim"] = options["no_stop_trim"] is True
+    _refuse_unsupported(d)
     if d.get("max_new_tokens") is None:
         d["max_new_tokens"] = default_max_new_tokens
     _check_types(d)
@@ -346,6 +357,20 @@ def _sampling(raw: dict[str, Any], default_max_new_tokens: int, where: int | Non
         prefix = "sampling_params" if where is None else f"sampling_params[{where}]"
         raise RequestError(f"bad {prefix}: {exc}") from None
     return sampling, options
+
+
+def _refuse_unsupported(d: dict[str, Any]) -> None:
+    """Drop the :data:`NEUTRAL_SAMPLING` keys of ``d`` that hold their neutral value; refuse the others
+    (a penalty or a grammar silently ignored would give samples, and logprobs, of another distribution)."""
+    for key, neutral in NEUTRAL_SAMPLING.items():
+        if key not in d:
+            continue
+        value = d.pop(key)
+        if value is None or value == neutral and not isinstance(value, bool) or value in ({}, ""):
+            continue
+        raise RequestError(f"sampling_params {key!r} = {_short(value)} is not supported by this server "
+                           f"(it samples with temperature, top_p and top_k only); leave it out"
+                           + (f" or send {neutral!r}" if neutral is not None else ""))
 
 
 _NUMBER_KEYS = {"temperature": float, "top_p": float, "top_k": int, "max_new_tokens": int,
@@ -368,11 +393,16 @@ def _check_types(d: dict[str, Any]) -> None:
     if top_p is not None and 0 < top_p < FLOAT32_TINY:
         raise RequestError(f"sampling_params 'top_p' must be at least {FLOAT32_TINY:.4g} (float32); got {top_p!r}")
     stop = d.get("stop")
-    if stop is not None and not (isinstance(stop, str) or (isinstance(stop, list) and all(isinstance(s, str) and s for s in stop))):
-        raise RequestError(f"sampling_params 'stop' must be a string or a list of non-empty strings; got {stop!r}")
+    stops: list[Any] = [] if stop is None else [stop] if isinstance(stop, str) else stop if isinstance(stop, list) else [None]
+    if not all(isinstance(s, str) and s for s in stops):
+        raise RequestError(f"sampling_params 'stop' must be a non-empty string or a list of non-empty strings; got {_short(stop)}")
+    if len(stops) > MAX_STOP_STRINGS or max(map(len, stops), default=0) > MAX_STOP_CHARS:
+        raise RequestError(f"sampling_params 'stop' may hold at most {MAX_STOP_STRINGS} strings of at most "
+                           f"{MAX_STOP_CHARS} characters (each is searched for after every token); got {len(stops)} "
+                           f"of up to {max(map(len, stops)):,}")
     stop_ids = d.get("stop_token_ids")
     if stop_ids is not None and not (isinstance(stop_ids, list) and all(is_int(t) for t in stop_ids)):
-        raise RequestError(f"sampling_params 'stop_token_ids' must be a list of integers; got {stop_ids!r}")
+        raise RequestError(f"sampling_params 'stop_token_ids' must be a list of integers; got {_short(stop_ids)}")
     if "ignore_eos" in d and not isinstance(d["ignore_eos"], bool):
         raise RequestError(f"sampling_params 'ignore_eos' must be true or false; got {d['ignore_eos']!r}")
 

@@ -30,12 +30,14 @@ async def update_weights_from_disk(state: Any, body: dict[str, Any]) -> JSONResp
     def fail(message: str) -> JSONResponse:
         return JSONResponse({"success": False, "message": message, "num_paused_requests": 0}, status_code=400)
 
-    model_path, label = body.get("model_path"), body.get("weight_version")
+    model_path = body.get("model_path")
     if not isinstance(model_path, str) or not model_path:
         return fail(f"'model_path' must be the path of a Hugging Face model folder; got {model_path!r}")
-    if label is not None and not isinstance(label, (str, int)):
-        return fail(f"'weight_version' must be a string; got {label!r}")
-    version = int(label) if isinstance(label, int) or (isinstance(label, str) and label.isdigit()) else None
+    try:
+        label, version = weight_version_label(body.get("weight_version"))
+        abort_all, flush_after = flag(body, "abort_all_requests", False), flag(body, "flush_cache", True)
+    except ValueError as exc:
+        return fail(str(exc))
     if state.weight_read is not None and not state.weight_read.done():
         return fail("an earlier weight load is still reading its files (stuck on the file system?); try again later")
     path = Path(model_path).expanduser()
@@ -47,7 +49,10 @@ async def update_weights_from_disk(state: Any, body: dict[str, Any]) -> JSONResp
         return fail(f"reading the weight files of {model_path!r} took longer than {state.weight_load_timeout:g} s")
     except (OSError, ValueError) as exc:
         return fail(f"Failed to update weights from {model_path!r}: {exc}")
-    if body.get("abort_all_requests", False):
+    except Exception as exc:  # noqa: BLE001 - not a weight file (torch's or safetensors' own error types)
+        return fail(f"Failed to update weights from {model_path!r}: not a readable weight file "
+                    f"({type(exc).__name__}: {_first_line(exc)})")
+    if abort_all:
         await state.abort(None)
     try:
         new_version = await state.engine.update_weights(weights, version=version)
@@ -57,7 +62,7 @@ async def update_weights_from_disk(state: Any, body: dict[str, Any]) -> JSONResp
     if label is not None:
         state.version_labels[new_version] = str(label)
     flush = getattr(state.engine, "flush_cache", None)
-    if body.get("flush_cache", True) and flush is not None:
+    if flush_after and flush is not None:
         result = flush()
         if asyncio.iscoroutine(result):
             await result
@@ -66,6 +71,42 @@ async def update_weights_from_disk(state: Any, body: dict[str, Any]) -> JSONResp
         message += f" Weight version updated to {label}."
     log.info("weights loaded from %s (weight_version %s)", model_path, state.label(new_version))
     return JSONResponse({"success": True, "message": message, "num_paused_requests": 0})
+
+
+MAX_VERSION_CHARS = 256
+"""Longest ``weight_version`` label accepted."""
+
+
+def weight_version_label(raw: Any) -> tuple[str | None, int | None]:
+    """``(label, engine version)`` of a request's ``weight_version``: a string or an integer (SGLang's
+    versions are strings); a label of digits also numbers the engine's version. ``ValueError`` otherwise."""
+    if raw is None:
+        return None, None
+    if isinstance(raw, bool) or not isinstance(raw, (str, int)) or (isinstance(raw, str) and not raw):
+        raise ValueError(f"'weight_version' must be a non-empty string (or an integer); got {raw!r}")
+    if isinstance(raw, int):
+        if not 0 <= raw < 2**63:
+            raise ValueError(f"an integer 'weight_version' must be in [0, 2**63); got {raw}")
+        return str(raw), raw
+    if len(raw) > MAX_VERSION_CHARS:
+        raise ValueError(f"'weight_version' must be at most {MAX_VERSION_CHARS} characters; got {len(raw):,}")
+    digits = raw.isascii() and raw.isdigit() and len(raw) <= 18  # isdigit() alone also takes '²', which int() refuses
+    return raw, int(raw) if digits else None
+
+
+def flag(body: dict[str, Any], key: str, default: bool) -> bool:
+    """A boolean field of a request body: true, false or absent (``default``); ``ValueError`` otherwise
+    (a string such as "no" is not taken for its truth value)."""
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise ValueError(f"'{key}' must be true or false; got {value!r}")
+    return value
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
 
 
 def _in_daemon_thread(fn: Any, *args: Any) -> concurrent.futures.Future:
@@ -152,12 +193,15 @@ async def update_weights_from_distributed(state: Any, body: dict[str, Any]) -> J
     pg = state.update_groups.get(name)
     if pg is None:
         return _fail(f"no weight update group {name!r}: call /init_weights_update_group first")
-    label = body.get("weight_version")
-    version = int(label) if isinstance(label, int) or (isinstance(label, str) and label.isdigit()) else None
+    try:
+        label, version = weight_version_label(body.get("weight_version"))
+        abort_all = flag(body, "abort_all_requests", False)
+    except ValueError as exc:
+        return _fail(str(exc))
     device = "cpu" if pg_backend(pg) == "gloo" else getattr(state.engine, "device", "cuda")
     try:
         weights = await asyncio.to_thread(receive_bucket, pg, names, dtypes, shapes, device)
-        if body.get("abort_all_requests", False):
+        if abort_all:
             await state.abort(None)
         new_version = await state.engine.update_weights(weights, version=version)
     except Exception as exc:  # noqa: BLE001

@@ -236,7 +236,7 @@ def create_app(
             return body
         rid, abort_all = body.get("rid") or "", body.get("abort_all", False)
         if not isinstance(rid, str) or not isinstance(abort_all, bool):
-            return _error(400, f"'rid' must be a string and 'abort_all' a boolean; got {body!r}")
+            return _error(400, f"'rid' must be a string and 'abort_all' a boolean; got {body!r:.200}")
         if not rid and not abort_all:
             return _error(400, "give 'rid' (a request id or id prefix) or 'abort_all': true")
         aborted = await state.abort(None if abort_all else rid)
@@ -256,9 +256,14 @@ def create_app(
         if isinstance(body, JSONResponse):
             return body
         new = body.get("new_version")
-        if not isinstance(new, str) or not new:
-            return _error(400, f"'new_version' must be a non-empty string; got {new!r}")
-        if body.get("abort_all_requests", True):
+        if not isinstance(new, str) or not new or len(new) > _server_weights.MAX_VERSION_CHARS:
+            return _error(400, f"'new_version' must be a non-empty string of at most "
+                               f"{_server_weights.MAX_VERSION_CHARS} characters; got {new!r:.80}")
+        try:
+            abort_all = _server_weights.flag(body, "abort_all_requests", True)
+        except ValueError as exc:
+            return _error(400, str(exc))
+        if abort_all:
             await state.abort(None)
         state.version_labels[state.engine.weight_version] = new
         return JSONResponse({"success": True, "message": f"Weight version updated to {new}", "new_version": new})

@@ -9,7 +9,8 @@ official ``openai`` SDK parses.
 
 Covered: ``model``, ``messages`` (roles system/developer/user/assistant/tool, text content as a
 string or a list of text parts, assistant ``tool_calls``), ``tools`` (functions) and
-``tool_choice`` (``auto``/``none``), ``temperature``, ``top_p``, ``max_tokens`` /
+``tool_choice`` (``auto``/``none``; tool names unique, without spaces or quotes, ``parameters`` a
+JSON Schema object), ``temperature``, ``top_p``, ``max_tokens`` /
 ``max_completion_tokens``, ``stop``, ``seed``, ``logprobs`` (the sampled token's logprob),
 ``stream`` with ``stream_options.include_usage``; ``n``, ``presence_penalty`` and
 ``frequency_penalty`` at their defaults. Refused by name (a 400 naming the parameter, never
@@ -36,6 +37,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -67,6 +69,9 @@ _COMPLETION_KNOWN = frozenset({
     "model", "prompt", "temperature", "top_p", "max_tokens", "stop", "seed", "logprobs", "stream",
     "stream_options", "n", "echo", "presence_penalty", "frequency_penalty", "best_of", "suffix", "user",
 })
+_TOOL_NAME = re.compile(r'[^\s"\\]{1,200}')
+"""Names the tool-call parsers can read back from the model's output (OpenAI's own rule,
+``^[a-zA-Z0-9_-]{1,64}$``, is stricter; servers such as vLLM take dots and colons)."""
 MAX_STOP = 4
 """Most stop strings a request may give (OpenAI's limit)."""
 
@@ -336,6 +341,7 @@ def _tools(raw: Any) -> list[dict[str, Any]] | None:
         return None
     if not isinstance(raw, list):
         raise OpenAIError("'tools' must be a list of {\"type\": \"function\", \"function\": {...}}", param="tools")
+    names: set[str] = set()
     for i, tool in enumerate(raw):
         fn = tool.get("function") if isinstance(tool, dict) else None
         if not isinstance(tool, dict) or tool.get("type") != "function" or not isinstance(fn, dict) \
@@ -343,7 +349,28 @@ def _tools(raw: Any) -> list[dict[str, Any]] | None:
             raise OpenAIError(f"tools[{i}] must be {{\"type\": \"function\", \"function\": {{\"name\", "
                               "\"description\", \"parameters\"}}}} (only function tools are supported)",
                               param=f"tools[{i}]")
+        _check_function(fn, f"tools[{i}].function")
+        if fn["name"] in names:
+            raise OpenAIError(f"tools[{i}]: two tools are named {fn['name']!r}; tool names must be unique",
+                              param=f"tools[{i}].function.name")
+        names.add(fn["name"])
     return [dict(t) for t in raw]
+
+
+def _check_function(fn: dict[str, Any], where: str) -> None:
+    """A function tool's ``name`` (see :data:`_TOOL_NAME`), ``description`` (a string) and ``parameters``
+    (a JSON Schema object: a dict whose ``properties``, if any, is a dict)."""
+    name = fn["name"]
+    if not _TOOL_NAME.fullmatch(name):
+        raise OpenAIError(f"{where}.name must be 1 to 200 characters without spaces, quotes or backslashes (the "
+                          f"model writes it in its tool calls); got {name[:80]!r}", param=f"{where}.name")
+    if fn.get("description") is not None and not isinstance(fn["description"], str):
+        raise OpenAIError(f"{where}.description must be a string; got {type(fn['description']).__name__}",
+                          param=f"{where}.description")
+    params = fn.get("parameters")
+    if params is not None and not (isinstance(params, dict) and isinstance(params.get("properties", {}), dict)):
+        raise OpenAIError(f"{where}.parameters must be a JSON Schema object such as {{\"type\": \"object\", "
+                          "\"properties\": {...}}", param=f"{where}.parameters")
 
 
 def _tool_choice(raw: Any, tools: list[dict[str, Any]] | None) -> str:

@@ -13,8 +13,10 @@ A call belongs to an episode when its base URL holds the key (``/episodes/<key>/
 key is the key. Errors are OpenAI's ``{"error": {"message", "type", "param", "code"}}``: 400 for
 a malformed body or an unsupported field (named in ``param``), 404 for an unknown model or episode
 key, 409 for a finished episode key, 401 for a missing key where one is required, 413 for a body
-larger than the server accepts; the server keeps serving. An error after a stream has started is
-sent in-band as a ``data: {"error": ...}`` event.
+larger than the server accepts, 429 for a new episode while 100,000 are open; the server keeps
+serving. An error after a stream has started is sent in-band as a ``data: {"error": ...}`` event.
+A client that goes away before its answer (a timeout, a closed stream) has its engine request
+aborted.
 
 Example (in-process, with the scripted fake engine)::
 
@@ -41,7 +43,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from starlette.applications import Starlette
@@ -57,6 +59,10 @@ log = logging.getLogger(__name__)
 
 MAX_REQUEST_BYTES = 64 * 2**20
 """Default largest request body (413 beyond)."""
+MAX_OPEN_EPISODES = 100_000
+"""Most episodes clients may hold open over HTTP at once (429 beyond): each keeps its calls' tokens."""
+DISCONNECT_POLL_S = 0.5
+"""Seconds between checks that the client of a call still waits for its answer."""
 
 
 def add_openai_routes(app: Starlette, service: ChatService | EpisodeDirectory, *,
@@ -90,14 +96,14 @@ def add_openai_routes(app: Starlette, service: ChatService | EpisodeDirectory, *
         req = parse_chat_request(await body_of(request))
         if req.stream:
             return _sse(served.chat_stream(req, capture))
-        return JSONResponse(await served.chat(req, capture))
+        return JSONResponse(await _unless_disconnected(request, served.chat(req, capture)))
 
     async def completions(request: Request) -> Response:
         served, _ = episode_of(request)
         req = parse_completion_request(await body_of(request))
         if req.stream:
             return _sse(served.complete_stream(req))
-        return JSONResponse(await served.complete(req))
+        return JSONResponse(await _unless_disconnected(request, served.complete(req)))
 
     # Starlette routes (no FastAPI dependency resolution per request: a third of a call's CPU time)
     _openai_not_found(app)
@@ -110,6 +116,9 @@ def add_openai_routes(app: Starlette, service: ChatService | EpisodeDirectory, *
         assert isinstance(service, ChatService), "episodes are opened over HTTP on a single service only"
 
         async def open_episode(request: Request) -> Response:
+            if len(service.episodes) >= MAX_OPEN_EPISODES:
+                raise OpenAIError(f"{MAX_OPEN_EPISODES:,} episodes are open; finish some first "
+                                  "(POST /v1/episodes/<key>/finish)", status=429, code="too_many_episodes")
             key = service.open_episode()
             return JSONResponse({"key": key, "base_url": str(request.base_url).rstrip("/") + f"/episodes/{key}/v1"})
 
@@ -127,6 +136,24 @@ def capture_json(capture: EpisodeCapture) -> dict[str, Any]:
                      for s in capture.segments],
         "calls": [vars(c) for c in capture.calls],
     }
+
+
+async def _unless_disconnected(request: Request, work: Awaitable[Any]) -> Any:
+    """The result of ``work``; cancelled (its engine request aborted) when the client goes away
+    first, as SGLang does: a client that gave up must not hold a slot of the engine."""
+    task = asyncio.ensure_future(work)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=DISCONNECT_POLL_S)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise OpenAIError("the client closed the connection before the answer", status=499,
+                                  code="client_closed_request")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
 
 
 def _guarded(handler: Callable[..., Any]) -> Callable[..., Any]:

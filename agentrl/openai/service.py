@@ -37,6 +37,7 @@ Example (the scripted fake engine, no HTTP)::
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from collections.abc import AsyncIterator, Sequence
@@ -96,7 +97,8 @@ class ChatService:
         self.require_episode = require_episode
         self.context_length = context_length or getattr(getattr(engine, "config", None), "max_seq_len", None)
         self.episodes: dict[str, EpisodeCapture] = {}
-        self._finished: set[str] = set()
+        self._finished: dict[str, None] = {}
+        """The latest finished keys, oldest first (at most :attr:`EpisodeDirectory.REMEMBERED`: answered 409, older 404)."""
 
     # -- episodes ----------------------------------------------------------------------------
     def open_episode(self, *, seed: int | None = None) -> str:
@@ -111,7 +113,9 @@ class ChatService:
         if capture is None:
             raise self._key_error(key)
         capture.finished = True
-        self._finished.add(key)
+        self._finished[key] = None
+        while len(self._finished) > EpisodeDirectory.REMEMBERED:
+            del self._finished[next(iter(self._finished))]
         return capture
 
     def resolve(self, path_key: str | None, api_key: str | None) -> EpisodeCapture | None:
@@ -280,7 +284,12 @@ class ChatService:
                               stop_token_ids=stop_ids, seed=seed)
 
     async def _generate(self, prompt: list[int], sampling: SamplingParams) -> Completion:
-        completion = await self.engine.generate(prompt, sampling, rid=P.new_id("oai-"))
+        rid = P.new_id("oai-")
+        try:
+            completion = await self.engine.generate(prompt, sampling, rid=rid)
+        except asyncio.CancelledError:  # the client went away (or the episode ended): free the engine's slot
+            await _abort(self.engine, rid)
+            raise
         if completion.finish_reason == "abort":
             raise OpenAIError("the request was aborted (the engine is updating its weights or shutting down)",
                               status=503, type="server_error", code="aborted")
@@ -293,10 +302,16 @@ class ChatService:
             yield await self._generate(prompt, sampling), True
             return
         last: Completion | None = None
-        async for partial in stream(prompt, sampling, rid=P.new_id("oai-")):
-            if last is not None:
-                yield last, False
-            last = partial
+        rid, done = P.new_id("oai-"), False
+        try:
+            async for partial in stream(prompt, sampling, rid=rid):
+                if last is not None:
+                    yield last, False
+                last = partial
+            done = True
+        finally:
+            if not done:  # closed early: the client went away
+                await _abort(self.engine, rid)
         if last is None or last.finish_reason == "abort":
             raise OpenAIError("the request was aborted", status=503, type="server_error", code="aborted")
         yield last, True
@@ -334,7 +349,10 @@ class ChatService:
                 raise OpenAIError(f"token id {max(req.prompt)} is outside the vocabulary (size {vocab})",
                                   param="prompt")
             return list(req.prompt)
-        return self.template.tokenize(req.prompt)
+        ids = self.template.tokenize(req.prompt)
+        if not ids:
+            raise OpenAIError("'prompt' is empty after tokenization; send a non-empty prompt", param="prompt")
+        return ids
 
     def _decode(self, ids: list[int], *, strip_stop: bool = True) -> str:
         end = len(ids)
@@ -352,6 +370,17 @@ class ChatService:
 
     def _text_logprobs(self, completion: Completion) -> dict[str, Any]:
         return P.completion_logprobs(self._pieces(completion.token_ids), list(completion.logprobs))
+
+
+async def _abort(engine: Engine, rid: str) -> None:
+    """Abort ``rid`` on the engine, even from a task being cancelled (the abort is shielded)."""
+    task = asyncio.ensure_future(engine.abort(rid))
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        pass  # cancelled again while it was sent: it goes on in its own task
+    except Exception as exc:  # noqa: BLE001 - the engine may be down; the request is gone either way
+        log.warning("aborting %s failed: %s", rid, exc)
 
 
 def _trim_stop(text: str, stops: list[str]) -> str:

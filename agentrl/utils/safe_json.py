@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ _DELTA = np.zeros(256, np.int8)
 _DELTA[[ord("["), ord("{")]] = 1
 _DELTA[[ord("]"), ord("}")]] = -1
 _QUOTE, _BACKSLASH = ord('"'), ord("\\")
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 class JSONLimitError(ValueError):
@@ -123,9 +125,10 @@ async def read_request_json(request: Any, *, max_bytes: int, max_depth: int = MA
 
     Raises :class:`BodyTooLargeError` when the body is larger than ``max_bytes``: at once when its
     ``Content-Length`` says so, else as soon as that many bytes have streamed in (the rest is not
-    read). Raises ``ValueError`` when it is not UTF-8 or not JSON, or nests deeper than
-    ``max_depth``. A body larger than ``inline_bytes`` is decoded in a worker thread, so the event
-    loop serves other requests meanwhile.
+    read). Raises ``ValueError`` when it is not UTF-8 or not JSON, nests deeper than
+    ``max_depth``, or escapes a lone UTF-16 surrogate (``"\\ud800"``: valid JSON but not text;
+    an answer echoing it could not be encoded). A body larger than ``inline_bytes`` is decoded
+    in a worker thread, so the event loop serves other requests meanwhile.
     """
     too_large = BodyTooLargeError(f"the request body is larger than this server accepts ({max_bytes:,} bytes)")
     declared = request.headers.get("content-length", "")
@@ -150,4 +153,11 @@ def _decode_body(raw: bytes, max_depth: int) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"the body is not UTF-8 ({exc.reason} at byte {exc.start})") from None
-    return loads(text, max_depth=max_depth)
+    value = loads(text, max_depth=max_depth)
+    if _SURROGATE_ESCAPE.search(text):  # only a \u escape can make one: UTF-8 bytes cannot
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"a string of the body holds a lone UTF-16 surrogate ({exc.object[exc.start]!r}): "
+                             "not Unicode text; escape characters beyond U+FFFF as a surrogate pair") from None
+    return value

@@ -81,6 +81,11 @@ def test_every_query_of_a_big_request_gets_its_own_rows(bm25):
     (b'{"queries": ["' + b"x" * 20_000 + b'"]}', 400, "queries.0 has 20,000 characters"),
     (b"", 400, "body"),
     (b"null", 400, "body"),
+    (b'{"queries": ["\\ud800 lake"]}', 400, "lone UTF-16 surrogate"),
+    # JSON types are kept: a string or a boolean is not taken for a number or a flag
+    (b'{"queries": ["deepest lake"], "return_scores": "no"}', 400, "return_scores"),
+    (b'{"queries": ["deepest lake"], "topk": "3"}', 400, "topk"),
+    (b'{"queries": ["deepest lake"], "topk": true}', 400, "topk"),
 ])
 def test_malformed_bodies_are_4xx_and_the_server_keeps_serving(bm25, body, status, clue):
     with BackgroundServer(create_app(bm25)) as s:

@@ -63,9 +63,10 @@ MAX_REQUEST_BYTES = 16 * 2**20
 
 
 class RetrieveRequest(BaseModel):
-    """The body of ``POST /retrieve`` (unknown fields are ignored, as Search-R1's server does)."""
+    """The body of ``POST /retrieve`` (unknown fields are ignored, as Search-R1's server does; the known
+    ones must have their JSON types: ``"yes"`` is not a boolean, ``true`` or ``"3"`` not a ``topk``)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="ignore", strict=True)
     queries: list[str]
     topk: int | None = None
     return_scores: bool = False
