@@ -116,6 +116,10 @@ class PromptDataset:
         return self.rows[i]
 
 
+SKIP_HINT = " (pass on_bad_row='skip' / --skip-bad-rows to skip such rows)"
+"""Appended to the error of a malformed row (training's flag; a caller without it takes the hint off)."""
+
+
 def load_prompts(source: str | Path, config: DataConfig | None = None) -> PromptDataset:
     config = config or DataConfig()
     source = str(source)
@@ -128,7 +132,7 @@ def load_prompts(source: str | Path, config: DataConfig | None = None) -> Prompt
             rows.append(_to_row(raw, len(rows), location, config))
         except DataError as e:
             if config.on_bad_row == "error":
-                raise DataError(f"{e} (pass on_bad_row='skip' / --skip-bad-rows to skip such rows)") from None
+                raise DataError(f"{e}{SKIP_HINT}") from None
             skipped.append(str(e))
     if skipped:
         log.warning("skipped %d malformed rows of %s; first: %s", len(skipped), source, skipped[0])
@@ -167,8 +171,21 @@ def _to_row(raw: Any, index: int, location: str, c: DataConfig) -> PromptRow:
     env_id = raw.get(c.env_key) if c.env_key else None
     if env_id is not None and not isinstance(env_id, str):
         raise DataError(f"{location}: {c.env_key!r} must be an environment id string; got {env_id!r}")
+    for where in (raw, options):  # the reset seed: the row's "seed", or its env options' (which win)
+        if "seed" in where:
+            where["seed"] = _seed(where["seed"], location, "seed" if where is raw else f"{c.options_key}.seed")
     return PromptRow(index=index, prompt=prompt, label=label, env_id=env_id, options=options,
                      metadata=metadata, source=location, raw=raw)
+
+
+def _seed(value: Any, location: str, key: str) -> int:
+    """A row's reset seed as gymnasium takes it: an integer >= 0 (an integral float, as Parquet may store one,
+    becomes that integer)."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise DataError(f"{location}: {key!r} must be an integer >= 0 (the episode's reset seed); got {value!r:.80}")
+    return value
 
 
 def _message_problem(message: Any) -> str | None:

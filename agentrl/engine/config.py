@@ -30,7 +30,7 @@ class EngineSettings:
     decides."""
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     """Dtype of the embedded engine's weights (default: float32 on the CPU, bfloat16 on CUDA). bfloat16 on a CPU with AVX-512 BF16
-    or AMX generates ~1.6x faster than float32 (on a CPU without, slower); rollout logprobs then differ from a
+    or AMX generates 1.1-1.3x faster than float32 (on a CPU without, slower); rollout logprobs then differ from a
     float32 trainer's by more (add --use-tis)."""
     colocate: bool = True
     """Engine and trainer share devices; the engine frees its KV cache while training."""

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from agentrl.config import ConfigError
-from agentrl.data.prompts import DataError
+from agentrl.data.prompts import SKIP_HINT, DataError
 from agentrl.engine.base import Engine, SamplingParams
 from agentrl.eval import report
 from agentrl.eval.from_training import heldout_tasks, resolve, task_settings
@@ -102,7 +102,7 @@ class EvalArgs:
     n_samples: int = 1
     """Episodes per held-out prompt (n of avg@n and of the pass@k estimator)."""
     k: str = "1"
-    """Comma-separated k values of pass@k, pass^k and maj@k (k > n is skipped)."""
+    """Comma-separated k values of pass@k, pass^k and maj@k (each at most --n-samples-per-eval-prompt)."""
     temperature: float | None = None
     """Sampling temperature of evaluation episodes (default: 0, greedy, with one sample per prompt; 1.0 with several)."""
     top_p: float = 1.0
@@ -180,6 +180,8 @@ class EvalArgs:
         for flag, given, low in optional:
             if given is not None and given < low:
                 problems.append(f"{flag} must be >= {low}; got {given}")
+        if not 0 <= self.seed < 2**32:  # as training's: reset seeds must be >= 0
+            problems.append(f"--seed must be in [0, 2**32); got {self.seed}")
         if self.chat_template is not None and not Path(self.chat_template).expanduser().is_file():
             problems.append(f"--chat-template {self.chat_template}: no such file")
         try:
@@ -254,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         summary = run(args, command="agentrl eval " + shlex.join(argv))
     except (EvalArgsError, TaskError, SettingsChanged, DataError, ModelNotFoundError, MissingExtra, ConfigError) as e:
-        print(f"agentrl eval: {e}", file=sys.stderr)
+        print(f"agentrl eval: {str(e).removesuffix(SKIP_HINT)}", file=sys.stderr)  # no --skip-bad-rows here
         return 2
     except KeyboardInterrupt:
         print(f"\nagentrl eval: interrupted; finished groups are saved in {args.out}/episodes.jsonl. "

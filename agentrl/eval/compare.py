@@ -41,7 +41,7 @@ def load_summary(path: str | Path) -> dict[str, Any]:
     if not file.is_file():
         hint = (" It has episodes.jsonl: rerun its `agentrl eval` command to finish it and write the summary."
                 if (path / "episodes.jsonl").exists() else "")
-        raise CompareError(f"{file} not found; expected the --out folder of an `agentrl eval` run.{hint}")
+        raise CompareError(f"{file} not found; expected the --output-dir of an `agentrl eval` run.{hint}")
     try:
         summary = json.loads(file.read_bytes().decode("utf-8"))
     except (OSError, ValueError) as e:  # unreadable, not UTF-8, not JSON (cut short by a kill)
@@ -140,8 +140,8 @@ def format_compare(dir_a: str, dir_b: str, a: dict[str, Any], b: dict[str, Any],
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="agentrl eval compare",
                                 description="Compare two `agentrl eval` output folders metric by metric.")
-    p.add_argument("dir_a", help="the first --out folder (A)")
-    p.add_argument("dir_b", help="the second --out folder (B); deltas are B - A")
+    p.add_argument("dir_a", help="the first evaluation's --output-dir (A)")
+    p.add_argument("dir_b", help="the second evaluation's --output-dir (B); deltas are B - A")
     p.add_argument("--out", default="compare.md", help="where to write the Markdown comparison (default: %(default)s)")
     args = p.parse_args(sys.argv[1:] if argv is None else argv)
     try:

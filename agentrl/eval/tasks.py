@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agentrl.data.prompts import DataConfig, PromptRow, load_prompts
+from agentrl.data.prompts import SKIP_HINT, DataConfig, DataError, PromptRow, load_prompts
 from agentrl.eval.runner import EvalTask
 from agentrl.utils.safe_json import is_int
 
@@ -309,7 +309,10 @@ def _file_rows(spec: TaskSpec, data: str, limit: int | None) -> list[PromptRow]:
         raise TaskError(f"task {spec.name!r}: data {data!r} is neither a file nor a source "
                         f"({', '.join(SOURCES)}){hint}")
     stop = None if limit is None else spec.offset + limit
-    ds = load_prompts(data, DataConfig(input_key=spec.input_key, label_key=spec.label_key, limit=stop))
+    try:
+        ds = load_prompts(data, DataConfig(input_key=spec.input_key, label_key=spec.label_key, limit=stop))
+    except DataError as e:  # every row of a held-out set is scored: fix the row (eval has no --skip-bad-rows)
+        raise TaskError(f"task {spec.name!r}: {str(e).removesuffix(SKIP_HINT)}") from None
     rows = ds.rows[spec.offset:]
     if not rows:
         raise TaskError(f"task {spec.name!r}: {data} has {len(ds.rows)} rows; offset {spec.offset} leaves none")

@@ -1,7 +1,7 @@
 """``agentrl view RUN_OR_EVAL_DIR [MORE_DIRS...] [--port N] [--export report.html]``.
 
 Serves the viewer's page for the folders given (a training run's ``--output-dir``, best with
-``--save-debug-rollout-data``, or an evaluation's ``--out``) until Ctrl-C, or with ``--export`` writes
+``--save-debug-rollout-data``, or an evaluation's ``--output-dir``) until Ctrl-C, or with ``--export`` writes
 it as one self-contained HTML file and exits. Several folders can be compared (two runs' evaluations
 side by side).
 """
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         "episode turn by turn and token by token (loss mask, engine vs trainer logprobs), filters, search, "
         "side-by-side comparisons. Works offline; links keep the page's state.")
     p.add_argument("dirs", nargs="+", metavar="RUN_OR_EVAL_DIR",
-                   help="a training run's --output-dir or an evaluation's --out (several: compare them)")
+                   help="the --output-dir of a training run or of an evaluation (several: compare them)")
     p.add_argument("--port", type=_port, default=8765, help="port to serve on (0: any free port) (default: 8765)")
     p.add_argument("--host", default="127.0.0.1",
                    help="address to bind (default: 127.0.0.1, this machine only; 0.0.0.0 shares it on the network)")

@@ -4,7 +4,7 @@ A *source* is one folder given to ``agentrl view``:
 
 * a training run (``--output-dir``): ``metrics.jsonl``, ``config.json``, ``summary.json`` and, with
   ``--save-debug-rollout-data``, ``rollout_data/rollout_*.jsonl.gz`` and ``rollout_data/eval_*.jsonl.gz``;
-* an evaluation (``agentrl eval --out``): ``run.json``, ``summary.json``, ``episodes.jsonl``.
+* an evaluation (``agentrl eval --output-dir``): ``run.json``, ``summary.json``, ``episodes.jsonl``.
 
 Each dump of a source has a name (``rollout_000003``, ``eval_000000``, or ``episodes`` for an
 evaluation's file). The page asks for paths, which :meth:`Sources.get` answers (the server and the
@@ -282,7 +282,7 @@ def _source(i: int, path: Path) -> Source:
             log.warning("%s has no rollout dumps (train with --save-debug-rollout-data): only its curves are shown", path)
         return Source(i, path, "run", path.name, dumps)
     raise ViewError(f"{path} holds neither a training run (metrics.jsonl, {DUMP_DIR}/) nor an evaluation "
-                    "(episodes.jsonl): give a run's --output-dir or an evaluation's --out")
+                    "(episodes.jsonl): give the --output-dir of a training run or of an evaluation")
 
 
 def _settings(src: Source) -> dict[str, Any] | None:

@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 
@@ -97,3 +98,27 @@ def test_sampler_is_seeded_and_resumes_exactly():
     assert PromptSampler(items, shuffle=False).next_batch(3) == [0, 1, 2]
     with pytest.raises(ValueError, match="had 7 rows"):
         PromptSampler(list(range(6))).load_state_dict(state)
+
+
+@pytest.mark.parametrize("row, key, got", [
+    ({"seed": "x"}, "'seed'", "'x'"),
+    ({"seed": 1.5}, "'seed'", "1.5"),
+    ({"seed": True}, "'seed'", "True"),
+    ({"seed": -3}, "'seed'", "-3"),
+    ({"seed": None}, "'seed'", "None"),
+    ({"prompt": "q", "env_options": {"seed": [1]}}, "'env_options.seed'", "[1]"),
+])
+def test_a_row_whose_reset_seed_gymnasium_cannot_take_is_a_bad_row(tmp_path, row, key, got):
+    """Caught where the rows are read (file:line, or skipped with --skip-bad-rows), not as a traceback in the
+    middle of the run when its group is first sampled."""
+    p = _write_jsonl(tmp_path / "d.jsonl", [{"seed": 1}, row])
+    with pytest.raises(DataError, match=rf"d\.jsonl:2: {re.escape(key)} must be an integer >= 0 .*got {re.escape(got)}"):
+        load_prompts(p)
+    assert len(load_prompts(p, DataConfig(on_bad_row="skip"))) == 1
+
+
+def test_an_integral_float_seed_is_that_integer(tmp_path):
+    """Parquet stores an int column with gaps as floats: 3.0 seeds as 3, in the row and in its env options."""
+    p = _write_jsonl(tmp_path / "d.jsonl", [{"seed": 3.0}, {"prompt": "q", "env_options": {"seed": 7.0}}])
+    seeds = [r.reset_options()["seed"] for r in load_prompts(p).rows]
+    assert seeds == [3, 7] and all(type(s) is int for s in seeds)

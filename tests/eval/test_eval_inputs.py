@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from agentrl.eval.cli import EvalArgs, main
+from agentrl.eval.cli import EvalArgs, build_parser, main
 from agentrl.eval.compare import main as compare_main
 from agentrl.eval.store import RunStore, SettingsChanged, episode_record
 from agentrl.eval.tasks import TaskError, load_task_file, parse_task_arg
@@ -111,6 +111,7 @@ def test_a_task_argument_that_is_not_yaml_is_a_task_error(spec):
     ({"examples": -1}, "--examples must be >= 0; got -1"),
     ({"engine_max_batch_size": 0}, "--engine-max-batch-size must be >= 1; got 0"),
     ({"chat_template": "/no/such/template.jinja"}, "--chat-template /no/such/template.jinja: no such file"),
+    ({"seed": -1}, "--seed must be in [0, 2**32); got -1"),  # every reset of a row without a seed would fail
 ])
 def test_eval_settings_that_cannot_work_are_argument_problems(tmp_path, kw, says):
     args = EvalArgs(model_path="tiny-qwen2", task=["echo=Echo-v0"], out=str(tmp_path / "e"), **kw)
@@ -124,3 +125,19 @@ def test_eval_command_line_says_it_in_one_line(tmp_path, capsys):
     assert main(["--model-path", "tiny-qwen2", "--task", "echo=Echo-v0", "--episode-timeout=-5",
                  "--output-dir", str(tmp_path)]) == 2
     assert "--episode-timeout must be >= 0; got -5.0" in capsys.readouterr().err
+
+
+def test_a_malformed_row_of_a_task_names_its_line_and_no_flag_eval_lacks(tmp_path, capsys):
+    """The training loader's hint (--skip-bad-rows) is training's flag: eval names the row and stops there."""
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "1+1?", "label": "2"}\n{"prompt": "2+2?", "label": "4", "seed": "x"}\n')
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model-path: tiny-qwen2\nenv: agentrl/Math-v0\nprompt-data: {data}\n"
+                      f"eval-prompt-data: [held, {data}]\n")
+    for argv in (["--model-path", "tiny-qwen2", "--task", f"t=Math-v0:{data}"], ["--config", str(config)]):
+        assert main([*argv, "--output-dir", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert f"{data}:2: 'seed' must be an integer >= 0" in err, err
+        assert "--skip-bad-rows" not in err and len(err.strip().splitlines()) == 1, err
+    flags = {o for a in build_parser()._actions for o in a.option_strings}
+    assert "--skip-bad-rows" not in flags  # else the hint should stay

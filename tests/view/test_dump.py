@@ -174,3 +174,19 @@ def test_a_recorded_run_dumps_every_rollout_and_evaluation(recorded_run):
         assert set(e.sample.prompt_ids + e.sample.response_ids) <= set(d.token_text)
     metrics = [json.loads(line) for line in (recorded_run / "metrics.jsonl").read_text().splitlines()]
     assert all("perf/dump_time" in r for r in metrics if "perf/step_time" in r)
+
+
+def test_the_docs_example_reads_a_dump_with_and_without_trainer_logprobs(tmp_path):
+    """docs/viewer.md's "Reading dumps in Python" runs as written: on a rollout that trained and on one that
+    had no signal (every advantage 0: kept episodes, no trainer logprobs)."""
+    import re
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "viewer.md").read_text()
+    code = re.search(r"### Reading dumps in Python\n+```python\n(.*?)```", doc, flags=re.S).group(1)
+    assert '"runs/quickstart"' in code
+    trained = DumpedEpisode(_sample(), {"kept": True, "advantages": [1.0, 1.0, 0.0], "trainer_logprobs": [-0.2, -0.1, 0.0]})
+    idle = DumpedEpisode(_sample(index=1), {"kept": True, "advantages": [0.0, 0.0, 0.0]})
+    for i, episodes in enumerate(([trained], [idle, DumpedEpisode(_sample(index=2, status="failed"), {"kept": False})])):
+        write_dump(tmp_path / "rollout_data" / f"rollout_{i:06d}.jsonl.gz", {"kind": "rollout", "step": i + 1}, episodes, {})
+        exec(compile(code.replace('"runs/quickstart"', repr(str(tmp_path))), "docs/viewer.md", "exec"), {})
