@@ -28,23 +28,50 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("env_ids", nargs="*", metavar="ID", help="environment ids, e.g. agentrl/Math-v0 or Math-v0")
     p.add_argument("--all", action="store_true", help="check every registered agentrl/ environment")
-    p.add_argument("--seed", type=int, default=0, help="seed for resets and fuzz sampling")
-    p.add_argument("--fuzz-samples", type=int, default=8, help="random fuzz actions per env, beside the fixed ones")
+    p.add_argument("--seed", type=int, default=0, help="seed for resets and fuzz sampling (default: 0)")
+    p.add_argument("--fuzz-samples", type=int, default=8, help="random fuzz actions per env, beside the fixed ones (default: 8)")
     p.add_argument("--check-timeout", type=float, default=300.0,
                    help="seconds each check of an environment may take; one that takes longer (a reset() or step() "
-                   "that hangs) fails the environment")
+                   "that hangs) fails the environment (default: 300)")
     p.add_argument("--exploits", action="store_true",
                    help="also check that scripted cheats earn no reward (and an oracle(seed), if defined, earns full "
                    "reward); a cheat that earns reward fails the environment and its transcript is printed")
-    p.add_argument("--exploit-seeds", type=int, default=3, help="seeds each cheat is played on, with --exploits")
+    p.add_argument("--exploit-seeds", type=int, default=3, help="seeds each cheat is played on, with --exploits (default: 3)")
     p.add_argument("-v", "--verbose", action="store_true", help="also print gymnasium's warnings")
     p.add_argument("--signal", action="store_true",
                    help="instead of the contract checks, play a few rollouts of one environment with the real model "
                    "and report whether any group of episodes earned unequal rewards (GRPO's learning signal); "
                    "training flags after the id (--config, --model-path, --env-kwargs, --prompt-data, "
                    "--rollout-batch-size, --n-samples-per-prompt, ...) set the rollouts up as in training")
-    p.add_argument("--signal-rollouts", type=int, default=2, help="rollouts to play with --signal")
+    p.add_argument("--signal-rollouts", type=int, default=2, help="rollouts to play with --signal (default: 2)")
     return p
+
+
+def _split_training_flags(argv: list[str], parser: argparse.ArgumentParser) -> tuple[list[str], list[str]]:
+    """``argv`` of ``--signal`` as (check-env's own arguments and the environment id, the training flags with their
+    values): a training flag takes the words after it up to the next ``--`` flag, so ``--config FILE`` is not read as
+    an id (give the id before the training flags)."""
+    own = {option: action for action in parser._actions for option in action.option_strings}
+    ours: list[str] = []
+    training: list[str] = []
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        action = own.get(word.split("=", 1)[0])
+        if action is not None:
+            ours.append(word)
+            if action.nargs != 0 and "=" not in word and i + 1 < len(argv):  # its value
+                i += 1
+                ours.append(argv[i])
+        elif word.startswith("--"):
+            training.append(word)
+            while i + 1 < len(argv) and not argv[i + 1].startswith("--"):
+                i += 1
+                training.append(argv[i])
+        else:
+            ours.append(word)
+        i += 1
+    return ours, training
 
 
 def _play_exploits(factory: Any, seeds: range, into: list[ExploitReport]) -> None:
@@ -52,16 +79,26 @@ def _play_exploits(factory: Any, seeds: range, into: list[ExploitReport]) -> Non
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, rest = build_parser().parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if "--signal" in argv:  # training flags (and their values) go to the training parser, not to ID
+        ours, training = _split_training_flags(argv, parser)
+        args = parser.parse_args(ours)
+    else:
+        args, training = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.signal:
-        return signal_main(args, rest)
-    if rest:
-        print(f"agentrl check-env: unrecognized arguments: {' '.join(rest)} (training flags go with --signal)",
-              file=sys.stderr)
+    problems = [f"{flag} must be {what}; got {value:g}" for flag, value, ok, what in (
+        ("--seed", args.seed, args.seed >= 0, ">= 0"), ("--fuzz-samples", args.fuzz_samples, args.fuzz_samples >= 0, ">= 0"),
+        ("--check-timeout", args.check_timeout, args.check_timeout > 0, "> 0"),
+        ("--exploit-seeds", args.exploit_seeds, args.exploit_seeds >= 1, ">= 1")) if not ok]
+    if problems:
+        print("agentrl check-env: " + "; ".join(problems), file=sys.stderr)
         return 2
-    if not args.check_timeout > 0:
-        print(f"agentrl check-env: --check-timeout must be > 0; got {args.check_timeout:g}", file=sys.stderr)
+    if args.signal:
+        return signal_main(args, training)
+    if training:
+        print(f"agentrl check-env: unrecognized arguments: {' '.join(training)} (training flags go with --signal)",
+              file=sys.stderr)
         return 2
     if args.all == bool(args.env_ids):
         print("agentrl check-env: give environment ids or --all (not both)", file=sys.stderr)

@@ -252,6 +252,33 @@ def test_check_env_cli_refuses_a_timeout_that_is_not_positive(capsys):
     assert "--check-timeout must be > 0; got 0" in capsys.readouterr().err
 
 
+def test_check_env_cli_refuses_numbers_out_of_range_as_flag_errors(capsys):
+    """A negative seed is the command line's mistake, not a contract failure of the environment."""
+    from agentrl.env.cli import main
+
+    assert main(["Echo-v0", "--seed", "-1", "--fuzz-samples", "-2", "--exploit-seeds", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "--seed must be >= 0; got -1" in err and "--fuzz-samples must be >= 0; got -2" in err
+    assert "--exploit-seeds must be >= 1; got 0" in err and "FAIL" not in err
+
+
+def test_signal_mode_keeps_training_flags_and_their_values_out_of_the_ids():
+    """``check-env --signal --config FILE`` names no id: FILE is --config's value, not an environment."""
+    from agentrl.env.cli import _split_training_flags, build_parser
+
+    parser = build_parser()
+    ours, training = _split_training_flags(
+        ["--signal", "--config", "recipes/frozenlake/config.yaml", "--eval-prompt-data", "a", "a.jsonl",
+         "--lr=1e-3", "--overlong-penalty", "-1e-3", "--seed", "3", "--signal-rollouts=1"], parser)
+    assert ours == ["--signal", "--seed", "3", "--signal-rollouts=1"]
+    assert training == ["--config", "recipes/frozenlake/config.yaml", "--eval-prompt-data", "a", "a.jsonl",
+                        "--lr=1e-3", "--overlong-penalty", "-1e-3"]
+    args = parser.parse_args(ours)
+    assert args.env_ids == [] and args.seed == 3 and args.signal_rollouts == 1
+    ours, training = _split_training_flags(["FrozenLake-v0", "--signal", "--model-path", "tiny-qwen2"], parser)
+    assert parser.parse_args(ours).env_ids == ["FrozenLake-v0"] and training == ["--model-path", "tiny-qwen2"]
+
+
 def test_check_env_cli_reports_sys_exit_in_an_env_module_and_checks_the_rest(tmp_path, monkeypatch, capsys):
     from agentrl.env.cli import main
 
