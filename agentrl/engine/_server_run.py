@@ -113,7 +113,8 @@ class ServeArgs:
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     """Dtype of the embedded engine's weights (default: float32 on the CPU, bfloat16 on CUDA)."""
     served_model_name: str | None = None
-    """Name reported by /get_model_info (default: the model path)."""
+    """Name reported by /get_model_info and /v1/models (default: --model-path as given; OpenAI clients may name the
+    model by it or by the folder it resolves to)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Logging level."""
     engine: Literal["embedded", "fake"] = "embedded"
@@ -182,7 +183,8 @@ def serve_main(argv: list[str] | None = None) -> int:
                    "weight_load_timeout": args.weight_load_timeout}
     from agentrl.engine.server import create_app
 
-    app = create_app(engine, tokenizer, model_path=model_path, served_model_name=args.served_model_name,
+    app = create_app(engine, tokenizer, model_path=model_path,  # clients name the model as --model-path was given
+                     served_model_name=args.served_model_name or args.model_path,
                      tokenizer_path=args.tokenizer_path, server_args=server_args,
                      max_request_bytes=args.max_request_bytes, weight_load_timeout=args.weight_load_timeout)
     log.info("agentrl serve: %s on http://%s:%d", model_path, args.host, port)

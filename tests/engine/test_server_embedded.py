@@ -130,8 +130,14 @@ def test_agentrl_serve_cli_with_the_embedded_engine_in_a_subprocess(tmp_path):
         out = httpx.post(cluster.url + "/generate", timeout=60,
                          json={"text": "Hello", "sampling_params": GREEDY, "return_logprob": True}).json()
         info = httpx.get(cluster.url + "/get_model_info").json()
+        models = [m["id"] for m in httpx.get(cluster.url + "/v1/models").json()["data"]]
+        chat = httpx.post(cluster.url + "/v1/chat/completions", timeout=60, json={
+            "model": "tiny-qwen2", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2})
     assert len(out["output_ids"]) == 6 and out["meta_info"]["finish_reason"]["type"] == "length"
     assert info["architectures"] == ["Qwen2ForCausalLM"] and info["weight_version"] == "0"
+    # the model is served under the name it was given (an alias here), and under the folder it resolved to
+    assert info["served_model_name"] == "tiny-qwen2" and models == ["tiny-qwen2", resolve_model_path("tiny-qwen2")]
+    assert chat.status_code == 200, chat.text
 
 
 def test_serve_builds_the_engine_from_its_flags():
