@@ -5,6 +5,8 @@
 * :class:`TokenConversation`: one episode as token ids; engine output appended as-is (loss
   mask 1), new messages rendered alone with the fixed-prefix trick (loss mask 0).
 * :func:`check_incremental`: detect templates that cannot be extended by appending.
+* :mod:`agentrl.chat.control`: special-token strings inside messages are encoded as text, so
+  untrusted text (observations, prompts) cannot forge turns.
 
 See ``docs/tokens.md``.
 """

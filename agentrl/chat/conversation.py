@@ -39,6 +39,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from agentrl.chat.control import clean
 from agentrl.chat.incremental import TemplateNotIncrementalError, check_incremental
 from agentrl.chat.template import ChatTemplate, Message
 
@@ -68,6 +69,7 @@ class TokenConversation:
         *,
         allow_non_incremental: bool = False,
     ) -> None:
+        messages = _checked(messages, "TokenConversation")
         if not messages:
             raise ValueError("TokenConversation needs at least one opening message; got none")
         try:
@@ -81,7 +83,7 @@ class TokenConversation:
                             "(allow_non_incremental=True): %s", str(exc).splitlines()[0])
         self.template = template
         self.tools = list(tools) if tools else None
-        self._messages: list[Message] = [dict(m) for m in messages]
+        self._messages: list[Message] = messages
         self._prompt_ids: list[int] = template.encode(self._messages, self.tools, add_generation_prompt=True)
         self._response_ids: list[int] = []
         self._loss_mask: list[int] = []
@@ -184,7 +186,8 @@ class TokenConversation:
         If the last completion did not end with an end-of-turn token, that token is appended
         first (mask 0) and included in the returned ids.
         """
-        if not messages:
+        new = _checked(messages, "add_observation")
+        if not new:
             raise ValueError("add_observation needs at least one message; got none")
         if self._state not in ("open", "closed"):
             raise RuntimeError(
@@ -192,7 +195,6 @@ class TokenConversation:
                 f"ends with {'a generation prompt' if self._state == 'prompt' else 'a final observation'}"
                 + ("; call add_completion first" if self._state == "prompt" else "")
             )
-        new = [dict(m) for m in messages]
         ids: list[int] = []
         if self._state == "open":
             ids += self.template.end_of_turn_ids
@@ -235,3 +237,22 @@ class TokenConversation:
             f"TokenConversation(turns={self._num_turns}, prompt={len(self._prompt_ids)} tokens, "
             f"response={len(self._response_ids)} tokens, generated={sum(self._loss_mask)})"
         )
+
+
+def _checked(messages: Any, where: str) -> list[Message]:
+    """Copies of ``messages`` (lone surrogates, which no tokenizer encodes, replaced by U+FFFD; content
+    ``None`` or missing as ``""`` unless the message carries ``tool_calls``), or a ``ValueError`` saying which
+    message is not a chat message."""
+    if not isinstance(messages, (list, tuple)):
+        raise ValueError(f"{where}: messages must be a list of dicts like {{'role': 'user', 'content': '...'}}; "
+                         f"got {type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or not isinstance(m.get("role"), str):
+            got = type(m).__name__ if not isinstance(m, dict) else f"role {m.get('role')!r}"
+            raise ValueError(f"{where}: message {i} must be a dict with a string 'role' (like "
+                             f"{{'role': 'tool', 'content': '...'}}); got {got}")
+    out = [clean(dict(m)) for m in messages]
+    for m in out:  # "no text": templates write m['content'] and fail on a missing one
+        if m.get("content") is None and not m.get("tool_calls"):
+            m["content"] = ""
+    return out

@@ -42,6 +42,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from agentrl.chat.control import ControlTokens, clean, mark
+
 log = logging.getLogger(__name__)
 
 Message = dict[str, Any]
@@ -115,7 +117,7 @@ class ChatTemplate:
         add_generation_prompt: bool = False,
     ) -> str:
         """The template's text for ``messages`` (``tools`` passed to the template when given)."""
-        return self._apply(messages, tools, add_generation_prompt, tokenize=False)
+        return self._apply(clean(messages), clean(tools), add_generation_prompt)
 
     def encode(
         self,
@@ -123,20 +125,30 @@ class ChatTemplate:
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = False,
     ) -> list[int]:
-        """Token ids of :meth:`render` as ``tokenizer.apply_chat_template(tokenize=True)`` gives them."""
-        out = self._apply(messages, tools, add_generation_prompt, tokenize=True)
-        if hasattr(out, "keys") and "input_ids" in out.keys():  # BatchEncoding / dict (transformers 5)
-            out = out["input_ids"]
-        if hasattr(out, "tolist"):
-            out = out.tolist()
-        out = list(out)
-        if out and isinstance(out[0], list):  # a batch of one
-            out = out[0]
-        return [int(t) for t in out]
+        """Token ids of :meth:`render`: the template's special tokens as tokens, message text as text.
+
+        Special-token strings inside the messages or tool declarations (an observation holding
+        ``"<|im_end|>"``) are encoded as plain text, not as the special tokens they spell (see
+        :mod:`agentrl.chat.control`); for text without them this is exactly
+        ``tokenizer.apply_chat_template(messages, tokenize=True)``.
+        """
+        ctl = self._control
+        return ctl.encode(self._apply(mark(messages, ctl.pattern), mark(tools, ctl.pattern), add_generation_prompt))
 
     def tokenize(self, text: str) -> list[int]:
-        """Token ids of rendered template text (no BOS/EOS added: the template writes its own)."""
+        """Token ids of rendered template text (no BOS/EOS added: the template writes its own).
+
+        Special-token strings in ``text`` become special tokens; for a message's own text use
+        :meth:`encode_text`.
+        """
         return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of one message's text as :meth:`encode` encodes it inside that message:
+        special-token strings spelled out as plain text (a demonstration that mentions
+        ``"<|im_end|>"`` does not end its turn there), lone surrogates as U+FFFD."""
+        ctl = self._control
+        return ctl.encode(mark(text, ctl.pattern))
 
     def render_continuation(
         self,
@@ -153,13 +165,17 @@ class ChatTemplate:
         (the dummy assistant content is a unique marker, so it is found even where a template
         rewrites the text before it).
         """
+        return self._continuation(clean(messages), clean(tools), add_generation_prompt)
+
+    def _continuation(self, messages: list[Message], tools: Any, add_generation_prompt: bool) -> str:
         if not messages:
             raise ChatTemplateError("render_continuation needs at least one message; got none")
-        text = self.render([dict(_BASE[0]), {"role": "assistant", "content": _MARKER}, *messages],
+        text = self._apply([dict(_BASE[0]), {"role": "assistant", "content": _MARKER}, *messages],
                            tools, add_generation_prompt)
-        at = text.find(_MARKER)
         closing = self._turn_suffix[: len(self._turn_suffix) - len(self.assistant_turn_tail)]
-        if at < 0 or not text.startswith(closing, at + len(_MARKER)):
+        at = text.find(_MARKER + closing)  # the dummy turn's end, wherever else the marker is written
+        if at < 0:
+            at = text.find(_MARKER)
             got = text[at + len(_MARKER): at + len(_MARKER) + 40] if at >= 0 else "(content not rendered)"
             raise ChatTemplateError(
                 f"cannot render new messages on their own: after an assistant turn's content the template "
@@ -174,13 +190,15 @@ class ChatTemplate:
         tools: list[dict[str, Any]] | None = None,
         add_generation_prompt: bool = True,
     ) -> list[int]:
-        """Token ids of :meth:`render_continuation`.
+        """Token ids of :meth:`render_continuation`, encoded as :meth:`encode` encodes.
 
         Tokenizing the continuation on its own gives the same ids as tokenizing the whole
         conversation, because it starts right after a special token (the end-of-turn token),
         where tokenizers always split.
         """
-        return self.tokenize(self.render_continuation(messages, tools, add_generation_prompt))
+        ctl = self._control
+        return ctl.encode(self._continuation(mark(messages, ctl.pattern), mark(tools, ctl.pattern),
+                                             add_generation_prompt))
 
     # -- what the template looks like ----------------------------------------------------
     @cached_property
@@ -268,7 +286,11 @@ class ChatTemplate:
         return out
 
     # -- internals ---------------------------------------------------------------------
-    def _apply(self, messages: list[Message], tools: Any, add_generation_prompt: bool, tokenize: bool) -> Any:
+    @cached_property
+    def _control(self) -> ControlTokens:
+        return ControlTokens(self.tokenizer)
+
+    def _apply(self, messages: list[Message], tools: Any, add_generation_prompt: bool) -> str:
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise ChatTemplateError(
                 f"messages must be a list of dicts like {{'role': 'user', 'content': '...'}}; "
@@ -289,7 +311,7 @@ class ChatTemplate:
                 messages,
                 chat_template=self.source,
                 add_generation_prompt=add_generation_prompt,
-                tokenize=tokenize,
+                tokenize=False,
                 **kwargs,
             )
         except Exception as exc:  # jinja2 errors, raise_exception() in templates

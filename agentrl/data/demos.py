@@ -124,7 +124,7 @@ def demo_sample(template: Any, messages: list[dict[str, Any]], tools: list[dict[
         if pending:
             conv.add_observation(pending)
             pending = []
-        ids = template.tokenize(m["content"]) + list(template.end_of_turn_ids)
+        ids = template.encode_text(m["content"]) + list(template.end_of_turn_ids)
         conv.add_completion(ids, None, text=m["content"])
     metadata = dict(fields.pop("metadata", {}))
     if "source" in fields:
