@@ -33,10 +33,12 @@ trainer gets the groups ordered by group id, not by completion time, so the same
 same update however the requests were scheduled (several engines, retries, concurrency). A
 checkpoint stores the data position *before* the prefetched rollout, so ``--load`` replays it.
 
-Ctrl-C: the first press finishes the current step, saves a checkpoint and ends the run
-(``stopping``); the second stops at once.
+Ctrl-C (SIGINT) or SIGTERM (what schedulers send before they kill a job): the first finishes the
+current step, saves a checkpoint (with ``--save``) and ends the run (``stopping`` names the signal);
+the second raises :class:`Interrupted` at once. Outside the stream (loading, the first evaluation)
+:func:`stop_signals` makes either signal raise :class:`Interrupted` at once.
 
-On exit the stream stops the producer, restores the Ctrl-C handler, and closes what the run
+On exit the stream stops the producer, restores the signal handlers, and closes what the run
 started: the engine (its KV cache and worker thread), or with ``--use-ray`` the actors and the
 placement group.
 
@@ -54,13 +56,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import contextlib
 import functools
 import logging
 import signal
 import statistics
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +74,37 @@ from agentrl.sync import sync_weights
 from agentrl.types import Group
 
 log = logging.getLogger(__name__)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+"""What stops a run: Ctrl-C, and the SIGTERM schedulers send before they kill a job."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped at once by ``signum`` (a second Ctrl-C or SIGTERM, or one before the first rollout)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _stop_now(signum: int, frame: Any) -> None:
+    raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[None]:
+    """Ctrl-C and SIGTERM raise :class:`Interrupted` at once (in the main thread) while inside; the handlers
+    before are restored on exit. Installed around a whole run, so that a signal during loading stops it
+    then, not at the first ``await`` (where ``asyncio.run``'s own Ctrl-C handler would deliver it)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.signal(sig, _stop_now) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
 
 
 def sample_staleness(group: Group, version: int) -> list[int]:
@@ -121,8 +155,9 @@ class RolloutStream:
         self.c, self.cfg, self.start = c, cfg, start
         self.max_staleness = int(cfg.asynchrony.max_staleness)
         self.asynchronous = self.max_staleness > 0 if asynchronous is None else asynchronous
-        self.stopping = False
-        """Set by Ctrl-C: the loop saves a checkpoint after this step and ends."""
+        self.stopping: str | None = None
+        """The signal's name (``SIGINT``: Ctrl-C, or ``SIGTERM``) once one arrived: the loop saves a checkpoint
+        after this step and ends."""
         self.version = int(c.engine.weight_version)
         self._sampler = c.sampler
         self._sampler_states: dict[int, dict] = {}
@@ -139,7 +174,7 @@ class RolloutStream:
         self._failed = False
         self._progress: asyncio.Condition | None = None
         self._executor: cf.ThreadPoolExecutor | None = None
-        self._previous_sigint: Any = None
+        self._previous_handlers: dict[int, Any] = {}
         self._released = False
         self._release_for_training = bool(cfg.cluster.use_ray and cfg.engine.colocate and not self.asynchronous)
         self.engine: InterruptibleEngine | None = None
@@ -207,15 +242,16 @@ class RolloutStream:
 
     async def __aenter__(self) -> "RolloutStream":
         if threading.current_thread() is threading.main_thread():
-            previous = signal.signal(signal.SIGINT, self._on_sigint)
-            self._previous_sigint = signal.SIG_DFL if previous is None else previous
+            for sig in STOP_SIGNALS:
+                previous = signal.signal(sig, self._on_signal)
+                self._previous_handlers[sig] = signal.SIG_DFL if previous is None else previous
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        if self._previous_sigint is not None:
-            if signal.getsignal(signal.SIGINT) == self._on_sigint:
-                signal.signal(signal.SIGINT, self._previous_sigint)
-            self._previous_sigint = None
+        for sig, previous in self._previous_handlers.items():
+            if signal.getsignal(sig) == self._on_signal:
+                signal.signal(sig, previous)
+        self._previous_handlers = {}
         if self._producer is not None:
             if self.engine is not None:
                 await self.engine.abort()
@@ -383,16 +419,18 @@ class RolloutStream:
         (the producer may have drawn them already)."""
         return self._sampler_states.get(self._current + 1) or self._sampler.state_dict()
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
-        if self.stopping:
-            previous = self._previous_sigint
-            signal.signal(signal.SIGINT, previous)
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        if self.stopping:  # the second: stop now, through the handler there was before the stream
+            previous = self._previous_handlers.get(signum, signal.SIG_DFL)
+            for sig, handler in self._previous_handlers.items():
+                signal.signal(sig, handler)
             if callable(previous):
                 previous(signum, frame)
-                return
-            raise KeyboardInterrupt  # the previous disposition was SIG_DFL or SIG_IGN: stop now
-        self.stopping = True
-        log.warning("Ctrl-C: finishing this rollout, saving a checkpoint and stopping (Ctrl-C again to stop now)")
+            raise Interrupted(signum)  # the previous disposition was SIG_DFL or SIG_IGN (or returned): stop now
+        self.stopping = signal.Signals(signum).name
+        what = "Ctrl-C" if signum == signal.SIGINT else self.stopping
+        then = "saving a checkpoint and stopping" if self.cfg.checkpoint.save else "stopping (no --save: no checkpoint)"
+        log.warning("%s: finishing this rollout, %s (%s again to stop now)", what, then, what)
 
 
 class _CheckpointSampler:

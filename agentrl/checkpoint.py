@@ -8,7 +8,8 @@ Layout of ``--save DIR``::
     DIR/latest                      name of the newest complete checkpoint
 
 A checkpoint is written to a temporary folder and renamed when complete, and ``latest`` is replaced
-atomically, so a run killed while saving leaves the checkpoints it had. A ``latest`` that is missing,
+atomically, so a run killed while saving leaves the checkpoints it had; a save that fails (a full disk, a second
+Ctrl-C) removes its unfinished folder, and a failed write is one line (:class:`CheckpointWriteError`). A ``latest`` that is missing,
 empty or names no complete checkpoint (a copy that lost it) is not fatal: the newest complete
 ``rollout_*`` folder is used, with a warning. A checkpoint whose ``state.json`` cannot be read is
 refused at start-up with one line (:class:`CheckpointError`), before any model loads.
@@ -32,6 +33,11 @@ log = logging.getLogger(__name__)
 
 class CheckpointError(FileNotFoundError):
     """A ``--load`` (or ``--model-path``) folder that holds no usable checkpoint: says which file and why."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint that could not be written (a full disk, a read-only folder): says which, why and the space
+    left; its unfinished folder is removed and the checkpoints before it are kept."""
 
 
 @dataclass
@@ -75,9 +81,15 @@ def save_checkpoint(root: str | Path, rollout_id: int, trainer: Any, state: dict
     final = root / f"rollout_{rollout_id:05d}"
     tmp = root / f".tmp_rollout_{rollout_id:05d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    trainer.save(tmp)
-    (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
+    try:
+        tmp.mkdir(parents=True)
+        trainer.save(tmp)
+        (tmp / "state.json").write_text(json.dumps(state, indent=2, default=str))
+    except BaseException as e:  # a full disk, a read-only folder, a second Ctrl-C: the half-written copy goes
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not isinstance(e, Exception):
+            raise
+        raise _write_error(final, e) from e
     old = root / f".old_rollout_{rollout_id:05d}"
     if final.exists():  # saving the same rollout again: the old copy goes only once the new one is in place
         shutil.rmtree(old, ignore_errors=True)
@@ -86,6 +98,20 @@ def save_checkpoint(root: str | Path, rollout_id: int, trainer: Any, state: dict
     _write_atomically(root / "latest", final.name)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_error(final: Path, e: Exception) -> CheckpointWriteError:
+    """One line for a checkpoint that could not be written; ``torch.save`` on a full disk raises a RuntimeError
+    that does not say so, hence the free space."""
+    try:
+        free = f"; {shutil.disk_usage(final.parent).free / 2**20:.0f} MiB free there"
+    except OSError:
+        free = ""
+    first = (str(e).splitlines() or [""])[0]
+    error = CheckpointWriteError(f"{final}: the checkpoint cannot be written ({type(e).__name__}: {first}{free}); "
+                                 "the earlier checkpoints are kept")
+    error.errno = getattr(e, "errno", None)
+    return error
 
 
 def _write_atomically(path: Path, text: str) -> None:
@@ -127,6 +153,16 @@ def find_checkpoint(path: str | Path) -> Path:
     why = f"names {named!r}, which holds no state.json" if named else "is missing or empty"
     log.warning("%s: 'latest' %s; using the newest complete checkpoint, %s", path, why, complete[-1][1].name)
     return complete[-1][1]
+
+
+def last_checkpoint(save: str | Path | None) -> Path | None:
+    """The newest complete checkpoint in the ``--save`` folder ``save``; None without one."""
+    if not save:
+        return None
+    try:
+        return find_checkpoint(save)
+    except OSError:  # CheckpointError included: none there
+        return None
 
 
 def read_state(checkpoint: Path) -> dict[str, Any]:

@@ -17,8 +17,8 @@ import logging
 import pickle
 from typing import Any
 
-from agentrl.async_loop import RolloutStream
-from agentrl.checkpoint import CheckpointError, find_checkpoint, read_state, save_checkpoint
+from agentrl.async_loop import Interrupted, RolloutStream, stop_signals
+from agentrl.checkpoint import CheckpointError, find_checkpoint, last_checkpoint, read_state, save_checkpoint
 from agentrl.cluster.build import build_ray_components
 from agentrl.components import (Components, build_components, clear_earlier_run, compute_advantages, output_dir,
                                 seed_everything)
@@ -43,7 +43,8 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     if problems:
         raise ConfigError(problems)
     release_freed_memory()
-    return asyncio.run(_train(cfg))
+    with stop_signals():  # Ctrl-C or SIGTERM while loading stops the run then (in the loop: after the step)
+        return asyncio.run(_train(cfg))
 
 
 async def _train(cfg: RunConfig) -> dict[str, Any]:
@@ -62,7 +63,20 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
     if cfg.checkpoint.load:
         await sync_weights(c.engine, c.trainer, staging_dir=out / "weights", version=version)
     metrics = MetricsLogger(out, wandb_project=cfg.output.wandb_project if cfg.output.use_wandb else None,
-                            run_config=to_dict(cfg), resume=start > 0)
+                            run_config=to_dict(cfg), resume_at=start if start > 0 else None)
+    try:
+        stopped = await _run(c, cfg, metrics, guard, curriculum, start)
+    except BaseException as e:  # an error, a full disk, a second Ctrl-C: what was logged still gets its plots
+        finish_anyway(c, cfg, metrics, e)
+        raise
+    return finish(c, cfg, metrics, stopped)
+
+
+async def _run(c: Components, cfg: RunConfig, metrics: MetricsLogger, guard: SignalGuard,
+               curriculum: CurriculumSampler | None, start: int) -> dict[str, Any] | None:
+    """Evaluate, warm-start, then generate -> train -> sync -> log -> save, rollout after rollout; returns what
+    stopped the run early (a Ctrl-C or SIGTERM, see :func:`stopped_by`), None when it ran to the end."""
+    out = output_dir(cfg)
     timer = Timer()
     dumps = RolloutDumper(out, c.template.tokenizer, cfg.output.dump_max_samples_per_rollout) \
         if cfg.output.save_debug_rollout_data else None
@@ -106,14 +120,15 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
             bar.set_postfix(reward=f"{step.get('rollout/reward_mean', float('nan')):.3f}",
                             step_s=f"{step['perf/step_time']:.1f}")
             guard.stop_if_failing()  # every episode of the last few rollouts failed: a reward function, env or tool bug
+            stopping = rollouts.stopping  # read once: a signal from here on stops the run after the next step
             if cfg.checkpoint.save and (cfg.checkpoint.save_interval and (rollout_id + 1) % cfg.checkpoint.save_interval == 0
-                             or rollout_id + 1 == cfg.num_rollout or rollouts.stopping):
+                             or rollout_id + 1 == cfg.num_rollout or stopping):
                 doing(bar, "saving")
                 save(c, cfg, rollout_id + 1, guard)
                 doing(bar, None)
-            if rollouts.stopping:  # Ctrl-C: checkpoint saved, stop here
-                break
-    return finish(c, cfg, metrics)
+            if stopping and rollout_id + 1 < cfg.num_rollout:  # Ctrl-C or SIGTERM: checkpoint saved, stop here
+                return stopped_by(cfg, stopping, rollout_id + 1)
+    return None
 
 
 def doing(bar: Any, phase: str | None) -> None:
@@ -228,13 +243,39 @@ def resume(c: Components, cfg: RunConfig, guard: SignalGuard) -> tuple[int, int]
     return int(state["next_rollout"]), int(state.get("weight_version", 0))
 
 
-def finish(c: Components, cfg: RunConfig, metrics: MetricsLogger) -> dict[str, Any]:
-    plots = plot_run(metrics, output_dir(cfg))
+def stopped_by(cfg: RunConfig, signal_name: str, rollouts: int) -> dict[str, Any]:
+    """``summary["stopped"]`` of a run a signal stopped after ``rollouts`` rollouts: the signal, the rollouts done
+    of how many, and the checkpoint ``--load`` goes on from (None without ``--save``)."""
+    checkpoint = last_checkpoint(cfg.checkpoint.save)
+    return {"signal": signal_name, "after_rollout": rollouts, "num_rollout": cfg.num_rollout,
+            "checkpoint": str(checkpoint) if checkpoint else None}
+
+
+def finish(c: Components, cfg: RunConfig, metrics: MetricsLogger, stopped: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``summary.json``, the plots and the printed summary (with ``stopped``: what ended the run early)."""
     metrics.close()
-    summary = run_summary(metrics.history)
+    summary = run_summary(metrics.history) | ({"stopped": stopped} if stopped else {})
     (output_dir(cfg) / "summary.json").write_text(json.dumps(summary, indent=2))
+    plots = plot_run(metrics, output_dir(cfg))
     print_summary(summary, plots)
     return summary
+
+
+def finish_anyway(c: Components, cfg: RunConfig, metrics: MetricsLogger, error: BaseException) -> None:
+    """:func:`finish` for a run that ``error`` ended; a failure here (the full disk that stopped the run) is one
+    warning, the run's own error is what gets reported."""
+    if isinstance(error, (Interrupted, KeyboardInterrupt, asyncio.CancelledError)):
+        name = error.args[0] if isinstance(error, Interrupted) else "SIGINT"
+        stopped = stopped_by(cfg, name, max((r["step"] for r in metrics.history), default=0))
+    else:
+        stopped = {"error": f"{type(error).__name__}: {(str(error).splitlines() or [''])[0]}"}
+    try:
+        finish(c, cfg, metrics, stopped)
+    except Exception as e:  # noqa: BLE001 -- the run's error is the one to report
+        log.warning("the plots and summary.json of %s could not be written (%s: %s)", output_dir(cfg),
+                    type(e).__name__, e)
+    finally:
+        metrics.close()
 
 
 def run_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
@@ -260,10 +301,15 @@ def run_summary(history: list[dict[str, Any]]) -> dict[str, Any]:
 def print_summary(summary: dict[str, Any], plots: list) -> None:
     lines = [f"rollouts: {summary['rollouts']}"]
     if summary["reward_first"] is not None:
-        lines.append(f"train reward: {summary['reward_first']:.3f} (first rollout) -> {summary['reward_last']:.3f} (last)")
+        lines.append(f"train reward: {_num(summary['reward_first'])} (first rollout) -> {_num(summary['reward_last'])} (last)")
     for k, v in summary.items():
         if k.startswith("eval/") and v["before"] is not None:
-            warm = f"{v['after_warm_start']:.3f} after the warm start -> " if v.get("after_warm_start") is not None else ""
-            lines.append(f"held-out {k[5:]}: {v['before']:.3f} before -> {warm}{v['after']:.3f} after")
+            warm = f"{_num(v['after_warm_start'])} after the warm start -> " if v.get("after_warm_start") is not None else ""
+            lines.append(f"held-out {k[5:]}: {_num(v['before'])} before -> {warm}{_num(v['after'])} after")
     lines += [f"plot: {p}" for p in plots]
     print("\n".join(lines), flush=True)
+
+
+def _num(v: Any) -> str:
+    """A summary value: 3 decimals, or ``n/a`` where none was logged (a metric that was not finite)."""
+    return f"{v:.3f}" if isinstance(v, (int, float)) else "n/a"

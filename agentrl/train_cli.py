@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import logging
+import signal
 import sys
+from typing import Any
 
 from agentrl.cluster.trainer_group import TrainerRankFailed
 from agentrl.config import ConfigError, parse_args, validate
@@ -29,10 +32,14 @@ def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
 
         print(dry_run_report(cfg))
         return 0
-    from agentrl.loop import train
-
     try:
-        train(cfg)
+        from agentrl.loop import train
+
+        summary = train(cfg)
+    except KeyboardInterrupt as e:  # a second Ctrl-C or SIGTERM, or one before the first rollout: stopped at once
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"{prog}: stopped at once by {signal_words(signum)}{_resume_hint(cfg)}", file=sys.stderr)
+        return 128 + signum
     except _input_errors() as e:  # found while loading what the flags name: say what, not where in agentrl
         logging.getLogger(__name__).debug("run setup failed", exc_info=True)
         print(f"{prog}: {e}", file=sys.stderr)
@@ -49,7 +56,38 @@ def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
         logging.getLogger(__name__).debug("trainer rank failure", exc_info=True)
         print(f"{prog}: {e}", file=sys.stderr)
         return 1
+    except OSError as e:  # a full disk or a read-only folder: which file, why, and where --load goes on
+        from agentrl.checkpoint import CheckpointWriteError
+
+        if e.errno not in WRITE_ERRNOS and not isinstance(e, CheckpointWriteError):
+            raise
+        logging.getLogger(__name__).debug("write failure", exc_info=True)
+        what = f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e)
+        print(f"{prog}: cannot write the run's files: {what}{_resume_hint(cfg)}", file=sys.stderr)
+        return 1
+    stopped = summary.get("stopped") or {}
+    if stopped.get("signal"):  # the first Ctrl-C or SIGTERM: the step finished and was saved
+        signum = signal.Signals[stopped["signal"]]
+        print(f"{prog}: stopped by {signal_words(signum)} after rollout {stopped['after_rollout']} of "
+              f"{stopped['num_rollout']}{_resume_hint(cfg)}", file=sys.stderr)
+        return 128 + signum
     return 0
+
+
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO})
+"""Errors of writing the run's files (metrics, checkpoints, plots, weights for the engine): one line, not a traceback."""
+
+
+def signal_words(signum: int) -> str:
+    return "Ctrl-C (SIGINT)" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def _resume_hint(cfg: Any) -> str:
+    """Where ``--load`` goes on from: the newest complete checkpoint in ``--save``."""
+    from agentrl.checkpoint import last_checkpoint
+
+    ckpt = last_checkpoint(cfg.checkpoint.save)
+    return f"; --load {ckpt} goes on from there" if ckpt else "; no checkpoint to go on from"
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:

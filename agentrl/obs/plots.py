@@ -26,7 +26,8 @@ TIMING: dict[str, str] = {
 
 def plot_run(metrics: MetricsLogger, out_dir: str | Path) -> list[Path]:
     """Write ``training.png`` (four panels), ``timing.png`` (seconds per step: the step, the wait for its
-    rollout, training, and in async runs the rollout's generation) and ``eval.png`` (every ``eval/*`` curve)."""
+    rollout, training, and in async runs the rollout's generation) and ``eval.png`` (every ``eval/*`` curve).
+    Returns the plots written; one that cannot be (a full disk) is a warning, never the run's error."""
     try:
         import matplotlib
     except ImportError:
@@ -37,8 +38,23 @@ def plot_run(metrics: MetricsLogger, out_dir: str | Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
+    for name, draw in (("training.png", _training), ("timing.png", _timing), ("eval.png", _eval)):
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            path = draw(metrics, out_dir / name)
+        except Exception as e:  # noqa: BLE001 -- a plot is a view of metrics.jsonl, which has the data
+            log.warning("%s: not written (%s: %s)", out_dir / name, type(e).__name__, e)
+            plt.close("all")
+            continue
+        if path is not None:
+            written.append(path)
+    return written
+
+
+def _training(metrics: MetricsLogger, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(2, 2, figsize=(11, 7))
     for ax, (title, keys) in zip(axes.flat, PANELS):
         for key in keys:
@@ -53,22 +69,27 @@ def plot_run(metrics: MetricsLogger, out_dir: str | Path) -> list[Path]:
         else:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="gray")
     fig.tight_layout()
-    path = out_dir / "training.png"
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    written.append(path)
+    try:
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
+    return path
 
+
+def _timing(metrics: MetricsLogger, path: Path) -> Path | None:
+    """Where each step's seconds went; async runs add the rollouts' own generation time."""
     timing = {label: series for key, label in TIMING.items() if (series := metrics.series(key))[0]}
-    if timing:  # where each step's seconds went; async runs add the rollouts' own generation time
-        written.append(_line_chart(out_dir / "timing.png", timing, "time per step", "seconds"))
+    return _line_chart(path, timing, "time per step", "seconds") if timing else None
+
+
+def _eval(metrics: MetricsLogger, path: Path) -> Path | None:
     eval_keys = sorted({k for row in metrics.history for k in row
                         if k.startswith("eval/") and k.endswith(("/reward_mean", "/success"))})
-    if eval_keys:
-        warm = any(metrics.series("sft/" + k)[0] for k in eval_keys)
-        title = "evaluation" + (" (the warm start's: the second point at rollout 0)" if warm else "")
-        written.append(_line_chart(out_dir / "eval.png", {k: eval_series(metrics, k) for k in eval_keys}, title,
-                                   "held-out mean reward / success"))
-    return written
+    if not eval_keys:
+        return None
+    warm = any(metrics.series("sft/" + k)[0] for k in eval_keys)
+    title = "evaluation" + (" (the warm start's: the second point at rollout 0)" if warm else "")
+    return _line_chart(path, {k: eval_series(metrics, k) for k in eval_keys}, title, "held-out mean reward / success")
 
 
 def eval_series(metrics: MetricsLogger, key: str) -> tuple[list[int], list[float]]:
@@ -105,6 +126,8 @@ def _line_chart(path: Path, series: dict[str, tuple[list[int], list[float]]], ti
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    finally:
+        plt.close(fig)
     return path

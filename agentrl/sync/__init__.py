@@ -27,7 +27,11 @@ async def sync_weights(engine: Engine, trainer: Any, *, staging_dir: str | Path 
     staging = Path(staging_dir)
     version = engine.weight_version + 1 if version is None else version
     target = staging / f"weights_v{version}"
-    trainer.export_hf(target)
+    try:
+        trainer.export_hf(target)
+    except BaseException:  # a full disk: no half-written folder left behind to fill it further
+        shutil.rmtree(target, ignore_errors=True)
+        raise
     new_version = await engine.update_weights_from_disk(str(target), version=version)
     for old in staging.glob("weights_v*"):
         if old != target:
