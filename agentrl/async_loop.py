@@ -36,7 +36,7 @@ checkpoint stores the data position *before* the prefetched rollout, so ``--load
 Ctrl-C (SIGINT) or SIGTERM (what schedulers send before they kill a job): the first finishes the
 current step, saves a checkpoint (with ``--save``) and ends the run (``stopping`` names the signal);
 the second raises :class:`Interrupted` at once. Outside the stream (loading, the first evaluation)
-:func:`stop_signals` makes either signal raise :class:`Interrupted` at once.
+:func:`stop_signals` stops the run at the end of the loading step (or at once, on a second signal).
 
 On exit the stream stops the producer, restores the signal handlers, and closes what the run
 started: the engine (its KV cache and worker thread), or with ``--use-ray`` the actors and the
@@ -87,21 +87,31 @@ class Interrupted(KeyboardInterrupt):
         self.signum = signum
 
 
-def _stop_now(signum: int, frame: Any) -> None:
-    raise Interrupted(signum)
-
-
 @contextlib.contextmanager
-def stop_signals() -> Iterator[None]:
-    """Ctrl-C and SIGTERM raise :class:`Interrupted` at once (in the main thread) while inside; the handlers
-    before are restored on exit. Installed around a whole run, so that a signal during loading stops it
-    then, not at the first ``await`` (where ``asyncio.run``'s own Ctrl-C handler would deliver it)."""
+def stop_signals() -> Iterator[Callable[[], None]]:
+    """Ctrl-C and SIGTERM while a run loads (the model, the engine, the first evaluation): the first is recorded and
+    the run stops at the next safe point, the returned check (a signal raised inside an import would leave
+    half-imported modules behind); a second raises :class:`Interrupted` at once. Main thread only; the handlers
+    before are restored on exit."""
+    pending: list[int] = []
+
+    def check() -> None:
+        if pending:
+            raise Interrupted(pending[0])
+
+    def on_signal(signum: int, frame: Any) -> None:
+        if pending:
+            raise Interrupted(signum)
+        pending.append(signum)
+        what = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        log.warning("%s: stopping once this loading step is done (%s again to stop now)", what, what)
+
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield check
         return
-    previous = {sig: signal.signal(sig, _stop_now) for sig in STOP_SIGNALS}
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
-        yield
+        yield check
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, signal.SIG_DFL if handler is None else handler)

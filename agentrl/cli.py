@@ -6,6 +6,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+from agentrl.utils.interrupts import deferred_interrupt, interrupt_in
+
 # name -> ("module:function taking argv and returning an exit code", one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("agentrl.train_cli:main", "train an agent with RL (same flags as train.py)"),
@@ -37,7 +39,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"agentrl: unknown command {name!r}.{hint}\n\n{_usage()}", file=sys.stderr)
         return 2
     module, func = COMMANDS[name][0].split(":")
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    try:
+        with deferred_interrupt():  # a Ctrl-C inside an extension's import would abort the process
+            command = getattr(importlib.import_module(module), func)
+        return int(command(rest) or 0)
+    except Exception as e:  # a Ctrl-C that a library wrapped in an error of its own is still a Ctrl-C
+        if interrupt_in(e) is None:
+            raise
+        print(f"agentrl {name}: interrupted", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # Ctrl-C that the command did not handle itself (while importing, say): no traceback
+        print(f"agentrl {name}: interrupted", file=sys.stderr)
+        return 130
 
 
 def _usage() -> str:

@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import pickle
+from collections.abc import Callable
 from typing import Any
 
 from agentrl.async_loop import Interrupted, RolloutStream, stop_signals
@@ -43,11 +44,11 @@ def train(cfg: RunConfig) -> dict[str, Any]:
     if problems:
         raise ConfigError(problems)
     release_freed_memory()
-    with stop_signals():  # Ctrl-C or SIGTERM while loading stops the run then (in the loop: after the step)
-        return asyncio.run(_train(cfg))
+    with stop_signals() as stop_if_signalled:  # Ctrl-C or SIGTERM while loading: stop after that step
+        return asyncio.run(_train(cfg, stop_if_signalled))
 
 
-async def _train(cfg: RunConfig) -> dict[str, Any]:
+async def _train(cfg: RunConfig, stop_if_signalled: Callable[[], None] = lambda: None) -> dict[str, Any]:
     seed_everything(cfg.seed)
     if cfg.engine.kind == "sglang" and cfg.engine.sglang_url and not cfg.cluster.use_ray:  # before loading anything
         await _require_servers(cfg.engine.sglang_url)
@@ -55,6 +56,7 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
     out = output_dir(cfg)
     (out / "config.json").write_text(json.dumps(to_dict(cfg), indent=2))
     c = build_ray_components(cfg) if cfg.cluster.use_ray else build_components(cfg)
+    stop_if_signalled()
     curriculum = CurriculumSampler(c.sampler, cfg.curriculum) if cfg.curriculum.enabled else None
     if curriculum is not None:  # training rows carry the difficulty the success rate has reached
         c.sampler = curriculum
@@ -65,7 +67,7 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
     metrics = MetricsLogger(out, wandb_project=cfg.output.wandb_project if cfg.output.use_wandb else None,
                             run_config=to_dict(cfg), resume_at=start if start > 0 else None)
     try:
-        stopped = await _run(c, cfg, metrics, guard, curriculum, start)
+        stopped = await _run(c, cfg, metrics, guard, curriculum, start, stop_if_signalled)
     except BaseException as e:  # an error, a full disk, a second Ctrl-C: what was logged still gets its plots
         finish_anyway(c, cfg, metrics, e)
         raise
@@ -73,7 +75,8 @@ async def _train(cfg: RunConfig) -> dict[str, Any]:
 
 
 async def _run(c: Components, cfg: RunConfig, metrics: MetricsLogger, guard: SignalGuard,
-               curriculum: CurriculumSampler | None, start: int) -> dict[str, Any] | None:
+               curriculum: CurriculumSampler | None, start: int,
+               stop_if_signalled: Callable[[], None] = lambda: None) -> dict[str, Any] | None:
     """Evaluate, warm-start, then generate -> train -> sync -> log -> save, rollout after rollout; returns what
     stopped the run early (a Ctrl-C or SIGTERM, see :func:`stopped_by`), None when it ran to the end."""
     out = output_dir(cfg)
@@ -85,6 +88,7 @@ async def _run(c: Components, cfg: RunConfig, metrics: MetricsLogger, guard: Sig
     if cfg.sft.data and not cfg.checkpoint.load:  # supervised warm start, then its checkpoint and evaluation
         metrics.log(await warm_start(c, cfg, dumps, guard), step=0)
     bar = progress(cfg.num_rollout, "rollouts", unit="rollout", iterable=range(start, cfg.num_rollout), initial=start)
+    stop_if_signalled()  # a signal during the first evaluation or the warm start: stop before the rollouts
     async with RolloutStream(c, cfg, start) as rollouts:  # async: rollout k+1 is generated during step k
         for rollout_id in bar:
             doing(bar, "generating")

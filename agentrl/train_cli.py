@@ -12,6 +12,7 @@ from agentrl.cluster.trainer_group import TrainerRankFailed
 from agentrl.config import ConfigError, parse_args, validate
 from agentrl.engine.base import EngineError
 from agentrl.rollout.signal import RolloutsFailed
+from agentrl.utils.interrupts import deferred_interrupt, interrupt_in
 
 
 def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
@@ -20,8 +21,9 @@ def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
     for noisy in ("httpx", "httpcore", "transformers", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
-        cfg = parse_args(sys.argv[1:] if argv is None else argv, prog=prog)
-        problems = validate(cfg)
+        with deferred_interrupt():  # validating imports libraries (environments, tokenizers): a Ctrl-C waits for it
+            cfg = parse_args(sys.argv[1:] if argv is None else argv, prog=prog)
+            problems = validate(cfg)
         if problems:
             raise ConfigError(problems)
     except ConfigError as e:
@@ -33,9 +35,16 @@ def main(argv: list[str] | None = None, prog: str = "agentrl train") -> int:
         print(dry_run_report(cfg))
         return 0
     try:
-        from agentrl.loop import train
+        with deferred_interrupt():  # torch and transformers load here: a Ctrl-C inside their import would abort
+            from agentrl.loop import train
 
-        summary = train(cfg)
+        try:
+            summary = train(cfg)
+        except Exception as e:  # a library that wrapped a Ctrl-C's KeyboardInterrupt (transformers' lazy imports do)
+            interrupt = interrupt_in(e)
+            if interrupt is None:
+                raise
+            raise interrupt from None
     except KeyboardInterrupt as e:  # a second Ctrl-C or SIGTERM, or one before the first rollout: stopped at once
         signum = getattr(e, "signum", signal.SIGINT)
         print(f"{prog}: stopped at once by {signal_words(signum)}{_resume_hint(cfg)}", file=sys.stderr)
