@@ -119,24 +119,32 @@ def write_dump(path: str | Path, header: dict[str, Any], episodes: Sequence[Dump
 
 
 def episode_summary(record: dict[str, Any]) -> dict[str, Any]:
-    """The short form of an episode record that lists and filters need (no tokens, no messages)."""
-    metrics = record.get("metrics") or {}
-    mask = record.get("loss_mask") or []
+    """The short form of an episode record that lists and filters need (no tokens, no messages). A field of the
+    wrong type (a hand-edited or garbled ``episodes.jsonl``) counts as missing."""
+    metrics = _of(record.get("metrics"), dict, {})
+    mask = [m for m in _of(record.get("loss_mask"), list, []) if isinstance(m, (int, float))]
+    error = record.get("error")
+    error = error if isinstance(error, str) else json.dumps(error, default=str) if error else ""
     out = {"group_id": record.get("group_id"), "sample_index": record.get("sample_index"),
            "env_id": record.get("env_id", ""), "status": record.get("status", "ok"), "reward": record.get("reward"),
-           "advantage": _advantage(record.get("advantages"), mask), "kept": record.get("kept"),
-           "prompt_tokens": len(record.get("prompt_ids") or []), "response_tokens": len(mask),
+           "advantage": _advantage(_of(record.get("advantages"), list, None), mask), "kept": record.get("kept"),
+           "prompt_tokens": len(_of(record.get("prompt_ids"), list, [])), "response_tokens": len(mask),
            "generated_tokens": sum(mask), "turns": record.get("num_turns", 0),
            "tool_calls": metrics.get("tool_calls", 0.0), "tool_errors": metrics.get("tool_errors", 0.0),
-           "error": (record.get("error") or "")[:300] or None, "preview": _preview(record.get("messages") or [])}
+           "error": error[:300] or None, "preview": _preview(_of(record.get("messages"), list, []))}
     for key in ("task", "row"):
         if key in record:
             out[key] = record[key]
     return out
 
 
-def _advantage(advantages: list[float] | None, mask: list[int]) -> float | None:
+def _of(value: Any, kind: type, default: Any) -> Any:
+    return value if isinstance(value, kind) else default
+
+
+def _advantage(advantages: list[float] | None, mask: list[float]) -> float | None:
     """An episode's advantage: the mean over its trained tokens (GRPO's are all equal)."""
+    advantages = [a for a in advantages or [] if isinstance(a, (int, float))]
     if not advantages:
         return None
     values = [a for a, m in zip(advantages, mask) if m] or advantages
@@ -149,6 +157,7 @@ def _preview(messages: list[dict[str, Any]], n: int = 160) -> str:
         content = m.get("content")
         return content if isinstance(content, str) else json.dumps(content, ensure_ascii=False)
 
+    messages = [m for m in messages if isinstance(m, dict)]
     user = next((text(m) for m in messages if m.get("role") == "user"), "")
     answer = next((text(m) for m in reversed(messages) if m.get("role") == "assistant"), "")
     return " ".join(user.split())[:n] + " \u2192 " + " ".join(answer.split())[:n]
@@ -170,7 +179,7 @@ def read_header(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     with open_dump(path) as f:
         first = f.readline()
-    head = json.loads(first) if first.strip() else {}
+    head = _header_of(first)
     if head.get("format") == FORMAT:
         return head
     records = list(iter_records(path))
@@ -191,9 +200,22 @@ def iter_records(path: str | Path) -> Iterator[dict[str, Any]]:
             except json.JSONDecodeError as e:
                 log.warning("%s:%d: skipping an unreadable line (%s)", path, lineno, e)
                 continue
+            if not isinstance(record, dict):
+                log.warning("%s:%d: skipping a line that is not a JSON object", path, lineno)
+                continue
             if lineno <= 2 and ("format" in record or "token_text" in record):
                 continue
             yield record
+
+
+def _header_of(line: str) -> dict[str, Any]:
+    """A file's first line as a header (``{}`` when it is not a JSON object: an ``episodes.jsonl``'s episode, or
+    garbled)."""
+    try:
+        head = json.loads(line)
+    except json.JSONDecodeError:
+        return {}
+    return head if isinstance(head, dict) else {}
 
 
 def read_token_text(path: str | Path) -> dict[int, str]:
@@ -214,7 +236,7 @@ def read_dump(path: str | Path) -> Dump:
     path = Path(path)
     with open_dump(path) as f:
         first = f.readline()
-    head = json.loads(first) if first.strip() else {}
+    head = _header_of(first)
     if head.get("format") != FORMAT:
         head = {"kind": "eval"}
     elif head.get("version", VERSION) > VERSION:

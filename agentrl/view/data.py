@@ -15,9 +15,12 @@ static export share it)::
     api/{src}/{dump}/index.json       the dump's header: one short summary per episode (its first line only)
     api/{src}/{dump}/{i}.json         episode i: the whole record and the text of its tokens
     api/{src}/search.json?q=TEXT      episodes whose messages or error contain TEXT, per dump
+                                      (&dump=NAME: that dump only; &dump=*: every rollout)
 
-Nothing is read until asked, and a dump's episodes are read from its file on demand (the last few
-files stay in memory), so a big run opens as fast as a small one.
+Nothing is read until asked, and a dump's episodes are read from its file on demand (recently read
+files stay in memory, up to ``cache_bytes``), so a big run opens as fast as a small one. A search
+stops after ``search_seconds`` and says so. Only regular files inside the folders given are read: a
+link that points outside its folder, a pipe or a device is left out with a warning.
 
 Example::
 
@@ -35,9 +38,11 @@ import json
 import logging
 import math
 import re
+import stat
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,8 +53,12 @@ from agentrl.obs.dump import DUMP_DIR, FORMAT, episode_summary
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^(rollout|eval)_(\d+)$")
-_ROUTE = re.compile(r"^api/(?:(sources)\.json|(\d+)/(run|search)\.json|(\d+)/([\w.-]+)/(index|\d+)\.json)$")
+_ROUTE = re.compile(r"^api/(?:(sources)\.json|([0-9]+)/(run|search)\.json|([0-9]+)/([\w.-]+)/(index|[0-9]+)\.json)$",
+                    re.ASCII)
+_DUMP_NAME = re.compile(r"[\w.-]+", re.ASCII)
 MAX_SEARCH_MATCHES = 5000
+MAX_INDEX_DIGITS = 12
+"""A source or episode number longer than this is no such thing (not a 4300-digit integer to convert)."""
 
 
 class ViewError(ValueError):
@@ -75,7 +84,8 @@ class Source:
 class Sources:
     """The folders given to ``agentrl view``, answering the page's paths (see the module doc)."""
 
-    def __init__(self, dirs: Sequence[str | Path], *, cache_files: int = 4) -> None:
+    def __init__(self, dirs: Sequence[str | Path], *, cache_bytes: int = 1 << 30,
+                 search_seconds: float = 20.0) -> None:
         self.sources = [_source(i, Path(d).expanduser()) for i, d in enumerate(dirs)]
         names = [s.name for s in self.sources]
         for s in self.sources:  # two folders with one name (runs/a/out, runs/b/out): show their parents too
@@ -84,7 +94,8 @@ class Sources:
         self._lock = threading.Lock()
         self._lines: OrderedDict[tuple, tuple[list[str], dict[int, str]]] = OrderedDict()
         self._headers: dict[tuple, dict[str, Any]] = {}
-        self._cache_files = cache_files
+        self._cache_bytes = cache_bytes
+        self._search_seconds = search_seconds
         self._tokenizers: dict[int, Any] = {}
 
     # -- routing ---------------------------------------------------------------------------------
@@ -93,16 +104,19 @@ class Sources:
         path, _, query = path.lstrip("/").partition("?")
         m = _ROUTE.match(path)
         if not m:
-            raise ViewError(f"no such path: {path}")
+            raise ViewError(f"no such path: {path[:200]}")
         if m.group(1):
             return self.listing()
         if m.group(2) is not None:
-            src = self.source(int(m.group(2)))
+            src = self.source(_number_in(m.group(2), path))
             if m.group(3) == "run":
                 return self.run(src)
-            return self.search(src, parse_qs(query).get("q", [""])[0])
-        src = self.source(int(m.group(4)))
-        return self.index(src, m.group(5)) if m.group(6) == "index" else self.episode(src, m.group(5), int(m.group(6)))
+            params = parse_qs(query)
+            return self.search(src, params.get("q", [""])[0], params.get("dump", [None])[0])
+        src = self.source(_number_in(m.group(4), path))
+        if m.group(6) == "index":
+            return self.index(src, m.group(5))
+        return self.episode(src, m.group(5), _number_in(m.group(6), path))
 
     def source(self, i: int) -> Source:
         if not 0 <= i < len(self.sources):
@@ -127,7 +141,7 @@ class Sources:
     def run(self, src: Source) -> dict[str, Any]:
         """Config, metrics rows (numbers only) and summary of a source."""
         metrics = []
-        for line in _read_lines(src.path / "metrics.jsonl"):  # a line cut short by a kill, or garbled: skipped
+        for line in _read_lines(src.path, "metrics.jsonl"):  # a line cut short by a kill, or garbled: skipped
             try:
                 row = json.loads(line)
             except ValueError:
@@ -135,7 +149,7 @@ class Sources:
             if isinstance(row, dict):
                 metrics.append({k: v for k, v in row.items() if _number(v)})
         return {"name": src.name, "kind": src.kind, "config": _settings(src), "metrics": metrics,
-                "summary": _read_json(src.path / "summary.json")}
+                "summary": _read_json(src.path, "summary.json")}
 
     def index(self, src: Source, dump: str) -> dict[str, Any]:
         """The header of a dump: its step and one short summary per episode (``i`` is its position)."""
@@ -172,19 +186,29 @@ class Sources:
         return {"source": src.id, "dump": dump, "i": i, "record": record,
                 "token_text": {str(t): texts[t] for t in ids if t in texts}}
 
-    def search(self, src: Source, q: str) -> dict[str, Any]:
-        """Episodes of every dump of ``src`` whose messages or error contain ``q`` (case-insensitive)."""
+    def search(self, src: Source, q: str, dump: str | None = None) -> dict[str, Any]:
+        """Episodes whose messages or error contain ``q`` (case-insensitive), in ``dump`` (a name; ``"*"``: every
+        rollout; None: every dump of ``src``). It stops at :data:`MAX_SEARCH_MATCHES` matches or after
+        ``search_seconds``; then ``truncated`` is true and ``searched`` counts the dumps it read."""
+        if dump is None or dump == "":
+            names = list(src.dumps)
+        elif dump == "*":
+            names = [n for n in src.dumps if n.startswith("rollout_")]
+        else:
+            src.dump(dump)
+            names = [dump]
         needle = q.strip().lower()
         matches: dict[str, list[int]] = {}
-        count = 0
-        if needle:
-            for name, path in src.dumps.items():
-                try:
-                    lines, _ = self._file(path)
-                except ViewError as e:  # one unreadable dump: the others are still searched
-                    log.warning("viewer search: %s", e)
-                    continue
-                for i, line in enumerate(lines):
+        count, searched = 0, 0
+        deadline = time.monotonic() + self._search_seconds
+        out = {"q": q, "matches": matches, "truncated": False, "searched": 0, "dumps": len(names)}
+        if not needle:
+            return out
+        for name in names:
+            try:
+                for i, line in self._episode_lines(src.dumps[name]):
+                    if time.monotonic() > deadline:  # checked per episode: one huge file cannot hold it either
+                        return {**out, "truncated": True, "searched": searched}
                     if needle not in line.lower():  # cheap test on the raw line first
                         continue
                     try:
@@ -195,8 +219,11 @@ class Sources:
                         matches.setdefault(name, []).append(i)
                         count += 1
                         if count >= MAX_SEARCH_MATCHES:
-                            return {"q": q, "matches": matches, "truncated": True}
-        return {"q": q, "matches": matches, "truncated": False}
+                            return {**out, "truncated": True, "searched": searched + 1}
+            except ViewError as e:  # one unreadable dump: the others are still searched
+                log.warning("viewer search: %s", e)
+            searched += 1
+        return {**out, "searched": searched}
 
     # -- files -----------------------------------------------------------------------------------
     def _header(self, path: Path) -> dict[str, Any]:
@@ -223,13 +250,36 @@ class Sources:
         return {"kind": "eval", "episodes_total": readable, "episodes_dumped": readable, "index": index}
 
     def _file(self, path: Path) -> tuple[list[str], dict[int, str]]:
-        """A dump's episode lines (unparsed) and token texts, from a small cache of recent files."""
+        """A dump's episode lines (unparsed) and token texts, from a cache of recent files (at most ``cache_bytes``
+        of text, the newest file always kept)."""
         key = _key(path)
         with self._lock:
             if key in self._lines:
                 self._lines.move_to_end(key)
                 return self._lines[key]
         lines, texts = [], {}
+        for _, line in self._read_dump(path, lambda line: texts.update(_token_texts(line))):
+            lines.append(line)
+        with self._lock:
+            self._lines[key] = (lines, texts)
+            while len(self._lines) > 1 and sum(_size(v) for v in self._lines.values()) > self._cache_bytes:
+                self._lines.popitem(last=False)
+        return lines, texts
+
+    def _episode_lines(self, path: Path) -> Iterator[tuple[int, str]]:
+        """``(position, line)`` of a dump's episodes: from the cache when the file is there, else read through
+        without keeping it (a search over a big run does not push out the files being read)."""
+        with self._lock:
+            cached = self._lines.get(_key(path))
+        if cached is not None:
+            return enumerate(cached[0])
+        return self._read_dump(path, lambda line: None)
+
+    @staticmethod
+    def _read_dump(path: Path, on_texts: Callable[[str], Any]) -> Iterator[tuple[int, str]]:
+        """``(position, line)`` of each episode line of a dump file, streamed; its token-text line goes to
+        ``on_texts``."""
+        i = 0
         try:
             with _open_text(path) as f:
                 for n, line in enumerate(f):
@@ -238,18 +288,14 @@ class Sources:
                     if n < 2 and line.startswith('{"format": "' + FORMAT + '"'):
                         continue
                     if n < 2 and line.startswith('{"token_text":'):
-                        texts = _token_texts(line)
+                        on_texts(line)
                         continue
-                    lines.append(line)
+                    yield i, line
+                    i += 1
         except EOFError:  # a gzip cut short by a kill: the episodes before the cut
-            log.warning("%s is cut short; showing the %d episodes before the cut", path, len(lines))
+            log.warning("%s is cut short; showing the %d episodes before the cut", path, i)
         except OSError as e:  # not gzip, a folder, unreadable
             raise ViewError(f"{path}: cannot be read ({type(e).__name__}: {e})") from None
-        with self._lock:
-            self._lines[key] = (lines, texts)
-            while len(self._lines) > self._cache_files:
-                self._lines.popitem(last=False)
-        return lines, texts
 
     def _decode(self, src: Source, ids: list[int]) -> dict[int, str]:
         """Token texts from the source's tokenizer (an evaluation's ``episodes.jsonl`` holds ids only);
@@ -270,13 +316,16 @@ def _source(i: int, path: Path) -> Source:
     if not path.is_dir():
         raise ViewError(f"{path}: no such folder")
     dumps: dict[str, Path] = {}
-    folder = path / DUMP_DIR
     for kind in ("rollout", "eval"):
-        for f in sorted(folder.glob(f"{kind}_*.jsonl.gz")):
-            if f.is_file():
-                dumps[f.name[:-len(".jsonl.gz")]] = f
-    if (path / "episodes.jsonl").is_file():
-        return Source(i, path, "eval", path.name, {"episodes": path / "episodes.jsonl", **dumps})
+        for f in sorted((path / DUMP_DIR).glob(f"{kind}_*.jsonl.gz")):
+            name = f.name[:-len(".jsonl.gz")]
+            if not _DUMP_NAME.fullmatch(name):  # the page asks for it by name: letters, digits, "_", ".", "-"
+                log.warning("%s: not a dump name the viewer can serve; left out", f)
+            elif _inside(path, f.relative_to(path)) is not None:
+                dumps[name] = f
+    episodes = _inside(path, "episodes.jsonl")
+    if episodes is not None:
+        return Source(i, path, "eval", path.name, {"episodes": episodes, **dumps})
     if dumps or (path / "metrics.jsonl").exists():
         if not dumps:
             log.warning("%s has no rollout dumps (train with --save-debug-rollout-data): only its curves are shown", path)
@@ -287,10 +336,10 @@ def _source(i: int, path: Path) -> Source:
 
 def _settings(src: Source) -> dict[str, Any] | None:
     """A run's ``config.json``, or an evaluation's settings in ``run.json`` (None: neither is a readable object)."""
-    config = _read_json(src.path / "config.json")
+    config = _read_json(src.path, "config.json")
     if isinstance(config, dict):
         return config
-    run = _read_json(src.path / "run.json")
+    run = _read_json(src.path, "run.json")
     settings = run.get("settings") if isinstance(run, dict) else None
     return settings if isinstance(settings, dict) else None
 
@@ -360,19 +409,53 @@ def _token_texts(line: str) -> dict[int, str]:
         return {}
 
 
-def _read_lines(path: Path) -> list[str]:
-    """The lines of a text file; bytes that are not UTF-8 are replaced, a missing or unreadable file has none."""
+def _inside(root: Path, name: str | Path) -> Path | None:
+    """``root / name`` when it is a regular file inside ``root`` (links followed), else None: a link in a folder
+    someone sent cannot make the viewer serve a file from elsewhere, nor a pipe or device hang or flood it."""
+    path = root / name
     try:
-        return path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        real, top = path.resolve(strict=True), root.resolve(strict=True)
+        regular = stat.S_ISREG(real.stat().st_mode)
+    except (OSError, RuntimeError):  # missing, a loop of links, unreadable
+        return None
+    if not real.is_relative_to(top):
+        log.warning("%s points outside %s (to %s): not read", path, root, real)
+        return None
+    if not regular:
+        if not real.is_dir():
+            log.warning("%s is not a regular file: not read", path)
+        return None
+    return path
+
+
+def _read_lines(root: Path, name: str) -> list[str]:
+    """The lines of a text file in ``root``; bytes that are not UTF-8 are replaced, a missing or unreadable file
+    has none. Only ``\\n`` ends a line (as in JSON Lines)."""
+    path = _inside(root, name)
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace").split("\n") if path else []
     except OSError:
         return []
 
 
-def _read_json(path: Path) -> Any:
+def _read_json(root: Path, name: str) -> Any:
+    path = _inside(root, name)
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        return json.loads(path.read_bytes().decode("utf-8")) if path else None
     except (OSError, ValueError):  # missing, a folder, not UTF-8, not JSON
         return None
+
+
+def _number_in(digits: str, path: str) -> int:
+    """A source or episode number of a path (a number too long to be one: no such path)."""
+    if len(digits) > MAX_INDEX_DIGITS:
+        raise ViewError(f"no such path: {path[:200]}")
+    return int(digits)
+
+
+def _size(cached: tuple[list[str], dict[int, str]]) -> int:
+    """About how many bytes a cached file's text takes."""
+    return sum(len(line) for line in cached[0]) + 40 * len(cached[1])
 
 
 def to_json(value: Any) -> str:

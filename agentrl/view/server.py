@@ -1,7 +1,7 @@
 """The viewer's HTTP server: the page's three files and the ``api/...`` paths of :class:`~agentrl.view.data.Sources`.
 
 Standard library only (``http.server``), one thread per request, bound to 127.0.0.1 unless told
-otherwise. Nothing is fetched from elsewhere: the page's Content-Security-Policy allows this
+otherwise. It answers GET and HEAD; any other method is 405. Nothing is fetched from elsewhere: the page's Content-Security-Policy allows this
 server only.
 
 Example::
@@ -58,6 +58,22 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        self._answer(head=False)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._answer(head=True)
+
+    def _refuse(self) -> None:
+        """Any other method: 405 (the viewer changes nothing); a body sent with it is not read, so the
+        connection is closed after the answer."""
+        self.close_connection = True
+        self._send(HTTPStatus.METHOD_NOT_ALLOWED, b"the viewer answers GET and HEAD only", "text/plain; charset=utf-8",
+                   extra={"Allow": "GET, HEAD", "Connection": "close"})
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_CONNECT = do_TRACE = _refuse  # noqa: N815
+
+    def _answer(self, head: bool) -> None:
+        self._head = head
         if not self._host_allowed():
             self._send(HTTPStatus.FORBIDDEN, b"unexpected Host header", "text/plain; charset=utf-8")
             return
@@ -87,14 +103,18 @@ class _Handler(BaseHTTPRequestHandler):
         name = host[1:].split("]", 1)[0] if host.startswith("[") else host.rsplit(":", 1)[0]
         return name in LOOPBACK
 
-    def _send(self, status: HTTPStatus, body: bytes, kind: str) -> None:
+    def _send(self, status: HTTPStatus, body: bytes, kind: str, extra: dict[str, str] | None = None) -> None:
         self.send_response(status)
         self.send_header("Content-Type", kind)
         self.send_header("Content-Length", str(len(body)))
         self.send_header("Cache-Control", "no-store")
         self.send_header("Content-Security-Policy", CSP)
+        self.send_header("X-Content-Type-Options", "nosniff")
+        for k, v in (extra or {}).items():
+            self.send_header(k, v)
         self.end_headers()
-        self.wfile.write(body)
+        if not getattr(self, "_head", False):
+            self.wfile.write(body)
 
     def log_message(self, fmt: str, *args: Any) -> None:
         log.debug("viewer: " + fmt, *args)

@@ -190,3 +190,18 @@ def test_the_docs_example_reads_a_dump_with_and_without_trainer_logprobs(tmp_pat
     for i, episodes in enumerate(([trained], [idle, DumpedEpisode(_sample(index=2, status="failed"), {"kept": False})])):
         write_dump(tmp_path / "rollout_data" / f"rollout_{i:06d}.jsonl.gz", {"kind": "rollout", "step": i + 1}, episodes, {})
         exec(compile(code.replace('"runs/quickstart"', repr(str(tmp_path))), "docs/viewer.md", "exec"), {})
+
+
+def test_a_hand_edited_episodes_file_reads_what_it_can(tmp_path):
+    """Lines that are not objects are skipped; fields of the wrong type count as missing in the summary."""
+    path = tmp_path / "episodes.jsonl"
+    path.write_text('[1, 2]\n{"task": "t", "reward": 2.0, "error": {"code": 7}, "metrics": [1], "loss_mask": "111", '
+                    '"messages": [1, {"role": "user", "content": "hi"}], "advantages": ["x"], "prompt_ids": "abc"}\n'
+                    '"text"\n')
+    header = read_header(path)
+    assert [e["reward"] for e in header["index"]] == [2.0]
+    summary = header["index"][0]
+    assert summary["error"] == '{"code": 7}' and summary["tool_errors"] == 0.0 and summary["generated_tokens"] == 0
+    assert summary["advantage"] is None and summary["prompt_tokens"] == 0 and summary["preview"].startswith("hi")
+    assert [e.extras["task"] for e in read_dump(path).episodes] == ["t"]
+    assert episode_summary({"loss_mask": [1, None, 1], "advantages": [0.5, None, 0.5]})["advantage"] == 0.5

@@ -187,3 +187,96 @@ def test_the_exported_file_works_offline(browser, recorded_run, tmp_path):
     _check_token(page, episode, len(episode.sample.prompt_ids))
     page.screenshot(path=str(tmp_path / "export.png"), full_page=True)
     page.close()
+
+
+PWN = ['<img src=x onerror="window.__pwned=1">', "</script><script>window.__pwned=2</script>",
+       '" onmouseover="window.__pwned=3" x="', "javascript:window.__pwned=4", "<svg onload=window.__pwned=5>",
+       "<style>*{display:none}</style>", "${window.__pwned=6}", "<!--", "\u202eevil"]
+HOSTILE = " ".join(PWN)
+
+
+@pytest.fixture(scope="module")
+def hostile_run(tmp_path_factory):
+    """A run whose every string (messages, tool calls, token texts, metric names, labels, environment, status,
+    task, error, config, summary, the folder's name) carries markup, script and a right-to-left override."""
+    import json
+
+    from agentrl.obs.dump import DumpedEpisode, write_dump
+    from agentrl.types import Sample
+
+    run = tmp_path_factory.mktemp("hostile") / f"run{PWN[0]}"
+    messages = [{"role": "user", "content": "<think>" + HOSTILE + "</think>" + HOSTILE},
+                {"role": "assistant", "content": HOSTILE,
+                 "tool_calls": [{"id": HOSTILE, "type": "function", "function": {"name": HOSTILE, "arguments": HOSTILE}}]},
+                {"role": "tool", "name": HOSTILE, "content": "error " + HOSTILE}, {"role": HOSTILE, "content": [HOSTILE]}]
+    episodes = []
+    for i, status in enumerate([HOSTILE, "ok", "failed"]):
+        s = Sample(prompt_ids=[1, 2], response_ids=[3, 4, 5], loss_mask=[1, 0, 1], rollout_logprobs=[-0.1, 0.0, -0.3],
+                   reward=float(i), group_id=0, sample_index=i, messages=messages, env_id=HOSTILE, label=HOSTILE,
+                   error=HOSTILE, metrics={HOSTILE: 1.0, "tool_errors": 1.0}, metadata={HOSTILE: HOSTILE}, status=status)
+        episodes.append(DumpedEpisode(s, {"kept": True, "advantages": [1.0, 0.0, 1.0], HOSTILE: HOSTILE, "task": HOSTILE,
+                                          "row": 0}))
+    texts = {1: HOSTILE, 2: "\u200b", 3: "\u202e", 4: "after", 5: "\x00"}
+    for name in ("rollout_000000", "eval_000000", "eval_000001"):
+        write_dump(run / "rollout_data" / f"{name}.jsonl.gz", {"kind": name[:-7], "step": 1, HOSTILE: HOSTILE}, episodes,
+                   texts)
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"step": k, "rollout/reward_mean": 0.5, HOSTILE: 1.0,
+                                                           f"eval/{HOSTILE}/reward_mean": 0.2}) + "\n" for k in (1, 2)))
+    (run / "config.json").write_text(json.dumps({HOSTILE: HOSTILE}))
+    (run / "summary.json").write_text(json.dumps({HOSTILE: {HOSTILE: HOSTILE}}))
+    return run
+
+
+HOSTILE_VIEWS = ["", "#view=run", "#view=episodes&dump=rollout_000000&ep=0:rollout_000000:0&cmp=0:rollout_000000:1&tok=2&color=__proto__",
+                 "#view=episodes&dump=rollout_000000&q=img&ep=0:rollout_000000:0&color=advantage",
+                 "#view=evals&ep=0:eval_000000:0&cmp=0:eval_000001:0"]
+
+
+def _check_inert(page, url):
+    for view in HOSTILE_VIEWS:
+        page.goto(url + view)
+        page.wait_for_selector("body[data-ready='1']", timeout=20_000)
+        assert not page._errors, page._errors
+        for el in page.query_selector_all("main section:not([hidden]) .tok"):
+            el.click(timeout=5000)  # every token, the invisible ones included, has a width and can be clicked
+        for el in page.query_selector_all("main section:not([hidden]) td, main section:not([hidden]) pre")[:80]:
+            el.dispatch_event("mouseover")
+        assert page.evaluate("window.__pwned") is None, view
+        assert not page.query_selector_all("main img, main svg[onload], main style, main script"), view
+    pane = "main section:not([hidden]) #pane-a"
+    text = page.inner_text(pane)
+    assert PWN[0] in text and PWN[1] in text  # shown as text
+    assert "\u202e" not in text and "\u27e8U+202E\u27e9evil" in text  # the override is a visible mark, not obeyed
+    tokens = [t.inner_text() for t in page.query_selector_all(pane + " .tok")]
+    assert tokens[1:] == ["\u27e8U+200B\u27e9", "\u27e8U+202E\u27e9", "after", "\u2400"]
+
+
+def test_hostile_episode_text_stays_text_in_the_page_and_the_export(browser, hostile_run, tmp_path):
+    from agentrl.view.export import export_html
+
+    server = make_server(Sources([hostile_run]), port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    page = _page(browser)
+    try:
+        _check_inert(page, server.url)
+        path = export_html(Sources([hostile_run]), tmp_path / "report.html")
+        page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file:") else route.abort())
+        _check_inert(page, Path(path).as_uri())
+    finally:
+        page.close()
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_search_that_stops_early_says_so(browser, hostile_run):
+    server = make_server(Sources([hostile_run], search_seconds=0), port=0)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    page = _page(browser)
+    try:
+        page.goto(server.url + "#view=episodes&dump=rollout_000000&q=after")
+        _ready(page)
+        assert "search stopped early: 0 of 1 dumps searched" in page.inner_text("#count .warn")
+    finally:
+        page.close()
+        server.shutdown()
+        server.server_close()

@@ -37,13 +37,15 @@ function searchable(r) {
 }
 
 function localSearch(path) {
-  const m = path.match(/^api\/(\d+)\/search\.json\?q=(.*)$/);
-  const q = decodeURIComponent(m[2]).trim().toLowerCase();
+  const [route, query] = path.split("?");
+  const src = route.split("/")[1], p = new URLSearchParams(query || "");
+  const q = (p.get("q") || "").trim().toLowerCase(), dump = p.get("dump") || "";
+  const inScope = (name) => !dump || (dump === "*" ? name.startsWith("rollout_") : name === dump);
   const matches = {};
   if (q) {
     for (const [key, v] of Object.entries(EMBED)) {
       const k = key.match(/^api\/(\d+)\/([\w.-]+)\/(\d+)\.json$/);
-      if (k && k[1] === m[1] && searchable(v.record).toLowerCase().includes(q)) (matches[k[2]] ||= []).push(+k[3]);
+      if (k && k[1] === src && inScope(k[2]) && searchable(v.record).toLowerCase().includes(q)) (matches[k[2]] ||= []).push(+k[3]);
     }
   }
   return { q, matches, truncated: false };
@@ -54,6 +56,7 @@ const DEFAULTS = { view: "", src: "0", dump: "", ep: "", cmp: "", env: "", statu
   trunc: "", toolerr: "", q: "", tok: "", color: "mask", ea: "", eb: "", diff: "" };
 let S = { ...DEFAULTS };
 let listLimit = 300;
+let searchNote = "";
 
 function readHash() {
   const p = new URLSearchParams(location.hash.slice(1));
@@ -78,6 +81,10 @@ window.addEventListener("hashchange", () => { readHash(); render(); });
 
 // -- DOM helpers -----------------------------------------------------------------------------------
 const $ = (sel, root = document) => root.querySelector(sel);
+/* Bidirectional-text controls (U+202A-202E, U+2066-2069) in a run's text would reorder what the page shows
+   after them (a tool call's arguments, the next tokens); every text the page shows has them as visible marks. */
+const BIDI = /[\u202a-\u202e\u2066-\u2069]/g;
+const plain = (text) => String(text).replace(BIDI, (c) => `\u27e8U+${c.charCodeAt(0).toString(16).toUpperCase()}\u27e9`);
 function h(tag, attrs, ...kids) {
   const el = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
@@ -87,7 +94,7 @@ function h(tag, attrs, ...kids) {
     else if (k === "dataset") Object.assign(el.dataset, v);
     else el.setAttribute(k, v === true ? "" : v);
   }
-  for (const kid of kids.flat()) if (kid != null && kid !== false) el.append(kid instanceof Node ? kid : String(kid));
+  for (const kid of kids.flat()) if (kid != null && kid !== false) el.append(kid instanceof Node ? kid : plain(kid));
   return el;
 }
 function svg(tag, attrs) {
@@ -103,7 +110,7 @@ function fmt(x, digits = 3) {
 }
 const exact = (x) => (x == null ? "not recorded" : String(x)); // shortest round-trip form, as in the dump
 function badge(status) { return h("span", { class: "badge " + status }, status); }
-function msg(text, error = false) { const m = $("#msg"); m.textContent = text; m.className = error ? "error" : ""; }
+function msg(text, error = false) { const m = $("#msg"); m.textContent = plain(text); m.className = error ? "error" : ""; }
 function kv(pairs) {
   const dl = h("dl", { class: "kv" });
   for (const [k, v] of pairs) if (v !== undefined) dl.append(h("dt", {}, k), h("dd", {}, v));
@@ -188,7 +195,7 @@ function chart(title, series, onPick) {
   const X = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R), Y = (y) => T + (1 - (y - y0) / (y1 - y0)) * (H - T - B);
   const s = svg("svg", { width: W, height: H, viewBox: `0 0 ${W} ${H}`, role: "img" });
   s.append(svg("line", { x1: L, y1: H - B, x2: W - R, y2: H - B, stroke: "#ccd" }), svg("line", { x1: L, y1: T, x2: L, y2: H - B, stroke: "#ccd" }));
-  const label = (x, y, text, anchor) => { const t = svg("text", { x, y, "font-size": 10, fill: "#6b7385", "text-anchor": anchor }); t.textContent = text; return t; };
+  const label = (x, y, text, anchor) => { const t = svg("text", { x, y, "font-size": 10, fill: "#6b7385", "text-anchor": anchor }); t.textContent = plain(text); return t; };
   s.append(label(L - 4, T + 8, fmt(y1), "end"), label(L - 4, H - B, fmt(y0), "end"),
     label(L, H - 6, String(x0), "start"), label(W - R, H - 6, String(x1), "end"));
   series.forEach((se, k) => {
@@ -196,7 +203,7 @@ function chart(title, series, onPick) {
     s.append(svg("polyline", { points: se.pts.map(([x, y]) => `${X(x)},${Y(y)}`).join(" "), fill: "none", stroke: color, "stroke-width": 1.5 }));
     for (const [x, y] of se.pts) {
       const c = svg("circle", { cx: X(x), cy: Y(y), r: 3, fill: color, "data-step": x });
-      const t = svg("title", {}); t.textContent = `${se.key}\nstep ${x}: ${y}`; c.append(t);
+      const t = svg("title", {}); t.textContent = plain(`${se.key}\nstep ${x}: ${y}`); c.append(t);
       c.addEventListener("click", () => onPick(x));
       s.append(c);
     }
@@ -265,8 +272,10 @@ async function renderEpisodes(src, seq) {
   dumpSel.replaceChildren(...dumps.map((d) => h("option", { value: d }, dumpLabel(src, d))));
   dumpSel.value = S.dump;
   const [entries, found] = await Promise.all([loadEntries(src, S.dump),
-    S.q ? api(`api/${src.id}/search.json?q=${encodeURIComponent(S.q)}`)
-      .then((r) => new Map(Object.entries(r.matches).map(([d, is]) => [d, new Set(is)]))) : null]);
+    S.q ? api(`api/${src.id}/search.json?q=${encodeURIComponent(S.q)}&dump=${encodeURIComponent(S.dump)}`)
+      .then((r) => { searchNote = r.truncated ? ` (search stopped early: ${r.searched} of ${r.dumps} dumps searched; narrow it)` : "";
+        return new Map(Object.entries(r.matches).map(([d, is]) => [d, new Set(is)])); }) : null]);
+  if (!S.q) searchNote = "";
   if (seq !== renderSeq) return;
   const envSel = $("#f-env");
   const envs = [...new Set(entries.map((e) => e.task || e.env_id))].sort();
@@ -281,7 +290,8 @@ async function renderEpisodes(src, seq) {
 
 function renderList(box, src, rows, total) {
   const all = S.dump === "*";
-  const head = h("p", { id: "count" }, `${rows.length} of ${total} episodes`, rows.length > listLimit ? ` (the first ${listLimit} shown)` : "");
+  const head = h("p", { id: "count" }, `${rows.length} of ${total} episodes`, rows.length > listLimit ? ` (the first ${listLimit} shown)` : "",
+    searchNote ? h("span", { class: "warn" }, searchNote) : "");
   const table = h("table", { id: "episodes" }, h("tr", {}, h("th", {}, all ? "step · sample" : "sample"), h("th", {}, "status"),
     h("th", { class: "num" }, "reward"), h("th", { class: "num" }, "advantage"), h("th", { class: "num" }, "tokens"),
     h("th", { class: "num" }, "turns"), h("th", { class: "num" }, "tool err"), h("th", {}, "")));
@@ -361,15 +371,34 @@ function meanOverMask(values, mask) {
   return xs.reduce((a, b) => a + b, 0) / xs.length;
 }
 
-const TAGGED = /<(tool_call|tool_response|search|information|answer|think)>([\s\S]*?)<\/\1>/g;
+/* <tag>...</tag> spans of a message, each from an opening tag to the first closing one after it, found in
+   one pass (a model that writes ten thousand unclosed <think> tags costs linear time, not quadratic). */
+const TAG = /<(\/?)(tool_call|tool_response|search|information|answer|think)>/g;
+function tagged(text) {
+  const tags = [...text.matchAll(TAG)], closes = {}, next = {}, spans = [];
+  for (const m of tags) if (m[1]) (closes[m[2]] ||= []).push(m.index);
+  let last = 0;
+  for (const m of tags) {
+    if (m[1] || m.index < last) continue;
+    const ends = closes[m[2]] || [];
+    let k = next[m[2]] || 0;
+    while (k < ends.length && ends[k] < m.index) k++;
+    next[m[2]] = k;
+    if (k === ends.length) continue;
+    const end = ends[k] + m[2].length + 3;
+    spans.push([m.index, end, m[2]]);
+    last = end;
+  }
+  return spans;
+}
 function renderText(text) {
   const pre = h("pre", {});
   let last = 0;
-  for (const m of text.matchAll(TAGGED)) {
-    pre.append(text.slice(last, m.index), h("span", { class: "toolcall", "data-tag": m[1] }, m[0]));
-    last = m.index + m[0].length;
+  for (const [start, end, tag] of tagged(text)) {
+    pre.append(plain(text.slice(last, start)), h("span", { class: "toolcall", "data-tag": tag }, text.slice(start, end)));
+    last = end;
   }
-  pre.append(text.slice(last));
+  pre.append(plain(text.slice(last)));
   return pre;
 }
 
@@ -405,12 +434,20 @@ const HEAT = {
     color: (v) => (v >= 0 ? `rgba(16,150,24,${Math.min(1, v / 2)})` : `rgba(229,57,53,${Math.min(1, -v / 2)})`) },
 };
 
-function showText(text) { return text === "" ? "\u2205" : text.replace(/\n/g, "\u21b5\n"); }
+/* A token's text as shown: empty is \u2205, a newline \u21b5, other control characters their Control Pictures,
+   invisible ones (zero-width, BOM, bidi controls) a visible mark, so every token has a width and can be clicked. */
+const INVISIBLE = /[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f\u3164\ufe00-\ufe0f\ufeff\uffa0]/g;
+function showText(text) {
+  if (text === "") return "\u2205";
+  return text.replace(/[\u0000-\u0008\u000b-\u001f\u007f]/g, (c) => String.fromCharCode(c === "\u007f" ? 0x2421 : 0x2400 + c.charCodeAt(0)))
+    .replace(INVISIBLE, (c) => `\u27e8U+${c.charCodeAt(0).toString(16).toUpperCase().padStart(4, "0")}\u27e9`)
+    .replace(/\n/g, "\u21b5\n");
+}
 
 function renderTokens(r, texts, pane, label) {
   const prompt = r.prompt_ids || [], resp = r.response_ids || [], mask = r.loss_mask || [];
   const ids = prompt.concat(resp), P = prompt.length;
-  const mode = HEAT[S.color] ? S.color : "mask";
+  const mode = Object.hasOwn(HEAT, S.color) ? S.color : "mask"; // a link cannot name "__proto__"
   const colorSel = h("select", { class: "color-mode", onchange: (ev) => set({ color: ev.target.value }) },
     Object.keys(HEAT).map((k) => h("option", { value: k }, k === "mask" ? "loss mask" : HEAT[k].label)));
   colorSel.value = mode;
