@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from agentrl.utils.files import write_text_atomically
 from agentrl.utils.flags import blank_path
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ def save_checkpoint(root: str | Path, rollout_id: int, trainer: Any, state: dict
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
     tmp.rename(final)
-    _write_atomically(root / "latest", final.name)
+    write_text_atomically(root / "latest", final.name)
     shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -112,12 +112,6 @@ def _write_error(final: Path, e: Exception) -> CheckpointWriteError:
                                  "the earlier checkpoints are kept")
     error.errno = getattr(e, "errno", None)
     return error
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def delete_checkpoints(root: str | Path) -> int:

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from agentrl.types import Group, Sample
+from agentrl.utils.files import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class RunStore:
             raise SettingsChanged(f"{self.episodes_path} exists but {self.run_path} does not, so its settings are "
                                   "unknown; pick another --output-dir or pass --overwrite")
         record = {"settings": settings, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-        _atomic_write(self.run_path, json.dumps(record, indent=2) + "\n")
+        write_text_atomically(self.run_path, json.dumps(record, indent=2) + "\n")
 
     def settings(self) -> dict[str, Any]:
         return json.loads(self.run_path.read_text(encoding="utf-8"))["settings"]
@@ -139,7 +139,7 @@ class RunStore:
         if bad or incomplete or len(kept_lines) != sum(1 for ln in raw_lines if ln.strip()):
             log.info("resuming: kept %d complete groups; dropped %d incomplete groups and %d unreadable lines",
                      sum(map(len, done.values())), incomplete, bad)
-            _atomic_write(self.episodes_path, "".join(ln + "\n" for ln in kept_lines))
+            write_text_atomically(self.episodes_path, "".join(ln + "\n" for ln in kept_lines))
         return dict(done)
 
     def iter_episodes(self):
@@ -196,7 +196,3 @@ def _read_settings(path: Path) -> dict[str, Any] | None:
     return settings if isinstance(settings, dict) else None
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agentrl.utils.files import write_text_atomically
+
 log = logging.getLogger(__name__)
 
 
@@ -110,9 +112,7 @@ class MetricsLogger:
             log.info("%s: dropped %d row(s) logged after rollout %d (after the checkpoint this run resumes from)",
                      self.path, len(rows) - len(kept), resume_at)
         if damaged or cleaned or len(kept) < len(rows):
-            tmp = self.path.with_name(f".{self.path.name}.tmp")
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-            os.replace(tmp, self.path)
+            write_text_atomically(self.path, "".join(json.dumps(r) + "\n" for r in kept))
         return kept
 
     def close(self) -> None:
