@@ -60,19 +60,23 @@ class CheckpointConfig:
         if self.save_interval and not self.save:
             out.append("--save-interval needs --save DIR")
         out += [p for p in (blank_path("--save", self.save), blank_path("--load", self.load)) if p]
-        if self.load is None or not self.load.strip():
-            pass
-        elif not Path(self.load).expanduser().exists():
-            out.append(f"--load {self.load}: no such checkpoint folder")
-        elif self.load is not None:
-            try:
-                ckpt = find_checkpoint(self.load)
-                read_state(ckpt)
-                if not (ckpt / "model").is_dir():
-                    out.append(f"--load: {ckpt} has no model/ folder (an incomplete checkpoint); load an earlier one")
-            except CheckpointError as e:  # a folder, but no checkpoint in it, or one whose state is unreadable
-                out.append(f"--load: {e}")
+        if self.load and self.load.strip():
+            out += _load_problems(self.load)
         return out
+
+
+def _load_problems(load: str) -> list[str]:
+    """What is wrong with ``--load`` (a folder that exists, holding a checkpoint with its state and model)."""
+    if not Path(load).expanduser().exists():
+        return [f"--load {load}: no such checkpoint folder"]
+    try:
+        ckpt = find_checkpoint(load)
+        read_state(ckpt)
+    except CheckpointError as e:  # a folder, but no checkpoint in it, or one whose state is unreadable
+        return [f"--load: {e}"]
+    if not (ckpt / "model").is_dir():
+        return [f"--load: {ckpt} has no model/ folder (an incomplete checkpoint); load an earlier one"]
+    return []
 
 
 def save_checkpoint(root: str | Path, rollout_id: int, trainer: Any, state: dict[str, Any]) -> Path:

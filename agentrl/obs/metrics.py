@@ -19,6 +19,7 @@ back) as ``null``, so the file stays strict JSON and plots skip them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -84,10 +85,8 @@ class MetricsLogger:
             while view:
                 view = view[os.write(self._fd, view):]
         except OSError as e:
-            try:
+            with contextlib.suppress(OSError):  # the disk that refused the line may refuse this too
                 os.ftruncate(self._fd, size)
-            except OSError:
-                pass
             e.filename = e.filename or str(self.path)
             raise
 
