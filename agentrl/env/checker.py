@@ -32,7 +32,7 @@ from typing import Any
 import gymnasium
 
 from agentrl.env.core import TextEnv
-from agentrl.env.spaces import EnvResultError, check_reset_result, check_step_result
+from agentrl.env.spaces import EnvResultError, check_reset_result, check_step_result, preview
 from agentrl.env.wrappers import as_text_env
 
 FUZZ_ACTIONS: tuple[tuple[str, str], ...] = (
@@ -221,9 +221,9 @@ def _check_fuzz(env: TextEnv, seed: int, samples: int, max_steps: int, report: E
                 if terminated or truncated:
                     break
         except _Problem as p:
-            failures.append(f"{name} ({_preview(action)}): {p}")
+            failures.append(f"{name} ({preview(action)}): {p}")
         except (Exception, SystemExit) as e:
-            failures.append(f"{name} ({_preview(action)}): raised {type(e).__name__}: {e}\n{_short_tb(e)}")
+            failures.append(f"{name} ({preview(action)}): raised {type(e).__name__}: {e}\n{_short_tb(e)}")
     if failures:
         raise _Problem(f"{len(failures)} of {len(cases)} malformed actions broke the env:\n    " + "\n    ".join(failures))
 
@@ -276,11 +276,6 @@ def _json_ok(v: Any) -> bool:
 
 def _canonical(result: Any) -> str:
     return json.dumps(result, sort_keys=True, default=repr)
-
-
-def _preview(x: Any, n: int = 60) -> str:
-    text = repr(x)
-    return text if len(text) <= n else text[:n] + f"... ({len(text)} chars)"
 
 
 def _short_tb(e: BaseException) -> str:

@@ -144,7 +144,7 @@ def check_reset_result(result: Any, where: str = "reset()") -> tuple[list[dict[s
     """``result`` as ``(messages, info)`` when it keeps the contract; else :class:`EnvResultError` saying
     what was expected and what came (the rollout records the episode as failed with that message)."""
     if not isinstance(result, tuple) or len(result) != 2:
-        raise EnvResultError(f"{where} must return (messages, info); got {_preview(result)}")
+        raise EnvResultError(f"{where} must return (messages, info); got {preview(result)}")
     messages, info = result
     _check_messages(messages, where)
     if not messages:
@@ -158,14 +158,14 @@ def check_step_result(result: Any, where: str = "step()") -> tuple[list[dict[str
     bools) when it keeps the contract; else :class:`EnvResultError` saying what was expected and what came."""
     if not isinstance(result, tuple) or len(result) != 5:
         raise EnvResultError(f"{where} must return (messages, reward, terminated, truncated, info); "
-                             f"got {_preview(result)}")
+                             f"got {preview(result)}")
     messages, reward, terminated, truncated, info = result
     _check_messages(messages, where)
     reward = _finite_number(reward, f"{where}: reward")
     flags = []
     for name, value in (("terminated", terminated), ("truncated", truncated)):
         if not isinstance(value, (bool, np.bool_)):
-            raise EnvResultError(f"{where}: {name} must be a bool; got {type(value).__name__} {_preview(value)}")
+            raise EnvResultError(f"{where}: {name} must be a bool; got {type(value).__name__} {preview(value)}")
         flags.append(bool(value))
     info = _check_info(info, where)
     components = info.get("reward_components")
@@ -184,7 +184,7 @@ def check_step_result(result: Any, where: str = "step()") -> tuple[list[dict[str
 def _check_messages(messages: Any, where: str) -> None:
     if not isinstance(messages, list):
         raise EnvResultError(f"{where}: the observation must be a list of chat messages; got "
-                             f"{type(messages).__name__} {_preview(messages)}")
+                             f"{type(messages).__name__} {preview(messages)}")
     for i, m in enumerate(messages):
         why = message_problem(m)
         if why:
@@ -193,18 +193,19 @@ def _check_messages(messages: Any, where: str) -> None:
 
 def _check_info(info: Any, where: str) -> dict[str, Any]:
     if not isinstance(info, dict):
-        raise EnvResultError(f"{where}: info must be a dict; got {type(info).__name__} {_preview(info)}")
+        raise EnvResultError(f"{where}: info must be a dict; got {type(info).__name__} {preview(info)}")
     return info
 
 
 def _finite_number(value: Any, what: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not np.isfinite(value):
-        raise EnvResultError(f"{what} must be a finite number; got {type(value).__name__} {_preview(value)}")
+        raise EnvResultError(f"{what} must be a finite number; got {type(value).__name__} {preview(value)}")
     return float(value)
 
 
-def _preview(x: Any, n: int = 60) -> str:
+def preview(x: Any, n: int = 60) -> str:
+    """``repr(x)`` cut to ``n`` characters, for messages about what an environment returned or was given."""
     try:
         text = repr(x)
     except Exception:  # a broken __repr__ (or an int too long to print) must not hide the real problem
